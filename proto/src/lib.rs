@@ -1,0 +1,9 @@
+//! Umbra's gRPC services, generated from `proto/umbra.proto` by tonic and prost.
+//!
+//! Data flow: `umbra ctl` and peer nodes call `Admin`; the Raft leader calls `Raft` on
+//! followers. Messages carry JSON payloads of `umbra-raft` types (see the .proto file).
+
+/// Generated messages, clients (`*_client`) and servers (`*_server`) of package `umbra.v1`.
+pub mod v1 {
+    tonic::include_proto!("umbra.v1");
+}

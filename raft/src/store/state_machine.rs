@@ -1,0 +1,241 @@
+//! The applied metadata: openraft's `RaftStateMachine` over RocksDB, with an in-memory copy
+//! for reads.
+//!
+//! Apply runs the pure [`MetaState::apply`], then writes every changed key, the applied log id
+//! and the membership in one write batch. Snapshots are the whole state as JSON; installing one
+//! replaces the `sm` column family in one synced batch.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{IteratorMode, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use super::{cf, io_err, synced, CF_META, CF_SM};
+use crate::command::{Applied, Response};
+use crate::state::{MetaState, StateKey};
+use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_CLOCK: &[u8] = b"clock";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// What the state machine holds in memory; also the snapshot format (JSON).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub state: MetaState,
+}
+
+/// A snapshot as stored in `meta`: its meta and its data.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// Shared read access to the applied state, for queries.
+#[derive(Clone)]
+pub struct MetaReader(Arc<RwLock<AppliedState>>);
+
+impl MetaReader {
+    pub fn read(&self) -> RwLockReadGuard<'_, AppliedState> {
+        self.0.read().expect("state machine lock")
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    data: Arc<RwLock<AppliedState>>,
+    snapshots_built: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(StorageIOError::read_state_machine(&e))
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(StorageIOError::write_state_machine(&e))
+}
+
+fn key_of(k: &StateKey) -> Vec<u8> {
+    match k {
+        StateKey::Volume(id) => format!("v/{id}").into_bytes(),
+        StateKey::Share(name) => format!("s/{name}").into_bytes(),
+        StateKey::User(name) => format!("u/{name}").into_bytes(),
+        StateKey::Dedupe(index, id) => format!("d/{index:020}/{id}").into_bytes(),
+        StateKey::Clock => KEY_CLOCK.to_vec(),
+    }
+}
+
+impl StateMachineStore {
+    pub(super) fn load(db: Arc<DB>) -> Result<Self, StorageError> {
+        let mut data = AppliedState::default();
+        for item in db.iterator_cf(cf(&db, CF_SM), IteratorMode::Start) {
+            let (key, value) = item.map_err(read_err)?;
+            load_key(&mut data, &key, &value)?;
+        }
+        data.state.reindex();
+        Ok(StateMachineStore { db, data: Arc::new(RwLock::new(data)), snapshots_built: Default::default() })
+    }
+
+    pub fn reader(&self) -> MetaReader {
+        MetaReader(self.data.clone())
+    }
+
+    /// Writes the current value of every changed key (or deletes it) into `batch`.
+    fn persist_changes(&self, data: &AppliedState, changed: &[StateKey], batch: &mut WriteBatch) -> Result<(), StorageError> {
+        let sm = cf(&self.db, CF_SM);
+        let s = &data.state;
+        for k in changed {
+            let value = match k {
+                StateKey::Volume(id) => s.volumes.get(id).map(serde_json::to_vec),
+                StateKey::Share(name) => s.shares.get(name).map(serde_json::to_vec),
+                StateKey::User(name) => s.users.get(name).map(serde_json::to_vec),
+                StateKey::Dedupe(_, id) => s.dedupe_entry(id).map(serde_json::to_vec),
+                StateKey::Clock => Some(serde_json::to_vec(&s.clock_ms)),
+            };
+            match value.transpose().map_err(write_err)? {
+                Some(bytes) => batch.put_cf(sm, key_of(k), bytes),
+                None => batch.delete_cf(sm, key_of(k)),
+            }
+        }
+        batch.put_cf(sm, KEY_APPLIED, serde_json::to_vec(&data.last_applied).map_err(write_err)?);
+        batch.put_cf(sm, KEY_MEMBERSHIP, serde_json::to_vec(&data.membership).map_err(write_err)?);
+        Ok(())
+    }
+}
+
+fn load_key(data: &mut AppliedState, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+    let s = &mut data.state;
+    match key {
+        KEY_APPLIED => data.last_applied = serde_json::from_slice(value).map_err(read_err)?,
+        KEY_MEMBERSHIP => data.membership = serde_json::from_slice(value).map_err(read_err)?,
+        KEY_CLOCK => s.clock_ms = serde_json::from_slice(value).map_err(read_err)?,
+        k if k.starts_with(b"v/") => {
+            let v: crate::command::Volume = serde_json::from_slice(value).map_err(read_err)?;
+            s.volumes.insert(v.id, v);
+        }
+        k if k.starts_with(b"s/") => {
+            let name = String::from_utf8_lossy(&k[2..]).into_owned();
+            s.shares.insert(name, serde_json::from_slice(value).map_err(read_err)?);
+        }
+        k if k.starts_with(b"u/") => {
+            let name = String::from_utf8_lossy(&k[2..]).into_owned();
+            s.users.insert(name, serde_json::from_slice(value).map_err(read_err)?);
+        }
+        k if k.starts_with(b"d/") => s.dedupe.push_back(serde_json::from_slice(value).map_err(read_err)?),
+        _ => tracing::warn!(key = %String::from_utf8_lossy(key), "unknown key in the state machine; ignored"),
+    }
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, bytes) = {
+            let data = self.data.read().expect("state machine lock");
+            let bytes = serde_json::to_vec(&*data).map_err(write_err)?;
+            let n = self.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let index = data.last_applied.map(|l| l.index).unwrap_or(0);
+            let meta = SnapshotMeta {
+                last_log_id: data.last_applied,
+                last_membership: data.membership.clone(),
+                snapshot_id: format!("{index}-{n}"),
+            };
+            (meta, bytes)
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: bytes.clone() };
+        let stored = serde_json::to_vec(&stored).map_err(write_err)?;
+        self.db.put_cf_opt(cf(&self.db, CF_META), KEY_SNAPSHOT, stored, &synced()).map_err(write_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let data = self.data.read().expect("state machine lock");
+        Ok((data.last_applied, data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut data = self.data.write().expect("state machine lock");
+        let mut changed = Vec::new();
+        let mut responses = Vec::new();
+        for entry in entries {
+            data.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Ok(Applied::Nothing),
+                EntryPayload::Membership(m) => {
+                    data.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Ok(Applied::Nothing)
+                }
+                EntryPayload::Normal(ref req) => {
+                    let members: BTreeSet<NodeId> = data.membership.membership().nodes().map(|(id, _)| *id).collect();
+                    data.state.apply(entry.log_id.index, req, &members, &mut changed)
+                }
+            };
+            responses.push(response);
+        }
+        changed.sort();
+        changed.dedup();
+        let mut batch = WriteBatch::default();
+        self.persist_changes(&data, &changed, &mut batch)?;
+        self.db.write(batch).map_err(write_err)?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let mut incoming: AppliedState = serde_json::from_slice(&bytes)
+            .map_err(|e| io_err(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        incoming.state.reindex();
+        incoming.last_applied = meta.last_log_id;
+        incoming.membership = meta.last_membership.clone();
+
+        let sm = cf(&self.db, CF_SM);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(sm, b"".as_slice(), b"\xff".as_slice());
+        let mut all: Vec<StateKey> = vec![StateKey::Clock];
+        all.extend(incoming.state.volumes.keys().map(|id| StateKey::Volume(*id)));
+        all.extend(incoming.state.shares.keys().map(|k| StateKey::Share(k.clone())));
+        all.extend(incoming.state.users.keys().map(|k| StateKey::User(k.clone())));
+        all.extend(incoming.state.dedupe.iter().map(|d| StateKey::Dedupe(d.index, d.request_id)));
+        self.persist_changes(&incoming, &all, &mut batch)?;
+        let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data: bytes }).map_err(write_err)?;
+        batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, stored);
+        self.db.write_opt(batch, &synced()).map_err(write_err)?;
+
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        *self.data.write().expect("state machine lock") = incoming;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(bytes) = self.db.get_cf(cf(&self.db, CF_META), KEY_SNAPSHOT).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_err)?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
