@@ -1,0 +1,181 @@
+//! A node's configuration: a TOML file, with command-line flags laid over it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Bound on the configuration file's size; anything larger is refused before parsing.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's id: unique in the cluster, never reused, not 0.
+    pub id: u64,
+    /// Where the node keeps its data (`raft/` holds the Raft RocksDB).
+    pub data_dir: PathBuf,
+    /// `host:port` of the gRPC server (Raft and Admin), as peers reach it.
+    pub grpc_addr: String,
+    /// `host:port` of the SMB gateway, as clients reach it.
+    pub smb_addr: String,
+    /// Start a new cluster with this node as its only member (ignored once initialised).
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// gRPC addresses of existing members to join through (ignored once initialised).
+    #[serde(default)]
+    pub join: Vec<String>,
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+/// Raft timing and log compaction. The defaults suit a LAN; tests shorten them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot for lagging followers.
+    pub keep_entries_after_snapshot: u64,
+    /// How long a write or a linearizable read may wait for a leader and a quorum.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every_entries: 5000,
+            keep_entries_after_snapshot: 1000,
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+impl RaftTuning {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is {bytes} bytes; at most {MAX_CONFIG_BYTES} allowed")]
+    TooLarge { path: PathBuf, bytes: u64 },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads `path` as a TOML table (an empty table when `path` is None).
+    pub fn load_table(path: Option<&Path>) -> Result<toml::Table, ConfigError> {
+        let Some(path) = path else { return Ok(toml::Table::new()) };
+        let read = |source| ConfigError::Read { path: path.into(), source };
+        let bytes = std::fs::metadata(path).map_err(read)?.len();
+        if bytes > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.into(), bytes });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Builds a config from a TOML table (the file, with flags already laid over it).
+    pub fn from_table(table: toml::Table, origin: &Path) -> Result<Self, ConfigError> {
+        let config: NodeConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return bad("id must be at least 1".into());
+        }
+        for (field, addr) in [("grpc_addr", &self.grpc_addr), ("smb_addr", &self.smb_addr)] {
+            if addr.parse::<SocketAddr>().is_err() {
+                return bad(format!("{field} {addr:?} is not an IP:port address"));
+            }
+        }
+        for addr in &self.join {
+            if addr.parse::<SocketAddr>().is_err() {
+                return bad(format!("join address {addr:?} is not an IP:port address"));
+            }
+        }
+        if self.bootstrap && !self.join.is_empty() {
+            return bad("bootstrap and join exclude each other: start a new cluster or join one".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms || r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad("raft timing needs 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into());
+        }
+        if r.snapshot_every_entries == 0 || r.request_timeout_ms == 0 {
+            return bad("raft.snapshot_every_entries and raft.request_timeout_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn raft_dir(&self) -> PathBuf {
+        self.data_dir.join("raft")
+    }
+
+    pub fn openraft_config(&self) -> openraft::Config {
+        let r = &self.raft;
+        openraft::Config {
+            cluster_name: "umbra".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        NodeConfig::from_table(table, Path::new("t"))
+    }
+
+    const GOOD: &str = "id = 1\ndata_dir = \"/tmp/x\"\ngrpc_addr = \"127.0.0.1:7101\"\nsmb_addr = \"127.0.0.1:4451\"\nbootstrap = true\n";
+
+    #[test]
+    fn a_minimal_config_parses_with_default_tuning() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.raft, RaftTuning::default());
+        assert!(c.openraft_config().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let cases = [
+            (GOOD.replace("id = 1", "id = 0"), "id must be"),
+            (GOOD.replace("127.0.0.1:7101", "nowhere"), "grpc_addr"),
+            (format!("{GOOD}join = [\"127.0.0.1:1\"]\n"), "exclude"),
+            (format!("{GOOD}colour = 3\n"), "unknown field"),
+            (GOOD.replace("id = 1", "id = \"one\""), "invalid type"),
+            (GOOD.replace("id = 1\n", ""), "missing field `id`"),
+            (format!("{GOOD}[raft]\nheartbeat_ms = 900\n"), "raft timing"),
+        ];
+        for (text, expect) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err:?} should mention {expect:?}");
+        }
+    }
+}

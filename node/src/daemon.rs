@@ -1,0 +1,123 @@
+//! `umbra node`: opens the Raft store, starts the gRPC server, initialises or joins the
+//! cluster, and shuts down cleanly on SIGTERM or Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use umbra_proto::v1::admin_client::AdminClient;
+use umbra_proto::v1::admin_server::AdminServer;
+use umbra_proto::v1::raft_server::RaftServer;
+use umbra_proto::v1::AddNodeRequest;
+use umbra_raft::network::{Network, MAX_RAFT_MESSAGE_BYTES};
+use umbra_raft::service::RaftService;
+use umbra_raft::{NodeInfo, Raft};
+
+use crate::admin::AdminService;
+use crate::config::NodeConfig;
+use crate::meta::{Meta, ADD_NODE_TIMEOUT};
+
+/// Pause between attempts to join through the configured members.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// Runs a node until SIGTERM or Ctrl-C.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let span = tracing::info_span!("node", id = config.id);
+    let _enter = span.enter();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let (log, sm) = umbra_raft::store::open(&config.raft_dir()).with_context(|| format!("opening the Raft store in {}", config.raft_dir().display()))?;
+    let reader = sm.reader();
+    let raft_config = Arc::new(config.openraft_config().validate().context("raft settings")?);
+    let raft = Raft::new(config.id, raft_config, Network, log.clone(), sm).await.context("starting raft")?;
+    let meta = Arc::new(Meta::new(config.id, raft.clone(), reader, log, config.raft.request_timeout()));
+
+    let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+        .add_service(AdminServer::new(AdminService::new(meta.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+    tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
+
+    let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };
+    tokio::select! {
+        r = initialise(&config, &raft, me) => r?,
+        _ = shutdown_signal() => return stop(raft, stop_tx, server).await,
+    }
+    shutdown_signal().await;
+    stop(raft, stop_tx, server).await
+}
+
+async fn stop(raft: Raft, stop_tx: tokio::sync::oneshot::Sender<()>, server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) -> anyhow::Result<()> {
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
+        Err(_) => tracing::warn!("gRPC server did not stop within 5 s; exiting anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts a new cluster or joins one, unless this node's store already belongs to a cluster.
+async fn initialise(config: &NodeConfig, raft: &Raft, me: NodeInfo) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        tracing::info!("rejoining the cluster recorded in the data directory");
+        return Ok(());
+    }
+    if config.bootstrap {
+        raft.initialize(BTreeMap::from([(config.id, me)])).await.context("initialising a new cluster")?;
+        tracing::info!("initialised a new cluster");
+        return Ok(());
+    }
+    if config.join.is_empty() {
+        tracing::warn!("not part of a cluster and neither bootstrap nor join is set: waiting to be added by `umbra ctl node add`");
+        return Ok(());
+    }
+    let req = AddNodeRequest { node_id: config.id, grpc_addr: me.grpc_addr, smb_addr: me.smb_addr, voter: true, forwarded: false };
+    for attempt in 1u64.. {
+        let addr = &config.join[(attempt as usize - 1) % config.join.len()];
+        match join_through(addr, req.clone()).await {
+            Ok(()) => {
+                tracing::info!(through = %addr, "joined the cluster");
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(through = %addr, attempt, error = %e, "join failed; retrying"),
+        }
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+    unreachable!("the join loop only ends by returning")
+}
+
+async fn join_through(addr: &str, req: AddNodeRequest) -> anyhow::Result<()> {
+    let mut client = AdminClient::new(umbra_raft::network::channel(addr)?);
+    let mut call = tonic::Request::new(req);
+    call.set_timeout(ADD_NODE_TIMEOUT);
+    client.add_node(call).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C"),
+    }
+}
