@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use tokio_stream::wrappers::TcpListenerStream;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::admin_server::AdminServer;
@@ -26,7 +27,10 @@ const JOIN_RETRY: Duration = Duration::from_millis(500);
 /// Runs a node until SIGTERM or Ctrl-C.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let span = tracing::info_span!("node", id = config.id);
-    let _enter = span.enter();
+    serve(config).instrument(span).await
+}
+
+async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (log, sm) = umbra_raft::store::open(&config.raft_dir()).with_context(|| format!("opening the Raft store in {}", config.raft_dir().display()))?;
     let reader = sm.reader();

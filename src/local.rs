@@ -1,0 +1,174 @@
+//! A cluster of `umbra node` child processes on loopback, as `umbra up` and `umbra bench` run it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::client::Node;
+
+/// How long the nodes may take to elect a leader and admit every member.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct NodeSpec {
+    pub id: u64,
+    pub grpc_addr: String,
+    pub smb_addr: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+pub struct LocalCluster {
+    pub nodes: Vec<NodeSpec>,
+    children: Vec<Child>,
+    /// Per child: not yet seen to exit by `next_exit`.
+    running: Vec<bool>,
+}
+
+impl LocalCluster {
+    /// Writes node configs under `data` (once; later runs reuse them and the data).
+    /// Node 1 starts the cluster, the others join through it. gRPC ports are
+    /// `base_port + id`, SMB ports `base_port + 10 + id`.
+    pub fn prepare(data: &Path, count: u64, base_port: u16, extra_toml: &str) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let data = data.canonicalize()?;
+        let grpc = |id: u64| format!("127.0.0.1:{}", u64::from(base_port) + id);
+        let mut nodes = Vec::new();
+        for id in 1..=count {
+            let config = data.join(format!("node{id}.toml"));
+            let spec = NodeSpec { id, grpc_addr: grpc(id), smb_addr: format!("127.0.0.1:{}", u64::from(base_port) + 10 + id), config, log: data.join(format!("node{id}.log")) };
+            if !spec.config.exists() {
+                let start = if id == 1 { "bootstrap = true".to_string() } else { format!("join = [\"{}\"]", grpc(1)) };
+                let text = format!(
+                    "id = {id}\ndata_dir = \"{}\"\ngrpc_addr = \"{}\"\nsmb_addr = \"{}\"\n{start}\n{extra_toml}",
+                    data.join(format!("node{id}")).display(),
+                    spec.grpc_addr,
+                    spec.smb_addr
+                );
+                std::fs::write(&spec.config, text).with_context(|| format!("writing {}", spec.config.display()))?;
+            }
+            nodes.push(spec);
+        }
+        Ok(LocalCluster { nodes, children: Vec::new(), running: Vec::new() })
+    }
+
+    /// Starts every node as a child of this process; a child gets SIGTERM if this process dies.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the umbra executable")?;
+        for spec in &self.nodes {
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log)?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("node").arg("--config").arg(&spec.config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+            // SAFETY: pre_exec runs in the forked child before exec; prctl is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+            let child = cmd.spawn().with_context(|| format!("starting node {}", spec.id))?;
+            self.children.push(child);
+            self.running.push(true);
+        }
+        Ok(())
+    }
+
+    pub fn first_addr(&self) -> &str {
+        &self.nodes[0].grpc_addr
+    }
+
+    /// Waits until node 1 sees a leader and every node as a voter.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(exited) = self.exited()? {
+                bail!("{exited}");
+            }
+            if let Ok(node) = Node::connect(self.first_addr()).await {
+                if let Ok(s) = node.status(Duration::from_secs(1)).await {
+                    let voters = s.members.iter().filter(|m| m.role == "voter").count();
+                    if s.leader.is_some() && voters == self.nodes.len() {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the cluster was not ready within {} s; see the node logs", READY_TIMEOUT.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Describes the first child that has exited, if any.
+    pub fn exited(&mut self) -> anyhow::Result<Option<String>> {
+        for (child, spec) in self.children.iter_mut().zip(&self.nodes) {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(format!("node {} exited ({status}); see {}", spec.id, spec.log.display())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolves when a child that was running exits, describing it; pending forever once
+    /// every child has exited.
+    pub async fn next_exit(&mut self) -> String {
+        let waits: Vec<_> = self
+            .children
+            .iter_mut()
+            .zip(&self.nodes)
+            .zip(self.running.iter_mut())
+            .filter(|(_, running)| **running)
+            .map(|((c, spec), running)| {
+                Box::pin(async move {
+                    let status = c.wait().await;
+                    *running = false;
+                    format!("node {} exited ({}); see {}", spec.id, status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()), spec.log.display())
+                })
+            })
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(waits).await.0
+    }
+
+    /// SIGTERM to every node, then waits for each (killing any that does not stop in time).
+    pub async fn stop(&mut self) {
+        for child in &self.children {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        for ((child, spec), running) in self.children.iter_mut().zip(&self.nodes).zip(&self.running) {
+            if !running {
+                continue;
+            }
+            match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => eprintln!("node {} stopped with {status}; see {}", spec.id, spec.log.display()),
+                Ok(Err(e)) => eprintln!("node {}: {e}", spec.id),
+                Err(_) => {
+                    eprintln!("node {} did not stop within {} s; killing it", spec.id, STOP_TIMEOUT.as_secs());
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        self.children.clear();
+        self.running.clear();
+    }
+}
+
+/// A base port B such that B+1..=B+3 and B+11..=B+13 are free on 127.0.0.1 right now.
+pub fn free_base_port() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 40_000) as u16;
+        let ports = (1..=3).chain(11..=13).map(|o| base + o);
+        if ports.into_iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no free range of loopback ports found")
+}

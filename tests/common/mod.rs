@@ -1,0 +1,229 @@
+//! Test harness: real `umbra node` processes on loopback, driven through `umbra ctl --json`.
+//! Every process is started here and stopped by its pid; `Drop` kills what is left.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const UMBRA: &str = env!("CARGO_BIN_EXE_umbra");
+
+/// Raft timing for tests: short enough for quick failovers, long enough for 2 busy cores.
+pub const TUNING: &str = "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\nrequest_timeout_ms = 3000\n";
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub grpc: String,
+    pub smb: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+}
+
+pub struct Ctl {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ctl {
+    pub fn json(&self) -> Value {
+        assert!(self.ok, "ctl failed: {}", self.stderr);
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("ctl printed no JSON ({e}): {}", self.stdout))
+    }
+}
+
+fn ctl_output(out: Output) -> Ctl {
+    Ctl { ok: out.status.success(), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+}
+
+/// Runs `umbra ctl --addr ADDR --json ARGS...` with `stdin` as its standard input.
+pub fn ctl_at(addr: &str, args: &[&str], stdin: Option<&str>) -> Ctl {
+    use std::io::Write;
+    let mut child = Command::new(UMBRA)
+        .args(["ctl", "--addr", addr, "--json"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn umbra ctl");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    ctl_output(child.wait_with_output().expect("umbra ctl output"))
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// `n` nodes: node 1 bootstraps, the others join through it; waits until all are voters.
+    pub fn start(n: u64, extra_toml: &str) -> Cluster {
+        let mut c = Cluster::prepare(n, extra_toml);
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c.wait_voters(n as usize);
+        c
+    }
+
+    /// Writes configs for `n` nodes without starting them.
+    pub fn prepare(n: u64, extra_toml: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes: Vec<TestNode> = Vec::new();
+        for id in 1..=n {
+            let grpc = format!("127.0.0.1:{}", free_port());
+            let smb = format!("127.0.0.1:{}", free_port());
+            let start = match nodes.first() {
+                None => "bootstrap = true".to_string(),
+                Some(first) => format!("join = [\"{}\"]", first.grpc),
+            };
+            let config = dir.path().join(format!("node{id}.toml"));
+            let data = dir.path().join(format!("node{id}"));
+            let text = format!("id = {id}\ndata_dir = \"{}\"\ngrpc_addr = \"{grpc}\"\nsmb_addr = \"{smb}\"\n{start}\n{TUNING}{extra_toml}", data.display());
+            std::fs::write(&config, text).expect("write config");
+            let log = dir.path().join(format!("node{id}.log"));
+            nodes.push(TestNode { id, grpc, smb, config, log, child: None });
+        }
+        Cluster { dir, nodes }
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.node(id).grpc
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("open log");
+        let child = Command::new(UMBRA)
+            .args(["node", "--config"])
+            .arg(&node.config)
+            .env("UMBRA_LOG", "info,openraft=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn umbra node");
+        node.child = Some(child);
+    }
+
+    /// SIGKILL: process death, nothing flushed on the way out.
+    pub fn kill9(&mut self, id: u64) {
+        let mut child = self.nodes[(id - 1) as usize].child.take().expect("node is running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM, and the node must exit cleanly.
+    pub fn stop(&mut self, id: u64) {
+        let mut child = self.nodes[(id - 1) as usize].child.take().expect("node is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = wait_for(Duration::from_secs(15), "the node to exit after SIGTERM", || child.try_wait().expect("try_wait"));
+        assert!(status.success(), "node {id} exited with {status} after SIGTERM; log:\n{}", self.log(id));
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    pub fn ctl(&self, via: u64, args: &[&str]) -> Ctl {
+        ctl_at(self.addr(via), args, None)
+    }
+
+    /// `ctl status --json` as seen from `via`, if it answers.
+    pub fn status(&self, via: u64) -> Option<Value> {
+        let out = self.ctl(via, &["status"]);
+        out.ok.then(|| out.json())
+    }
+
+    /// The leader every answering node agrees on, once there is one.
+    pub fn agreed_leader(&self, among: &[u64]) -> Option<u64> {
+        let leaders: Vec<Option<u64>> = among.iter().map(|&id| self.status(id).and_then(|s| s["asked"]["leader"].as_u64())).collect();
+        let first = leaders.first().copied().flatten()?;
+        leaders.iter().all(|l| *l == Some(first)).then_some(first)
+    }
+
+    pub fn wait_voters(&self, n: usize) {
+        wait_for(Duration::from_secs(60), "every node to be a voter under one leader", || {
+            let s = self.status(1)?;
+            let voters = s["asked"]["members"].as_array()?.iter().filter(|m| m["role"] == "voter").count();
+            (voters == n && s["asked"]["leader"].is_u64()).then_some(())
+        });
+    }
+
+    /// Applied index of node `id`, from its own status.
+    pub fn applied(&self, id: u64) -> Option<u64> {
+        self.status(id)?["asked"]["applied_index"].as_u64()
+    }
+
+    /// Sorted names in a `ctl <kind> list` from `via`.
+    pub fn names(&self, via: u64, kind: &str) -> Vec<String> {
+        let v = self.ctl(via, &[kind, "list"]).json();
+        let mut names: Vec<String> = v.as_array().expect("a list").iter().map(|x| x["name"].as_str().expect("name").to_string()).collect();
+        names.sort();
+        names
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Every file under `dir`, for byte-level checks of what reached the disk.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
