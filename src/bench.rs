@@ -79,8 +79,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let result = rounds(&addr, &clients, Duration::from_secs(seconds), via_followers).await;
     if let Some((mut cluster, dir)) = local {
-        cluster.stop().await;
-        let _ = std::fs::remove_dir_all(dir);
+        if cluster.stop().await {
+            let _ = std::fs::remove_dir_all(dir);
+        } else {
+            eprintln!("kept {} for its logs", dir.display());
+        }
     }
     let rounds = result?;
     if json {

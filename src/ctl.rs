@@ -151,7 +151,6 @@ async fn write(node: &Node, json: bool, command: Command) -> anyhow::Result<()> 
         Applied::ShareDeleted(s) => format!("deleted share {}", s.name),
         Applied::User(u) => format!("user {} saved with role {}", u.name, u.role),
         Applied::UserDeleted(u) => format!("deleted user {}", u.name),
-        Applied::Nothing => "done".into(),
     })
 }
 

@@ -136,7 +136,9 @@ impl LocalCluster {
     }
 
     /// SIGTERM to every node, then waits for each (killing any that does not stop in time).
-    pub async fn stop(&mut self) {
+    /// Returns whether every running node exited cleanly.
+    pub async fn stop(&mut self) -> bool {
+        let mut clean = true;
         for child in &self.children {
             if let Some(pid) = child.id() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
@@ -148,9 +150,16 @@ impl LocalCluster {
             }
             match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
                 Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => eprintln!("node {} stopped with {status}; see {}", spec.id, spec.log.display()),
-                Ok(Err(e)) => eprintln!("node {}: {e}", spec.id),
+                Ok(Ok(status)) => {
+                    clean = false;
+                    eprintln!("node {} stopped with {status}; see {}", spec.id, spec.log.display());
+                }
+                Ok(Err(e)) => {
+                    clean = false;
+                    eprintln!("node {}: {e}", spec.id);
+                }
                 Err(_) => {
+                    clean = false;
                     eprintln!("node {} did not stop within {} s; killing it", spec.id, STOP_TIMEOUT.as_secs());
                     let _ = child.kill().await;
                 }
@@ -158,6 +167,7 @@ impl LocalCluster {
         }
         self.children.clear();
         self.running.clear();
+        clean
     }
 }
 

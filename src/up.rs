@@ -38,7 +38,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted while starting")),
     };
     if let Err(e) = outcome {
-        cluster.stop().await;
+        let _ = cluster.stop().await;
         return Err(e);
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -51,7 +51,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     println!("stopping the cluster...");
-    cluster.stop().await;
+    if !cluster.stop().await {
+        anyhow::bail!("a node did not stop cleanly; see its log");
+    }
     println!("stopped; `umbra up` again reuses {}", args.data.display());
     Ok(())
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tracing::Instrument;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::admin_server::AdminServer;
 use umbra_proto::v1::raft_server::RaftServer;
 use umbra_proto::v1::AddNodeRequest;
 use umbra_raft::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use umbra_raft::service::RaftService;
+use umbra_raft::store::{LogStore, StateMachineStore};
 use umbra_raft::{NodeInfo, Raft};
 
 use crate::admin::AdminService;
@@ -24,15 +25,29 @@ use crate::meta::{Meta, ADD_NODE_TIMEOUT};
 /// Pause between attempts to join through the configured members.
 const JOIN_RETRY: Duration = Duration::from_millis(500);
 
-/// Runs a node until SIGTERM or Ctrl-C.
+/// How long a stopping node waits for RocksDB to close before it exits anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a node until SIGTERM or Ctrl-C, then waits for its Raft database to close (exiting with
+/// it open would let RocksDB's background threads die mid-work).
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let span = tracing::info_span!("node", id = config.id);
-    serve(config).instrument(span).await
+    async {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let (log, sm, closing) = umbra_raft::store::open_watched(&config.raft_dir())
+            .with_context(|| format!("opening the Raft store in {}", config.raft_dir().display()))?;
+        let result = serve(&config, log, sm).await;
+        if !closing.closed(CLOSE_TIMEOUT).await {
+            tracing::warn!("the Raft database was still in use {} s after shutdown", CLOSE_TIMEOUT.as_secs());
+        }
+        tracing::info!("stopped");
+        result
+    }
+    .instrument(span)
+    .await
 }
 
-async fn serve(config: NodeConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let (log, sm) = umbra_raft::store::open(&config.raft_dir()).with_context(|| format!("opening the Raft store in {}", config.raft_dir().display()))?;
+async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore) -> anyhow::Result<()> {
     let reader = sm.reader();
     let raft_config = Arc::new(config.openraft_config().validate().context("raft settings")?);
     let raft = Raft::new(config.id, raft_config, Network, log.clone(), sm).await.context("starting raft")?;
@@ -43,7 +58,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);
@@ -51,7 +66,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };
     tokio::select! {
-        r = initialise(&config, &raft, me) => r?,
+        r = initialise(config, &raft, me) => r?,
         _ = shutdown_signal() => return stop(raft, stop_tx, server).await,
     }
     shutdown_signal().await;
@@ -66,7 +81,6 @@ async fn stop(raft: Raft, stop_tx: tokio::sync::oneshot::Sender<()>, server: tok
         Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
         Err(_) => tracing::warn!("gRPC server did not stop within 5 s; exiting anyway"),
     }
-    tracing::info!("stopped");
     Ok(())
 }
 

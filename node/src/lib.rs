@@ -3,11 +3,13 @@
 //! Data flow: [`config`] gives a [`config::NodeConfig`]; [`daemon::run`] opens the Raft store
 //! (crate umbra-raft), starts openraft and one gRPC server carrying the Raft service (peer
 //! traffic) and the [`admin`] service (`umbra ctl` and peer nodes). The admin service is a thin
-//! codec over [`meta::Meta`], which proposes writes on the leader or forwards them there,
+//! codec over [`meta::Meta`], which proposes writes on the leader (gathered into entries by
+//! [`batcher`]) or forwards them there,
 //! answers linearizable reads through a read index, and changes membership. [`errors`] holds
 //! the one table from node errors to gRPC codes.
 
 pub mod admin;
+pub mod batcher;
 pub mod config;
 pub mod daemon;
 pub mod errors;

@@ -8,9 +8,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tokio::time::{timeout, Instant};
 use tonic::transport::Channel;
@@ -22,6 +22,7 @@ use umbra_raft::status::{node_status, Members, NodeStatus};
 use umbra_raft::store::{LogStore, MetaReader};
 use umbra_raft::{NodeId, NodeInfo, Raft, TypeConfig};
 
+use crate::batcher::{Batcher, ForwardErr};
 use crate::errors::NodeError;
 
 /// Pause between attempts while a leader is being elected.
@@ -29,7 +30,6 @@ const LEADER_POLL: Duration = Duration::from_millis(50);
 /// How long adding a node may take (the learner must catch up, maybe by snapshot).
 pub const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(60);
 
-type ForwardErr = ForwardToLeader<NodeId, NodeInfo>;
 
 pub struct Meta {
     id: NodeId,
@@ -37,6 +37,7 @@ pub struct Meta {
     reader: MetaReader,
     log: LogStore,
     request_timeout: Duration,
+    batcher: Batcher,
     peers: Mutex<HashMap<String, AdminClient<Channel>>>,
 }
 
@@ -49,7 +50,8 @@ enum Route {
 
 impl Meta {
     pub fn new(id: NodeId, raft: Raft, reader: MetaReader, log: LogStore, request_timeout: Duration) -> Self {
-        Meta { id, raft, reader, log, request_timeout, peers: Mutex::new(HashMap::new()) }
+        let batcher = Batcher::start(raft.clone(), reader.clone(), request_timeout);
+        Meta { id, raft, reader, log, request_timeout, batcher, peers: Mutex::new(HashMap::new()) }
     }
 
     pub fn raft(&self) -> &Raft {
@@ -61,7 +63,8 @@ impl Meta {
     }
 
     fn route(&self) -> Route {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.server_metrics();
+        let m = metrics.borrow();
         match m.current_leader {
             Some(l) if l == self.id => Route::Local,
             Some(l) => match m.membership_config.membership().get_node(&l) {
@@ -97,14 +100,14 @@ impl Meta {
 
     /// Proposes `req` (retries reuse its request id), forwarding to the leader unless
     /// `forwarded`. Returns the state machine's answer and the log index it was applied at.
-    #[tracing::instrument(skip(self, req), fields(node = self.id, request_id = %req.request_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(request_id = %req.request_id))]
     pub async fn write(&self, req: Request, forwarded: bool) -> Result<(Response, u64), NodeError> {
         let start = Instant::now();
         let deadline = start + self.request_timeout;
         let mut route = self.route();
         loop {
             let next = match route {
-                Route::Local => match self.propose(req.clone(), deadline).await {
+                Route::Local => match self.batcher.propose(req.clone(), deadline).await {
                     Ok(done) => return Ok(done),
                     Err(Ok(f)) => self.route_from(&f),
                     Err(Err(e)) => return Err(e),
@@ -140,20 +143,6 @@ impl Meta {
                 }
                 r => r,
             };
-        }
-    }
-
-    /// On the leader: stamps and proposes. `Err(Ok(_))` means "not the leader, go there".
-    async fn propose(&self, mut req: Request, deadline: Instant) -> Result<(Response, u64), Result<ForwardErr, NodeError>> {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        req.stamp_ms = now_ms.max(self.reader.read().state.clock_ms);
-        let waited = deadline.saturating_duration_since(Instant::now());
-        match timeout(waited, self.raft.client_write(req)).await {
-            Err(_) => Err(Err(NodeError::NoQuorum { waited_ms: self.request_timeout.as_millis() as u64 })),
-            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(Ok(f)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(Err(NodeError::Membership(e.to_string()))),
-            Ok(Err(RaftError::Fatal(f))) => Err(Err(NodeError::Stopped(f.to_string()))),
         }
     }
 
@@ -195,7 +184,7 @@ impl Meta {
 
     /// A linearizable read: the read index comes from the leader (asked over gRPC from a
     /// follower), and this node answers once it has applied that far.
-    #[tracing::instrument(skip(self), fields(node = self.id))]
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn query(&self, query: &Query) -> Result<(QueryResult, u64), NodeError> {
         let start = Instant::now();
         let deadline = start + self.request_timeout;
@@ -226,7 +215,7 @@ impl Meta {
     }
 
     /// Adds `id` as a learner (waiting until it has caught up), then promotes it if `voter`.
-    #[tracing::instrument(skip(self, info), fields(node = self.id))]
+    #[tracing::instrument(skip(self, info))]
     pub async fn add_node(&self, id: NodeId, info: NodeInfo, voter: bool, forwarded: bool) -> Result<Members, NodeError> {
         if id == 0 {
             return Err(NodeError::BadRequest("node id 0 is not allowed".into()));
@@ -243,7 +232,7 @@ impl Meta {
     }
 
     /// Removes `id` from the voters (if it is one) and from the learners.
-    #[tracing::instrument(skip(self), fields(node = self.id))]
+    #[tracing::instrument(skip(self))]
     pub async fn remove_node(&self, id: NodeId, forwarded: bool) -> Result<Members, NodeError> {
         let req = RemoveNodeRequest { node_id: id, forwarded: true };
         self.membership_call(forwarded, |raft| async move {

@@ -27,6 +27,18 @@ impl Request {
     }
 }
 
+/// One Raft log entry: the requests a leader gathered while its previous entries were being
+/// made durable, applied in order. Batching lets one synced append carry many commands
+/// (openraft 0.9 syncs every append before taking the next).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub requests: Vec<Request>,
+}
+
+/// The state machine's answers to one entry: one per request of a [`Proposal`], none for a
+/// blank or membership entry.
+pub type Responses = Vec<Response>;
+
 /// A user's role, as FSRVP and the gateway check it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,8 +173,6 @@ pub type Response = Result<Applied, MetaError>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Applied {
-    /// A blank or membership entry: nothing for a client.
-    Nothing,
     Volume(Volume),
     Share(Share),
     ShareDeleted(Share),

@@ -29,7 +29,8 @@ pub enum StateKey {
     Volume(Uuid),
     Share(String),
     User(String),
-    Dedupe(u64, Uuid),
+    /// The remembered answers of every request applied at this log index.
+    Dedupe(u64),
     Clock,
 }
 
@@ -85,17 +86,19 @@ impl MetaState {
             if let Some(old) = self.dedupe.pop_front() {
                 self.dedupe_index.remove(&old.request_id);
                 self.dedupe_base += 1;
-                changed.push(StateKey::Dedupe(old.index, old.request_id));
+                changed.push(StateKey::Dedupe(old.index));
             }
         }
         self.dedupe_index.insert(request_id, self.dedupe_base + self.dedupe.len());
         self.dedupe.push_back(DedupeEntry { index, request_id, response });
-        changed.push(StateKey::Dedupe(index, request_id));
+        changed.push(StateKey::Dedupe(index));
     }
 
-    /// The remembered answer for a dedupe key, if it is still kept (used by the store).
-    pub fn dedupe_entry(&self, request_id: &Uuid) -> Option<&DedupeEntry> {
-        self.dedupe_index.get(request_id).map(|&pos| &self.dedupe[pos - self.dedupe_base])
+    /// The remembered answers of requests applied at log `index` (the store keeps them as one
+    /// record per index, so a batched entry costs one write however many requests it holds).
+    pub fn dedupe_at(&self, index: u64) -> Vec<&DedupeEntry> {
+        let start = self.dedupe.partition_point(|e| e.index < index);
+        self.dedupe.range(start..).take_while(|e| e.index == index).collect()
     }
 
     fn execute(&mut self, command: &Command, members: &BTreeSet<NodeId>, changed: &mut Vec<StateKey>) -> Response {

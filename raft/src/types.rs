@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Request, Response};
+use crate::command::{Proposal, Responses};
 
 /// A node's id in the cluster: chosen by the operator, never reused.
 pub type NodeId = u64;
@@ -22,8 +22,8 @@ pub struct NodeInfo {
 openraft::declare_raft_types!(
     /// Umbra's Raft types: metadata commands in, state machine answers out.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Proposal,
+        R = Responses,
         Node = NodeInfo,
 );
 

@@ -10,11 +10,11 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::group_commit::GroupCommit;
 use super::{cf, io_err, synced, CF_LOG, CF_META};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 /// Log store handle; clones share the database and the committed index.
@@ -22,6 +22,7 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     db: Arc<DB>,
     committed: Arc<Mutex<Option<LogId>>>,
+    syncer: GroupCommit,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -29,12 +30,17 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<DB>) -> Self {
-        let store = LogStore { db, committed: Arc::new(Mutex::new(None)) };
-        if let Ok(Some(c)) = store.get_meta::<LogId>(KEY_COMMITTED) {
-            *store.committed.lock().expect("committed lock") = Some(c);
-        }
-        store
+    pub(super) fn new(db: Arc<DB>) -> std::io::Result<Self> {
+        let syncer = GroupCommit::start(db.clone())?;
+        Ok(LogStore { db, committed: Arc::new(Mutex::new(None)), syncer })
+    }
+
+    pub(super) fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    pub(super) fn sync_thread(&self) -> super::group_commit::SyncThread {
+        self.syncer.thread()
     }
 
     /// The newest committed log id openraft told this store about.
@@ -49,11 +55,11 @@ impl LogStore {
             .transpose()
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), StorageError> {
+    /// A synced write of one `meta` key.
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(value).map_err(|e| io_err(StorageIOError::write(&e)))?;
-        let opts = if sync { synced() } else { rocksdb::WriteOptions::default() };
         self.db
-            .put_cf_opt(cf(&self.db, CF_META), key, bytes, &opts)
+            .put_cf_opt(cf(&self.db, CF_META), key, bytes, &synced())
             .map_err(|e| io_err(StorageIOError::write(&e)))
     }
 
@@ -112,7 +118,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote, true)
+        self.put_meta(KEY_VOTE, vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -120,13 +126,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Kept in memory for `status` only: persisting it would cost a write per commit, and
+        // after a restart openraft learns the committed index from the leader.
         *self.committed.lock().expect("committed lock") = committed;
-        // Not synced: after a crash openraft re-learns the committed index from the leader.
-        self.put_meta(KEY_COMMITTED, &committed, false)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.get_meta(KEY_COMMITTED)
+        Ok(())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -136,14 +139,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let log = cf(&self.db, CF_LOG);
         let mut batch = WriteBatch::default();
+        let mut count = 0usize;
         for entry in entries {
+            count += 1;
             let bytes = serde_json::to_vec(&entry).map_err(|e| io_err(StorageIOError::write_logs(&e)))?;
             batch.put_cf(log, index_key(entry.log_id.index), bytes);
         }
-        let result = self.db.write_opt(batch, &synced());
-        let io_result = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(io_result);
-        result.map_err(|e| io_err(StorageIOError::write_logs(&e)))
+        tracing::trace!(entries = count, "append");
+        // Readable once written; durable when the group commit syncs the WAL.
+        if let Err(e) = self.db.write(batch) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(io_err(StorageIOError::write_logs(&e)));
+        }
+        self.syncer.flush_later(callback);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -2,10 +2,11 @@
 //!
 //! Column families: `meta` (vote, committed, last purged, current snapshot), `log` (entries by
 //! big-endian index) and `sm` (the applied state, one key per volume, share, user and dedupe
-//! entry, plus the applied log id and membership). Log appends, votes, truncation, purges and
-//! snapshots are synced writes; a purge or snapshot sync also makes every earlier state machine
-//! write durable, since RocksDB has one WAL.
+//! entry, plus the applied log id and membership). Log appends are group-committed (see
+//! [`group_commit`]); votes, truncation, purges and snapshots are synced writes. Any sync also
+//! makes every earlier state machine write durable, since RocksDB has one WAL.
 
+mod group_commit;
 mod log;
 mod state_machine;
 
@@ -23,6 +24,43 @@ const CF_META: &str = "meta";
 const CF_LOG: &str = "log";
 const CF_SM: &str = "sm";
 
+/// Tells when the database has been closed (every handle dropped), so a process can wait for
+/// RocksDB to finish its background work before it exits.
+pub struct CloseWatch {
+    db: std::sync::Weak<DB>,
+    sync_thread: group_commit::SyncThread,
+}
+
+impl CloseWatch {
+    /// Waits until the last handle is gone and the WAL sync thread has ended, or `limit`
+    /// passes; returns whether it closed.
+    pub async fn closed(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.db.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The thread has dropped its handle, so it is ending: joining it cannot block long.
+        let handle = self.sync_thread.lock().expect("sync thread slot").take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the WAL sync thread panicked");
+            }
+        }
+        true
+    }
+}
+
+/// Opens (or creates) the Raft database under `path`, returning its two halves and a watch
+/// on its closing.
+pub fn open_watched(path: &Path) -> Result<(LogStore, StateMachineStore, CloseWatch), StorageError> {
+    let (log, sm) = open(path)?;
+    let watch = CloseWatch { db: Arc::downgrade(log.db()), sync_thread: log.sync_thread() };
+    Ok((log, sm, watch))
+}
+
 /// Opens (or creates) the Raft database under `path`, returning its two halves.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StorageError> {
     let mut opts = Options::default();
@@ -31,7 +69,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StorageError> 
     let cfs = [CF_META, CF_LOG, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| io_err(openraft::StorageIOError::write(&e)))?;
     let db = Arc::new(db);
-    let log = LogStore::new(db.clone());
+    let log = LogStore::new(db.clone()).map_err(|e| io_err(openraft::StorageIOError::write(&e)))?;
     let sm = StateMachineStore::load(db)?;
     Ok((log, sm))
 }

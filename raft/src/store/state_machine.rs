@@ -15,8 +15,8 @@ use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
 use super::{cf, io_err, synced, CF_META, CF_SM};
-use crate::command::{Applied, Response};
-use crate::state::{MetaState, StateKey};
+use crate::command::Responses;
+use crate::state::{DedupeEntry, MetaState, StateKey};
 use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -69,7 +69,7 @@ fn key_of(k: &StateKey) -> Vec<u8> {
         StateKey::Volume(id) => format!("v/{id}").into_bytes(),
         StateKey::Share(name) => format!("s/{name}").into_bytes(),
         StateKey::User(name) => format!("u/{name}").into_bytes(),
-        StateKey::Dedupe(index, id) => format!("d/{index:020}/{id}").into_bytes(),
+        StateKey::Dedupe(index) => format!("d/{index:020}").into_bytes(),
         StateKey::Clock => KEY_CLOCK.to_vec(),
     }
 }
@@ -98,7 +98,10 @@ impl StateMachineStore {
                 StateKey::Volume(id) => s.volumes.get(id).map(serde_json::to_vec),
                 StateKey::Share(name) => s.shares.get(name).map(serde_json::to_vec),
                 StateKey::User(name) => s.users.get(name).map(serde_json::to_vec),
-                StateKey::Dedupe(_, id) => s.dedupe_entry(id).map(serde_json::to_vec),
+                StateKey::Dedupe(index) => {
+                    let kept = s.dedupe_at(*index);
+                    (!kept.is_empty()).then(|| serde_json::to_vec(&kept))
+                }
                 StateKey::Clock => Some(serde_json::to_vec(&s.clock_ms)),
             };
             match value.transpose().map_err(write_err)? {
@@ -107,7 +110,11 @@ impl StateMachineStore {
             }
         }
         batch.put_cf(sm, KEY_APPLIED, serde_json::to_vec(&data.last_applied).map_err(write_err)?);
-        batch.put_cf(sm, KEY_MEMBERSHIP, serde_json::to_vec(&data.membership).map_err(write_err)?);
+        Ok(())
+    }
+
+    fn persist_membership(&self, data: &AppliedState, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        batch.put_cf(cf(&self.db, CF_SM), KEY_MEMBERSHIP, serde_json::to_vec(&data.membership).map_err(write_err)?);
         Ok(())
     }
 }
@@ -130,7 +137,10 @@ fn load_key(data: &mut AppliedState, key: &[u8], value: &[u8]) -> Result<(), Sto
             let name = String::from_utf8_lossy(&k[2..]).into_owned();
             s.users.insert(name, serde_json::from_slice(value).map_err(read_err)?);
         }
-        k if k.starts_with(b"d/") => s.dedupe.push_back(serde_json::from_slice(value).map_err(read_err)?),
+        k if k.starts_with(b"d/") => {
+            let entries: Vec<DedupeEntry> = serde_json::from_slice(value).map_err(read_err)?;
+            s.dedupe.extend(entries);
+        }
         _ => tracing::warn!(key = %String::from_utf8_lossy(key), "unknown key in the state machine; ignored"),
     }
     Ok(())
@@ -166,7 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((data.last_applied, data.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Responses>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -174,25 +184,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut data = self.data.write().expect("state machine lock");
         let mut changed = Vec::new();
         let mut responses = Vec::new();
+        let mut membership_changed = false;
         for entry in entries {
             data.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => Ok(Applied::Nothing),
+            let answers = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     data.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Ok(Applied::Nothing)
+                    membership_changed = true;
+                    Vec::new()
                 }
-                EntryPayload::Normal(ref req) => {
+                EntryPayload::Normal(ref proposal) => {
                     let members: BTreeSet<NodeId> = data.membership.membership().nodes().map(|(id, _)| *id).collect();
-                    data.state.apply(entry.log_id.index, req, &members, &mut changed)
+                    let index = entry.log_id.index;
+                    proposal.requests.iter().map(|req| data.state.apply(index, req, &members, &mut changed)).collect()
                 }
             };
-            responses.push(response);
+            responses.push(answers);
         }
         changed.sort();
         changed.dedup();
         let mut batch = WriteBatch::default();
         self.persist_changes(&data, &changed, &mut batch)?;
+        if membership_changed {
+            self.persist_membership(&data, &mut batch)?;
+        }
         self.db.write(batch).map_err(write_err)?;
         Ok(responses)
     }
@@ -220,8 +236,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         all.extend(incoming.state.volumes.keys().map(|id| StateKey::Volume(*id)));
         all.extend(incoming.state.shares.keys().map(|k| StateKey::Share(k.clone())));
         all.extend(incoming.state.users.keys().map(|k| StateKey::User(k.clone())));
-        all.extend(incoming.state.dedupe.iter().map(|d| StateKey::Dedupe(d.index, d.request_id)));
+        all.extend(incoming.state.dedupe.iter().map(|d| StateKey::Dedupe(d.index)));
+        all.dedup();
         self.persist_changes(&incoming, &all, &mut batch)?;
+        self.persist_membership(&incoming, &mut batch)?;
         let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data: bytes }).map_err(write_err)?;
         batch.put_cf(cf(&self.db, CF_META), KEY_SNAPSHOT, stored);
         self.db.write_opt(batch, &synced()).map_err(write_err)?;
