@@ -120,8 +120,9 @@ async fn print_banner(cluster: &LocalCluster, node: &Node, data: &Path, password
     println!("  shares: {}", shares.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
     println!("Try (in another terminal):");
     let addr_flag = if first == crate::ctl::DEFAULT_ADDR { String::new() } else { format!(" --addr {first}") };
-    println!("  cargo run -q -- ctl{addr_flag} status");
-    println!("  cargo run -q -- ctl{addr_flag} share list");
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "umbra".into());
+    println!("  {exe} ctl{addr_flag} status");
+    println!("  {exe} ctl{addr_flag} share list");
     if let Some(s) = shares.first() {
         let smb = &cluster.nodes[0].smb_addr;
         let port = smb.rsplit(':').next().unwrap_or("445");
