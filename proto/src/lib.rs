@@ -7,3 +7,8 @@
 pub mod v1 {
     tonic::include_proto!("umbra.v1");
 }
+
+/// A minimal client of etcd's v3 API, used only to measure etcd as a peer in benchmarks.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
