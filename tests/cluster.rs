@@ -312,3 +312,67 @@ fn nodes_are_added_as_learners_promoted_to_voters_and_removed() {
     });
     assert!(c.ctl(1, &["share", "create", "s", "--volume", "vol"]).ok, "three voters still make quorum");
 }
+
+/// Sends one `Request` (fixed request id) to `addr` over gRPC and returns the state machine's answer.
+fn send_request(addr: &str, request: &umbra_raft::command::Request) -> Result<umbra_raft::command::Response, tonic::Status> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut admin = umbra_proto::v1::admin_client::AdminClient::new(ch);
+        let json = serde_json::to_vec(request).unwrap();
+        let reply = admin.write(umbra_proto::v1::WriteRequest { json, forwarded: false }).await?.into_inner();
+        Ok(serde_json::from_slice(&reply.json).unwrap())
+    })
+}
+
+#[test]
+fn a_retried_request_applies_once_across_a_leader_change_and_a_restart() {
+    use umbra_raft::command::{Applied, Command, Request};
+    let mut c = Cluster::start(3, "");
+    let leader = wait_for(Duration::from_secs(10), "a leader", || c.agreed_leader(&[1, 2, 3]));
+    assert!(c.ctl(leader, &["volume", "create", "vol", "--node", "1"]).ok);
+    let request = Request::new(Command::CreateShare { name: "Once".into(), volume: "vol".into(), path: "/".into(), read_only: false });
+    let first = send_request(c.addr(leader), &request).expect("first attempt");
+    assert!(matches!(first, Ok(Applied::Share(_))), "{first:?}");
+
+    // The client never saw that answer (say): it retries the same request after the leader died.
+    c.kill9(leader);
+    let other = (1..=3).find(|&id| id != leader).unwrap();
+    let retry = wait_for(Duration::from_secs(15), "the retry to be answered", || send_request(c.addr(other), &request).ok());
+    assert_eq!(retry, first, "the retry gets the first answer, not 'already exists'");
+
+    // The dedupe table is durable: the restarted node answers the same from its RocksDB.
+    c.start_node(leader);
+    let target = c.applied(other).unwrap();
+    wait_for(Duration::from_secs(30), "the restarted node to catch up", || (c.applied(leader)? >= target).then_some(()));
+    assert_eq!(send_request(c.addr(leader), &request).unwrap(), first);
+    assert_eq!(c.names(leader, "share"), ["Once"]);
+
+    // A new request for the same name is a different command: refused.
+    let again = Request::new(Command::CreateShare { name: "ONCE".into(), volume: "vol".into(), path: "/".into(), read_only: false });
+    assert!(matches!(send_request(c.addr(other), &again).unwrap(), Err(umbra_raft::command::MetaError::AlreadyExists { .. })));
+}
+
+#[test]
+fn concurrent_creates_of_one_name_through_every_node_admit_exactly_one() {
+    let c = Cluster::start(3, "");
+    assert!(c.ctl(1, &["volume", "create", "vol", "--node", "3"]).ok);
+    let results: Vec<Ctl> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..9)
+            .map(|i| {
+                let addr = c.addr(1 + (i % 3)).to_string();
+                let name = if i % 2 == 0 { "Race" } else { "RACE" };
+                s.spawn(move || ctl_at(&addr, &["share", "create", name, "--volume", "vol"], None))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won = results.iter().filter(|r| r.ok).count();
+    assert_eq!(won, 1, "exactly one create wins: {:?}", results.iter().map(|r| &r.stderr).collect::<Vec<_>>());
+    for r in results.iter().filter(|r| !r.ok) {
+        assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    }
+    for via in 1..=3 {
+        assert_eq!(c.names(via, "share").len(), 1);
+    }
+}
