@@ -100,8 +100,10 @@ async fn initialise(config: &NodeConfig, raft: &Raft, me: NodeInfo) -> anyhow::R
         return Ok(());
     }
     let req = AddNodeRequest { node_id: config.id, grpc_addr: me.grpc_addr, smb_addr: me.smb_addr, voter: true, forwarded: false };
-    for attempt in 1u64.. {
-        let addr = &config.join[(attempt as usize - 1) % config.join.len()];
+    let mut attempt = 0usize;
+    loop {
+        let addr = &config.join[attempt % config.join.len()];
+        attempt += 1;
         match join_through(addr, req.clone()).await {
             Ok(()) => {
                 tracing::info!(through = %addr, "joined the cluster");
@@ -111,7 +113,6 @@ async fn initialise(config: &NodeConfig, raft: &Raft, me: NodeInfo) -> anyhow::R
         }
         tokio::time::sleep(JOIN_RETRY).await;
     }
-    unreachable!("the join loop only ends by returning")
 }
 
 async fn join_through(addr: &str, req: AddNodeRequest) -> anyhow::Result<()> {

@@ -14,6 +14,8 @@ pub enum NodeError {
     NoLeader { waited_ms: u64 },
     #[error("the leader (node {leader} at {addr}) did not answer: {reason}")]
     LeaderUnreachable { leader: u64, addr: String, reason: String },
+    #[error("this node is not the leader (it was when the request was forwarded to it)")]
+    NotLeader,
     #[error("membership change refused: {0}")]
     Membership(String),
     #[error("bad request: {0}")]
@@ -30,7 +32,7 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         let code = match &e {
             NodeError::NoQuorum { .. } | NodeError::NoLeader { .. } | NodeError::LeaderUnreachable { .. } => Code::Unavailable,
-            NodeError::Stopped(_) => Code::Unavailable,
+            NodeError::Stopped(_) | NodeError::NotLeader => Code::Unavailable,
             NodeError::Membership(_) => Code::FailedPrecondition,
             NodeError::BadRequest(_) => Code::InvalidArgument,
             NodeError::Refused(m) => match m {

@@ -112,7 +112,9 @@ impl Meta {
                     Err(Ok(f)) => self.route_from(&f),
                     Err(Err(e)) => return Err(e),
                 },
-                Route::Leader { id, addr } if !forwarded => match self.forward_write(&req, &addr, deadline).await {
+                // A forwarded write is never forwarded again: its sender looks for the leader.
+                Route::Leader { .. } | Route::Unknown if forwarded => return Err(NodeError::NotLeader),
+                Route::Leader { id, addr } => match self.forward_write(&req, &addr, deadline).await {
                     Ok((response, index)) => {
                         self.wait_applied(index, deadline).await?;
                         return Ok((response, index));
@@ -123,7 +125,7 @@ impl Meta {
                         Route::Unknown
                     }
                 },
-                Route::Leader { .. } | Route::Unknown => Route::Unknown,
+                Route::Unknown => Route::Unknown,
             };
             if Instant::now() >= deadline {
                 return Err(if self.raft.metrics().borrow().current_leader.is_none() {
@@ -135,11 +137,7 @@ impl Meta {
             route = match next {
                 Route::Unknown => {
                     tokio::time::sleep(LEADER_POLL).await;
-                    match self.route() {
-                        // A forwarded write on a node that lost leadership goes back to its sender.
-                        Route::Leader { .. } if forwarded => Route::Unknown,
-                        r => r,
-                    }
+                    self.route()
                 }
                 r => r,
             };
