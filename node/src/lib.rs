@@ -14,3 +14,4 @@ pub mod config;
 pub mod daemon;
 pub mod errors;
 pub mod meta;
+pub mod volume;

@@ -86,21 +86,30 @@ pub fn check_user_name(name: &str) -> Result<(), NameError> {
     check_common("user", name, MAX_USER_NAME_CHARS, USER_FORBIDDEN)
 }
 
+/// One file or directory name (a path component), as NTFS and SMB allow it.
+pub fn check_file_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(refuse("file", name, "it is empty"));
+    }
+    if name == "." || name == ".." {
+        return Err(refuse("file", name, "'.' and '..' are not allowed"));
+    }
+    let units = name.encode_utf16().count();
+    if units > MAX_COMPONENT_UTF16_UNITS {
+        return Err(refuse("file", name, format!("it has {units} UTF-16 units, at most {MAX_COMPONENT_UTF16_UNITS}")));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control() || FILE_FORBIDDEN.contains(c)) {
+        return Err(refuse("file", name, format!("character {c:?} is not allowed")));
+    }
+    Ok(())
+}
+
 /// Normalises a path inside a volume to `/a/b` form (`\` accepted as a separator; empty
 /// components dropped), checking every component as a file name.
 pub fn normalize_share_path(path: &str) -> Result<String, NameError> {
     let mut out = String::new();
     for component in path.split(['/', '\\']).filter(|c| !c.is_empty()) {
-        if component == "." || component == ".." {
-            return Err(refuse("path", path, "'.' and '..' are not allowed"));
-        }
-        let units = component.encode_utf16().count();
-        if units > MAX_COMPONENT_UTF16_UNITS {
-            return Err(refuse("path", path, format!("a component has {units} UTF-16 units, at most {MAX_COMPONENT_UTF16_UNITS}")));
-        }
-        if let Some(c) = component.chars().find(|c| c.is_control() || FILE_FORBIDDEN.contains(c)) {
-            return Err(refuse("path", path, format!("character {c:?} is not allowed")));
-        }
+        check_file_name(component).map_err(|e| refuse("path", path, e.reason))?;
         out.push('/');
         out.push_str(component);
     }

@@ -1,0 +1,52 @@
+//! The volume store's errors. The gateway maps them to NTSTATUS (one table, in the gateway).
+
+use umbra_raft::names::NameError;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume {0} is not on this node")]
+    NoSuchVolume(Uuid),
+    #[error("volume {0} already exists")]
+    VolumeExists(Uuid),
+    #[error("snapshot {0} does not exist")]
+    NoSuchSnapshot(Uuid),
+    #[error("clone {0} does not exist")]
+    NoSuchClone(Uuid),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0:?} already exists")]
+    Exists(String),
+    #[error("the directory is not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("read-only: {0}")]
+    ReadOnly(&'static str),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("{what} is {got}; at most {max} allowed")]
+    TooLarge { what: &'static str, got: u64, max: u64 },
+    #[error("the volume holds {max} snapshots already (its limit)")]
+    TooManySnapshots { max: usize },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<rocksdb::Error> for VolumeError {
+    fn from(e: rocksdb::Error) -> Self {
+        VolumeError::Storage(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for VolumeError {
+    fn from(e: serde_json::Error) -> Self {
+        VolumeError::Storage(format!("corrupt record: {e}"))
+    }
+}
+
+pub type Result<T, E = VolumeError> = std::result::Result<T, E>;

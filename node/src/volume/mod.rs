@@ -1,0 +1,20 @@
+//! Volumes: file trees stored in the node's volume RocksDB (never the Raft one), with O(1)
+//! snapshots, writable clones and crash-safe reclaim.
+//!
+//! Data flow: a caller (the volume gRPC service, later the SMB gateway) names a volume, a
+//! [`View`] (live, a snapshot, or a clone) and an inode; [`VolumeStore`] turns each mutation
+//! into one RocksDB write batch of epoch-versioned keys ([`keys`]); superseded versions a
+//! snapshot still reads go to deadlists, which [`reclaim`] walks when a snapshot is deleted.
+
+mod error;
+pub mod keys;
+pub mod reclaim;
+mod store;
+mod types;
+
+pub use error::{Result, VolumeError};
+pub use store::VolumeStore;
+pub use types::*;
+
+#[cfg(test)]
+mod model_tests;

@@ -1,0 +1,380 @@
+//! Model-based property tests: random sequences of file operations, snapshots, snapshot
+//! deletes (with reclaim) and clones against plain in-memory trees; after every step, the
+//! live volume, every live snapshot and every clone must read exactly like the model.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::*;
+
+/// A tree as the model keeps it: folded path -> (name as created, kind, content).
+type Tree = BTreeMap<String, (String, Kind, Vec<u8>)>;
+
+const NAMES: [&str; 4] = ["a", "A", "b", "B"];
+const DIR: &str = "d";
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create { in_dir: bool, name: usize, view: usize },
+    Mkdir { view: usize },
+    Write { file: usize, offset: u64, len: usize, byte: u8, view: usize },
+    SetSize { file: usize, size: u64, view: usize },
+    Unlink { file: usize, view: usize },
+    RemoveDir { view: usize },
+    Rename { from: usize, to: usize, to_dir: bool, replace: bool, view: usize },
+    Snapshot,
+    DeleteSnapshot { which: usize },
+    Clone { which: usize },
+    Seal { which: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let view = 0usize..3;
+    let file = 0usize..8;
+    prop_oneof![
+        4 => (any::<bool>(), 0usize..4, view.clone()).prop_map(|(in_dir, name, view)| Op::Create { in_dir, name, view }),
+        1 => view.clone().prop_map(|view| Op::Mkdir { view }),
+        6 => (file.clone(), 0u64..(3 * CHUNK_BYTES), 0usize..(CHUNK_BYTES as usize + 300), any::<u8>(), view.clone())
+            .prop_map(|(file, offset, len, byte, view)| Op::Write { file, offset, len, byte, view }),
+        3 => (file.clone(), prop_oneof![Just(0u64), 0u64..(3 * CHUNK_BYTES)], view.clone()).prop_map(|(file, size, view)| Op::SetSize { file, size, view }),
+        2 => (file.clone(), view.clone()).prop_map(|(file, view)| Op::Unlink { file, view }),
+        1 => view.clone().prop_map(|view| Op::RemoveDir { view }),
+        2 => (file.clone(), 0usize..4, any::<bool>(), any::<bool>(), view).prop_map(|(from, to, to_dir, replace, view)| Op::Rename { from, to, to_dir, replace, view }),
+        2 => Just(Op::Snapshot),
+        2 => (0usize..4).prop_map(|which| Op::DeleteSnapshot { which }),
+        1 => (0usize..4).prop_map(|which| Op::Clone { which }),
+        1 => (0usize..3).prop_map(|which| Op::Seal { which }),
+    ]
+}
+
+/// Path of candidate file `i`: four names at the root, four in `d`.
+fn path_of(i: usize) -> (bool, &'static str) {
+    (i >= 4, NAMES[i % 4])
+}
+
+fn key(in_dir: bool, name: &str) -> String {
+    let n = name.to_lowercase();
+    if in_dir { format!("{DIR}/{n}") } else { n }
+}
+
+struct World {
+    store: VolumeStore,
+    vol: Uuid,
+    live: Tree,
+    snapshots: Vec<(Uuid, Tree)>,
+    clones: Vec<(Uuid, Tree, bool)>,
+    now: u64,
+}
+
+impl World {
+    /// The view an op targets: 0 is live, 1.. are clones (falling back to live).
+    fn target(&mut self, v: usize) -> (View, bool, &mut Tree) {
+        if v > 0 && v <= self.clones.len() {
+            let (id, tree, sealed) = &mut self.clones[v - 1];
+            return (View::Clone(*id), !*sealed, tree);
+        }
+        (View::Live, true, &mut self.live)
+    }
+
+    fn dir_ino(&self, view: View, in_dir: bool) -> Option<u64> {
+        if !in_dir {
+            return Some(ROOT_INO);
+        }
+        self.store.lookup(self.vol, view, ROOT_INO, DIR).unwrap().filter(|e| e.inode.kind == Kind::Dir).map(|e| e.ino)
+    }
+
+    fn apply(&mut self, op: &Op) {
+        self.now += 1;
+        let now = self.now;
+        let vol = self.vol;
+        match op.clone() {
+            Op::Create { in_dir, name, view } => {
+                let name = NAMES[name];
+                let (v, writable, _) = self.target(view);
+                let parent = self.dir_ino(v, in_dir);
+                let (_, _, tree) = self.target(view);
+                let expect = writable && parent.is_some() && !tree.contains_key(&key(in_dir, name));
+                let got = parent.map(|p| self.store.create(vol, v, p, name, Kind::File, now));
+                assert_eq!(got.as_ref().is_some_and(|r| r.is_ok()), expect, "create {name} in_dir={in_dir}: {got:?}");
+                if expect {
+                    self.target(view).2.insert(key(in_dir, name), (name.to_string(), Kind::File, Vec::new()));
+                }
+            }
+            Op::Mkdir { view } => {
+                let (v, writable, tree) = self.target(view);
+                let expect = writable && !tree.contains_key(DIR);
+                let got = self.store.create(vol, v, ROOT_INO, DIR, Kind::Dir, now);
+                assert_eq!(got.is_ok(), expect, "mkdir: {got:?}");
+                if expect {
+                    self.target(view).2.insert(DIR.into(), (DIR.into(), Kind::Dir, Vec::new()));
+                }
+            }
+            Op::Write { file, offset, len, byte, view } => {
+                let (in_dir, name) = path_of(file);
+                let (v, writable, tree) = self.target(view);
+                let Some((_, Kind::File, _)) = tree.get(&key(in_dir, name)) else { return };
+                let entry = self.store.resolve(vol, v, &key(in_dir, name)).unwrap();
+                let data = vec![byte; len];
+                let got = self.store.write(vol, v, entry.ino, offset, &data, now);
+                assert_eq!(got.is_ok(), writable, "{got:?}");
+                if writable {
+                    let content = &mut self.target(view).2.get_mut(&key(in_dir, name)).unwrap().2;
+                    let end = offset as usize + len;
+                    if content.len() < end {
+                        content.resize(end, 0);
+                    }
+                    content[offset as usize..end].copy_from_slice(&data);
+                }
+            }
+            Op::SetSize { file, size, view } => {
+                let (in_dir, name) = path_of(file);
+                let (v, writable, tree) = self.target(view);
+                let Some((_, Kind::File, _)) = tree.get(&key(in_dir, name)) else { return };
+                let entry = self.store.resolve(vol, v, &key(in_dir, name)).unwrap();
+                let got = self.store.set_size(vol, v, entry.ino, size, now);
+                assert_eq!(got.is_ok(), writable, "{got:?}");
+                if writable {
+                    self.target(view).2.get_mut(&key(in_dir, name)).unwrap().2.resize(size as usize, 0);
+                }
+            }
+            Op::Unlink { file, view } => {
+                let (in_dir, name) = path_of(file);
+                let (v, writable, tree) = self.target(view);
+                let exists = tree.contains_key(&key(in_dir, name));
+                let Some(parent) = self.dir_ino(v, in_dir) else { return };
+                let got = self.store.unlink(vol, v, parent, name, now);
+                assert_eq!(got.is_ok(), writable && exists, "unlink {name}: {got:?}");
+                if writable && exists {
+                    self.target(view).2.remove(&key(in_dir, name));
+                }
+            }
+            Op::RemoveDir { view } => {
+                let (v, writable, tree) = self.target(view);
+                let exists = tree.contains_key(DIR);
+                let empty = !tree.keys().any(|k| k.starts_with("d/"));
+                let got = self.store.unlink(vol, v, ROOT_INO, DIR, now);
+                assert_eq!(got.is_ok(), writable && exists && empty, "rmdir: {got:?}");
+                if !writable {
+                    assert!(matches!(got, Err(VolumeError::ReadOnly(_))), "{got:?}");
+                } else if !exists {
+                    assert!(matches!(got, Err(VolumeError::NotFound(_))), "{got:?}");
+                } else if !empty {
+                    assert!(matches!(got, Err(VolumeError::NotEmpty)));
+                }
+                if got.is_ok() {
+                    self.target(view).2.remove(DIR);
+                }
+            }
+            Op::Rename { from, to, to_dir, replace, view } => self.rename(from, to, to_dir, replace, view, now),
+            Op::Snapshot => {
+                if self.snapshots.len() >= 6 {
+                    return;
+                }
+                let id = Uuid::new_v4();
+                self.store.snapshot_create(vol, id, now).unwrap();
+                self.snapshots.push((id, self.live.clone()));
+            }
+            Op::DeleteSnapshot { which } => {
+                if self.snapshots.is_empty() {
+                    return;
+                }
+                let (id, _) = self.snapshots.remove(which % self.snapshots.len());
+                self.store.snapshot_delete(vol, id).unwrap();
+                assert!(self.store.read(vol, View::Snapshot(id), ROOT_INO, 0, 1).is_err(), "a deleting snapshot is not readable");
+                // Small steps, so a reclaim spans several batches.
+                while self.store.reclaim_step(vol, 3).unwrap() {}
+                assert!(!self.store.snapshots(vol).unwrap().iter().any(|s| s.id == id));
+            }
+            Op::Clone { which } => {
+                if self.snapshots.is_empty() || self.clones.len() >= 2 {
+                    return;
+                }
+                let (snap, tree) = self.snapshots[which % self.snapshots.len()].clone();
+                let id = Uuid::new_v4();
+                self.store.clone_create(vol, snap, id).unwrap();
+                self.clones.push((id, tree, false));
+            }
+            Op::Seal { which } => {
+                if self.clones.is_empty() {
+                    return;
+                }
+                let i = which % self.clones.len();
+                self.store.clone_seal(vol, self.clones[i].0).unwrap();
+                self.clones[i].2 = true;
+            }
+        }
+    }
+
+    fn rename(&mut self, from: usize, to: usize, to_dir: bool, replace: bool, view: usize, now: u64) {
+        let vol = self.vol;
+        let (from_in_dir, from_name) = path_of(from);
+        let to_name = NAMES[to];
+        let (v, writable, tree) = self.target(view);
+        let from_key = key(from_in_dir, from_name);
+        let to_key = key(to_dir, to_name);
+        let Some(source) = tree.get(&from_key).cloned() else { return };
+        let (Some(fp), Some(tp)) = (self.dir_ino(v, from_in_dir), self.dir_ino(v, to_dir)) else { return };
+        let (_, _, tree) = self.target(view);
+        let target = if from_key == to_key { None } else { tree.get(&to_key).cloned() };
+        let expect = writable && match &target {
+            None => true,
+            Some((_, Kind::Dir, _)) => false,
+            Some(_) => replace,
+        };
+        let got = self.store.rename(vol, v, fp, from_name, tp, to_name, replace, now);
+        assert_eq!(got.is_ok(), expect, "rename {from_key} -> {to_key} replace={replace}: {got:?}");
+        if expect {
+            let tree = self.target(view).2;
+            tree.remove(&from_key);
+            tree.insert(to_key, (to_name.to_string(), source.1, source.2));
+        }
+    }
+
+    fn check(&self) {
+        assert_eq!(dump(&self.store, self.vol, View::Live), self.live, "live volume");
+        for (id, tree) in &self.snapshots {
+            assert_eq!(&dump(&self.store, self.vol, View::Snapshot(*id)), tree, "snapshot {id}");
+        }
+        for (id, tree, _) in &self.clones {
+            assert_eq!(&dump(&self.store, self.vol, View::Clone(*id)), tree, "clone {id}");
+        }
+    }
+}
+
+/// The whole tree a view shows, read through the store's listing and reads.
+fn dump(store: &VolumeStore, vol: Uuid, view: View) -> Tree {
+    let mut out = Tree::new();
+    let mut stack = vec![(ROOT_INO, String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for e in store.list(vol, view, dir, None, MAX_LIST_ENTRIES).unwrap() {
+            let path = format!("{prefix}{}", e.name.to_lowercase());
+            let content = match e.inode.kind {
+                Kind::File => {
+                    let data = store.read(vol, view, e.ino, 0, e.inode.size).unwrap();
+                    assert_eq!(data.len() as u64, e.inode.size);
+                    data
+                }
+                Kind::Dir => {
+                    stack.push((e.ino, format!("{path}/")));
+                    Vec::new()
+                }
+            };
+            out.insert(path, (e.name, e.inode.kind, content));
+        }
+    }
+    out
+}
+
+fn world() -> (tempfile::TempDir, World) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = VolumeStore::open(dir.path()).unwrap();
+    let vol = Uuid::new_v4();
+    store.create_volume(vol, 0).unwrap();
+    (dir, World { store, vol, live: Tree::new(), snapshots: Vec::new(), clones: Vec::new(), now: 0 })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_store_reads_like_the_model_at_every_snapshot_and_clone(ops in prop::collection::vec(op(), 1..40)) {
+        let (_dir, mut w) = world();
+        for op in &ops {
+            w.apply(op);
+            w.check();
+        }
+        // Every snapshot and clone goes: nothing is left but what the live volume needs.
+        for (id, _, _) in std::mem::take(&mut w.clones) {
+            w.store.clone_delete(w.vol, id).unwrap();
+        }
+        for (id, _) in std::mem::take(&mut w.snapshots) {
+            w.store.snapshot_delete(w.vol, id).unwrap();
+        }
+        w.store.reclaim_all(w.vol).unwrap();
+        w.check();
+        prop_assert_eq!(count(&w.store, super::store::CF_DEAD), 0, "deadlists are empty once no pin is left");
+        prop_assert_eq!(count(&w.store, super::store::CF_CHUNKS), live_chunks(&w.live), "only live chunks remain");
+    }
+}
+
+fn count(store: &VolumeStore, cf: &str) -> usize {
+    store.db.iterator_cf(store.cf(cf), rocksdb::IteratorMode::Start).count()
+}
+
+/// Chunks holding data in a tree (what the store must keep, no more).
+fn live_chunks(tree: &Tree) -> usize {
+    tree.values()
+        .filter(|(_, k, _)| *k == Kind::File)
+        .map(|(_, _, data)| data.chunks(CHUNK_BYTES as usize).filter(|c| c.iter().any(|&b| b != 0)).count())
+        .sum()
+}
+
+#[test]
+fn truncate_to_zero_after_a_snapshot_then_extend_reads_zeros_while_the_snapshot_keeps_the_data() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "disk.vhdx", Kind::File, 1).unwrap();
+    let old = vec![0xAB; 3 * CHUNK_BYTES as usize];
+    s.write(v, View::Live, ino, 0, &old, 2).unwrap();
+    let snap = Uuid::new_v4();
+    s.snapshot_create(v, snap, 3).unwrap();
+    s.set_size(v, View::Live, ino, 0, 4).unwrap();
+    s.set_size(v, View::Live, ino, old.len() as u64, 5).unwrap();
+    assert_eq!(s.read(v, View::Live, ino, 0, old.len() as u64).unwrap(), vec![0; old.len()]);
+    assert_eq!(s.read(v, View::Snapshot(snap), ino, 0, old.len() as u64).unwrap(), old);
+    // Partial truncate then extend: the dropped range reads as zeros too.
+    s.write(v, View::Live, ino, 0, &old, 6).unwrap();
+    let snap2 = Uuid::new_v4();
+    s.snapshot_create(v, snap2, 7).unwrap();
+    s.set_size(v, View::Live, ino, 1000, 8).unwrap();
+    s.set_size(v, View::Live, ino, old.len() as u64, 9).unwrap();
+    let mut expect = vec![0u8; old.len()];
+    expect[..1000].fill(0xAB);
+    assert_eq!(s.read(v, View::Live, ino, 0, old.len() as u64).unwrap(), expect);
+    assert_eq!(s.read(v, View::Snapshot(snap2), ino, 0, old.len() as u64).unwrap(), old);
+    assert_eq!(s.read(v, View::Snapshot(snap), ino, 0, old.len() as u64).unwrap(), old);
+}
+
+#[test]
+fn snapshots_are_capped_and_snapshot_views_refuse_writes() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    let first = Uuid::new_v4();
+    s.snapshot_create(v, first, 1).unwrap();
+    for _ in 1..MAX_SNAPSHOTS_PER_VOLUME {
+        s.snapshot_create(v, Uuid::new_v4(), 1).unwrap();
+    }
+    assert!(matches!(s.snapshot_create(v, Uuid::new_v4(), 1), Err(VolumeError::TooManySnapshots { max: MAX_SNAPSHOTS_PER_VOLUME })));
+    assert!(matches!(s.write(v, View::Snapshot(first), ino, 0, b"x", 2), Err(VolumeError::ReadOnly(_))));
+    assert!(matches!(s.create(v, View::Live, ROOT_INO, "a:b", Kind::File, 1), Err(VolumeError::InvalidName(_))));
+    assert!(matches!(s.write(v, View::Live, ino, MAX_FILE_BYTES, b"x", 2), Err(VolumeError::TooLarge { .. })));
+    assert!(matches!(s.read(v, View::Live, ino, 0, MAX_IO_BYTES + 1), Err(VolumeError::TooLarge { .. })));
+}
+
+#[test]
+fn the_store_reopens_with_its_volumes_snapshots_and_clones() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = Uuid::new_v4();
+    let (snap, clone) = (Uuid::new_v4(), Uuid::new_v4());
+    let ino;
+    {
+        let s = VolumeStore::open(dir.path()).unwrap();
+        s.create_volume(vol, 0).unwrap();
+        ino = s.create(vol, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+        s.write(vol, View::Live, ino, 0, b"before", 2).unwrap();
+        s.snapshot_create(vol, snap, 3).unwrap();
+        s.write(vol, View::Live, ino, 0, b"after!", 4).unwrap();
+        s.clone_create(vol, snap, clone).unwrap();
+        s.write(vol, View::Clone(clone), ino, 0, b"cloned", 5).unwrap();
+    }
+    let s = VolumeStore::open(dir.path()).unwrap();
+    assert_eq!(s.volumes(), vec![vol]);
+    assert_eq!(s.read(vol, View::Live, ino, 0, 6).unwrap(), b"after!");
+    assert_eq!(s.read(vol, View::Snapshot(snap), ino, 0, 6).unwrap(), b"before");
+    assert_eq!(s.read(vol, View::Clone(clone), ino, 0, 6).unwrap(), b"cloned");
+    let next = s.create(vol, View::Live, ROOT_INO, "g", Kind::File, 6).unwrap();
+    assert!(next > ino, "inode numbers are never reused");
+}

@@ -1,0 +1,122 @@
+//! What the volume store keeps: inodes, directory entries, snapshots, clones, and its limits.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::keys::{Epoch, Lineage};
+
+/// File data is kept in chunks of this size. 64 KiB: a 1 MiB write is 16 keys, a 4 KiB random
+/// write rewrites one 64 KiB chunk at most (and only the first write after a snapshot copies),
+/// and a chunk stays far below RocksDB's blob and block sizes' costs per key.
+pub const CHUNK_BYTES: u64 = 64 * 1024;
+/// Snapshots a volume may hold (ONTAP's limit too); one more is refused with a clear error.
+pub const MAX_SNAPSHOTS_PER_VOLUME: usize = 255;
+/// Writable clones a volume may hold.
+pub const MAX_CLONES_PER_VOLUME: usize = 64;
+/// The largest read or write one call may ask for.
+pub const MAX_IO_BYTES: u64 = 16 * 1024 * 1024;
+/// Files end below this offset (16 TiB, as a VHDX can be 64 TiB we can raise it later).
+pub const MAX_FILE_BYTES: u64 = 16 << 40;
+/// Most entries one directory listing call returns.
+pub const MAX_LIST_ENTRIES: usize = 4096;
+/// The root directory's inode number in every volume.
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// A file or directory. Times are FILETIME (100 ns since 1601), as SMB carries them; they are
+/// set by the caller, never read from a clock here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub kind: Kind,
+    pub parent: u64,
+    pub size: u64,
+    /// Bytes of chunks that hold data (holes excluded).
+    pub allocated: u64,
+    /// Bumped by truncate-to-0: chunks of older generations are invisible from then on.
+    pub generation: u64,
+    pub created: u64,
+    pub written: u64,
+    pub changed: u64,
+    /// DOS attributes (FILE_ATTRIBUTE_*), besides DIRECTORY which `kind` gives.
+    pub attributes: u32,
+}
+
+/// One version of an inode key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum InodeValue {
+    Live(Inode),
+    Deleted,
+}
+
+/// One version of a directory entry key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum DirentValue {
+    Live { name: String, ino: u64 },
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name as created (case preserved).
+    pub name: String,
+    pub ino: u64,
+    pub inode: Inode,
+}
+
+/// Which state of a volume an operation sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum View {
+    Live,
+    /// Read-only, as the volume was when the snapshot was taken.
+    Snapshot(Uuid),
+    /// A writable clone of a snapshot (read-only once sealed).
+    Clone(Uuid),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotState {
+    Committed,
+    /// Being reclaimed: no longer readable; its record goes last.
+    Deleting,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: Uuid,
+    /// The snapshot holds every version written at or before this epoch.
+    pub epoch: Epoch,
+    pub state: SnapshotState,
+    /// Caller's time (FILETIME) when it was taken.
+    pub created: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneInfo {
+    pub id: Uuid,
+    pub lineage: Lineage,
+    pub base_snapshot: Uuid,
+    pub base_epoch: Epoch,
+    pub sealed: bool,
+}
+
+/// Per-volume counters, persisted with every change to them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VolumeMeta {
+    /// Writes to the live volume are versioned with this epoch.
+    pub epoch: Epoch,
+    pub next_ino: u64,
+    pub next_lineage: Lineage,
+    pub next_reclaim: u64,
+}
+
+/// Work the reclaimer still has to do, persisted with its cursor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ReclaimItem {
+    /// Walk deadlists for dead epochs in (after, upto]; then drop `snapshot`'s record, if any.
+    Range { after: Epoch, upto: Epoch, cursor: Option<Vec<u8>>, snapshot: Option<Uuid> },
+}
