@@ -31,6 +31,10 @@ pub enum VolumeError {
     TooLarge { what: &'static str, got: u64, max: u64 },
     #[error("the volume holds {max} snapshots already (its limit)")]
     TooManySnapshots { max: usize },
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    #[error("fence token {token} refused: {why}")]
+    StaleToken { token: u64, why: &'static str },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("storage error: {0}")]

@@ -7,12 +7,14 @@
 //! snapshot still reads go to deadlists, which [`reclaim`] walks when a snapshot is deleted.
 
 mod error;
+pub mod gate;
 pub mod keys;
 pub mod reclaim;
 mod store;
 mod types;
 
 pub use error::{Result, VolumeError};
+pub use gate::Released;
 pub use store::VolumeStore;
 pub use types::*;
 

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::error::{Result, VolumeError};
 use super::keys::{self, dead, Epoch, Lineage, LIVE};
+use super::gate::{Gate, Released};
 use super::types::*;
 
 pub(super) const CF_META: &str = "meta";
@@ -34,6 +35,7 @@ const META_VOLUME: u8 = b'V';
 const META_SNAPSHOT: u8 = b'S';
 const META_CLONE: u8 = b'C';
 pub(super) const META_RECLAIM: u8 = b'R';
+const META_FENCES: u8 = b'F';
 
 /// Writes to the clone lineages are not versioned (clones have no snapshots of their own).
 const CLONE_EPOCH: Epoch = 0;
@@ -51,12 +53,13 @@ pub(super) struct VolState {
     pub meta: VolumeMeta,
     pub snapshots: BTreeMap<Uuid, SnapshotInfo>,
     pub clones: BTreeMap<Uuid, CloneInfo>,
+    pub fences: FenceBook,
 }
 
 impl VolState {
-    /// Epochs some reader may still need: committed snapshots and clone bases.
+    /// Epochs some reader may still need: tentative and committed snapshots, clone bases.
     fn pins(&self) -> impl Iterator<Item = Epoch> + '_ {
-        let snaps = self.snapshots.values().filter(|s| s.state == SnapshotState::Committed).map(|s| s.epoch);
+        let snaps = self.snapshots.values().filter(|s| s.state != SnapshotState::Deleting).map(|s| s.epoch);
         snaps.chain(self.clones.values().map(|c| c.base_epoch))
     }
 
@@ -83,9 +86,32 @@ pub(super) struct Scope {
     pub writable: bool,
 }
 
+/// One volume: its state (mutations serialised by the lock) and its write gate.
+pub(super) struct VolumeEntry {
+    pub state: Mutex<VolState>,
+    pub gate: Gate,
+}
+
 pub struct VolumeStore {
     pub(super) db: Arc<DB>,
-    volumes: Mutex<HashMap<Uuid, Arc<Mutex<VolState>>>>,
+    volumes: Mutex<HashMap<Uuid, Arc<VolumeEntry>>>,
+    syncs: SyncGroup,
+}
+
+/// Group commit for `sync`: one WAL sync at a time, covering every write before it.
+#[derive(Default)]
+struct SyncGroup {
+    state: Mutex<SyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    running: bool,
+    /// Every write with a sequence number up to this one is synced.
+    synced_upto: u64,
+    /// WAL syncs run so far.
+    performed: u64,
 }
 
 /// A found version: its full key and its value.
@@ -110,7 +136,7 @@ impl VolumeStore {
             ColumnFamilyDescriptor::new(CF_DEAD, Options::default()),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
-        let store = VolumeStore { db, volumes: Mutex::new(HashMap::new()) };
+        let store = VolumeStore { db, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default() };
         store.load()?;
         Ok(store)
     }
@@ -125,6 +151,7 @@ impl VolumeStore {
                 meta: VolumeMeta { epoch: 1, next_ino: ROOT_INO + 1, next_lineage: 1, next_reclaim: 0 },
                 snapshots: BTreeMap::new(),
                 clones: BTreeMap::new(),
+                fences: FenceBook::default(),
             });
             match tag {
                 META_VOLUME => st.meta = serde_json::from_slice(&value)?,
@@ -136,12 +163,13 @@ impl VolumeStore {
                     let c: CloneInfo = serde_json::from_slice(&value)?;
                     st.clones.insert(c.id, c);
                 }
+                META_FENCES => st.fences = serde_json::from_slice(&value)?,
                 _ => {}
             }
         }
         let mut volumes = self.volumes.lock().expect("volume map lock");
         for (id, st) in found {
-            volumes.insert(id, Arc::new(Mutex::new(st)));
+            volumes.insert(id, Arc::new(VolumeEntry { state: Mutex::new(st), gate: Gate::default() }));
         }
         Ok(())
     }
@@ -150,12 +178,12 @@ impl VolumeStore {
         self.db.cf_handle(name).expect("column families are created at open")
     }
 
-    pub(super) fn volume(&self, vol: Uuid) -> Result<Arc<Mutex<VolState>>> {
+    pub(super) fn volume(&self, vol: Uuid) -> Result<Arc<VolumeEntry>> {
         self.volumes.lock().expect("volume map lock").get(&vol).cloned().ok_or(VolumeError::NoSuchVolume(vol))
     }
 
-    pub(super) fn lock(st: &Arc<Mutex<VolState>>) -> MutexGuard<'_, VolState> {
-        st.lock().expect("volume lock")
+    pub(super) fn lock(entry: &VolumeEntry) -> MutexGuard<'_, VolState> {
+        entry.state.lock().expect("volume lock")
     }
 
     /// Volumes stored on this node.
@@ -177,7 +205,8 @@ impl VolumeStore {
         batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
         batch.put_cf(self.cf(CF_INODES), keys::versioned(keys::inode(vol, LIVE, ROOT_INO), meta.epoch), serde_json::to_vec(&InodeValue::Live(root))?);
         self.db.write_opt(batch, &synced())?;
-        volumes.insert(vol, Arc::new(Mutex::new(VolState { id: vol, meta, snapshots: BTreeMap::new(), clones: BTreeMap::new() })));
+        let st = VolState { id: vol, meta, snapshots: BTreeMap::new(), clones: BTreeMap::new(), fences: FenceBook::default() };
+        volumes.insert(vol, Arc::new(VolumeEntry { state: Mutex::new(st), gate: Gate::default() }));
         Ok(())
     }
 
@@ -375,8 +404,9 @@ impl VolumeStore {
     /// Creates a file or directory `name` in `parent`; returns its inode number.
     pub fn create(&self, vol: Uuid, view: View, parent: u64, name: &str, kind: Kind, now: u64) -> Result<u64> {
         check_file_name(name)?;
-        let st = self.volume(vol)?;
-        let mut st = Self::lock(&st);
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let mut st = Self::lock(&entry);
         let scope = Self::writable(&st, view)?;
         let (mut dir, dir_key) = self.inode_req(vol, &scope, parent)?;
         if dir.kind != Kind::Dir {
@@ -475,8 +505,9 @@ impl VolumeStore {
 
     /// Removes `name` from `parent`; a directory must be empty.
     pub fn unlink(&self, vol: Uuid, view: View, parent: u64, name: &str, now: u64) -> Result<()> {
-        let st = self.volume(vol)?;
-        let st = Self::lock(&st);
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
         let scope = Self::writable(&st, view)?;
         let entry = self.lookup_in(&st, &scope, parent, name)?.ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
         if entry.inode.kind == Kind::Dir && !self.list_in(&st, &scope, entry.ino, None, 1)?.is_empty() {
@@ -514,8 +545,9 @@ impl VolumeStore {
     #[allow(clippy::too_many_arguments)]
     pub fn rename(&self, vol: Uuid, view: View, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<()> {
         check_file_name(to)?;
-        let st = self.volume(vol)?;
-        let st = Self::lock(&st);
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
         let scope = Self::writable(&st, view)?;
         let source = self.lookup_in(&st, &scope, from_dir, from)?.ok_or_else(|| VolumeError::NotFound(from.to_string()))?;
         let (target_dir, _) = self.inode_req(vol, &scope, to_dir)?;
@@ -617,8 +649,9 @@ impl VolumeStore {
             return Err(VolumeError::TooLarge { what: "a write", got: len, max: MAX_IO_BYTES });
         }
         let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(VolumeError::TooLarge { what: "the file end", got: offset.saturating_add(len), max: MAX_FILE_BYTES })?;
-        let st = self.volume(vol)?;
-        let st = Self::lock(&st);
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
         let scope = Self::writable(&st, view)?;
         let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
         if inode.kind != Kind::File {
@@ -675,8 +708,9 @@ impl VolumeStore {
         if size > MAX_FILE_BYTES {
             return Err(VolumeError::TooLarge { what: "the file size", got: size, max: MAX_FILE_BYTES });
         }
-        let st = self.volume(vol)?;
-        let st = Self::lock(&st);
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
         let scope = Self::writable(&st, view)?;
         let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
         if inode.kind != Kind::File {
@@ -767,6 +801,81 @@ impl VolumeStore {
         batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
         self.db.write_opt(batch, &synced())?;
         st.meta = meta;
+        st.snapshots.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// Raises the fence with `token` on `vol` for `ttl`: waits for writes in flight, then takes
+    /// tentative snapshot `snapshot` at the fence point and records the token, in one synced
+    /// batch (which also makes every earlier acknowledged write durable). Tokens lower than
+    /// the highest seen, or already released, are refused; a retry gets the recorded answer.
+    pub fn fence(&self, vol: Uuid, token: u64, ttl: std::time::Duration, snapshot: Uuid, now: u64) -> Result<SnapshotInfo> {
+        let entry = self.volume(vol)?;
+        {
+            let st = Self::lock(&entry);
+            if let Some(answer) = st.fences.recorded(token)? {
+                return Ok(st.snapshots.get(&answer).cloned().ok_or(VolumeError::NoSuchSnapshot(answer))?);
+            }
+        }
+        entry.gate.raise(token, ttl, || {
+            let mut st = Self::lock(&entry);
+            st.fences.recorded(token)?;
+            if st.snapshots.contains_key(&snapshot) {
+                return Err(VolumeError::Exists(snapshot.to_string()));
+            }
+            if st.snapshots.len() >= MAX_SNAPSHOTS_PER_VOLUME {
+                return Err(VolumeError::TooManySnapshots { max: MAX_SNAPSHOTS_PER_VOLUME });
+            }
+            let info = SnapshotInfo { id: snapshot, epoch: st.meta.epoch, state: SnapshotState::Tentative, created: now };
+            let mut meta = st.meta.clone();
+            meta.epoch += 1;
+            let mut fences = st.fences.clone();
+            fences.record(token, snapshot);
+            let mut batch = WriteBatch::default();
+            batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, snapshot.as_bytes()), serde_json::to_vec(&info)?);
+            batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
+            batch.put_cf(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?);
+            self.db.write_opt(batch, &synced())?;
+            st.meta = meta;
+            st.fences = fences;
+            st.snapshots.insert(snapshot, info.clone());
+            Ok(info)
+        })
+    }
+
+    /// Ends the fence raised with `token`, saying whether it held the whole time. A retry gets
+    /// the recorded answer.
+    pub fn release(&self, vol: Uuid, token: u64) -> Result<Released> {
+        let entry = self.volume(vol)?;
+        let mut st = Self::lock(&entry);
+        let record = st.fences.records.get(&token).cloned().ok_or(VolumeError::StaleToken { token, why: "no fence was raised with it" })?;
+        if let Some(answer) = record.released {
+            return Ok(answer);
+        }
+        let answer = entry.gate.release(token);
+        let mut fences = st.fences.clone();
+        fences.records.insert(token, FenceRecord { released: Some(answer), ..record });
+        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?, &synced())?;
+        st.fences = fences;
+        Ok(answer)
+    }
+
+    /// Whether a fence holds `vol` now.
+    pub fn fenced(&self, vol: Uuid) -> Result<bool> {
+        Ok(self.volume(vol)?.gate.fenced())
+    }
+
+    /// Makes a tentative snapshot committed (the set's decision was Committed).
+    pub fn snapshot_commit(&self, vol: Uuid, id: Uuid) -> Result<SnapshotInfo> {
+        let entry = self.volume(vol)?;
+        let mut st = Self::lock(&entry);
+        let mut info = st.snapshots.get(&id).cloned().ok_or(VolumeError::NoSuchSnapshot(id))?;
+        match info.state {
+            SnapshotState::Committed => return Ok(info),
+            SnapshotState::Deleting => return Err(VolumeError::NoSuchSnapshot(id)),
+            SnapshotState::Tentative => info.state = SnapshotState::Committed,
+        }
+        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?, &synced())?;
         st.snapshots.insert(id, info.clone());
         Ok(info)
     }
@@ -862,10 +971,37 @@ impl VolumeStore {
         Ok(st.clones.values().cloned().collect())
     }
 
-    /// Makes every acknowledged write durable (one WAL sync; concurrent callers share it).
+    /// Makes every write acknowledged before the call durable. Concurrent callers share syncs
+    /// (group commit): a caller whose writes a finished sync covered returns without one.
     pub fn sync(&self) -> Result<()> {
-        self.db.flush_wal(true)?;
-        Ok(())
+        let target = self.db.latest_sequence_number();
+        let mut st = self.syncs.state.lock().expect("sync lock");
+        loop {
+            if st.synced_upto >= target {
+                return Ok(());
+            }
+            if st.running {
+                st = self.syncs.done.wait(st).expect("sync lock");
+                continue;
+            }
+            st.running = true;
+            let covers = self.db.latest_sequence_number();
+            drop(st);
+            let result = self.db.flush_wal(true);
+            st = self.syncs.state.lock().expect("sync lock");
+            st.running = false;
+            st.performed += 1;
+            if result.is_ok() {
+                st.synced_upto = st.synced_upto.max(covers);
+            }
+            self.syncs.done.notify_all();
+            result?;
+        }
+    }
+
+    /// WAL syncs `sync` has run since open (fewer than its callers under concurrency).
+    pub fn wal_syncs(&self) -> u64 {
+        self.syncs.state.lock().expect("sync lock").performed
     }
 
     /// Bytes of live SST and blob files (for space measurements).

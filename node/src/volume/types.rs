@@ -80,6 +80,8 @@ pub enum View {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotState {
+    /// Taken at a fence point; kept until the set's decision commits or deletes it.
+    Tentative,
     Committed,
     /// Being reclaimed: no longer readable; its record goes last.
     Deleting,
@@ -119,4 +121,44 @@ pub(crate) struct VolumeMeta {
 pub(crate) enum ReclaimItem {
     /// Walk deadlists for dead epochs in (after, upto]; then drop `snapshot`'s record, if any.
     Range { after: Epoch, upto: Epoch, cursor: Option<Vec<u8>>, snapshot: Option<Uuid> },
+}
+
+/// Fence tokens seen on a volume, with the answers given (retries get them again).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FenceBook {
+    pub highest: u64,
+    pub records: std::collections::BTreeMap<u64, FenceRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FenceRecord {
+    pub snapshot: Uuid,
+    pub released: Option<super::gate::Released>,
+}
+
+/// Fence records kept per volume (the newest tokens).
+pub const MAX_FENCE_RECORDS: usize = 64;
+
+impl FenceBook {
+    /// For a fence call with `token`: the snapshot already taken for it (a retry), nothing
+    /// (a new token), or a refusal (lower than one seen, or already released).
+    pub fn recorded(&self, token: u64) -> Result<Option<Uuid>, super::VolumeError> {
+        use super::VolumeError::StaleToken;
+        if token < self.highest {
+            return Err(StaleToken { token, why: "a newer fence token has been seen" });
+        }
+        match self.records.get(&token) {
+            Some(r) if r.released.is_some() => Err(StaleToken { token, why: "that fence was already released" }),
+            Some(r) => Ok(Some(r.snapshot)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn record(&mut self, token: u64, snapshot: Uuid) {
+        self.highest = self.highest.max(token);
+        self.records.insert(token, FenceRecord { snapshot, released: None });
+        while self.records.len() > MAX_FENCE_RECORDS {
+            self.records.pop_first();
+        }
+    }
 }

@@ -1,0 +1,202 @@
+//! The per-volume write gate, and the fence the shadow-copy coordinator raises on it.
+//!
+//! Every mutation passes the gate as one whole operation (one write batch). Raising a fence
+//! stops new mutations at the gate (they wait, in a bounded queue), lets the ones in flight
+//! finish, then runs the fence-point action (the tentative snapshot) with nothing in flight.
+//! The fence ends at `release`, or by itself at its TTL whatever happens to the caller: a
+//! waiting mutation wakes at the TTL and goes on. Reads never pass the gate.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::error::{Result, VolumeError};
+
+/// Mutations that may wait at a raised fence; more are refused as busy.
+pub const MAX_HELD_MUTATIONS: usize = 4096;
+/// The longest TTL a fence may ask for.
+pub const MAX_FENCE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct GateState {
+    in_flight: usize,
+    held: usize,
+    fence: Option<Active>,
+}
+
+#[derive(Clone, Copy)]
+struct Active {
+    token: u64,
+    until: Instant,
+}
+
+impl GateState {
+    /// The fence, if it still holds at `now`.
+    fn holding(&self, now: Instant) -> Option<Active> {
+        self.fence.filter(|f| now < f.until)
+    }
+}
+
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+/// One mutation's passage; leaving the scope lets a draining fence go on.
+pub struct Pass<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        let mut st = self.gate.lock();
+        st.in_flight -= 1;
+        self.gate.changed.notify_all();
+    }
+}
+
+/// How a fence ended, as `release` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Released {
+    /// Held from the fence point until this release.
+    Held,
+    /// Its TTL ran out first: mutations may have passed since the fence point.
+    Expired,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().expect("gate lock")
+    }
+
+    /// Waits while a fence holds (at most until its TTL), then lets one mutation in.
+    pub fn enter(&self) -> Result<Pass<'_>> {
+        let mut st = self.lock();
+        while let Some(f) = st.holding(Instant::now()) {
+            if st.held >= MAX_HELD_MUTATIONS {
+                return Err(VolumeError::Busy("too many writes are waiting at a fence"));
+            }
+            st.held += 1;
+            let wait = f.until.saturating_duration_since(Instant::now());
+            st = self.changed.wait_timeout(st, wait).expect("gate lock").0;
+            st.held -= 1;
+        }
+        st.in_flight += 1;
+        Ok(Pass { gate: self })
+    }
+
+    /// Raises a fence with `token` for `ttl`: new mutations wait, those in flight finish, then
+    /// `at_fence` runs with none in flight. If they do not drain within the TTL the fence is
+    /// dropped and the call fails.
+    pub fn raise<T>(&self, token: u64, ttl: Duration, at_fence: impl FnOnce() -> Result<T>) -> Result<T> {
+        if ttl.is_zero() || ttl > MAX_FENCE_TTL {
+            return Err(VolumeError::Invalid(format!("a fence TTL is between 1 ms and {} s", MAX_FENCE_TTL.as_secs())));
+        }
+        let mut st = self.lock();
+        if let Some(f) = st.holding(Instant::now()) {
+            if f.token != token {
+                return Err(VolumeError::Busy("another fence holds this volume"));
+            }
+        }
+        let until = Instant::now() + ttl;
+        st.fence = Some(Active { token, until });
+        while st.in_flight > 0 {
+            let now = Instant::now();
+            if now >= until {
+                st.fence = None;
+                self.changed.notify_all();
+                return Err(VolumeError::Busy("writes in flight did not drain within the fence TTL"));
+            }
+            st = self.changed.wait_timeout(st, until - now).expect("gate lock").0;
+        }
+        // Nothing is in flight and nothing can enter while `st` is held.
+        let result = at_fence();
+        if result.is_err() || Instant::now() >= until {
+            st.fence = None;
+            self.changed.notify_all();
+        }
+        result
+    }
+
+    /// Ends the fence raised with `token`; says whether it held the whole time.
+    pub fn release(&self, token: u64) -> Released {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let held = matches!(st.fence, Some(f) if f.token == token && now < f.until);
+        if matches!(st.fence, Some(f) if f.token == token) || st.holding(now).is_none() {
+            st.fence = None;
+        }
+        self.changed.notify_all();
+        if held {
+            Released::Held
+        } else {
+            Released::Expired
+        }
+    }
+
+    /// Whether a fence holds now (for tests and status).
+    pub fn fenced(&self) -> bool {
+        self.lock().holding(Instant::now()).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_fence_waits_for_in_flight_writes_and_holds_new_ones_until_release() {
+        let gate = Arc::new(Gate::default());
+        let in_write = gate.enter().unwrap();
+        let fenced_at = Arc::new(AtomicBool::new(false));
+        let g = gate.clone();
+        let f = fenced_at.clone();
+        let fence = std::thread::spawn(move || g.raise(7, Duration::from_secs(5), || Ok(f.store(true, Ordering::SeqCst))));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!fenced_at.load(Ordering::SeqCst), "the fence point waits for the write in flight");
+        drop(in_write);
+        fence.join().unwrap().unwrap();
+        assert!(fenced_at.load(Ordering::SeqCst));
+
+        let passed = Arc::new(AtomicUsize::new(0));
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let (g, p) = (gate.clone(), passed.clone());
+                std::thread::spawn(move || {
+                    let _pass = g.enter().unwrap();
+                    p.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(passed.load(Ordering::SeqCst), 0, "no write lands inside the fence");
+        assert_eq!(gate.release(7), Released::Held);
+        writers.into_iter().for_each(|w| w.join().unwrap());
+        assert_eq!(passed.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_fence_whose_caller_vanished_ends_at_its_ttl_and_its_release_says_expired() {
+        let gate = Gate::default();
+        gate.raise(1, Duration::from_millis(100), || Ok(())).unwrap();
+        assert!(gate.fenced());
+        let start = Instant::now();
+        drop(gate.enter().unwrap());
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(80), "the write waited for the TTL ({waited:?})");
+        assert!(!gate.fenced());
+        assert_eq!(gate.release(1), Released::Expired);
+    }
+
+    #[test]
+    fn a_second_fence_is_refused_while_one_holds_and_bad_ttls_are_refused() {
+        let gate = Gate::default();
+        gate.raise(1, Duration::from_secs(5), || Ok(())).unwrap();
+        assert!(matches!(gate.raise(2, Duration::from_secs(5), || Ok(())), Err(VolumeError::Busy(_))));
+        assert!(matches!(gate.raise(3, Duration::ZERO, || Ok(())), Err(VolumeError::Invalid(_))));
+        assert_eq!(gate.release(1), Released::Held);
+    }
+}
