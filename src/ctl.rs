@@ -44,6 +44,9 @@ enum CtlCommand {
     Share(ShareCmd),
     #[command(subcommand)]
     User(UserCmd),
+    /// Files on a volume, through this node (routed to the volume's owner).
+    #[command(subcommand)]
+    File(crate::files::FileCmd),
 }
 
 #[derive(Subcommand)]
@@ -130,6 +133,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::User(UserCmd::List) => list(&node, json, Query::Users).await,
         CtlCommand::User(UserCmd::Delete { name }) => write(&node, json, Command::DeleteUser { name }).await,
+        CtlCommand::File(cmd) => crate::files::run(&node, cmd, json).await,
     }
 }
 

@@ -8,6 +8,7 @@
 mod bench;
 mod client;
 mod ctl;
+mod files;
 mod local;
 mod up;
 

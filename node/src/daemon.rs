@@ -12,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::admin_server::AdminServer;
 use umbra_proto::v1::raft_server::RaftServer;
+use umbra_proto::v1::volume_server::VolumeServer;
 use umbra_proto::v1::AddNodeRequest;
 use umbra_raft::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use umbra_raft::service::RaftService;
@@ -21,6 +22,8 @@ use umbra_raft::{NodeInfo, Raft};
 use crate::admin::AdminService;
 use crate::config::NodeConfig;
 use crate::meta::{Meta, ADD_NODE_TIMEOUT};
+use crate::volume::VolumeStore;
+use crate::volume_service::{VolumeService, MAX_VOLUME_MESSAGE_BYTES};
 
 /// Pause between attempts to join through the configured members.
 const JOIN_RETRY: Duration = Duration::from_millis(500);
@@ -36,9 +39,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let (log, sm, closing) = umbra_raft::store::open_watched(&config.raft_dir())
             .with_context(|| format!("opening the Raft store in {}", config.raft_dir().display()))?;
-        let result = serve(&config, log, sm).await;
+        let volume_dir = config.data_dir.join("volumes");
+        let volumes = Arc::new(VolumeStore::open(&volume_dir).with_context(|| format!("opening the volume store in {}", volume_dir.display()))?);
+        let volumes_closed = Arc::downgrade(&volumes);
+        let result = serve(&config, log, sm, volumes).await;
         if !closing.closed(CLOSE_TIMEOUT).await {
             tracing::warn!("the Raft database was still in use {} s after shutdown", CLOSE_TIMEOUT.as_secs());
+        }
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        while volumes_closed.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if volumes_closed.strong_count() > 0 {
+            tracing::warn!("the volume database was still in use {} s after shutdown", CLOSE_TIMEOUT.as_secs());
         }
         tracing::info!("stopped");
         result
@@ -47,17 +60,21 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     .await
 }
 
-async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore) -> anyhow::Result<()> {
+async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volumes: Arc<VolumeStore>) -> anyhow::Result<()> {
     let reader = sm.reader();
     let raft_config = Arc::new(config.openraft_config().validate().context("raft settings")?);
     let raft = Raft::new(config.id, raft_config, Network, log.clone(), sm).await.context("starting raft")?;
-    let meta = Arc::new(Meta::new(config.id, raft.clone(), reader, log, config.raft.request_timeout()));
+    let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), log, config.raft.request_timeout()));
+    let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
+    let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), upkeep_stopped));
+    let volume_service = VolumeService::new(config.id, volumes, raft.clone(), reader);
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta.clone())))
+        .add_service(VolumeServer::new(volume_service).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stop_rx.await;
         });
@@ -65,12 +82,17 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore) -> any
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };
-    tokio::select! {
-        r = initialise(config, &raft, me) => r?,
-        _ = shutdown_signal() => return stop(raft, stop_tx, server).await,
+    let started = tokio::select! {
+        r = initialise(config, &raft, me) => r,
+        _ = shutdown_signal() => Ok(()),
+    };
+    if started.is_ok() {
+        shutdown_signal().await;
     }
-    shutdown_signal().await;
-    stop(raft, stop_tx, server).await
+    let _ = upkeep_stop.send(true);
+    let _ = upkeep.await;
+    let stopped = stop(raft, stop_tx, server).await;
+    started.and(stopped)
 }
 
 async fn stop(raft: Raft, stop_tx: tokio::sync::oneshot::Sender<()>, server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) -> anyhow::Result<()> {

@@ -6,7 +6,9 @@
 //! codec over [`meta::Meta`], which proposes writes on the leader (gathered into entries by
 //! [`batcher`]) or forwards them there,
 //! answers linearizable reads through a read index, and changes membership. [`errors`] holds
-//! the one table from node errors to gRPC codes.
+//! the one table from node errors to gRPC codes. The node's volumes live in [`volume`] (a
+//! RocksDB of their own), served to other nodes by [`volume_service`]; [`volumes_task`] keeps
+//! them in step with Raft and runs reclaim.
 
 pub mod admin;
 pub mod batcher;
@@ -15,3 +17,5 @@ pub mod daemon;
 pub mod errors;
 pub mod meta;
 pub mod volume;
+pub mod volume_service;
+pub mod volumes_task;

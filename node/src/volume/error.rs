@@ -35,6 +35,10 @@ pub enum VolumeError {
     Busy(&'static str),
     #[error("fence token {token} refused: {why}")]
     StaleToken { token: u64, why: &'static str },
+    #[error("volume {volume} is owned by node {owner}")]
+    WrongOwner { volume: Uuid, owner: u64 },
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("storage error: {0}")]
@@ -43,7 +47,12 @@ pub enum VolumeError {
 
 impl From<rocksdb::Error> for VolumeError {
     fn from(e: rocksdb::Error) -> Self {
-        VolumeError::Storage(e.to_string())
+        let text = e.to_string();
+        if text.contains("No space left") {
+            VolumeError::DiskFull(text)
+        } else {
+            VolumeError::Storage(text)
+        }
     }
 }
 

@@ -1,0 +1,324 @@
+//! The volume gRPC service: file, snapshot and fence operations for gateways on any node.
+//!
+//! A node serves only the volumes Raft says it owns. With `route` set in the target, a node
+//! that is not the owner forwards the call to the owner (in-process when it is the owner):
+//! this is the data path of design.md section 4. Store calls run on the blocking pool; reads
+//! stream in 1 MiB messages; each write message is one whole store write, so a fence never sees
+//! half of one. Errors follow the one table in [`status_of`].
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+use umbra_proto::v1::volume_client::VolumeClient;
+use umbra_proto::v1::volume_server::Volume as VolumeRpc;
+use umbra_proto::v1::*;
+use umbra_raft::store::MetaReader;
+use umbra_raft::{NodeId, Raft};
+use uuid::Uuid;
+
+use crate::volume::{DirEntry, Inode, Kind, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
+
+/// Bytes per streamed read message.
+pub const READ_MESSAGE_BYTES: u64 = 1024 * 1024;
+/// Largest message the volume service accepts (a whole write of MAX_IO_BYTES plus framing).
+pub const MAX_VOLUME_MESSAGE_BYTES: usize = MAX_IO_BYTES as usize + 64 * 1024;
+/// Read messages buffered ahead of a slow client.
+const READ_AHEAD_MESSAGES: usize = 4;
+
+/// The gRPC mapping table: each store error gets a code and an `umbra-error` kind a gateway
+/// maps to NTSTATUS (not_found: OBJECT_NAME_NOT_FOUND, exists: OBJECT_NAME_COLLISION,
+/// not_empty: DIRECTORY_NOT_EMPTY, read_only: MEDIA_WRITE_PROTECTED, disk_full: DISK_FULL,
+/// wrong_owner: retry at `umbra-owner`, ...).
+pub fn status_of(e: VolumeError) -> Status {
+    use tonic::Code;
+    let (code, kind) = match &e {
+        VolumeError::NoSuchVolume(_) | VolumeError::NotFound(_) | VolumeError::NoSuchSnapshot(_) | VolumeError::NoSuchClone(_) => (Code::NotFound, "not_found"),
+        VolumeError::Exists(_) | VolumeError::VolumeExists(_) => (Code::AlreadyExists, "exists"),
+        VolumeError::NotEmpty => (Code::FailedPrecondition, "not_empty"),
+        VolumeError::NotADirectory => (Code::FailedPrecondition, "not_a_directory"),
+        VolumeError::IsADirectory => (Code::FailedPrecondition, "is_a_directory"),
+        VolumeError::ReadOnly(_) => (Code::PermissionDenied, "read_only"),
+        VolumeError::InvalidName(_) => (Code::InvalidArgument, "invalid_name"),
+        VolumeError::TooLarge { .. } | VolumeError::Invalid(_) => (Code::InvalidArgument, "invalid"),
+        VolumeError::TooManySnapshots { .. } => (Code::ResourceExhausted, "too_many_snapshots"),
+        VolumeError::DiskFull(_) => (Code::ResourceExhausted, "disk_full"),
+        VolumeError::Busy(_) => (Code::Unavailable, "busy"),
+        VolumeError::StaleToken { .. } => (Code::FailedPrecondition, "stale_token"),
+        VolumeError::WrongOwner { .. } => (Code::FailedPrecondition, "wrong_owner"),
+        VolumeError::Storage(_) => (Code::Internal, "storage"),
+    };
+    let mut status = Status::new(code, e.to_string());
+    status.metadata_mut().insert("umbra-error", kind.parse().expect("ascii kind"));
+    if let VolumeError::WrongOwner { owner, .. } = e {
+        status.metadata_mut().insert("umbra-owner", owner.to_string().parse().expect("digits"));
+    }
+    status
+}
+
+pub struct VolumeService {
+    node: NodeId,
+    store: Arc<VolumeStore>,
+    raft: Raft,
+    meta: MetaReader,
+    peers: Mutex<HashMap<String, VolumeClient<Channel>>>,
+}
+
+/// Where a call on a volume goes.
+enum Owner {
+    Here,
+    Peer(VolumeClient<Channel>),
+}
+
+fn parse_uuid(s: &str, what: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(s).map_err(|_| Status::invalid_argument(format!("{what} {s:?} is not a uuid")))
+}
+
+fn target_of(t: Option<&VolumeTarget>) -> Result<(Uuid, View, bool), Status> {
+    let t = t.ok_or_else(|| Status::invalid_argument("the request names no volume"))?;
+    let vol = parse_uuid(&t.volume, "volume")?;
+    let view = match (t.snapshot.is_empty(), t.clone.is_empty()) {
+        (true, true) => View::Live,
+        (false, true) => View::Snapshot(parse_uuid(&t.snapshot, "snapshot")?),
+        (true, false) => View::Clone(parse_uuid(&t.clone, "clone")?),
+        (false, false) => return Err(Status::invalid_argument("a target names a snapshot or a clone, not both")),
+    };
+    Ok((vol, view, t.route))
+}
+
+fn attributes(ino: u64, i: &Inode) -> Attributes {
+    Attributes {
+        ino,
+        directory: i.kind == Kind::Dir,
+        size: i.size,
+        allocated: i.allocated,
+        created: i.created,
+        written: i.written,
+        changed: i.changed,
+        attributes: i.attributes,
+    }
+}
+
+fn entry(e: DirEntry) -> Entry {
+    Entry { attributes: Some(attributes(e.ino, &e.inode)), name: e.name }
+}
+
+fn snapshot(s: SnapshotInfo) -> Snapshot {
+    let state = match s.state {
+        SnapshotState::Tentative => "tentative",
+        SnapshotState::Committed => "committed",
+        SnapshotState::Deleting => "deleting",
+    };
+    Snapshot { id: s.id.to_string(), epoch: s.epoch, state: state.into(), created: s.created }
+}
+
+/// Clears `route` so the owner serves the forwarded call itself.
+fn unrouted(t: &mut Option<VolumeTarget>) {
+    if let Some(t) = t.as_mut() {
+        t.route = false;
+    }
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
+
+impl VolumeService {
+    pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()) }
+    }
+
+    /// Who serves `vol`: this node if Raft says it owns it; its owner if `route`; else an error.
+    fn owner(&self, vol: Uuid, route: bool) -> Result<Owner, Status> {
+        let owner = self.meta.read().state.volumes.get(&vol).map(|v| v.owner).ok_or_else(|| status_of(VolumeError::NoSuchVolume(vol)))?;
+        if owner == self.node {
+            return Ok(Owner::Here);
+        }
+        if !route {
+            return Err(status_of(VolumeError::WrongOwner { volume: vol, owner }));
+        }
+        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&owner).map(|n| n.grpc_addr.clone());
+        let addr = addr.ok_or_else(|| Status::unavailable(format!("volume {vol}'s owner, node {owner}, is not a member")))?;
+        let mut peers = self.peers.lock().expect("peer cache lock");
+        if let Some(c) = peers.get(&addr) {
+            return Ok(Owner::Peer(c.clone()));
+        }
+        let ch = umbra_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let client = VolumeClient::new(ch).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
+        peers.insert(addr, client.clone());
+        Ok(Owner::Peer(client))
+    }
+
+    /// Runs a store call on the blocking pool.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(format!("store task: {e}")))?.map_err(status_of)
+    }
+}
+
+/// One unary method: local store call, or the same call forwarded to the owner.
+macro_rules! unary {
+    ($self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {{
+        let mut $r = $req.into_inner();
+        let ($vol, $view, route) = target_of($r.target.as_ref())?;
+        match $self.owner($vol, route)? {
+            Owner::Peer(mut peer) => {
+                unrouted(&mut $r.target);
+                peer.$method($r).await
+            }
+            Owner::Here => $self.run(move |$store| $local).await.map(Response::new),
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl VolumeRpc for VolumeService {
+    async fn resolve(&self, req: Request<ResolveRequest>) -> Result<Response<EntryReply>, Status> {
+        unary!(self, req, resolve, |s, vol, view, r| s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)) }))
+    }
+
+    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<EntryReply>, Status> {
+        unary!(self, req, create, |s, vol, view, r| {
+            let kind = if r.directory { Kind::Dir } else { Kind::File };
+            let ino = s.create(vol, view, r.parent, &r.name, kind, r.now)?;
+            let inode = s.stat(vol, view, ino)?;
+            Ok(EntryReply { entry: Some(entry(DirEntry { name: r.name, ino, inode })) })
+        })
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        unary!(self, req, list, |s, vol, view, r| {
+            let after = (!r.after.is_empty()).then_some(r.after.as_str());
+            let entries = s.list(vol, view, r.dir, after, r.limit as usize)?;
+            Ok(ListReply { entries: entries.into_iter().map(entry).collect() })
+        })
+    }
+
+    type ReadStream = ReadStream;
+
+    async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let mut r = req.into_inner();
+        let (vol, view, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(vol, route)? {
+            unrouted(&mut r.target);
+            let stream = peer.read(r).await?.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_MESSAGES);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let end = r.offset.saturating_add(r.length);
+            let mut pos = r.offset;
+            while pos < end {
+                let want = (end - pos).min(READ_MESSAGE_BYTES);
+                let result = store.read(vol, view, r.ino, pos, want).map_err(status_of);
+                let done = match &result {
+                    Ok(data) => (data.len() as u64) < want || data.is_empty(),
+                    Err(_) => true,
+                };
+                pos += want;
+                let result = result.map(|data| DataChunk { data });
+                if tx.blocking_send(result).is_err() || done {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn write(&self, req: Request<Streaming<WriteChunk>>) -> Result<Response<WrittenReply>, Status> {
+        let mut incoming = req.into_inner();
+        let Some(first) = incoming.message().await? else { return Ok(Response::new(WrittenReply { written: 0 })) };
+        let (vol, view, route) = target_of(first.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(vol, route)? {
+            let mut first = first;
+            unrouted(&mut first.target);
+            let rest = incoming.map_while(|m| m.ok());
+            let outgoing = tokio_stream::once(first).chain(rest);
+            return peer.write(outgoing).await;
+        }
+        let mut written = 0u64;
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            let len = msg.data.len() as u64;
+            self.run(move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await?;
+            written += len;
+            next = incoming.message().await?;
+        }
+        Ok(Response::new(WrittenReply { written }))
+    }
+
+    async fn set_size(&self, req: Request<SetSizeRequest>) -> Result<Response<EntryReply>, Status> {
+        unary!(self, req, set_size, |s, vol, view, r| {
+            s.set_size(vol, view, r.ino, r.size, r.now)?;
+            let inode = s.stat(vol, view, r.ino)?;
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
+        })
+    }
+
+    async fn unlink(&self, req: Request<UnlinkRequest>) -> Result<Response<Done>, Status> {
+        unary!(self, req, unlink, |s, vol, view, r| s.unlink(vol, view, r.parent, &r.name, r.now).map(|_| Done {}))
+    }
+
+    async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Done>, Status> {
+        unary!(self, req, rename, |s, vol, view, r| s.rename(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now).map(|_| Done {}))
+    }
+
+    async fn sync(&self, req: Request<VolumeTarget>) -> Result<Response<Done>, Status> {
+        let mut r = req.into_inner();
+        let (vol, _, route) = target_of(Some(&r))?;
+        match self.owner(vol, route)? {
+            Owner::Peer(mut peer) => {
+                r.route = false;
+                peer.sync(r).await
+            }
+            Owner::Here => self.run(|s| s.sync()).await.map(|_| Response::new(Done {})),
+        }
+    }
+
+    async fn snapshot_create(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotReply>, Status> {
+        unary!(self, req, snapshot_create, |s, vol, _view, r| {
+            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.id)))?;
+            s.snapshot_create(vol, id, r.now).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
+        })
+    }
+
+    async fn snapshot_commit(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotReply>, Status> {
+        unary!(self, req, snapshot_commit, |s, vol, _view, r| {
+            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.id)))?;
+            s.snapshot_commit(vol, id).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
+        })
+    }
+
+    async fn snapshot_delete(&self, req: Request<SnapshotRequest>) -> Result<Response<Done>, Status> {
+        unary!(self, req, snapshot_delete, |s, vol, _view, r| {
+            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.id)))?;
+            s.snapshot_delete(vol, id).map(|_| Done {})
+        })
+    }
+
+    async fn snapshot_list(&self, req: Request<VolumeTarget>) -> Result<Response<SnapshotList>, Status> {
+        let mut r = req.into_inner();
+        let (vol, _, route) = target_of(Some(&r))?;
+        match self.owner(vol, route)? {
+            Owner::Peer(mut peer) => {
+                r.route = false;
+                peer.snapshot_list(r).await
+            }
+            Owner::Here => self.run(move |s| s.snapshots(vol)).await.map(|v| Response::new(SnapshotList { snapshots: v.into_iter().map(snapshot).collect() })),
+        }
+    }
+
+    async fn fence(&self, req: Request<FenceRequest>) -> Result<Response<SnapshotReply>, Status> {
+        unary!(self, req, fence, |s, vol, _view, r| {
+            let id = Uuid::parse_str(&r.snapshot).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.snapshot)))?;
+            let ttl = std::time::Duration::from_millis(r.ttl_ms);
+            s.fence(vol, r.token, ttl, id, r.now).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
+        })
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+        unary!(self, req, release, |s, vol, _view, r| s.release(vol, r.token).map(|held| ReleaseReply { held: held == crate::volume::Released::Held }))
+    }
+}
