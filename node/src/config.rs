@@ -28,6 +28,23 @@ pub struct NodeConfig {
     pub join: Vec<String>,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub volumes: VolumeTuning,
+}
+
+/// Volume upkeep settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolumeTuning {
+    /// Deadlist entries one reclaim step handles (one write batch each; a step per volume
+    /// every 200 ms).
+    pub reclaim_step_entries: usize,
+}
+
+impl Default for VolumeTuning {
+    fn default() -> Self {
+        VolumeTuning { reclaim_step_entries: crate::volume::reclaim::RECLAIM_STEP_ENTRIES }
+    }
 }
 
 /// Raft timing and log compaction. The defaults suit a LAN; tests shorten them.
@@ -119,6 +136,9 @@ impl NodeConfig {
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms || r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return bad("raft timing needs 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into());
+        }
+        if self.volumes.reclaim_step_entries == 0 || self.volumes.reclaim_step_entries > 1_000_000 {
+            return bad("volumes.reclaim_step_entries must be between 1 and 1000000".into());
         }
         if r.snapshot_every_entries == 0 || r.request_timeout_ms == 0 {
             return bad("raft.snapshot_every_entries and raft.request_timeout_ms must be positive".into());

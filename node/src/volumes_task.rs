@@ -8,7 +8,6 @@ use tokio::sync::watch;
 use umbra_raft::store::MetaReader;
 use umbra_raft::NodeId;
 
-use crate::volume::reclaim::RECLAIM_STEP_ENTRIES;
 use crate::volume::VolumeStore;
 
 /// How often upkeep runs when nothing wakes it earlier.
@@ -22,10 +21,10 @@ pub fn filetime_now() -> u64 {
 }
 
 /// Runs until `stop` changes.
-pub async fn run(node: NodeId, store: Arc<VolumeStore>, meta: MetaReader, mut stop: watch::Receiver<bool>) {
+pub async fn run(node: NodeId, store: Arc<VolumeStore>, meta: MetaReader, step_entries: usize, mut stop: watch::Receiver<bool>) {
     loop {
         let (s, m) = (store.clone(), meta.clone());
-        match tokio::task::spawn_blocking(move || upkeep(node, &s, &m)).await {
+        match tokio::task::spawn_blocking(move || upkeep(node, &s, &m, step_entries)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "volume upkeep failed; retrying"),
             Err(e) => tracing::error!(error = %e, "volume upkeep task failed"),
@@ -37,7 +36,7 @@ pub async fn run(node: NodeId, store: Arc<VolumeStore>, meta: MetaReader, mut st
     }
 }
 
-fn upkeep(node: NodeId, store: &VolumeStore, meta: &MetaReader) -> crate::volume::Result<()> {
+fn upkeep(node: NodeId, store: &VolumeStore, meta: &MetaReader, step_entries: usize) -> crate::volume::Result<()> {
     let mine: Vec<uuid::Uuid> = meta.read().state.volumes.values().filter(|v| v.owner == node).map(|v| v.id).collect();
     let have = store.volumes();
     for vol in mine.into_iter().filter(|v| !have.contains(v)) {
@@ -46,7 +45,7 @@ fn upkeep(node: NodeId, store: &VolumeStore, meta: &MetaReader) -> crate::volume
     }
     for vol in store.volumes() {
         // One bounded step per volume per round, so no volume starves the others.
-        store.reclaim_step(vol, RECLAIM_STEP_ENTRIES)?;
+        store.reclaim_step(vol, step_entries)?;
     }
     Ok(())
 }

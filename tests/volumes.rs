@@ -1,0 +1,199 @@
+//! Volumes end to end: real nodes, real RocksDB, the volume gRPC service; kill -9 mid-load.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use umbra_proto::v1::volume_client::VolumeClient;
+use umbra_proto::v1::*;
+
+/// A gRPC client for one node's volume service, on a runtime of its own.
+struct Vol {
+    rt: tokio::runtime::Runtime,
+    client: VolumeClient<tonic::transport::Channel>,
+    target: VolumeTarget,
+}
+
+impl Vol {
+    fn connect(addr: &str, volume: &str) -> Vol {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        // Lazily connected: a node that is still starting fails calls, which callers retry.
+        let client = rt.block_on(async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+            VolumeClient::new(ch).max_decoding_message_size(32 << 20).max_encoding_message_size(32 << 20)
+        });
+        Vol { rt, client, target: VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true } }
+    }
+
+    fn at_snapshot(&self, id: &str) -> VolumeTarget {
+        VolumeTarget { snapshot: id.into(), ..self.target.clone() }
+    }
+
+    fn create(&self, name: &str) -> Result<u64, tonic::Status> {
+        let req = CreateRequest { target: Some(self.target.clone()), parent: 1, name: name.into(), directory: false, now: 1 };
+        let reply = self.rt.block_on(self.client.clone().create(req))?;
+        Ok(reply.into_inner().entry.unwrap().attributes.unwrap().ino)
+    }
+
+    fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u64, tonic::Status> {
+        let msg = WriteChunk { target: Some(self.target.clone()), ino, offset, data: data.to_vec(), now: 2 };
+        Ok(self.rt.block_on(self.client.clone().write(tokio_stream::iter(vec![msg])))?.into_inner().written)
+    }
+
+    fn read_at(&self, target: VolumeTarget, ino: u64, len: u64) -> Result<Vec<u8>, tonic::Status> {
+        self.rt.block_on(async {
+            let mut s = self.client.clone().read(ReadRequest { target: Some(target), ino, offset: 0, length: len }).await?.into_inner();
+            let mut out = Vec::new();
+            while let Some(c) = s.message().await? {
+                out.extend_from_slice(&c.data);
+            }
+            Ok(out)
+        })
+    }
+
+    fn read(&self, ino: u64, len: u64) -> Result<Vec<u8>, tonic::Status> {
+        self.read_at(self.target.clone(), ino, len)
+    }
+
+    fn snapshot(&self, id: &str) -> Result<(), tonic::Status> {
+        self.rt.block_on(self.client.clone().snapshot_create(SnapshotRequest { target: Some(self.target.clone()), id: id.into(), now: 3 }))?;
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, id: &str) {
+        self.rt.block_on(self.client.clone().snapshot_delete(SnapshotRequest { target: Some(self.target.clone()), id: id.into(), now: 4 })).unwrap();
+    }
+}
+
+/// The uuid of volume `name`.
+fn volume_id(c: &Cluster, via: u64, name: &str) -> String {
+    let v = c.ctl(via, &["volume", "list"]).json();
+    v.as_array().unwrap().iter().find(|v| v["name"] == name).unwrap()["id"].as_str().unwrap().to_string()
+}
+
+fn pattern(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+#[test]
+fn a_client_on_one_node_reads_and_writes_a_file_on_a_volume_another_node_owns() {
+    let c = Cluster::start(3, "");
+    assert!(c.ctl(1, &["volume", "create", "remote", "--node", "2"]).ok);
+    let vol = volume_id(&c, 1, "remote");
+    let on_1 = Vol::connect(c.addr(1), &vol);
+    let ino = wait_for(Duration::from_secs(10), "node 2 to create the volume", || on_1.create("disk.bin").ok());
+    let data = pattern(7, 3 << 20);
+    assert_eq!(on_1.write(ino, 0, &data).unwrap(), data.len() as u64);
+    let on_3 = Vol::connect(c.addr(3), &vol);
+    assert_eq!(on_3.read(ino, data.len() as u64).unwrap(), data, "read through node 3 what node 1 wrote to node 2's volume");
+
+    // Without routing, a node that does not own the volume says who does.
+    let mut direct = Vol::connect(c.addr(1), &vol);
+    direct.target.route = false;
+    let e = direct.read(ino, 10).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(e.metadata().get("umbra-error").unwrap(), "wrong_owner");
+    assert_eq!(e.metadata().get("umbra-owner").unwrap(), "2");
+
+    // ctl does the same from the command line.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in");
+    std::fs::write(&src, &data[..100_000]).unwrap();
+    assert!(c.ctl(3, &["file", "put", "remote", "copy.bin", "--from", src.to_str().unwrap()]).ok);
+    let dst = dir.path().join("out");
+    assert!(c.ctl(1, &["file", "get", "remote", "copy.bin", "--to", dst.to_str().unwrap()]).ok);
+    assert_eq!(std::fs::read(&dst).unwrap(), &data[..100_000]);
+    let missing = c.ctl(1, &["file", "get", "remote", "nope.bin", "--to", dst.to_str().unwrap()]);
+    assert!(!missing.ok && missing.stderr.contains("not found"), "{}", missing.stderr);
+}
+
+#[test]
+fn kill9_during_a_write_load_loses_no_acknowledged_write_and_no_snapshot_changes() {
+    let mut c = Cluster::start(1, "");
+    assert!(c.ctl(1, &["volume", "create", "v", "--node", "1"]).ok);
+    let vol = volume_id(&c, 1, "v");
+    let client = Vol::connect(c.addr(1), &vol);
+    let ino = wait_for(Duration::from_secs(10), "the volume", || client.create("log.bin").ok());
+
+    // A writer thread appends 16 KiB records; every acknowledged one is counted.
+    let addr = c.addr(1).to_string();
+    let vol2 = vol.clone();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let a = acked.clone();
+    let writer = std::thread::spawn(move || {
+        let w = Vol::connect(&addr, &vol2);
+        for i in 0.. {
+            if w.write(ino, i * 16384, &pattern(i, 16384)).is_err() {
+                break;
+            }
+            a.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // Snapshots while the load runs; each one's content is read back before the crash.
+    let mut snaps = Vec::new();
+    for k in 0..3 {
+        std::thread::sleep(Duration::from_millis(150));
+        let id = uuid::Uuid::new_v4().to_string();
+        client.snapshot(&id).unwrap();
+        let content = client.read_at(client.at_snapshot(&id), ino, 1 << 40).unwrap();
+        assert!(!content.is_empty() || k == 0);
+        snaps.push((id, content));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    c.kill9(1);
+    writer.join().unwrap();
+    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(acked > 10, "the load ran ({acked} writes)");
+
+    c.start_node(1);
+    let client = Vol::connect(c.addr(1), &vol);
+    let data = wait_for(Duration::from_secs(20), "the node to serve again", || client.read(ino, 1 << 40).ok());
+    assert!(data.len() as u64 >= acked * 16384, "{} bytes back, {acked} records acknowledged", data.len());
+    for i in 0..acked {
+        assert_eq!(&data[(i * 16384) as usize..((i + 1) * 16384) as usize], pattern(i, 16384).as_slice(), "record {i}");
+    }
+    for (id, before) in &snaps {
+        assert_eq!(&client.read_at(client.at_snapshot(id), ino, 1 << 40).unwrap(), before, "snapshot {id} reads as before");
+    }
+}
+
+#[test]
+fn kill9_during_snapshot_reclaim_keeps_every_other_snapshot_and_finishes_after_restart() {
+    // Small reclaim steps, so reclaiming 32 MiB of versions spans many steps and the kill
+    // lands in the middle.
+    let mut c = Cluster::start(1, "[volumes]\nreclaim_step_entries = 32\n");
+    assert!(c.ctl(1, &["volume", "create", "v", "--node", "1"]).ok);
+    let vol = volume_id(&c, 1, "v");
+    let client = Vol::connect(c.addr(1), &vol);
+    let ino = wait_for(Duration::from_secs(10), "the volume", || client.create("big.bin").ok());
+    // Three generations of 32 MiB, a snapshot after each: the middle one's deletion frees a lot.
+    let size = 32u64 << 20;
+    let mut ids = Vec::new();
+    for g in 0..3u64 {
+        for off in (0..size).step_by(4 << 20) {
+            client.write(ino, off, &pattern(g * 1000 + off / (4 << 20), 4 << 20)).unwrap();
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        client.snapshot(&id).unwrap();
+        ids.push(id);
+    }
+    let keep: Vec<(String, Vec<u8>)> = [&ids[0], &ids[2]].iter().map(|id| (id.to_string(), client.read_at(client.at_snapshot(id), ino, size).unwrap())).collect();
+    let live = client.read(ino, size).unwrap();
+    client.delete_snapshot(&ids[1]);
+    std::thread::sleep(Duration::from_millis(700));
+    let state = client.rt.block_on(client.client.clone().snapshot_list(client.target.clone())).unwrap().into_inner().snapshots;
+    let deleting = state.iter().find(|s| s.id == ids[1]).map(|s| s.state.clone());
+    assert_eq!(deleting.as_deref(), Some("deleting"), "reclaim is under way when the node dies");
+    c.kill9(1);
+    c.start_node(1);
+    let client = Vol::connect(c.addr(1), &vol);
+    wait_for(Duration::from_secs(30), "reclaim to finish after the restart", || {
+        let snaps = client.rt.block_on(client.client.clone().snapshot_list(client.target.clone())).ok()?.into_inner().snapshots;
+        (!snaps.iter().any(|s| s.id == ids[1])).then_some(())
+    });
+    assert_eq!(client.read(ino, size).unwrap(), live);
+    for (id, before) in &keep {
+        assert_eq!(&client.read_at(client.at_snapshot(id), ino, size).unwrap(), before, "snapshot {id}");
+    }
+}
