@@ -60,6 +60,9 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Volume store: sequential and random I/O (local and through gRPC), snapshot cost
+    /// against volume size, space after a snapshot, fence latency under load.
+    Volume(crate::bench_volume::VolumeBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -106,7 +109,10 @@ impl Target {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Meta { clients, seconds, addr, via_followers, with_etcd, json } = args.what;
+    let (clients, seconds, addr, via_followers, with_etcd, json) = match args.what {
+        BenchWhat::Meta { clients, seconds, addr, via_followers, with_etcd, json } => (clients, seconds, addr, via_followers, with_etcd, json),
+        BenchWhat::Volume(v) => return crate::bench_volume::run(v).await,
+    };
     if clients.iter().any(|&c| c == 0 || c > MAX_CLIENTS) {
         bail!("--clients must be between 1 and {MAX_CLIENTS}");
     }

@@ -6,6 +6,7 @@
 //! - `umbra bench`: benchmarks against a real cluster ([`bench`]).
 
 mod bench;
+mod bench_volume;
 mod client;
 mod ctl;
 mod files;

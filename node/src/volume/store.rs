@@ -1015,6 +1015,15 @@ impl VolumeStore {
         Ok(total)
     }
 
+    /// Compacts every column family (after a large reclaim, so deleted versions and blob
+    /// garbage leave the disk).
+    pub fn compact(&self) -> Result<()> {
+        for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {
+            self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// Writes memtables out, so `disk_bytes` sees everything.
     pub fn flush(&self) -> Result<()> {
         for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {

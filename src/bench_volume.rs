@@ -1,0 +1,296 @@
+//! `umbra bench volume`: the volume store's speed and space, each figure beside a peer measured
+//! in the same run: a plain file on the same filesystem (std::fs) for data, and the local store
+//! for the gRPC path.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use hdrhistogram::Histogram;
+use umbra_node::volume::{Kind, View, VolumeStore, ROOT_INO};
+use uuid::Uuid;
+
+use crate::local::{free_base_port, LocalCluster};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Args)]
+pub struct VolumeBenchArgs {
+    /// Size of the sequential file, MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Size of the large volume for the snapshot O(1) check, MiB.
+    #[arg(long, default_value_t = 4096)]
+    large_mib: u64,
+    /// Where to put the data (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn block(i: u64) -> Vec<u8> {
+    let mut b = vec![0u8; MIB as usize];
+    for (j, w) in b.chunks_mut(8).enumerate() {
+        w.copy_from_slice(&(i * MIB + j as u64 * 8 + 1).to_le_bytes());
+    }
+    b
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        if let Ok(m) = e.metadata() {
+            total += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+        }
+    }
+    total
+}
+
+pub async fn run(args: VolumeBenchArgs) -> anyhow::Result<()> {
+    let scratch = match &args.dir {
+        Some(d) => d.join(format!("umbra-vbench-{}", Uuid::new_v4().simple())),
+        None => std::env::temp_dir().join(format!("umbra-vbench-{}", Uuid::new_v4().simple())),
+    };
+    std::fs::create_dir_all(&scratch)?;
+    let result = benches(&args, &scratch).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
+    let size = args.size_mib * MIB;
+    println!("sequential, {} MiB in 1 MiB I/Os (write includes a final sync)", args.size_mib);
+    let (pw, pr) = plain_file(&scratch.join("plain.bin"), size)?;
+    let store = Arc::new(VolumeStore::open(&scratch.join("store"))?);
+    let vol = Uuid::new_v4();
+    store.create_volume(vol, 0)?;
+    let (lw, lr) = local_seq(&store, vol, size)?;
+    println!("  plain file   write {:.2} GB/s  read {:.2} GB/s", gbps(size, pw), gbps(size, pr));
+    println!("  volume store write {:.2} GB/s  read {:.2} GB/s  (ratio to plain file: write {:.2}, read {:.2})", gbps(size, lw), gbps(size, lr), pw.as_secs_f64() / lw.as_secs_f64(), pr.as_secs_f64() / lr.as_secs_f64());
+    let (gw, gr) = grpc_seq(scratch, size).await?;
+    println!("  through gRPC write {:.2} GB/s  read {:.2} GB/s  (ratio to local store: write {:.2}, read {:.2})", gbps(size, gw), gbps(size, gr), lw.as_secs_f64() / gw.as_secs_f64(), lr.as_secs_f64() / gr.as_secs_f64());
+
+    let (plain_iops, store_iops) = random_4k(&store, vol, &scratch.join("plain.bin"), size)?;
+    println!("4 KiB random writes: volume store {store_iops:.0}/s, plain file {plain_iops:.0}/s (ratio {:.2})", store_iops / plain_iops);
+    drop(store);
+    let _ = std::fs::remove_file(scratch.join("plain.bin"));
+
+    snapshot_o1(scratch, args.large_mib)?;
+    space(scratch, size)?;
+    fence_p99(scratch)?;
+    Ok(())
+}
+
+fn plain_file(path: &Path, size: u64) -> anyhow::Result<(Duration, Duration)> {
+    let t = Instant::now();
+    let mut f = std::fs::File::create(path)?;
+    for i in 0..size / MIB {
+        f.write_all(&block(i))?;
+    }
+    f.sync_data()?;
+    let w = t.elapsed();
+    let t = Instant::now();
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut sum = 0u64;
+    for _ in 0..size / MIB {
+        f.read_exact(&mut buf)?;
+        sum = sum.wrapping_add(buf[7] as u64);
+    }
+    std::hint::black_box(sum);
+    Ok((w, t.elapsed()))
+}
+
+fn local_seq(store: &VolumeStore, vol: Uuid, size: u64) -> anyhow::Result<(Duration, Duration)> {
+    let ino = store.create(vol, View::Live, ROOT_INO, "seq.bin", Kind::File, 1)?;
+    let t = Instant::now();
+    for i in 0..size / MIB {
+        store.write(vol, View::Live, ino, i * MIB, &block(i), 2)?;
+    }
+    store.sync()?;
+    let w = t.elapsed();
+    let t = Instant::now();
+    for i in 0..size / MIB {
+        let data = store.read(vol, View::Live, ino, i * MIB, MIB)?;
+        anyhow::ensure!(data.len() as u64 == MIB && data[..8] == block(i)[..8], "read back differs at MiB {i}");
+    }
+    Ok((w, t.elapsed()))
+}
+
+async fn grpc_seq(scratch: &Path, size: u64) -> anyhow::Result<(Duration, Duration)> {
+    use umbra_proto::v1::volume_client::VolumeClient;
+    use umbra_proto::v1::*;
+    let mut cluster = LocalCluster::prepare(&scratch.join("cluster"), 1, free_base_port()?, "")?;
+    cluster.start()?;
+    let result = async {
+        cluster.wait_ready().await?;
+        let node = crate::client::Node::connect(cluster.first_addr()).await?;
+        let (resp, _) = node.write(umbra_raft::command::Command::CreateVolume { id: Uuid::new_v4(), name: "bench".into(), owner: 1 }).await?;
+        let umbra_raft::command::Applied::Volume(v) = resp.map_err(|e| anyhow::anyhow!("{e}"))? else { anyhow::bail!("unexpected reply") };
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.first_addr()))?.connect().await?;
+        let max = umbra_node::volume_service::MAX_VOLUME_MESSAGE_BYTES;
+        let mut client = VolumeClient::new(ch).max_decoding_message_size(max).max_encoding_message_size(max);
+        let target = VolumeTarget { volume: v.id.to_string(), snapshot: String::new(), clone: String::new(), route: false };
+        let ino = loop {
+            let req = CreateRequest { target: Some(target.clone()), parent: ROOT_INO, name: "seq.bin".into(), directory: false, now: 1 };
+            match client.create(req).await {
+                Ok(r) => break r.into_inner().entry.and_then(|e| e.attributes).map(|a| a.ino).unwrap_or_default(),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // the volume is being created
+            }
+        };
+        let t = Instant::now();
+        let t2 = target.clone();
+        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| WriteChunk { target: Some(t2.clone()), ino, offset: i * MIB, data: block(i), now: 2 }));
+        client.write(msgs).await?;
+        client.sync(target.clone()).await?;
+        let w = t.elapsed();
+        let t = Instant::now();
+        let mut stream = client.read(ReadRequest { target: Some(target), ino, offset: 0, length: size }).await?.into_inner();
+        let mut got = 0u64;
+        while let Some(c) = stream.message().await? {
+            got += c.data.len() as u64;
+        }
+        anyhow::ensure!(got == size, "read {got} of {size} bytes");
+        anyhow::Ok((w, t.elapsed()))
+    }
+    .await;
+    cluster.stop().await;
+    result
+}
+
+fn random_4k(store: &VolumeStore, vol: Uuid, plain: &Path, size: u64) -> anyhow::Result<(f64, f64)> {
+    const WRITES: u64 = 20_000;
+    let offsets: Vec<u64> = (0..WRITES).map(|i| (i.wrapping_mul(2_654_435_761) % (size / 4096)) * 4096).collect();
+    let page = vec![0x5Au8; 4096];
+    let mut f = std::fs::OpenOptions::new().write(true).open(plain)?;
+    let t = Instant::now();
+    for &o in &offsets {
+        f.seek(SeekFrom::Start(o))?;
+        f.write_all(&page)?;
+    }
+    f.sync_data()?;
+    let plain_rate = WRITES as f64 / t.elapsed().as_secs_f64();
+    let ino = store.resolve(vol, View::Live, "seq.bin")?.ino;
+    let t = Instant::now();
+    for &o in &offsets {
+        store.write(vol, View::Live, ino, o, &page, 3)?;
+    }
+    store.sync()?;
+    Ok((plain_rate, WRITES as f64 / t.elapsed().as_secs_f64()))
+}
+
+fn snapshot_o1(scratch: &Path, large_mib: u64) -> anyhow::Result<()> {
+    println!("snapshot creation (median of 20; bytes the directory grew per snapshot)");
+    for mib in [4, large_mib] {
+        let path = scratch.join(format!("snap-{mib}"));
+        let store = VolumeStore::open(&path)?;
+        let vol = Uuid::new_v4();
+        store.create_volume(vol, 0)?;
+        let ino = store.create(vol, View::Live, ROOT_INO, "data", Kind::File, 1)?;
+        for i in 0..mib {
+            store.write(vol, View::Live, ino, i * MIB, &block(i), 2)?;
+        }
+        store.flush()?;
+        let mut times = Vec::new();
+        let before = dir_bytes(&path);
+        for _ in 0..20 {
+            let t = Instant::now();
+            store.snapshot_create(vol, Uuid::new_v4(), 3)?;
+            times.push(t.elapsed());
+        }
+        let grew = dir_bytes(&path).saturating_sub(before) / 20;
+        times.sort();
+        println!("  volume of {mib:>5} MiB: {:>8.3} ms per snapshot, {grew} bytes per snapshot", times[10].as_secs_f64() * 1e3);
+        drop(store);
+        std::fs::remove_dir_all(&path).context("removing the snapshot bench data")?;
+    }
+    Ok(())
+}
+
+fn space(scratch: &Path, size: u64) -> anyhow::Result<()> {
+    let path = scratch.join("space");
+    let store = VolumeStore::open(&path)?;
+    let vol = Uuid::new_v4();
+    store.create_volume(vol, 0)?;
+    let ino = store.create(vol, View::Live, ROOT_INO, "data", Kind::File, 1)?;
+    for i in 0..size / MIB {
+        store.write(vol, View::Live, ino, i * MIB, &block(i), 2)?;
+    }
+    store.flush()?;
+    let base = store.disk_bytes()?;
+    let snap = Uuid::new_v4();
+    store.snapshot_create(vol, snap, 3)?;
+    let tenth = size / MIB / 10;
+    for i in 0..tenth {
+        let at = (i * 10 + 3) % (size / MIB);
+        store.write(vol, View::Live, ino, at * MIB, &block(at + 7), 4)?;
+    }
+    store.flush()?;
+    let after = store.disk_bytes()?;
+    store.snapshot_delete(vol, snap)?;
+    store.reclaim_all(vol)?;
+    store.flush()?;
+    store.compact()?;
+    let reclaimed = store.disk_bytes()?;
+    println!(
+        "space: {} MiB written = {} MiB on disk; snapshot + 10% overwritten: +{:.1}% ({} MiB); snapshot deleted, reclaimed, compacted: {} MiB ({:+.1}% of the base)",
+        size / MIB,
+        base / MIB,
+        (after as f64 - base as f64) / base as f64 * 100.0,
+        (after - base) / MIB,
+        reclaimed / MIB,
+        (reclaimed as f64 - base as f64) / base as f64 * 100.0
+    );
+    Ok(())
+}
+
+fn fence_p99(scratch: &Path) -> anyhow::Result<()> {
+    let store = Arc::new(VolumeStore::open(&scratch.join("fence"))?);
+    let vol = Uuid::new_v4();
+    store.create_volume(vol, 0)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (store, stop) = (store.clone(), stop.clone());
+        let ino = store.create(vol, View::Live, ROOT_INO, &format!("w{w}"), Kind::File, 1)?;
+        writers.push(std::thread::spawn(move || -> anyhow::Result<u64> {
+            let data = vec![w as u8 + 1; 64 * 1024];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                store.write(vol, View::Live, ino, (n % 1024) * 65536, &data, 2)?;
+                n += 1;
+            }
+            Ok(n)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for token in 1..=200u64 {
+        std::thread::sleep(Duration::from_millis(5));
+        let t = Instant::now();
+        let snap = Uuid::new_v4();
+        store.fence(vol, token, Duration::from_secs(5), snap, 3)?;
+        hist.record(t.elapsed().as_micros() as u64)?;
+        store.release(vol, token)?;
+        store.snapshot_delete(vol, snap)?;
+        store.reclaim_all(vol)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = 0;
+    for w in writers {
+        writes += w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    println!(
+        "fence under 4 writers of 64 KiB ({writes} writes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (200 fences, each with its tentative snapshot)",
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+        hist.max() as f64 / 1e3
+    );
+    Ok(())
+}
