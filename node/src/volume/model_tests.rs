@@ -300,7 +300,7 @@ proptest! {
 }
 
 fn count(store: &VolumeStore, cf: &str) -> usize {
-    store.db.iterator_cf(store.cf(cf), rocksdb::IteratorMode::Start).count()
+    store.scan(cf, &[]).count()
 }
 
 /// Chunks holding data in a tree (what the store must keep, no more).

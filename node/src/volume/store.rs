@@ -37,6 +37,24 @@ const META_CLONE: u8 = b'C';
 pub(super) const META_RECLAIM: u8 = b'R';
 const META_FENCES: u8 = b'F';
 
+/// Bytes of a chunk key without its epoch: vol, lineage, ino, generation, index.
+const CHUNK_OBJECT_BYTES: usize = 16 + 4 + 8 + 8 + 8;
+/// Bytes of an inode key without its epoch: vol, lineage, ino.
+const INODE_OBJECT_BYTES: usize = 16 + 4 + 8;
+
+/// Options for a column family whose seeks go to one fixed-length object: a prefix extractor
+/// of that length with bloom filters in SST files and memtables (design-review F17).
+fn prefix_options(prefix_len: usize) -> Options {
+    let mut o = Options::default();
+    o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(prefix_len));
+    o.set_memtable_prefix_bloom_ratio(0.1);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(false);
+    o.set_block_based_table_factory(&table);
+    o
+}
+
 /// Writes to the clone lineages are not versioned (clones have no snapshots of their own).
 const CLONE_EPOCH: Epoch = 0;
 
@@ -123,14 +141,14 @@ impl VolumeStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let mut chunk_opts = Options::default();
+        let mut chunk_opts = prefix_options(CHUNK_OBJECT_BYTES);
         // Chunk values live in blob files: compaction moves only keys (design.md section 3).
         chunk_opts.set_enable_blob_files(true);
         chunk_opts.set_min_blob_size(4096);
         chunk_opts.set_enable_blob_gc(true);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
-            ColumnFamilyDescriptor::new(CF_INODES, Options::default()),
+            ColumnFamilyDescriptor::new(CF_INODES, prefix_options(INODE_OBJECT_BYTES)),
             ColumnFamilyDescriptor::new(CF_DIRENTS, Options::default()),
             ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
             ColumnFamilyDescriptor::new(CF_DEAD, Options::default()),
@@ -237,10 +255,19 @@ impl VolumeStore {
 
     // ----- versioned reads -----
 
-    /// The newest version of `object` at or before `max`, in one lineage.
+    /// The newest version of `object` at or before `max`, in one lineage. Chunk and inode
+    /// objects are their column family's bloom-filtered prefix, so the seek skips files that
+    /// cannot hold them.
     pub(super) fn newest(&self, cf: &str, object: &[u8], max: Epoch) -> Result<Option<Version>> {
         let seek = keys::versioned(object.to_vec(), max);
-        let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::From(&seek, Direction::Forward));
+        let mut ro = rocksdb::ReadOptions::default();
+        let prefixed = matches!((cf, object.len()), (CF_CHUNKS, CHUNK_OBJECT_BYTES) | (CF_INODES, INODE_OBJECT_BYTES));
+        if prefixed {
+            ro.set_prefix_same_as_start(true);
+        } else {
+            ro.set_total_order_seek(true);
+        }
+        let mut it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(&seek, Direction::Forward));
         match it.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -259,6 +286,13 @@ impl VolumeStore {
             Some(base) => self.newest(cf, &object(LIVE), base),
             None => Ok(None),
         }
+    }
+
+    /// An iterator in key order from `from`, across prefixes (total order).
+    pub(super) fn scan(&self, cf: &str, from: &[u8]) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_total_order_seek(true);
+        self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(from, Direction::Forward))
     }
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
@@ -751,7 +785,7 @@ impl VolumeStore {
         for (lin, max) in sources {
             let prefix = keys::generation_prefix(st.id, lin, ino, generation);
             let start = keys::chunk(st.id, lin, ino, generation, from);
-            for item in self.db.iterator_cf(self.cf(CF_CHUNKS), IteratorMode::From(&start, Direction::Forward)) {
+            for item in self.scan(CF_CHUNKS, &start) {
                 let (key, value) = item?;
                 if !key.starts_with(&prefix) {
                     break;
