@@ -277,6 +277,14 @@ fn fence_p99(scratch: &Path) -> anyhow::Result<()> {
             Ok(n)
         }));
     }
+    let mut syncs = Histogram::<u64>::new(3)?;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(5));
+        let t = Instant::now();
+        store.sync()?;
+        syncs.record(t.elapsed().as_micros() as u64)?;
+    }
+    println!("sync (WAL fsync) under the same load: p50 {:.2} ms, p99 {:.2} ms", syncs.value_at_quantile(0.5) as f64 / 1e3, syncs.value_at_quantile(0.99) as f64 / 1e3);
     let mut hist = Histogram::<u64>::new(3)?;
     for token in 1..=200u64 {
         std::thread::sleep(Duration::from_millis(5));

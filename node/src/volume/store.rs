@@ -37,6 +37,9 @@ const META_CLONE: u8 = b'C';
 pub(super) const META_RECLAIM: u8 = b'R';
 const META_FENCES: u8 = b'F';
 
+/// Unsynced WAL bytes RocksDB lets accumulate before it starts writing them out.
+const WAL_BYTES_PER_SYNC: u64 = 1024 * 1024;
+
 /// Bytes of a chunk key without its epoch: vol, lineage, ino, generation, index.
 const CHUNK_OBJECT_BYTES: usize = 16 + 4 + 8 + 8 + 8;
 /// Bytes of an inode key without its epoch: vol, lineage, ino.
@@ -71,7 +74,6 @@ pub(super) struct VolState {
     pub meta: VolumeMeta,
     pub snapshots: BTreeMap<Uuid, SnapshotInfo>,
     pub clones: BTreeMap<Uuid, CloneInfo>,
-    pub fences: FenceBook,
 }
 
 impl VolState {
@@ -108,6 +110,9 @@ pub(super) struct Scope {
 pub(super) struct VolumeEntry {
     pub state: Mutex<VolState>,
     pub gate: Gate,
+    /// Fence tokens and answers; a lock of their own, so a fence never queues behind writers
+    /// for the state lock before its fence point.
+    pub fences: Mutex<FenceBook>,
 }
 
 pub struct VolumeStore {
@@ -141,6 +146,10 @@ impl VolumeStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Write dirty WAL and table data out as it accumulates, so a synced write (a fence's
+        // snapshot, a FLUSH) finds little left to sync and its latency stays short.
+        opts.set_wal_bytes_per_sync(WAL_BYTES_PER_SYNC);
+        opts.set_bytes_per_sync(WAL_BYTES_PER_SYNC);
         let mut chunk_opts = prefix_options(CHUNK_OBJECT_BYTES);
         // Chunk values live in blob files: compaction moves only keys (design.md section 3).
         chunk_opts.set_enable_blob_files(true);
@@ -161,6 +170,7 @@ impl VolumeStore {
 
     fn load(&self) -> Result<()> {
         let mut found: HashMap<Uuid, VolState> = HashMap::new();
+        let mut books: HashMap<Uuid, FenceBook> = HashMap::new();
         for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::Start) {
             let (key, value) = item?;
             let (Some(id), Some(&tag)) = (key.get(..16).and_then(|b| Uuid::from_slice(b).ok()), key.get(16)) else { continue };
@@ -169,7 +179,6 @@ impl VolumeStore {
                 meta: VolumeMeta { epoch: 1, next_ino: ROOT_INO + 1, next_lineage: 1, next_reclaim: 0 },
                 snapshots: BTreeMap::new(),
                 clones: BTreeMap::new(),
-                fences: FenceBook::default(),
             });
             match tag {
                 META_VOLUME => st.meta = serde_json::from_slice(&value)?,
@@ -181,13 +190,16 @@ impl VolumeStore {
                     let c: CloneInfo = serde_json::from_slice(&value)?;
                     st.clones.insert(c.id, c);
                 }
-                META_FENCES => st.fences = serde_json::from_slice(&value)?,
+                META_FENCES => {
+                    books.insert(id, serde_json::from_slice(&value)?);
+                }
                 _ => {}
             }
         }
         let mut volumes = self.volumes.lock().expect("volume map lock");
         for (id, st) in found {
-            volumes.insert(id, Arc::new(VolumeEntry { state: Mutex::new(st), gate: Gate::default() }));
+            let fences = Mutex::new(books.remove(&id).unwrap_or_default());
+            volumes.insert(id, Arc::new(VolumeEntry { state: Mutex::new(st), gate: Gate::default(), fences }));
         }
         Ok(())
     }
@@ -223,8 +235,8 @@ impl VolumeStore {
         batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
         batch.put_cf(self.cf(CF_INODES), keys::versioned(keys::inode(vol, LIVE, ROOT_INO), meta.epoch), serde_json::to_vec(&InodeValue::Live(root))?);
         self.db.write_opt(batch, &synced())?;
-        let st = VolState { id: vol, meta, snapshots: BTreeMap::new(), clones: BTreeMap::new(), fences: FenceBook::default() };
-        volumes.insert(vol, Arc::new(VolumeEntry { state: Mutex::new(st), gate: Gate::default() }));
+        let st = VolState { id: vol, meta, snapshots: BTreeMap::new(), clones: BTreeMap::new() };
+        volumes.insert(vol, Arc::new(VolumeEntry { state: Mutex::new(st), gate: Gate::default(), fences: Mutex::new(FenceBook::default()) }));
         Ok(())
     }
 
@@ -845,15 +857,14 @@ impl VolumeStore {
     /// the highest seen, or already released, are refused; a retry gets the recorded answer.
     pub fn fence(&self, vol: Uuid, token: u64, ttl: std::time::Duration, snapshot: Uuid, now: u64) -> Result<SnapshotInfo> {
         let entry = self.volume(vol)?;
-        {
+        let mut book = entry.fences.lock().expect("fence book lock");
+        if let Some(answer) = book.recorded(token)? {
             let st = Self::lock(&entry);
-            if let Some(answer) = st.fences.recorded(token)? {
-                return Ok(st.snapshots.get(&answer).cloned().ok_or(VolumeError::NoSuchSnapshot(answer))?);
-            }
+            return st.snapshots.get(&answer).cloned().ok_or(VolumeError::NoSuchSnapshot(answer));
         }
         entry.gate.raise(token, ttl, || {
+            // Nothing is in flight: the state lock is free.
             let mut st = Self::lock(&entry);
-            st.fences.recorded(token)?;
             if st.snapshots.contains_key(&snapshot) {
                 return Err(VolumeError::Exists(snapshot.to_string()));
             }
@@ -863,7 +874,7 @@ impl VolumeStore {
             let info = SnapshotInfo { id: snapshot, epoch: st.meta.epoch, state: SnapshotState::Tentative, created: now };
             let mut meta = st.meta.clone();
             meta.epoch += 1;
-            let mut fences = st.fences.clone();
+            let mut fences = book.clone();
             fences.record(token, snapshot);
             let mut batch = WriteBatch::default();
             batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, snapshot.as_bytes()), serde_json::to_vec(&info)?);
@@ -871,7 +882,7 @@ impl VolumeStore {
             batch.put_cf(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?);
             self.db.write_opt(batch, &synced())?;
             st.meta = meta;
-            st.fences = fences;
+            *book = fences;
             st.snapshots.insert(snapshot, info.clone());
             Ok(info)
         })
@@ -881,16 +892,16 @@ impl VolumeStore {
     /// the recorded answer.
     pub fn release(&self, vol: Uuid, token: u64) -> Result<Released> {
         let entry = self.volume(vol)?;
-        let mut st = Self::lock(&entry);
-        let record = st.fences.records.get(&token).cloned().ok_or(VolumeError::StaleToken { token, why: "no fence was raised with it" })?;
+        let mut book = entry.fences.lock().expect("fence book lock");
+        let record = book.records.get(&token).cloned().ok_or(VolumeError::StaleToken { token, why: "no fence was raised with it" })?;
         if let Some(answer) = record.released {
             return Ok(answer);
         }
         let answer = entry.gate.release(token);
-        let mut fences = st.fences.clone();
+        let mut fences = book.clone();
         fences.records.insert(token, FenceRecord { released: Some(answer), ..record });
         self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?, &synced())?;
-        st.fences = fences;
+        *book = fences;
         Ok(answer)
     }
 
