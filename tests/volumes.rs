@@ -197,3 +197,31 @@ fn kill9_during_snapshot_reclaim_keeps_every_other_snapshot_and_finishes_after_r
         assert_eq!(&client.read_at(client.at_snapshot(id), ino, size).unwrap(), before, "snapshot {id}");
     }
 }
+
+#[test]
+fn a_writable_clone_over_grpc_is_isolated_and_refuses_writes_once_sealed() {
+    let c = Cluster::start(2, "");
+    assert!(c.ctl(1, &["volume", "create", "v", "--node", "2"]).ok);
+    let vol = volume_id(&c, 1, "v");
+    let client = Vol::connect(c.addr(1), &vol);
+    let ino = wait_for(Duration::from_secs(10), "the volume", || client.create("vm.vhdx").ok());
+    client.write(ino, 0, b"base").unwrap();
+    let snap = uuid::Uuid::new_v4().to_string();
+    client.snapshot(&snap).unwrap();
+    let clone = uuid::Uuid::new_v4().to_string();
+    let req = CloneRequest { target: Some(client.at_snapshot(&snap)), id: clone.clone() };
+    client.rt.block_on(client.client.clone().clone_create(req)).unwrap();
+    let in_clone = VolumeTarget { clone: clone.clone(), ..client.target.clone() };
+    let w = WriteChunk { target: Some(in_clone.clone()), ino, offset: 0, data: b"CLON".to_vec(), now: 5 };
+    client.rt.block_on(client.client.clone().write(tokio_stream::iter(vec![w.clone()]))).unwrap();
+    client.write(ino, 0, b"live").unwrap();
+    assert_eq!(client.read_at(in_clone.clone(), ino, 4).unwrap(), b"CLON");
+    assert_eq!(client.read(ino, 4).unwrap(), b"live");
+    assert_eq!(client.read_at(client.at_snapshot(&snap), ino, 4).unwrap(), b"base");
+    let req = CloneRequest { target: Some(client.target.clone()), id: clone.clone() };
+    assert!(client.rt.block_on(client.client.clone().clone_seal(req)).unwrap().into_inner().sealed);
+    let e = client.rt.block_on(client.client.clone().write(tokio_stream::iter(vec![w]))).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert_eq!(e.metadata().get("umbra-error").unwrap(), "read_only");
+    assert_eq!(client.read_at(in_clone, ino, 4).unwrap(), b"CLON", "a sealed clone still reads");
+}

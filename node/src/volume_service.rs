@@ -20,7 +20,7 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
-use crate::volume::{DirEntry, Inode, Kind, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
+use crate::volume::{DirEntry, Inode, Kind, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
 
 /// Bytes per streamed read message.
 pub const READ_MESSAGE_BYTES: u64 = 1024 * 1024;
@@ -321,4 +321,45 @@ impl VolumeRpc for VolumeService {
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
         unary!(self, req, release, |s, vol, _view, r| s.release(vol, r.token).map(|held| ReleaseReply { held: held == crate::volume::Released::Held }))
     }
+
+    async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {
+        unary!(self, req, set_info, |s, vol, view, r| {
+            let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes };
+            let inode = s.set_info(vol, view, r.ino, info)?;
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
+        })
+    }
+
+    async fn allocated_ranges(&self, req: Request<RangesRequest>) -> Result<Response<RangesReply>, Status> {
+        unary!(self, req, allocated_ranges, |s, vol, view, r| {
+            let ranges = s.allocated_ranges(vol, view, r.ino, r.offset, r.length)?;
+            Ok(RangesReply { ranges: ranges.into_iter().map(|(offset, length)| Range { offset, length }).collect() })
+        })
+    }
+
+    async fn clone_create(&self, req: Request<CloneRequest>) -> Result<Response<CloneReply>, Status> {
+        unary!(self, req, clone_create, |s, vol, view, r| {
+            let View::Snapshot(snap) = view else { return Err(VolumeError::Invalid("a clone is made of a snapshot: name it in the target".into())) };
+            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("clone id {:?} is not a uuid", r.id)))?;
+            s.clone_create(vol, snap, id).map(clone_reply)
+        })
+    }
+
+    async fn clone_seal(&self, req: Request<CloneRequest>) -> Result<Response<CloneReply>, Status> {
+        unary!(self, req, clone_seal, |s, vol, _view, r| {
+            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("clone id {:?} is not a uuid", r.id)))?;
+            s.clone_seal(vol, id).map(clone_reply)
+        })
+    }
+
+    async fn clone_delete(&self, req: Request<CloneRequest>) -> Result<Response<Done>, Status> {
+        unary!(self, req, clone_delete, |s, vol, _view, r| {
+            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("clone id {:?} is not a uuid", r.id)))?;
+            s.clone_delete(vol, id).map(|_| Done {})
+        })
+    }
+}
+
+fn clone_reply(c: crate::volume::CloneInfo) -> CloneReply {
+    CloneReply { id: c.id.to_string(), base_snapshot: c.base_snapshot.to_string(), sealed: c.sealed }
 }

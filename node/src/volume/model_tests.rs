@@ -475,3 +475,23 @@ fn concurrent_syncs_are_group_committed() {
     assert!(syncs < 400, "400 write-through writes shared {syncs} WAL syncs");
     assert!(syncs > 0);
 }
+
+#[test]
+fn sparse_files_report_allocated_ranges_and_set_info_changes_times_and_attributes() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "sparse", Kind::File, 1).unwrap();
+    let c = CHUNK_BYTES;
+    s.write(v, View::Live, ino, 0, &[1u8; 10], 2).unwrap();
+    s.write(v, View::Live, ino, 5 * c + 7, &[2u8; 10], 2).unwrap();
+    s.write(v, View::Live, ino, 6 * c, &[3u8; 10], 2).unwrap();
+    s.set_size(v, View::Live, ino, 100 * c, 3).unwrap();
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), vec![(0, c), (5 * c, 2 * c)]);
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 5 * c + 100, c).unwrap(), vec![(5 * c + 100, c)]);
+    assert_eq!(s.stat(v, View::Live, ino).unwrap().allocated, 3 * c);
+    s.write(v, View::Live, ino, 5 * c, &vec![0u8; c as usize], 4).unwrap();
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), vec![(0, c), (6 * c, c)], "zeroing a chunk makes it a hole");
+    let info = SetInfo { created: Some(11), written: None, changed: Some(13), attributes: Some(0x20) };
+    let inode = s.set_info(v, View::Live, ino, info).unwrap();
+    assert_eq!((inode.created, inode.written, inode.changed, inode.attributes), (11, 4, 13, 0x20));
+}

@@ -787,6 +787,46 @@ impl VolumeStore {
         Ok(())
     }
 
+    /// Sets times and DOS attributes (SMB SET_INFO); `None` leaves a field as it is.
+    pub fn set_info(&self, vol: Uuid, view: View, ino: u64, info: SetInfo) -> Result<Inode> {
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
+        let scope = Self::writable(&st, view)?;
+        let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
+        inode.created = info.created.unwrap_or(inode.created);
+        inode.written = info.written.unwrap_or(inode.written);
+        inode.changed = info.changed.unwrap_or(inode.changed);
+        inode.attributes = info.attributes.unwrap_or(inode.attributes);
+        let mut batch = WriteBatch::default();
+        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
+        self.db.write(batch)?;
+        Ok(inode)
+    }
+
+    /// The ranges of `offset..offset+len` that hold data (FSCTL_QUERY_ALLOCATED_RANGES), in
+    /// whole chunks, merged where adjacent; holes are left out.
+    pub fn allocated_ranges(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        let entry = self.volume(vol)?;
+        let st = Self::lock(&entry);
+        let scope = Self::scope(&st, view)?;
+        let (inode, _) = self.inode_req(vol, &scope, ino)?;
+        let end = offset.saturating_add(len).min(inode.size);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (index, _) in self.visible_chunks(&st, &scope, ino, inode.generation, offset / CHUNK_BYTES)? {
+            let start = (index * CHUNK_BYTES).max(offset);
+            if start >= end {
+                break;
+            }
+            let stop = ((index + 1) * CHUNK_BYTES).min(end);
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += stop - start,
+                _ => out.push((start, stop - start)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Chunks of a generation at or after `from` that hold data in the scope: (index, key).
     fn visible_chunks(&self, st: &VolState, scope: &Scope, ino: u64, generation: u64, from: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut found: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();

@@ -46,6 +46,15 @@ pub struct Inode {
     pub attributes: u32,
 }
 
+/// What SET_INFO may change; `None` keeps the current value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetInfo {
+    pub created: Option<u64>,
+    pub written: Option<u64>,
+    pub changed: Option<u64>,
+    pub attributes: Option<u32>,
+}
+
 /// One version of an inode key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum InodeValue {
