@@ -155,6 +155,9 @@ impl VolumeStore {
         chunk_opts.set_enable_blob_files(true);
         chunk_opts.set_min_blob_size(4096);
         chunk_opts.set_enable_blob_gc(true);
+        // Every blob file may be garbage-collected when compaction meets it, so the space of
+        // reclaimed versions comes back (at the price of moving live blobs in those files).
+        chunk_opts.set_blob_gc_age_cutoff(1.0);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
             ColumnFamilyDescriptor::new(CF_INODES, prefix_options(INODE_OBJECT_BYTES)),
