@@ -141,7 +141,7 @@ async fn grpc_seq(scratch: &Path, size: u64) -> anyhow::Result<(Duration, Durati
         let node = crate::client::Node::connect(cluster.first_addr()).await?;
         let (resp, _) = node.write(umbra_raft::command::Command::CreateVolume { id: Uuid::new_v4(), name: "bench".into(), owner: 1 }).await?;
         let umbra_raft::command::Applied::Volume(v) = resp.map_err(|e| anyhow::anyhow!("{e}"))? else { anyhow::bail!("unexpected reply") };
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.first_addr()))?.connect().await?;
+        let ch = umbra_raft::network::channel(cluster.first_addr())?;
         let max = umbra_node::volume_service::MAX_VOLUME_MESSAGE_BYTES;
         let mut client = VolumeClient::new(ch).max_decoding_message_size(max).max_encoding_message_size(max);
         let target = VolumeTarget { volume: v.id.to_string(), snapshot: String::new(), clone: String::new(), route: false };

@@ -65,7 +65,7 @@ impl Files {
             .iter()
             .find(|v| v.id.to_string() == volume || v.name.eq_ignore_ascii_case(volume))
             .ok_or_else(|| anyhow!("volume {volume:?} does not exist"))?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))?.connect().await?;
+        let channel = umbra_raft::network::channel(&node.addr)?;
         let max = umbra_node::volume_service::MAX_VOLUME_MESSAGE_BYTES;
         let client = VolumeClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
         Ok(Files { client, target: VolumeTarget { volume: found.id.to_string(), snapshot: String::new(), clone: String::new(), route: true } })

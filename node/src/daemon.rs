@@ -72,6 +72,8 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(umbra_raft::network::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(umbra_raft::network::CONNECTION_WINDOW_BYTES)
         .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta.clone())))
         .add_service(VolumeServer::new(volume_service).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES))

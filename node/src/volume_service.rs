@@ -238,13 +238,17 @@ impl VolumeRpc for VolumeService {
             let outgoing = tokio_stream::once(first).chain(rest);
             return peer.write(outgoing).await;
         }
+        // Each message is one store write, in order; the next message is received while the
+        // current one is written.
         let mut written = 0u64;
-        let mut next = Some(first);
-        while let Some(msg) = next {
+        let mut current = Some(first);
+        while let Some(msg) = current.take() {
             let len = msg.data.len() as u64;
-            self.run(move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await?;
+            let write = self.run(move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now));
+            let (done, next) = tokio::join!(write, incoming.message());
+            done?;
             written += len;
-            next = incoming.message().await?;
+            current = next?;
         }
         Ok(Response::new(WrittenReply { written }))
     }

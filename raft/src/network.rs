@@ -19,11 +19,17 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How long a TCP connect to a peer may take before the peer counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// HTTP/2 flow-control windows: large enough that a 1 MiB message streams without stalls.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
 /// A lazily connected gRPC channel to `addr` (`host:port`).
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .connect_lazy())
 }
 
