@@ -291,6 +291,7 @@ fn nodes_are_added_as_learners_promoted_to_voters_and_removed() {
     let cfg: String = cfg.lines().filter(|l| !l.starts_with("join")).map(|l| format!("{l}\n")).collect();
     std::fs::write(&c.node(4).config, cfg).unwrap();
     c.start_node(4);
+    c.wait_up(4);
     let (grpc, smb) = (c.node(4).grpc.clone(), c.node(4).smb.clone());
     let learner = c.ctl(2, &["node", "add", "4", "--grpc", &grpc, "--smb", &smb, "--learner"]);
     assert!(learner.ok, "{}", learner.stderr);

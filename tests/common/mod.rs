@@ -14,10 +14,18 @@ pub const UMBRA: &str = env!("CARGO_BIN_EXE_umbra");
 pub const TUNING: &str = "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\nrequest_timeout_ms = 3000\n";
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, never handed out twice by this process.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().expect("port list");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct TestNode {
@@ -138,6 +146,11 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// Waits until node `id` answers `status`.
+    pub fn wait_up(&self, id: u64) {
+        wait_for(Duration::from_secs(30), "the node to answer", || self.status(id).map(|_| ()));
+    }
+
     /// SIGKILL: process death, nothing flushed on the way out.
     pub fn kill9(&mut self, id: u64) {
         let mut child = self.nodes[(id - 1) as usize].child.take().expect("node is running");
@@ -151,6 +164,20 @@ impl Cluster {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         let status = wait_for(Duration::from_secs(15), "the node to exit after SIGTERM", || child.try_wait().expect("try_wait"));
         assert!(status.success(), "node {id} exited with {status} after SIGTERM; log:\n{}", self.log(id));
+    }
+
+    /// Whether node `id` still runs, with its config and log, for failure messages.
+    pub fn describe(&self, id: u64) -> String {
+        let node = self.node(id);
+        let state = match node.child.as_ref().map(|c| c.id()) {
+            Some(pid) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Ok(stat) => format!("pid {pid}: {}", stat.split(' ').nth(2).unwrap_or("?")),
+                Err(_) => format!("pid {pid}: gone"),
+            },
+            None => "not started".into(),
+        };
+        let config = std::fs::read_to_string(&node.config).unwrap_or_default();
+        format!("node {id} ({state})\nconfig:\n{config}\nlog:\n{}", self.log(id))
     }
 
     pub fn log(&self, id: u64) -> String {
@@ -189,7 +216,9 @@ impl Cluster {
 
     /// Sorted names in a `ctl <kind> list` from `via`.
     pub fn names(&self, via: u64, kind: &str) -> Vec<String> {
-        let v = self.ctl(via, &[kind, "list"]).json();
+        let out = self.ctl(via, &[kind, "list"]);
+        assert!(out.ok, "ctl {kind} list via node {via} failed: {}\n{}", out.stderr, self.describe(via));
+        let v = out.json();
         let mut names: Vec<String> = v.as_array().expect("a list").iter().map(|x| x["name"].as_str().expect("name").to_string()).collect();
         names.sort();
         names
