@@ -6,10 +6,13 @@
 //! into one RocksDB write batch of epoch-versioned keys ([`keys`]); superseded versions a
 //! snapshot still reads go to deadlists, which [`reclaim`] walks when a snapshot is deleted.
 
+mod data;
 mod error;
 pub mod gate;
 pub mod keys;
+mod namespace;
 pub mod reclaim;
+mod snapshots;
 mod store;
 mod types;
 

@@ -1,0 +1,231 @@
+//! File data: reads, writes (read-modify-write of partial chunks), sizes, attributes and
+//! allocated ranges.
+
+use std::collections::BTreeMap;
+
+use rocksdb::WriteBatch;
+use uuid::Uuid;
+
+use super::error::{Result, VolumeError};
+use super::keys::{self, dead, Lineage, LIVE};
+use super::store::*;
+use super::types::*;
+
+impl VolumeStore {
+    pub(super) fn chunk_object(vol: Uuid, ino: u64, generation: u64, index: u64) -> impl Fn(Lineage) -> Vec<u8> {
+        move |lin| keys::chunk(vol, lin, ino, generation, index)
+    }
+
+    /// Reads up to `len` bytes at `offset` (short at end of file; holes read as zeros).
+    pub fn read(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len > MAX_IO_BYTES {
+            return Err(VolumeError::TooLarge { what: "a read", got: len, max: MAX_IO_BYTES });
+        }
+        let st = self.volume(vol)?;
+        let st = Self::lock(&st);
+        let scope = Self::scope(&st, view)?;
+        let (inode, _) = self.inode_req(vol, &scope, ino)?;
+        if inode.kind != Kind::File {
+            return Err(VolumeError::IsADirectory);
+        }
+        let end = offset.saturating_add(len).min(inode.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / CHUNK_BYTES;
+            let chunk_start = index * CHUNK_BYTES;
+            let take_end = end.min(chunk_start + CHUNK_BYTES);
+            if let Some((_, data)) = self.visible(CF_CHUNKS, &scope, Self::chunk_object(vol, ino, inode.generation, index))? {
+                let from = (pos - chunk_start) as usize;
+                let to = ((take_end - chunk_start) as usize).min(data.len());
+                if from < to {
+                    let at = (pos - offset) as usize;
+                    out[at..at + (to - from)].copy_from_slice(&data[from..to]);
+                }
+            }
+            pos = take_end;
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset`, extending the file as needed. One write batch.
+    pub fn write(&self, vol: Uuid, view: View, ino: u64, offset: u64, data: &[u8], now: u64) -> Result<()> {
+        let len = data.len() as u64;
+        if len > MAX_IO_BYTES {
+            return Err(VolumeError::TooLarge { what: "a write", got: len, max: MAX_IO_BYTES });
+        }
+        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(VolumeError::TooLarge { what: "the file end", got: offset.saturating_add(len), max: MAX_FILE_BYTES })?;
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
+        let scope = Self::writable(&st, view)?;
+        let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
+        if inode.kind != Kind::File {
+            return Err(VolumeError::IsADirectory);
+        }
+        let mut batch = WriteBatch::default();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / CHUNK_BYTES;
+            let chunk_start = index * CHUNK_BYTES;
+            let piece_end = end.min(chunk_start + CHUNK_BYTES);
+            let piece = &data[(pos - offset) as usize..(piece_end - offset) as usize];
+            self.write_chunk(&st, &scope, &mut batch, &mut inode, ino, index, (pos - chunk_start) as usize, piece)?;
+            pos = piece_end;
+        }
+        inode.size = inode.size.max(end);
+        inode.written = now;
+        inode.changed = now;
+        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Replaces bytes `at..at+piece.len()` of chunk `index` (read-modify-write when partial).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write_chunk(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, inode: &mut Inode, ino: u64, index: u64, at: usize, piece: &[u8]) -> Result<()> {
+        let object = Self::chunk_object(st.id, ino, inode.generation, index);
+        let old = self.visible(CF_CHUNKS, scope, &object)?;
+        let had_data = old.as_ref().is_some_and(|(_, v)| !v.is_empty());
+        let mut content = old.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
+        if content.len() < at + piece.len() {
+            content.resize(at + piece.len(), 0);
+        }
+        content[at..at + piece.len()].copy_from_slice(piece);
+        let trimmed = content.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        content.truncate(trimmed);
+        match (&old, content.is_empty()) {
+            (Some((old_key, _)), true) => self.remove_version(st, scope, batch, CF_CHUNKS, &object, old_key, b"")?,
+            (None, true) => {}
+            (old, false) => self.put_version(st, scope, batch, CF_CHUNKS, object(scope.lineage), &content, old.as_ref().map(|(k, _)| k.as_slice())),
+        }
+        let has_data = !content.is_empty();
+        match (had_data, has_data) {
+            (false, true) => inode.allocated += CHUNK_BYTES,
+            (true, false) => inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sets the file size: truncating never deletes what a snapshot reads (a new generation for
+    /// size 0, holes for dropped chunks, a zeroed tail), extending reads as zeros.
+    pub fn set_size(&self, vol: Uuid, view: View, ino: u64, size: u64, now: u64) -> Result<()> {
+        if size > MAX_FILE_BYTES {
+            return Err(VolumeError::TooLarge { what: "the file size", got: size, max: MAX_FILE_BYTES });
+        }
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
+        let scope = Self::writable(&st, view)?;
+        let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
+        if inode.kind != Kind::File {
+            return Err(VolumeError::IsADirectory);
+        }
+        let mut batch = WriteBatch::default();
+        if size == 0 && inode.size > 0 {
+            self.retire_generation(&st, &scope, &mut batch, ino, inode.generation)?;
+            inode.generation += 1;
+            inode.allocated = 0;
+        } else if size < inode.size {
+            let first_dropped = size.div_ceil(CHUNK_BYTES);
+            for (index, key) in self.visible_chunks(&st, &scope, ino, inode.generation, first_dropped)? {
+                self.remove_version(&st, &scope, &mut batch, CF_CHUNKS, Self::chunk_object(vol, ino, inode.generation, index), &key, b"")?;
+                inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES);
+            }
+            if size % CHUNK_BYTES != 0 {
+                let index = size / CHUNK_BYTES;
+                let at = (size % CHUNK_BYTES) as usize;
+                self.write_chunk(&st, &scope, &mut batch, &mut inode, ino, index, at, &vec![0u8; CHUNK_BYTES as usize - at])?;
+            }
+        }
+        inode.size = size;
+        inode.written = now;
+        inode.changed = now;
+        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Sets times and DOS attributes (SMB SET_INFO); `None` leaves a field as it is.
+    pub fn set_info(&self, vol: Uuid, view: View, ino: u64, info: SetInfo) -> Result<Inode> {
+        let entry = self.volume(vol)?;
+        let _pass = entry.gate.enter()?;
+        let st = Self::lock(&entry);
+        let scope = Self::writable(&st, view)?;
+        let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
+        inode.created = info.created.unwrap_or(inode.created);
+        inode.written = info.written.unwrap_or(inode.written);
+        inode.changed = info.changed.unwrap_or(inode.changed);
+        inode.attributes = info.attributes.unwrap_or(inode.attributes);
+        let mut batch = WriteBatch::default();
+        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
+        self.db.write(batch)?;
+        Ok(inode)
+    }
+
+    /// The ranges of `offset..offset+len` that hold data (FSCTL_QUERY_ALLOCATED_RANGES), in
+    /// whole chunks, merged where adjacent; holes are left out.
+    pub fn allocated_ranges(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        let entry = self.volume(vol)?;
+        let st = Self::lock(&entry);
+        let scope = Self::scope(&st, view)?;
+        let (inode, _) = self.inode_req(vol, &scope, ino)?;
+        let end = offset.saturating_add(len).min(inode.size);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (index, _) in self.visible_chunks(&st, &scope, ino, inode.generation, offset / CHUNK_BYTES)? {
+            let start = (index * CHUNK_BYTES).max(offset);
+            if start >= end {
+                break;
+            }
+            let stop = ((index + 1) * CHUNK_BYTES).min(end);
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += stop - start,
+                _ => out.push((start, stop - start)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunks of a generation at or after `from` that hold data in the scope: (index, key).
+    pub(super) fn visible_chunks(&self, st: &VolState, scope: &Scope, ino: u64, generation: u64, from: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut found: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
+        let mut sources = vec![(scope.lineage, scope.max_epoch)];
+        if let Some(base) = scope.base_epoch {
+            sources.push((LIVE, base));
+        }
+        for (lin, max) in sources {
+            let prefix = keys::generation_prefix(st.id, lin, ino, generation);
+            let start = keys::chunk(st.id, lin, ino, generation, from);
+            for item in self.scan(CF_CHUNKS, &start) {
+                let (key, value) = item?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let (Some(index), Some(epoch)) = (keys::chunk_index_of(&key), keys::epoch_of(&key)) else { continue };
+                if epoch > max || found.contains_key(&index) && lin == scope.lineage {
+                    continue;
+                }
+                found.entry(index).or_insert_with(|| (!value.is_empty()).then(|| key.to_vec()));
+            }
+        }
+        Ok(found.into_iter().filter_map(|(i, k)| k.map(|k| (i, k))).collect())
+    }
+
+    /// A file's generation of chunks is dead (truncate to 0 or delete). In a clone, or when no
+    /// snapshot or clone base exists, it goes at once (one range delete); otherwise it is noted
+    /// in the deadlist and the reclaimer frees whatever no snapshot reads.
+    pub(super) fn retire_generation(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, ino: u64, generation: u64) -> Result<()> {
+        let prefix = keys::generation_prefix(st.id, scope.lineage, ino, generation);
+        if scope.lineage != LIVE || st.pins().next().is_none() {
+            batch.delete_range_cf(self.cf(CF_CHUNKS), &prefix, &keys::prefix_end(&prefix));
+            return Ok(());
+        }
+        let payload = &prefix[16..];
+        batch.put_cf(self.cf(CF_DEAD), dead::key(st.id, scope.write_epoch, dead::GENERATION, payload), b"");
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! Snapshots, fences, clones, sync and space figures.
+
+use rocksdb::WriteBatch;
+use uuid::Uuid;
+
+use super::error::{Result, VolumeError};
+use super::gate::Released;
+use super::keys;
+use super::store::*;
+use super::types::*;
+
+impl VolumeStore {
+    /// Takes a snapshot: records the current epoch and starts the next, in one synced batch.
+    /// O(1) in what the volume holds.
+    pub fn snapshot_create(&self, vol: Uuid, id: Uuid, now: u64) -> Result<SnapshotInfo> {
+        let st = self.volume(vol)?;
+        let mut st = Self::lock(&st);
+        if st.snapshots.contains_key(&id) {
+            return Err(VolumeError::Exists(id.to_string()));
+        }
+        if st.snapshots.len() >= MAX_SNAPSHOTS_PER_VOLUME {
+            return Err(VolumeError::TooManySnapshots { max: MAX_SNAPSHOTS_PER_VOLUME });
+        }
+        let info = SnapshotInfo { id, epoch: st.meta.epoch, state: SnapshotState::Committed, created: now };
+        let mut meta = st.meta.clone();
+        meta.epoch += 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
+        batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
+        self.db.write_opt(batch, &synced())?;
+        st.meta = meta;
+        st.snapshots.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// Raises the fence with `token` on `vol` for `ttl`: waits for writes in flight, then takes
+    /// tentative snapshot `snapshot` at the fence point and records the token, in one synced
+    /// batch (which also makes every earlier acknowledged write durable). Tokens lower than
+    /// the highest seen, or already released, are refused; a retry gets the recorded answer.
+    pub fn fence(&self, vol: Uuid, token: u64, ttl: std::time::Duration, snapshot: Uuid, now: u64) -> Result<SnapshotInfo> {
+        let entry = self.volume(vol)?;
+        let mut book = entry.fences.lock().expect("fence book lock");
+        if let Some(answer) = book.recorded(token)? {
+            let st = Self::lock(&entry);
+            return st.snapshots.get(&answer).cloned().ok_or(VolumeError::NoSuchSnapshot(answer));
+        }
+        entry.gate.raise(token, ttl, || {
+            // Nothing is in flight: the state lock is free.
+            let mut st = Self::lock(&entry);
+            if st.snapshots.contains_key(&snapshot) {
+                return Err(VolumeError::Exists(snapshot.to_string()));
+            }
+            if st.snapshots.len() >= MAX_SNAPSHOTS_PER_VOLUME {
+                return Err(VolumeError::TooManySnapshots { max: MAX_SNAPSHOTS_PER_VOLUME });
+            }
+            let info = SnapshotInfo { id: snapshot, epoch: st.meta.epoch, state: SnapshotState::Tentative, created: now };
+            let mut meta = st.meta.clone();
+            meta.epoch += 1;
+            let mut fences = book.clone();
+            fences.record(token, snapshot);
+            let mut batch = WriteBatch::default();
+            batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, snapshot.as_bytes()), serde_json::to_vec(&info)?);
+            batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
+            batch.put_cf(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?);
+            self.db.write_opt(batch, &synced())?;
+            st.meta = meta;
+            *book = fences;
+            st.snapshots.insert(snapshot, info.clone());
+            Ok(info)
+        })
+    }
+
+    /// Ends the fence raised with `token`, saying whether it held the whole time. A retry gets
+    /// the recorded answer.
+    pub fn release(&self, vol: Uuid, token: u64) -> Result<Released> {
+        let entry = self.volume(vol)?;
+        let mut book = entry.fences.lock().expect("fence book lock");
+        let record = book.records.get(&token).cloned().ok_or(VolumeError::StaleToken { token, why: "no fence was raised with it" })?;
+        if let Some(answer) = record.released {
+            return Ok(answer);
+        }
+        let answer = entry.gate.release(token);
+        let mut fences = book.clone();
+        fences.records.insert(token, FenceRecord { released: Some(answer), ..record });
+        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?, &synced())?;
+        *book = fences;
+        Ok(answer)
+    }
+
+    /// Whether a fence holds `vol` now.
+    pub fn fenced(&self, vol: Uuid) -> Result<bool> {
+        Ok(self.volume(vol)?.gate.fenced())
+    }
+
+    /// Makes a tentative snapshot committed (the set's decision was Committed).
+    pub fn snapshot_commit(&self, vol: Uuid, id: Uuid) -> Result<SnapshotInfo> {
+        let entry = self.volume(vol)?;
+        let mut st = Self::lock(&entry);
+        let mut info = st.snapshots.get(&id).cloned().ok_or(VolumeError::NoSuchSnapshot(id))?;
+        match info.state {
+            SnapshotState::Committed => return Ok(info),
+            SnapshotState::Deleting => return Err(VolumeError::NoSuchSnapshot(id)),
+            SnapshotState::Tentative => info.state = SnapshotState::Committed,
+        }
+        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?, &synced())?;
+        st.snapshots.insert(id, info.clone());
+        Ok(info)
+    }
+
+    pub fn snapshots(&self, vol: Uuid) -> Result<Vec<SnapshotInfo>> {
+        let st = self.volume(vol)?;
+        let st = Self::lock(&st);
+        let mut v: Vec<SnapshotInfo> = st.snapshots.values().cloned().collect();
+        v.sort_by_key(|s| s.epoch);
+        Ok(v)
+    }
+
+    /// Starts deleting a snapshot: it stops being readable at once; its space comes back as
+    /// the reclaimer runs ([`VolumeStore::reclaim_step`]); its record goes last.
+    pub fn snapshot_delete(&self, vol: Uuid, id: Uuid) -> Result<()> {
+        let st = self.volume(vol)?;
+        let mut st = Self::lock(&st);
+        let mut info = st.snapshots.get(&id).cloned().ok_or(VolumeError::NoSuchSnapshot(id))?;
+        if info.state == SnapshotState::Deleting {
+            return Ok(());
+        }
+        info.state = SnapshotState::Deleting;
+        st.snapshots.insert(id, info.clone());
+        let upto = st.next_pin_after(info.epoch).unwrap_or(st.meta.epoch);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
+        self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.epoch, upto, cursor: None, snapshot: Some(id) })?;
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    pub(super) fn enqueue_reclaim(&self, st: &mut VolState, batch: &mut WriteBatch, item: ReclaimItem) -> Result<()> {
+        let seq = st.meta.next_reclaim;
+        st.meta.next_reclaim += 1;
+        batch.put_cf(self.cf(CF_META), meta_key(st.id, META_RECLAIM, &seq.to_be_bytes()), serde_json::to_vec(&item)?);
+        self.persist_meta(st, batch)
+    }
+
+    /// A writable clone of a committed snapshot; its writes never reach the live volume and
+    /// the live volume's never reach it.
+    pub fn clone_create(&self, vol: Uuid, snapshot: Uuid, id: Uuid) -> Result<CloneInfo> {
+        let st = self.volume(vol)?;
+        let mut st = Self::lock(&st);
+        let base = st.snapshots.get(&snapshot).filter(|s| s.state == SnapshotState::Committed).ok_or(VolumeError::NoSuchSnapshot(snapshot))?.epoch;
+        if st.clones.contains_key(&id) {
+            return Err(VolumeError::Exists(id.to_string()));
+        }
+        if st.clones.len() >= MAX_CLONES_PER_VOLUME {
+            return Err(VolumeError::TooLarge { what: "the clone count", got: st.clones.len() as u64 + 1, max: MAX_CLONES_PER_VOLUME as u64 });
+        }
+        let info = CloneInfo { id, lineage: st.meta.next_lineage, base_snapshot: snapshot, base_epoch: base, sealed: false };
+        st.meta.next_lineage += 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), meta_key(vol, META_CLONE, id.as_bytes()), serde_json::to_vec(&info)?);
+        self.persist_meta(&st, &mut batch)?;
+        self.db.write_opt(batch, &synced())?;
+        st.clones.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// Makes a clone read-only for good.
+    pub fn clone_seal(&self, vol: Uuid, id: Uuid) -> Result<CloneInfo> {
+        let st = self.volume(vol)?;
+        let mut st = Self::lock(&st);
+        let mut info = st.clones.get(&id).cloned().ok_or(VolumeError::NoSuchClone(id))?;
+        info.sealed = true;
+        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_CLONE, id.as_bytes()), serde_json::to_vec(&info)?, &synced())?;
+        st.clones.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// Deletes a clone: its own keys go at once (range deletes); what its base pinned is
+    /// reclaimed like a deleted snapshot's.
+    pub fn clone_delete(&self, vol: Uuid, id: Uuid) -> Result<()> {
+        let st = self.volume(vol)?;
+        let mut st = Self::lock(&st);
+        let info = st.clones.remove(&id).ok_or(VolumeError::NoSuchClone(id))?;
+        let mut batch = WriteBatch::default();
+        let (lo, hi) = keys::lineage_range(vol, info.lineage);
+        for cf in VERSIONED {
+            batch.delete_range_cf(self.cf(cf), &lo, &hi);
+        }
+        batch.delete_cf(self.cf(CF_META), meta_key(vol, META_CLONE, id.as_bytes()));
+        let upto = st.next_pin_after(info.base_epoch).unwrap_or(st.meta.epoch);
+        self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.base_epoch, upto, cursor: None, snapshot: None })?;
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    pub fn clones(&self, vol: Uuid) -> Result<Vec<CloneInfo>> {
+        let st = self.volume(vol)?;
+        let st = Self::lock(&st);
+        Ok(st.clones.values().cloned().collect())
+    }
+
+    /// Makes every write acknowledged before the call durable. Concurrent callers share syncs
+    /// (group commit): a caller whose writes a finished sync covered returns without one.
+    pub fn sync(&self) -> Result<()> {
+        let target = self.db.latest_sequence_number();
+        let mut st = self.syncs.state.lock().expect("sync lock");
+        loop {
+            if st.synced_upto >= target {
+                return Ok(());
+            }
+            if st.running {
+                st = self.syncs.done.wait(st).expect("sync lock");
+                continue;
+            }
+            st.running = true;
+            let covers = self.db.latest_sequence_number();
+            drop(st);
+            let result = self.db.flush_wal(true);
+            st = self.syncs.state.lock().expect("sync lock");
+            st.running = false;
+            st.performed += 1;
+            if result.is_ok() {
+                st.synced_upto = st.synced_upto.max(covers);
+            }
+            self.syncs.done.notify_all();
+            result?;
+        }
+    }
+
+    /// WAL syncs `sync` has run since open (fewer than its callers under concurrency).
+    pub fn wal_syncs(&self) -> u64 {
+        self.syncs.state.lock().expect("sync lock").performed
+    }
+
+    /// Bytes of live SST and blob files (for space measurements).
+    pub fn disk_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"] {
+                total += self.db.property_int_value_cf(self.cf(cf), prop)?.unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Compacts every column family (after a large reclaim, so deleted versions and blob
+    /// garbage leave the disk).
+    pub fn compact(&self) -> Result<()> {
+        for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {
+            self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// Writes memtables out, so `disk_bytes` sees everything.
+    pub fn flush(&self) -> Result<()> {
+        for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+}
