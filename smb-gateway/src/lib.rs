@@ -1,0 +1,14 @@
+//! Umbra's SMB gateway (in progress: issue 4).
+//!
+//! Data flow, as it is being built: bytes from a client connection are cut into frames
+//! ([`smb2::frame`]), each frame into its compounded messages ([`smb2::compound`]) with their
+//! headers ([`smb2::header`]); SESSION_SETUP carries NTLMSSP (inside SPNEGO), whose AUTHENTICATE
+//! message ([`ntlm::messages`]) is verified against the NT hash in Raft ([`ntlm::verify`]). All of
+//! it is sans-IO: functions over bytes, no sockets, no clocks; the tokio server, sessions, trees,
+//! opens, named pipes and DCE/RPC come next.
+
+pub mod ntlm;
+pub mod smb2;
+
+#[cfg(test)]
+mod golden;

@@ -1,0 +1,4 @@
+//! NTLM: the NTLMSSP messages and NTLMv2 verification against the cluster's NT hashes.
+
+pub mod messages;
+pub mod verify;

@@ -1,0 +1,40 @@
+//! Compounded messages (MS-SMB2 3.2.4.1.4): one frame may hold several messages, each header's
+//! NextCommand giving the 8-byte-aligned offset of the next.
+
+use super::header::{Header, HeaderError, HEADER_BYTES};
+
+/// Messages one compound may hold; more end the connection.
+pub const MAX_COMPOUND_MESSAGES: usize = 64;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompoundError {
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("NextCommand {next} at offset {at} is not 8-byte aligned, is shorter than a header, or leaves the frame of {len} bytes")]
+    BadNext { at: usize, next: u32, len: usize },
+    #[error("more than {MAX_COMPOUND_MESSAGES} messages in one compound")]
+    TooMany,
+}
+
+/// Splits a frame into its messages (each with its header), checking every NextCommand.
+pub fn split(frame: &[u8]) -> Result<Vec<(Header, &[u8])>, CompoundError> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    loop {
+        if out.len() >= MAX_COMPOUND_MESSAGES {
+            return Err(CompoundError::TooMany);
+        }
+        let rest = &frame[at..];
+        let header = Header::parse(rest)?;
+        let next = header.next_command as usize;
+        if next == 0 {
+            out.push((header, rest));
+            return Ok(out);
+        }
+        if next % 8 != 0 || next < HEADER_BYTES || next >= rest.len() {
+            return Err(CompoundError::BadNext { at, next: header.next_command, len: frame.len() });
+        }
+        out.push((header, &rest[..next]));
+        at += next;
+    }
+}
