@@ -171,3 +171,78 @@ proptest! {
         }
     }
 }
+
+/// One direction's messages in order.
+fn direction(stream: &[u8]) -> Vec<Vec<u8>> {
+    frames(stream).iter().flat_map(|f| compound::split(f).unwrap().into_iter().map(|(_, m)| m.to_vec()).collect::<Vec<_>>()).collect()
+}
+
+fn first_of(msgs: &[Vec<u8>], command: Command) -> Vec<&Vec<u8>> {
+    msgs.iter().filter(|m| Header::parse(m).unwrap().command == command).collect()
+}
+
+/// Derives the session's signing key from the capture (NTLMv2 with the capture's password,
+/// KEY_EXCH, the dialect's KDF and, for 3.1.1, the preauth hash), then checks the signature of
+/// every signed message in both directions.
+fn check_signatures(name: &str, expect: Algorithm) {
+    use crate::ntlm::verify::exported_session_key;
+    use crate::smb2::negotiate;
+    use crate::smb2::signing::{self, Preauth};
+
+    let (up, down) = streams(name);
+    let (requests, responses) = (direction(&up), direction(&down));
+    let (neg_req, neg_resp) = (first_of(&requests, Command::Negotiate)[0], first_of(&responses, Command::Negotiate)[0]);
+    let resp = negotiate::Response::parse(neg_resp).unwrap();
+    let req = negotiate::Request::parse(neg_req).unwrap();
+    assert!(req.dialects.contains(&resp.dialect));
+    let setups = first_of(&requests, Command::SessionSetup);
+    let setup_replies = first_of(&responses, Command::SessionSetup);
+    let mut preauth = Preauth::default();
+    preauth.update(neg_req);
+    preauth.update(neg_resp);
+    // Session preauth: every SESSION_SETUP request and every reply but the final one.
+    for (i, r) in setups.iter().enumerate() {
+        preauth.update(r);
+        if i + 1 < setups.len() {
+            preauth.update(setup_replies[i]);
+        }
+    }
+    let (challenges, auths) = ntlmssp(name);
+    let (c, a) = (&challenges[0], &auths[0]);
+    let base = verify_ntlmv2(&NtHash::from_password("Passw0rd!"), &a.user, &a.domain, &c.server_challenge, &a.nt_response).unwrap();
+    let session_key = exported_session_key(&base, a.flags, &a.encrypted_session_key);
+    let algorithm = Algorithm::for_dialect(resp.dialect, resp.signing_algorithm());
+    assert_eq!(algorithm, expect, "{name}: dialect {:#06x}", resp.dialect);
+    let key = signing::signing_key(resp.dialect, &session_key, &preauth.0);
+    let mut checked = 0;
+    for m in requests.iter().chain(&responses) {
+        let h = Header::parse(m).unwrap();
+        if h.flags & crate::smb2::header::FLAG_SIGNED == 0 || h.session_id == 0 {
+            continue;
+        }
+        assert!(signing::verify(algorithm, &key, m), "{name}: bad signature on {:?} message {}", h.command, h.message_id);
+        let mut tampered = m.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(!signing::verify(algorithm, &key, &tampered), "{name}: a changed byte must break the signature");
+        checked += 1;
+    }
+    assert!(checked >= 5, "{name}: only {checked} signed messages checked");
+}
+
+use crate::smb2::signing::Algorithm;
+
+#[test]
+fn smb_2_1_signatures_verify_with_hmac_sha256() {
+    check_signatures("smbclient-2.1-basic.pcap", Algorithm::HmacSha256);
+}
+
+#[test]
+fn smb_3_0_2_signatures_verify_with_aes_cmac() {
+    check_signatures("smbclient-3.0.2-basic.pcap", Algorithm::AesCmac);
+}
+
+#[test]
+fn smb_3_1_1_signatures_verify_with_aes_gmac_and_the_preauth_hash() {
+    check_signatures("smbclient-3.1.1-basic.pcap", Algorithm::AesGmac);
+}

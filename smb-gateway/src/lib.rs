@@ -3,9 +3,11 @@
 //! Data flow, as it is being built: bytes from a client connection are cut into frames
 //! ([`smb2::frame`]), each frame into its compounded messages ([`smb2::compound`]) with their
 //! headers ([`smb2::header`]); SESSION_SETUP carries NTLMSSP (inside SPNEGO), whose AUTHENTICATE
-//! message ([`ntlm::messages`]) is verified against the NT hash in Raft ([`ntlm::verify`]). All of
-//! it is sans-IO: functions over bytes, no sockets, no clocks; the tokio server, sessions, trees,
-//! opens, named pipes and DCE/RPC come next.
+//! message ([`ntlm::messages`]) is verified against the NT hash in Raft ([`ntlm::verify`]), giving
+//! the session key; NEGOTIATE ([`smb2::negotiate`]) picks the dialect and, for 3.1.1, the signing
+//! algorithm and the preauth hash that [`smb2::signing`] derives signing keys from. All of it is
+//! sans-IO: functions over bytes, no sockets, no clocks; the tokio server, SPNEGO, sessions,
+//! trees, opens, named pipes and DCE/RPC come next.
 
 pub mod ntlm;
 pub mod smb2;

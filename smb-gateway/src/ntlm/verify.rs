@@ -66,6 +66,23 @@ pub fn verify_ntlmv2(nt_hash: &NtHash, user: &str, domain: &str, server_challeng
     Ok(hmac_md5(&key, &[proof]))
 }
 
+/// NTLMSSP_NEGOTIATE_KEY_EXCH: the client sent a random session key, RC4-encrypted.
+pub const NEGOTIATE_KEY_EXCH: u32 = 0x4000_0000;
+
+/// The session key both sides end with (MS-NLMP 3.2.5.1.2): for NTLMv2 the key exchange key is
+/// the session base key; with KEY_EXCH the client's random key, decrypted with it.
+pub fn exported_session_key(session_base_key: &[u8; 16], flags: u32, encrypted_random_key: &[u8]) -> [u8; 16] {
+    use rc4::{KeyInit, Rc4, StreamCipher};
+    match <[u8; 16]>::try_from(encrypted_random_key) {
+        Ok(mut key) if flags & NEGOTIATE_KEY_EXCH != 0 => {
+            let mut rc4 = Rc4::new(session_base_key.into());
+            rc4.apply_keystream(&mut key);
+            key
+        }
+        _ => *session_base_key,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,3 +7,5 @@
 pub mod compound;
 pub mod frame;
 pub mod header;
+pub mod negotiate;
+pub mod signing;

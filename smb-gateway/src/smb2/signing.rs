@@ -1,0 +1,120 @@
+//! Message signing (MS-SMB2 3.1.4.1) and the keys it uses (3.1.4.2, SP800-108 counter-mode KDF
+//! with HMAC-SHA256), plus the 3.1.1 preauth integrity hash (SHA-512 over the negotiate and
+//! session setup messages).
+
+use aes::Aes128;
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes128Gcm, KeyInit, Nonce};
+use cmac::{Cmac, Mac as _};
+use hmac::Hmac;
+use sha2::{Digest, Sha256, Sha512};
+
+use super::header::{FLAG_SERVER_TO_REDIR, HEADER_BYTES};
+use super::negotiate::{DIALECT_300, DIALECT_302, DIALECT_311};
+
+/// Where the signature sits in the header.
+const SIGNATURE_AT: std::ops::Range<usize> = 48..64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    HmacSha256,
+    AesCmac,
+    AesGmac,
+}
+
+impl Algorithm {
+    /// The algorithm for a dialect; 3.1.1 uses what SIGNING_CAPABILITIES chose (default CMAC).
+    pub fn for_dialect(dialect: u16, negotiated: Option<u16>) -> Algorithm {
+        match (dialect, negotiated) {
+            (DIALECT_311, Some(0)) => Algorithm::HmacSha256,
+            (DIALECT_311, Some(2)) => Algorithm::AesGmac,
+            (DIALECT_300 | DIALECT_302 | DIALECT_311, _) => Algorithm::AesCmac,
+            _ => Algorithm::HmacSha256,
+        }
+    }
+}
+
+/// SP800-108 KDF in counter mode, HMAC-SHA256, one 128-bit block.
+pub fn kdf(key: &[u8; 16], label: &[u8], context: &[u8]) -> [u8; 16] {
+    let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    hmac::Mac::update(&mut mac, &1u32.to_be_bytes());
+    hmac::Mac::update(&mut mac, label);
+    hmac::Mac::update(&mut mac, &[0]);
+    hmac::Mac::update(&mut mac, context);
+    hmac::Mac::update(&mut mac, &128u32.to_be_bytes());
+    let out = hmac::Mac::finalize(mac).into_bytes();
+    out[..16].try_into().expect("16 bytes")
+}
+
+/// The signing key of a session (MS-SMB2 3.3.5.5.3).
+pub fn signing_key(dialect: u16, session_key: &[u8; 16], preauth: &[u8; 64]) -> [u8; 16] {
+    match dialect {
+        DIALECT_311 => kdf(session_key, b"SMBSigningKey\0", preauth),
+        DIALECT_300 | DIALECT_302 => kdf(session_key, b"SMB2AESCMAC\0", b"SmbSign\0"),
+        _ => *session_key,
+    }
+}
+
+/// The signature of `message` (header and body; its signature field is treated as zero).
+pub fn signature(algorithm: Algorithm, key: &[u8; 16], message: &[u8]) -> Option<[u8; 16]> {
+    if message.len() < HEADER_BYTES {
+        return None;
+    }
+    let mut m = message.to_vec();
+    m[SIGNATURE_AT].fill(0);
+    Some(match algorithm {
+        Algorithm::HmacSha256 => {
+            let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length");
+            hmac::Mac::update(&mut mac, &m);
+            hmac::Mac::finalize(mac).into_bytes()[..16].try_into().expect("16 bytes")
+        }
+        Algorithm::AesCmac => {
+            let mut mac = <Cmac<Aes128> as KeyInit>::new_from_slice(key).expect("16-byte key");
+            mac.update(&m);
+            mac.finalize().into_bytes().into()
+        }
+        Algorithm::AesGmac => {
+            // Nonce: MessageId, then a 32-bit field whose bit 0 marks a server's message and
+            // bit 1 a CANCEL request (MS-SMB2 3.1.4.1).
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&m[24..32]);
+            let flags = u32::from_le_bytes(m[16..20].try_into().expect("4 bytes"));
+            let command = u16::from_le_bytes([m[12], m[13]]);
+            let role = u32::from(flags & FLAG_SERVER_TO_REDIR != 0) | (u32::from(command == 0x0C) << 1);
+            nonce[8..].copy_from_slice(&role.to_le_bytes());
+            let cipher = Aes128Gcm::new_from_slice(key).expect("16-byte key");
+            let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), &m, &mut []).ok()?;
+            tag.into()
+        }
+    })
+}
+
+/// Whether `message` carries the right signature.
+pub fn verify(algorithm: Algorithm, key: &[u8; 16], message: &[u8]) -> bool {
+    match signature(algorithm, key, message) {
+        Some(expected) => {
+            let got = &message[SIGNATURE_AT];
+            expected.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        }
+        None => false,
+    }
+}
+
+/// The 3.1.1 preauth integrity hash: SHA-512 chained over whole messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preauth(pub [u8; 64]);
+
+impl Default for Preauth {
+    fn default() -> Self {
+        Preauth([0; 64])
+    }
+}
+
+impl Preauth {
+    pub fn update(&mut self, message: &[u8]) {
+        let mut h = Sha512::new();
+        h.update(self.0);
+        h.update(message);
+        self.0 = h.finalize().into();
+    }
+}
