@@ -163,6 +163,15 @@ proptest! {
         let mut framed = Vec::new();
         frame::encode_frame(&m, &mut framed).unwrap();
         let _ = frame::next_frame(&framed, 1 << 20);
+        if m.len() > HEADER_BYTES {
+            // SPNEGO from every offset a security buffer could start at.
+            for at in (HEADER_BYTES..m.len()).step_by(7) {
+                let _ = crate::spnego::parse_init(&m[at..]);
+                let _ = crate::spnego::parse_resp(&m[at..]);
+            }
+            let _ = crate::smb2::negotiate::Request::parse(&m);
+            let _ = crate::smb2::negotiate::Response::parse(&m);
+        }
         if let Some(at) = m.windows(8).position(|w| w == SIGNATURE) {
             let _ = Challenge::parse(&m[at..]);
             if let Ok(a) = Authenticate::parse(&m[at..]) {
@@ -245,4 +254,36 @@ fn smb_3_0_2_signatures_verify_with_aes_cmac() {
 #[test]
 fn smb_3_1_1_signatures_verify_with_aes_gmac_and_the_preauth_hash() {
     check_signatures("smbclient-3.1.1-basic.pcap", Algorithm::AesGmac);
+}
+
+/// The security buffer of a SESSION_SETUP request or response (offset from the header start).
+fn security_buffer(m: &[u8]) -> &[u8] {
+    let h = Header::parse(m).unwrap();
+    let (off_at, len_at) = if h.is_response() { (HEADER_BYTES + 4, HEADER_BYTES + 6) } else { (HEADER_BYTES + 12, HEADER_BYTES + 14) };
+    let off = usize::from(u16::from_le_bytes([m[off_at], m[off_at + 1]]));
+    let len = usize::from(u16::from_le_bytes([m[len_at], m[len_at + 1]]));
+    &m[off..off + len]
+}
+
+#[test]
+fn captured_spnego_tokens_parse_and_server_tokens_reencode_byte_for_byte() {
+    use crate::spnego::{self, OID_NTLMSSP};
+    for name in ["smbclient-3.1.1-basic.pcap", "smbclient-2.1-basic.pcap", "smbclient-list.pcap"] {
+        let (up, down) = streams(name);
+        let (requests, responses) = (direction(&up), direction(&down));
+        let setups = first_of(&requests, Command::SessionSetup);
+        let init = spnego::parse_init(security_buffer(setups[0])).unwrap();
+        assert!(init.mech_types.contains(&OID_NTLMSSP.to_vec()), "{name}");
+        assert!(init.mech_token.as_ref().unwrap().starts_with(SIGNATURE), "{name}: NTLMSSP NEGOTIATE inside");
+        let auth = spnego::parse_resp(security_buffer(setups[1])).unwrap();
+        assert!(Authenticate::parse(auth.response_token.as_ref().unwrap()).is_ok(), "{name}");
+        for reply in first_of(&responses, Command::SessionSetup) {
+            let token = security_buffer(reply);
+            if token.is_empty() {
+                continue;
+            }
+            let parsed = spnego::parse_resp(token).unwrap();
+            assert_eq!(spnego::encode_resp(&parsed), token, "{name}: server token re-encodes identically");
+        }
+    }
 }

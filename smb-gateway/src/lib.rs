@@ -9,8 +9,10 @@
 //! sans-IO: functions over bytes, no sockets, no clocks; the tokio server, SPNEGO, sessions,
 //! trees, opens, named pipes and DCE/RPC come next.
 
+pub mod der;
 pub mod ntlm;
 pub mod smb2;
+pub mod spnego;
 
 #[cfg(test)]
 mod golden;
