@@ -287,3 +287,25 @@ fn captured_spnego_tokens_parse_and_server_tokens_reencode_byte_for_byte() {
         }
     }
 }
+
+#[test]
+fn spnego_mech_list_mics_verify_both_ways_with_ntlm_session_security() {
+    use crate::ntlm::session::directions;
+    use crate::ntlm::verify::exported_session_key;
+    for name in ["smbclient-3.1.1-basic.pcap", "smbclient-2.1-basic.pcap", "smbclient-list.pcap"] {
+        let (up, down) = streams(name);
+        let (requests, responses) = (direction(&up), direction(&down));
+        let setups = first_of(&requests, Command::SessionSetup);
+        let replies = first_of(&responses, Command::SessionSetup);
+        let init = crate::spnego::parse_init(security_buffer(setups[0])).unwrap();
+        let client = crate::spnego::parse_resp(security_buffer(setups[1])).unwrap();
+        let server = crate::spnego::parse_resp(security_buffer(replies[1])).unwrap();
+        let (challenges, auths) = ntlmssp(name);
+        let (c, a) = (&challenges[0], &auths[0]);
+        let base = verify_ntlmv2(&NtHash::from_password("Passw0rd!"), &a.user, &a.domain, &c.server_challenge, &a.nt_response).unwrap();
+        let exported = exported_session_key(&base, a.flags, &a.encrypted_session_key);
+        let (mut to_server, mut to_client) = directions(&exported, a.flags);
+        assert_eq!(to_server.mac(&init.mech_list_der).to_vec(), client.mech_list_mic.unwrap(), "{name}: the client's mechListMIC");
+        assert_eq!(to_client.mac(&init.mech_list_der).to_vec(), server.mech_list_mic.unwrap(), "{name}: the server's mechListMIC");
+    }
+}

@@ -31,6 +31,8 @@ pub enum SpnegoError {
 pub struct NegTokenInit {
     /// OIDs (DER content bytes), the client's preference first.
     pub mech_types: Vec<Vec<u8>>,
+    /// The MechTypeList exactly as sent (its DER), which mechListMIC signs.
+    pub mech_list_der: Vec<u8>,
     pub mech_token: Option<Vec<u8>>,
 }
 
@@ -61,11 +63,12 @@ pub fn parse_init(token: &[u8]) -> Result<NegTokenInit, SpnegoError> {
     }
     let init = Reader::new(app.expect(ctx(0))?).expect(TAG_SEQUENCE)?;
     let mut fields = Reader::new(init);
-    let mut out = NegTokenInit { mech_types: Vec::new(), mech_token: None };
+    let mut out = NegTokenInit { mech_types: Vec::new(), mech_list_der: Vec::new(), mech_token: None };
     while !fields.is_empty() {
         let (tag, value) = fields.next()?;
         match tag {
             t if t == ctx(0) => {
+                out.mech_list_der = value.to_vec();
                 let mut list = Reader::new(Reader::new(value).expect(TAG_SEQUENCE)?);
                 while !list.is_empty() {
                     out.mech_types.push(list.expect(TAG_OID)?.to_vec());

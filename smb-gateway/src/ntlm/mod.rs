@@ -1,4 +1,5 @@
 //! NTLM: the NTLMSSP messages and NTLMv2 verification against the cluster's NT hashes.
 
 pub mod messages;
+pub mod session;
 pub mod verify;
