@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing Umbra needs on Debian, idempotently: libclang-dev (bindgen
-# for the RocksDB bindings) and librocksdb-dev (RocksDB 7.8, linked instead of compiling it).
+# for the RocksDB bindings), librocksdb-dev (RocksDB 7.8, linked instead of compiling it) and
+# smbclient (the real SMB client the gateway's end-to-end tests drive).
 set -euo pipefail
 
-packages=(libclang-dev librocksdb-dev)
+packages=(libclang-dev librocksdb-dev smbclient)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -67,7 +67,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), log, config.raft.request_timeout()));
     let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
     let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.reclaim_step_entries, upkeep_stopped));
-    let volume_service = VolumeService::new(config.id, volumes, raft.clone(), reader);
+    let volume_service = VolumeService::new(config.id, volumes, raft.clone(), reader.clone());
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -81,6 +81,9 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);
+    let smb_listener = TcpListener::bind(&config.smb_addr).await.with_context(|| format!("cannot listen on {} for SMB", config.smb_addr))?;
+    let directory = Arc::new(crate::smb::RaftDirectory(reader.clone()));
+    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };
@@ -91,6 +94,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     if started.is_ok() {
         shutdown_signal().await;
     }
+    smb.abort();
     let _ = upkeep_stop.send(true);
     let _ = upkeep.await;
     let stopped = stop(raft, stop_tx, server).await;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod errors;
 pub mod meta;
+pub mod smb;
 pub mod volume;
 pub mod volume_service;
 pub mod volumes_task;

@@ -309,3 +309,71 @@ fn spnego_mech_list_mics_verify_both_ways_with_ntlm_session_security() {
         assert_eq!(to_client.mac(&init.mech_list_der).to_vec(), server.mech_list_mic.unwrap(), "{name}: the server's mechListMIC");
     }
 }
+
+struct TestDir;
+
+impl crate::server::Directory for TestDir {
+    fn user(&self, name: &str) -> Option<(NtHash, umbra_raft::command::Role)> {
+        name.eq_ignore_ascii_case("fsuser").then(|| (NtHash::from_password("Passw0rd!"), umbra_raft::command::Role::Backup))
+    }
+    fn share(&self, name: &str) -> Option<(String, bool)> {
+        name.eq_ignore_ascii_case("share").then(|| ("share".into(), false))
+    }
+}
+
+struct TestEnv(u8);
+
+impl crate::server::Environment for TestEnv {
+    fn random(&mut self, out: &mut [u8]) {
+        for b in out {
+            self.0 = self.0.wrapping_mul(31).wrapping_add(7);
+            *b = self.0;
+        }
+    }
+    fn now(&self) -> u64 {
+        133_000_000_000_000_000
+    }
+}
+
+fn test_config() -> crate::server::Config {
+    crate::server::Config { server_guid: [7; 16], netbios_name: "UMBRA".into(), dns_name: "umbra".into(), signing_required: true, max_io_bytes: 8 << 20 }
+}
+
+#[test]
+fn the_server_answers_smbclients_captured_negotiate_with_3_1_1_and_its_contexts() {
+    use crate::server::connection::{Connection, Outcome};
+    let (up, _) = streams("smbclient-3.1.1-basic.pcap");
+    let first = &frames(&up)[0];
+    let mut conn = Connection::new(test_config());
+    let Outcome::Reply(reply) = conn.on_frame(first, &TestDir, &mut TestEnv(1)) else { panic!("a reply") };
+    let resp = crate::smb2::negotiate::Response::parse(&reply).unwrap();
+    assert_eq!(resp.dialect, crate::smb2::negotiate::DIALECT_311);
+    assert_eq!(resp.signing_algorithm(), Some(2), "AES-GMAC, as smbclient offers it");
+    assert!(resp.contexts.iter().any(|c| c.kind == crate::smb2::negotiate::CONTEXT_PREAUTH_INTEGRITY));
+    let h = Header::parse(&reply).unwrap();
+    assert!(h.is_response() && h.status == 0);
+    // A second NEGOTIATE on the same connection ends it.
+    assert!(matches!(conn.on_frame(first, &TestDir, &mut TestEnv(1)), Outcome::Close(_)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Mutated client frames, on a fresh connection and after a real NEGOTIATE: the server
+    /// replies or closes the connection, and never panics.
+    #[test]
+    fn mutated_client_frames_never_panic_the_server(pick in any::<prop::sample::Index>(), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8), negotiated in any::<bool>()) {
+        use crate::server::connection::Connection;
+        thread_local!(static CLIENT: Vec<Vec<u8>> = CAPTURES.iter().flat_map(|n| frames(&streams(n).0)).collect());
+        let (first, mut f) = CLIENT.with(|all| (all[0].clone(), all[pick.index(all.len())].clone()));
+        for (at, byte) in flips {
+            let i = at.index(f.len());
+            f[i] = byte;
+        }
+        let mut conn = Connection::new(test_config());
+        if negotiated {
+            let _ = conn.on_frame(&first, &TestDir, &mut TestEnv(3));
+        }
+        let _ = conn.on_frame(&f, &TestDir, &mut TestEnv(5));
+    }
+}

@@ -10,7 +10,9 @@
 //! trees, opens, named pipes and DCE/RPC come next.
 
 pub mod der;
+pub mod driver;
 pub mod ntlm;
+pub mod server;
 pub mod smb2;
 pub mod spnego;
 

@@ -9,3 +9,4 @@ pub mod frame;
 pub mod header;
 pub mod negotiate;
 pub mod signing;
+pub mod status;

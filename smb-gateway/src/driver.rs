@@ -1,0 +1,99 @@
+//! The tokio driver: accepts connections on the node's SMB address and runs each through a
+//! sans-IO [`Connection`]. Frames are bounded before they are buffered.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use crate::server::connection::{Connection, Outcome};
+use crate::server::{Config, Directory, Environment};
+use crate::smb2::frame;
+
+/// The largest frame a client may send: a maximal WRITE plus headers.
+pub fn max_frame_bytes(config: &Config) -> usize {
+    config.max_io_bytes as usize + 64 * 1024
+}
+
+/// Connections served at once; more are refused until one ends.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+struct Env;
+
+impl Environment for Env {
+    fn random(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(16) {
+            let r = uuid::Uuid::new_v4();
+            chunk.copy_from_slice(&r.as_bytes()[..chunk.len()]);
+        }
+    }
+
+    fn now(&self) -> u64 {
+        const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        UNIX_EPOCH_AS_FILETIME + (since.as_nanos() / 100) as u64
+    }
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many SMB connections; refusing one");
+            continue;
+        };
+        let (config, directory) = (config.clone(), directory.clone());
+        let span = tracing::info_span!("smb", %peer);
+        tokio::spawn(
+            async move {
+                if let Err(e) = connection(stream, config, directory).await {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn connection(mut stream: TcpStream, config: Config, directory: Arc<dyn Directory + Send + Sync>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let max = max_frame_bytes(&config);
+    let mut conn = Connection::new(config);
+    let mut env = Env;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            let Some((used, range)) = found else { break };
+            let outcome = conn.on_frame(&buf[range], directory.as_ref(), &mut env);
+            buf.drain(..used);
+            match outcome {
+                Outcome::Reply(reply) => {
+                    let mut out = Vec::with_capacity(reply.len() + 4);
+                    frame::encode_frame(&reply, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+                    stream.write_all(&out).await?;
+                }
+                Outcome::Close(why) => {
+                    tracing::info!(%why, "closing the connection");
+                    return Ok(());
+                }
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

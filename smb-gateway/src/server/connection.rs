@@ -1,0 +1,395 @@
+//! One client connection: NEGOTIATE, SESSION_SETUP (SPNEGO + NTLMv2), signing, LOGOFF, ECHO,
+//! TREE_CONNECT and TREE_DISCONNECT; every other command answers STATUS_NOT_SUPPORTED for now.
+
+use std::collections::HashMap;
+
+use super::session::{Established, Pending, Session, Tree};
+use super::{Config, Directory, Environment};
+use crate::ntlm::messages::{Authenticate, SIGNATURE};
+use crate::ntlm::verify::{exported_session_key, verify_ntlmv2};
+use crate::ntlm::{challenge, session::directions};
+use crate::smb2::header::{Command, Header, Target, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, FLAG_SIGNED, HEADER_BYTES};
+use crate::smb2::negotiate::{self, DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, DIALECT_311};
+use crate::smb2::signing::{self, Algorithm, Preauth};
+use crate::smb2::{compound, status};
+use crate::spnego::{self, NegTokenResp, OID_NTLMSSP};
+
+/// Dialects the server speaks, best last.
+const DIALECTS: [u16; 5] = [DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, DIALECT_311];
+/// Sessions one connection may hold (pending included).
+pub const MAX_SESSIONS_PER_CONNECTION: usize = 16;
+/// Trees one session may connect.
+pub const MAX_TREES_PER_SESSION: usize = 64;
+/// Credits granted per response at most.
+pub const MAX_CREDITS_PER_RESPONSE: u16 = 256;
+
+const SECURITY_MODE_SIGNING_ENABLED: u16 = 0x1;
+const SECURITY_MODE_SIGNING_REQUIRED: u16 = 0x2;
+const CAP_LARGE_MTU: u32 = 0x4;
+
+/// What the driver does after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send this frame (the messages' replies, compounded as the request was).
+    Reply(Vec<u8>),
+    /// Close the connection (a malformed or hostile frame).
+    Close(String),
+}
+
+pub struct Connection {
+    config: Config,
+    dialect: Option<u16>,
+    signing_algorithm: Option<u16>,
+    preauth: Preauth,
+    sessions: HashMap<u64, Session>,
+    next_tree: u32,
+}
+
+/// A reply body and its status, before the header goes on.
+struct Reply {
+    status: u32,
+    body: Vec<u8>,
+    session_id: Option<u64>,
+    tree_id: Option<u32>,
+}
+
+impl Reply {
+    fn ok(body: Vec<u8>) -> Reply {
+        Reply { status: status::SUCCESS, body, session_id: None, tree_id: None }
+    }
+
+    /// An error response body (MS-SMB2 2.2.2).
+    fn error(status: u32) -> Reply {
+        Reply { status, body: vec![9, 0, 0, 0, 0, 0, 0, 0, 0], session_id: None, tree_id: None }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+impl Connection {
+    pub fn new(config: Config) -> Self {
+        Connection { config, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1 }
+    }
+
+    /// Handles one frame from the client.
+    pub fn on_frame(&mut self, frame: &[u8], dir: &dyn Directory, env: &mut dyn Environment) -> Outcome {
+        let messages = match compound::split(frame) {
+            Ok(m) => m,
+            Err(e) => return Outcome::Close(format!("malformed frame: {e}")),
+        };
+        let mut out = Vec::new();
+        let count = messages.len();
+        for (i, (header, message)) in messages.into_iter().enumerate() {
+            if header.is_response() {
+                return Outcome::Close("a response sent to the server".into());
+            }
+            if header.command == Command::Negotiate && self.dialect.is_some() {
+                return Outcome::Close("a second NEGOTIATE".into());
+            }
+            let reply = self.dispatch(&header, message, dir, env);
+            let mut bytes = self.respond(&header, reply);
+            if i + 1 < count {
+                let padded = bytes.len().div_ceil(8) * 8;
+                bytes.resize(padded, 0);
+                bytes[20..24].copy_from_slice(&(padded as u32).to_le_bytes());
+                self.resign(&header, &mut bytes);
+            }
+            out.extend_from_slice(&bytes);
+        }
+        Outcome::Reply(out)
+    }
+
+    fn dispatch(&mut self, h: &Header, message: &[u8], dir: &dyn Directory, env: &mut dyn Environment) -> Reply {
+        if self.dialect.is_none() && h.command != Command::Negotiate {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
+        if !matches!(h.command, Command::Negotiate | Command::SessionSetup) {
+            if let Err(status) = self.check_signature(h, message) {
+                return Reply::error(status);
+            }
+        }
+        match h.command {
+            Command::Negotiate => self.negotiate(message, env),
+            Command::SessionSetup => self.session_setup(h, message, dir, env),
+            Command::Logoff => match self.sessions.remove(&h.session_id) {
+                Some(_) => Reply::ok(vec![4, 0, 0, 0]),
+                None => Reply::error(status::USER_SESSION_DELETED),
+            },
+            Command::Echo => Reply::ok(vec![4, 0, 0, 0]),
+            Command::TreeConnect => self.tree_connect(h, message, dir),
+            Command::TreeDisconnect => self.tree_disconnect(h),
+            _ => Reply::error(status::NOT_SUPPORTED),
+        }
+    }
+
+    /// Requests on an established session must be signed when signing is required, and any
+    /// signature must verify.
+    fn check_signature(&self, h: &Header, message: &[u8]) -> Result<(), u32> {
+        let Some(Session::Established(s)) = self.sessions.get(&h.session_id) else {
+            return Err(status::USER_SESSION_DELETED);
+        };
+        let signed = h.flags & FLAG_SIGNED != 0;
+        if !signed && self.config.signing_required {
+            return Err(status::ACCESS_DENIED);
+        }
+        if signed && !signing::verify(s.algorithm, &s.signing_key, message) {
+            return Err(status::ACCESS_DENIED);
+        }
+        Ok(())
+    }
+
+    fn negotiate(&mut self, message: &[u8], env: &mut dyn Environment) -> Reply {
+        let Ok(req) = negotiate::Request::parse(message) else { return Reply::error(status::INVALID_PARAMETER) };
+        let Some(dialect) = DIALECTS.iter().rev().copied().find(|d| req.dialects.contains(d)) else {
+            return Reply::error(status::NOT_SUPPORTED);
+        };
+        self.dialect = Some(dialect);
+        let token = spnego::encode_server_init();
+        let mode = SECURITY_MODE_SIGNING_ENABLED | if self.config.signing_required { SECURITY_MODE_SIGNING_REQUIRED } else { 0 };
+        let caps = if dialect >= DIALECT_210 { CAP_LARGE_MTU } else { 0 };
+        let max = self.config.max_io_bytes;
+        let mut b = Vec::with_capacity(256);
+        b.extend_from_slice(&65u16.to_le_bytes());
+        b.extend_from_slice(&mode.to_le_bytes());
+        b.extend_from_slice(&dialect.to_le_bytes());
+        let contexts = if dialect == DIALECT_311 { self.contexts(&req, env) } else { Vec::new() };
+        b.extend_from_slice(&(contexts.len() as u16).to_le_bytes());
+        b.extend_from_slice(&self.config.server_guid);
+        b.extend_from_slice(&caps.to_le_bytes());
+        for v in [max, max, max] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&env.now().to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&((HEADER_BYTES + 64) as u16).to_le_bytes());
+        b.extend_from_slice(&(token.len() as u16).to_le_bytes());
+        let context_offset_at = b.len();
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&token);
+        if !contexts.is_empty() {
+            b.resize((HEADER_BYTES + b.len()).div_ceil(8) * 8 - HEADER_BYTES, 0);
+            let offset = (HEADER_BYTES + b.len()) as u32;
+            b[context_offset_at..context_offset_at + 4].copy_from_slice(&offset.to_le_bytes());
+            for (i, (kind, data)) in contexts.iter().enumerate() {
+                if i > 0 {
+                    b.resize((HEADER_BYTES + b.len()).div_ceil(8) * 8 - HEADER_BYTES, 0);
+                }
+                b.extend_from_slice(&kind.to_le_bytes());
+                b.extend_from_slice(&(data.len() as u16).to_le_bytes());
+                b.extend_from_slice(&[0; 4]);
+                b.extend_from_slice(data);
+            }
+        }
+        if dialect == DIALECT_311 {
+            self.preauth.update(message);
+        }
+        Reply::ok(b)
+    }
+
+    /// 3.1.1 negotiate contexts: preauth integrity (SHA-512, fresh salt) and signing.
+    fn contexts(&mut self, req: &negotiate::Request, env: &mut dyn Environment) -> Vec<(u16, Vec<u8>)> {
+        let mut salt = [0u8; 32];
+        env.random(&mut salt);
+        let mut preauth = vec![1, 0, 32, 0, 1, 0];
+        preauth.extend_from_slice(&salt);
+        let mut out = vec![(negotiate::CONTEXT_PREAUTH_INTEGRITY, preauth)];
+        let offered: Vec<u16> = req
+            .contexts
+            .iter()
+            .find(|c| c.kind == negotiate::CONTEXT_SIGNING)
+            .map(|c| c.data.get(2..).unwrap_or(&[]).chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).take(u16_at(&c.data, 0).unwrap_or(0).into()).collect())
+            .unwrap_or_default();
+        // AES-GMAC, then AES-CMAC, then HMAC-SHA256, as offered.
+        if let Some(&alg) = [2u16, 1, 0].iter().find(|a| offered.contains(a)) {
+            self.signing_algorithm = Some(alg);
+            let mut data = vec![1, 0];
+            data.extend_from_slice(&alg.to_le_bytes());
+            out.push((negotiate::CONTEXT_SIGNING, data));
+        }
+        out
+    }
+
+    fn session_setup(&mut self, h: &Header, message: &[u8], dir: &dyn Directory, env: &mut dyn Environment) -> Reply {
+        let Some(token) = security_buffer(message, HEADER_BYTES + 12) else { return Reply::error(status::INVALID_PARAMETER) };
+        let dialect = self.dialect.unwrap_or(DIALECT_202);
+        if h.session_id == 0 {
+            return self.start_session(message, token, dialect, env);
+        }
+        let Some(Session::Pending(mut pending)) = self.sessions.remove(&h.session_id) else {
+            return Reply::error(status::USER_SESSION_DELETED);
+        };
+        pending.preauth.update(message);
+        match self.authenticate(h.session_id, &pending, token, dialect, dir) {
+            Ok(reply) => reply,
+            Err(status) => Reply { session_id: Some(h.session_id), ..Reply::error(status) },
+        }
+    }
+
+    fn start_session(&mut self, message: &[u8], token: &[u8], dialect: u16, env: &mut dyn Environment) -> Reply {
+        if self.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
+            return Reply::error(status::REQUEST_NOT_ACCEPTED);
+        }
+        let Ok(init) = spnego::parse_init(token) else { return Reply::error(status::INVALID_PARAMETER) };
+        let Some(negotiate_msg) = init.mech_token.filter(|t| t.starts_with(SIGNATURE) && t.get(8) == Some(&1) && t.len() >= 16) else {
+            return Reply::error(status::LOGON_FAILURE); // only NTLMSSP is offered
+        };
+        let client_flags = u32::from_le_bytes(negotiate_msg[12..16].try_into().expect("4 bytes"));
+        let mut server_challenge = [0u8; 8];
+        env.random(&mut server_challenge);
+        let flags = challenge::flags_for(client_flags);
+        let challenge_msg = challenge::build(flags, &server_challenge, &self.config.netbios_name, &self.config.dns_name, env.now());
+        let mut id_bytes = [0u8; 8];
+        env.random(&mut id_bytes);
+        let session_id = u64::from_le_bytes(id_bytes) | 1;
+        let mut preauth = self.preauth.clone();
+        if dialect == DIALECT_311 {
+            preauth.update(message);
+        }
+        let resp = NegTokenResp { state: Some(1), supported_mech: Some(OID_NTLMSSP.to_vec()), response_token: Some(challenge_msg), mech_list_mic: None };
+        let body = setup_body(0, &spnego::encode_resp(&resp));
+        let pending = Pending { server_challenge, challenge_flags: flags, mech_list_der: init.mech_list_der, preauth };
+        self.sessions.insert(session_id, Session::Pending(pending));
+        Reply { status: status::MORE_PROCESSING_REQUIRED, body, session_id: Some(session_id), tree_id: None }
+    }
+
+    fn authenticate(&mut self, session_id: u64, p: &Pending, token: &[u8], dialect: u16, dir: &dyn Directory) -> Result<Reply, u32> {
+        let resp = spnego::parse_resp(token).map_err(|_| status::INVALID_PARAMETER)?;
+        let auth = Authenticate::parse(resp.response_token.as_deref().unwrap_or(&[])).map_err(|_| status::INVALID_PARAMETER)?;
+        let (hash, role) = dir.user(&auth.user).ok_or(status::LOGON_FAILURE)?;
+        let base = verify_ntlmv2(&hash, &auth.user, &auth.domain, &p.server_challenge, &auth.nt_response).map_err(|_| status::LOGON_FAILURE)?;
+        let exported = exported_session_key(&base, auth.flags & p.challenge_flags, &auth.encrypted_session_key);
+        let (mut to_server, mut to_client) = directions(&exported, auth.flags & p.challenge_flags);
+        let mic = match resp.mech_list_mic {
+            Some(theirs) => {
+                if to_server.mac(&p.mech_list_der).as_slice() != theirs.as_slice() {
+                    return Err(status::LOGON_FAILURE);
+                }
+                Some(to_client.mac(&p.mech_list_der).to_vec())
+            }
+            None => None,
+        };
+        let algorithm = Algorithm::for_dialect(dialect, self.signing_algorithm);
+        let signing_key = signing::signing_key(dialect, &exported, &p.preauth.0);
+        let body = setup_body(0, &spnego::encode_resp(&NegTokenResp { state: Some(0), mech_list_mic: mic, ..Default::default() }));
+        tracing::info!(session = format_args!("{session_id:#x}"), user = %auth.user, ?role, ?algorithm, dialect = format_args!("{dialect:#06x}"), "session established");
+        let session = Established { user: auth.user, role, signing_key, algorithm, trees: Default::default() };
+        self.sessions.insert(session_id, Session::Established(session));
+        Ok(Reply { session_id: Some(session_id), ..Reply::ok(body) })
+    }
+
+    fn tree_connect(&mut self, h: &Header, message: &[u8], dir: &dyn Directory) -> Reply {
+        let Some(path) = security_buffer(message, HEADER_BYTES + 4).and_then(utf16) else { return Reply::error(status::INVALID_PARAMETER) };
+        let name = path.trim_start_matches('\\').split_once('\\').map(|(_, s)| s.to_string()).unwrap_or_default();
+        let tree = if name.eq_ignore_ascii_case("IPC$") {
+            Tree { share: "IPC$".into(), ipc: true, read_only: false }
+        } else {
+            match dir.share(&name) {
+                Some((share, read_only)) => Tree { share, ipc: false, read_only },
+                None => return Reply::error(status::BAD_NETWORK_NAME),
+            }
+        };
+        let Some(Session::Established(s)) = self.sessions.get_mut(&h.session_id) else { return Reply::error(status::USER_SESSION_DELETED) };
+        if s.trees.len() >= MAX_TREES_PER_SESSION {
+            return Reply::error(status::REQUEST_NOT_ACCEPTED);
+        }
+        let tree_id = self.next_tree;
+        self.next_tree = self.next_tree.wrapping_add(1).max(1);
+        let (share_type, access) = if tree.ipc { (2u8, 0x001f_01ffu32) } else if tree.read_only { (1, 0x0012_0089) } else { (1, 0x001f_01ff) };
+        tracing::debug!(user = %s.user, role = ?s.role, share = %tree.share, tree_id, "tree connected");
+        s.trees.insert(tree_id, tree);
+        let mut b = vec![16, 0, share_type, 0];
+        b.extend_from_slice(&0u32.to_le_bytes()); // ShareFlags: manual caching
+        b.extend_from_slice(&0u32.to_le_bytes()); // Capabilities
+        b.extend_from_slice(&access.to_le_bytes());
+        Reply { tree_id: Some(tree_id), ..Reply::ok(b) }
+    }
+
+    fn tree_disconnect(&mut self, h: &Header) -> Reply {
+        let Target::Sync { tree_id, .. } = h.target else { return Reply::error(status::INVALID_PARAMETER) };
+        let removed = match self.sessions.get_mut(&h.session_id) {
+            Some(Session::Established(s)) => s.trees.remove(&tree_id).is_some(),
+            _ => false,
+        };
+        if removed {
+            Reply::ok(vec![4, 0, 0, 0])
+        } else {
+            Reply::error(status::NETWORK_NAME_DELETED)
+        }
+    }
+
+    /// The response message: header (credits granted, ids, signature) and body.
+    fn respond(&mut self, req: &Header, reply: Reply) -> Vec<u8> {
+        let session_id = reply.session_id.unwrap_or(req.session_id);
+        let target = match req.target {
+            Target::Sync { process_id, tree_id } => Target::Sync { process_id, tree_id: reply.tree_id.unwrap_or(tree_id) },
+            t => t,
+        };
+        let header = Header {
+            credit_charge: req.credit_charge,
+            status: reply.status,
+            command: req.command,
+            credits: req.credits.clamp(1, MAX_CREDITS_PER_RESPONSE),
+            flags: FLAG_SERVER_TO_REDIR | (req.flags & FLAG_RELATED_OPERATIONS),
+            next_command: 0,
+            message_id: req.message_id,
+            target,
+            session_id,
+            signature: [0; 16],
+        };
+        let mut out = Vec::with_capacity(HEADER_BYTES + reply.body.len());
+        header.encode(&mut out);
+        out.extend_from_slice(&reply.body);
+        if req.command == Command::Negotiate && self.dialect == Some(DIALECT_311) {
+            self.preauth.update(&out);
+        }
+        if req.command == Command::SessionSetup && reply.status == status::MORE_PROCESSING_REQUIRED {
+            if let Some(Session::Pending(p)) = self.sessions.get_mut(&session_id) {
+                if self.dialect == Some(DIALECT_311) {
+                    p.preauth.update(&out);
+                }
+            }
+        }
+        self.resign(req, &mut out);
+        out
+    }
+
+    /// Signs a response of an established session (every one while signing is required).
+    fn resign(&self, req: &Header, out: &mut [u8]) {
+        let session_id = u64::from_le_bytes(out[40..48].try_into().expect("8 bytes"));
+        let Some(Session::Established(s)) = self.sessions.get(&session_id) else { return };
+        if !(self.config.signing_required || req.flags & FLAG_SIGNED != 0) {
+            return;
+        }
+        let flags = u32::from_le_bytes(out[16..20].try_into().expect("4 bytes")) | FLAG_SIGNED;
+        out[16..20].copy_from_slice(&flags.to_le_bytes());
+        if let Some(sig) = signing::signature(s.algorithm, &s.signing_key, out) {
+            out[48..64].copy_from_slice(&sig);
+        }
+    }
+}
+
+/// A (offset u16, length u16) buffer at `at` in `message`, offsets from the header start.
+fn security_buffer(message: &[u8], at: usize) -> Option<&[u8]> {
+    let offset = usize::from(u16_at(message, at)?);
+    let len = usize::from(u16_at(message, at + 2)?);
+    message.get(offset..offset.checked_add(len)?)
+}
+
+fn utf16(bytes: &[u8]) -> Option<String> {
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    String::from_utf16(&bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>()).ok()
+}
+
+/// A SESSION_SETUP response body with its security token.
+fn setup_body(session_flags: u16, token: &[u8]) -> Vec<u8> {
+    let mut b = vec![9, 0];
+    b.extend_from_slice(&session_flags.to_le_bytes());
+    b.extend_from_slice(&((HEADER_BYTES + 8) as u16).to_le_bytes());
+    b.extend_from_slice(&(token.len() as u16).to_le_bytes());
+    b.extend_from_slice(token);
+    b
+}

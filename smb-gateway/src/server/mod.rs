@@ -1,0 +1,36 @@
+//! The SMB2 server without I/O: a [`connection::Connection`] takes one frame from a client and
+//! returns the frame to send back, using a [`Directory`] for users and shares and an
+//! [`Environment`] for randomness and time. The tokio driver is a thin loop around it.
+
+pub mod connection;
+mod session;
+
+use umbra_raft::command::{NtHash, Role};
+
+/// What the server looks up: users (for NTLMv2) and shares (for TREE_CONNECT).
+pub trait Directory {
+    /// A user by name, any case.
+    fn user(&self, name: &str) -> Option<(NtHash, Role)>;
+    /// A share by name, any case: (name as created, read-only).
+    fn share(&self, name: &str) -> Option<(String, bool)>;
+}
+
+/// Randomness and time, supplied by the driver.
+pub trait Environment {
+    fn random(&mut self, out: &mut [u8]);
+    /// Now, as FILETIME (100 ns ticks since 1601).
+    fn now(&self) -> u64;
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server_guid: [u8; 16],
+    /// NetBIOS name, also the NTLM target (a standalone server).
+    pub netbios_name: String,
+    pub dns_name: String,
+    /// Signing required of every session (the default); otherwise only enabled.
+    pub signing_required: bool,
+    /// Largest READ, WRITE and transaction the server offers.
+    pub max_io_bytes: u32,
+}
