@@ -40,6 +40,8 @@ fn smbclient_authenticates_with_ntlmv2_and_signs_in_every_dialect_on_every_node(
             assert!(ok, "node {id} {dialect}: {out}");
         }
         assert!(c.log(id).contains("session established"), "node {id} logs its sessions");
+        // Dialects before 3.1.1 make smbclient check the negotiation with a signed IOCTL.
+        assert!(c.log(id).contains("validated negotiate"), "node {id} answered FSCTL_VALIDATE_NEGOTIATE_INFO");
     }
 }
 

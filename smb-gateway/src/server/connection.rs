@@ -36,13 +36,25 @@ pub enum Outcome {
     Close(String),
 }
 
+/// What NEGOTIATE settled, for FSCTL_VALIDATE_NEGOTIATE_INFO to compare against.
+struct Negotiated {
+    client_capabilities: u32,
+    client_guid: [u8; 16],
+    client_security_mode: u16,
+    server_capabilities: u32,
+    server_security_mode: u16,
+}
+
 pub struct Connection {
     config: Config,
+    negotiated: Option<Negotiated>,
     dialect: Option<u16>,
     signing_algorithm: Option<u16>,
     preauth: Preauth,
     sessions: HashMap<u64, Session>,
     next_tree: u32,
+    /// VALIDATE_NEGOTIATE_INFO found a difference: the connection ends.
+    tampered: bool,
 }
 
 /// A reply body and its status, before the header goes on.
@@ -68,9 +80,17 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+const FSCTL_VALIDATE_NEGOTIATE_INFO: u32 = 0x0014_0204;
+const FSCTL_DFS_GET_REFERRALS: u32 = 0x0006_0194;
+const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
+
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1 }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, tampered: false }
     }
 
     /// Handles one frame from the client.
@@ -89,6 +109,9 @@ impl Connection {
                 return Outcome::Close("a second NEGOTIATE".into());
             }
             let reply = self.dispatch(&header, message, dir, env);
+            if self.tampered {
+                return Outcome::Close("VALIDATE_NEGOTIATE_INFO does not match the negotiation".into());
+            }
             let mut bytes = self.respond(&header, reply);
             if i + 1 < count {
                 let padded = bytes.len().div_ceil(8) * 8;
@@ -120,6 +143,7 @@ impl Connection {
             Command::Echo => Reply::ok(vec![4, 0, 0, 0]),
             Command::TreeConnect => self.tree_connect(h, message, dir),
             Command::TreeDisconnect => self.tree_disconnect(h),
+            Command::Ioctl => self.ioctl(message),
             _ => Reply::error(status::NOT_SUPPORTED),
         }
     }
@@ -185,6 +209,13 @@ impl Connection {
         if dialect == DIALECT_311 {
             self.preauth.update(message);
         }
+        self.negotiated = Some(Negotiated {
+            client_capabilities: req.capabilities,
+            client_guid: req.client_guid,
+            client_security_mode: req.security_mode,
+            server_capabilities: caps,
+            server_security_mode: mode,
+        });
         Reply::ok(b)
     }
 
@@ -317,6 +348,56 @@ impl Connection {
         } else {
             Reply::error(status::NETWORK_NAME_DELETED)
         }
+    }
+
+    /// IOCTLs answered without a file: FSCTL_VALIDATE_NEGOTIATE_INFO, and DFS referrals (this
+    /// server has no DFS namespace).
+    fn ioctl(&mut self, message: &[u8]) -> Reply {
+        let b = &message[HEADER_BYTES.min(message.len())..];
+        let (Some(code), Some(input_offset), Some(input_len), Some(max_out)) = (u32_at(b, 4), u32_at(b, 24), u32_at(b, 28), u32_at(b, 44)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        let Some(input) = message.get(input_offset as usize..(input_offset as usize).saturating_add(input_len as usize)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        match code {
+            FSCTL_VALIDATE_NEGOTIATE_INFO => self.validate_negotiate(b, input, max_out),
+            FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Reply::error(status::NOT_FOUND),
+            _ => Reply::error(status::NOT_SUPPORTED),
+        }
+    }
+
+    /// MS-SMB2 3.3.5.15.12: the client checks that nobody tampered with NEGOTIATE. Any
+    /// difference from what was negotiated ends the connection.
+    fn validate_negotiate(&mut self, body: &[u8], input: &[u8], max_out: u32) -> Reply {
+        let (Some(n), Some(dialect)) = (&self.negotiated, self.dialect) else { return Reply::error(status::INVALID_PARAMETER) };
+        let count = usize::from(u16_at(input, 22).unwrap_or(0));
+        let Some(list) = input.get(24..24 + 2 * count).filter(|_| input.len() >= 24) else { return Reply::error(status::INVALID_PARAMETER) };
+        if max_out < 24 {
+            return Reply::error(status::BUFFER_TOO_SMALL);
+        }
+        let offered: Vec<u16> = list.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let best = DIALECTS.iter().rev().copied().find(|d| offered.contains(d));
+        let same = u32_at(input, 0) == Some(n.client_capabilities) && input[4..20] == n.client_guid && u16_at(input, 20) == Some(n.client_security_mode) && best == Some(dialect);
+        if !same {
+            self.tampered = true;
+            return Reply::error(status::ACCESS_DENIED);
+        }
+        tracing::info!(dialect = format_args!("{dialect:#06x}"), "validated negotiate");
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&n.server_capabilities.to_le_bytes());
+        out.extend_from_slice(&self.config.server_guid);
+        out.extend_from_slice(&n.server_security_mode.to_le_bytes());
+        out.extend_from_slice(&dialect.to_le_bytes());
+        let mut r = vec![49, 0, 0, 0];
+        r.extend_from_slice(&body[4..24]); // CtlCode and FileId, echoed
+        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes()); // InputOffset
+        r.extend_from_slice(&0u32.to_le_bytes()); // InputCount
+        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes()); // OutputOffset
+        r.extend_from_slice(&(out.len() as u32).to_le_bytes());
+        r.extend_from_slice(&[0; 8]); // Flags, Reserved2
+        r.extend_from_slice(&out);
+        Reply::ok(r)
     }
 
     /// The response message: header (credits granted, ids, signature) and body.
