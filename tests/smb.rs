@@ -25,6 +25,9 @@ fn cluster_with_admin() -> Cluster {
     assert!(ctl_at(c.addr(1), &["user", "add", "admin", "--role", "admin"], Some("S3cret-pw\n")).ok);
     assert!(c.ctl(1, &["volume", "create", "vol", "--node", "2"]).ok);
     assert!(c.ctl(1, &["share", "create", "Data", "--volume", "vol"]).ok);
+    // The owner creates the volume in its store within one upkeep round.
+    let smb = c.node(1).smb.clone();
+    wait_for(Duration::from_secs(10), "the share's volume to exist", || smbclient(&smb, "data", "admin", "S3cret-pw", None, "ls").0.then_some(()));
     c
 }
 
@@ -66,4 +69,41 @@ fn users_and_shares_created_with_ctl_take_effect_on_every_node_without_a_restart
     assert!(ctl_at(c.addr(2), &["user", "add", "backup1", "--role", "backup"], Some("B4ckup!\n")).ok);
     assert!(c.ctl(2, &["share", "create", "Later", "--volume", "vol"]).ok);
     wait_for(Duration::from_secs(10), "node 3 to see the new user and share", || smbclient(&smb3, "later", "backup1", "B4ckup!", None, "exit").0.then_some(()));
+}
+
+#[test]
+fn smbclient_mkdir_put_ls_get_rename_rm_rmdir_through_a_node_that_does_not_own_the_volume() {
+    let c = cluster_with_admin(); // share Data lives on node 2's volume
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(dir.path().join("in.bin"), &data).unwrap();
+    let smb1 = c.node(1).smb.clone();
+    let cmds = format!(
+        "lcd {}; mkdir d; put in.bin d\\f.bin; ls d\\*; get d\\f.bin out.bin; rename d\\f.bin d\\g.bin; ls d\\*",
+        dir.path().display()
+    );
+    let (ok, out) = smbclient(&smb1, "data", "admin", "S3cret-pw", None, &cmds);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(dir.path().join("out.bin")).unwrap(), data, "get returns what put stored");
+    assert!(out.contains("f.bin") && out.contains("g.bin") && out.contains(&data.len().to_string()), "{out}");
+    // Node 3 sees the file node 1 wrote (the volume lives on node 2).
+    let (ok, out) = smbclient(&c.node(3).smb, "data", "admin", "S3cret-pw", None, "ls d\\*");
+    assert!(ok && out.contains("g.bin"), "{out}");
+    let (ok, out) = smbclient(&smb1, "data", "admin", "S3cret-pw", None, "rmdir d");
+    assert!(!ok || out.contains("NT_STATUS_DIRECTORY_NOT_EMPTY"), "a non-empty directory stays: {out}");
+    let (ok, out) = smbclient(&smb1, "data", "admin", "S3cret-pw", None, "del d\\g.bin; rmdir d; ls");
+    assert!(ok && !out.contains(" d "), "{out}");
+}
+
+#[test]
+fn a_write_to_a_read_only_share_is_refused_and_changes_nothing() {
+    let c = cluster_with_admin();
+    assert!(c.ctl(1, &["share", "create", "Frozen", "--volume", "vol", "--read-only"]).ok);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.bin"), b"hello").unwrap();
+    let cmds = format!("lcd {}; put x.bin x.bin", dir.path().display());
+    let (_, out) = smbclient(&c.node(1).smb, "frozen", "admin", "S3cret-pw", None, &cmds);
+    assert!(out.contains("NT_STATUS_MEDIA_WRITE_PROTECTED") || out.contains("NT_STATUS_ACCESS_DENIED"), "{out}");
+    let (ok, out) = smbclient(&c.node(1).smb, "frozen", "admin", "S3cret-pw", None, "ls");
+    assert!(ok && !out.contains("x.bin"), "{out}");
 }

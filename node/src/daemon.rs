@@ -67,7 +67,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), log, config.raft.request_timeout()));
     let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
     let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.reclaim_step_entries, upkeep_stopped));
-    let volume_service = VolumeService::new(config.id, volumes, raft.clone(), reader.clone());
+    let volume_service = Arc::new(VolumeService::new(config.id, volumes, raft.clone(), reader.clone()));
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -76,14 +76,15 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
         .initial_connection_window_size(umbra_raft::network::CONNECTION_WINDOW_BYTES)
         .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta.clone())))
-        .add_service(VolumeServer::new(volume_service).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES))
+        .add_service(VolumeServer::from_arc(volume_service.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);
     let smb_listener = TcpListener::bind(&config.smb_addr).await.with_context(|| format!("cannot listen on {} for SMB", config.smb_addr))?;
     let directory = Arc::new(crate::smb::RaftDirectory(reader.clone()));
-    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory));
+    let files = Arc::new(crate::smb::VolumeFiles::new(volume_service, reader.clone(), tokio::runtime::Handle::current()));
+    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };

@@ -30,3 +30,128 @@ pub fn config(id: u64) -> Config {
     guid[8..].copy_from_slice(&id.to_le_bytes());
     Config { server_guid: guid, netbios_name: NETBIOS_NAME.into(), dns_name: NETBIOS_NAME.to_lowercase(), signing_required: true, max_io_bytes: MAX_IO_BYTES }
 }
+
+/// Share storage for the gateway: every call goes through the volume service in-process with
+/// routing on, so it reaches the volume's owner (this node's store, or a peer over gRPC) by the
+/// same code path as any other client.
+pub struct VolumeFiles {
+    service: std::sync::Arc<crate::volume_service::VolumeService>,
+    meta: MetaReader,
+    runtime: tokio::runtime::Handle,
+}
+
+use umbra_proto::v1::volume_server::Volume as _;
+use umbra_proto::v1::*;
+use umbra_smb_gateway::server::files::{FileInfo, Files, FsError};
+
+impl VolumeFiles {
+    pub fn new(service: std::sync::Arc<crate::volume_service::VolumeService>, meta: MetaReader, runtime: tokio::runtime::Handle) -> Self {
+        VolumeFiles { service, meta, runtime }
+    }
+
+    /// The share's volume target and its root path inside the volume.
+    fn target(&self, share: &str) -> Result<(VolumeTarget, String), FsError> {
+        let state = self.meta.read();
+        let s = state.state.shares.get(&fold(share)).ok_or(FsError::NotFound)?;
+        let target = VolumeTarget { volume: s.volume.to_string(), snapshot: String::new(), clone: String::new(), route: true };
+        Ok((target, s.path.clone()))
+    }
+
+    fn call<T>(&self, f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, FsError> {
+        self.runtime.block_on(f).map(tonic::Response::into_inner).map_err(|s| fs_error(&s))
+    }
+}
+
+/// The volume service's `umbra-error` kinds back to gateway errors.
+fn fs_error(s: &tonic::Status) -> FsError {
+    match s.metadata().get("umbra-error").and_then(|v| v.to_str().ok()) {
+        Some("not_found") => FsError::NotFound,
+        Some("exists") => FsError::Exists,
+        Some("not_empty") => FsError::NotEmpty,
+        Some("not_a_directory") => FsError::NotADirectory,
+        Some("is_a_directory") => FsError::IsADirectory,
+        Some("read_only") => FsError::ReadOnly,
+        Some("invalid_name" | "invalid") => FsError::Invalid,
+        Some("disk_full") => FsError::DiskFull,
+        Some("busy") => FsError::Busy,
+        _ => FsError::Other(s.message().to_string()),
+    }
+}
+
+fn info(entry: Option<Entry>, name: &str) -> Result<FileInfo, FsError> {
+    let e = entry.ok_or_else(|| FsError::Other("empty reply".into()))?;
+    let a = e.attributes.unwrap_or_default();
+    let name = if e.name.is_empty() { name.to_string() } else { e.name };
+    Ok(FileInfo { id: a.ino, name, directory: a.directory, size: a.size, allocated: a.allocated, created: a.created, written: a.written, changed: a.changed, attributes: a.attributes })
+}
+
+impl Files for VolumeFiles {
+    fn lookup(&self, share: &str, path: &str) -> Result<FileInfo, FsError> {
+        let (target, root) = self.target(share)?;
+        let full = format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"));
+        let name = path.rsplit('\\').next().unwrap_or("").to_string();
+        let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full })))?;
+        info(reply.entry, &name)
+    }
+
+    fn stat(&self, share: &str, id: u64) -> Result<FileInfo, FsError> {
+        let (target, _) = self.target(share)?;
+        let reply = self.call(self.service.stat(tonic::Request::new(StatRequest { target: Some(target), ino: id })))?;
+        info(reply.entry, "")
+    }
+
+    fn create(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError> {
+        let (target, _) = self.target(share)?;
+        let req = CreateRequest { target: Some(target), parent, name: name.into(), directory, now };
+        info(self.call(self.service.create(tonic::Request::new(req)))?.entry, name)
+    }
+
+    fn list(&self, share: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError> {
+        let (target, _) = self.target(share)?;
+        let req = ListRequest { target: Some(target), dir, after: after.into(), limit };
+        let reply = self.call(self.service.list(tonic::Request::new(req)))?;
+        reply.entries.into_iter().map(|e| { let n = e.name.clone(); info(Some(e), &n) }).collect()
+    }
+
+    fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+        let (target, _) = self.target(share)?;
+        let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len) };
+        self.runtime.block_on(async {
+            let mut stream = self.service.read(tonic::Request::new(req)).await.map_err(|s| fs_error(&s))?.into_inner();
+            let mut out = Vec::with_capacity(len as usize);
+            use tokio_stream::StreamExt;
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk.map_err(|s| fs_error(&s))?.data);
+            }
+            Ok(out)
+        })
+    }
+
+    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError> {
+        let (target, _) = self.target(share)?;
+        // One whole write through the service's owner routing (a peer, or the local store).
+        let msg = WriteChunk { target: Some(target), ino: id, offset, data: data.to_vec(), now };
+        self.runtime.block_on(self.service.write_one(msg)).map_err(|s| fs_error(&s))
+    }
+
+    fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError> {
+        let (target, _) = self.target(share)?;
+        self.call(self.service.set_size(tonic::Request::new(SetSizeRequest { target: Some(target), ino: id, size, now }))).map(|_| ())
+    }
+
+    fn unlink(&self, share: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError> {
+        let (target, _) = self.target(share)?;
+        self.call(self.service.unlink(tonic::Request::new(UnlinkRequest { target: Some(target), parent, name: name.into(), now }))).map(|_| ())
+    }
+
+    fn rename(&self, share: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError> {
+        let (target, _) = self.target(share)?;
+        let req = RenameRequest { target: Some(target), from_dir, from: from.into(), to_dir, to: to.into(), replace, now };
+        self.call(self.service.rename(tonic::Request::new(req))).map(|_| ())
+    }
+
+    fn flush(&self, share: &str) -> Result<(), FsError> {
+        let (target, _) = self.target(share)?;
+        self.call(self.service.sync(tonic::Request::new(target))).map(|_| ())
+    }
+}

@@ -150,6 +150,19 @@ impl VolumeService {
         Ok(Owner::Peer(client))
     }
 
+    /// One whole write, routed like a gRPC call (the SMB gateway's path for a WRITE).
+    pub async fn write_one(&self, msg: WriteChunk) -> Result<(), Status> {
+        let (vol, view, route) = target_of(msg.target.as_ref())?;
+        match self.owner(vol, route)? {
+            Owner::Peer(mut peer) => {
+                let mut msg = msg;
+                unrouted(&mut msg.target);
+                peer.write(tokio_stream::once(msg)).await.map(|_| ())
+            }
+            Owner::Here => self.run(move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await,
+        }
+    }
+
     /// Runs a store call on the blocking pool.
     async fn run<T: Send + 'static>(&self, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
         let store = self.store.clone();
@@ -176,6 +189,13 @@ macro_rules! unary {
 impl VolumeRpc for VolumeService {
     async fn resolve(&self, req: Request<ResolveRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(self, req, resolve, |s, vol, view, r| s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)) }))
+    }
+
+    async fn stat(&self, req: Request<StatRequest>) -> Result<Response<EntryReply>, Status> {
+        unary!(self, req, stat, |s, vol, view, r| {
+            let inode = s.stat(vol, view, r.ino)?;
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
+        })
     }
 
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<EntryReply>, Status> {

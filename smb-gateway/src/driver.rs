@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::server::connection::{Connection, Outcome};
+use crate::server::files::Files;
 use crate::server::{Config, Directory, Environment};
 use crate::smb2::frame;
 
@@ -37,7 +38,7 @@ impl Environment for Env {
 }
 
 /// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>) {
+pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -51,11 +52,11 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
             tracing::warn!(%peer, "too many SMB connections; refusing one");
             continue;
         };
-        let (config, directory) = (config.clone(), directory.clone());
+        let (config, directory, files) = (config.clone(), directory.clone(), files.clone());
         let span = tracing::info_span!("smb", %peer);
         tokio::spawn(
             async move {
-                if let Err(e) = connection(stream, config, directory).await {
+                if let Err(e) = connection(stream, config, directory, files).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
                 drop(slot);
@@ -65,19 +66,27 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
     }
 }
 
-async fn connection(mut stream: TcpStream, config: Config, directory: Arc<dyn Directory + Send + Sync>) -> std::io::Result<()> {
+async fn connection(mut stream: TcpStream, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let max = max_frame_bytes(&config);
-    let mut conn = Connection::new(config);
-    let mut env = Env;
+    let mut conn = Some(Connection::new(config));
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         loop {
             let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             let Some((used, range)) = found else { break };
-            let outcome = conn.on_frame(&buf[range], directory.as_ref(), &mut env);
+            // Storage calls may block (or wait on another node): run the frame on the blocking pool.
+            let frame_bytes = buf[range].to_vec();
             buf.drain(..used);
+            let (mut c, d, f) = (conn.take().expect("connection present"), directory.clone(), files.clone());
+            let (c, outcome) = tokio::task::spawn_blocking(move || {
+                let outcome = c.on_frame(&frame_bytes, d.as_ref(), f.as_ref(), &mut Env);
+                (c, outcome)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            conn = Some(c);
             match outcome {
                 Outcome::Reply(reply) => {
                     let mut out = Vec::with_capacity(reply.len() + 4);

@@ -321,6 +321,42 @@ impl crate::server::Directory for TestDir {
     }
 }
 
+/// Storage that has nothing: the protocol tests here never reach a file.
+struct NoFiles;
+
+impl crate::server::files::Files for NoFiles {
+    fn lookup(&self, _: &str, _: &str) -> Result<crate::server::files::FileInfo, crate::server::files::FsError> {
+        Err(crate::server::files::FsError::NotFound)
+    }
+    fn stat(&self, _: &str, _: u64) -> Result<crate::server::files::FileInfo, crate::server::files::FsError> {
+        Err(crate::server::files::FsError::NotFound)
+    }
+    fn create(&self, _: &str, _: u64, _: &str, _: bool, _: u64) -> Result<crate::server::files::FileInfo, crate::server::files::FsError> {
+        Err(crate::server::files::FsError::ReadOnly)
+    }
+    fn list(&self, _: &str, _: u64, _: &str, _: u32) -> Result<Vec<crate::server::files::FileInfo>, crate::server::files::FsError> {
+        Ok(Vec::new())
+    }
+    fn read(&self, _: &str, _: u64, _: u64, _: u32) -> Result<Vec<u8>, crate::server::files::FsError> {
+        Err(crate::server::files::FsError::NotFound)
+    }
+    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), crate::server::files::FsError> {
+        Err(crate::server::files::FsError::ReadOnly)
+    }
+    fn set_size(&self, _: &str, _: u64, _: u64, _: u64) -> Result<(), crate::server::files::FsError> {
+        Err(crate::server::files::FsError::ReadOnly)
+    }
+    fn unlink(&self, _: &str, _: u64, _: &str, _: u64) -> Result<(), crate::server::files::FsError> {
+        Err(crate::server::files::FsError::NotFound)
+    }
+    fn rename(&self, _: &str, _: u64, _: &str, _: u64, _: &str, _: bool, _: u64) -> Result<(), crate::server::files::FsError> {
+        Err(crate::server::files::FsError::NotFound)
+    }
+    fn flush(&self, _: &str) -> Result<(), crate::server::files::FsError> {
+        Ok(())
+    }
+}
+
 struct TestEnv(u8);
 
 impl crate::server::Environment for TestEnv {
@@ -345,7 +381,7 @@ fn the_server_answers_smbclients_captured_negotiate_with_3_1_1_and_its_contexts(
     let (up, _) = streams("smbclient-3.1.1-basic.pcap");
     let first = &frames(&up)[0];
     let mut conn = Connection::new(test_config());
-    let Outcome::Reply(reply) = conn.on_frame(first, &TestDir, &mut TestEnv(1)) else { panic!("a reply") };
+    let Outcome::Reply(reply) = conn.on_frame(first, &TestDir, &NoFiles, &mut TestEnv(1)) else { panic!("a reply") };
     let resp = crate::smb2::negotiate::Response::parse(&reply).unwrap();
     assert_eq!(resp.dialect, crate::smb2::negotiate::DIALECT_311);
     assert_eq!(resp.signing_algorithm(), Some(2), "AES-GMAC, as smbclient offers it");
@@ -353,7 +389,7 @@ fn the_server_answers_smbclients_captured_negotiate_with_3_1_1_and_its_contexts(
     let h = Header::parse(&reply).unwrap();
     assert!(h.is_response() && h.status == 0);
     // A second NEGOTIATE on the same connection ends it.
-    assert!(matches!(conn.on_frame(first, &TestDir, &mut TestEnv(1)), Outcome::Close(_)));
+    assert!(matches!(conn.on_frame(first, &TestDir, &NoFiles, &mut TestEnv(1)), Outcome::Close(_)));
 }
 
 proptest! {
@@ -372,8 +408,8 @@ proptest! {
         }
         let mut conn = Connection::new(test_config());
         if negotiated {
-            let _ = conn.on_frame(&first, &TestDir, &mut TestEnv(3));
+            let _ = conn.on_frame(&first, &TestDir, &NoFiles, &mut TestEnv(3));
         }
-        let _ = conn.on_frame(&f, &TestDir, &mut TestEnv(5));
+        let _ = conn.on_frame(&f, &TestDir, &NoFiles, &mut TestEnv(5));
     }
 }

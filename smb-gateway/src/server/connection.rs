@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use super::files::Files;
+use super::ops::Open;
 use super::session::{Established, Pending, Session, Tree};
 use super::{Config, Directory, Environment};
 use crate::ntlm::messages::{Authenticate, SIGNATURE};
@@ -46,19 +48,21 @@ struct Negotiated {
 }
 
 pub struct Connection {
-    config: Config,
+    pub(super) config: Config,
     negotiated: Option<Negotiated>,
     dialect: Option<u16>,
     signing_algorithm: Option<u16>,
     preauth: Preauth,
-    sessions: HashMap<u64, Session>,
+    pub(super) sessions: HashMap<u64, Session>,
     next_tree: u32,
+    pub(super) opens: HashMap<u64, Open>,
+    pub(super) next_file: u64,
     /// VALIDATE_NEGOTIATE_INFO found a difference: the connection ends.
     tampered: bool,
 }
 
 /// A reply body and its status, before the header goes on.
-struct Reply {
+pub(super) struct Reply {
     status: u32,
     body: Vec<u8>,
     session_id: Option<u64>,
@@ -66,12 +70,12 @@ struct Reply {
 }
 
 impl Reply {
-    fn ok(body: Vec<u8>) -> Reply {
+    pub(super) fn ok(body: Vec<u8>) -> Reply {
         Reply { status: status::SUCCESS, body, session_id: None, tree_id: None }
     }
 
     /// An error response body (MS-SMB2 2.2.2).
-    fn error(status: u32) -> Reply {
+    pub(super) fn error(status: u32) -> Reply {
         Reply { status, body: vec![9, 0, 0, 0, 0, 0, 0, 0, 0], session_id: None, tree_id: None }
     }
 }
@@ -90,11 +94,11 @@ const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, tampered: false }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false }
     }
 
     /// Handles one frame from the client.
-    pub fn on_frame(&mut self, frame: &[u8], dir: &dyn Directory, env: &mut dyn Environment) -> Outcome {
+    pub fn on_frame(&mut self, frame: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
         let messages = match compound::split(frame) {
             Ok(m) => m,
             Err(e) => return Outcome::Close(format!("malformed frame: {e}")),
@@ -108,7 +112,7 @@ impl Connection {
             if header.command == Command::Negotiate && self.dialect.is_some() {
                 return Outcome::Close("a second NEGOTIATE".into());
             }
-            let reply = self.dispatch(&header, message, dir, env);
+            let reply = self.dispatch(&header, message, dir, files, env);
             if self.tampered {
                 return Outcome::Close("VALIDATE_NEGOTIATE_INFO does not match the negotiation".into());
             }
@@ -124,7 +128,7 @@ impl Connection {
         Outcome::Reply(out)
     }
 
-    fn dispatch(&mut self, h: &Header, message: &[u8], dir: &dyn Directory, env: &mut dyn Environment) -> Reply {
+    fn dispatch(&mut self, h: &Header, message: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Reply {
         if self.dialect.is_none() && h.command != Command::Negotiate {
             return Reply::error(status::INVALID_PARAMETER);
         }
@@ -137,13 +141,24 @@ impl Connection {
             Command::Negotiate => self.negotiate(message, env),
             Command::SessionSetup => self.session_setup(h, message, dir, env),
             Command::Logoff => match self.sessions.remove(&h.session_id) {
-                Some(_) => Reply::ok(vec![4, 0, 0, 0]),
+                Some(_) => {
+                    self.opens.retain(|_, o| o.session != h.session_id);
+                    Reply::ok(vec![4, 0, 0, 0])
+                }
                 None => Reply::error(status::USER_SESSION_DELETED),
             },
             Command::Echo => Reply::ok(vec![4, 0, 0, 0]),
             Command::TreeConnect => self.tree_connect(h, message, dir),
             Command::TreeDisconnect => self.tree_disconnect(h),
             Command::Ioctl => self.ioctl(message),
+            Command::Create => self.create(h, message, files, env.now()),
+            Command::Close => self.close(h, message, files, env.now()),
+            Command::Read => self.read(h, message, files),
+            Command::Write => self.write(h, message, files, env.now()),
+            Command::Flush => self.flush(h, message, files),
+            Command::QueryDirectory => self.query_directory(h, message, files),
+            Command::QueryInfo => self.query_info(h, message, files),
+            Command::SetInfo => self.set_info(h, message, files, env.now()),
             _ => Reply::error(status::NOT_SUPPORTED),
         }
     }
@@ -344,6 +359,7 @@ impl Connection {
             _ => false,
         };
         if removed {
+            self.opens.retain(|_, o| !(o.session == h.session_id && o.tree == tree_id));
             Reply::ok(vec![4, 0, 0, 0])
         } else {
             Reply::error(status::NETWORK_NAME_DELETED)

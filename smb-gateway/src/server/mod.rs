@@ -3,6 +3,8 @@
 //! [`Environment`] for randomness and time. The tokio driver is a thin loop around it.
 
 pub mod connection;
+pub mod files;
+mod ops;
 mod session;
 
 use umbra_raft::command::{NtHash, Role};

@@ -1,0 +1,79 @@
+//! What the gateway asks of the storage behind a share (the node routes it to the volume's
+//! owner). Synchronous: the driver runs connections on the blocking pool.
+
+/// A file or directory as the gateway sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Stable file id (the volume's inode number).
+    pub id: u64,
+    pub name: String,
+    pub directory: bool,
+    pub size: u64,
+    pub allocated: u64,
+    pub created: u64,
+    pub written: u64,
+    pub changed: u64,
+    pub attributes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FsError {
+    #[error("not found")]
+    NotFound,
+    #[error("the path's directory does not exist")]
+    PathNotFound,
+    #[error("already exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("read-only")]
+    ReadOnly,
+    #[error("invalid name or request")]
+    Invalid,
+    #[error("disk full")]
+    DiskFull,
+    #[error("busy")]
+    Busy,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl FsError {
+    /// The NTSTATUS table for storage errors.
+    pub fn status(&self) -> u32 {
+        use crate::smb2::status::*;
+        match self {
+            FsError::NotFound => OBJECT_NAME_NOT_FOUND,
+            FsError::PathNotFound => OBJECT_PATH_NOT_FOUND,
+            FsError::Exists => OBJECT_NAME_COLLISION,
+            FsError::NotEmpty => DIRECTORY_NOT_EMPTY,
+            FsError::NotADirectory => NOT_A_DIRECTORY,
+            FsError::IsADirectory => FILE_IS_A_DIRECTORY,
+            FsError::ReadOnly => MEDIA_WRITE_PROTECTED,
+            FsError::Invalid => OBJECT_NAME_INVALID,
+            FsError::DiskFull => DISK_FULL,
+            FsError::Busy => SHARING_VIOLATION,
+            FsError::Other(_) => UNEXPECTED_IO_ERROR,
+        }
+    }
+}
+
+/// Storage operations on a share; paths are relative to the share's root, `\`-separated.
+pub trait Files: Send + Sync {
+    fn lookup(&self, share: &str, path: &str) -> Result<FileInfo, FsError>;
+    fn stat(&self, share: &str, id: u64) -> Result<FileInfo, FsError>;
+    fn create(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError>;
+    /// Entries of a directory after the (folded) name `after`, at most `limit`.
+    fn list(&self, share: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError>;
+    fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
+    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError>;
+    fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError>;
+    fn unlink(&self, share: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError>;
+    #[allow(clippy::too_many_arguments)]
+    fn rename(&self, share: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError>;
+    fn flush(&self, share: &str) -> Result<(), FsError>;
+}
