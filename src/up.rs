@@ -126,7 +126,7 @@ async fn print_banner(cluster: &LocalCluster, node: &Node, data: &Path, password
     if let Some(s) = shares.first() {
         let smb = &cluster.nodes[0].smb_addr;
         let port = smb.rsplit(':').next().unwrap_or("445");
-        println!("  smbclient //127.0.0.1/{} -p {port} -U '{ADMIN_USER}%{password}' -c ls   (sessions and tree connects work; file operations are being built: issue 4)", s.name);
+        println!("  smbclient //127.0.0.1/{} -p {port} -U '{ADMIN_USER}%{password}' -c ls", s.name);
     }
     println!("Ctrl-C stops the cluster.");
     Ok(())
