@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# smbclient put and get of one file against Umbra (gateway on the volume's owner, and gateway on
+# another node) and against Samba smbd in the same run, A B A B, printing MB/s and ratios.
+# usage: bench/smb-vs-smbd.sh [SIZE_MIB]   (needs a release build: cargo build --release;
+# starts smbd with ../shared/tools/samba-ref.sh and a local Umbra cluster with `umbra up`)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+size_mib=${1:-1024}
+umbra="$CARGO_TARGET_DIR/release/umbra"
+ref=../shared/tools/samba-ref.sh
+work=$(mktemp -d)
+trap 'kill -INT "$up_pid" 2>/dev/null; wait "$up_pid" 2>/dev/null; bash "$ref" stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+bash "$ref" install >/dev/null && bash "$ref" setup >/dev/null && bash "$ref" start >/dev/null
+"$umbra" up --data "$work/umbra" --base-port 27500 --password Passw0rd! > "$work/up.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 100); do grep -q "Ctrl-C stops" "$work/up.log" && break; sleep 0.2; done
+head -c $((size_mib << 20)) /dev/urandom > "$work/in.bin"
+
+# rate SERVER PORT SHARE USER%PASS: seconds for put, then get, of in.bin
+rate() {
+  local t0 t1 t2
+  t0=$(date +%s.%N)
+  smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "lcd $work; put in.bin b.bin" >/dev/null
+  t1=$(date +%s.%N)
+  smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "lcd $work; get b.bin out.bin" >/dev/null
+  t2=$(date +%s.%N)
+  cmp -s "$work/in.bin" "$work/out.bin" || { echo "$1: get differs from put" >&2; exit 1; }
+  echo "$1 $(echo "$size_mib*1.048576/($t1-$t0)" | bc -l) $(echo "$size_mib*1.048576/($t2-$t1)" | bc -l)"
+}
+
+results=$(for round in 1 2; do
+  rate umbra-local 27512 share2 'admin%Passw0rd!'   # gateway on node 2, volume on node 2
+  rate umbra-cross 27511 share2 'admin%Passw0rd!'   # gateway on node 1, volume on node 2
+  rate smbd 4450 share 'fsuser%Passw0rd!'
+done)
+echo "$results" | awk -v size="$size_mib" '
+  { put[$1] += $2; get[$1] += $3; n[$1]++ }
+  END {
+    printf "%d MiB, smbclient, MB/s (mean of %d rounds)\n", size, n["smbd"]
+    for (s in n) printf "  %-12s put %7.1f  get %7.1f\n", s, put[s]/n[s], get[s]/n[s]
+    printf "  umbra-local/smbd: put %.2f get %.2f\n", put["umbra-local"]/put["smbd"], get["umbra-local"]/get["smbd"]
+    printf "  umbra-cross/umbra-local: put %.2f get %.2f\n", put["umbra-cross"]/put["umbra-local"], get["umbra-cross"]/get["umbra-local"]
+  }'
