@@ -67,7 +67,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), log, config.raft.request_timeout()));
     let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
     let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.reclaim_step_entries, upkeep_stopped));
-    let volume_service = Arc::new(VolumeService::new(config.id, volumes, raft.clone(), reader.clone()));
+    let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()));
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -83,7 +83,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let server = tokio::spawn(server);
     let smb_listener = TcpListener::bind(&config.smb_addr).await.with_context(|| format!("cannot listen on {} for SMB", config.smb_addr))?;
     let directory = Arc::new(crate::smb::RaftDirectory(reader.clone()));
-    let files = Arc::new(crate::smb::VolumeFiles::new(volume_service, reader.clone(), tokio::runtime::Handle::current()));
+    let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, reader.clone(), tokio::runtime::Handle::current()));
     let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 

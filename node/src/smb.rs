@@ -35,6 +35,8 @@ pub fn config(id: u64) -> Config {
 /// routing on, so it reaches the volume's owner (this node's store, or a peer over gRPC) by the
 /// same code path as any other client.
 pub struct VolumeFiles {
+    node: u64,
+    store: std::sync::Arc<crate::volume::VolumeStore>,
     service: std::sync::Arc<crate::volume_service::VolumeService>,
     meta: MetaReader,
     runtime: tokio::runtime::Handle,
@@ -45,8 +47,23 @@ use umbra_proto::v1::*;
 use umbra_smb_gateway::server::files::{FileInfo, Files, FsError};
 
 impl VolumeFiles {
-    pub fn new(service: std::sync::Arc<crate::volume_service::VolumeService>, meta: MetaReader, runtime: tokio::runtime::Handle) -> Self {
-        VolumeFiles { service, meta, runtime }
+    pub fn new(
+        node: u64,
+        store: std::sync::Arc<crate::volume::VolumeStore>,
+        service: std::sync::Arc<crate::volume_service::VolumeService>,
+        meta: MetaReader,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        VolumeFiles { node, store, service, meta, runtime }
+    }
+
+    /// The share's volume when this node owns it: data calls then go straight to the store
+    /// (the connection already runs on the blocking pool), skipping the service's hops.
+    fn local(&self, share: &str) -> Option<uuid::Uuid> {
+        let state = self.meta.read();
+        let s = state.state.shares.get(&fold(share))?;
+        let owner = state.state.volumes.get(&s.volume)?.owner;
+        (owner == self.node).then_some(s.volume)
     }
 
     /// The share's volume target and its root path inside the volume.
@@ -114,6 +131,9 @@ impl Files for VolumeFiles {
     }
 
     fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+        if let Some(vol) = self.local(share) {
+            return self.store.read(vol, crate::volume::View::Live, id, offset, u64::from(len)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
+        }
         let (target, _) = self.target(share)?;
         let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len) };
         self.runtime.block_on(async {
@@ -128,6 +148,9 @@ impl Files for VolumeFiles {
     }
 
     fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError> {
+        if let Some(vol) = self.local(share) {
+            return self.store.write(vol, crate::volume::View::Live, id, offset, data, now).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
+        }
         let (target, _) = self.target(share)?;
         // One whole write through the service's owner routing (a peer, or the local store).
         let msg = WriteChunk { target: Some(target), ino: id, offset, data: data.to_vec(), now };
