@@ -107,3 +107,18 @@ fn a_write_to_a_read_only_share_is_refused_and_changes_nothing() {
     let (ok, out) = smbclient(&c.node(1).smb, "frozen", "admin", "S3cret-pw", None, "ls");
     assert!(ok && !out.contains("x.bin"), "{out}");
 }
+
+#[test]
+fn after_kill9_of_one_node_clients_of_the_others_keep_working_on_volumes_that_live_elsewhere() {
+    let mut c = cluster_with_admin(); // Data's volume lives on node 2
+    c.kill9(3);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.bin"), vec![42u8; 300_000]).unwrap();
+    let cmds = format!("lcd {}; put a.bin a.bin; get a.bin b.bin", dir.path().display());
+    let (ok, out) = smbclient(&c.node(1).smb, "data", "admin", "S3cret-pw", None, &cmds);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(dir.path().join("b.bin")).unwrap(), vec![42u8; 300_000]);
+    // A new session still authenticates (users come from Raft, which two nodes keep).
+    let (ok, out) = smbclient(&c.node(2).smb, "data", "admin", "S3cret-pw", Some("SMB3_11"), "ls");
+    assert!(ok && out.contains("a.bin"), "{out}");
+}
