@@ -122,3 +122,17 @@ fn after_kill9_of_one_node_clients_of_the_others_keep_working_on_volumes_that_li
     let (ok, out) = smbclient(&c.node(2).smb, "data", "admin", "S3cret-pw", Some("SMB3_11"), "ls");
     assert!(ok && out.contains("a.bin"), "{out}");
 }
+
+#[test]
+fn smbclient_lists_every_share_through_srvsvc_on_any_node() {
+    let c = cluster_with_admin();
+    assert!(c.ctl(2, &["share", "create", "Backups", "--volume", "vol"]).ok);
+    for id in 1..=3 {
+        let port = c.node(id).smb.rsplit(':').next().unwrap().to_string();
+        let out = Command::new("smbclient").args(["-L", "127.0.0.1", "-p", &port, "-U", "admin%S3cret-pw"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for share in ["Data", "Backups", "IPC$"] {
+            assert!(text.contains(share), "node {id} lists {share}: {text}");
+        }
+    }
+}

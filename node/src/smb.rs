@@ -21,6 +21,10 @@ impl Directory for RaftDirectory {
     fn share(&self, name: &str) -> Option<(String, bool)> {
         self.0.read().state.shares.get(&fold(name)).map(|s| (s.name.clone(), s.read_only))
     }
+
+    fn shares(&self) -> Vec<String> {
+        self.0.read().state.shares.values().map(|s| s.name.clone()).collect()
+    }
 }
 
 /// The gateway's settings for node `id` (its server GUID is derived from the id, so it is

@@ -319,6 +319,9 @@ impl crate::server::Directory for TestDir {
     fn share(&self, name: &str) -> Option<(String, bool)> {
         name.eq_ignore_ascii_case("share").then(|| ("share".into(), false))
     }
+    fn shares(&self) -> Vec<String> {
+        vec!["share".into()]
+    }
 }
 
 /// Storage that has nothing: the protocol tests here never reach a file.

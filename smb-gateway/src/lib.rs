@@ -12,6 +12,7 @@
 pub mod der;
 pub mod driver;
 pub mod ntlm;
+pub mod rpc;
 pub mod server;
 pub mod smb2;
 pub mod spnego;

@@ -15,6 +15,8 @@ pub trait Directory {
     fn user(&self, name: &str) -> Option<(NtHash, Role)>;
     /// A share by name, any case: (name as created, read-only).
     fn share(&self, name: &str) -> Option<(String, bool)>;
+    /// Every share's name, for srvsvc's listing.
+    fn shares(&self) -> Vec<String>;
 }
 
 /// Randomness and time, supplied by the driver.

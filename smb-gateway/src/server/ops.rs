@@ -30,6 +30,8 @@ pub struct Open {
     pub name: String,
     pub delete_on_close: bool,
     pub listing: Option<Listing>,
+    /// A named pipe on IPC$ (then `info` is a placeholder).
+    pub pipe: Option<crate::rpc::Pipe>,
 }
 
 /// Where a QUERY_DIRECTORY enumeration stands.
@@ -126,11 +128,11 @@ impl Connection {
             Ok(t) => t,
             Err(s) => return Reply::error(s),
         };
-        if ipc {
-            return Reply::error(status::NOT_SUPPORTED); // named pipes come with DCE/RPC
-        }
         if self.opens.len() >= MAX_OPENS_PER_CONNECTION {
             return Reply::error(status::REQUEST_NOT_ACCEPTED);
+        }
+        if ipc {
+            return self.open_pipe(h, &path);
         }
         let writes = access & WRITE_ACCESS != 0 || disposition != 1 || options & FILE_DELETE_ON_CLOSE != 0;
         if read_only && writes && disposition != 1 {
@@ -209,8 +211,72 @@ impl Connection {
         r.extend_from_slice(&[0; 8]);
         r.push(0);
         let delete_on_close = options & FILE_DELETE_ON_CLOSE != 0;
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, delete_on_close, listing: None });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, delete_on_close, listing: None, pipe: None });
         Reply::ok(r)
+    }
+
+    /// CREATE on IPC$: a named pipe served by the DCE/RPC layer (srvsvc for now).
+    fn open_pipe(&mut self, h: &Header, path: &str) -> Reply {
+        let name = path.trim_start_matches('\\');
+        let name = name.strip_prefix("pipe\\").or_else(|| name.strip_prefix("PIPE\\")).unwrap_or(name);
+        if !name.eq_ignore_ascii_case("srvsvc") {
+            return Reply::error(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let volatile = self.next_file;
+        self.next_file += 1;
+        let tree = match h.target {
+            Target::Sync { tree_id, .. } => tree_id,
+            Target::Async { .. } => 0,
+        };
+        let info = FileInfo { id: volatile, name: name.to_string(), directory: false, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0x80 };
+        let mut r = vec![89, 0, 0, 0];
+        r.extend_from_slice(&1u32.to_le_bytes()); // FILE_OPENED
+        r.extend_from_slice(&[0; 48]); // times, allocation, end of file
+        r.extend_from_slice(&0x80u32.to_le_bytes()); // FILE_ATTRIBUTE_NORMAL
+        r.extend_from_slice(&0u32.to_le_bytes());
+        r.extend_from_slice(&volatile.to_le_bytes());
+        r.extend_from_slice(&volatile.to_le_bytes());
+        r.extend_from_slice(&[0; 8]);
+        r.push(0);
+        let pipe = crate::rpc::Pipe::new(name, (volatile as u32) | 0x1000);
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe) });
+        Reply::ok(r)
+    }
+
+    /// The shares srvsvc lists: every share in Raft and IPC$.
+    pub(super) fn share_entries(dir: &dyn super::Directory) -> Vec<crate::rpc::ShareEntry> {
+        let mut out: Vec<crate::rpc::ShareEntry> = dir.shares().into_iter().map(|name| crate::rpc::ShareEntry { name, kind: 0, remark: String::new() }).collect();
+        out.push(crate::rpc::ShareEntry { name: "IPC$".into(), kind: 0x8000_0003, remark: "IPC Service (Umbra)".into() });
+        out
+    }
+
+    /// FSCTL_PIPE_TRANSCEIVE: one request PDU in, the reply out (BUFFER_OVERFLOW when longer
+    /// than the client's MaxOutputResponse; it reads the rest).
+    pub(super) fn transceive(&mut self, h: &Header, body: &[u8], input: &[u8], max_out: u32, dir: &dyn super::Directory) -> Reply {
+        let Some(volatile) = Self::file_id(body, 8) else { return Reply::error(status::INVALID_PARAMETER) };
+        if let Err(s) = self.open_of(h, volatile) {
+            return Reply::error(s);
+        }
+        let shares = Self::share_entries(dir);
+        let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::INVALID_DEVICE_REQUEST) };
+        if pipe.write(input, &shares).is_err() {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
+        let out = pipe.read(max_out as usize);
+        let more = pipe.pending() > 0;
+        let mut r = vec![49, 0, 0, 0];
+        r.extend_from_slice(&body[4..24]); // CtlCode, FileId
+        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes());
+        r.extend_from_slice(&0u32.to_le_bytes());
+        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes());
+        r.extend_from_slice(&(out.len() as u32).to_le_bytes());
+        r.extend_from_slice(&[0; 8]);
+        r.extend_from_slice(&out);
+        let mut reply = Reply::ok(r);
+        if more {
+            reply.status = status::BUFFER_OVERFLOW;
+        }
+        reply
     }
 
     /// (share, read-only, ipc) of the request's tree.
@@ -262,6 +328,9 @@ impl Connection {
             return Reply::error(status::INVALID_PARAMETER);
         }
         let Some(data) = message.get(usize::from(data_off)..usize::from(data_off) + len as usize) else { return Reply::error(status::INVALID_PARAMETER) };
+        if self.opens.get(&volatile).is_some_and(|o| o.pipe.is_some()) && self.open_of(h, volatile).is_ok() {
+            return self.pipe_write(volatile, data, len);
+        }
         let (share, id) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::FILE_IS_A_DIRECTORY),
             Ok(o) => (o.share.clone(), o.info.id),
@@ -287,6 +356,22 @@ impl Connection {
         if len > self.config.max_io_bytes {
             return Reply::error(status::INVALID_PARAMETER);
         }
+        if let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) {
+            let data = pipe.read(len as usize);
+            if data.is_empty() {
+                return Reply::error(status::PIPE_EMPTY);
+            }
+            let more = pipe.pending() > 0;
+            let mut r = vec![17, 0, (HEADER_BYTES + 16) as u8, 0];
+            r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            r.extend_from_slice(&[0; 8]);
+            r.extend_from_slice(&data);
+            let mut reply = Reply::ok(r);
+            if more {
+                reply.status = status::BUFFER_OVERFLOW;
+            }
+            return reply;
+        }
         let (share, id) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
             Ok(o) => (o.share.clone(), o.info.id),
@@ -301,6 +386,18 @@ impl Connection {
         r.extend_from_slice(&(data.len() as u32).to_le_bytes());
         r.extend_from_slice(&[0; 8]);
         r.extend_from_slice(&data);
+        Reply::ok(r)
+    }
+
+    fn pipe_write(&mut self, volatile: u64, data: &[u8], len: u32) -> Reply {
+        // Shares are listed at the time of the call that needs them (transceive or read).
+        let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::FILE_CLOSED) };
+        if pipe.write(data, &self.pipe_shares).is_err() {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
+        let mut r = vec![17, 0, 0, 0];
+        r.extend_from_slice(&len.to_le_bytes());
+        r.extend_from_slice(&[0; 9]);
         Reply::ok(r)
     }
 

@@ -1,0 +1,76 @@
+//! NDR 2.0 (little-endian), writing only what replies need: aligned integers, unique
+//! pointers with referent ids, and conformant varying UTF-16 strings.
+
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+    next_referent: u32,
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        // Referent ids are arbitrary non-zero values; these match what Samba sends.
+        Writer { buf: Vec::new(), next_referent: 0x0002_0008 }
+    }
+
+    pub fn align(&mut self, n: usize) {
+        while self.buf.len() % n != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    pub fn u32(&mut self, v: u32) {
+        self.align(4);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A non-null unique pointer (its referent id).
+    pub fn pointer(&mut self) {
+        self.next_referent += 4;
+        let id = self.next_referent;
+        self.u32(id);
+    }
+
+    /// A conformant varying string with its terminating NUL (the deferred part of a pointer).
+    pub fn string(&mut self, s: &str) {
+        let units: Vec<u16> = s.encode_utf16().chain([0]).collect();
+        self.u32(units.len() as u32);
+        self.u32(0);
+        self.u32(units.len() as u32);
+        for u in units {
+            self.buf.extend_from_slice(&u.to_le_bytes());
+        }
+    }
+}
+
+/// Reads the little NDR a request needs.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, at: 0 }
+    }
+
+    pub fn u32(&mut self) -> Option<u32> {
+        self.at = self.at.div_ceil(4) * 4;
+        let v = u32::from_le_bytes(self.buf.get(self.at..self.at + 4)?.try_into().ok()?);
+        self.at += 4;
+        Some(v)
+    }
+
+    /// Skips a conformant varying UTF-16 string, bounded by the buffer.
+    pub fn skip_string(&mut self) -> Option<()> {
+        let _max = self.u32()?;
+        let _offset = self.u32()?;
+        let actual = self.u32()? as usize;
+        let end = self.at.checked_add(actual.checked_mul(2)?)?;
+        if end > self.buf.len() {
+            return None;
+        }
+        self.at = end;
+        Some(())
+    }
+}
