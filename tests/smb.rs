@@ -75,7 +75,7 @@ fn users_and_shares_created_with_ctl_take_effect_on_every_node_without_a_restart
 fn smbclient_mkdir_put_ls_get_rename_rm_rmdir_through_a_node_that_does_not_own_the_volume() {
     let c = cluster_with_admin(); // share Data lives on node 2's volume
     let dir = tempfile::tempdir().unwrap();
-    let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..(64u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(dir.path().join("in.bin"), &data).unwrap();
     let smb1 = c.node(1).smb.clone();
     let cmds = format!(
@@ -135,4 +135,21 @@ fn smbclient_lists_every_share_through_srvsvc_on_any_node() {
             assert!(text.contains(share), "node {id} lists {share}: {text}");
         }
     }
+}
+
+#[test]
+fn repeated_failed_logons_lock_the_name_for_a_while_even_with_the_right_password() {
+    let c = cluster_with_admin();
+    assert!(ctl_at(c.addr(1), &["user", "add", "victim", "--role", "user"], Some("Right-pw-1\n")).ok);
+    let smb = c.node(1).smb.clone();
+    for _ in 0..5 {
+        let (ok, out) = smbclient(&smb, "data", "victim", "guess", None, "exit");
+        assert!(!ok && out.contains("NT_STATUS_LOGON_FAILURE"), "{out}");
+    }
+    let (ok, out) = smbclient(&smb, "data", "victim", "Right-pw-1", None, "exit");
+    assert!(!ok && out.contains("NT_STATUS_LOGON_FAILURE"), "locked out: {out}");
+    assert!(c.log(1).contains("too many recent failures"));
+    // Other users are unaffected.
+    let (ok, out) = smbclient(&smb, "data", "admin", "S3cret-pw", None, "exit");
+    assert!(ok, "{out}");
 }

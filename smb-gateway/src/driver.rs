@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::server::connection::{Connection, Outcome};
 use crate::server::files::Files;
+use crate::server::throttle::Throttle;
 use crate::server::{Config, Directory, Environment};
 use crate::smb2::frame;
 
@@ -20,9 +21,13 @@ pub fn max_frame_bytes(config: &Config) -> usize {
 /// Connections served at once; more are refused until one ends.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-struct Env;
+struct Env(Arc<std::sync::Mutex<Throttle>>);
 
 impl Environment for Env {
+    fn throttle(&mut self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.0.lock().expect("throttle lock")
+    }
+
     fn random(&mut self, out: &mut [u8]) {
         for chunk in out.chunks_mut(16) {
             let r = uuid::Uuid::new_v4();
@@ -40,6 +45,7 @@ impl Environment for Env {
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let throttle = Arc::new(std::sync::Mutex::new(Throttle::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -52,11 +58,11 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
             tracing::warn!(%peer, "too many SMB connections; refusing one");
             continue;
         };
-        let (config, directory, files) = (config.clone(), directory.clone(), files.clone());
+        let (config, directory, files, throttle) = (config.clone(), directory.clone(), files.clone(), throttle.clone());
         let span = tracing::info_span!("smb", %peer);
         tokio::spawn(
             async move {
-                if let Err(e) = connection(stream, config, directory, files).await {
+                if let Err(e) = connection(stream, config, directory, files, throttle).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
                 drop(slot);
@@ -66,7 +72,13 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
     }
 }
 
-async fn connection(mut stream: TcpStream, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>) -> std::io::Result<()> {
+async fn connection(
+    mut stream: TcpStream,
+    config: Config,
+    directory: Arc<dyn Directory + Send + Sync>,
+    files: Arc<dyn Files>,
+    throttle: Arc<std::sync::Mutex<Throttle>>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let max = max_frame_bytes(&config);
     let mut conn = Some(Connection::new(config));
@@ -79,9 +91,9 @@ async fn connection(mut stream: TcpStream, config: Config, directory: Arc<dyn Di
             // Storage calls may block (or wait on another node): run the frame on the blocking pool.
             let frame_bytes = buf[range].to_vec();
             buf.drain(..used);
-            let (mut c, d, f) = (conn.take().expect("connection present"), directory.clone(), files.clone());
+            let (mut c, d, f, t) = (conn.take().expect("connection present"), directory.clone(), files.clone(), throttle.clone());
             let (c, outcome) = tokio::task::spawn_blocking(move || {
-                let outcome = c.on_frame(&frame_bytes, d.as_ref(), f.as_ref(), &mut Env);
+                let outcome = c.on_frame(&frame_bytes, d.as_ref(), f.as_ref(), &mut Env(t));
                 (c, outcome)
             })
             .await

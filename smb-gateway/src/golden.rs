@@ -360,9 +360,13 @@ impl crate::server::files::Files for NoFiles {
     }
 }
 
-struct TestEnv(u8);
+struct TestEnv(u8, std::sync::Mutex<crate::server::throttle::Throttle>);
 
 impl crate::server::Environment for TestEnv {
+    fn throttle(&mut self) -> std::sync::MutexGuard<'_, crate::server::throttle::Throttle> {
+        self.1.lock().unwrap()
+    }
+
     fn random(&mut self, out: &mut [u8]) {
         for b in out {
             self.0 = self.0.wrapping_mul(31).wrapping_add(7);
@@ -384,7 +388,7 @@ fn the_server_answers_smbclients_captured_negotiate_with_3_1_1_and_its_contexts(
     let (up, _) = streams("smbclient-3.1.1-basic.pcap");
     let first = &frames(&up)[0];
     let mut conn = Connection::new(test_config());
-    let Outcome::Reply(reply) = conn.on_frame(first, &TestDir, &NoFiles, &mut TestEnv(1)) else { panic!("a reply") };
+    let Outcome::Reply(reply) = conn.on_frame(first, &TestDir, &NoFiles, &mut TestEnv(1, Default::default())) else { panic!("a reply") };
     let resp = crate::smb2::negotiate::Response::parse(&reply).unwrap();
     assert_eq!(resp.dialect, crate::smb2::negotiate::DIALECT_311);
     assert_eq!(resp.signing_algorithm(), Some(2), "AES-GMAC, as smbclient offers it");
@@ -392,7 +396,7 @@ fn the_server_answers_smbclients_captured_negotiate_with_3_1_1_and_its_contexts(
     let h = Header::parse(&reply).unwrap();
     assert!(h.is_response() && h.status == 0);
     // A second NEGOTIATE on the same connection ends it.
-    assert!(matches!(conn.on_frame(first, &TestDir, &NoFiles, &mut TestEnv(1)), Outcome::Close(_)));
+    assert!(matches!(conn.on_frame(first, &TestDir, &NoFiles, &mut TestEnv(1, Default::default())), Outcome::Close(_)));
 }
 
 proptest! {
@@ -411,8 +415,8 @@ proptest! {
         }
         let mut conn = Connection::new(test_config());
         if negotiated {
-            let _ = conn.on_frame(&first, &TestDir, &NoFiles, &mut TestEnv(3));
+            let _ = conn.on_frame(&first, &TestDir, &NoFiles, &mut TestEnv(3, Default::default()));
         }
-        let _ = conn.on_frame(&f, &TestDir, &NoFiles, &mut TestEnv(5));
+        let _ = conn.on_frame(&f, &TestDir, &NoFiles, &mut TestEnv(5, Default::default()));
     }
 }

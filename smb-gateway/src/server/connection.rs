@@ -273,7 +273,7 @@ impl Connection {
             return Reply::error(status::USER_SESSION_DELETED);
         };
         pending.preauth.update(message);
-        match self.authenticate(h.session_id, &pending, token, dialect, dir) {
+        match self.authenticate(h.session_id, &pending, token, dialect, dir, env) {
             Ok(reply) => reply,
             Err(status) => Reply { session_id: Some(h.session_id), ..Reply::error(status) },
         }
@@ -306,11 +306,25 @@ impl Connection {
         Reply { status: status::MORE_PROCESSING_REQUIRED, body, session_id: Some(session_id), tree_id: None }
     }
 
-    fn authenticate(&mut self, session_id: u64, p: &Pending, token: &[u8], dialect: u16, dir: &dyn Directory) -> Result<Reply, u32> {
+    fn authenticate(&mut self, session_id: u64, p: &Pending, token: &[u8], dialect: u16, dir: &dyn Directory, env: &mut dyn Environment) -> Result<Reply, u32> {
         let resp = spnego::parse_resp(token).map_err(|_| status::INVALID_PARAMETER)?;
         let auth = Authenticate::parse(resp.response_token.as_deref().unwrap_or(&[])).map_err(|_| status::INVALID_PARAMETER)?;
-        let (hash, role) = dir.user(&auth.user).ok_or(status::LOGON_FAILURE)?;
-        let base = verify_ntlmv2(&hash, &auth.user, &auth.domain, &p.server_challenge, &auth.nt_response).map_err(|_| status::LOGON_FAILURE)?;
+        let now = env.now();
+        if !env.throttle().allowed(&auth.user, now) {
+            tracing::warn!(user = %auth.user, "logon refused: too many recent failures");
+            return Err(status::LOGON_FAILURE);
+        }
+        let verified = dir.user(&auth.user).ok_or(status::LOGON_FAILURE).and_then(|(hash, role)| {
+            verify_ntlmv2(&hash, &auth.user, &auth.domain, &p.server_challenge, &auth.nt_response).map(|key| (key, role)).map_err(|_| status::LOGON_FAILURE)
+        });
+        let (base, role) = match verified {
+            Ok(v) => v,
+            Err(status) => {
+                env.throttle().failed(&auth.user, now);
+                return Err(status);
+            }
+        };
+        env.throttle().succeeded(&auth.user);
         let exported = exported_session_key(&base, auth.flags & p.challenge_flags, &auth.encrypted_session_key);
         let (mut to_server, mut to_client) = directions(&exported, auth.flags & p.challenge_flags);
         let mic = match resp.mech_list_mic {

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod files;
 mod ops;
 mod session;
+pub mod throttle;
 
 use umbra_raft::command::{NtHash, Role};
 
@@ -24,6 +25,8 @@ pub trait Environment {
     fn random(&mut self, out: &mut [u8]);
     /// Now, as FILETIME (100 ns ticks since 1601).
     fn now(&self) -> u64;
+    /// Failed-logon throttling, shared by the server's connections.
+    fn throttle(&mut self) -> std::sync::MutexGuard<'_, throttle::Throttle>;
 }
 
 /// Server settings.

@@ -1,0 +1,81 @@
+//! Failed-logon throttling: after [`MAX_FAILURES`] failures for one user name within
+//! [`FAILURE_WINDOW_TICKS`], further logons for that name are refused for
+//! [`LOCKOUT_TICKS`] whatever the password, which makes guessing slow. Times are FILETIME
+//! ticks from the caller; the table is bounded.
+
+use std::collections::HashMap;
+
+pub const MAX_FAILURES: u32 = 5;
+/// 60 s in FILETIME ticks (100 ns).
+pub const FAILURE_WINDOW_TICKS: u64 = 60 * 10_000_000;
+/// 30 s in FILETIME ticks.
+pub const LOCKOUT_TICKS: u64 = 30 * 10_000_000;
+/// User names tracked at once; the stalest entry goes first.
+pub const MAX_TRACKED_NAMES: usize = 10_000;
+
+#[derive(Clone, Copy)]
+struct Record {
+    failures: u32,
+    since: u64,
+    locked_until: u64,
+}
+
+#[derive(Default)]
+pub struct Throttle {
+    names: HashMap<String, Record>,
+}
+
+impl Throttle {
+    pub fn allowed(&self, user: &str, now: u64) -> bool {
+        self.names.get(&user.to_lowercase()).is_none_or(|r| now >= r.locked_until)
+    }
+
+    pub fn failed(&mut self, user: &str, now: u64) {
+        if self.names.len() >= MAX_TRACKED_NAMES && !self.names.contains_key(&user.to_lowercase()) {
+            if let Some(stalest) = self.names.iter().min_by_key(|(_, r)| r.since).map(|(k, _)| k.clone()) {
+                self.names.remove(&stalest);
+            }
+        }
+        let r = self.names.entry(user.to_lowercase()).or_insert(Record { failures: 0, since: now, locked_until: 0 });
+        if now.saturating_sub(r.since) > FAILURE_WINDOW_TICKS {
+            *r = Record { failures: 0, since: now, locked_until: 0 };
+        }
+        r.failures += 1;
+        if r.failures >= MAX_FAILURES {
+            r.locked_until = now + LOCKOUT_TICKS;
+        }
+    }
+
+    pub fn succeeded(&mut self, user: &str) {
+        self.names.remove(&user.to_lowercase());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_lock_a_name_for_a_while_and_success_clears_it() {
+        let mut t = Throttle::default();
+        for i in 0..MAX_FAILURES - 1 {
+            t.failed("Bob", i as u64);
+            assert!(t.allowed("bob", i as u64));
+        }
+        t.failed("BOB", 10);
+        assert!(!t.allowed("bob", 11));
+        assert!(t.allowed("alice", 11), "other names are unaffected");
+        assert!(t.allowed("bob", 10 + LOCKOUT_TICKS));
+        t.failed("carol", 0);
+        t.succeeded("Carol");
+        assert!(t.names.is_empty() || !t.names.contains_key("carol"));
+        let mut old = Throttle::default();
+        for _ in 0..3 {
+            old.failed("dave", 0);
+        }
+        for _ in 0..3 {
+            old.failed("dave", FAILURE_WINDOW_TICKS + 1);
+        }
+        assert!(old.allowed("dave", FAILURE_WINDOW_TICKS + 2), "failures outside the window do not add up");
+    }
+}
