@@ -418,7 +418,7 @@ impl Connection {
         let (Some(&class), Some(&flags), Some(volatile), Some(name_off), Some(name_len), Some(out_len)) = (b.get(2), b.get(3), Self::file_id(b, 8), u16_at(b, 24), u16_at(b, 26), u32_at(b, 28)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
-        if class != 37 && class != 3 {
+        if !matches!(class, 1 | 2 | 3 | 12 | 37 | 38) {
             return Reply::error(status::INVALID_INFO_CLASS);
         }
         let pattern = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16).unwrap_or_default();
@@ -602,24 +602,43 @@ impl Connection {
     }
 }
 
-/// One QUERY_DIRECTORY entry (FileBothDirectoryInformation 3 or FileIdBothDirectoryInformation 37).
+/// One QUERY_DIRECTORY entry in information class `class` (MS-FSCC 2.4): FileDirectory (1),
+/// FileFullDirectory (2), FileBothDirectory (3), FileNames (12), FileIdBothDirectory (37),
+/// FileIdFullDirectory (38).
 fn dir_entry(class: u8, f: &FileInfo, name: &str) -> Vec<u8> {
-    let mut e = Vec::with_capacity(104 + name.len() * 2);
+    let name_bytes = (name.encode_utf16().count() * 2) as u32;
+    let mut e = Vec::with_capacity(104 + name_bytes as usize);
     e.extend_from_slice(&0u32.to_le_bytes()); // NextEntryOffset, patched by the caller
     e.extend_from_slice(&0u32.to_le_bytes()); // FileIndex
+    if class == 12 {
+        e.extend_from_slice(&name_bytes.to_le_bytes());
+        put_utf16(&mut e, name);
+        return e;
+    }
     for t in [f.created, f.written, f.written, f.changed] {
         e.extend_from_slice(&t.to_le_bytes());
     }
     e.extend_from_slice(&f.size.to_le_bytes());
     e.extend_from_slice(&f.allocated.to_le_bytes());
     e.extend_from_slice(&attributes(f).to_le_bytes());
-    e.extend_from_slice(&((name.encode_utf16().count() * 2) as u32).to_le_bytes());
-    e.extend_from_slice(&0u32.to_le_bytes()); // EaSize
-    e.extend_from_slice(&[0; 2]); // ShortNameLength, Reserved1
-    e.extend_from_slice(&[0; 24]); // ShortName
-    if class == 37 {
-        e.extend_from_slice(&[0; 2]); // Reserved2
-        e.extend_from_slice(&f.id.to_le_bytes());
+    e.extend_from_slice(&name_bytes.to_le_bytes());
+    if class != 1 {
+        e.extend_from_slice(&0u32.to_le_bytes()); // EaSize
+    }
+    match class {
+        3 | 37 => {
+            e.extend_from_slice(&[0; 2]); // ShortNameLength, Reserved1
+            e.extend_from_slice(&[0; 24]); // ShortName
+            if class == 37 {
+                e.extend_from_slice(&[0; 2]); // Reserved2
+                e.extend_from_slice(&f.id.to_le_bytes());
+            }
+        }
+        38 => {
+            e.extend_from_slice(&[0; 4]); // Reserved
+            e.extend_from_slice(&f.id.to_le_bytes());
+        }
+        _ => {}
     }
     put_utf16(&mut e, name);
     e
