@@ -174,3 +174,40 @@ fn impacket_and_smbprotocol_round_trip_files_with_signing_required_in_2_1_3_0_2_
         }
     }
 }
+
+#[test]
+fn rpcclient_gets_server_and_share_information_over_srvsvc() {
+    let c = cluster_with_admin();
+    let port = c.node(3).smb.rsplit(':').next().unwrap().to_string();
+    let cmds = "srvinfo; netsharegetinfo Data 1; netsharegetinfo Data 2; netsharegetinfo Data 501; netsharegetinfo Data 502; netshareenumall 2; netsharegetinfo nope";
+    let out = Command::new("rpcclient").args(["-p", &port, "-U", "admin%S3cret-pw", "127.0.0.1", "-c", cmds]).output().expect("rpcclient runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("UMBRA") && text.contains("platform_id") && text.contains("500"), "{text}");
+    // rpcclient prints levels 1, 2 and 502 (it has no printer for 501, which still succeeds).
+    assert!(text.matches("netname: Data").count() >= 4, "three printed levels and the listing: {text}");
+    assert!(!text.contains("WERR_INVALID_LEVEL"), "{text}");
+    assert!(text.contains("path:\tC:\\Data") && text.contains("IPC$"), "{text}");
+    assert!(text.contains("WERR_NERR_NETNAMENOTFOUND") || text.contains("NERR_NetNameNotFound"), "{text}");
+}
+
+#[test]
+fn garbage_on_the_smb_port_ends_that_connection_only() {
+    use std::io::{Read, Write};
+    let c = cluster_with_admin();
+    let smb = c.node(1).smb.clone();
+    let payloads: Vec<Vec<u8>> = vec![
+        vec![0xff; 4096],
+        vec![0, 0xff, 0xff, 0xff],
+        [vec![0, 0, 0, 80], vec![0xfe, b'S', b'M', b'B'], vec![0x41; 76]].concat(),
+        [vec![0, 0, 0, 68], b"\\xffSMBr".to_vec(), vec![0; 63]].concat(),
+    ];
+    for p in payloads {
+        let mut s = std::net::TcpStream::connect(&smb).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&p);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    let (ok, out) = smbclient(&smb, "data", "admin", "S3cret-pw", None, "ls");
+    assert!(ok, "the node still serves: {out}");
+}

@@ -61,6 +61,18 @@ impl<'a> Reader<'a> {
         Some(v)
     }
 
+    /// A conformant varying UTF-16 string (its NUL dropped), bounded by the buffer.
+    pub fn string(&mut self) -> Option<String> {
+        let _max = self.u32()?;
+        let _offset = self.u32()?;
+        let actual = self.u32()? as usize;
+        let end = self.at.checked_add(actual.checked_mul(2)?)?;
+        let bytes = self.buf.get(self.at..end)?;
+        self.at = end;
+        let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+        String::from_utf16(&units).ok()
+    }
+
     /// Skips a conformant varying UTF-16 string, bounded by the buffer.
     pub fn skip_string(&mut self) -> Option<()> {
         let _max = self.u32()?;

@@ -8,28 +8,139 @@ use super::ShareEntry;
 pub const INTERFACE: Interface = [0xc8, 0x4f, 0x32, 0x4b, 0x70, 0x16, 0xd3, 0x01, 0x12, 0x78, 0x5a, 0x47, 0xbf, 0x6e, 0xe1, 0x88, 3, 0, 0, 0];
 
 const NET_SHARE_ENUM_ALL: u16 = 15;
+const NET_SHARE_GET_INFO: u16 = 16;
+const NET_SERVER_GET_INFO: u16 = 21;
 const ERROR_INVALID_LEVEL: u32 = 124;
+const NERR_NET_NAME_NOT_FOUND: u32 = 2310;
+/// The server name srvsvc reports (the cluster's one SMB name).
+pub const SERVER_NAME: &str = "UMBRA";
 
 /// Runs one call; `Err` is a fault status.
 pub fn call(opnum: u16, stub: &[u8], shares: &[ShareEntry]) -> Result<Vec<u8>, u32> {
     match opnum {
         NET_SHARE_ENUM_ALL => share_enum_all(stub, shares),
+        NET_SHARE_GET_INFO => share_get_info(stub, shares),
+        NET_SERVER_GET_INFO => server_get_info(stub),
         _ => Err(NCA_OP_RNG_ERROR),
     }
 }
 
-/// NetrShareEnum (opnum 15): [in] server name (unique), [in,out] info struct, [in] preferred
-/// max length, [in,out] resume handle (unique). Levels 0 and 1.
-fn share_enum_all(stub: &[u8], shares: &[ShareEntry]) -> Result<Vec<u8>, u32> {
-    let mut r = Reader::new(stub);
+/// Skips the optional server name every srvsvc call starts with.
+fn skip_server_name(r: &mut Reader) -> Result<(), u32> {
     if r.u32().ok_or(RPC_BAD_STUB_DATA)? != 0 {
         r.skip_string().ok_or(RPC_BAD_STUB_DATA)?;
     }
+    Ok(())
+}
+
+/// Levels of SHARE_INFO this server answers.
+fn share_level(level: u32) -> bool {
+    matches!(level, 0 | 1 | 2 | 501 | 502)
+}
+
+/// The fixed part of a SHARE_INFO_<level> (pointers as referent ids).
+fn share_fixed(w: &mut Writer, s: &ShareEntry, level: u32) {
+    w.pointer(); // netname
+    if level != 0 {
+        w.u32(s.kind);
+        w.pointer(); // remark
+    }
+    if level == 501 {
+        w.u32(0); // csc flags: manual caching
+    }
+    if level == 2 || level == 502 {
+        w.u32(0); // permissions
+        w.u32(u32::MAX); // max uses: unlimited
+        w.u32(0); // current uses
+        w.pointer(); // path
+        w.u32(0); // password: null
+    }
+    if level == 502 {
+        w.u32(0); // reserved (size of the security descriptor)
+        w.u32(0); // security descriptor: null
+    }
+}
+
+/// The deferred strings of a SHARE_INFO_<level>, in pointer order.
+fn share_deferred(w: &mut Writer, s: &ShareEntry, level: u32) {
+    w.string(&s.name);
+    if level != 0 {
+        w.string(&s.remark);
+    }
+    if level == 2 || level == 502 {
+        w.string(&share_path(s));
+    }
+}
+
+/// The share's path as Windows tools show it.
+fn share_path(s: &ShareEntry) -> String {
+    if s.kind == 0 { format!("C:\\{}", s.name) } else { String::new() }
+}
+
+/// NetrShareGetInfo (opnum 16): levels 0, 1, 2, 501 and 502 (502 with no security descriptor).
+fn share_get_info(stub: &[u8], shares: &[ShareEntry]) -> Result<Vec<u8>, u32> {
+    let mut r = Reader::new(stub);
+    skip_server_name(&mut r)?;
+    let name = r.string().ok_or(RPC_BAD_STUB_DATA)?;
+    let level = r.u32().ok_or(RPC_BAD_STUB_DATA)?;
+    let mut w = Writer::new();
+    w.u32(level);
+    let Some(s) = shares.iter().find(|s| s.name.eq_ignore_ascii_case(&name)) else {
+        w.u32(0);
+        w.u32(NERR_NET_NAME_NOT_FOUND);
+        return Ok(w.buf);
+    };
+    if !share_level(level) {
+        w.u32(0);
+        w.u32(ERROR_INVALID_LEVEL);
+        return Ok(w.buf);
+    }
+    w.pointer(); // the SHARE_INFO_<level>
+    share_fixed(&mut w, s, level);
+    share_deferred(&mut w, s, level);
+    w.u32(0); // WERR_OK
+    Ok(w.buf)
+}
+
+/// NetrServerGetInfo (opnum 21): levels 100 and 101.
+fn server_get_info(stub: &[u8]) -> Result<Vec<u8>, u32> {
+    let mut r = Reader::new(stub);
+    skip_server_name(&mut r)?;
+    let level = r.u32().ok_or(RPC_BAD_STUB_DATA)?;
+    let mut w = Writer::new();
+    w.u32(level);
+    if level != 100 && level != 101 {
+        w.u32(0);
+        w.u32(ERROR_INVALID_LEVEL);
+        return Ok(w.buf);
+    }
+    w.pointer();
+    w.u32(500); // PLATFORM_ID_NT
+    w.pointer(); // name
+    if level == 101 {
+        w.u32(6); // version 6.1
+        w.u32(1);
+        w.u32(0x0000_9003); // workstation | server | NT server ... SV_TYPE_*
+        w.pointer(); // comment
+    }
+    w.string(SERVER_NAME);
+    if level == 101 {
+        w.string("Umbra");
+    }
+    w.u32(0); // WERR_OK
+    Ok(w.buf)
+}
+
+/// NetrShareEnum (opnum 15): [in] server name (unique), [in,out] info struct, [in] preferred
+/// max length, [in,out] resume handle (unique). Levels 0, 1, 2, 501 and 502.
+fn share_enum_all(stub: &[u8], shares: &[ShareEntry]) -> Result<Vec<u8>, u32> {
+    let mut r = Reader::new(stub);
+    skip_server_name(&mut r)?;
     let level = r.u32().ok_or(RPC_BAD_STUB_DATA)?;
     let mut w = Writer::new();
     w.u32(level);
     w.u32(level);
-    if level > 1 {
+    if !share_level(level) {
         w.u32(0); // null container
         w.u32(0);
         w.u32(0);
@@ -41,17 +152,10 @@ fn share_enum_all(stub: &[u8], shares: &[ShareEntry]) -> Result<Vec<u8>, u32> {
     w.pointer(); // the array
     w.u32(shares.len() as u32);
     for s in shares {
-        w.pointer();
-        if level == 1 {
-            w.u32(s.kind);
-            w.pointer();
-        }
+        share_fixed(&mut w, s, level);
     }
     for s in shares {
-        w.string(&s.name);
-        if level == 1 {
-            w.string(&s.remark);
-        }
+        share_deferred(&mut w, s, level);
     }
     w.u32(shares.len() as u32); // total entries
     w.pointer(); // resume handle
