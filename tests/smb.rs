@@ -211,3 +211,17 @@ fn garbage_on_the_smb_port_ends_that_connection_only() {
     let (ok, out) = smbclient(&smb, "data", "admin", "S3cret-pw", None, "ls");
     assert!(ok, "the node still serves: {out}");
 }
+
+#[test]
+fn rpcclient_binds_with_ntlmssp_at_integrity_and_privacy_levels() {
+    let c = cluster_with_admin();
+    let port = c.node(2).smb.rsplit(':').next().unwrap().to_string();
+    for binding in ["ncacn_np:127.0.0.1[sign]", "ncacn_np:127.0.0.1[seal]"] {
+        let out = Command::new("rpcclient").args(["-p", &port, "-U", "admin%S3cret-pw", binding, "-c", "srvinfo; netsharegetinfo Data"]).output().expect("rpcclient runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        // rpcclient checks every response's signature and, sealed, decrypts it.
+        assert!(out.status.success() && text.contains("UMBRA") && text.contains("netname: Data"), "{binding}: {text}");
+    }
+    let log = c.log(2);
+    assert!(log.contains("DCE/RPC bind authenticated") && log.contains("level=5") && log.contains("level=6"), "both levels were used");
+}

@@ -39,22 +39,45 @@ pub fn directions(exported_session_key: &[u8; 16], flags: u32) -> (Direction, Di
 }
 
 impl Direction {
-    /// The 16-byte NTLMSSP_MESSAGE_SIGNATURE of `message` (version, checksum, sequence).
-    pub fn mac(&mut self, message: &[u8]) -> [u8; 16] {
+    fn checksum(&self, message: &[u8]) -> [u8; 8] {
         use hmac::{Hmac, Mac};
-        let seq = self.seq.to_le_bytes();
         let mut h = <Hmac<Md5> as Mac>::new_from_slice(&self.sign_key).expect("HMAC takes any key length");
-        h.update(&seq);
+        h.update(&self.seq.to_le_bytes());
         h.update(message);
-        let mut checksum: [u8; 8] = h.finalize().into_bytes()[..8].try_into().expect("8 bytes");
+        h.finalize().into_bytes()[..8].try_into().expect("8 bytes")
+    }
+
+    /// Seals the checksum (with key exchange), builds the signature, and moves to the next
+    /// sequence number.
+    fn finish(&mut self, mut checksum: [u8; 8]) -> [u8; 16] {
         if self.key_exch {
             self.seal.apply_keystream(&mut checksum);
         }
-        self.seq = self.seq.wrapping_add(1);
         let mut out = [0u8; 16];
         out[..4].copy_from_slice(&1u32.to_le_bytes());
         out[4..12].copy_from_slice(&checksum);
-        out[12..].copy_from_slice(&seq);
+        out[12..].copy_from_slice(&self.seq.to_le_bytes());
+        self.seq = self.seq.wrapping_add(1);
         out
+    }
+
+    /// The 16-byte NTLMSSP_MESSAGE_SIGNATURE of `message` (version, checksum, sequence).
+    pub fn mac(&mut self, message: &[u8]) -> [u8; 16] {
+        let checksum = self.checksum(message);
+        self.finish(checksum)
+    }
+
+    /// Sending with privacy: the signature covers `plain` (the message as it is before
+    /// sealing), then `data` is encrypted in place, then the checksum (MS-NLMP 3.4.3).
+    pub fn seal(&mut self, plain: &[u8], data: &mut [u8]) -> [u8; 16] {
+        let checksum = self.checksum(plain);
+        self.seal.apply_keystream(data);
+        self.finish(checksum)
+    }
+
+    /// Receiving with privacy: decrypts `data` in place (then check the signature with `mac`
+    /// over the now-plain message).
+    pub fn unseal(&mut self, data: &mut [u8]) {
+        self.seal.apply_keystream(data);
     }
 }

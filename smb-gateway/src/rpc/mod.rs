@@ -2,10 +2,12 @@
 //! takes request bytes written to the pipe and produces the bytes to read back. Interfaces:
 //! srvsvc (share enumeration). Unauthenticated binds take the SMB session's user.
 
+pub mod auth;
 pub mod ndr;
 pub mod pdu;
 pub mod srvsvc;
 
+use auth::{Auth, AuthContext, Trailer, LEVEL_PRIVACY, SIGNATURE_BYTES};
 use pdu::{Header, PduError};
 
 /// Bytes one pipe buffers for the client at most; beyond, the connection is refused the call.
@@ -31,46 +33,33 @@ pub struct Pipe {
     pending: Vec<u8>,
     stub: Vec<u8>,
     assoc_group: u32,
+    /// NTLMSSP authentication of the association, when the bind asked for it.
+    auth: Option<Auth>,
 }
 
 impl Pipe {
     pub fn new(name: &str, assoc_group: u32) -> Self {
-        Pipe { name: name.to_string(), bound: None, pending: Vec::new(), stub: Vec::new(), assoc_group }
+        Pipe { name: name.to_string(), bound: None, pending: Vec::new(), stub: Vec::new(), assoc_group, auth: None }
     }
 
     /// Feeds one PDU the client wrote; replies are queued for reading.
-    pub fn write(&mut self, pdu: &[u8], shares: &[ShareEntry]) -> Result<(), PduError> {
+    pub fn write(&mut self, pdu: &[u8], shares: &[ShareEntry], ctx: &AuthContext) -> Result<(), PduError> {
         let h = Header::parse(pdu)?;
         let reply = match h.ptype {
-            pdu::BIND | pdu::ALTER_CONTEXT => {
-                let (reply, ctx) = pdu::bind_reply(&h, pdu, &format!("\\pipe\\{}", self.name.to_lowercase()), self.assoc_group, &[srvsvc::INTERFACE])?;
-                if ctx.is_some() {
-                    self.bound = ctx;
+            pdu::BIND | pdu::ALTER_CONTEXT => self.bind(&h, pdu, ctx)?,
+            pdu::AUTH3 => {
+                let (_, _, value) = auth::split(pdu, usize::from(h.auth_len)).ok_or(PduError::Malformed)?;
+                let ok = self.auth.as_mut().is_some_and(|a| a.finish(value, ctx));
+                if !ok {
+                    self.auth = None;
+                    self.bound = None; // calls on this association now fault
                 }
-                reply
+                return Ok(());
             }
-            pdu::REQUEST => {
-                let (ctx, opnum, stub) = pdu::request_parts(&h, pdu)?;
-                if h.flags & pdu::PFC_FIRST != 0 {
-                    self.stub.clear();
-                }
-                if self.stub.len() + stub.len() > MAX_STUB_BYTES {
-                    return Err(PduError::TooLarge);
-                }
-                self.stub.extend_from_slice(stub);
-                if h.flags & pdu::PFC_LAST == 0 {
-                    return Ok(());
-                }
-                let stub = std::mem::take(&mut self.stub);
-                match (self.bound, opnum) {
-                    (Some(bound), _) if bound != ctx => pdu::fault(&h, ctx, pdu::NCA_UNKNOWN_IF),
-                    (None, _) => pdu::fault(&h, ctx, pdu::NCA_UNKNOWN_IF),
-                    (Some(_), op) => match srvsvc::call(op, &stub, shares) {
-                        Ok(out) => pdu::response(&h, ctx, &out, MAX_FRAGMENT_BYTES),
-                        Err(status) => pdu::fault(&h, ctx, status),
-                    },
-                }
-            }
+            pdu::REQUEST => match self.request(&h, pdu, shares)? {
+                Some(reply) => reply,
+                None => return Ok(()),
+            },
             _ => return Err(PduError::Unsupported(h.ptype)),
         };
         if self.pending.len() + reply.len() > MAX_PIPE_OUTPUT_BYTES {
@@ -78,6 +67,103 @@ impl Pipe {
         }
         self.pending.extend_from_slice(&reply);
         Ok(())
+    }
+
+    fn bind(&mut self, h: &Header, pdu: &[u8], ctx: &AuthContext) -> Result<Vec<u8>, PduError> {
+        let body_end = pdu.len() - if h.auth_len > 0 { usize::from(h.auth_len) + 8 } else { 0 };
+        let (mut reply, accepted) = pdu::bind_reply(h, &pdu[..body_end], &format!("\\pipe\\{}", self.name.to_lowercase()), self.assoc_group, &[srvsvc::INTERFACE])?;
+        if accepted.is_some() {
+            self.bound = accepted;
+        }
+        if h.auth_len > 0 {
+            let (_, trailer, value) = auth::split(pdu, usize::from(h.auth_len)).ok_or(PduError::Malformed)?;
+            let Some((auth, challenge)) = Auth::start(trailer, value, ctx) else { return Err(PduError::Unsupported(h.ptype)) };
+            let pad = (4 - reply.len() % 4) % 4;
+            reply.extend(std::iter::repeat_n(0, pad));
+            reply.extend_from_slice(&Trailer { pad: pad as u8, ..trailer }.encode());
+            reply.extend_from_slice(&challenge);
+            let len = reply.len() as u16;
+            reply[8..10].copy_from_slice(&len.to_le_bytes());
+            reply[10..12].copy_from_slice(&(challenge.len() as u16).to_le_bytes());
+            self.auth = Some(auth);
+        }
+        Ok(reply)
+    }
+
+    /// A request fragment; the reply once the last fragment is in.
+    fn request(&mut self, h: &Header, pdu: &[u8], shares: &[ShareEntry]) -> Result<Option<Vec<u8>>, PduError> {
+        let mut pdu = pdu.to_vec();
+        let stub_at = if h.flags & 0x80 != 0 { 40 } else { 24 };
+        let stub_end = match (&mut self.auth, h.auth_len) {
+            (None, 0) => pdu.len(),
+            (Some(a), n) if n as usize == SIGNATURE_BYTES && a.trailer.level >= auth::LEVEL_INTEGRITY => {
+                let (trailer_at, trailer, sig) = auth::split(&pdu, SIGNATURE_BYTES).ok_or(PduError::Malformed)?;
+                let sig: [u8; 16] = sig.try_into().map_err(|_| PduError::Malformed)?;
+                let Some((to_server, _)) = a.keys.as_mut() else { return Ok(Some(pdu::fault(h, 0, pdu::ACCESS_DENIED))) };
+                if trailer_at < stub_at {
+                    return Err(PduError::Malformed);
+                }
+                if trailer.level == LEVEL_PRIVACY {
+                    to_server.unseal(&mut pdu[stub_at..trailer_at]);
+                }
+                if to_server.mac(&pdu[..trailer_at + 8]) != sig {
+                    return Ok(Some(pdu::fault(h, 0, pdu::ACCESS_DENIED)));
+                }
+                trailer_at.checked_sub(usize::from(trailer.pad)).filter(|&e| e >= stub_at).ok_or(PduError::Malformed)?
+            }
+            (Some(a), 0) if a.trailer.level <= auth::LEVEL_CONNECT => pdu.len(),
+            _ => return Ok(Some(pdu::fault(h, 0, pdu::ACCESS_DENIED))),
+        };
+        let (ctx, opnum) = pdu::request_ids(&pdu).ok_or(PduError::Malformed)?;
+        if h.flags & pdu::PFC_FIRST != 0 {
+            self.stub.clear();
+        }
+        if self.stub.len() + (stub_end - stub_at) > MAX_STUB_BYTES {
+            return Err(PduError::TooLarge);
+        }
+        self.stub.extend_from_slice(&pdu[stub_at..stub_end]);
+        if h.flags & pdu::PFC_LAST == 0 {
+            return Ok(None);
+        }
+        let stub = std::mem::take(&mut self.stub);
+        let out = match self.bound {
+            Some(bound) if bound == ctx => srvsvc::call(opnum, &stub, shares),
+            _ => Err(pdu::NCA_UNKNOWN_IF),
+        };
+        Ok(Some(match out {
+            Ok(out) => self.respond(h, ctx, &out),
+            Err(status) => pdu::fault(h, ctx, status),
+        }))
+    }
+
+    /// The response PDUs; with authentication, one signed (or sealed) fragment.
+    fn respond(&mut self, h: &Header, ctx: u16, stub: &[u8]) -> Vec<u8> {
+        let Some((trailer, to_client)) = self.auth.as_mut().and_then(|a| a.keys.as_mut().map(|(_, to_client)| (a.trailer, to_client))) else {
+            return pdu::response(h, ctx, stub, MAX_FRAGMENT_BYTES);
+        };
+        if trailer.level < auth::LEVEL_INTEGRITY {
+            return pdu::response(h, ctx, stub, MAX_FRAGMENT_BYTES);
+        }
+        let pad = (16 - stub.len() % 16) % 16;
+        let mut body = stub.to_vec();
+        body.extend(std::iter::repeat_n(0, pad));
+        let mut p = pdu::response(h, ctx, &body, u16::MAX);
+        p.extend_from_slice(&Trailer { pad: pad as u8, ..trailer }.encode());
+        let signed_len = p.len();
+        p.extend_from_slice(&[0; SIGNATURE_BYTES]);
+        let len = p.len() as u16;
+        p[8..10].copy_from_slice(&len.to_le_bytes());
+        p[10..12].copy_from_slice(&(SIGNATURE_BYTES as u16).to_le_bytes());
+        // alloc_hint counts the stub only.
+        p[16..20].copy_from_slice(&(stub.len() as u32).to_le_bytes());
+        let plain = p[..signed_len].to_vec();
+        let sig = if trailer.level == LEVEL_PRIVACY {
+            to_client.seal(&plain, &mut p[24..24 + body.len()])
+        } else {
+            to_client.mac(&plain)
+        };
+        p[signed_len..].copy_from_slice(&sig);
+        p
     }
 
     /// Up to `max` bytes of queued replies.
@@ -95,6 +181,10 @@ impl Pipe {
 mod tests {
     use super::*;
 
+    fn ctx() -> AuthContext<'static> {
+        AuthContext { user: &|_| None, server_challenge: [1; 8], now: 0, netbios_name: "UMBRA" }
+    }
+
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
@@ -106,14 +196,14 @@ mod tests {
         let bind = hex("05000b03100000004800000001000000b810b810000000000100000000000100c84f324b7016d30112785a47bf6ee18803000000045d888aeb1cc9119fe808002b10486002000000");
         let samba = hex("05000c03100000004400000001000000b810b810bc1900000d005c706970655c73727673766300000100000000000000045d888aeb1cc9119fe808002b10486002000000");
         let mut pipe = Pipe::new("srvsvc", 0x19bc);
-        pipe.write(&bind, &[]).unwrap();
+        pipe.write(&bind, &[], &ctx()).unwrap();
         assert_eq!(pipe.read(4280), samba);
         // A request on an unbound context is a fault, not a crash.
         let mut other = Pipe::new("srvsvc", 1);
         let request = hex("05000003100000001c000000020000000400000000000f0000000000");
-        other.write(&request, &[]).unwrap();
+        other.write(&request, &[], &ctx()).unwrap();
         assert_eq!(other.read(4280)[2], pdu::FAULT);
-        assert!(other.write(&request[..10], &[]).is_err(), "a truncated PDU is an error");
+        assert!(other.write(&request[..10], &[], &ctx()).is_err(), "a truncated PDU is an error");
     }
 
     proptest::proptest! {
@@ -124,7 +214,7 @@ mod tests {
             let request = hex("05000003100000005c000000020000004400000000000f00000002000a000000000000000a0000003100320037002e0030002e0030002e00310000000100000001000000040002000000000000000000ffffffff0800020000000000");
             for base in [bind.clone(), request] {
                 let mut pipe = Pipe::new("srvsvc", 1);
-                let _ = pipe.write(&bind, &[]);
+                let _ = pipe.write(&bind, &[], &ctx());
                 let mut m = base.clone();
                 for &(at, b) in &flips {
                     let i = at % m.len();
@@ -132,7 +222,7 @@ mod tests {
                 }
                 m.truncate(cut.max(1).min(m.len()));
                 let shares = [ShareEntry { name: "s".into(), kind: 0, remark: String::new() }];
-                let _ = pipe.write(&m, &shares);
+                let _ = pipe.write(&m, &shares, &ctx());
                 let _ = pipe.read(4280);
             }
         }

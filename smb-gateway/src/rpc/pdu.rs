@@ -8,6 +8,7 @@ pub const BIND: u8 = 11;
 pub const BIND_ACK: u8 = 12;
 pub const ALTER_CONTEXT: u8 = 14;
 pub const ALTER_CONTEXT_RESP: u8 = 15;
+pub const AUTH3: u8 = 16;
 
 pub const PFC_FIRST: u8 = 0x01;
 pub const PFC_LAST: u8 = 0x02;
@@ -16,6 +17,7 @@ pub const PFC_DID_NOT_EXECUTE: u8 = 0x20;
 pub const NCA_UNKNOWN_IF: u32 = 0x1C01_0003;
 pub const NCA_OP_RNG_ERROR: u32 = 0x1C01_0002;
 pub const RPC_BAD_STUB_DATA: u32 = 0x0000_06F7;
+pub const ACCESS_DENIED: u32 = 0x0000_0005;
 
 /// NDR v2 transfer syntax 8a885d04-1ceb-11c9-9fe8-08002b104860, version 2, as on the wire.
 pub const NDR20: [u8; 20] = [0x04, 0x5d, 0x88, 0x8a, 0xeb, 0x1c, 0xc9, 0x11, 0x9f, 0xe8, 0x08, 0x00, 0x2b, 0x10, 0x48, 0x60, 2, 0, 0, 0];
@@ -128,20 +130,14 @@ pub fn bind_reply(h: &Header, pdu: &[u8], sec_addr: &str, assoc_group: u32, know
     Ok((finish(p), accepted))
 }
 
-/// (context id, opnum, stub) of a request PDU (auth trailers are not supported yet).
-pub fn request_parts<'a>(h: &Header, pdu: &'a [u8]) -> Result<(u16, u16, &'a [u8]), PduError> {
-    if h.auth_len != 0 {
-        return Err(PduError::Unsupported(REQUEST));
-    }
-    let ctx = u16_at(pdu, 20).ok_or(PduError::Malformed)?;
-    let opnum = u16_at(pdu, 22).ok_or(PduError::Malformed)?;
-    let start = if h.flags & 0x80 != 0 { 40 } else { 24 };
-    Ok((ctx, opnum, pdu.get(start..).ok_or(PduError::Malformed)?))
+/// (context id, opnum) of a request PDU.
+pub fn request_ids(pdu: &[u8]) -> Option<(u16, u16)> {
+    Some((u16_at(pdu, 20)?, u16_at(pdu, 22)?))
 }
 
 /// Response PDUs carrying `stub`, fragmented to `max_frag`.
 pub fn response(h: &Header, ctx: u16, stub: &[u8], max_frag: u16) -> Vec<u8> {
-    let room = usize::from(max_frag) - 24;
+    let room = usize::from(max_frag).saturating_sub(24).max(8);
     let mut out = Vec::with_capacity(stub.len() + 24);
     let pieces: Vec<&[u8]> = if stub.is_empty() { vec![&[]] } else { stub.chunks(room).collect() };
     let mut remaining = stub.len();

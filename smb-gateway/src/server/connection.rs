@@ -57,8 +57,6 @@ pub struct Connection {
     next_tree: u32,
     pub(super) opens: HashMap<u64, Open>,
     pub(super) next_file: u64,
-    /// Shares as srvsvc lists them, refreshed for every frame that may reach a pipe.
-    pub(super) pipe_shares: Vec<crate::rpc::ShareEntry>,
     /// VALIDATE_NEGOTIATE_INFO found a difference: the connection ends.
     tampered: bool,
 }
@@ -97,7 +95,7 @@ const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, pipe_shares: Vec::new(), tampered: false }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false }
     }
 
     /// Handles one frame from the client.
@@ -153,14 +151,11 @@ impl Connection {
             Command::Echo => Reply::ok(vec![4, 0, 0, 0]),
             Command::TreeConnect => self.tree_connect(h, message, dir),
             Command::TreeDisconnect => self.tree_disconnect(h),
-            Command::Ioctl => self.ioctl(h, message, dir),
+            Command::Ioctl => self.ioctl(h, message, dir, env),
             Command::Create => self.create(h, message, files, env.now()),
             Command::Close => self.close(h, message, files, env.now()),
             Command::Read => self.read(h, message, files),
-            Command::Write => {
-                self.pipe_shares = Self::share_entries(dir);
-                self.write(h, message, files, env.now())
-            }
+            Command::Write => self.write(h, message, files, dir, env),
             Command::Flush => self.flush(h, message, files),
             Command::QueryDirectory => self.query_directory(h, message, files),
             Command::QueryInfo => self.query_info(h, message, files),
@@ -388,7 +383,7 @@ impl Connection {
 
     /// IOCTLs answered without a file: FSCTL_VALIDATE_NEGOTIATE_INFO, and DFS referrals (this
     /// server has no DFS namespace).
-    fn ioctl(&mut self, h: &Header, message: &[u8], dir: &dyn Directory) -> Reply {
+    fn ioctl(&mut self, h: &Header, message: &[u8], dir: &dyn Directory, env: &mut dyn Environment) -> Reply {
         let b = &message[HEADER_BYTES.min(message.len())..];
         let (Some(code), Some(input_offset), Some(input_len), Some(max_out)) = (u32_at(b, 4), u32_at(b, 24), u32_at(b, 28), u32_at(b, 44)) else {
             return Reply::error(status::INVALID_PARAMETER);
@@ -400,7 +395,7 @@ impl Connection {
             FSCTL_VALIDATE_NEGOTIATE_INFO => self.validate_negotiate(b, input, max_out),
             FSCTL_PIPE_TRANSCEIVE => {
                 let input = input.to_vec();
-                self.transceive(h, b, &input, max_out, dir)
+                self.transceive(h, b, &input, max_out, dir, env)
             }
             FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Reply::error(status::NOT_FOUND),
             _ => Reply::error(status::NOT_SUPPORTED),

@@ -252,16 +252,15 @@ impl Connection {
 
     /// FSCTL_PIPE_TRANSCEIVE: one request PDU in, the reply out (BUFFER_OVERFLOW when longer
     /// than the client's MaxOutputResponse; it reads the rest).
-    pub(super) fn transceive(&mut self, h: &Header, body: &[u8], input: &[u8], max_out: u32, dir: &dyn super::Directory) -> Reply {
+    pub(super) fn transceive(&mut self, h: &Header, body: &[u8], input: &[u8], max_out: u32, dir: &dyn super::Directory, env: &mut dyn super::Environment) -> Reply {
         let Some(volatile) = Self::file_id(body, 8) else { return Reply::error(status::INVALID_PARAMETER) };
         if let Err(s) = self.open_of(h, volatile) {
             return Reply::error(s);
         }
-        let shares = Self::share_entries(dir);
-        let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::INVALID_DEVICE_REQUEST) };
-        if pipe.write(input, &shares).is_err() {
-            return Reply::error(status::INVALID_PARAMETER);
+        if let Err(s) = self.feed_pipe(volatile, input, dir, env) {
+            return Reply::error(s);
         }
+        let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::INVALID_DEVICE_REQUEST) };
         let out = pipe.read(max_out as usize);
         let more = pipe.pending() > 0;
         let mut r = vec![49, 0, 0, 0];
@@ -319,7 +318,8 @@ impl Connection {
         Reply::ok(r)
     }
 
-    pub(super) fn write(&mut self, h: &Header, message: &[u8], files: &dyn Files, now: u64) -> Reply {
+    pub(super) fn write(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn super::Directory, env: &mut dyn super::Environment) -> Reply {
+        let now = env.now();
         let b = &message[HEADER_BYTES..];
         let (Some(data_off), Some(len), Some(offset), Some(volatile)) = (u16_at(b, 2), u32_at(b, 4), u64_at(b, 8), Self::file_id(b, 16)) else {
             return Reply::error(status::INVALID_PARAMETER);
@@ -329,7 +329,13 @@ impl Connection {
         }
         let Some(data) = message.get(usize::from(data_off)..usize::from(data_off) + len as usize) else { return Reply::error(status::INVALID_PARAMETER) };
         if self.opens.get(&volatile).is_some_and(|o| o.pipe.is_some()) && self.open_of(h, volatile).is_ok() {
-            return self.pipe_write(volatile, data, len);
+            if let Err(s) = self.feed_pipe(volatile, data, dir, env) {
+                return Reply::error(s);
+            }
+            let mut r = vec![17, 0, 0, 0];
+            r.extend_from_slice(&len.to_le_bytes());
+            r.extend_from_slice(&[0; 9]);
+            return Reply::ok(r);
         }
         let (share, id) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::FILE_IS_A_DIRECTORY),
@@ -389,16 +395,16 @@ impl Connection {
         Reply::ok(r)
     }
 
-    fn pipe_write(&mut self, volatile: u64, data: &[u8], len: u32) -> Reply {
-        // Shares are listed at the time of the call that needs them (transceive or read).
-        let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::FILE_CLOSED) };
-        if pipe.write(data, &self.pipe_shares).is_err() {
-            return Reply::error(status::INVALID_PARAMETER);
-        }
-        let mut r = vec![17, 0, 0, 0];
-        r.extend_from_slice(&len.to_le_bytes());
-        r.extend_from_slice(&[0; 9]);
-        Reply::ok(r)
+    /// One PDU into a pipe, with the shares and the NTLM context a call may need.
+    fn feed_pipe(&mut self, volatile: u64, pdu: &[u8], dir: &dyn super::Directory, env: &mut dyn super::Environment) -> Result<(), u32> {
+        let shares = Self::share_entries(dir);
+        let mut server_challenge = [0u8; 8];
+        env.random(&mut server_challenge);
+        let user = |name: &str| dir.user(name).map(|(hash, _)| hash);
+        let netbios = self.config.netbios_name.clone();
+        let ctx = crate::rpc::auth::AuthContext { user: &user, server_challenge, now: env.now(), netbios_name: &netbios };
+        let pipe = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()).ok_or(status::FILE_CLOSED)?;
+        pipe.write(pdu, &shares, &ctx).map_err(|_| status::INVALID_PARAMETER)
     }
 
     pub(super) fn flush(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
