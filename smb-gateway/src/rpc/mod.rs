@@ -70,7 +70,8 @@ impl Pipe {
     }
 
     fn bind(&mut self, h: &Header, pdu: &[u8], ctx: &AuthContext) -> Result<Vec<u8>, PduError> {
-        let body_end = pdu.len() - if h.auth_len > 0 { usize::from(h.auth_len) + 8 } else { 0 };
+        let auth_bytes = if h.auth_len > 0 { usize::from(h.auth_len) + 8 } else { 0 };
+        let body_end = pdu.len().checked_sub(auth_bytes).ok_or(PduError::Malformed)?;
         let (mut reply, accepted) = pdu::bind_reply(h, &pdu[..body_end], &format!("\\pipe\\{}", self.name.to_lowercase()), self.assoc_group, &[srvsvc::INTERFACE])?;
         if accepted.is_some() {
             self.bound = accepted;
