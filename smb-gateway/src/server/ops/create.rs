@@ -1,0 +1,184 @@
+//! CREATE (files, directories, pipes) and CLOSE.
+
+use super::{Open, MAX_OPENS_PER_CONNECTION};
+use super::super::connection::{Connection, Reply};
+use super::super::files::{FileInfo, Files, FsError};
+use super::*;
+use crate::smb2::header::{Header, Target, HEADER_BYTES};
+use crate::smb2::status;
+
+impl Connection {
+    pub(in crate::server) fn create(&mut self, h: &Header, message: &[u8], files: &dyn Files, now: u64) -> Reply {
+        let b = &message[HEADER_BYTES..];
+        let (Some(access), Some(disposition), Some(options), Some(name_off), Some(name_len)) = (u32_at(b, 24), u32_at(b, 36), u32_at(b, 40), u16_at(b, 44), u16_at(b, 46)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        let Some(path) = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16) else {
+            return Reply::error(status::OBJECT_NAME_INVALID);
+        };
+        let (share, read_only, ipc) = match self.tree(h) {
+            Ok(t) => t,
+            Err(s) => return Reply::error(s),
+        };
+        if self.opens.len() >= MAX_OPENS_PER_CONNECTION {
+            return Reply::error(status::REQUEST_NOT_ACCEPTED);
+        }
+        if ipc {
+            return self.open_pipe(h, &path);
+        }
+        let writes = access & WRITE_ACCESS != 0 || disposition != 1 || options & FILE_DELETE_ON_CLOSE != 0;
+        if read_only && writes && disposition != 1 {
+            return Reply::error(status::MEDIA_WRITE_PROTECTED);
+        }
+        let path = path.trim_matches('\\').to_string();
+        let (parent_path, name) = match path.rsplit_once('\\') {
+            Some((p, n)) => (p.to_string(), n.to_string()),
+            None => (String::new(), path.clone()),
+        };
+        let want_dir = options & FILE_DIRECTORY_FILE != 0;
+        let existing = files.lookup(&share, &path);
+        let (info, action, parent) = match existing {
+            Ok(info) => {
+                if want_dir && !info.directory {
+                    return Reply::error(status::NOT_A_DIRECTORY);
+                }
+                if options & FILE_NON_DIRECTORY_FILE != 0 && info.directory {
+                    return Reply::error(status::FILE_IS_A_DIRECTORY);
+                }
+                let parent = if path.is_empty() { info.id } else { files.lookup(&share, &parent_path).map(|p| p.id).unwrap_or(info.id) };
+                match disposition {
+                    2 => return Reply::error(status::OBJECT_NAME_COLLISION),
+                    0 | 4 | 5 if !info.directory => {
+                        if read_only {
+                            return Reply::error(status::MEDIA_WRITE_PROTECTED);
+                        }
+                        if let Err(e) = files.set_size(&share, info.id, 0, now) {
+                            return fs(e);
+                        }
+                        let info = match files.stat(&share, info.id) {
+                            Ok(i) => i,
+                            Err(e) => return fs(e),
+                        };
+                        (info, if disposition == 0 { 0 } else { 3 }, parent)
+                    }
+                    _ => (info, 1, parent),
+                }
+            }
+            Err(FsError::NotFound) if matches!(disposition, 0 | 2 | 3 | 5) => {
+                if read_only {
+                    return Reply::error(status::MEDIA_WRITE_PROTECTED);
+                }
+                let parent = match files.lookup(&share, &parent_path) {
+                    Ok(p) if p.directory => p.id,
+                    Ok(_) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
+                    Err(_) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
+                };
+                match files.create(&share, parent, &name, want_dir, now) {
+                    Ok(info) => (info, 2, parent),
+                    Err(e) => return fs(e),
+                }
+            }
+            Err(FsError::NotFound) => {
+                return Reply::error(if files.lookup(&share, &parent_path).is_ok() { status::OBJECT_NAME_NOT_FOUND } else { status::OBJECT_PATH_NOT_FOUND })
+            }
+            Err(e) => return fs(e),
+        };
+        let volatile = self.next_file;
+        self.next_file += 1;
+        let tree = match h.target {
+            Target::Sync { tree_id, .. } => tree_id,
+            Target::Async { .. } => 0,
+        };
+        let mut r = vec![89, 0, 0, 0];
+        r.extend_from_slice(&(action as u32).to_le_bytes());
+        for t in [info.created, info.written, info.written, info.changed] {
+            r.extend_from_slice(&t.to_le_bytes());
+        }
+        r.extend_from_slice(&info.allocated.to_le_bytes());
+        r.extend_from_slice(&info.size.to_le_bytes());
+        r.extend_from_slice(&attributes(&info).to_le_bytes());
+        r.extend_from_slice(&0u32.to_le_bytes());
+        r.extend_from_slice(&volatile.to_le_bytes());
+        r.extend_from_slice(&volatile.to_le_bytes());
+        r.extend_from_slice(&[0; 8]);
+        r.push(0);
+        let delete_on_close = options & FILE_DELETE_ON_CLOSE != 0;
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, delete_on_close, listing: None, pipe: None });
+        Reply::ok(r)
+    }
+
+    /// (share, read-only, ipc) of the request's tree.
+    pub(in crate::server) fn tree(&self, h: &Header) -> Result<(String, bool, bool), u32> {
+        let Target::Sync { tree_id, .. } = h.target else { return Err(status::INVALID_PARAMETER) };
+        match self.sessions.get(&h.session_id) {
+            Some(Session::Established(s)) => s.trees.get(&tree_id).map(|t| (t.share.clone(), t.read_only, t.ipc)).ok_or(status::NETWORK_NAME_DELETED),
+            _ => Err(status::USER_SESSION_DELETED),
+        }
+    }
+
+    /// CREATE on IPC$: a named pipe served by the DCE/RPC layer (srvsvc for now).
+    pub(in crate::server) fn open_pipe(&mut self, h: &Header, path: &str) -> Reply {
+        let name = path.trim_start_matches('\\');
+        let name = name.strip_prefix("pipe\\").or_else(|| name.strip_prefix("PIPE\\")).unwrap_or(name);
+        if !name.eq_ignore_ascii_case("srvsvc") {
+            return Reply::error(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let volatile = self.next_file;
+        self.next_file += 1;
+        let tree = match h.target {
+            Target::Sync { tree_id, .. } => tree_id,
+            Target::Async { .. } => 0,
+        };
+        let info = FileInfo { id: volatile, name: name.to_string(), directory: false, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0x80 };
+        let mut r = vec![89, 0, 0, 0];
+        r.extend_from_slice(&1u32.to_le_bytes()); // FILE_OPENED
+        r.extend_from_slice(&[0; 48]); // times, allocation, end of file
+        r.extend_from_slice(&0x80u32.to_le_bytes()); // FILE_ATTRIBUTE_NORMAL
+        r.extend_from_slice(&0u32.to_le_bytes());
+        r.extend_from_slice(&volatile.to_le_bytes());
+        r.extend_from_slice(&volatile.to_le_bytes());
+        r.extend_from_slice(&[0; 8]);
+        r.push(0);
+        let pipe = crate::rpc::Pipe::new(name, (volatile as u32) | 0x1000);
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe) });
+        Reply::ok(r)
+    }
+
+    /// The shares srvsvc lists: every share in Raft and IPC$.
+    pub(in crate::server) fn share_entries(dir: &dyn crate::server::Directory) -> Vec<crate::rpc::ShareEntry> {
+        let mut out: Vec<crate::rpc::ShareEntry> = dir.shares().into_iter().map(|name| crate::rpc::ShareEntry { name, kind: 0, remark: String::new() }).collect();
+        out.push(crate::rpc::ShareEntry { name: "IPC$".into(), kind: 0x8000_0003, remark: "IPC Service (Umbra)".into() });
+        out
+    }
+
+    pub(in crate::server) fn close(&mut self, h: &Header, message: &[u8], files: &dyn Files, now: u64) -> Reply {
+        let b = &message[HEADER_BYTES..];
+        let Some(volatile) = Self::file_id(b, 8) else { return Reply::error(status::INVALID_PARAMETER) };
+        if let Err(s) = self.open_of(h, volatile) {
+            return Reply::error(s);
+        }
+        let open = self.opens.remove(&volatile).expect("checked above");
+        let postquery = u16_at(b, 2).unwrap_or(0) & 1 != 0;
+        if open.delete_on_close && !open.name.is_empty() {
+            if let Err(e) = files.unlink(&open.share, open.parent, &open.name, now) {
+                return fs(e);
+            }
+        }
+        let mut r = vec![60, 0];
+        r.extend_from_slice(&u16::from(postquery).to_le_bytes());
+        r.extend_from_slice(&[0; 4]);
+        let info = if postquery { files.stat(&open.share, open.info.id).ok() } else { None };
+        match info {
+            Some(i) => {
+                for t in [i.created, i.written, i.written, i.changed] {
+                    r.extend_from_slice(&t.to_le_bytes());
+                }
+                r.extend_from_slice(&i.allocated.to_le_bytes());
+                r.extend_from_slice(&i.size.to_le_bytes());
+                r.extend_from_slice(&attributes(&i).to_le_bytes());
+            }
+            None => r.extend_from_slice(&[0; 52]),
+        }
+        Reply::ok(r)
+    }
+}

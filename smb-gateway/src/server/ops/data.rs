@@ -1,0 +1,138 @@
+//! READ, WRITE and FLUSH, on files and on pipes (with FSCTL_PIPE_TRANSCEIVE).
+
+use super::super::connection::{Connection, Reply};
+use super::super::files::Files;
+use super::*;
+use crate::smb2::header::{Header, HEADER_BYTES};
+use crate::smb2::status;
+
+impl Connection {
+    /// FSCTL_PIPE_TRANSCEIVE: one request PDU in, the reply out (BUFFER_OVERFLOW when longer
+    /// than the client's MaxOutputResponse; it reads the rest).
+    pub(in crate::server) fn transceive(&mut self, h: &Header, body: &[u8], input: &[u8], max_out: u32, dir: &dyn crate::server::Directory, env: &mut dyn crate::server::Environment) -> Reply {
+        let Some(volatile) = Self::file_id(body, 8) else { return Reply::error(status::INVALID_PARAMETER) };
+        if let Err(s) = self.open_of(h, volatile) {
+            return Reply::error(s);
+        }
+        if let Err(s) = self.feed_pipe(volatile, input, dir, env) {
+            return Reply::error(s);
+        }
+        let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::INVALID_DEVICE_REQUEST) };
+        let out = pipe.read(max_out as usize);
+        let more = pipe.pending() > 0;
+        let mut r = vec![49, 0, 0, 0];
+        r.extend_from_slice(&body[4..24]); // CtlCode, FileId
+        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes());
+        r.extend_from_slice(&0u32.to_le_bytes());
+        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes());
+        r.extend_from_slice(&(out.len() as u32).to_le_bytes());
+        r.extend_from_slice(&[0; 8]);
+        r.extend_from_slice(&out);
+        let mut reply = Reply::ok(r);
+        if more {
+            reply.status = status::BUFFER_OVERFLOW;
+        }
+        reply
+    }
+
+    pub(in crate::server) fn write(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn crate::server::Directory, env: &mut dyn crate::server::Environment) -> Reply {
+        let now = env.now();
+        let b = &message[HEADER_BYTES..];
+        let (Some(data_off), Some(len), Some(offset), Some(volatile)) = (u16_at(b, 2), u32_at(b, 4), u64_at(b, 8), Self::file_id(b, 16)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        if len > self.config.max_io_bytes {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
+        let Some(data) = message.get(usize::from(data_off)..usize::from(data_off) + len as usize) else { return Reply::error(status::INVALID_PARAMETER) };
+        if self.opens.get(&volatile).is_some_and(|o| o.pipe.is_some()) && self.open_of(h, volatile).is_ok() {
+            if let Err(s) = self.feed_pipe(volatile, data, dir, env) {
+                return Reply::error(s);
+            }
+            let mut r = vec![17, 0, 0, 0];
+            r.extend_from_slice(&len.to_le_bytes());
+            r.extend_from_slice(&[0; 9]);
+            return Reply::ok(r);
+        }
+        let (share, id) = match self.open_of(h, volatile) {
+            Ok(o) if o.info.directory => return Reply::error(status::FILE_IS_A_DIRECTORY),
+            Ok(o) => (o.share.clone(), o.info.id),
+            Err(s) => return Reply::error(s),
+        };
+        if matches!(self.tree(h), Ok((_, true, _))) {
+            return Reply::error(status::MEDIA_WRITE_PROTECTED);
+        }
+        if let Err(e) = files.write(&share, id, offset, data, now) {
+            return fs(e);
+        }
+        let mut r = vec![17, 0, 0, 0];
+        r.extend_from_slice(&len.to_le_bytes());
+        r.extend_from_slice(&[0; 9]);
+        Reply::ok(r)
+    }
+
+    pub(in crate::server) fn read(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
+        let b = &message[HEADER_BYTES..];
+        let (Some(len), Some(offset), Some(volatile)) = (u32_at(b, 4), u64_at(b, 8), Self::file_id(b, 16)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        if len > self.config.max_io_bytes {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
+        if let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) {
+            let data = pipe.read(len as usize);
+            if data.is_empty() {
+                return Reply::error(status::PIPE_EMPTY);
+            }
+            let more = pipe.pending() > 0;
+            let mut r = vec![17, 0, (HEADER_BYTES + 16) as u8, 0];
+            r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            r.extend_from_slice(&[0; 8]);
+            r.extend_from_slice(&data);
+            let mut reply = Reply::ok(r);
+            if more {
+                reply.status = status::BUFFER_OVERFLOW;
+            }
+            return reply;
+        }
+        let (share, id) = match self.open_of(h, volatile) {
+            Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
+            Ok(o) => (o.share.clone(), o.info.id),
+            Err(s) => return Reply::error(s),
+        };
+        let data = match files.read(&share, id, offset, len) {
+            Ok(d) if d.is_empty() && len > 0 => return Reply::error(status::END_OF_FILE),
+            Ok(d) => d,
+            Err(e) => return fs(e),
+        };
+        let mut r = vec![17, 0, (HEADER_BYTES + 16) as u8, 0];
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(&[0; 8]);
+        r.extend_from_slice(&data);
+        Reply::ok(r)
+    }
+
+    /// One PDU into a pipe, with the shares and the NTLM context a call may need.
+    pub(in crate::server) fn feed_pipe(&mut self, volatile: u64, pdu: &[u8], dir: &dyn crate::server::Directory, env: &mut dyn crate::server::Environment) -> Result<(), u32> {
+        let shares = Self::share_entries(dir);
+        let mut server_challenge = [0u8; 8];
+        env.random(&mut server_challenge);
+        let user = |name: &str| dir.user(name).map(|(hash, _)| hash);
+        let netbios = self.config.netbios_name.clone();
+        let ctx = crate::rpc::auth::AuthContext { user: &user, server_challenge, now: env.now(), netbios_name: &netbios };
+        let pipe = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()).ok_or(status::FILE_CLOSED)?;
+        pipe.write(pdu, &shares, &ctx).map_err(|_| status::INVALID_PARAMETER)
+    }
+
+    pub(in crate::server) fn flush(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
+        let Some(volatile) = Self::file_id(&message[HEADER_BYTES..], 8) else { return Reply::error(status::INVALID_PARAMETER) };
+        let share = match self.open_of(h, volatile) {
+            Ok(o) => o.share.clone(),
+            Err(s) => return Reply::error(s),
+        };
+        match files.flush(&share) {
+            Ok(()) => Reply::ok(vec![4, 0, 0, 0]),
+            Err(e) => fs(e),
+        }
+    }
+}

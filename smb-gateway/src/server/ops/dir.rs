@@ -1,0 +1,157 @@
+//! QUERY_DIRECTORY and its entry formats.
+
+use super::Listing;
+use super::super::connection::{Connection, Reply};
+use super::super::files::{FileInfo, Files};
+use super::*;
+use crate::smb2::header::{Header, HEADER_BYTES};
+use crate::smb2::status;
+
+impl Connection {
+    pub(in crate::server) fn query_directory(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
+        let b = &message[HEADER_BYTES..];
+        let (Some(&class), Some(&flags), Some(volatile), Some(name_off), Some(name_len), Some(out_len)) = (b.get(2), b.get(3), Self::file_id(b, 8), u16_at(b, 24), u16_at(b, 26), u32_at(b, 28)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        if !matches!(class, 1 | 2 | 3 | 12 | 37 | 38) {
+            return Reply::error(status::INVALID_INFO_CLASS);
+        }
+        let pattern = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16).unwrap_or_default();
+        let (share, dir, is_dir) = match self.open_of(h, volatile) {
+            Ok(o) => (o.share.clone(), o.info.clone(), o.info.directory),
+            Err(s) => return Reply::error(s),
+        };
+        if !is_dir {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
+        let open = self.opens.get_mut(&volatile).expect("checked above");
+        let restart = flags & (0x01 | 0x10) != 0 || open.listing.is_none();
+        if restart {
+            let pattern = if pattern.is_empty() { "*".to_string() } else { pattern };
+            open.listing = Some(Listing { pattern, after: String::new(), dots_sent: false, done: false });
+        }
+        let listing = open.listing.as_mut().expect("set above");
+        if listing.done {
+            return Reply::error(status::NO_MORE_FILES);
+        }
+        let single = flags & 0x02 != 0;
+        let limit = (out_len as usize).min(self.config.max_io_bytes as usize);
+        let mut out: Vec<u8> = Vec::new();
+        let mut last_entry_at: Option<usize> = None;
+        let mut push = |out: &mut Vec<u8>, f: &FileInfo, name: &str| -> bool {
+            let entry = dir_entry(class, f, name);
+            let start = out.len().div_ceil(8) * 8;
+            if start + entry.len() > limit {
+                return false;
+            }
+            if let Some(prev) = last_entry_at {
+                let next = (start - prev) as u32;
+                out[prev..prev + 4].copy_from_slice(&next.to_le_bytes());
+            }
+            out.resize(start, 0);
+            out.extend_from_slice(&entry);
+            last_entry_at = Some(start);
+            true
+        };
+        let mut any = false;
+        if !listing.dots_sent && matches(&listing.pattern, ".") {
+            for dot in [".", ".."] {
+                if !push(&mut out, &dir, dot) {
+                    break;
+                }
+                any = true;
+            }
+            listing.dots_sent = true;
+        }
+        listing.dots_sent = true;
+        'outer: while !(single && any) {
+            let batch = match files.list(&share, dir.id, &listing.after, LIST_BATCH) {
+                Ok(b) => b,
+                Err(e) => return fs(e),
+            };
+            if batch.is_empty() {
+                listing.done = true;
+                break;
+            }
+            for f in &batch {
+                if !matches(&listing.pattern, &f.name) {
+                    listing.after = f.name.to_lowercase();
+                    continue;
+                }
+                if (single && any) || !push(&mut out, f, &f.name) {
+                    break 'outer;
+                }
+                listing.after = f.name.to_lowercase();
+                any = true;
+            }
+        }
+        if !any {
+            listing.done = true;
+            return Reply::error(if restart { status::NO_SUCH_FILE } else { status::NO_MORE_FILES });
+        }
+        let mut r = vec![9, 0];
+        r.extend_from_slice(&((HEADER_BYTES + 8) as u16).to_le_bytes());
+        r.extend_from_slice(&(out.len() as u32).to_le_bytes());
+        r.extend_from_slice(&out);
+        Reply::ok(r)
+    }
+}
+
+/// One QUERY_DIRECTORY entry in information class `class` (MS-FSCC 2.4): FileDirectory (1),
+/// FileFullDirectory (2), FileBothDirectory (3), FileNames (12), FileIdBothDirectory (37),
+/// FileIdFullDirectory (38).
+fn dir_entry(class: u8, f: &FileInfo, name: &str) -> Vec<u8> {
+    let name_bytes = (name.encode_utf16().count() * 2) as u32;
+    let mut e = Vec::with_capacity(104 + name_bytes as usize);
+    e.extend_from_slice(&0u32.to_le_bytes()); // NextEntryOffset, patched by the caller
+    e.extend_from_slice(&0u32.to_le_bytes()); // FileIndex
+    if class == 12 {
+        e.extend_from_slice(&name_bytes.to_le_bytes());
+        put_utf16(&mut e, name);
+        return e;
+    }
+    for t in [f.created, f.written, f.written, f.changed] {
+        e.extend_from_slice(&t.to_le_bytes());
+    }
+    e.extend_from_slice(&f.size.to_le_bytes());
+    e.extend_from_slice(&f.allocated.to_le_bytes());
+    e.extend_from_slice(&attributes(f).to_le_bytes());
+    e.extend_from_slice(&name_bytes.to_le_bytes());
+    if class != 1 {
+        e.extend_from_slice(&0u32.to_le_bytes()); // EaSize
+    }
+    match class {
+        3 | 37 => {
+            e.extend_from_slice(&[0; 2]); // ShortNameLength, Reserved1
+            e.extend_from_slice(&[0; 24]); // ShortName
+            if class == 37 {
+                e.extend_from_slice(&[0; 2]); // Reserved2
+                e.extend_from_slice(&f.id.to_le_bytes());
+            }
+        }
+        38 => {
+            e.extend_from_slice(&[0; 4]); // Reserved
+            e.extend_from_slice(&f.id.to_le_bytes());
+        }
+        _ => {}
+    }
+    put_utf16(&mut e, name);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::matches;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("*", "a.txt"));
+        assert!(matches("*.TXT", "a.txt"));
+        assert!(matches("a?c", "abc"));
+        assert!(!matches("a?c", "abbc"));
+        assert!(matches("g.txt", "G.TXT"));
+        assert!(!matches("g.txt", "h.txt"));
+        assert!(matches("<.txt", "x.txt"));
+        assert!(matches("*", "."));
+    }
+}

@@ -1,0 +1,205 @@
+//! QUERY_INFO and SET_INFO, and the information classes they carry.
+
+use super::super::connection::{Connection, Reply};
+use super::super::files::{FileInfo, Files, FsError};
+use super::*;
+use crate::smb2::header::{Header, HEADER_BYTES};
+use crate::smb2::status;
+
+impl Connection {
+    pub(in crate::server) fn query_info(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
+        let b = &message[HEADER_BYTES..];
+        let (Some(&kind), Some(&class), Some(out_len), Some(volatile)) = (b.get(2), b.get(3), u32_at(b, 4), Self::file_id(b, 24)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        let (share, id, name, delete_pending) = match self.open_of(h, volatile) {
+            Ok(o) => (o.share.clone(), o.info.id, o.name.clone(), o.delete_on_close),
+            Err(s) => return Reply::error(s),
+        };
+        let info = match files.stat(&share, id) {
+            Ok(i) => i,
+            Err(e) => return fs(e),
+        };
+        let data = match (kind, class) {
+            (1, c) => match file_info(c, &info, &name, delete_pending) {
+                Some(d) => d,
+                None => return Reply::error(status::INVALID_INFO_CLASS),
+            },
+            (2, c) => match fs_info(c, &self.config.netbios_name) {
+                Some(d) => d,
+                None => return Reply::error(status::INVALID_INFO_CLASS),
+            },
+            _ => return Reply::error(status::NOT_SUPPORTED),
+        };
+        if data.len() > out_len as usize {
+            return Reply::error(status::INFO_LENGTH_MISMATCH);
+        }
+        let mut r = vec![9, 0];
+        r.extend_from_slice(&((HEADER_BYTES + 8) as u16).to_le_bytes());
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(&data);
+        Reply::ok(r)
+    }
+
+    pub(in crate::server) fn set_info(&mut self, h: &Header, message: &[u8], files: &dyn Files, now: u64) -> Reply {
+        let b = &message[HEADER_BYTES..];
+        let (Some(&kind), Some(&class), Some(len), Some(off), Some(volatile)) = (b.get(2), b.get(3), u32_at(b, 4), u16_at(b, 8), Self::file_id(b, 16)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        let Some(data) = message.get(usize::from(off)..usize::from(off) + len as usize) else { return Reply::error(status::INVALID_PARAMETER) };
+        if kind != 1 {
+            return Reply::error(status::NOT_SUPPORTED);
+        }
+        if matches!(self.tree(h), Ok((_, true, _))) {
+            return Reply::error(status::MEDIA_WRITE_PROTECTED);
+        }
+        let (share, info, parent, name) = match self.open_of(h, volatile) {
+            Ok(o) => (o.share.clone(), o.info.clone(), o.parent, o.name.clone()),
+            Err(s) => return Reply::error(s),
+        };
+        let done = |r: Result<(), FsError>| match r {
+            Ok(()) => Reply::ok(vec![2, 0]),
+            Err(e) => fs(e),
+        };
+        match class {
+            // FileRenameInformation: ReplaceIfExists, RootDirectory, FileName (from the share root).
+            10 => {
+                let (Some(&replace), Some(name_len)) = (data.first(), u32_at(data, 16)) else { return Reply::error(status::INVALID_PARAMETER) };
+                let Some(target) = data.get(20..20 + name_len as usize).and_then(utf16) else { return Reply::error(status::INVALID_PARAMETER) };
+                let target = target.trim_matches('\\').to_string();
+                let (to_parent_path, to_name) = match target.rsplit_once('\\') {
+                    Some((p, n)) => (p.to_string(), n.to_string()),
+                    None => (String::new(), target.clone()),
+                };
+                let to_dir = match files.lookup(&share, &to_parent_path) {
+                    Ok(d) if d.directory => d.id,
+                    _ => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
+                };
+                let result = files.rename(&share, parent, &name, to_dir, &to_name, replace != 0, now);
+                if result.is_ok() {
+                    if let Some(o) = self.opens.get_mut(&volatile) {
+                        o.parent = to_dir;
+                        o.name = to_name;
+                    }
+                }
+                done(result)
+            }
+            // FileDispositionInformation / Ex: delete when the last handle closes.
+            13 | 64 => {
+                let delete = data.first().is_some_and(|&d| d & 1 != 0);
+                if delete && info.directory && files.list(&share, info.id, "", 1).map(|l| !l.is_empty()).unwrap_or(false) {
+                    return Reply::error(status::DIRECTORY_NOT_EMPTY);
+                }
+                if let Some(o) = self.opens.get_mut(&volatile) {
+                    o.delete_on_close = delete;
+                }
+                Reply::ok(vec![2, 0])
+            }
+            // FileEndOfFileInformation.
+            20 => match u64_at(data, 0) {
+                Some(size) => done(files.set_size(&share, info.id, size, now)),
+                None => Reply::error(status::INVALID_PARAMETER),
+            },
+            // FileAllocationInformation and FileBasicInformation: accepted (times and
+            // attributes are kept by the store on writes; SET of times comes later).
+            19 | 4 => Reply::ok(vec![2, 0]),
+            _ => Reply::error(status::INVALID_INFO_CLASS),
+        }
+    }
+}
+
+fn basic(f: &FileInfo) -> Vec<u8> {
+    let mut d = Vec::with_capacity(40);
+    for t in [f.created, f.written, f.written, f.changed] {
+        d.extend_from_slice(&t.to_le_bytes());
+    }
+    d.extend_from_slice(&attributes(f).to_le_bytes());
+    d.extend_from_slice(&[0; 4]);
+    d
+}
+
+fn standard(f: &FileInfo, delete_pending: bool) -> Vec<u8> {
+    let mut d = Vec::with_capacity(24);
+    d.extend_from_slice(&f.allocated.to_le_bytes());
+    d.extend_from_slice(&f.size.to_le_bytes());
+    d.extend_from_slice(&1u32.to_le_bytes());
+    d.extend_from_slice(&[u8::from(delete_pending), u8::from(f.directory), 0, 0]);
+    d
+}
+
+/// FILE_INFORMATION classes (MS-FSCC 2.4).
+fn file_info(class: u8, f: &FileInfo, name: &str, delete_pending: bool) -> Option<Vec<u8>> {
+    Some(match class {
+        4 => basic(f),
+        5 => standard(f, delete_pending),
+        6 => f.id.to_le_bytes().to_vec(),
+        7 => vec![0; 4],
+        8 => 0x001f_01ffu32.to_le_bytes().to_vec(),
+        14 => vec![0; 8],
+        16 => vec![0; 4],
+        17 => vec![0; 4],
+        18 => {
+            let mut d = basic(f);
+            d.extend(standard(f, delete_pending));
+            d.extend_from_slice(&f.id.to_le_bytes());
+            d.extend_from_slice(&[0; 4]); // EA
+            d.extend_from_slice(&0x001f_01ffu32.to_le_bytes()); // access
+            d.extend_from_slice(&[0; 8]); // position
+            d.extend_from_slice(&[0; 8]); // mode, alignment
+            let mut n = Vec::new();
+            put_utf16(&mut n, &format!("\\{name}"));
+            d.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            d.extend(n);
+            d
+        }
+        34 => {
+            let mut d = Vec::with_capacity(56);
+            for t in [f.created, f.written, f.written, f.changed] {
+                d.extend_from_slice(&t.to_le_bytes());
+            }
+            d.extend_from_slice(&f.allocated.to_le_bytes());
+            d.extend_from_slice(&f.size.to_le_bytes());
+            d.extend_from_slice(&attributes(f).to_le_bytes());
+            d.extend_from_slice(&[0; 4]);
+            d
+        }
+        35 => {
+            let mut d = attributes(f).to_le_bytes().to_vec();
+            d.extend_from_slice(&[0; 4]);
+            d
+        }
+        _ => return None,
+    })
+}
+
+/// FS_INFORMATION classes (MS-FSCC 2.5); sizes are nominal until volumes report capacity.
+fn fs_info(class: u8, label: &str) -> Option<Vec<u8>> {
+    const UNITS: u64 = 1 << 30; // 4 TiB in 4 KiB units
+    Some(match class {
+        1 => {
+            let mut d = vec![0; 8];
+            d.extend_from_slice(&0x554d_4252u32.to_le_bytes());
+            let mut l = Vec::new();
+            put_utf16(&mut l, label);
+            d.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            d.extend_from_slice(&[0, 0]);
+            d.extend(l);
+            d
+        }
+        3 => [UNITS.to_le_bytes(), UNITS.to_le_bytes()].concat().into_iter().chain(8u32.to_le_bytes()).chain(512u32.to_le_bytes()).collect(),
+        4 => [7u32.to_le_bytes(), 0u32.to_le_bytes()].concat(),
+        5 => {
+            // Case-preserved, Unicode names, sparse files.
+            let mut d = (0x0000_0002u32 | 0x0000_0004 | 0x0000_0040).to_le_bytes().to_vec();
+            d.extend_from_slice(&255u32.to_le_bytes());
+            let mut n = Vec::new();
+            put_utf16(&mut n, "NTFS");
+            d.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            d.extend(n);
+            d
+        }
+        7 => [UNITS, UNITS, UNITS].iter().flat_map(|u| u.to_le_bytes()).chain(8u32.to_le_bytes()).chain(512u32.to_le_bytes()).collect(),
+        11 => [512u32, 4096, 4096, 4096, 0x0000_0003, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        _ => return None,
+    })
+}

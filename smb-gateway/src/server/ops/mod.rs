@@ -1,0 +1,124 @@
+//! File commands: CREATE, CLOSE, READ, WRITE, FLUSH, QUERY_DIRECTORY, QUERY_INFO, SET_INFO,
+//! each checked against its session, tree and open, and carried out through [`super::files::Files`]; named
+//! pipes on IPC$ go to the DCE/RPC layer. One file per group of commands.
+
+mod create;
+mod data;
+mod dir;
+mod info;
+
+use super::connection::{Connection, Reply};
+use super::files::{FileInfo, FsError};
+use super::session::Session;
+use crate::smb2::header::{Header, Target};
+use crate::smb2::status;
+
+/// Opens one connection may hold.
+pub const MAX_OPENS_PER_CONNECTION: usize = 4096;
+/// Entries one directory listing round asks storage for.
+const LIST_BATCH: u32 = 256;
+
+const FILE_DIRECTORY_FILE: u32 = 0x0000_0001;
+const FILE_NON_DIRECTORY_FILE: u32 = 0x0000_0040;
+const FILE_DELETE_ON_CLOSE: u32 = 0x0000_1000;
+const ATTR_DIRECTORY: u32 = 0x10;
+const ATTR_ARCHIVE: u32 = 0x20;
+/// Access rights that change a file or its directory.
+const WRITE_ACCESS: u32 = 0x0001_0000 | 0x0000_0002 | 0x0000_0004 | 0x0000_0100 | 0x0000_0010 | 0x4000_0000 | 0x1000_0000;
+
+/// An open file or directory.
+pub struct Open {
+    pub session: u64,
+    pub tree: u32,
+    pub share: String,
+    pub info: FileInfo,
+    pub parent: u64,
+    pub name: String,
+    pub delete_on_close: bool,
+    pub listing: Option<Listing>,
+    /// A named pipe on IPC$ (then `info` is a placeholder).
+    pub pipe: Option<crate::rpc::Pipe>,
+}
+
+/// Where a QUERY_DIRECTORY enumeration stands.
+pub struct Listing {
+    pattern: String,
+    after: String,
+    dots_sent: bool,
+    done: bool,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn utf16(bytes: &[u8]) -> Option<String> {
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    String::from_utf16(&bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>()).ok()
+}
+
+fn put_utf16(out: &mut Vec<u8>, s: &str) {
+    out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+}
+
+fn attributes(f: &FileInfo) -> u32 {
+    let base = f.attributes & !ATTR_DIRECTORY;
+    if f.directory {
+        base | ATTR_DIRECTORY
+    } else if base == 0 {
+        ATTR_ARCHIVE
+    } else {
+        base
+    }
+}
+
+/// `*` and `?` wildcards, case-insensitive (DOS wildcards `<`, `>`, `"` as `*`, `?`, `.`).
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().map(|c| match c { '<' => '*', '>' => '?', '"' => '.', c => c }).collect();
+    let n: Vec<char> = name.to_lowercase().chars().collect();
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn fs(e: FsError) -> Reply {
+    Reply::error(e.status())
+}
+
+impl Connection {
+    pub(in crate::server) fn file_id(body: &[u8], at: usize) -> Option<u64> {
+        u64_at(body, at + 8)
+    }
+
+    /// The open `volatile` belongs to this session and tree.
+    pub(in crate::server) fn open_of(&self, h: &Header, volatile: u64) -> Result<&Open, u32> {
+        let tree = match h.target {
+            Target::Sync { tree_id, .. } => tree_id,
+            Target::Async { .. } => 0,
+        };
+        self.opens.get(&volatile).filter(|o| o.session == h.session_id && (tree == 0 || o.tree == tree)).ok_or(status::FILE_CLOSED)
+    }
+}
