@@ -58,6 +58,25 @@ impl VolumeStore {
             return Err(VolumeError::TooLarge { what: "a write", got: len, max: MAX_IO_BYTES });
         }
         let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(VolumeError::TooLarge { what: "the file end", got: offset.saturating_add(len), max: MAX_FILE_BYTES })?;
+        self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
+            let mut pos = offset;
+            while pos < end {
+                let index = pos / CHUNK_BYTES;
+                let chunk_start = index * CHUNK_BYTES;
+                let piece_end = end.min(chunk_start + CHUNK_BYTES);
+                let piece = &data[(pos - offset) as usize..(piece_end - offset) as usize];
+                self.write_chunk(st, scope, batch, inode, ino, index, (pos - chunk_start) as usize, piece)?;
+                pos = piece_end;
+            }
+            inode.size = inode.size.max(end);
+            Ok(())
+        })
+    }
+
+    /// One gated mutation of a regular file: the gate passed, the volume locked, the view
+    /// writable and the inode loaded; `change` adds to the batch, which lands with the inode
+    /// (its times set to `now`) in one write.
+    fn update_file(&self, vol: Uuid, view: View, ino: u64, now: u64, change: impl FnOnce(&VolState, &Scope, &mut WriteBatch, &mut Inode) -> Result<()>) -> Result<()> {
         let entry = self.volume(vol)?;
         let _pass = entry.gate.enter()?;
         let st = Self::lock(&entry);
@@ -67,16 +86,7 @@ impl VolumeStore {
             return Err(VolumeError::IsADirectory);
         }
         let mut batch = WriteBatch::default();
-        let mut pos = offset;
-        while pos < end {
-            let index = pos / CHUNK_BYTES;
-            let chunk_start = index * CHUNK_BYTES;
-            let piece_end = end.min(chunk_start + CHUNK_BYTES);
-            let piece = &data[(pos - offset) as usize..(piece_end - offset) as usize];
-            self.write_chunk(&st, &scope, &mut batch, &mut inode, ino, index, (pos - chunk_start) as usize, piece)?;
-            pos = piece_end;
-        }
-        inode.size = inode.size.max(end);
+        change(&st, &scope, &mut batch, &mut inode)?;
         inode.written = now;
         inode.changed = now;
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
@@ -117,37 +127,26 @@ impl VolumeStore {
         if size > MAX_FILE_BYTES {
             return Err(VolumeError::TooLarge { what: "the file size", got: size, max: MAX_FILE_BYTES });
         }
-        let entry = self.volume(vol)?;
-        let _pass = entry.gate.enter()?;
-        let st = Self::lock(&entry);
-        let scope = Self::writable(&st, view)?;
-        let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
-        if inode.kind != Kind::File {
-            return Err(VolumeError::IsADirectory);
-        }
-        let mut batch = WriteBatch::default();
-        if size == 0 && inode.size > 0 {
-            self.retire_generation(&st, &scope, &mut batch, ino, inode.generation)?;
-            inode.generation += 1;
-            inode.allocated = 0;
-        } else if size < inode.size {
-            let first_dropped = size.div_ceil(CHUNK_BYTES);
-            for (index, key) in self.visible_chunks(&st, &scope, ino, inode.generation, first_dropped)? {
-                self.remove_version(&st, &scope, &mut batch, CF_CHUNKS, Self::chunk_object(vol, ino, inode.generation, index), &key, b"")?;
-                inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES);
+        self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
+            if size == 0 && inode.size > 0 {
+                self.retire_generation(st, scope, batch, ino, inode.generation)?;
+                inode.generation += 1;
+                inode.allocated = 0;
+            } else if size < inode.size {
+                let first_dropped = size.div_ceil(CHUNK_BYTES);
+                for (index, key) in self.visible_chunks(st, scope, ino, inode.generation, first_dropped)? {
+                    self.remove_version(st, scope, batch, CF_CHUNKS, Self::chunk_object(vol, ino, inode.generation, index), &key, b"")?;
+                    inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES);
+                }
+                if size % CHUNK_BYTES != 0 {
+                    let index = size / CHUNK_BYTES;
+                    let at = (size % CHUNK_BYTES) as usize;
+                    self.write_chunk(st, scope, batch, inode, ino, index, at, &vec![0u8; CHUNK_BYTES as usize - at])?;
+                }
             }
-            if size % CHUNK_BYTES != 0 {
-                let index = size / CHUNK_BYTES;
-                let at = (size % CHUNK_BYTES) as usize;
-                self.write_chunk(&st, &scope, &mut batch, &mut inode, ino, index, at, &vec![0u8; CHUNK_BYTES as usize - at])?;
-            }
-        }
-        inode.size = size;
-        inode.written = now;
-        inode.changed = now;
-        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
-        self.db.write(batch)?;
-        Ok(())
+            inode.size = size;
+            Ok(())
+        })
     }
 
     /// Sets times and DOS attributes (SMB SET_INFO); `None` leaves a field as it is.
