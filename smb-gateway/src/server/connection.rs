@@ -22,8 +22,6 @@ const DIALECTS: [u16; 5] = [DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, 
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 /// Trees one session may connect.
 pub const MAX_TREES_PER_SESSION: usize = 64;
-/// Credits granted per response at most.
-pub const MAX_CREDITS_PER_RESPONSE: u16 = 256;
 
 const SECURITY_MODE_SIGNING_ENABLED: u16 = 0x1;
 const SECURITY_MODE_SIGNING_REQUIRED: u16 = 0x2;
@@ -59,6 +57,7 @@ pub struct Connection {
     pub(super) next_file: u64,
     /// VALIDATE_NEGOTIATE_INFO found a difference: the connection ends.
     tampered: bool,
+    credits: super::credits::Credits,
 }
 
 /// A reply body and its status, before the header goes on.
@@ -95,7 +94,7 @@ const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default() }
     }
 
     /// Handles one frame from the client.
@@ -112,6 +111,11 @@ impl Connection {
             }
             if header.command == Command::Negotiate && self.dialect.is_some() {
                 return Outcome::Close("a second NEGOTIATE".into());
+            }
+            // CANCEL takes no credit; every other message must use ids it was granted, once.
+            let charge = if self.dialect.unwrap_or(DIALECT_202) >= DIALECT_210 { header.credit_charge } else { 1 };
+            if header.command != Command::Cancel && !self.credits.consume(header.message_id, charge) {
+                return Outcome::Close(format!("message id {} outside the credit window", header.message_id));
             }
             let reply = self.dispatch(&header, message, dir, files, env);
             if self.tampered {
@@ -446,7 +450,7 @@ impl Connection {
             credit_charge: req.credit_charge,
             status: reply.status,
             command: req.command,
-            credits: req.credits.clamp(1, MAX_CREDITS_PER_RESPONSE),
+            credits: self.credits.grant(req.credits),
             flags: FLAG_SERVER_TO_REDIR | (req.flags & FLAG_RELATED_OPERATIONS),
             next_command: 0,
             message_id: req.message_id,

@@ -3,6 +3,7 @@
 //! [`Environment`] for randomness and time. The tokio driver is a thin loop around it.
 
 pub mod connection;
+pub mod credits;
 pub mod files;
 mod ops;
 mod session;

@@ -1,0 +1,86 @@
+//! The credit window (MS-SMB2 3.3.1.1, 3.3.5.2.3): a client may use only message ids the server
+//! granted, each once. Every response grants credits; the ids granted but not yet used are
+//! bounded, and so is what the server remembers about them.
+
+use std::collections::BTreeSet;
+
+/// Credits (message ids) granted and not yet used, at most.
+pub const MAX_OUTSTANDING_CREDITS: u64 = 8192;
+/// Credits one response grants at most.
+pub const MAX_CREDITS_PER_RESPONSE: u16 = 512;
+
+#[derive(Debug)]
+pub struct Credits {
+    /// Every id below this one has been used.
+    low: u64,
+    /// Ids at or above `low` that have been used.
+    used: BTreeSet<u64>,
+    /// The first id not granted yet.
+    next: u64,
+}
+
+impl Default for Credits {
+    fn default() -> Self {
+        // Message id 0 (the first NEGOTIATE) is granted from the start.
+        Credits { low: 0, used: BTreeSet::new(), next: 1 }
+    }
+}
+
+impl Credits {
+    /// Takes `charge` ids from `message_id` on (a charge of 0 counts as 1); false if any of
+    /// them was not granted or was used before (the connection must end).
+    pub fn consume(&mut self, message_id: u64, charge: u16) -> bool {
+        let charge = u64::from(charge.max(1));
+        let Some(end) = message_id.checked_add(charge) else { return false };
+        if message_id < self.low || end > self.next || (message_id..end).any(|id| self.used.contains(&id)) {
+            return false;
+        }
+        self.used.extend(message_id..end);
+        while self.used.remove(&self.low) {
+            self.low += 1;
+        }
+        true
+    }
+
+    /// Credits to grant for a response to a request asking for `requested`: at least one, so
+    /// the client never runs dry, within the outstanding bound.
+    pub fn grant(&mut self, requested: u16) -> u16 {
+        let outstanding = self.next - self.low - self.used.len() as u64;
+        let room = MAX_OUTSTANDING_CREDITS.saturating_sub(outstanding);
+        let g = u64::from(requested.clamp(1, MAX_CREDITS_PER_RESPONSE)).min(room.max(1));
+        self.next += g;
+        g as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_granted_and_used_once() {
+        let mut c = Credits::default();
+        assert!(c.consume(0, 0), "the first NEGOTIATE");
+        assert!(!c.consume(0, 1), "an id is used once");
+        assert!(!c.consume(1, 1), "not granted yet");
+        assert_eq!(c.grant(10), 10);
+        assert!(c.consume(5, 4), "out of order, multi-credit");
+        assert!(c.consume(1, 1));
+        assert!(!c.consume(8, 1), "8 was part of 5..9");
+        assert!(!c.consume(10, 2), "11 is beyond the grant");
+        assert!(c.consume(2, 3));
+        assert!(c.consume(9, 2));
+        assert!(c.used.is_empty() && c.low == 11, "used ids below the window are forgotten");
+    }
+
+    #[test]
+    fn grants_are_bounded_but_never_zero() {
+        let mut c = Credits::default();
+        let mut total = 0u64;
+        for _ in 0..100 {
+            total += u64::from(c.grant(u16::MAX));
+        }
+        assert!(total <= MAX_OUTSTANDING_CREDITS + 100);
+        assert_eq!(c.grant(0), 1);
+    }
+}
