@@ -18,6 +18,9 @@ pub fn max_frame_bytes(config: &Config) -> usize {
     config.max_io_bytes as usize + 64 * 1024
 }
 
+/// Replies up to this size are sent with their transport header in one write.
+const SMALL_REPLY_BYTES: usize = 64 * 1024;
+
 /// Connections served at once; more are refused until one ends.
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -101,9 +104,15 @@ async fn connection(
             conn = Some(c);
             match outcome {
                 Outcome::Reply(reply) => {
-                    let mut out = Vec::with_capacity(reply.len() + 4);
-                    frame::encode_frame(&reply, &mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
-                    stream.write_all(&out).await?;
+                    let head = frame::frame_header(reply.len()).map_err(|e| std::io::Error::other(e.to_string()))?;
+                    if reply.len() <= SMALL_REPLY_BYTES {
+                        // One segment for small replies.
+                        stream.write_all(&[head.as_slice(), &reply].concat()).await?;
+                    } else {
+                        // Large ones go as they are: no copy of the body.
+                        stream.write_all(&head).await?;
+                        stream.write_all(&reply).await?;
+                    }
                 }
                 Outcome::Close(why) => {
                     tracing::info!(%why, "closing the connection");

@@ -128,6 +128,9 @@ impl Connection {
                 bytes[20..24].copy_from_slice(&(padded as u32).to_le_bytes());
                 self.resign(&header, &mut bytes);
             }
+            if count == 1 {
+                return Outcome::Reply(bytes); // the common case: no copy
+            }
             out.extend_from_slice(&bytes);
         }
         Outcome::Reply(out)
@@ -484,9 +487,7 @@ impl Connection {
         }
         let flags = u32::from_le_bytes(out[16..20].try_into().expect("4 bytes")) | FLAG_SIGNED;
         out[16..20].copy_from_slice(&flags.to_le_bytes());
-        if let Some(sig) = signing::signature(s.algorithm, &s.signing_key, out) {
-            out[48..64].copy_from_slice(&sig);
-        }
+        signing::sign_in_place(s.algorithm, &s.signing_key, out);
     }
 }
 

@@ -30,13 +30,17 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<(usize, std::ops::Ran
     Ok(Some((4 + len, 4..4 + len)))
 }
 
-/// Appends `message` to `out` with its transport header.
-pub fn encode_frame(message: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
-    let len = message.len();
+/// The transport header of a message of `len` bytes.
+pub fn frame_header(len: usize) -> Result<[u8; 4], FrameError> {
     if len > MAX_TRANSPORT_FRAME_BYTES {
         return Err(FrameError::TooLarge { len, max: MAX_TRANSPORT_FRAME_BYTES });
     }
-    out.extend_from_slice(&[0, (len >> 16) as u8, (len >> 8) as u8, len as u8]);
+    Ok([0, (len >> 16) as u8, (len >> 8) as u8, len as u8])
+}
+
+/// Appends `message` to `out` with its transport header.
+pub fn encode_frame(message: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    out.extend_from_slice(&frame_header(message.len())?);
     out.extend_from_slice(message);
     Ok(())
 }

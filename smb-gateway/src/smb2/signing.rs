@@ -61,16 +61,30 @@ pub fn signature(algorithm: Algorithm, key: &[u8; 16], message: &[u8]) -> Option
         return None;
     }
     let mut m = message.to_vec();
+    Some(compute(algorithm, key, &mut m))
+}
+
+/// Signs an outgoing message in place (no copy of its body).
+pub fn sign_in_place(algorithm: Algorithm, key: &[u8; 16], message: &mut [u8]) {
+    if message.len() >= HEADER_BYTES {
+        let sig = compute(algorithm, key, message);
+        message[SIGNATURE_AT].copy_from_slice(&sig);
+    }
+}
+
+/// The signature of a message whose signature field this zeroes (callers then set it).
+fn compute(algorithm: Algorithm, key: &[u8; 16], m: &mut [u8]) -> [u8; 16] {
     m[SIGNATURE_AT].fill(0);
-    Some(match algorithm {
+    let m: &[u8] = m;
+    match algorithm {
         Algorithm::HmacSha256 => {
             let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length");
-            hmac::Mac::update(&mut mac, &m);
+            hmac::Mac::update(&mut mac, m);
             hmac::Mac::finalize(mac).into_bytes()[..16].try_into().expect("16 bytes")
         }
         Algorithm::AesCmac => {
             let mut mac = <Cmac<Aes128> as KeyInit>::new_from_slice(key).expect("16-byte key");
-            mac.update(&m);
+            mac.update(m);
             mac.finalize().into_bytes().into()
         }
         Algorithm::AesGmac => {
@@ -83,10 +97,11 @@ pub fn signature(algorithm: Algorithm, key: &[u8; 16], message: &[u8]) -> Option
             let role = u32::from(flags & FLAG_SERVER_TO_REDIR != 0) | (u32::from(command == 0x0C) << 1);
             nonce[8..].copy_from_slice(&role.to_le_bytes());
             let cipher = Aes128Gcm::new_from_slice(key).expect("16-byte key");
-            let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), &m, &mut []).ok()?;
+            // GCM refuses only inputs past 2^36 bytes; messages are bounded far below that.
+            let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), m, &mut []).expect("message within GCM's limits");
             tag.into()
         }
-    })
+    }
 }
 
 /// Whether `message` carries the right signature.
