@@ -16,6 +16,7 @@ pub mod rpc;
 pub mod server;
 pub mod smb2;
 pub mod spnego;
+pub mod wire;
 
 #[cfg(test)]
 mod golden;

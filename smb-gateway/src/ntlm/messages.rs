@@ -1,6 +1,7 @@
 //! NTLMSSP messages (MS-NLMP 2.2.1): NEGOTIATE, CHALLENGE, AUTHENTICATE. Every field is a
 //! (length, max length, offset) triple into the message, checked against its bounds.
 
+use crate::wire::{u16_at, u32_at};
 pub const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 pub const NEGOTIATE_UNICODE: u32 = 0x0000_0001;
 
@@ -21,13 +22,7 @@ pub enum MessageError {
     Text(&'static str),
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
 
 /// Checks the signature, type and size of a message.
 fn header(msg: &[u8], expected: u32, min: usize) -> Result<(), MessageError> {
@@ -40,7 +35,7 @@ fn header(msg: &[u8], expected: u32, min: usize) -> Result<(), MessageError> {
     if msg.len() < min {
         return Err(MessageError::Size(msg.len()));
     }
-    let found = u32_at(msg, 8);
+    let found = u32_at(msg, 8).ok_or(MessageError::Size(msg.len()))?;
     if found != expected {
         return Err(MessageError::Type { found, expected });
     }
@@ -49,8 +44,8 @@ fn header(msg: &[u8], expected: u32, min: usize) -> Result<(), MessageError> {
 
 /// The bytes a (len, maxlen, offset) field at `at` points to.
 fn field<'a>(msg: &'a [u8], at: usize, name: &'static str) -> Result<&'a [u8], MessageError> {
-    let len = usize::from(u16_at(msg, at));
-    let offset = u32_at(msg, at + 4) as usize;
+    let len = usize::from(u16_at(msg, at).ok_or(MessageError::Size(msg.len()))?);
+    let offset = u32_at(msg, at + 4).ok_or(MessageError::Size(msg.len()))? as usize;
     offset.checked_add(len).and_then(|end| msg.get(offset..end)).ok_or(MessageError::Field { field: name, offset, len, total: msg.len() })
 }
 
@@ -58,11 +53,7 @@ fn text(bytes: &[u8], unicode: bool, name: &'static str) -> Result<String, Messa
     if !unicode {
         return Ok(bytes.iter().map(|&b| b as char).collect());
     }
-    if bytes.len() % 2 != 0 {
-        return Err(MessageError::Text(name));
-    }
-    let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-    String::from_utf16(&units).map_err(|_| MessageError::Text(name))
+    crate::wire::utf16_decode(bytes).ok_or(MessageError::Text(name))
 }
 
 /// A CHALLENGE message's server challenge and target info.
@@ -77,7 +68,7 @@ impl Challenge {
     pub fn parse(msg: &[u8]) -> Result<Challenge, MessageError> {
         header(msg, 2, 48)?;
         Ok(Challenge {
-            flags: u32_at(msg, 20),
+            flags: u32_at(msg, 20).ok_or(MessageError::Size(msg.len()))?,
             server_challenge: msg[24..32].try_into().expect("8 bytes"),
             target_info: field(msg, 40, "TargetInfo")?.to_vec(),
         })
@@ -99,7 +90,7 @@ pub struct Authenticate {
 impl Authenticate {
     pub fn parse(msg: &[u8]) -> Result<Authenticate, MessageError> {
         header(msg, 3, 64)?;
-        let flags = u32_at(msg, 60);
+        let flags = u32_at(msg, 60).ok_or(MessageError::Size(msg.len()))?;
         let unicode = flags & NEGOTIATE_UNICODE != 0;
         Ok(Authenticate {
             flags,

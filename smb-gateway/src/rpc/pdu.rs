@@ -1,6 +1,7 @@
 //! Connection-oriented DCE/RPC PDUs (C706 12.6): header, bind / bind_ack, request / response,
 //! fault. Offsets and lengths are checked against the PDU.
 
+use crate::wire::{u16_at, u32_at};
 pub const REQUEST: u8 = 0;
 pub const RESPONSE: u8 = 2;
 pub const FAULT: u8 = 3;
@@ -43,13 +44,7 @@ pub struct Header {
     pub call_id: u32,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
 
 impl Header {
     pub fn parse(pdu: &[u8]) -> Result<Header, PduError> {

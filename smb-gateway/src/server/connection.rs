@@ -15,6 +15,7 @@ use crate::smb2::negotiate::{self, DIALECT_202, DIALECT_210, DIALECT_300, DIALEC
 use crate::smb2::signing::{self, Algorithm, Preauth};
 use crate::smb2::{compound, status};
 use crate::spnego::{self, NegTokenResp, OID_NTLMSSP};
+use crate::wire::{u16_at, u32_at, utf16_decode as utf16};
 
 /// Dialects the server speaks, best last.
 const DIALECTS: [u16; 5] = [DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, DIALECT_311];
@@ -79,13 +80,7 @@ impl Reply {
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
 
 const FSCTL_VALIDATE_NEGOTIATE_INFO: u32 = 0x0014_0204;
 const FSCTL_DFS_GET_REFERRALS: u32 = 0x0006_0194;
@@ -498,12 +493,6 @@ fn security_buffer(message: &[u8], at: usize) -> Option<&[u8]> {
     message.get(offset..offset.checked_add(len)?)
 }
 
-fn utf16(bytes: &[u8]) -> Option<String> {
-    if bytes.len() % 2 != 0 {
-        return None;
-    }
-    String::from_utf16(&bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>()).ok()
-}
 
 /// A SESSION_SETUP response body with its security token.
 fn setup_body(session_flags: u16, token: &[u8]) -> Vec<u8> {

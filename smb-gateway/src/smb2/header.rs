@@ -1,5 +1,6 @@
 //! The SMB2 packet header (MS-SMB2 2.2.1): 64 bytes before every message of a compound.
 
+use crate::wire;
 /// Bytes in an SMB2 header.
 pub const HEADER_BYTES: usize = 64;
 pub const PROTOCOL_ID: [u8; 4] = [0xFE, b'S', b'M', b'B'];
@@ -125,22 +126,17 @@ pub enum HeaderError {
     UnknownCommand(u16),
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
 
 impl Header {
     /// Parses the header at the start of `msg` (which must hold at least 64 bytes).
     pub fn parse(msg: &[u8]) -> Result<Header, HeaderError> {
         let h = msg.get(..HEADER_BYTES).ok_or(HeaderError::Short(msg.len()))?;
+        // Every offset below lies inside these 64 bytes.
+        let u16_at = |at| wire::u16_at(h, at).expect("inside the header");
+        let u32_at = |at| wire::u32_at(h, at).expect("inside the header");
+        let u64_at = |at| wire::u64_at(h, at).expect("inside the header");
         let id: [u8; 4] = h[..4].try_into().expect("4 bytes");
         if id == TRANSFORM_PROTOCOL_ID {
             return Err(HeaderError::Transform);
@@ -148,28 +144,28 @@ impl Header {
         if id != PROTOCOL_ID {
             return Err(HeaderError::NotSmb2(id));
         }
-        let size = u16_at(h, 4);
+        let size = u16_at(4);
         if size != HEADER_BYTES as u16 {
             return Err(HeaderError::StructureSize(size));
         }
-        let code = u16_at(h, 12);
+        let code = u16_at(12);
         let command = Command::from_u16(code).ok_or(HeaderError::UnknownCommand(code))?;
-        let flags = u32_at(h, 16);
+        let flags = u32_at(16);
         let target = if flags & FLAG_ASYNC_COMMAND != 0 {
-            Target::Async { async_id: u64_at(h, 32) }
+            Target::Async { async_id: u64_at(32) }
         } else {
-            Target::Sync { process_id: u32_at(h, 32), tree_id: u32_at(h, 36) }
+            Target::Sync { process_id: u32_at(32), tree_id: u32_at(36) }
         };
         Ok(Header {
-            credit_charge: u16_at(h, 6),
-            status: u32_at(h, 8),
+            credit_charge: u16_at(6),
+            status: u32_at(8),
             command,
-            credits: u16_at(h, 14),
+            credits: u16_at(14),
             flags,
-            next_command: u32_at(h, 20),
-            message_id: u64_at(h, 24),
+            next_command: u32_at(20),
+            message_id: u64_at(24),
             target,
-            session_id: u64_at(h, 40),
+            session_id: u64_at(40),
             signature: h[48..64].try_into().expect("16 bytes"),
         })
     }

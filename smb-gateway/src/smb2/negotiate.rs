@@ -1,6 +1,7 @@
 //! NEGOTIATE request and response bodies (MS-SMB2 2.2.3, 2.2.4) and negotiate contexts.
 //! Offsets in these bodies count from the start of the SMB2 header, as the spec has them.
 
+use crate::wire::{u16_at, u32_at};
 use super::header::HEADER_BYTES;
 
 pub const DIALECT_202: u16 = 0x0202;
@@ -28,13 +29,7 @@ pub enum NegotiateError {
     TooMany(&'static str),
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Context {

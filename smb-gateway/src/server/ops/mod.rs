@@ -7,6 +7,7 @@ mod data;
 mod dir;
 mod info;
 
+pub(in crate::server) use crate::wire::{put_utf16, u16_at, u32_at, u64_at, utf16_decode as utf16};
 use super::connection::{Connection, Reply};
 use super::files::{FileInfo, FsError};
 use super::session::Session;
@@ -48,26 +49,8 @@ pub struct Listing {
     done: bool,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
 
-fn utf16(bytes: &[u8]) -> Option<String> {
-    if bytes.len() % 2 != 0 {
-        return None;
-    }
-    String::from_utf16(&bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>()).ok()
-}
 
-fn put_utf16(out: &mut Vec<u8>, s: &str) {
-    out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
-}
 
 fn attributes(f: &FileInfo) -> u32 {
     let base = f.attributes & !ATTR_DIRECTORY;
