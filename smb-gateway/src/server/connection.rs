@@ -75,6 +75,15 @@ impl Reply {
     }
 
     /// An error response body (MS-SMB2 2.2.2).
+    /// BUFFER_OVERFLOW (a success with more to read) when `more`.
+    pub(super) fn overflowing(self, more: bool) -> Reply {
+        if more {
+            Reply { status: status::BUFFER_OVERFLOW, ..self }
+        } else {
+            self
+        }
+    }
+
     pub(super) fn error(status: u32) -> Reply {
         Reply { status, body: vec![9, 0, 0, 0, 0, 0, 0, 0, 0], session_id: None, tree_id: None }
     }
@@ -426,15 +435,7 @@ impl Connection {
         out.extend_from_slice(&self.config.server_guid);
         out.extend_from_slice(&n.server_security_mode.to_le_bytes());
         out.extend_from_slice(&dialect.to_le_bytes());
-        let mut r = vec![49, 0, 0, 0];
-        r.extend_from_slice(&body[4..24]); // CtlCode and FileId, echoed
-        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes()); // InputOffset
-        r.extend_from_slice(&0u32.to_le_bytes()); // InputCount
-        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes()); // OutputOffset
-        r.extend_from_slice(&(out.len() as u32).to_le_bytes());
-        r.extend_from_slice(&[0; 8]); // Flags, Reserved2
-        r.extend_from_slice(&out);
-        Reply::ok(r)
+        Reply::ok(super::ops::ioctl_body(body, &out))
     }
 
     /// The response message: header (credits granted, ids, signature) and body.

@@ -19,20 +19,7 @@ impl Connection {
         }
         let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::INVALID_DEVICE_REQUEST) };
         let out = pipe.read(max_out as usize);
-        let more = pipe.pending() > 0;
-        let mut r = vec![49, 0, 0, 0];
-        r.extend_from_slice(&body[4..24]); // CtlCode, FileId
-        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes());
-        r.extend_from_slice(&0u32.to_le_bytes());
-        r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes());
-        r.extend_from_slice(&(out.len() as u32).to_le_bytes());
-        r.extend_from_slice(&[0; 8]);
-        r.extend_from_slice(&out);
-        let mut reply = Reply::ok(r);
-        if more {
-            reply.status = status::BUFFER_OVERFLOW;
-        }
-        reply
+        Reply::ok(ioctl_body(body, &out)).overflowing(pipe.pending() > 0)
     }
 
     pub(in crate::server) fn write(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn crate::server::Directory, env: &mut dyn crate::server::Environment) -> Reply {
@@ -79,21 +66,15 @@ impl Connection {
         if len > self.config.max_io_bytes {
             return Reply::error(status::INVALID_PARAMETER);
         }
+        if let Err(s) = self.open_of(h, volatile) {
+            return Reply::error(s);
+        }
         if let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) {
             let data = pipe.read(len as usize);
             if data.is_empty() {
                 return Reply::error(status::PIPE_EMPTY);
             }
-            let more = pipe.pending() > 0;
-            let mut r = vec![17, 0, (HEADER_BYTES + 16) as u8, 0];
-            r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            r.extend_from_slice(&[0; 8]);
-            r.extend_from_slice(&data);
-            let mut reply = Reply::ok(r);
-            if more {
-                reply.status = status::BUFFER_OVERFLOW;
-            }
-            return reply;
+            return Reply::ok(read_body(&data)).overflowing(pipe.pending() > 0);
         }
         let (share, id) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
@@ -105,11 +86,7 @@ impl Connection {
             Ok(d) => d,
             Err(e) => return fs(e),
         };
-        let mut r = vec![17, 0, (HEADER_BYTES + 16) as u8, 0];
-        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        r.extend_from_slice(&[0; 8]);
-        r.extend_from_slice(&data);
-        Reply::ok(r)
+        Reply::ok(read_body(&data))
     }
 
     /// One PDU into a pipe, with the shares and the NTLM context a call may need.
@@ -135,4 +112,28 @@ impl Connection {
             Err(e) => fs(e),
         }
     }
+}
+
+/// A READ response body (MS-SMB2 2.2.20) carrying `data`.
+fn read_body(data: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(16 + data.len());
+    r.extend_from_slice(&[17, 0, (HEADER_BYTES + 16) as u8, 0]);
+    r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    r.extend_from_slice(&[0; 8]);
+    r.extend_from_slice(data);
+    r
+}
+
+/// An IOCTL response body (MS-SMB2 2.2.32) for the request body `request`, carrying `out`.
+pub(in crate::server) fn ioctl_body(request: &[u8], out: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(48 + out.len());
+    r.extend_from_slice(&[49, 0, 0, 0]);
+    r.extend_from_slice(&request[4..24]); // CtlCode and FileId, echoed
+    r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes()); // InputOffset
+    r.extend_from_slice(&0u32.to_le_bytes()); // InputCount
+    r.extend_from_slice(&((HEADER_BYTES + 48) as u32).to_le_bytes()); // OutputOffset
+    r.extend_from_slice(&(out.len() as u32).to_le_bytes());
+    r.extend_from_slice(&[0; 8]); // Flags, Reserved2
+    r.extend_from_slice(out);
+    r
 }

@@ -4,6 +4,7 @@
 
 mod create;
 mod data;
+pub(in crate::server) use data::ioctl_body;
 mod dir;
 mod info;
 
