@@ -73,6 +73,11 @@ enum Owner {
     Peer(VolumeClient<Channel>),
 }
 
+/// A snapshot or clone id from a request.
+fn id_of(s: &str, what: &str) -> Result<Uuid, VolumeError> {
+    Uuid::parse_str(s).map_err(|_| VolumeError::Invalid(format!("{what} id {s:?} is not a uuid")))
+}
+
 fn parse_uuid(s: &str, what: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(s).map_err(|_| Status::invalid_argument(format!("{what} {s:?} is not a uuid")))
 }
@@ -303,21 +308,21 @@ impl VolumeRpc for VolumeService {
 
     async fn snapshot_create(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotReply>, Status> {
         unary!(self, req, snapshot_create, |s, vol, _view, r| {
-            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.id)))?;
+            let id = id_of(&r.id, "snapshot")?;
             s.snapshot_create(vol, id, r.now).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
         })
     }
 
     async fn snapshot_commit(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotReply>, Status> {
         unary!(self, req, snapshot_commit, |s, vol, _view, r| {
-            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.id)))?;
+            let id = id_of(&r.id, "snapshot")?;
             s.snapshot_commit(vol, id).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
         })
     }
 
     async fn snapshot_delete(&self, req: Request<SnapshotRequest>) -> Result<Response<Done>, Status> {
         unary!(self, req, snapshot_delete, |s, vol, _view, r| {
-            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.id)))?;
+            let id = id_of(&r.id, "snapshot")?;
             s.snapshot_delete(vol, id).map(|_| Done {})
         })
     }
@@ -336,7 +341,7 @@ impl VolumeRpc for VolumeService {
 
     async fn fence(&self, req: Request<FenceRequest>) -> Result<Response<SnapshotReply>, Status> {
         unary!(self, req, fence, |s, vol, _view, r| {
-            let id = Uuid::parse_str(&r.snapshot).map_err(|_| VolumeError::Invalid(format!("snapshot id {:?} is not a uuid", r.snapshot)))?;
+            let id = id_of(&r.snapshot, "snapshot")?;
             let ttl = std::time::Duration::from_millis(r.ttl_ms);
             s.fence(vol, r.token, ttl, id, r.now).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
         })
@@ -364,21 +369,21 @@ impl VolumeRpc for VolumeService {
     async fn clone_create(&self, req: Request<CloneRequest>) -> Result<Response<CloneReply>, Status> {
         unary!(self, req, clone_create, |s, vol, view, r| {
             let View::Snapshot(snap) = view else { return Err(VolumeError::Invalid("a clone is made of a snapshot: name it in the target".into())) };
-            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("clone id {:?} is not a uuid", r.id)))?;
+            let id = id_of(&r.id, "clone")?;
             s.clone_create(vol, snap, id).map(clone_reply)
         })
     }
 
     async fn clone_seal(&self, req: Request<CloneRequest>) -> Result<Response<CloneReply>, Status> {
         unary!(self, req, clone_seal, |s, vol, _view, r| {
-            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("clone id {:?} is not a uuid", r.id)))?;
+            let id = id_of(&r.id, "clone")?;
             s.clone_seal(vol, id).map(clone_reply)
         })
     }
 
     async fn clone_delete(&self, req: Request<CloneRequest>) -> Result<Response<Done>, Status> {
         unary!(self, req, clone_delete, |s, vol, _view, r| {
-            let id = Uuid::parse_str(&r.id).map_err(|_| VolumeError::Invalid(format!("clone id {:?} is not a uuid", r.id)))?;
+            let id = id_of(&r.id, "clone")?;
             s.clone_delete(vol, id).map(|_| Done {})
         })
     }
