@@ -83,6 +83,8 @@ pub enum Command {
     PutUser { name: String, nt_hash: NtHash, role: Role },
     /// Delete a user by name (any case).
     DeleteUser { name: String },
+    /// An FSRVP step (see [`crate::fsrvp`]).
+    Fsrvp(crate::fsrvp::FsrvpCommand),
 }
 
 /// The NT hash (MD4 of the UTF-16LE password): the only secret the cluster stores.
@@ -144,6 +146,21 @@ pub struct Share {
     pub path: String,
     pub read_only: bool,
     pub created_ms: u64,
+    /// Set for a share that exposes a shadow copy (`share@{copy-guid}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<ShareSnapshot>,
+}
+
+/// What an exposed shadow-copy share serves: a snapshot of its volume, or (writable
+/// auto-recovery sets) the clone branched from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSnapshot {
+    pub set: Uuid,
+    pub copy: Uuid,
+    pub snapshot: Uuid,
+    pub clone: Option<Uuid>,
+    /// The base share it was exposed from.
+    pub base: String,
 }
 
 /// A user. The NT hash is kept in the state machine but never listed.
@@ -178,6 +195,7 @@ pub enum Applied {
     ShareDeleted(Share),
     User(UserInfo),
     UserDeleted(UserInfo),
+    Fsrvp(crate::fsrvp::FsrvpAnswer),
 }
 
 /// A command the state machine refused. Deterministic: every node refuses it the same way.
@@ -192,6 +210,8 @@ pub enum MetaError {
     InvalidName(#[from] NameError),
     #[error("node {node} is not a member of the cluster")]
     UnknownNode { node: NodeId },
+    #[error(transparent)]
+    Fsrvp(#[from] crate::fsrvp::FsrvpError),
     #[error("{limit} reached ({max}): {what}")]
     LimitReached { limit: String, max: usize, what: String },
 }

@@ -10,6 +10,7 @@
 //! check (see the node crate). Snapshots are the whole state as JSON.
 
 pub mod command;
+pub mod fsrvp;
 pub mod names;
 pub mod network;
 pub mod query;

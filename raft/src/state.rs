@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::command::{Applied, Command, MetaError, Request, Response, Share, User, UserInfo, Volume};
+use crate::fsrvp::{Env, FsrvpState};
 use crate::names::{self, fold};
 use crate::types::NodeId;
 
@@ -32,6 +33,8 @@ pub enum StateKey {
     /// The remembered answers of every request applied at this log index.
     Dedupe(u64),
     Clock,
+    /// The whole FSRVP state (small and bounded: one record).
+    Fsrvp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,8 @@ pub struct MetaState {
     pub shares: BTreeMap<String, Share>,
     /// Keyed by the folded name.
     pub users: BTreeMap<String, User>,
+    #[serde(default)]
+    pub fsrvp: FsrvpState,
     /// Oldest first.
     pub dedupe: VecDeque<DedupeEntry>,
     #[serde(skip)]
@@ -76,7 +81,7 @@ impl MetaState {
             self.clock_ms = req.stamp_ms;
             changed.push(StateKey::Clock);
         }
-        let response = self.execute(&req.command, members, changed);
+        let response = self.execute(index, &req.command, members, changed);
         self.remember(index, req.request_id, response.clone(), changed);
         response
     }
@@ -101,13 +106,27 @@ impl MetaState {
         self.dedupe.range(start..).take_while(|e| e.index == index).collect()
     }
 
-    fn execute(&mut self, command: &Command, members: &BTreeSet<NodeId>, changed: &mut Vec<StateKey>) -> Response {
+    fn execute(&mut self, index: u64, command: &Command, members: &BTreeSet<NodeId>, changed: &mut Vec<StateKey>) -> Response {
         match command {
+            Command::Fsrvp(cmd) => {
+                let volumes = &self.volumes;
+                let owners = |v: Uuid| volumes.get(&v).map(|v| v.owner);
+                let mut changed_shares = Vec::new();
+                let mut env = Env { clock_ms: self.clock_ms, index, shares: &mut self.shares, owners: &owners, changed_shares: &mut changed_shares };
+                let answer = self.fsrvp.apply(cmd, &mut env);
+                changed.extend(changed_shares.into_iter().map(StateKey::Share));
+                changed.push(StateKey::Fsrvp);
+                Ok(Applied::Fsrvp(answer?))
+            }
             Command::CreateVolume { id, name, owner } => self.create_volume(*id, name, *owner, members, changed),
             Command::CreateShare { name, volume, path, read_only } => {
                 self.create_share(name, volume, path, *read_only, changed)
             }
             Command::DeleteShare { name } => {
+                if let Some(set) = self.shares.get(&fold(name)).and_then(|s| s.snapshot.as_ref()).map(|s| s.set) {
+                    let why = format!("it exposes a shadow copy of set {set}; delete the set with `umbra ctl shadow delete`");
+                    return Err(MetaError::Fsrvp(crate::fsrvp::FsrvpError::NotSupported(why)));
+                }
                 let share = self.shares.remove(&fold(name)).ok_or_else(|| MetaError::not_found("share", name))?;
                 changed.push(StateKey::Share(fold(name)));
                 Ok(Applied::ShareDeleted(share))
@@ -163,7 +182,7 @@ impl MetaState {
         if self.shares.len() >= MAX_SHARES {
             return Err(limit("max_shares", MAX_SHARES, name));
         }
-        let share = Share { name: name.into(), volume, path, read_only, created_ms: self.clock_ms };
+        let share = Share { name: name.into(), volume, path, read_only, created_ms: self.clock_ms, snapshot: None };
         self.shares.insert(key.clone(), share.clone());
         changed.push(StateKey::Share(key));
         Ok(Applied::Share(share))

@@ -22,6 +22,7 @@ use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, S
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_CLOCK: &[u8] = b"clock";
+const KEY_FSRVP: &[u8] = b"fsrvp";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// What the state machine holds in memory; also the snapshot format (JSON).
@@ -71,6 +72,7 @@ fn key_of(k: &StateKey) -> Vec<u8> {
         StateKey::User(name) => format!("u/{name}").into_bytes(),
         StateKey::Dedupe(index) => format!("d/{index:020}").into_bytes(),
         StateKey::Clock => KEY_CLOCK.to_vec(),
+        StateKey::Fsrvp => KEY_FSRVP.to_vec(),
     }
 }
 
@@ -103,6 +105,7 @@ impl StateMachineStore {
                     (!kept.is_empty()).then(|| serde_json::to_vec(&kept))
                 }
                 StateKey::Clock => Some(serde_json::to_vec(&s.clock_ms)),
+                StateKey::Fsrvp => Some(serde_json::to_vec(&s.fsrvp)),
             };
             match value.transpose().map_err(write_err)? {
                 Some(bytes) => batch.put_cf(sm, key_of(k), bytes),
@@ -125,6 +128,7 @@ fn load_key(data: &mut AppliedState, key: &[u8], value: &[u8]) -> Result<(), Sto
         KEY_APPLIED => data.last_applied = serde_json::from_slice(value).map_err(read_err)?,
         KEY_MEMBERSHIP => data.membership = serde_json::from_slice(value).map_err(read_err)?,
         KEY_CLOCK => s.clock_ms = serde_json::from_slice(value).map_err(read_err)?,
+        KEY_FSRVP => s.fsrvp = serde_json::from_slice(value).map_err(read_err)?,
         k if k.starts_with(b"v/") => {
             let v: crate::command::Volume = serde_json::from_slice(value).map_err(read_err)?;
             s.volumes.insert(v.id, v);
@@ -232,7 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sm = cf(&self.db, CF_SM);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(sm, b"".as_slice(), b"\xff".as_slice());
-        let mut all: Vec<StateKey> = vec![StateKey::Clock];
+        let mut all: Vec<StateKey> = vec![StateKey::Clock, StateKey::Fsrvp];
         all.extend(incoming.state.volumes.keys().map(|id| StateKey::Volume(*id)));
         all.extend(incoming.state.shares.keys().map(|k| StateKey::Share(k.clone())));
         all.extend(incoming.state.users.keys().map(|k| StateKey::User(k.clone())));
