@@ -21,7 +21,7 @@ const CAPTURES: &[&str] = &[
 
 /// The TCP payload of each direction of the capture's SMB connection, in order:
 /// (client to server, server to client).
-fn streams(name: &str) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn streams(name: &str) -> (Vec<u8>, Vec<u8>) {
     let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
     let d = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert_eq!(&d[..4], &0xa1b2c3d4u32.to_le_bytes(), "a little-endian pcap");
@@ -182,7 +182,7 @@ proptest! {
 }
 
 /// One direction's messages in order.
-fn direction(stream: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn direction(stream: &[u8]) -> Vec<Vec<u8>> {
     frames(stream).iter().flat_map(|f| compound::split(f).unwrap().into_iter().map(|(_, m)| m.to_vec()).collect::<Vec<_>>()).collect()
 }
 

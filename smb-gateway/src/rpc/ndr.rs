@@ -31,6 +31,25 @@ impl Writer {
         self.u32(id);
     }
 
+    /// A writer whose first non-null unique pointer gets referent id `first` (Samba numbers
+    /// the pointers of some replies from 0x00020000, of others from further on).
+    pub fn with_first_referent(first: u32) -> Self {
+        assert!(first >= 4, "referent ids are non-zero");
+        Writer { buf: Vec::new(), next_referent: first - 4 }
+    }
+
+    /// A hyper (8 bytes, 8-aligned).
+    pub fn u64(&mut self, v: u64) {
+        self.align(8);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A GUID: u32, u16, u16 little-endian, then 8 bytes (4-aligned).
+    pub fn guid(&mut self, g: &uuid::Uuid) {
+        self.align(4);
+        self.buf.extend_from_slice(&g.to_bytes_le());
+    }
+
     /// A conformant varying string with its terminating NUL (the deferred part of a pointer).
     pub fn string(&mut self, s: &str) {
         let units: Vec<u16> = s.encode_utf16().chain([0]).collect();
@@ -71,6 +90,19 @@ impl<'a> Reader<'a> {
         self.at = end;
         let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
         String::from_utf16(&units).ok()
+    }
+
+    /// The next `n` bytes as they are (no alignment), bounded by the buffer.
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let v = self.buf.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(v)
+    }
+
+    /// A GUID: u32, u16, u16 little-endian, then 8 bytes (4-aligned).
+    pub fn guid(&mut self) -> Option<uuid::Uuid> {
+        self.at = self.at.div_ceil(4) * 4;
+        Some(uuid::Uuid::from_bytes_le(self.bytes(16)?.try_into().ok()?))
     }
 
     /// Skips a conformant varying UTF-16 string, bounded by the buffer.
