@@ -145,7 +145,7 @@ pub struct FsrvpState {
 
 /// Why an FSRVP command was refused; the gateway maps each to a result code (one table).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "fsrvp", rename_all = "snake_case")]
+#[serde(tag = "fsrvp", content = "detail", rename_all = "snake_case")]
 pub enum FsrvpError {
     #[error("the shadow-copy set is not in a state that allows this ({0})")]
     BadState(String),
@@ -163,6 +163,9 @@ pub enum FsrvpError {
     NotExposed,
     #[error("the commit did not finish within its timeout")]
     Timeout,
+    /// Anything else (an owner unreachable, no quorum): the wire's E_FAIL.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// What an FSRVP command answers.

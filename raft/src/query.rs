@@ -13,6 +13,8 @@ pub enum Query {
     Shares,
     Users,
     Share { name: String },
+    /// Every shadow-copy set, commit attempt, client context and the timer setting.
+    Fsrvp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +24,7 @@ pub enum QueryResult {
     Shares(Vec<Share>),
     Users(Vec<UserInfo>),
     Share(Option<Share>),
+    Fsrvp(crate::fsrvp::FsrvpState),
 }
 
 impl Query {
@@ -36,6 +39,7 @@ impl Query {
             Query::Shares => QueryResult::Shares(state.shares.values().cloned().collect()),
             Query::Users => QueryResult::Users(state.users.values().map(UserInfo::from).collect()),
             Query::Share { name } => QueryResult::Share(state.shares.get(&fold(name)).cloned()),
+            Query::Fsrvp => QueryResult::Fsrvp(state.fsrvp.clone()),
         }
     }
 }

@@ -429,3 +429,46 @@ fn fsrvp_state_survives_a_snapshot_round_trip() {
     back.reindex();
     assert_eq!(back, w.state);
 }
+
+#[test]
+fn every_answer_and_refusal_serialises_as_the_log_and_dedupe_table_store_it() {
+    let errors = [
+        FsrvpError::BadState("Added".into()),
+        FsrvpError::InvalidArgument("x".into()),
+        FsrvpError::ObjectNotFound("x".into()),
+        FsrvpError::AlreadyExists("x".into()),
+        FsrvpError::InProgress(Uuid::new_v4()),
+        FsrvpError::NotSupported("x".into()),
+        FsrvpError::NotExposed,
+        FsrvpError::Timeout,
+        FsrvpError::Failed("x".into()),
+    ];
+    for e in errors {
+        let r: crate::command::Response = Err(MetaError::Fsrvp(e));
+        let json = serde_json::to_vec(&r).expect("serialises");
+        assert_eq!(serde_json::from_slice::<crate::command::Response>(&json).unwrap(), r);
+    }
+    let mut w = World::new();
+    let set = w.start(0);
+    let copy = w.add(set, "s1").unwrap();
+    let a = w.commit(set);
+    let answers = [
+        FsrvpAnswer::Done,
+        FsrvpAnswer::Copy(copy),
+        FsrvpAnswer::Attempt(a),
+        FsrvpAnswer::Decided(Decision::Committed),
+        FsrvpAnswer::Set(w.state.fsrvp.sets[&set].clone()),
+        FsrvpAnswer::Mapping(MappingInfo { set, copy, share: "s1".into(), exposed: None, committed_ms: 1 }),
+        FsrvpAnswer::MappingDeleted { removed: Some(RemovedCopy { volume: v(1), snapshot: None, writable: false, copy }) },
+    ];
+    for a in answers {
+        let r: crate::command::Response = Ok(Applied::Fsrvp(a));
+        let json = serde_json::to_vec(&r).expect("serialises");
+        assert_eq!(serde_json::from_slice::<crate::command::Response>(&json).unwrap(), r);
+    }
+    for cmd in [FsrvpCommand::Expire, FsrvpCommand::SetTimeout { seconds: Some(1) }, FsrvpCommand::Start { client: "c".into(), set }] {
+        let r = Request::new(Command::Fsrvp(cmd));
+        let json = serde_json::to_vec(&r).expect("serialises");
+        assert_eq!(serde_json::from_slice::<Request>(&json).unwrap(), r);
+    }
+}
