@@ -65,7 +65,7 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
         let span = tracing::info_span!("smb", %peer);
         tokio::spawn(
             async move {
-                if let Err(e) = connection(stream, config, directory, files, throttle).await {
+                if let Err(e) = connection(stream, peer.ip().to_string(), config, directory, files, throttle).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
                 drop(slot);
@@ -77,6 +77,7 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
 
 async fn connection(
     mut stream: TcpStream,
+    peer: String,
     config: Config,
     directory: Arc<dyn Directory + Send + Sync>,
     files: Arc<dyn Files>,
@@ -84,7 +85,9 @@ async fn connection(
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let max = max_frame_bytes(&config);
-    let mut conn = Some(Connection::new(config));
+    let mut conn = Connection::new(config);
+    conn.set_peer(&peer);
+    let mut conn = Some(conn);
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {

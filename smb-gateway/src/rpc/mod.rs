@@ -1,14 +1,19 @@
 //! DCE/RPC over named pipes (C706 connection-oriented PDUs, MS-RPCE), without I/O: a [`Pipe`]
-//! takes request bytes written to the pipe and produces the bytes to read back. Interfaces:
-//! srvsvc (share enumeration). Unauthenticated binds take the SMB session's user.
+//! takes request bytes written to the pipe and produces the bytes to read back. Interfaces, one
+//! per pipe: srvsvc (share enumeration) and FileServerVssAgent (FSRVP, on FssagentRpc, whose
+//! calls go to a [`ShadowCopies`] service). Unauthenticated binds take the SMB session's user;
+//! NTLMSSP-authenticated binds the user they authenticated.
 
 pub mod auth;
+pub mod fsrvp;
 pub mod ndr;
 pub mod pdu;
 pub mod srvsvc;
 
 use auth::{Auth, AuthContext, Trailer, LEVEL_PRIVACY, SIGNATURE_BYTES};
-use pdu::{Header, PduError};
+use pdu::{Header, Interface, PduError};
+use umbra_raft::command::Role;
+use umbra_raft::fsrvp::FsrvpError;
 
 /// Bytes one pipe buffers for the client at most; beyond, the connection is refused the call.
 pub const MAX_PIPE_OUTPUT_BYTES: usize = 1 << 20;
@@ -24,6 +29,62 @@ pub struct ShareEntry {
     /// STYPE_* (0 disk, 0x80000003 IPC$).
     pub kind: u32,
     pub remark: String,
+}
+
+/// Who calls through a pipe: the SMB session's user and role, and the client's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub role: Role,
+    pub client: String,
+}
+
+/// FSRVP behind \PIPE\FssagentRpc: the node's shadow-copy-set coordinator. Blocking (the
+/// driver runs connections on the blocking pool). Share names arrive bare (UNC parsed here).
+pub trait ShadowCopies: Send + Sync {
+    fn call(&self, caller: &Caller, call: &fsrvp::Call) -> Result<fsrvp::Out, FsrvpError>;
+}
+
+/// What a pipe's calls may use.
+pub struct Host<'a> {
+    pub shares: &'a [ShareEntry],
+    pub auth: &'a AuthContext<'a>,
+    pub caller: &'a Caller,
+    /// A user's role by name (for a DCE/RPC-authenticated caller).
+    pub role_of: &'a dyn Fn(&str) -> Option<Role>,
+    pub fsrvp: Option<&'a dyn ShadowCopies>,
+}
+
+/// The interface a pipe serves, by its name.
+fn interface_of(pipe: &str) -> Option<Interface> {
+    if pipe.eq_ignore_ascii_case("srvsvc") {
+        Some(srvsvc::INTERFACE)
+    } else if pipe.eq_ignore_ascii_case(fsrvp::PIPE_NAME) {
+        Some(fsrvp::INTERFACE)
+    } else {
+        None
+    }
+}
+
+/// Whether a pipe of this name exists.
+pub fn pipe_exists(name: &str) -> bool {
+    interface_of(name).is_some()
+}
+
+/// The one table from coordinator refusals to FSRVP result codes (Samba's codes, fsrvp.md 4.3).
+pub fn fsrvp_result(e: &FsrvpError) -> u32 {
+    use fsrvp::result::*;
+    match e {
+        FsrvpError::BadState(_) => BAD_STATE,
+        FsrvpError::InvalidArgument(_) => E_INVALIDARG,
+        FsrvpError::ObjectNotFound(_) => OBJECT_NOT_FOUND,
+        FsrvpError::AlreadyExists(_) => OBJECT_ALREADY_EXISTS,
+        FsrvpError::InProgress(_) => SHADOW_COPY_SET_IN_PROGRESS,
+        FsrvpError::NotSupported(_) => NOT_SUPPORTED,
+        FsrvpError::NotExposed => INVALID_XML_DOCUMENT,
+        FsrvpError::Timeout => TIMEOUT,
+        FsrvpError::Failed(_) => E_FAIL,
+    }
 }
 
 /// One open pipe's DCE/RPC state.
@@ -43,7 +104,8 @@ impl Pipe {
     }
 
     /// Feeds one PDU the client wrote; replies are queued for reading.
-    pub fn write(&mut self, pdu: &[u8], shares: &[ShareEntry], ctx: &AuthContext) -> Result<(), PduError> {
+    pub fn write(&mut self, pdu: &[u8], host: &Host) -> Result<(), PduError> {
+        let ctx = host.auth;
         let h = Header::parse(pdu)?;
         let reply = match h.ptype {
             pdu::BIND | pdu::ALTER_CONTEXT => self.bind(&h, pdu, ctx)?,
@@ -56,7 +118,7 @@ impl Pipe {
                 }
                 return Ok(());
             }
-            pdu::REQUEST => match self.request(&h, pdu, shares)? {
+            pdu::REQUEST => match self.request(&h, pdu, host)? {
                 Some(reply) => reply,
                 None => return Ok(()),
             },
@@ -72,7 +134,8 @@ impl Pipe {
     fn bind(&mut self, h: &Header, pdu: &[u8], ctx: &AuthContext) -> Result<Vec<u8>, PduError> {
         let auth_bytes = if h.auth_len > 0 { usize::from(h.auth_len) + 8 } else { 0 };
         let body_end = pdu.len().checked_sub(auth_bytes).ok_or(PduError::Malformed)?;
-        let (mut reply, accepted) = pdu::bind_reply(h, &pdu[..body_end], &format!("\\pipe\\{}", self.name.to_lowercase()), self.assoc_group, &[srvsvc::INTERFACE])?;
+        let known: Vec<Interface> = interface_of(&self.name).into_iter().collect();
+        let (mut reply, accepted) = pdu::bind_reply(h, &pdu[..body_end], &format!("\\pipe\\{}", self.name.to_lowercase()), self.assoc_group, &known)?;
         if accepted.is_some() {
             self.bound = accepted;
         }
@@ -92,7 +155,7 @@ impl Pipe {
     }
 
     /// A request fragment; the reply once the last fragment is in.
-    fn request(&mut self, h: &Header, pdu: &[u8], shares: &[ShareEntry]) -> Result<Option<Vec<u8>>, PduError> {
+    fn request(&mut self, h: &Header, pdu: &[u8], host: &Host) -> Result<Option<Vec<u8>>, PduError> {
         let mut pdu = pdu.to_vec();
         let stub_at = if h.flags & 0x80 != 0 { 40 } else { 24 };
         let stub_end = match (&mut self.auth, h.auth_len) {
@@ -128,13 +191,51 @@ impl Pipe {
         }
         let stub = std::mem::take(&mut self.stub);
         let out = match self.bound {
-            Some(bound) if bound == ctx => srvsvc::call(opnum, &stub, shares),
+            Some(bound) if bound == ctx && interface_of(&self.name) == Some(fsrvp::INTERFACE) => self.fsrvp_call(opnum, &stub, host),
+            Some(bound) if bound == ctx => srvsvc::call(opnum, &stub, host.shares),
             _ => Err(pdu::NCA_UNKNOWN_IF),
         };
         Ok(Some(match out {
             Ok(out) => self.respond(h, ctx, &out),
             Err(status) => pdu::fault(h, ctx, status),
         }))
+    }
+
+    /// One FSRVP call: decode, check the caller's rights (administrators and backup operators
+    /// only; others get E_ACCESSDENIED as the result), reduce UNC share names, run, encode.
+    fn fsrvp_call(&self, opnum: u16, stub: &[u8], host: &Host) -> Result<Vec<u8>, u32> {
+        let mut call = fsrvp::decode(opnum, stub)?;
+        let caller = match self.auth.as_ref().and_then(|a| a.user.clone()) {
+            Some(user) => Caller { role: (host.role_of)(&user).unwrap_or(Role::User), user, client: host.caller.client.clone() },
+            None => host.caller.clone(),
+        };
+        let refuse = |code: u32| Ok(fsrvp::encode(&call, &fsrvp::Out::Nothing, code));
+        if !matches!(caller.role, Role::Admin | Role::Backup) {
+            tracing::info!(user = %caller.user, op = call.name(), "FSRVP call refused: the caller is neither an administrator nor a backup operator");
+            return refuse(fsrvp::result::E_ACCESSDENIED);
+        }
+        let share = match &mut call {
+            fsrvp::Call::AddToShadowCopySet { share, .. }
+            | fsrvp::Call::IsPathSupported { share }
+            | fsrvp::Call::IsPathShadowCopied { share }
+            | fsrvp::Call::GetShareMapping { share, .. }
+            | fsrvp::Call::DeleteShareMapping { share, .. } => Some(share),
+            _ => None,
+        };
+        if let Some(share) = share {
+            match fsrvp::parse_unc(share) {
+                Ok((_host, name)) => *share = name.to_string(),
+                Err(()) => return Ok(fsrvp::encode(&call, &fsrvp::Out::Nothing, fsrvp::result::E_INVALIDARG)),
+            }
+        }
+        let Some(service) = host.fsrvp else { return Ok(fsrvp::encode(&call, &fsrvp::Out::Nothing, fsrvp::result::E_FAIL)) };
+        Ok(match service.call(&caller, &call) {
+            Ok(out) => fsrvp::encode(&call, &out, fsrvp::result::OK),
+            Err(e) => {
+                tracing::info!(op = call.name(), error = %e, "FSRVP call refused");
+                fsrvp::encode(&call, &fsrvp::Out::Nothing, fsrvp_result(&e))
+            }
+        })
     }
 
     /// The response PDUs; with authentication, one signed (or sealed) fragment.
@@ -186,6 +287,16 @@ mod tests {
         AuthContext { user: &|_| None, server_challenge: [1; 8], now: 0, netbios_name: "UMBRA" }
     }
 
+    fn caller() -> Caller {
+        Caller { user: "u".into(), role: Role::User, client: "127.0.0.1".into() }
+    }
+
+    /// Feeds `pdu` with these shares and no FSRVP service.
+    fn feed(pipe: &mut Pipe, pdu: &[u8], shares: &[ShareEntry]) -> Result<(), PduError> {
+        let (auth, caller) = (ctx(), caller());
+        pipe.write(pdu, &Host { shares, auth: &auth, caller: &caller, role_of: &|_| None, fsrvp: None })
+    }
+
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
@@ -197,14 +308,14 @@ mod tests {
         let bind = hex("05000b03100000004800000001000000b810b810000000000100000000000100c84f324b7016d30112785a47bf6ee18803000000045d888aeb1cc9119fe808002b10486002000000");
         let samba = hex("05000c03100000004400000001000000b810b810bc1900000d005c706970655c73727673766300000100000000000000045d888aeb1cc9119fe808002b10486002000000");
         let mut pipe = Pipe::new("srvsvc", 0x19bc);
-        pipe.write(&bind, &[], &ctx()).unwrap();
+        feed(&mut pipe, &bind, &[]).unwrap();
         assert_eq!(pipe.read(4280), samba);
         // A request on an unbound context is a fault, not a crash.
         let mut other = Pipe::new("srvsvc", 1);
         let request = hex("05000003100000001c000000020000000400000000000f0000000000");
-        other.write(&request, &[], &ctx()).unwrap();
+        feed(&mut other, &request, &[]).unwrap();
         assert_eq!(other.read(4280)[2], pdu::FAULT);
-        assert!(other.write(&request[..10], &[], &ctx()).is_err(), "a truncated PDU is an error");
+        assert!(feed(&mut other, &request[..10], &[]).is_err(), "a truncated PDU is an error");
     }
 
     proptest::proptest! {
@@ -215,7 +326,7 @@ mod tests {
             let request = hex("05000003100000005c000000020000004400000000000f00000002000a000000000000000a0000003100320037002e0030002e0030002e00310000000100000001000000040002000000000000000000ffffffff0800020000000000");
             for base in [bind.clone(), request] {
                 let mut pipe = Pipe::new("srvsvc", 1);
-                let _ = pipe.write(&bind, &[], &ctx());
+                let _ = feed(&mut pipe, &bind, &[]);
                 let mut m = base.clone();
                 for &(at, b) in &flips {
                     let i = at % m.len();
@@ -223,7 +334,7 @@ mod tests {
                 }
                 m.truncate(cut.max(1).min(m.len()));
                 let shares = [ShareEntry { name: "s".into(), kind: 0, remark: String::new() }];
-                let _ = pipe.write(&m, &shares, &ctx());
+                let _ = feed(&mut pipe, &m, &shares);
                 let _ = pipe.read(4280);
             }
         }

@@ -59,7 +59,14 @@ pub struct Connection {
     /// VALIDATE_NEGOTIATE_INFO found a difference: the connection ends.
     tampered: bool,
     credits: super::credits::Credits,
+    /// The client's address (it scopes the FSRVP context), set by the driver.
+    peer: String,
+    /// An SMB1 NEGOTIATE was answered with the SMB2 wildcard dialect.
+    smb1_upgraded: bool,
 }
+
+/// The dialect of an SMB2 answer to an SMB1 NEGOTIATE that offered "SMB 2.???".
+const DIALECT_WILDCARD: u16 = 0x02FF;
 
 /// A reply body and its status, before the header goes on.
 pub(super) struct Reply {
@@ -98,11 +105,27 @@ const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default() }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false }
+    }
+
+    /// Records the client's address (IP without the port).
+    pub fn set_peer(&mut self, peer: &str) {
+        self.peer = peer.to_string();
+    }
+
+    /// Who an established session is, for the RPC layer.
+    pub(super) fn caller(&self, session: u64) -> Option<crate::rpc::Caller> {
+        match self.sessions.get(&session)? {
+            Session::Established(e) => Some(crate::rpc::Caller { user: e.user.clone(), role: e.role, client: self.peer.clone() }),
+            Session::Pending(_) => None,
+        }
     }
 
     /// Handles one frame from the client.
     pub fn on_frame(&mut self, frame: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
+        if frame.starts_with(b"\xffSMB") {
+            return self.smb1_negotiate(frame, env);
+        }
         let messages = match compound::split(frame) {
             Ok(m) => m,
             Err(e) => return Outcome::Close(format!("malformed frame: {e}")),
@@ -149,6 +172,9 @@ impl Connection {
                 return Reply::error(status);
             }
         }
+        if self.share_deleted(h, dir) {
+            return Reply::error(status::NETWORK_NAME_DELETED);
+        }
         match h.command {
             Command::Negotiate => self.negotiate(message, env),
             Command::SessionSetup => self.session_setup(h, message, dir, env),
@@ -163,7 +189,7 @@ impl Connection {
             Command::TreeConnect => self.tree_connect(h, message, dir),
             Command::TreeDisconnect => self.tree_disconnect(h),
             Command::Ioctl => self.ioctl(h, message, dir, env),
-            Command::Create => self.create(h, message, files, env.now()),
+            Command::Create => self.create(h, message, files, dir, env.now()),
             Command::Close => self.close(h, message, files, env.now()),
             Command::Read => self.read(h, message, files),
             Command::Write => self.write(h, message, files, dir, env),
@@ -173,6 +199,25 @@ impl Connection {
             Command::SetInfo => self.set_info(h, message, files, env.now()),
             _ => Reply::error(status::NOT_SUPPORTED),
         }
+    }
+
+    /// A tree whose share no longer exists (a shadow copy's mapping deleted, a share removed):
+    /// it is disconnected with its opens, and the request fails with NETWORK_NAME_DELETED.
+    fn share_deleted(&mut self, h: &Header, dir: &dyn Directory) -> bool {
+        let Target::Sync { tree_id, .. } = h.target else { return false };
+        if matches!(h.command, Command::Negotiate | Command::SessionSetup | Command::Logoff | Command::Echo | Command::TreeConnect | Command::TreeDisconnect | Command::Cancel) {
+            return false;
+        }
+        let Some(Session::Established(s)) = self.sessions.get_mut(&h.session_id) else { return false };
+        let Some(tree) = s.trees.get(&tree_id) else { return false };
+        if tree.ipc || dir.share(&tree.share).is_some() {
+            return false;
+        }
+        tracing::info!(share = %tree.share, tree_id, "the share is gone; disconnecting its tree");
+        s.trees.remove(&tree_id);
+        let session = h.session_id;
+        self.opens.retain(|_, o| !(o.session == session && o.tree == tree_id));
+        true
     }
 
     /// Requests on an established session must be signed when signing is required, and any
@@ -196,7 +241,48 @@ impl Connection {
         let Some(dialect) = DIALECTS.iter().rev().copied().find(|d| req.dialects.contains(d)) else {
             return Reply::error(status::NOT_SUPPORTED);
         };
-        self.dialect = Some(dialect);
+        self.negotiated_as(&req, message, dialect, env)
+    }
+
+    /// An SMB1 NEGOTIATE offering SMB2 (MS-SMB2 3.3.5.3.1), as Windows and impacket send first:
+    /// with "SMB 2.???" the answer is an SMB2 NEGOTIATE response with the wildcard dialect
+    /// 0x02FF and the client negotiates again in SMB2; with only "SMB 2.002", 2.0.2 is chosen.
+    /// Anything else (SMB1 only) ends the connection.
+    fn smb1_negotiate(&mut self, frame: &[u8], env: &mut dyn Environment) -> Outcome {
+        const SMB1_HEADER_BYTES: usize = 32;
+        const MAX_SMB1_DIALECTS: usize = 64;
+        if self.dialect.is_some() || self.smb1_upgraded || frame.get(4) != Some(&0x72) {
+            return Outcome::Close("an SMB1 message other than the first NEGOTIATE".into());
+        }
+        let Some(count) = frame.get(SMB1_HEADER_BYTES + 1..SMB1_HEADER_BYTES + 3).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]))) else {
+            return Outcome::Close("a truncated SMB1 NEGOTIATE".into());
+        };
+        let Some(list) = frame.get(SMB1_HEADER_BYTES + 3..SMB1_HEADER_BYTES + 3 + count) else { return Outcome::Close("a truncated SMB1 NEGOTIATE".into()) };
+        let names: Vec<&[u8]> = list.split(|&b| b == 0).filter_map(|d| d.strip_prefix(&[2])).take(MAX_SMB1_DIALECTS).collect();
+        let dialect = if names.contains(&b"SMB 2.???".as_slice()) {
+            DIALECT_WILDCARD
+        } else if names.contains(&b"SMB 2.002".as_slice()) {
+            DIALECT_202
+        } else {
+            return Outcome::Close("the client speaks only SMB1".into());
+        };
+        if !self.credits.consume(0, 1) {
+            return Outcome::Close("message id 0 reused".into());
+        }
+        self.smb1_upgraded = true;
+        let req = negotiate::Request { security_mode: 0, capabilities: 0, client_guid: [0; 16], dialects: vec![dialect], contexts: Vec::new() };
+        let reply = self.negotiated_as(&req, &[], dialect, env);
+        let h = Header { credit_charge: 0, status: 0, command: Command::Negotiate, credits: 1, flags: 0, next_command: 0, message_id: 0, target: Target::Sync { process_id: 0, tree_id: 0 }, session_id: 0, signature: [0; 16] };
+        Outcome::Reply(self.respond(&h, reply))
+    }
+
+    fn negotiated_as(&mut self, req: &negotiate::Request, message: &[u8], dialect: u16, env: &mut dyn Environment) -> Reply {
+        if dialect == DIALECT_WILDCARD {
+            // Not negotiated yet: the SMB2 NEGOTIATE that follows decides.
+            self.dialect = None;
+        } else {
+            self.dialect = Some(dialect);
+        }
         let token = spnego::encode_server_init();
         let mode = SECURITY_MODE_SIGNING_ENABLED | if self.config.signing_required { SECURITY_MODE_SIGNING_REQUIRED } else { 0 };
         let caps = if dialect >= DIALECT_210 { CAP_LARGE_MTU } else { 0 };
@@ -205,7 +291,7 @@ impl Connection {
         b.extend_from_slice(&65u16.to_le_bytes());
         b.extend_from_slice(&mode.to_le_bytes());
         b.extend_from_slice(&dialect.to_le_bytes());
-        let contexts = if dialect == DIALECT_311 { self.contexts(&req, env) } else { Vec::new() };
+        let contexts = if dialect == DIALECT_311 { self.contexts(req, env) } else { Vec::new() };
         b.extend_from_slice(&(contexts.len() as u16).to_le_bytes());
         b.extend_from_slice(&self.config.server_guid);
         b.extend_from_slice(&caps.to_le_bytes());

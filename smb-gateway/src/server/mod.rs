@@ -19,6 +19,10 @@ pub trait Directory {
     fn share(&self, name: &str) -> Option<(String, bool)>;
     /// Every share's name, for srvsvc's listing.
     fn shares(&self) -> Vec<String>;
+    /// The FSRVP service, when this server has one (then \PIPE\FssagentRpc opens).
+    fn shadow_copies(&self) -> Option<&dyn crate::rpc::ShadowCopies> {
+        None
+    }
 }
 
 /// Randomness and time, supplied by the driver.

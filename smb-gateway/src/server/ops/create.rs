@@ -8,7 +8,7 @@ use crate::smb2::header::{Header, Target, HEADER_BYTES};
 use crate::smb2::status;
 
 impl Connection {
-    pub(in crate::server) fn create(&mut self, h: &Header, message: &[u8], files: &dyn Files, now: u64) -> Reply {
+    pub(in crate::server) fn create(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn crate::server::Directory, now: u64) -> Reply {
         let b = &message[HEADER_BYTES..];
         let (Some(access), Some(disposition), Some(options), Some(name_off), Some(name_len)) = (u32_at(b, 24), u32_at(b, 36), u32_at(b, 40), u16_at(b, 44), u16_at(b, 46)) else {
             return Reply::error(status::INVALID_PARAMETER);
@@ -24,7 +24,7 @@ impl Connection {
             return Reply::error(status::REQUEST_NOT_ACCEPTED);
         }
         if ipc {
-            return self.open_pipe(h, &path);
+            return self.open_pipe(h, &path, dir);
         }
         let writes = access & WRITE_ACCESS != 0 || disposition != 1 || options & FILE_DELETE_ON_CLOSE != 0;
         if read_only && writes && disposition != 1 {
@@ -116,11 +116,13 @@ impl Connection {
         }
     }
 
-    /// CREATE on IPC$: a named pipe served by the DCE/RPC layer (srvsvc for now).
-    pub(in crate::server) fn open_pipe(&mut self, h: &Header, path: &str) -> Reply {
+    /// CREATE on IPC$: a named pipe served by the DCE/RPC layer (srvsvc; FssagentRpc when the
+    /// server has an FSRVP service).
+    pub(in crate::server) fn open_pipe(&mut self, h: &Header, path: &str, dir: &dyn crate::server::Directory) -> Reply {
         let name = path.trim_start_matches('\\');
         let name = name.strip_prefix("pipe\\").or_else(|| name.strip_prefix("PIPE\\")).unwrap_or(name);
-        if !name.eq_ignore_ascii_case("srvsvc") {
+        let fsrvp = name.eq_ignore_ascii_case(crate::rpc::fsrvp::PIPE_NAME);
+        if !crate::rpc::pipe_exists(name) || (fsrvp && dir.shadow_copies().is_none()) {
             return Reply::error(status::OBJECT_NAME_NOT_FOUND);
         }
         let volatile = self.next_file;

@@ -14,7 +14,7 @@ impl Connection {
         if let Err(s) = self.open_of(h, volatile) {
             return Reply::error(s);
         }
-        if let Err(s) = self.feed_pipe(volatile, input, dir, env) {
+        if let Err(s) = self.feed_pipe(h.session_id, volatile, input, dir, env) {
             return Reply::error(s);
         }
         let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { return Reply::error(status::INVALID_DEVICE_REQUEST) };
@@ -33,7 +33,7 @@ impl Connection {
         }
         let Some(data) = message.get(usize::from(data_off)..usize::from(data_off) + len as usize) else { return Reply::error(status::INVALID_PARAMETER) };
         if self.opens.get(&volatile).is_some_and(|o| o.pipe.is_some()) && self.open_of(h, volatile).is_ok() {
-            if let Err(s) = self.feed_pipe(volatile, data, dir, env) {
+            if let Err(s) = self.feed_pipe(h.session_id, volatile, data, dir, env) {
                 return Reply::error(s);
             }
             let mut r = vec![17, 0, 0, 0];
@@ -89,16 +89,20 @@ impl Connection {
         Reply::ok(read_body(&data))
     }
 
-    /// One PDU into a pipe, with the shares and the NTLM context a call may need.
-    pub(in crate::server) fn feed_pipe(&mut self, volatile: u64, pdu: &[u8], dir: &dyn crate::server::Directory, env: &mut dyn crate::server::Environment) -> Result<(), u32> {
+    /// One PDU into a pipe, with what its calls may use: the shares, the NTLM context, the
+    /// caller (this session's user) and the FSRVP service.
+    pub(in crate::server) fn feed_pipe(&mut self, session: u64, volatile: u64, pdu: &[u8], dir: &dyn crate::server::Directory, env: &mut dyn crate::server::Environment) -> Result<(), u32> {
         let shares = Self::share_entries(dir);
         let mut server_challenge = [0u8; 8];
         env.random(&mut server_challenge);
         let user = |name: &str| dir.user(name).map(|(hash, _)| hash);
+        let role_of = |name: &str| dir.user(name).map(|(_, role)| role);
         let netbios = self.config.netbios_name.clone();
-        let ctx = crate::rpc::auth::AuthContext { user: &user, server_challenge, now: env.now(), netbios_name: &netbios };
+        let auth = crate::rpc::auth::AuthContext { user: &user, server_challenge, now: env.now(), netbios_name: &netbios };
+        let caller = self.caller(session).ok_or(status::USER_SESSION_DELETED)?;
+        let host = crate::rpc::Host { shares: &shares, auth: &auth, caller: &caller, role_of: &role_of, fsrvp: dir.shadow_copies() };
         let pipe = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()).ok_or(status::FILE_CLOSED)?;
-        pipe.write(pdu, &shares, &ctx).map_err(|_| status::INVALID_PARAMETER)
+        pipe.write(pdu, &host).map_err(|_| status::INVALID_PARAMETER)
     }
 
     pub(in crate::server) fn flush(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
