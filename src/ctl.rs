@@ -47,6 +47,9 @@ enum CtlCommand {
     /// Files on a volume, through this node (routed to the volume's owner).
     #[command(subcommand)]
     File(crate::files::FileCmd),
+    /// FSRVP shadow-copy sets and the sequence timer.
+    #[command(subcommand)]
+    Shadow(crate::shadow::ShadowCmd),
 }
 
 #[derive(Subcommand)]
@@ -134,6 +137,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::User(UserCmd::List) => list(&node, json, Query::Users).await,
         CtlCommand::User(UserCmd::Delete { name }) => write(&node, json, Command::DeleteUser { name }).await,
         CtlCommand::File(cmd) => crate::files::run(&node, cmd, json).await,
+        CtlCommand::Shadow(cmd) => crate::shadow::run(&node, json, cmd).await,
     }
 }
 
@@ -155,6 +159,7 @@ async fn write(node: &Node, json: bool, command: Command) -> anyhow::Result<()> 
         Applied::ShareDeleted(s) => format!("deleted share {}", s.name),
         Applied::User(u) => format!("user {} saved with role {}", u.name, u.role),
         Applied::UserDeleted(u) => format!("deleted user {}", u.name),
+        Applied::Fsrvp(a) => format!("{a:?}"),
     })
 }
 
@@ -166,6 +171,7 @@ async fn list(node: &Node, json: bool, query: Query) -> anyhow::Result<()> {
             QueryResult::Shares(s) => serde_json::to_value(s)?,
             QueryResult::Users(u) => serde_json::to_value(u)?,
             QueryResult::Share(s) => serde_json::to_value(s)?,
+            QueryResult::Fsrvp(s) => serde_json::to_value(s)?,
         };
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -181,16 +187,17 @@ async fn list(node: &Node, json: bool, query: Query) -> anyhow::Result<()> {
         QueryResult::Share(s) => std::iter::once(row(&["NAME", "VOLUME", "PATH"]))
             .chain(s.iter().map(|s| vec![s.name.clone(), s.volume.to_string(), s.path.clone()]))
             .collect(),
+        QueryResult::Fsrvp(s) => std::iter::once(row(&["SET", "STATE"])).chain(s.sets.values().map(|s| vec![s.id.to_string(), format!("{:?}", s.state)])).collect(),
     };
     print_table(&rows);
     Ok(())
 }
 
-fn row(cells: &[&str]) -> Vec<String> {
+pub(crate) fn row(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let cols = rows.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     for r in rows {

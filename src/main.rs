@@ -11,6 +11,7 @@ mod client;
 mod ctl;
 mod files;
 mod local;
+mod shadow;
 mod up;
 
 use std::path::PathBuf;

@@ -82,7 +82,11 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
         });
     let server = tokio::spawn(server);
     let smb_listener = TcpListener::bind(&config.smb_addr).await.with_context(|| format!("cannot listen on {} for SMB", config.smb_addr))?;
-    let directory = Arc::new(crate::smb::RaftDirectory(reader.clone()));
+    let settings = crate::fsrvp::Settings::new(crate::smb::NETBIOS_NAME);
+    let coordinator = Arc::new(crate::fsrvp::Coordinator::new(config.id, meta.clone(), reader.clone(), volume_service.clone(), settings));
+    let reconcile = tokio::spawn(crate::fsrvp::reconcile::run(coordinator.clone(), volumes.clone(), upkeep_stop.subscribe()));
+    let gateway_fsrvp = Arc::new(crate::fsrvp::gateway::GatewayFsrvp { coordinator, runtime: tokio::runtime::Handle::current() });
+    let directory = Arc::new(crate::smb::RaftDirectory { reader: reader.clone(), fsrvp: Some(gateway_fsrvp) });
     let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, reader.clone(), tokio::runtime::Handle::current()));
     let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
@@ -98,6 +102,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     smb.abort();
     let _ = upkeep_stop.send(true);
     let _ = upkeep.await;
+    let _ = reconcile.await;
     let stopped = stop(raft, stop_tx, server).await;
     started.and(stopped)
 }

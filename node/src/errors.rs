@@ -40,6 +40,11 @@ impl From<NodeError> for Status {
                 MetaError::AlreadyExists { .. } => Code::AlreadyExists,
                 MetaError::InvalidName(_) => Code::InvalidArgument,
                 MetaError::LimitReached { .. } => Code::ResourceExhausted,
+                MetaError::Fsrvp(f) => match f {
+                    umbra_raft::fsrvp::FsrvpError::ObjectNotFound(_) => Code::NotFound,
+                    umbra_raft::fsrvp::FsrvpError::InvalidArgument(_) => Code::InvalidArgument,
+                    _ => Code::FailedPrecondition,
+                },
             },
         };
         Status::new(code, e.to_string())

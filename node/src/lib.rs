@@ -15,6 +15,7 @@ pub mod batcher;
 pub mod config;
 pub mod daemon;
 pub mod errors;
+pub mod fsrvp;
 pub mod meta;
 pub mod smb;
 pub mod volume;

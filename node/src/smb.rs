@@ -11,19 +11,26 @@ pub const NETBIOS_NAME: &str = "UMBRA";
 /// Largest READ/WRITE offered: the volume service's whole-write bound.
 pub const MAX_IO_BYTES: u32 = 8 * 1024 * 1024;
 
-pub struct RaftDirectory(pub MetaReader);
+pub struct RaftDirectory {
+    pub reader: MetaReader,
+    pub fsrvp: Option<std::sync::Arc<crate::fsrvp::gateway::GatewayFsrvp>>,
+}
 
 impl Directory for RaftDirectory {
     fn user(&self, name: &str) -> Option<(NtHash, Role)> {
-        self.0.read().state.users.get(&fold(name)).map(|u| (u.nt_hash, u.role))
+        self.reader.read().state.users.get(&fold(name)).map(|u| (u.nt_hash, u.role))
     }
 
     fn share(&self, name: &str) -> Option<(String, bool)> {
-        self.0.read().state.shares.get(&fold(name)).map(|s| (s.name.clone(), s.read_only))
+        self.reader.read().state.shares.get(&fold(name)).map(|s| (s.name.clone(), s.read_only))
     }
 
     fn shares(&self) -> Vec<String> {
-        self.0.read().state.shares.values().map(|s| s.name.clone()).collect()
+        self.reader.read().state.shares.values().map(|s| s.name.clone()).collect()
+    }
+
+    fn shadow_copies(&self) -> Option<&dyn umbra_smb_gateway::rpc::ShadowCopies> {
+        self.fsrvp.as_deref().map(|f| f as &dyn umbra_smb_gateway::rpc::ShadowCopies)
     }
 }
 
@@ -61,25 +68,44 @@ impl VolumeFiles {
         VolumeFiles { node, store, service, meta, runtime }
     }
 
-    /// The share's volume when this node owns it: data calls then go straight to the store
-    /// (the connection already runs on the blocking pool), skipping the service's hops.
-    fn local(&self, share: &str) -> Option<uuid::Uuid> {
+    /// The share's volume and view when this node owns it: data calls then go straight to
+    /// the store (the connection already runs on the blocking pool), skipping the service's hops.
+    fn local(&self, share: &str) -> Option<(uuid::Uuid, crate::volume::View)> {
         let state = self.meta.read();
         let s = state.state.shares.get(&fold(share))?;
         let owner = state.state.volumes.get(&s.volume)?.owner;
-        (owner == self.node).then_some(s.volume)
+        (owner == self.node).then(|| (s.volume, view_of(s)))
     }
 
-    /// The share's volume target and its root path inside the volume.
+    /// The share's volume target and its root path inside the volume. A shadow-copy share
+    /// targets its snapshot, or its writable branch.
     fn target(&self, share: &str) -> Result<(VolumeTarget, String), FsError> {
         let state = self.meta.read();
         let s = state.state.shares.get(&fold(share)).ok_or(FsError::NotFound)?;
-        let target = VolumeTarget { volume: s.volume.to_string(), snapshot: String::new(), clone: String::new(), route: true };
+        let (snapshot, clone) = match &s.snapshot {
+            None => (String::new(), String::new()),
+            Some(snap) => match snap.clone {
+                Some(c) => (String::new(), c.to_string()),
+                None => (snap.snapshot.to_string(), String::new()),
+            },
+        };
+        let target = VolumeTarget { volume: s.volume.to_string(), snapshot, clone, route: true };
         Ok((target, s.path.clone()))
     }
 
     fn call<T>(&self, f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, FsError> {
         self.runtime.block_on(f).map(tonic::Response::into_inner).map_err(|s| fs_error(&s))
+    }
+}
+
+/// Which state of the volume a share serves.
+fn view_of(s: &umbra_raft::command::Share) -> crate::volume::View {
+    match &s.snapshot {
+        None => crate::volume::View::Live,
+        Some(snap) => match snap.clone {
+            Some(c) => crate::volume::View::Clone(c),
+            None => crate::volume::View::Snapshot(snap.snapshot),
+        },
     }
 }
 
@@ -135,8 +161,8 @@ impl Files for VolumeFiles {
     }
 
     fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
-        if let Some(vol) = self.local(share) {
-            return self.store.read(vol, crate::volume::View::Live, id, offset, u64::from(len)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
+        if let Some((vol, view)) = self.local(share) {
+            return self.store.read(vol, view, id, offset, u64::from(len)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
         let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len) };
@@ -152,8 +178,8 @@ impl Files for VolumeFiles {
     }
 
     fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError> {
-        if let Some(vol) = self.local(share) {
-            return self.store.write(vol, crate::volume::View::Live, id, offset, data, now).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
+        if let Some((vol, view)) = self.local(share) {
+            return self.store.write(vol, view, id, offset, data, now).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
         // One whole write through the service's owner routing (a peer, or the local store).

@@ -21,7 +21,7 @@ impl VolumeStore {
         if st.snapshots.len() >= MAX_SNAPSHOTS_PER_VOLUME {
             return Err(VolumeError::TooManySnapshots { max: MAX_SNAPSHOTS_PER_VOLUME });
         }
-        let info = SnapshotInfo { id, epoch: st.meta.epoch, state: SnapshotState::Committed, created: now };
+        let info = SnapshotInfo { id, epoch: st.meta.epoch, state: SnapshotState::Committed, created: now, token: None };
         let mut meta = st.meta.clone();
         meta.epoch += 1;
         let mut batch = WriteBatch::default();
@@ -53,7 +53,7 @@ impl VolumeStore {
             if st.snapshots.len() >= MAX_SNAPSHOTS_PER_VOLUME {
                 return Err(VolumeError::TooManySnapshots { max: MAX_SNAPSHOTS_PER_VOLUME });
             }
-            let info = SnapshotInfo { id: snapshot, epoch: st.meta.epoch, state: SnapshotState::Tentative, created: now };
+            let info = SnapshotInfo { id: snapshot, epoch: st.meta.epoch, state: SnapshotState::Tentative, created: now, token: Some(token) };
             let mut meta = st.meta.clone();
             meta.epoch += 1;
             let mut fences = book.clone();

@@ -104,6 +104,10 @@ pub struct SnapshotInfo {
     pub state: SnapshotState,
     /// Caller's time (FILETIME) when it was taken.
     pub created: u64,
+    /// The fence token it was taken under (a shadow-copy set's commit attempt); `None` for a
+    /// snapshot taken directly. Only fenced snapshots are resolved through Raft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
