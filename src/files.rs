@@ -58,17 +58,20 @@ fn split(path: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
+/// A volume's id from its name or id.
+pub async fn volume_id(node: &Node, volume: &str) -> anyhow::Result<uuid::Uuid> {
+    let QueryResult::Volumes(volumes) = node.query(Query::Volumes).await? else { bail!("unexpected reply to a volume query") };
+    let found = volumes.iter().find(|v| v.id.to_string() == volume || v.name.eq_ignore_ascii_case(volume)).ok_or_else(|| anyhow!("volume {volume:?} does not exist"))?;
+    Ok(found.id)
+}
+
 impl Files {
     async fn open(node: &Node, volume: &str) -> anyhow::Result<Files> {
-        let QueryResult::Volumes(volumes) = node.query(Query::Volumes).await? else { bail!("unexpected reply to a volume query") };
-        let found = volumes
-            .iter()
-            .find(|v| v.id.to_string() == volume || v.name.eq_ignore_ascii_case(volume))
-            .ok_or_else(|| anyhow!("volume {volume:?} does not exist"))?;
+        let id = volume_id(node, volume).await?;
         let channel = umbra_raft::network::channel(&node.addr)?;
         let max = umbra_node::volume_service::MAX_VOLUME_MESSAGE_BYTES;
         let client = VolumeClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
-        Ok(Files { client, target: VolumeTarget { volume: found.id.to_string(), snapshot: String::new(), clone: String::new(), route: true } })
+        Ok(Files { client, target: VolumeTarget { volume: id.to_string(), snapshot: String::new(), clone: String::new(), route: true } })
     }
 
     fn target(&self) -> Option<VolumeTarget> {

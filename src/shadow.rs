@@ -22,6 +22,8 @@ pub enum ShadowCmd {
     /// The message sequence timer: seconds for every step, `0` off, `default` for the
     /// protocol's 180 s / 1800 s.
     Timeout { seconds: String },
+    /// The snapshots a volume's owner holds (shadow copies and others), with their state.
+    Snapshots { volume: String },
 }
 
 async fn state(node: &Node) -> anyhow::Result<FsrvpState> {
@@ -74,6 +76,21 @@ pub async fn run(node: &Node, json: bool, cmd: ShadowCmd) -> anyhow::Result<()> 
             Ok(())
         }
         ShadowCmd::Delete { set } => write(node, json, FsrvpCommand::DeleteSet { set }, &format!("deleted shadow-copy set {set}")).await,
+        ShadowCmd::Snapshots { volume } => {
+            let vol = crate::files::volume_id(node, &volume).await?;
+            let channel = umbra_raft::network::channel(&node.addr)?;
+            let target = umbra_proto::v1::VolumeTarget { volume: vol.to_string(), snapshot: String::new(), clone: String::new(), route: true };
+            let list = umbra_proto::v1::volume_client::VolumeClient::new(channel).snapshot_list(target).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
+            if json {
+                let rows: Vec<serde_json::Value> = list.snapshots.iter().map(|s| serde_json::json!({"id": s.id, "state": s.state, "epoch": s.epoch, "created": s.created})).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            let mut rows = vec![crate::ctl::row(&["SNAPSHOT", "STATE", "EPOCH"])];
+            rows.extend(list.snapshots.iter().map(|s| vec![s.id.clone(), s.state.clone(), s.epoch.to_string()]));
+            crate::ctl::print_table(&rows);
+            Ok(())
+        }
         ShadowCmd::Timeout { seconds } => {
             let value = match seconds.as_str() {
                 "default" => None,

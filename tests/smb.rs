@@ -2,23 +2,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// Runs `smbclient //127.0.0.1/SHARE -p PORT -U USER%PASS [-m DIALECT] -c CMD`.
-fn smbclient(smb_addr: &str, share: &str, user: &str, password: &str, dialect: Option<&str>, cmd: &str) -> (bool, String) {
-    let port = smb_addr.rsplit(':').next().unwrap();
-    let mut c = Command::new("smbclient");
-    c.arg(format!("//127.0.0.1/{share}")).args(["-p", port, "-U", &format!("{user}%{password}"), "-c", cmd]);
-    if let Some(m) = dialect {
-        c.args(["-m", m]);
-    }
-    let out = c.output().expect("smbclient runs (scripts/setup.sh installs it)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 fn cluster_with_admin() -> Cluster {
     let c = Cluster::start(3, "");

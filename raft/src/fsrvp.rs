@@ -293,8 +293,13 @@ impl FsrvpState {
         let now = env.clock_ms;
         let due: Vec<u64> = self.attempts.values().filter(|a| a.decision.is_none() && a.deadline_ms <= now).map(|a| a.token).collect();
         for token in due {
+            // Its coordinator is gone (or far too slow): abort the attempt and drop the set, so
+            // a dead coordinator does not hold "one set in creation" for the client's timer.
             let set = self.attempts[&token].set;
             let _ = self.decide(set, token, Decision::Aborted, env);
+            if self.sets.get(&set).is_some_and(|s| s.state == SetState::Added && s.attempt == Some(token)) {
+                self.remove_set(set, env);
+            }
         }
         let expired: Vec<String> = self.clients.iter().filter(|(_, c)| c.deadline_ms.is_some_and(|d| d <= now)).map(|(k, _)| k.clone()).collect();
         for client in expired {

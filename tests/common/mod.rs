@@ -131,6 +131,11 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
+        self.start_node_with_env(id, &[]);
+    }
+
+    /// Starts node `id` with extra environment variables (test-only switches).
+    pub fn start_node_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("open log");
@@ -138,6 +143,7 @@ impl Cluster {
             .args(["node", "--config"])
             .arg(&node.config)
             .env("UMBRA_LOG", "info,openraft=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -255,4 +261,31 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Runs `smbclient //127.0.0.1/SHARE -p PORT -U USER%PASS [-m DIALECT] -c CMD`.
+pub fn smbclient(smb_addr: &str, share: &str, user: &str, password: &str, dialect: Option<&str>, cmd: &str) -> (bool, String) {
+    let port = smb_addr.rsplit(':').next().unwrap();
+    let mut c = Command::new("smbclient");
+    c.arg(format!("//127.0.0.1/{share}")).args(["-p", port, "-U", &format!("{user}%{password}"), "-c", cmd]);
+    if let Some(m) = dialect {
+        c.args(["-m", m]);
+    }
+    let out = c.output().expect("smbclient runs (scripts/setup.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Runs `rpcclient -p PORT -U USER%PASS 127.0.0.1 -c CMD` (FSRVP's fss_* commands).
+pub fn rpcclient(smb_addr: &str, user: &str, password: &str, cmd: &str) -> (bool, String) {
+    let port = smb_addr.rsplit(':').next().unwrap();
+    let out = Command::new("rpcclient").args(["-p", port, "-U", &format!("{user}%{password}"), "127.0.0.1", "-c", cmd]).output().expect("rpcclient runs (scripts/setup.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success() && !text.contains("failed") && !text.contains("NT_STATUS"), text)
+}
+
+/// The Python of the project's venv (scripts/setup.sh makes it).
+pub fn venv_python() -> PathBuf {
+    let home = std::env::var("HOME").expect("HOME");
+    PathBuf::from(home).join(".cache/umbra-venv/bin/python")
 }

@@ -22,6 +22,8 @@ use super::Coordinator;
 const DRIFT_MARGIN: f64 = 0.05;
 /// How often a Commit that found another attempt in progress checks for its decision.
 const DECISION_POLL: Duration = Duration::from_millis(20);
+/// An attempt's deadline, in fence TTLs.
+const ATTEMPT_TTLS: u32 = 3;
 /// Tries at resolving an unknown decision before giving up (the reconcile then finishes it).
 const DECIDE_TRIES: usize = 20;
 
@@ -30,7 +32,11 @@ impl Coordinator {
     pub async fn commit(&self, set: Uuid, timeout_ms: u32) -> Result<(), FsrvpError> {
         let timeout = Duration::from_millis(u64::from(timeout_ms).clamp(1, MAX_COMMIT_MS));
         let begun = Instant::now();
-        let (answer, index) = self.write_at(FsrvpCommand::BeginCommit { set, seed: Uuid::new_v4(), timeout_ms: timeout.as_millis() as u64 }).await?;
+        // The attempt's deadline (after which the leader aborts it if undecided, and owners drop
+        // its snapshots): the client's timeout, but never much past the fences' TTL, so a dead
+        // coordinator's attempt is cleaned up in seconds whatever timeout the client gave.
+        let deadline = timeout.min(self.settings.fence_ttl * ATTEMPT_TTLS);
+        let (answer, index) = self.write_at(FsrvpCommand::BeginCommit { set, seed: Uuid::new_v4(), timeout_ms: deadline.as_millis() as u64 }).await?;
         let FsrvpAnswer::Attempt(attempt) = answer else { return Err(FsrvpError::Failed(format!("unexpected answer {answer:?}"))) };
         tracing::Span::current().record("token", attempt.token);
         if attempt.token != index {

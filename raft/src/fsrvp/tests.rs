@@ -215,7 +215,7 @@ fn decide_is_one_compare_and_set_per_attempt() {
 }
 
 #[test]
-fn an_undecided_attempt_past_its_deadline_is_aborted_by_the_next_entry() {
+fn an_undecided_attempt_past_its_deadline_is_aborted_and_its_set_dropped_by_the_next_entry() {
     let mut w = World::new();
     let set = w.start(0);
     w.add(set, "s1").unwrap();
@@ -224,7 +224,7 @@ fn an_undecided_attempt_past_its_deadline_is_aborted_by_the_next_entry() {
     w.now_ms = a.deadline_ms;
     w.fs(FsrvpCommand::Expire).unwrap();
     assert_eq!(w.state.fsrvp.attempts[&a.token].decision, Some(Decision::Aborted));
-    assert_eq!(w.state_of(set), Some(SetState::Added));
+    assert_eq!(w.state_of(set), None, "a set whose coordinator vanished is dropped, freeing the cluster for the next");
     // A late Committed loses.
     assert_eq!(w.fs(FsrvpCommand::Decide { set, token: a.token, decision: Decision::Committed }).unwrap(), FsrvpAnswer::Decided(Decision::Aborted));
 }
