@@ -138,6 +138,13 @@ fn rpcclient_through_a_third_node_creates_exposes_reads_recovers_and_deletes_a_s
         assert_eq!(get(&smb, &created.exposed("s2"), "f.txt").as_deref(), Some(b"before-2".as_slice()), "node {id}");
     }
     assert_eq!(get(&n1, "s1", "f.txt").as_deref(), Some(b"after-1".as_slice()));
+    // Previous Versions on the base share: the token lists, and an @GMT path reads the copy.
+    let (ok, info) = smbclient(&n3, "s1", ADMIN.0, ADMIN.1, None, "allinfo f.txt");
+    let token = info.lines().find(|l| l.starts_with("@GMT-")).map(str::to_string);
+    let token = token.unwrap_or_else(|| panic!("FSCTL_SRV_ENUM_SNAPS lists the copy ({ok}): {info}"));
+    assert_eq!(get(&n1, "s1", &format!("{token}\\f.txt")).as_deref(), Some(b"before-1".as_slice()));
+    let (ok, out) = put(&n1, "s1", &format!("{token}\\new.txt"), "nope");
+    assert!(!ok && out.contains("MEDIA_WRITE_PROTECTED"), "{out}");
     let (ok, out) = put(&n1, &created.exposed("s1"), "x.txt", "nope");
     assert!(!ok, "a read-only shadow copy refuses writes: {out}");
     let (ok, out) = rpc(&c, 3, "fss_has_shadow_copy s2");

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -142,11 +143,6 @@ fn repeated_failed_logons_lock_the_name_for_a_while_even_with_the_right_password
 }
 
 /// The test clients' Python (scripts/setup.sh makes the virtualenv).
-fn python() -> String {
-    let venv = std::env::var("UMBRA_VENV").unwrap_or_else(|_| format!("{}/.cache/umbra-venv", std::env::var("HOME").unwrap()));
-    format!("{venv}/bin/python")
-}
-
 #[test]
 fn impacket_and_smbprotocol_round_trip_files_with_signing_required_in_2_1_3_0_2_and_3_1_1() {
     let c = cluster_with_admin();
@@ -155,7 +151,7 @@ fn impacket_and_smbprotocol_round_trip_files_with_signing_required_in_2_1_3_0_2_
     let port = smb1.rsplit(':').next().unwrap();
     for client in ["impacket", "smbprotocol"] {
         for dialect in ["2.1", "3.0.2", "3.1.1"] {
-            let out = Command::new(python()).args([script, client, port, "data", "admin", "S3cret-pw", dialect]).output().expect("the test venv (scripts/setup.sh)");
+            let out = Command::new(venv_python()).args([script, client, port, "data", "admin", "S3cret-pw", dialect]).output().expect("the test venv (scripts/setup.sh)");
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             assert!(out.status.success() && text.contains("OK"), "{client} {dialect}: {text}");
         }

@@ -29,6 +29,12 @@ impl Directory for RaftDirectory {
         self.reader.read().state.shares.values().map(|s| s.name.clone()).collect()
     }
 
+    fn snapshot_times(&self, share: &str) -> Vec<u64> {
+        let state = self.reader.read();
+        let Some(volume) = state.state.shares.get(&fold(share)).filter(|s| s.snapshot.is_none()).map(|s| s.volume) else { return Vec::new() };
+        committed_copies(&state.state, volume).map(|(secs, _)| secs).collect()
+    }
+
     fn shadow_copies(&self) -> Option<&dyn umbra_smb_gateway::rpc::ShadowCopies> {
         self.fsrvp.as_deref().map(|f| f as &dyn umbra_smb_gateway::rpc::ShadowCopies)
     }
@@ -72,30 +78,48 @@ impl VolumeFiles {
     /// the store (the connection already runs on the blocking pool), skipping the service's hops.
     fn local(&self, share: &str) -> Option<(uuid::Uuid, crate::volume::View)> {
         let state = self.meta.read();
-        let s = state.state.shares.get(&fold(share))?;
-        let owner = state.state.volumes.get(&s.volume)?.owner;
-        (owner == self.node).then(|| (s.volume, view_of(s)))
+        let (volume, view, _) = resolve_share(&state.state, share)?;
+        let owner = state.state.volumes.get(&volume)?.owner;
+        (owner == self.node).then_some((volume, view))
     }
 
     /// The share's volume target and its root path inside the volume. A shadow-copy share
     /// targets its snapshot, or its writable branch.
     fn target(&self, share: &str) -> Result<(VolumeTarget, String), FsError> {
         let state = self.meta.read();
-        let s = state.state.shares.get(&fold(share)).ok_or(FsError::NotFound)?;
-        let (snapshot, clone) = match &s.snapshot {
-            None => (String::new(), String::new()),
-            Some(snap) => match snap.clone {
-                Some(c) => (String::new(), c.to_string()),
-                None => (snap.snapshot.to_string(), String::new()),
-            },
+        let (volume, view, path) = resolve_share(&state.state, share).ok_or(FsError::NotFound)?;
+        let (snapshot, clone) = match view {
+            crate::volume::View::Live => (String::new(), String::new()),
+            crate::volume::View::Snapshot(s) => (s.to_string(), String::new()),
+            crate::volume::View::Clone(c) => (String::new(), c.to_string()),
         };
-        let target = VolumeTarget { volume: s.volume.to_string(), snapshot, clone, route: true };
-        Ok((target, s.path.clone()))
+        Ok((VolumeTarget { volume: volume.to_string(), snapshot, clone, route: true }, path))
     }
 
     fn call<T>(&self, f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, FsError> {
         self.runtime.block_on(f).map(tonic::Response::into_inner).map_err(|s| fs_error(&s))
     }
+}
+
+/// The committed shadow copies of `volume`: (Unix seconds of the commit, snapshot id).
+fn committed_copies(state: &umbra_raft::state::MetaState, volume: uuid::Uuid) -> impl Iterator<Item = (u64, uuid::Uuid)> + '_ {
+    use umbra_raft::fsrvp::SetState;
+    state.fsrvp.sets.values().filter(|s| s.state >= SetState::Committed).flat_map(move |s| {
+        s.copies.iter().filter(move |c| c.volume == volume).filter_map(move |c| c.snapshot.map(|snap| (s.committed_ms / 1000, snap)))
+    })
+}
+
+/// A share as the gateway names it: a share, or `base@GMT-...` for a base share as of one of
+/// its shadow copies (Previous Versions): (volume, view, root path).
+fn resolve_share(state: &umbra_raft::state::MetaState, share: &str) -> Option<(uuid::Uuid, crate::volume::View, String)> {
+    if let Some(s) = state.shares.get(&fold(share)) {
+        return Some((s.volume, view_of(s), s.path.clone()));
+    }
+    let (base, token) = share.split_at(share.find("@GMT-")?);
+    let at = umbra_smb_gateway::server::previous_token(token)?;
+    let s = state.shares.get(&fold(base)).filter(|s| s.snapshot.is_none())?;
+    let (_, snap) = committed_copies(state, s.volume).find(|(secs, _)| *secs == at)?;
+    Some((s.volume, crate::volume::View::Snapshot(snap), s.path.clone()))
 }
 
 /// Which state of the volume a share serves.

@@ -284,8 +284,8 @@ pub fn rpcclient(smb_addr: &str, user: &str, password: &str, cmd: &str) -> (bool
     (out.status.success() && !text.contains("failed") && !text.contains("NT_STATUS"), text)
 }
 
-/// The Python of the project's venv (scripts/setup.sh makes it).
+/// The Python of the project's venv (scripts/setup.sh makes it; UMBRA_VENV moves it).
 pub fn venv_python() -> PathBuf {
-    let home = std::env::var("HOME").expect("HOME");
-    PathBuf::from(home).join(".cache/umbra-venv/bin/python")
+    let venv = std::env::var("UMBRA_VENV").unwrap_or_else(|_| format!("{}/.cache/umbra-venv", std::env::var("HOME").expect("HOME")));
+    PathBuf::from(venv).join("bin/python")
 }

@@ -102,6 +102,7 @@ const FSCTL_VALIDATE_NEGOTIATE_INFO: u32 = 0x0014_0204;
 const FSCTL_DFS_GET_REFERRALS: u32 = 0x0006_0194;
 const FSCTL_PIPE_TRANSCEIVE: u32 = 0x0011_C017;
 const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
+const FSCTL_SRV_ENUM_SNAPS: u32 = 0x0014_4064;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
@@ -495,7 +496,22 @@ impl Connection {
                 self.transceive(h, b, &input, max_out, dir, env)
             }
             FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Reply::error(status::NOT_FOUND),
+            FSCTL_SRV_ENUM_SNAPS => self.enum_snaps(h, b, max_out, dir),
             _ => Reply::error(status::NOT_SUPPORTED),
+        }
+    }
+
+    /// FSCTL_SRV_ENUM_SNAPS on an open of a share: its committed shadow copies as @GMT tokens.
+    fn enum_snaps(&self, h: &Header, body: &[u8], max_out: u32, dir: &dyn Directory) -> Reply {
+        let Some(volatile) = body.get(16..24).map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes"))) else { return Reply::error(status::INVALID_PARAMETER) };
+        let share = match self.open_of(h, volatile) {
+            Ok(o) if o.pipe.is_none() => o.share.split('@').next().unwrap_or_default().to_string(),
+            Ok(_) => return Reply::error(status::INVALID_DEVICE_REQUEST),
+            Err(s) => return Reply::error(s),
+        };
+        match super::ops::previous::snapshot_array(&dir.snapshot_times(&share), max_out as usize) {
+            Some(out) => Reply::ok(super::ops::ioctl_body(body, &out)),
+            None => Reply::error(status::INVALID_PARAMETER),
         }
     }
 

@@ -9,6 +9,11 @@ mod ops;
 mod session;
 pub mod throttle;
 
+/// The Unix seconds an `@GMT-YYYY.MM.DD-HH.MM.SS` token names (Previous Versions).
+pub fn previous_token(token: &str) -> Option<u64> {
+    ops::previous::parse_token(token)
+}
+
 use umbra_raft::command::{NtHash, Role};
 
 /// What the server looks up: users (for NTLMv2) and shares (for TREE_CONNECT).
@@ -19,6 +24,11 @@ pub trait Directory {
     fn share(&self, name: &str) -> Option<(String, bool)>;
     /// Every share's name, for srvsvc's listing.
     fn shares(&self) -> Vec<String>;
+    /// When each committed shadow copy of the share's volume was taken (Unix seconds), for
+    /// Previous Versions (`@GMT-...` tokens).
+    fn snapshot_times(&self, _share: &str) -> Vec<u64> {
+        Vec::new()
+    }
     /// The FSRVP service, when this server has one (then \PIPE\FssagentRpc opens).
     fn shadow_copies(&self) -> Option<&dyn crate::rpc::ShadowCopies> {
         None

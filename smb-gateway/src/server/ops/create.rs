@@ -16,7 +16,7 @@ impl Connection {
         let Some(path) = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16) else {
             return Reply::error(status::OBJECT_NAME_INVALID);
         };
-        let (share, read_only, ipc) = match self.tree(h) {
+        let (mut share, mut read_only, ipc) = match self.tree(h) {
             Ok(t) => t,
             Err(s) => return Reply::error(s),
         };
@@ -25,6 +25,18 @@ impl Connection {
         }
         if ipc {
             return self.open_pipe(h, &path, dir);
+        }
+        // Previous Versions: an @GMT path component or a TWrp context opens a shadow copy.
+        let (path, at) = super::previous::strip_token(&path);
+        if let Some(at) = at.or_else(|| super::previous::timewarp(b, message)) {
+            if !dir.snapshot_times(&share).contains(&at) {
+                return Reply::error(status::OBJECT_NAME_NOT_FOUND);
+            }
+            share = format!("{share}{}", super::previous::token(at));
+            read_only = true;
+            if access & WRITE_ACCESS != 0 && disposition == 1 {
+                return Reply::error(status::MEDIA_WRITE_PROTECTED);
+            }
         }
         let writes = access & WRITE_ACCESS != 0 || disposition != 1 || options & FILE_DELETE_ON_CLOSE != 0;
         if read_only && writes && disposition != 1 {

@@ -21,6 +21,8 @@ impl Connection {
             Err(e) => return fs(e),
         };
         let data = match (kind, class) {
+            // No 8.3 names are made (as NTFS with 8dot3name off): clients skip the alternate name.
+            (1, FILE_ALTERNATE_NAME_INFORMATION) => return Reply::error(status::NOT_SUPPORTED),
             (1, c) => match file_info(c, &info, &name, delete_pending) {
                 Some(d) => d,
                 None => return Reply::error(status::INVALID_INFO_CLASS),
@@ -108,6 +110,8 @@ impl Connection {
     }
 }
 
+const FILE_ALTERNATE_NAME_INFORMATION: u8 = 21;
+
 fn basic(f: &FileInfo) -> Vec<u8> {
     let mut d = Vec::with_capacity(40);
     for t in [f.created, f.written, f.written, f.changed] {
@@ -161,6 +165,19 @@ fn file_info(class: u8, f: &FileInfo, name: &str, delete_pending: bool) -> Optio
             d.extend_from_slice(&f.size.to_le_bytes());
             d.extend_from_slice(&attributes(f).to_le_bytes());
             d.extend_from_slice(&[0; 4]);
+            d
+        }
+        // FileStreamInformation: a file has its one unnamed data stream, a directory none.
+        22 if f.directory => Vec::new(),
+        22 => {
+            let mut n = Vec::new();
+            put_utf16(&mut n, "::$DATA");
+            let mut d = Vec::with_capacity(24 + n.len());
+            d.extend_from_slice(&0u32.to_le_bytes());
+            d.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            d.extend_from_slice(&f.size.to_le_bytes());
+            d.extend_from_slice(&f.allocated.to_le_bytes());
+            d.extend(n);
             d
         }
         35 => {
