@@ -348,7 +348,9 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
-        unary!(self, req, release, |s, vol, _view, r| s.release(vol, r.token).map(|held| ReleaseReply { held: held == crate::volume::Released::Held }))
+        unary!(self, req, release, |s, vol, _view, r| s
+            .release(vol, r.token)
+            .map(|(held, hold)| ReleaseReply { held: held == crate::volume::Released::Held, held_us: hold.as_micros() as u64 }))
     }
 
     async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {

@@ -246,7 +246,14 @@ fn bad_state(s: SetState) -> FsrvpError {
 
 impl FsrvpState {
     pub fn apply(&mut self, cmd: &FsrvpCommand, env: &mut Env) -> Answer {
-        self.expire_due(env);
+        // The attempt a Decide names is decided by it, not expired first: a coordinator that
+        // reports its own timeout leaves the set in Added (Samba's "commit failed"), while an
+        // attempt nobody decides (its coordinator died) is expired and its set dropped.
+        let deciding = match cmd {
+            FsrvpCommand::Decide { token, .. } => Some(*token),
+            _ => None,
+        };
+        self.expire_due(env, deciding);
         match cmd {
             FsrvpCommand::SetContext { client, context } => self.set_context(client, *context, env),
             FsrvpCommand::Start { client, set } => self.start(client, *set, env),
@@ -289,9 +296,9 @@ impl FsrvpState {
     }
 
     /// Sequence timers and commit deadlines that have passed at the entry's stamp.
-    fn expire_due(&mut self, env: &mut Env) {
+    fn expire_due(&mut self, env: &mut Env, deciding: Option<u64>) {
         let now = env.clock_ms;
-        let due: Vec<u64> = self.attempts.values().filter(|a| a.decision.is_none() && a.deadline_ms <= now).map(|a| a.token).collect();
+        let due: Vec<u64> = self.attempts.values().filter(|a| a.decision.is_none() && a.deadline_ms <= now && Some(a.token) != deciding).map(|a| a.token).collect();
         for token in due {
             // Its coordinator is gone (or far too slow): abort the attempt and drop the set, so
             // a dead coordinator does not hold "one set in creation" for the client's timer.

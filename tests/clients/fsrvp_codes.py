@@ -650,6 +650,30 @@ class Runner:
             finally:
                 self.cleanup(s, copies)
 
+    def sc_commit_timeout(self):
+        """Umbra honours TimeOutInMilliseconds: a commit that cannot finish in 1 ms is aborted
+        with FSSAGENT_E_TIMEOUT and the set is back in Added (Samba ignores the timeout)."""
+        if self.args.server != "umbra":
+            return
+        c, share = self.c, self.unc(self.args.share)
+        self.expect("commit_timeout.set_context", OK, c.set_context(CTX_BACKUP))
+        res, s = c.start()
+        if self.expect("commit_timeout.start", OK, res):
+            copies = []
+            try:
+                res, cp = c.add(s, share)
+                copies.append((cp, share))
+                self.expect("commit_timeout.add", OK, res)
+                self.expect("commit_timeout.commit_1ms", 0x80042500, c.commit(s, 1))
+                self.expect("commit_timeout.expose_after", BAD_STATE, c.expose(s))
+                self.expect("commit_timeout.commit_again", OK, c.commit(s))
+                self.expect("commit_timeout.expose", OK, c.expose(s))
+                for cp, sh in copies:
+                    self.expect("commit_timeout.delete", OK, c.delete_mapping(s, cp, sh))
+                copies = []
+            finally:
+                self.cleanup(s, copies)
+
     def sc_malformed(self):
         set_id, share = uuid.uuid4(), self.unc(self.args.share)
         good_add = st_add(set_id, share)
@@ -843,7 +867,7 @@ class Runner:
             cl.close()
 
     SCENARIOS = ["version", "context", "start_without_context", "unknown_ids", "add_rules", "wrong_states",
-                 "full_cycle", "rw_cycle", "abort", "has_shadow_copy", "is_path_supported", "timer",
+                 "full_cycle", "rw_cycle", "abort", "commit_timeout", "has_shadow_copy", "is_path_supported", "timer",
                  "malformed", "denied"]
 
     def run(self, only):

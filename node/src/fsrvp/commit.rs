@@ -55,6 +55,7 @@ impl Coordinator {
         let released = futures::future::join_all(releases).await;
 
         let mut why = None;
+        let hold = released.iter().filter_map(|r| r.as_ref().ok().map(|(_, d)| *d)).max().unwrap_or_default();
         for r in &fenced {
             if let Err(e) = r {
                 why.get_or_insert_with(|| e.clone());
@@ -65,10 +66,10 @@ impl Coordinator {
                 Err(e) => {
                     why.get_or_insert_with(|| e.clone());
                 }
-                Ok(false) => {
+                Ok((false, _)) => {
                     why.get_or_insert_with(|| "a fence expired before every participant was fenced".into());
                 }
-                Ok(true) => {}
+                Ok((true, _)) => {}
             }
         }
         if last_answer >= ttl.mul_f64(1.0 - DRIFT_MARGIN) {
@@ -80,8 +81,12 @@ impl Coordinator {
         self.pause("released").await;
         let want = if why.is_none() { Decision::Committed } else { Decision::Aborted };
         let decision = self.decide(set, attempt.token, want).await?;
-        tracing::info!(?decision, participants = attempt.participants.len(), fence_ms = last_answer.as_millis() as u64, total_ms = begun.elapsed().as_millis() as u64, "commit decided");
-        self.after_decision(&attempt, decision).await;
+        tracing::info!(?decision, participants = attempt.participants.len(), fence_ms = last_answer.as_millis() as u64, held_us = hold.as_micros() as u64, total_us = begun.elapsed().as_micros() as u64, "commit decided");
+        // Owners promote (or drop) their snapshots in the background: Expose and the owners'
+        // reconcile both finish it, so the client need not wait for it.
+        let coordinator = self.clone();
+        let done = attempt.clone();
+        tokio::spawn(async move { coordinator.after_decision(&done, decision).await });
         match decision {
             Decision::Committed => Ok(()),
             Decision::Aborted if begun.elapsed() >= timeout => Err(FsrvpError::Timeout),

@@ -61,6 +61,8 @@ pub struct Client {
     pub address: String,
 }
 
+/// Cheap to clone (shared handles), so background work can hold one.
+#[derive(Clone)]
 pub struct Coordinator {
     pub(crate) node: NodeId,
     pub(crate) meta: Arc<Meta>,

@@ -32,11 +32,12 @@ impl Coordinator {
         self.service.fence(req).await.map(|_| ()).map_err(|s| describe(volume, "fence", &s))
     }
 
-    /// Ends the fence; `Ok(true)` if it held from its fence point until now.
-    pub(crate) async fn release(&self, volume: Uuid, token: u64) -> Result<bool, String> {
+    /// Ends the fence: whether it held from its fence point until now, and how long writes
+    /// were held.
+    pub(crate) async fn release(&self, volume: Uuid, token: u64) -> Result<(bool, Duration), String> {
         let mut req = Request::new(ReleaseRequest { target: Some(target(volume, None)), token });
         req.set_timeout(Duration::from_secs(5));
-        self.service.release(req).await.map(|r| r.into_inner().held).map_err(|s| describe(volume, "release", &s))
+        self.service.release(req).await.map(|r| r.into_inner()).map(|r| (r.held, Duration::from_micros(r.held_us))).map_err(|s| describe(volume, "release", &s))
     }
 
     pub(crate) async fn commit_snapshot(&self, volume: Uuid, snapshot: Uuid) -> Result<(), String> {

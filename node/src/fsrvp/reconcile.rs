@@ -91,7 +91,7 @@ async fn expire_if_due(c: &Coordinator) {
         return;
     }
     let due = c.reader.read().state.fsrvp.next_due_ms();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let now = umbra_raft::clock::now_ms();
     if due.is_some_and(|d| d <= now) {
         if let Err(e) = c.write(FsrvpCommand::Expire).await {
             tracing::debug!(error = %e, "expire proposal failed; next pass retries");

@@ -26,6 +26,8 @@ struct GateState {
 #[derive(Clone, Copy)]
 struct Active {
     token: u64,
+    /// When new mutations started to wait.
+    raised: Instant,
     until: Instant,
 }
 
@@ -98,8 +100,9 @@ impl Gate {
                 return Err(VolumeError::Busy("another fence holds this volume"));
             }
         }
-        let until = Instant::now() + ttl;
-        st.fence = Some(Active { token, until });
+        let raised = Instant::now();
+        let until = raised + ttl;
+        st.fence = Some(Active { token, raised, until });
         while st.in_flight > 0 {
             let now = Instant::now();
             if now >= until {
@@ -118,20 +121,21 @@ impl Gate {
         result
     }
 
-    /// Ends the fence raised with `token`; says whether it held the whole time.
-    pub fn release(&self, token: u64) -> Released {
+    /// Ends the fence raised with `token`; says whether it held the whole time, and how long
+    /// mutations were held (zero if this fence no longer stood).
+    pub fn release(&self, token: u64) -> (Released, Duration) {
         let mut st = self.lock();
         let now = Instant::now();
         let held = matches!(st.fence, Some(f) if f.token == token && now < f.until);
+        let hold = match st.fence {
+            Some(f) if f.token == token => now.min(f.until).saturating_duration_since(f.raised),
+            _ => Duration::ZERO,
+        };
         if matches!(st.fence, Some(f) if f.token == token) || st.holding(now).is_none() {
             st.fence = None;
         }
         self.changed.notify_all();
-        if held {
-            Released::Held
-        } else {
-            Released::Expired
-        }
+        (if held { Released::Held } else { Released::Expired }, hold)
     }
 
     /// Whether a fence holds now (for tests and status).
@@ -173,7 +177,9 @@ mod tests {
             .collect();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(passed.load(Ordering::SeqCst), 0, "no write lands inside the fence");
-        assert_eq!(gate.release(7), Released::Held);
+        let (outcome, hold) = gate.release(7);
+        assert_eq!(outcome, Released::Held);
+        assert!(hold >= Duration::from_millis(50), "the hold counts from the raise ({hold:?})");
         writers.into_iter().for_each(|w| w.join().unwrap());
         assert_eq!(passed.load(Ordering::SeqCst), 4);
     }
@@ -188,7 +194,7 @@ mod tests {
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(80), "the write waited for the TTL ({waited:?})");
         assert!(!gate.fenced());
-        assert_eq!(gate.release(1), Released::Expired);
+        assert_eq!(gate.release(1).0, Released::Expired);
     }
 
     #[test]
@@ -197,6 +203,6 @@ mod tests {
         gate.raise(1, Duration::from_secs(5), || Ok(())).unwrap();
         assert!(matches!(gate.raise(2, Duration::from_secs(5), || Ok(())), Err(VolumeError::Busy(_))));
         assert!(matches!(gate.raise(3, Duration::ZERO, || Ok(())), Err(VolumeError::Invalid(_))));
-        assert_eq!(gate.release(1), Released::Held);
+        assert_eq!(gate.release(1).0, Released::Held);
     }
 }

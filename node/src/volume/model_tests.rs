@@ -417,8 +417,8 @@ fn a_fence_drains_concurrent_writers_takes_the_cut_and_holds_until_release() {
     }
     assert!(store.fence(vol, 9, Duration::from_secs(1), Uuid::new_v4(), 4).is_err(), "a lower token is refused");
     assert_eq!(store.fence(vol, 10, Duration::from_secs(1), Uuid::new_v4(), 4).unwrap().id, snap, "a retry gets the recorded answer");
-    assert_eq!(store.release(vol, 10).unwrap(), Released::Held);
-    assert_eq!(store.release(vol, 10).unwrap(), Released::Held, "a retried release gets the recorded answer");
+    assert_eq!(store.release(vol, 10).unwrap().0, Released::Held);
+    assert_eq!(store.release(vol, 10).unwrap().0, Released::Held, "a retried release gets the recorded answer");
     assert!(store.fence(vol, 10, Duration::from_secs(1), Uuid::new_v4(), 4).is_err(), "a released token is refused");
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::SeqCst);
@@ -448,7 +448,7 @@ fn a_fence_left_by_its_caller_expires_and_its_release_says_so() {
     s.write(v, View::Live, ino, 0, b"late", 3).unwrap();
     assert!(start.elapsed() >= Duration::from_millis(100), "the write waited for the TTL");
     assert!(!s.fenced(v).unwrap());
-    assert_eq!(s.release(v, 1).unwrap(), Released::Expired);
+    assert_eq!(s.release(v, 1).unwrap().0, Released::Expired);
 }
 
 #[test]

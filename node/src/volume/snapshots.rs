@@ -34,9 +34,12 @@ impl VolumeStore {
     }
 
     /// Raises the fence with `token` on `vol` for `ttl`: waits for writes in flight, then takes
-    /// tentative snapshot `snapshot` at the fence point and records the token, in one synced
-    /// batch (which also makes every earlier acknowledged write durable). Tokens lower than
-    /// the highest seen, or already released, are refused; a retry gets the recorded answer.
+    /// tentative snapshot `snapshot` at the fence point and records the token, in one write
+    /// batch. The batch is made durable (with every earlier acknowledged write) by `release`,
+    /// after the gate is lowered: writes are not held through an fsync, and the snapshot is
+    /// durable before the coordinator can decide Committed (it decides after every release).
+    /// Tokens lower than the highest seen, or already released, are refused; a retry gets the
+    /// recorded answer.
     pub fn fence(&self, vol: Uuid, token: u64, ttl: std::time::Duration, snapshot: Uuid, now: u64) -> Result<SnapshotInfo> {
         let entry = self.volume(vol)?;
         let mut book = entry.fences.lock().expect("fence book lock");
@@ -62,7 +65,8 @@ impl VolumeStore {
             batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, snapshot.as_bytes()), serde_json::to_vec(&info)?);
             batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
             batch.put_cf(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?);
-            self.db.write_opt(batch, &synced())?;
+            // In the WAL (in order after every acknowledged write), synced at release.
+            self.db.write(batch)?;
             st.meta = meta;
             *book = fences;
             st.snapshots.insert(snapshot, info.clone());
@@ -70,21 +74,26 @@ impl VolumeStore {
         })
     }
 
-    /// Ends the fence raised with `token`, saying whether it held the whole time. A retry gets
-    /// the recorded answer.
-    pub fn release(&self, vol: Uuid, token: u64) -> Result<Released> {
+    /// Ends the fence raised with `token`, saying whether it held the whole time and how long
+    /// writes were held, once the fence-point snapshot and every write before it are durable
+    /// (one group-committed WAL sync, after the gate is lowered). A retry gets the recorded
+    /// answer (and a zero hold).
+    pub fn release(&self, vol: Uuid, token: u64) -> Result<(Released, std::time::Duration)> {
         let entry = self.volume(vol)?;
         let mut book = entry.fences.lock().expect("fence book lock");
         let record = book.records.get(&token).cloned().ok_or(VolumeError::StaleToken { token, why: "no fence was raised with it" })?;
         if let Some(answer) = record.released {
-            return Ok(answer);
+            return Ok((answer, std::time::Duration::ZERO));
         }
-        let answer = entry.gate.release(token);
+        let (answer, hold) = entry.gate.release(token);
         let mut fences = book.clone();
         fences.records.insert(token, FenceRecord { released: Some(answer), ..record });
-        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?, &synced())?;
+        self.db.put_cf(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?)?;
         *book = fences;
-        Ok(answer)
+        drop(book);
+        self.sync()?;
+        tracing::info!(volume = %vol, token, ?answer, held_us = hold.as_micros() as u64, "fence released");
+        Ok((answer, hold))
     }
 
     /// Whether a fence holds `vol` now.

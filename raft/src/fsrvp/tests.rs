@@ -227,6 +227,14 @@ fn an_undecided_attempt_past_its_deadline_is_aborted_and_its_set_dropped_by_the_
     assert_eq!(w.state_of(set), None, "a set whose coordinator vanished is dropped, freeing the cluster for the next");
     // A late Committed loses.
     assert_eq!(w.fs(FsrvpCommand::Decide { set, token: a.token, decision: Decision::Committed }).unwrap(), FsrvpAnswer::Decided(Decision::Aborted));
+
+    // A coordinator that decides its own late attempt (its timeout) keeps the set, in Added.
+    let set = w.start(0);
+    w.add(set, "s1").unwrap();
+    let a = w.begin(set);
+    w.now_ms = a.deadline_ms + 1;
+    assert_eq!(w.fs(FsrvpCommand::Decide { set, token: a.token, decision: Decision::Aborted }).unwrap(), FsrvpAnswer::Decided(Decision::Aborted));
+    assert_eq!(w.state_of(set), Some(SetState::Added));
 }
 
 #[test]
