@@ -8,7 +8,7 @@
 //! fewer, larger entries instead of a longer queue.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -105,7 +105,7 @@ async fn batch_loop(mut rx: mpsc::Receiver<Pending>, raft: Raft, reader: MetaRea
 }
 
 async fn propose_batch(raft: Raft, reader: MetaReader, request_timeout: Duration, batch: Vec<Pending>, _permit: OwnedSemaphorePermit) {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now_ms = umbra_raft::clock::now_ms();
     // Leader time never goes back: at least the newest stamp already applied.
     let stamp_ms = now_ms.max(reader.read().state.clock_ms);
     let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Outcome>>) = batch

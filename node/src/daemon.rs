@@ -64,7 +64,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let reader = sm.reader();
     let raft_config = Arc::new(config.openraft_config().validate().context("raft settings")?);
     let raft = Raft::new(config.id, raft_config, Network, log.clone(), sm).await.context("starting raft")?;
-    let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), log, config.raft.request_timeout()));
+    let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), Some(log), config.raft.request_timeout()));
     let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
     let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.reclaim_step_entries, upkeep_stopped));
     let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()));
@@ -86,7 +86,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let coordinator = Arc::new(crate::fsrvp::Coordinator::new(config.id, meta.clone(), reader.clone(), volume_service.clone(), settings));
     let reconcile = tokio::spawn(crate::fsrvp::reconcile::run(coordinator.clone(), volumes.clone(), upkeep_stop.subscribe()));
     let gateway_fsrvp = Arc::new(crate::fsrvp::gateway::GatewayFsrvp { coordinator, runtime: tokio::runtime::Handle::current() });
-    let directory = Arc::new(crate::smb::RaftDirectory { reader: reader.clone(), fsrvp: Some(gateway_fsrvp) });
+    let directory = Arc::new(crate::smb::RaftDirectory { reader: reader.clone(), fsrvp: Some(gateway_fsrvp), meta: Some((meta.clone(), tokio::runtime::Handle::current())) });
     let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, reader.clone(), tokio::runtime::Handle::current()));
     let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");

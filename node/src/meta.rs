@@ -35,10 +35,14 @@ pub struct Meta {
     id: NodeId,
     raft: Raft,
     reader: MetaReader,
-    log: LogStore,
+    /// The RocksDB log store, for the committed index in `status` (none under simulation).
+    log: Option<LogStore>,
     request_timeout: Duration,
     batcher: Batcher,
     peers: Mutex<HashMap<String, AdminClient<Channel>>>,
+    /// Test-only broken variant (the simulation's checkers must catch it): reads answer from
+    /// this node's state without a read index, so a follower may serve a stale read.
+    stale_reads: std::sync::atomic::AtomicBool,
 }
 
 /// Where a request goes next.
@@ -49,9 +53,14 @@ enum Route {
 }
 
 impl Meta {
-    pub fn new(id: NodeId, raft: Raft, reader: MetaReader, log: LogStore, request_timeout: Duration) -> Self {
+    pub fn new(id: NodeId, raft: Raft, reader: MetaReader, log: Option<LogStore>, request_timeout: Duration) -> Self {
         let batcher = Batcher::start(raft.clone(), reader.clone(), request_timeout);
-        Meta { id, raft, reader, log, request_timeout, batcher, peers: Mutex::new(HashMap::new()) }
+        Meta { id, raft, reader, log, request_timeout, batcher, peers: Mutex::new(HashMap::new()), stale_reads: Default::default() }
+    }
+
+    /// Test-only: turns on the stale-read broken variant.
+    pub fn break_reads_for_tests(&self) {
+        self.stale_reads.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn raft(&self) -> &Raft {
@@ -59,7 +68,7 @@ impl Meta {
     }
 
     pub fn status(&self) -> NodeStatus {
-        node_status(&self.raft, self.log.committed().map(|l| l.index))
+        node_status(&self.raft, self.log.as_ref().and_then(|l| l.committed()).map(|l| l.index))
     }
 
     fn route(&self) -> Route {
@@ -186,6 +195,10 @@ impl Meta {
     pub async fn query(&self, query: &Query) -> Result<(QueryResult, u64), NodeError> {
         let start = Instant::now();
         let deadline = start + self.request_timeout;
+        if self.stale_reads.load(std::sync::atomic::Ordering::Relaxed) {
+            let data = self.reader.read();
+            return Ok((query.answer(&data.state), data.last_applied.map(|l| l.index).unwrap_or(0)));
+        }
         let index = loop {
             let attempt = match self.route() {
                 Route::Local => self.leader_read_index().await.map_err(|e| e.map(|f| self.route_from(&f))),

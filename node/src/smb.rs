@@ -14,6 +14,9 @@ pub const MAX_IO_BYTES: u32 = 8 * 1024 * 1024;
 pub struct RaftDirectory {
     pub reader: MetaReader,
     pub fsrvp: Option<std::sync::Arc<crate::fsrvp::gateway::GatewayFsrvp>>,
+    /// For a share this node has not seen yet: a linearizable read through the leader (a tree
+    /// connect right after Expose returned on another node finds the new share).
+    pub meta: Option<(std::sync::Arc<crate::meta::Meta>, tokio::runtime::Handle)>,
 }
 
 impl Directory for RaftDirectory {
@@ -22,7 +25,15 @@ impl Directory for RaftDirectory {
     }
 
     fn share(&self, name: &str) -> Option<(String, bool)> {
-        self.reader.read().state.shares.get(&fold(name)).map(|s| (s.name.clone(), s.read_only))
+        let local = self.reader.read().state.shares.get(&fold(name)).map(|s| (s.name.clone(), s.read_only));
+        if local.is_some() {
+            return local;
+        }
+        let (meta, runtime) = self.meta.as_ref()?;
+        match runtime.block_on(meta.query(&umbra_raft::query::Query::Share { name: name.to_string() })) {
+            Ok((umbra_raft::query::QueryResult::Share(Some(s)), _)) => Some((s.name, s.read_only)),
+            _ => None,
+        }
     }
 
     fn shares(&self) -> Vec<String> {

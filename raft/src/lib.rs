@@ -9,6 +9,7 @@
 //! one batch. Reads go to the in-memory copy behind [`store::MetaReader`] after a read-index
 //! check (see the node crate). Snapshots are the whole state as JSON.
 
+pub mod clock;
 pub mod command;
 pub mod fsrvp;
 pub mod names;

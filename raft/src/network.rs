@@ -19,18 +19,47 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How long a TCP connect to a peer may take before the peer counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// HTTP/2 keepalive: a connection whose peer stops answering pings for this long is dropped and
+/// the next call reconnects. Without it a connection that died silently (a partition that lost
+/// packets, a NAT that forgot the flow) would stall every later call on it; the simulation found
+/// this (a node stuck as candidate after a partition healed).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// HTTP/2 flow-control windows: large enough that a 1 MiB message streams without stalls.
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
+/// The networking seam: how a gRPC client reaches `host:port`. Production uses TCP (no
+/// transport installed); the simulation installs one that connects through turmoil. Every gRPC
+/// client in Umbra (Raft peers, forwarding, volume routing, `umbra ctl`) gets its channel from
+/// [`channel`], so nothing else knows which network it runs on.
+pub trait Transport: Send + Sync {
+    fn connect(&self, endpoint: Endpoint) -> Channel;
+}
+
+static TRANSPORT: std::sync::OnceLock<Box<dyn Transport>> = std::sync::OnceLock::new();
+
+/// Installs the process's transport (once, before any channel is made); returns false if one
+/// was installed already.
+pub fn install_transport(t: Box<dyn Transport>) -> bool {
+    TRANSPORT.set(t).is_ok()
+}
+
 /// A lazily connected gRPC channel to `addr` (`host:port`).
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .connect_lazy())
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    Ok(match TRANSPORT.get() {
+        Some(t) => t.connect(endpoint),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 #[derive(Clone, Default)]

@@ -8,6 +8,7 @@
 
 mod group_commit;
 mod log;
+pub mod mem;
 mod state_machine;
 
 use std::path::Path;

@@ -45,6 +45,10 @@ struct StoredSnapshot {
 pub struct MetaReader(Arc<RwLock<AppliedState>>);
 
 impl MetaReader {
+    pub(crate) fn new(data: Arc<RwLock<AppliedState>>) -> Self {
+        MetaReader(data)
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, AppliedState> {
         self.0.read().expect("state machine lock")
     }
@@ -150,6 +154,43 @@ fn load_key(data: &mut AppliedState, key: &[u8], value: &[u8]) -> Result<(), Sto
     Ok(())
 }
 
+/// Applies entries to the in-memory state (every store runs this same code): blank entries
+/// answer nothing, membership entries replace the membership, normal entries run
+/// [`MetaState::apply`] per request. Returns the answers and whether the membership changed;
+/// `changed` collects the state keys to persist.
+pub(crate) fn apply_entries<I: IntoIterator<Item = Entry>>(data: &mut AppliedState, entries: I, changed: &mut Vec<StateKey>) -> (Vec<Responses>, bool) {
+    let mut responses = Vec::new();
+    let mut membership_changed = false;
+    for entry in entries {
+        data.last_applied = Some(entry.log_id);
+        let answers = match entry.payload {
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Membership(m) => {
+                data.membership = StoredMembership::new(Some(entry.log_id), m);
+                membership_changed = true;
+                Vec::new()
+            }
+            EntryPayload::Normal(ref proposal) => {
+                let members: BTreeSet<NodeId> = data.membership.membership().nodes().map(|(id, _)| *id).collect();
+                let index = entry.log_id.index;
+                proposal.requests.iter().map(|req| data.state.apply(index, req, &members, changed)).collect()
+            }
+        };
+        responses.push(answers);
+    }
+    (responses, membership_changed)
+}
+
+/// The state a received snapshot carries, indexed and stamped with the snapshot's meta (every
+/// store installs snapshots through this).
+pub(crate) fn decode_snapshot(meta: &SnapshotMeta, bytes: &[u8]) -> Result<AppliedState, StorageError> {
+    let mut incoming: AppliedState = serde_json::from_slice(bytes).map_err(|e| io_err(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+    incoming.state.reindex();
+    incoming.last_applied = meta.last_log_id;
+    incoming.membership = meta.last_membership.clone();
+    Ok(incoming)
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (meta, bytes) = {
@@ -187,25 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut data = self.data.write().expect("state machine lock");
         let mut changed = Vec::new();
-        let mut responses = Vec::new();
-        let mut membership_changed = false;
-        for entry in entries {
-            data.last_applied = Some(entry.log_id);
-            let answers = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Membership(m) => {
-                    data.membership = StoredMembership::new(Some(entry.log_id), m);
-                    membership_changed = true;
-                    Vec::new()
-                }
-                EntryPayload::Normal(ref proposal) => {
-                    let members: BTreeSet<NodeId> = data.membership.membership().nodes().map(|(id, _)| *id).collect();
-                    let index = entry.log_id.index;
-                    proposal.requests.iter().map(|req| data.state.apply(index, req, &members, &mut changed)).collect()
-                }
-            };
-            responses.push(answers);
-        }
+        let (responses, membership_changed) = apply_entries(&mut data, entries, &mut changed);
         changed.sort();
         changed.dedup();
         let mut batch = WriteBatch::default();
@@ -227,11 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let mut incoming: AppliedState = serde_json::from_slice(&bytes)
-            .map_err(|e| io_err(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
-        incoming.state.reindex();
-        incoming.last_applied = meta.last_log_id;
-        incoming.membership = meta.last_membership.clone();
+        let incoming = decode_snapshot(meta, &bytes)?;
 
         let sm = cf(&self.db, CF_SM);
         let mut batch = WriteBatch::default();

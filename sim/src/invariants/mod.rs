@@ -1,0 +1,7 @@
+//! Invariant checkers, one module each, named for the property (design.md sections 5 and 7).
+//! Each records violations as text; a run fails if any checker found one.
+
+pub mod acked_writes_survive;
+pub mod converges;
+pub mod election_safety;
+pub mod linearizable_reads;

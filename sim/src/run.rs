@@ -1,0 +1,400 @@
+//! One simulation run, fixed by its seed: three nodes as turmoil hosts, a client writing
+//! metadata through any node, faults drawn from the seed's RNG, and the invariant checkers.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use umbra_proto::v1::admin_client::AdminClient;
+use umbra_proto::v1::WriteRequest;
+use umbra_raft::command::{Command, NtHash, Request, Role};
+use umbra_raft::store::mem::{Crash, MemDisk};
+use umbra_raft::NodeId;
+use uuid::Uuid;
+
+use crate::invariants::{acked_writes_survive, converges, election_safety::ElectionSafety};
+use crate::node::{self, host_name, Disk, Registry, PORT};
+
+/// Which faults a run draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// No faults: the baseline.
+    Calm,
+    /// Partitions (both ways, one way, isolating the leader) and delayed links.
+    Partitions,
+    /// Process deaths and restarts (buffered writes survive), the leader's included.
+    Crashes,
+    /// Power losses (unsynced writes lost), sometimes of the whole cluster at once.
+    Power,
+    /// All of the above.
+    All,
+}
+
+/// Deliberately broken variants, to show the checkers can fail (test-only switches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broken {
+    /// The Raft store never syncs (appends are reported flushed anyway).
+    SkipLogSync,
+    /// The Raft store never makes the vote durable.
+    SkipVoteSync,
+    /// Reads answer from the asked node's state without a read index (stale on followers).
+    StaleReads,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    pub profile: Profile,
+    pub broken: Option<Broken>,
+    /// Virtual seconds of workload under faults (then faults heal).
+    pub seconds: u64,
+    pub nodes: u64,
+}
+
+pub struct Outcome {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    pub trace: Vec<String>,
+    pub acked: usize,
+    pub simulated: Duration,
+}
+
+/// Virtual time allowed after healing for a write to succeed and every node to agree.
+const HEAL_BOUND: Duration = Duration::from_secs(20);
+
+struct Driver {
+    opts: Options,
+    rng: SmallRng,
+    disks: Vec<Disk>,
+    registry: Registry,
+    trace: Rc<RefCell<Vec<String>>>,
+    safety: ElectionSafety,
+    /// Nodes down, with the time to restart them.
+    down: Vec<(NodeId, Duration)>,
+    /// Links cut or held, with the time to repair them.
+    cut: Option<(Duration, Vec<(String, String)>, bool)>,
+    next_fault: Duration,
+}
+
+fn log(trace: &Rc<RefCell<Vec<String>>>, now: Duration, what: String) {
+    trace.borrow_mut().push(format!("{:>8}ms {what}", now.as_millis()));
+}
+
+pub fn run(opts: Options) -> Outcome {
+    crate::net::install();
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(opts.seconds) + HEAL_BOUND * 3)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(20))
+        .enable_random_order()
+        .rng_seed(opts.seed)
+        .build();
+    let disks: Vec<Disk> = (0..opts.nodes).map(|_| MemDisk::shared()).collect();
+    for d in &disks {
+        let mut d = d.lock().expect("disk");
+        d.skip_sync = opts.broken == Some(Broken::SkipLogSync);
+        d.skip_vote_sync = opts.broken == Some(Broken::SkipVoteSync);
+    }
+    let registry: Registry = Arc::new(Mutex::new(Default::default()));
+    for id in 1..=opts.nodes {
+        let (disk, reg, n, stale) = (disks[(id - 1) as usize].clone(), registry.clone(), opts.nodes, opts.broken == Some(Broken::StaleReads));
+        sim.host(host_name(id), move || node::run(id, n, disk.clone(), reg.clone(), id == 1, stale));
+    }
+    let trace = Rc::new(RefCell::new(Vec::new()));
+    let acked = Rc::new(RefCell::new(Vec::new()));
+    let live = Rc::new(RefCell::new(None));
+    let reads = Rc::new(RefCell::new(Vec::new()));
+    let heal_at = Duration::from_secs(opts.seconds);
+    sim.client("client", workload(opts.clone(), acked.clone(), live.clone(), trace.clone(), heal_at, reads.clone()));
+
+    let mut d = Driver {
+        rng: SmallRng::seed_from_u64(opts.seed ^ 0x5eed_fa17),
+        opts,
+        disks,
+        registry,
+        trace: trace.clone(),
+        safety: ElectionSafety::default(),
+        down: Vec::new(),
+        cut: None,
+        next_fault: Duration::from_secs(2),
+    };
+    let mut violations = Vec::new();
+    loop {
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                violations.push(format!("simulation error: {e}"));
+                break;
+            }
+        }
+        let now = sim.elapsed();
+        d.observe(now);
+        d.faults(&mut sim, now, heal_at);
+    }
+    // Quiet: let every node apply what was committed, then compare.
+    let quiet_until = sim.elapsed() + Duration::from_secs(10);
+    while sim.elapsed() < quiet_until {
+        if let Err(e) = sim.step() {
+            violations.push(format!("simulation error: {e}"));
+            break;
+        }
+        let now = sim.elapsed();
+        d.observe(now);
+    }
+    for (id, (raft, _)) in d.registry.lock().expect("registry").iter() {
+        let m = raft.metrics().borrow().clone();
+        let line = format!(
+            "final n{id}: {:?} term {} leader {:?} last log {:?} applied {:?} snapshot {:?} purged {:?}",
+            m.state,
+            m.current_term,
+            m.current_leader,
+            m.last_log_index,
+            m.last_applied.map(|l| l.index),
+            m.snapshot.map(|l| l.index),
+            m.purged.map(|l| l.index)
+        );
+        log(&trace, sim.elapsed(), line);
+    }
+    violations.append(&mut d.safety.violations);
+    let stale = reads.borrow();
+    violations.extend(stale.iter().take(3).cloned());
+    if stale.len() > 3 {
+        violations.push(format!("linearizable reads: {} more stale reads", stale.len() - 3));
+    }
+    drop(stale);
+    match *live.borrow() {
+        Some(true) => {}
+        Some(false) => violations.push(format!("liveness: no write succeeded within {} s of healing", HEAL_BOUND.as_secs())),
+        None => violations.push("liveness: the workload did not finish".into()),
+    }
+    let acked = acked.borrow().clone();
+    let states: Vec<(u64, BTreeSet<String>)> = d
+        .registry
+        .lock()
+        .expect("registry")
+        .iter()
+        .map(|(id, r)| (*id, r.1.read().state.users.values().map(|u| u.name.clone()).collect()))
+        .collect();
+    for (id, users) in &states {
+        acked_writes_survive::check(*id, &acked, users, &mut violations);
+    }
+    converges::check(&states, &mut violations);
+    let simulated = sim.elapsed();
+    let trace = trace.borrow().clone();
+    Outcome { seed: d.opts.seed, violations, trace, acked: acked.len(), simulated }
+}
+
+impl Driver {
+    /// Election safety, from every running node's own view.
+    fn observe(&mut self, now: Duration) {
+        let views: Vec<(NodeId, u64, bool)> = self
+            .registry
+            .lock()
+            .expect("registry")
+            .iter()
+            .map(|(id, (raft, _))| {
+                let m = raft.metrics().borrow().clone();
+                (*id, m.current_term, m.state == openraft::ServerState::Leader)
+            })
+            .collect();
+        for (id, term, leads) in views {
+            if leads && self.safety.observe(id, term) {
+                log(&self.trace, now, format!("leader n{id} term {term}"));
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        let reg = self.registry.lock().expect("registry");
+        reg.iter().find(|(_, (r, _))| r.metrics().borrow().state == openraft::ServerState::Leader).map(|(id, _)| *id)
+    }
+
+    fn crash(&mut self, sim: &mut turmoil::Sim, id: NodeId, kind: Crash, now: Duration) {
+        sim.crash(host_name(id));
+        self.registry.lock().expect("registry").remove(&id);
+        self.disks[(id - 1) as usize].lock().expect("disk").crash(kind);
+        let back = now + Duration::from_millis(self.rng.random_range(300..2000));
+        self.down.push((id, back));
+        log(&self.trace, now, format!("crash n{id} ({kind:?})"));
+    }
+
+    fn faults(&mut self, sim: &mut turmoil::Sim, now: Duration, heal_at: Duration) {
+        // Restarts and repairs that are due (all of them once the faults heal).
+        let healing = now >= heal_at;
+        let due: Vec<NodeId> = self.down.iter().filter(|(_, at)| healing || *at <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            self.down.retain(|(d, _)| *d != id);
+            sim.bounce(host_name(id));
+            log(&self.trace, now, format!("restart n{id}"));
+        }
+        if let Some((at, links, held)) = self.cut.take() {
+            if healing || at <= now {
+                for (a, b) in &links {
+                    if held {
+                        sim.release(a.as_str(), b.as_str());
+                    } else {
+                        sim.repair(a.as_str(), b.as_str());
+                    }
+                }
+                log(&self.trace, now, "links repaired".into());
+            } else {
+                self.cut = Some((at, links, held));
+            }
+        }
+        if healing || now < self.next_fault || self.cut.is_some() || !self.down.is_empty() || self.opts.profile == Profile::Calm {
+            return;
+        }
+        self.next_fault = now + Duration::from_millis(self.rng.random_range(500..2500));
+        let kinds: &[u8] = match self.opts.profile {
+            Profile::Calm => &[],
+            Profile::Partitions => &[0, 1, 2, 3],
+            Profile::Crashes => &[4, 5],
+            Profile::Power => &[6, 7, 8],
+            Profile::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8],
+        };
+        let kind = kinds[self.rng.random_range(0..kinds.len())];
+        let n = self.opts.nodes;
+        let victim = self.rng.random_range(1..=n);
+        let others: Vec<NodeId> = (1..=n).filter(|&i| i != victim).collect();
+        let repair_at = now + Duration::from_millis(self.rng.random_range(300..3000));
+        match kind {
+            0 | 2 => {
+                // Isolate a node (2: the leader, if there is one) both ways.
+                let v = if kind == 2 { self.leader().unwrap_or(victim) } else { victim };
+                let links: Vec<(String, String)> = (1..=n).filter(|&i| i != v).map(|o| (host_name(v), host_name(o))).collect();
+                for (a, b) in &links {
+                    sim.partition(a.as_str(), b.as_str());
+                }
+                log(&self.trace, now, format!("partition n{v} from the others{}", if kind == 2 { " (leader)" } else { "" }));
+                self.cut = Some((repair_at, links, false));
+            }
+            1 => {
+                let to = others[self.rng.random_range(0..others.len())];
+                sim.partition_oneway(host_name(victim).as_str(), host_name(to).as_str());
+                log(&self.trace, now, format!("partition one way n{victim} -> n{to}"));
+                self.cut = Some((repair_at, vec![(host_name(victim), host_name(to))], false));
+            }
+            3 => {
+                // Delay: messages on a link are held, then delivered late (and reordered).
+                let to = others[self.rng.random_range(0..others.len())];
+                sim.hold(host_name(victim).as_str(), host_name(to).as_str());
+                log(&self.trace, now, format!("hold n{victim} <-> n{to}"));
+                self.cut = Some((repair_at, vec![(host_name(victim), host_name(to))], true));
+            }
+            4 => self.crash(sim, victim, Crash::ProcessDeath, now),
+            5 => {
+                let v = self.leader().unwrap_or(victim);
+                self.crash(sim, v, Crash::ProcessDeath, now);
+            }
+            6 => self.crash(sim, victim, Crash::PowerLoss, now),
+            7 => {
+                let v = self.leader().unwrap_or(victim);
+                self.crash(sim, v, Crash::PowerLoss, now);
+            }
+            _ => {
+                // The whole cluster loses power at once.
+                for id in 1..=n {
+                    self.crash(sim, id, Crash::PowerLoss, now);
+                }
+            }
+        }
+    }
+}
+
+/// Whether node `via`'s answer to a users query holds u{k}; `None` if it did not answer.
+async fn read_user(via: NodeId, k: u64) -> Option<bool> {
+    let json = serde_json::to_vec(&umbra_raft::query::Query::Users).ok()?;
+    let channel = umbra_raft::network::channel(&format!("{}:{PORT}", host_name(via))).ok()?;
+    let mut client = AdminClient::new(channel);
+    let call = client.query(umbra_proto::v1::QueryRequest { json });
+    let reply = tokio::time::timeout(Duration::from_secs(4), call).await.ok()?.ok()?;
+    match serde_json::from_slice(&reply.into_inner().json).ok()? {
+        umbra_raft::query::QueryResult::Users(users) => Some(users.iter().any(|u| u.name == format!("u{k}"))),
+        _ => None,
+    }
+}
+
+/// The client: sequence-numbered metadata writes (users u0, u1, ...) through any node, each
+/// retried with the same request id on other nodes; acknowledged ones are recorded. After the
+/// faults heal, one more write must succeed within [`HEAL_BOUND`].
+async fn workload(
+    opts: Options,
+    acked: Rc<RefCell<Vec<u64>>>,
+    live: Rc<RefCell<Option<bool>>>,
+    trace: Rc<RefCell<Vec<String>>>,
+    heal_at: Duration,
+    reads: Rc<RefCell<Vec<String>>>,
+) -> turmoil::Result {
+    let mut rng = SmallRng::seed_from_u64(opts.seed ^ 0xc11e_4700);
+    let mut k = 0u64;
+    let mut via = 1u64;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    loop {
+        let now = turmoil::elapsed();
+        let healed = now >= heal_at;
+        if healed && now >= heal_at + Duration::from_secs(1) {
+            break;
+        }
+        let req = Request { request_id: Uuid::from_u128(rng.random()), stamp_ms: 0, command: Command::PutUser { name: format!("u{k}"), nt_hash: NtHash([k as u8; 16]), role: Role::User } };
+        let json = serde_json::to_vec(&req)?;
+        let mut ok = false;
+        for _ in 0..opts.nodes * 2 {
+            let channel = umbra_raft::network::channel(&format!("{}:{PORT}", host_name(via)))?;
+            let mut client = AdminClient::new(channel);
+            let call = client.write(WriteRequest { json: json.clone(), forwarded: false });
+            match tokio::time::timeout(Duration::from_secs(4), call).await {
+                Ok(Ok(reply)) => {
+                    let response: umbra_raft::command::Response = serde_json::from_slice(&reply.into_inner().json)?;
+                    if response.is_ok() {
+                        ok = true;
+                        break;
+                    }
+                }
+                _ => via = via % opts.nodes + 1,
+            }
+        }
+        if ok {
+            acked.borrow_mut().push(k);
+            log(&trace, turmoil::elapsed(), format!("ack u{k} via n{via}"));
+            // A linearizable read through another node must see the acknowledged write.
+            let other = via % opts.nodes + 1;
+            if let Some(found) = read_user(other, k).await {
+                if !found {
+                    reads.borrow_mut().push(crate::invariants::linearizable_reads::violation(k, other));
+                }
+            }
+        } else {
+            log(&trace, turmoil::elapsed(), format!("gave up u{k}"));
+        }
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..200))).await;
+    }
+    // Liveness: faults have healed; a write must go through within the bound.
+    let deadline = heal_at + HEAL_BOUND;
+    let req = Request { request_id: Uuid::from_u128(rng.random()), stamp_ms: 0, command: Command::PutUser { name: format!("u{k}"), nt_hash: NtHash([0; 16]), role: Role::User } };
+    let json = serde_json::to_vec(&req)?;
+    while turmoil::elapsed() < deadline {
+        let channel = umbra_raft::network::channel(&format!("{}:{PORT}", host_name(via)))?;
+        let mut client = AdminClient::new(channel);
+        let call = client.write(WriteRequest { json: json.clone(), forwarded: false });
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(4), call).await {
+            let response: umbra_raft::command::Response = serde_json::from_slice(&reply.into_inner().json)?;
+            if response.is_ok() {
+                acked.borrow_mut().push(k);
+                log(&trace, turmoil::elapsed(), format!("ack u{k} after healing"));
+                *live.borrow_mut() = Some(true);
+                return Ok(());
+            }
+        }
+        via = via % opts.nodes + 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    *live.borrow_mut() = Some(false);
+    Ok(())
+}
