@@ -49,9 +49,11 @@ fill() { smbclient "//127.0.0.1/$1" -p "2761$(( ($2 - 1) % 3 + 1 ))" -U 'admin%P
 for i in $(seq 32); do fill "s$(two "$i")" "$i" "$work/small.bin"; done
 t0=$(date +%s)
 for i in $(seq 4); do fill "b$(two "$i")" "$i" "$work/big.bin"; done
-echo "filled 4 volumes with $big_mib MiB each in $(( $(date +%s) - t0 )) s" >&2
+echo "filled 4 volumes with $big_mib MiB each in $(( $(date +%s) - t0 )) s; letting compactions settle" >&2
+sleep 60
 
-# Two writers on two nodes' volumes (through node 1), one on Samba's share.
+# Steady writers (64 KiB every 10 ms each) on two nodes' small and two nodes' big volumes
+# (through node 1), and one on Samba's share.
 writer() { "$py" bench/fsrvp_writer.py "$1" "$2" "$3" "$4" "$work/stop" > /dev/null & writers+=($!); }
 writer 27611 admin 'Passw0rd!' s01
 writer 27611 admin 'Passw0rd!' s02
