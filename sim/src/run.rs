@@ -307,6 +307,17 @@ impl Driver {
     }
 }
 
+/// One write request through node `via`: `Some(true)` if the state machine accepted it,
+/// `Some(false)` if it refused it, `None` if the node did not answer.
+async fn write_via(via: NodeId, json: &[u8]) -> Option<bool> {
+    let channel = umbra_raft::network::channel(&format!("{}:{PORT}", host_name(via))).ok()?;
+    let mut client = AdminClient::new(channel);
+    let call = client.write(WriteRequest { json: json.to_vec(), forwarded: false });
+    let reply = tokio::time::timeout(Duration::from_secs(4), call).await.ok()?.ok()?;
+    let response: umbra_raft::command::Response = serde_json::from_slice(&reply.into_inner().json).ok()?;
+    Some(response.is_ok())
+}
+
 /// Whether node `via`'s answer to a users query holds u{k}; `None` if it did not answer.
 async fn read_user(via: NodeId, k: u64) -> Option<bool> {
     let json = serde_json::to_vec(&umbra_raft::query::Query::Users).ok()?;
@@ -345,18 +356,13 @@ async fn workload(
         let json = serde_json::to_vec(&req)?;
         let mut ok = false;
         for _ in 0..opts.nodes * 2 {
-            let channel = umbra_raft::network::channel(&format!("{}:{PORT}", host_name(via)))?;
-            let mut client = AdminClient::new(channel);
-            let call = client.write(WriteRequest { json: json.clone(), forwarded: false });
-            match tokio::time::timeout(Duration::from_secs(4), call).await {
-                Ok(Ok(reply)) => {
-                    let response: umbra_raft::command::Response = serde_json::from_slice(&reply.into_inner().json)?;
-                    if response.is_ok() {
-                        ok = true;
-                        break;
-                    }
+            match write_via(via, &json).await {
+                Some(true) => {
+                    ok = true;
+                    break;
                 }
-                _ => via = via % opts.nodes + 1,
+                Some(false) => {}
+                None => via = via % opts.nodes + 1,
             }
         }
         if ok {
@@ -380,17 +386,11 @@ async fn workload(
     let req = Request { request_id: Uuid::from_u128(rng.random()), stamp_ms: 0, command: Command::PutUser { name: format!("u{k}"), nt_hash: NtHash([0; 16]), role: Role::User } };
     let json = serde_json::to_vec(&req)?;
     while turmoil::elapsed() < deadline {
-        let channel = umbra_raft::network::channel(&format!("{}:{PORT}", host_name(via)))?;
-        let mut client = AdminClient::new(channel);
-        let call = client.write(WriteRequest { json: json.clone(), forwarded: false });
-        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(4), call).await {
-            let response: umbra_raft::command::Response = serde_json::from_slice(&reply.into_inner().json)?;
-            if response.is_ok() {
-                acked.borrow_mut().push(k);
-                log(&trace, turmoil::elapsed(), format!("ack u{k} after healing"));
-                *live.borrow_mut() = Some(true);
-                return Ok(());
-            }
+        if write_via(via, &json).await == Some(true) {
+            acked.borrow_mut().push(k);
+            log(&trace, turmoil::elapsed(), format!("ack u{k} after healing"));
+            *live.borrow_mut() = Some(true);
+            return Ok(());
         }
         via = via % opts.nodes + 1;
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -49,8 +49,6 @@ pub struct MemDisk {
     pub skip_sync: bool,
     /// Test-only broken variant: the vote is never made durable (a power loss forgets it).
     pub skip_vote_sync: bool,
-    /// Syncs performed (for traces).
-    pub syncs: u64,
 }
 
 impl MemDisk {
@@ -59,7 +57,6 @@ impl MemDisk {
     }
 
     fn sync(&mut self) {
-        self.syncs += 1;
         if !self.skip_sync {
             let vote = self.synced.vote;
             self.synced = self.written.clone();
