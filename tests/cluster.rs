@@ -173,7 +173,11 @@ fn garbage_on_the_grpc_port_is_refused_and_the_node_keeps_serving() {
     use std::io::{Read, Write};
     let c = Cluster::start(3, "");
     assert!(c.ctl(1, &["volume", "create", "vol", "--node", "1"]).ok);
-    let before = c.applied(2).unwrap();
+    // Node 2 may not have applied the write node 1 answered yet: wait until it has.
+    let before = wait_for(Duration::from_secs(10), "node 2 to catch up", || {
+        let (one, two) = (c.applied(1)?, c.applied(2)?);
+        (one == two).then_some(two)
+    });
     let payloads: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         vec![0u8; 64 * 1024],
