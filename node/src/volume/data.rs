@@ -78,8 +78,7 @@ impl VolumeStore {
     /// (its times set to `now`) in one write.
     fn update_file(&self, vol: Uuid, view: View, ino: u64, now: u64, change: impl FnOnce(&VolState, &Scope, &mut WriteBatch, &mut Inode) -> Result<()>) -> Result<()> {
         let entry = self.volume(vol)?;
-        let _pass = entry.gate.enter()?;
-        let st = Self::lock(&entry);
+        let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
         let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
         if inode.kind != Kind::File {
@@ -152,8 +151,7 @@ impl VolumeStore {
     /// Sets times and DOS attributes (SMB SET_INFO); `None` leaves a field as it is.
     pub fn set_info(&self, vol: Uuid, view: View, ino: u64, info: SetInfo) -> Result<Inode> {
         let entry = self.volume(vol)?;
-        let _pass = entry.gate.enter()?;
-        let st = Self::lock(&entry);
+        let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
         let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
         inode.created = info.created.unwrap_or(inode.created);

@@ -73,6 +73,17 @@ impl Gate {
 
     /// Waits while a fence holds (at most until its TTL), then lets one mutation in.
     pub fn enter(&self) -> Result<Pass<'_>> {
+        loop {
+            self.wait_open()?;
+            if let Some(pass) = self.admit() {
+                return Ok(pass);
+            }
+        }
+    }
+
+    /// Waits while a fence holds, at most until its TTL; counts as held meanwhile. Admits
+    /// nothing: the caller takes the volume lock and then asks [`Gate::admit`].
+    pub fn wait_open(&self) -> Result<()> {
         let mut st = self.lock();
         while let Some(f) = st.holding(Instant::now()) {
             if st.held >= MAX_HELD_MUTATIONS {
@@ -83,8 +94,19 @@ impl Gate {
             st = self.changed.wait_timeout(st, wait).expect("gate lock").0;
             st.held -= 1;
         }
+        Ok(())
+    }
+
+    /// Lets one mutation in unless a fence holds now. A writer asks while holding the volume
+    /// lock, so a fence raised while writers queue for that lock drains only the one holding
+    /// it: the others find the fence here and go back to [`Gate::wait_open`].
+    pub fn admit(&self) -> Option<Pass<'_>> {
+        let mut st = self.lock();
+        if st.holding(Instant::now()).is_some() {
+            return None;
+        }
         st.in_flight += 1;
-        Ok(Pass { gate: self })
+        Some(Pass { gate: self })
     }
 
     /// Raises a fence with `token` for `ttl`: new mutations wait, those in flight finish, then
@@ -112,8 +134,11 @@ impl Gate {
             }
             st = self.changed.wait_timeout(st, until - now).expect("gate lock").0;
         }
-        // Nothing is in flight and nothing can enter while `st` is held.
+        // Nothing is in flight, and nothing is admitted while the fence holds. The gate's lock
+        // is let go first: a writer holding the volume lock asks `admit` before it lets go.
+        drop(st);
         let result = at_fence();
+        let mut st = self.lock();
         if result.is_err() || Instant::now() >= until {
             st.fence = None;
             self.changed.notify_all();

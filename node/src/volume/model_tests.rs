@@ -438,6 +438,45 @@ fn a_fence_drains_concurrent_writers_takes_the_cut_and_holds_until_release() {
 }
 
 #[test]
+fn a_fence_drains_only_the_write_holding_the_volume_lock_and_queued_writes_step_back() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(VolumeStore::open(dir.path()).unwrap());
+    let vol = Uuid::new_v4();
+    store.create_volume(vol, 0).unwrap();
+    let ino = store.create(vol, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    // A mutation in flight: admitted and holding the volume lock for a while.
+    let entry = store.volume(vol).unwrap();
+    let in_flight = std::thread::spawn({
+        let entry = entry.clone();
+        move || {
+            let (_pass, _st) = entry.mutation().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // A write that passes the open gate and queues for the volume lock.
+    let queued = std::thread::spawn({
+        let store = store.clone();
+        move || store.write(vol, View::Live, ino, 0, b"queued", 2).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let snap = Uuid::new_v4();
+    store.fence(vol, 1, Duration::from_secs(10), snap, 3).unwrap();
+    in_flight.join().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(store.stat(vol, View::Live, ino).unwrap().size, 0, "the queued write is held by the fence, not drained into the cut");
+    assert!(!queued.is_finished());
+    assert_eq!(store.release(vol, 1).unwrap().0, Released::Held);
+    queued.join().unwrap();
+    store.snapshot_commit(vol, snap).unwrap();
+    assert_eq!(store.stat(vol, View::Snapshot(snap), ino).unwrap().size, 0, "the cut is before the queued write");
+    assert_eq!(store.read(vol, View::Live, ino, 0, 6).unwrap(), b"queued");
+}
+
+#[test]
 fn a_fence_left_by_its_caller_expires_and_its_release_says_so() {
     use std::time::{Duration, Instant};
     let (_dir, w) = world();

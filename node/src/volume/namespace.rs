@@ -53,8 +53,7 @@ impl VolumeStore {
     pub fn create(&self, vol: Uuid, view: View, parent: u64, name: &str, kind: Kind, now: u64) -> Result<u64> {
         check_file_name(name)?;
         let entry = self.volume(vol)?;
-        let _pass = entry.gate.enter()?;
-        let mut st = Self::lock(&entry);
+        let (_pass, mut st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
         let (mut dir, dir_key) = self.inode_req(vol, &scope, parent)?;
         if dir.kind != Kind::Dir {
@@ -154,8 +153,7 @@ impl VolumeStore {
     /// Removes `name` from `parent`; a directory must be empty.
     pub fn unlink(&self, vol: Uuid, view: View, parent: u64, name: &str, now: u64) -> Result<()> {
         let entry = self.volume(vol)?;
-        let _pass = entry.gate.enter()?;
-        let st = Self::lock(&entry);
+        let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
         let entry = self.lookup_in(&st, &scope, parent, name)?.ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
         if entry.inode.kind == Kind::Dir && !self.list_in(&st, &scope, entry.ino, None, 1)?.is_empty() {
@@ -194,8 +192,7 @@ impl VolumeStore {
     pub fn rename(&self, vol: Uuid, view: View, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<()> {
         check_file_name(to)?;
         let entry = self.volume(vol)?;
-        let _pass = entry.gate.enter()?;
-        let st = Self::lock(&entry);
+        let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
         let source = self.lookup_in(&st, &scope, from_dir, from)?.ok_or_else(|| VolumeError::NotFound(from.to_string()))?;
         let (target_dir, _) = self.inode_req(vol, &scope, to_dir)?;

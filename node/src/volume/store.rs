@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::error::{Result, VolumeError};
 use super::keys::{self, dead, Epoch, Lineage, LIVE};
-use super::gate::Gate;
+use super::gate::{Gate, Pass};
 use super::types::*;
 
 pub(super) const CF_META: &str = "meta";
@@ -115,6 +115,22 @@ pub(super) struct VolumeEntry {
     /// Fence tokens and answers; a lock of their own, so a fence never queues behind writers
     /// for the state lock before its fence point.
     pub fences: Mutex<FenceBook>,
+}
+
+impl VolumeEntry {
+    /// Passes the gate and takes the volume lock for one mutation (one write batch). Admission
+    /// is decided while the lock is held, so a fence raised while writers queue for the lock
+    /// waits only for the one holding it; the others go back to wait at the gate. Bind both
+    /// (`let (_pass, st) = ...`): the lock is let go first, then the pass.
+    pub(super) fn mutation(&self) -> Result<(Pass<'_>, MutexGuard<'_, VolState>)> {
+        loop {
+            self.gate.wait_open()?;
+            let st = self.state.lock().expect("volume lock");
+            if let Some(pass) = self.gate.admit() {
+                return Ok((pass, st));
+            }
+        }
+    }
 }
 
 pub struct VolumeStore {
