@@ -189,7 +189,7 @@ async fn grpc_seq(scratch: &Path, size: u64) -> anyhow::Result<(Duration, Durati
         };
         let t = Instant::now();
         let t2 = target.clone();
-        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| WriteChunk { target: Some(t2.clone()), ino, offset: i * MIB, data: block(i), now: 2 }));
+        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| WriteChunk { target: Some(t2.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2 }));
         client.write(msgs).await?;
         client.sync(target.clone()).await?;
         let w = t.elapsed();

@@ -179,7 +179,7 @@ async fn put(node: &Node, volume: &str, path: &str, from: Option<PathBuf>) -> an
                 return anyhow::Ok(offset);
             }
             buf.truncate(filled);
-            let msg = WriteChunk { target: target.clone(), ino, offset, data: buf, now: now() };
+            let msg = WriteChunk { target: target.clone(), ino, offset, data: buf.into(), now: now() };
             offset += filled as u64;
             if tx.send(msg).await.is_err() {
                 return Ok(offset);

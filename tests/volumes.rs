@@ -37,7 +37,7 @@ impl Vol {
     }
 
     fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u64, tonic::Status> {
-        let msg = WriteChunk { target: Some(self.target.clone()), ino, offset, data: data.to_vec(), now: 2 };
+        let msg = WriteChunk { target: Some(self.target.clone()), ino, offset, data: bytes::Bytes::copy_from_slice(data), now: 2 };
         Ok(self.rt.block_on(self.client.clone().write(tokio_stream::iter(vec![msg])))?.into_inner().written)
     }
 
@@ -212,7 +212,7 @@ fn a_writable_clone_over_grpc_is_isolated_and_refuses_writes_once_sealed() {
     let req = CloneRequest { target: Some(client.at_snapshot(&snap)), id: clone.clone() };
     client.rt.block_on(client.client.clone().clone_create(req)).unwrap();
     let in_clone = VolumeTarget { clone: clone.clone(), ..client.target.clone() };
-    let w = WriteChunk { target: Some(in_clone.clone()), ino, offset: 0, data: b"CLON".to_vec(), now: 5 };
+    let w = WriteChunk { target: Some(in_clone.clone()), ino, offset: 0, data: bytes::Bytes::from_static(b"CLON"), now: 5 };
     client.rt.block_on(client.client.clone().write(tokio_stream::iter(vec![w.clone()]))).unwrap();
     client.write(ino, 0, b"live").unwrap();
     assert_eq!(client.read_at(in_clone.clone(), ino, 4).unwrap(), b"CLON");

@@ -218,7 +218,7 @@ impl Files for VolumeFiles {
         }
         let (target, _) = self.target(share)?;
         // One whole write through the service's owner routing (a peer, or the local store).
-        let msg = WriteChunk { target: Some(target), ino: id, offset, data: data.to_vec(), now };
+        let msg = WriteChunk { target: Some(target), ino: id, offset, data: bytes::Bytes::copy_from_slice(data), now };
         self.runtime.block_on(self.service.write_one(msg)).map_err(|s| fs_error(&s))
     }
 

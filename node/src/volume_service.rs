@@ -243,7 +243,7 @@ impl VolumeRpc for VolumeService {
                     Err(_) => true,
                 };
                 pos += want;
-                let result = result.map(|data| DataChunk { data });
+                let result = result.map(|data| DataChunk { data: data.into() });
                 if tx.blocking_send(result).is_err() || done {
                     break;
                 }

@@ -97,19 +97,25 @@ impl VolumeStore {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write_chunk(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, inode: &mut Inode, ino: u64, index: u64, at: usize, piece: &[u8]) -> Result<()> {
         let object = Self::chunk_object(st.id, ino, inode.generation, index);
-        let old = self.visible(CF_CHUNKS, scope, &object)?;
-        let had_data = old.as_ref().is_some_and(|(_, v)| !v.is_empty());
-        let mut content = old.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
+        // A chunk written whole needs only the old version's key and whether it held data.
+        let whole = at == 0 && piece.len() as u64 == CHUNK_BYTES;
+        let (old_key, had_data, mut content) = if whole {
+            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| (k.to_vec(), !v.is_empty()))?;
+            old.map_or((None, false, Vec::new()), |(k, had)| (Some(k), had, Vec::new()))
+        } else {
+            let old = self.visible(CF_CHUNKS, scope, &object)?;
+            old.map_or((None, false, Vec::new()), |(k, v)| (Some(k), !v.is_empty(), v))
+        };
         if content.len() < at + piece.len() {
             content.resize(at + piece.len(), 0);
         }
         content[at..at + piece.len()].copy_from_slice(piece);
         let trimmed = content.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
         content.truncate(trimmed);
-        match (&old, content.is_empty()) {
-            (Some((old_key, _)), true) => self.remove_version(st, scope, batch, CF_CHUNKS, &object, old_key, b"")?,
+        match (&old_key, content.is_empty()) {
+            (Some(old_key), true) => self.remove_version(st, scope, batch, CF_CHUNKS, &object, old_key, b"")?,
             (None, true) => {}
-            (old, false) => self.put_version(st, scope, batch, CF_CHUNKS, object(scope.lineage), &content, old.as_ref().map(|(k, _)| k.as_slice())),
+            (old_key, false) => self.put_version(st, scope, batch, CF_CHUNKS, object(scope.lineage), &content, old_key.as_deref()),
         }
         let has_data = !content.is_empty();
         match (had_data, has_data) {

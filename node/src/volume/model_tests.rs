@@ -36,7 +36,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (any::<bool>(), 0usize..4, view.clone()).prop_map(|(in_dir, name, view)| Op::Create { in_dir, name, view }),
         1 => view.clone().prop_map(|view| Op::Mkdir { view }),
-        6 => (file.clone(), 0u64..(3 * CHUNK_BYTES), 0usize..(CHUNK_BYTES as usize + 300), any::<u8>(), view.clone())
+        // Any range, and whole chunks (which skip reading the chunk they replace).
+        6 => (file.clone(), prop_oneof![0u64..(3 * CHUNK_BYTES), (0u64..3).prop_map(|i| i * CHUNK_BYTES)], prop_oneof![0usize..(CHUNK_BYTES as usize + 300), Just(CHUNK_BYTES as usize)], any::<u8>(), view.clone())
             .prop_map(|(file, offset, len, byte, view)| Op::Write { file, offset, len, byte, view }),
         3 => (file.clone(), prop_oneof![Just(0u64), 0u64..(3 * CHUNK_BYTES)], view.clone()).prop_map(|(file, size, view)| Op::SetSize { file, size, view }),
         2 => (file.clone(), view.clone()).prop_map(|(file, view)| Op::Unlink { file, view }),

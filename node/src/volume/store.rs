@@ -155,6 +155,14 @@ pub(super) struct SyncState {
     pub(super) performed: u64,
 }
 
+/// Whether a lookup checks the checksums of what it reads: always, unless the bytes it finds
+/// are thrown away (a chunk about to be overwritten whole needs only its key).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verify {
+    Yes,
+    KeyOnly,
+}
+
 /// A found version: its full key and its value.
 pub(super) type Version = (Vec<u8>, Vec<u8>);
 
@@ -168,9 +176,16 @@ impl VolumeStore {
         // snapshot, a FLUSH) finds little left to sync and its latency stays short.
         opts.set_wal_bytes_per_sync(WAL_BYTES_PER_SYNC);
         opts.set_bytes_per_sync(WAL_BYTES_PER_SYNC);
+        // A write's WAL append and its memtable insert overlap with the next write's, and
+        // flushes and compactions get threads of their own, so a write (the one a fence waits
+        // for) spends less time queued inside RocksDB.
+        opts.set_enable_pipelined_write(true);
+        opts.set_max_background_jobs(4);
         let mut chunk_opts = prefix_options(CHUNK_OBJECT_BYTES);
         // Chunk values live in blob files: compaction moves only keys (design.md section 3).
         chunk_opts.set_enable_blob_files(true);
+        // Room to fill memtables while earlier ones flush, so sustained writes do not stall.
+        chunk_opts.set_max_write_buffer_number(4);
         chunk_opts.set_min_blob_size(4096);
         chunk_opts.set_enable_blob_gc(true);
         // Every blob file may be garbage-collected when compaction meets it, so the space of
@@ -292,6 +307,12 @@ impl VolumeStore {
     /// objects are their column family's bloom-filtered prefix, so the seek skips files that
     /// cannot hold them.
     pub(super) fn newest(&self, cf: &str, object: &[u8], max: Epoch) -> Result<Option<Version>> {
+        self.newest_map(cf, object, max, Verify::Yes, |k, v| (k.to_vec(), v.to_vec()))
+    }
+
+    /// [`Self::newest`], handing `found` the key and value where they lie (one copy at most,
+    /// the caller's).
+    fn newest_map<T>(&self, cf: &str, object: &[u8], max: Epoch, verify: Verify, found: impl FnOnce(&[u8], &[u8]) -> T) -> Result<Option<T>> {
         let seek = keys::versioned(object.to_vec(), max);
         let mut ro = rocksdb::ReadOptions::default();
         let prefixed = matches!((cf, object.len()), (CF_CHUNKS, CHUNK_OBJECT_BYTES) | (CF_INODES, INODE_OBJECT_BYTES));
@@ -300,23 +321,30 @@ impl VolumeStore {
         } else {
             ro.set_total_order_seek(true);
         }
-        let mut it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(&seek, Direction::Forward));
-        match it.next() {
-            Some(item) => {
-                let (k, v) = item?;
-                Ok((k.len() == object.len() + 8 && k.starts_with(object)).then(|| (k.to_vec(), v.to_vec())))
+        ro.set_verify_checksums(verify == Verify::Yes);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek(&seek);
+        match (it.key(), it.value()) {
+            (Some(k), Some(v)) => Ok((k.len() == object.len() + 8 && k.starts_with(object)).then(|| found(k, v))),
+            _ => {
+                it.status()?;
+                Ok(None)
             }
-            None => Ok(None),
         }
     }
 
     /// The version a scope sees: its own lineage first, then (for a clone) its base.
     pub(super) fn visible(&self, cf: &str, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>) -> Result<Option<Version>> {
-        if let Some(v) = self.newest(cf, &object(scope.lineage), scope.max_epoch)? {
+        self.visible_map(cf, scope, object, Verify::Yes, |k, v| (k.to_vec(), v.to_vec()))
+    }
+
+    /// [`Self::visible`], handing `found` the key and value where they lie.
+    pub(super) fn visible_map<T>(&self, cf: &str, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, verify: Verify, found: impl Fn(&[u8], &[u8]) -> T) -> Result<Option<T>> {
+        if let Some(v) = self.newest_map(cf, &object(scope.lineage), scope.max_epoch, verify, &found)? {
             return Ok(Some(v));
         }
         match scope.base_epoch {
-            Some(base) => self.newest(cf, &object(LIVE), base),
+            Some(base) => self.newest_map(cf, &object(LIVE), base, verify, &found),
             None => Ok(None),
         }
     }
