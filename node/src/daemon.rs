@@ -74,6 +74,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let server = tonic::transport::Server::builder()
         .initial_stream_window_size(umbra_raft::network::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(umbra_raft::network::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(Some(umbra_raft::network::MAX_FRAME_BYTES))
         .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta.clone())))
         .add_service(VolumeServer::from_arc(volume_service.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES))

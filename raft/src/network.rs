@@ -29,6 +29,9 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 flow-control windows: large enough that a 1 MiB message streams without stalls.
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// The largest HTTP/2 frame a node's gRPC server accepts: a peer sends a 1 MiB file write in
+/// one DATA frame instead of 64 of the protocol's default 16 KiB.
+pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
 /// The networking seam: how a gRPC client reaches `host:port`. Production uses TCP (no
 /// transport installed); the simulation installs one that connects through turmoil. Every gRPC

@@ -16,15 +16,20 @@ impl VolumeStore {
         move |lin| keys::chunk(vol, lin, ino, generation, index)
     }
 
-    /// Reads up to `len` bytes at `offset` (short at end of file; holes read as zeros).
+    /// Reads up to `len` bytes at `offset` (short at end of file; holes read as zeros). The
+    /// volume lock is held only to find the inode and take a RocksDB snapshot: the data is read
+    /// from that snapshot, one consistent view, while writers, fences and other reads go on.
     pub fn read(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
         if len > MAX_IO_BYTES {
             return Err(VolumeError::TooLarge { what: "a read", got: len, max: MAX_IO_BYTES });
         }
-        let st = self.volume(vol)?;
-        let st = Self::lock(&st);
-        let scope = Self::scope(&st, view)?;
-        let (inode, _) = self.inode_req(vol, &scope, ino)?;
+        let entry = self.volume(vol)?;
+        let (scope, inode, view_at) = {
+            let st = Self::lock(&entry);
+            let scope = Self::scope(&st, view)?;
+            let (inode, _) = self.inode_req(vol, &scope, ino)?;
+            (scope, inode, self.db.snapshot())
+        };
         if inode.kind != Kind::File {
             return Err(VolumeError::IsADirectory);
         }
@@ -38,14 +43,15 @@ impl VolumeStore {
             let index = pos / CHUNK_BYTES;
             let chunk_start = index * CHUNK_BYTES;
             let take_end = end.min(chunk_start + CHUNK_BYTES);
-            if let Some((_, data)) = self.visible(CF_CHUNKS, &scope, Self::chunk_object(vol, ino, inode.generation, index))? {
-                let from = (pos - chunk_start) as usize;
+            let (from, at) = ((pos - chunk_start) as usize, (pos - offset) as usize);
+            let object = Self::chunk_object(vol, ino, inode.generation, index);
+            // Copied straight from where RocksDB holds it into the reply.
+            self.visible_map(CF_CHUNKS, &scope, object, Verify::Yes, Some(&view_at), |_, data| {
                 let to = ((take_end - chunk_start) as usize).min(data.len());
                 if from < to {
-                    let at = (pos - offset) as usize;
                     out[at..at + (to - from)].copy_from_slice(&data[from..to]);
                 }
-            }
+            })?;
             pos = take_end;
         }
         Ok(out)
@@ -100,7 +106,7 @@ impl VolumeStore {
         // A chunk written whole needs only the old version's key and whether it held data.
         let whole = at == 0 && piece.len() as u64 == CHUNK_BYTES;
         let (old_key, had_data, mut content) = if whole {
-            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| (k.to_vec(), !v.is_empty()))?;
+            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, None, |k, v| (k.to_vec(), !v.is_empty()))?;
             old.map_or((None, false, Vec::new()), |(k, had)| (Some(k), had, Vec::new()))
         } else {
             let old = self.visible(CF_CHUNKS, scope, &object)?;
