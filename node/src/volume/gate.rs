@@ -74,7 +74,7 @@ impl Gate {
     /// Waits while a fence holds (at most until its TTL), then lets one mutation in.
     pub fn enter(&self) -> Result<Pass<'_>> {
         loop {
-            self.wait_open()?;
+            self.wait_open_blocking()?;
             if let Some(pass) = self.admit() {
                 return Ok(pass);
             }
@@ -83,7 +83,7 @@ impl Gate {
 
     /// Waits while a fence holds, at most until its TTL; counts as held meanwhile. Admits
     /// nothing: the caller takes the volume lock and then asks [`Gate::admit`].
-    pub fn wait_open(&self) -> Result<()> {
+    pub fn wait_open_blocking(&self) -> Result<()> {
         let mut st = self.lock();
         while let Some(f) = st.holding(Instant::now()) {
             if st.held >= MAX_HELD_MUTATIONS {
@@ -99,7 +99,7 @@ impl Gate {
 
     /// Lets one mutation in unless a fence holds now. A writer asks while holding the volume
     /// lock, so a fence raised while writers queue for that lock drains only the one holding
-    /// it: the others find the fence here and go back to [`Gate::wait_open`].
+    /// it: the others find the fence here and go back to [`Gate::wait_open_blocking`].
     pub fn admit(&self) -> Option<Pass<'_>> {
         let mut st = self.lock();
         if st.holding(Instant::now()).is_some() {

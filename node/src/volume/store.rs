@@ -124,7 +124,7 @@ impl VolumeEntry {
     /// (`let (_pass, st) = ...`): the lock is let go first, then the pass.
     pub(super) fn mutation(&self) -> Result<(Pass<'_>, MutexGuard<'_, VolState>)> {
         loop {
-            self.gate.wait_open()?;
+            self.gate.wait_open_blocking()?;
             let st = self.state.lock().expect("volume lock");
             if let Some(pass) = self.gate.admit() {
                 return Ok((pass, st));
