@@ -29,6 +29,15 @@ pub struct VolumeBenchArgs {
     /// Where to put the data (default: a temporary directory).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Unsynced WAL bytes after which a writer starts their writeback (0: never).
+    #[arg(long, default_value_t = umbra_node::volume::WalTuning::default().bytes_per_sync)]
+    wal_bytes_per_sync: u64,
+    /// Sync the WAL from a background thread this often, ms (0: no background syncer).
+    #[arg(long, default_value_t = 0)]
+    wal_sync_interval_ms: u64,
+    /// Write loads for the fence part, MB/s in all (0: flat out).
+    #[arg(long, value_delimiter = ',', default_value = "0,200")]
+    fence_load_mbps: Vec<u64>,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -50,6 +59,11 @@ pub enum Part {
 }
 
 impl VolumeBenchArgs {
+    fn wal(&self) -> umbra_node::volume::WalTuning {
+        let sync_interval = (self.wal_sync_interval_ms > 0).then(|| Duration::from_millis(self.wal_sync_interval_ms));
+        umbra_node::volume::WalTuning { bytes_per_sync: self.wal_bytes_per_sync, sync_interval }
+    }
+
     fn runs(&self, part: Part) -> bool {
         self.only.is_empty() || self.only.contains(&part)
     }
@@ -99,7 +113,7 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
     let size = args.size_mib * MIB;
     if args.runs(Part::Seq) || args.runs(Part::Random) {
         let (pw, pr) = plain_file(&scratch.join("plain.bin"), size)?;
-        let store = Arc::new(VolumeStore::open(&scratch.join("store"))?);
+        let store = Arc::new(VolumeStore::open_tuned(&scratch.join("store"), args.wal())?);
         let vol = Uuid::new_v4();
         store.create_volume(vol, 0)?;
         // The random part writes into the file the sequential part makes.
@@ -125,7 +139,7 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
         space(scratch, size)?;
     }
     if args.runs(Part::Fence) {
-        fence_p99(scratch)?;
+        fence_p99(scratch, &args.fence_load_mbps, args.wal())?;
     }
     Ok(())
 }
@@ -293,25 +307,45 @@ fn space(scratch: &Path, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fence_p99(scratch: &Path) -> anyhow::Result<()> {
-    let store = Arc::new(VolumeStore::open(&scratch.join("fence"))?);
+fn fence_p99(scratch: &Path, loads_mbps: &[u64], wal: umbra_node::volume::WalTuning) -> anyhow::Result<()> {
+    println!("fences ({wal:?})");
+    for &mbps in loads_mbps {
+        fence_under_load(scratch, mbps, wal)?;
+    }
+    Ok(())
+}
+
+/// Fences under 4 writers of 64 KiB: flat out (`mbps` 0: the disk, not the writers, sets the
+/// pace, and writes queue in the kernel's writeback), or paced to `mbps` MB/s in all.
+fn fence_under_load(scratch: &Path, mbps: u64, wal: umbra_node::volume::WalTuning) -> anyhow::Result<()> {
+    const WRITERS: u64 = 4;
+    const WRITE_BYTES: u64 = 64 * 1024;
+    let store = Arc::new(VolumeStore::open_tuned(&scratch.join(format!("fence-{mbps}")), wal)?);
     let vol = Uuid::new_v4();
     store.create_volume(vol, 0)?;
     let stop = Arc::new(AtomicBool::new(false));
+    // Each writer's time per write at the asked rate.
+    let pace = (mbps > 0).then(|| Duration::from_secs_f64(WRITE_BYTES as f64 * WRITERS as f64 / (mbps as f64 * 1e6)));
     let mut writers = Vec::new();
-    for w in 0..4 {
+    for w in 0..WRITERS {
         let (store, stop) = (store.clone(), stop.clone());
         let ino = store.create(vol, View::Live, ROOT_INO, &format!("w{w}"), Kind::File, 1)?;
         writers.push(std::thread::spawn(move || -> anyhow::Result<u64> {
-            let data = vec![w as u8 + 1; 64 * 1024];
+            let data = vec![w as u8 + 1; WRITE_BYTES as usize];
+            let start = Instant::now();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                store.write(vol, View::Live, ino, (n % 1024) * 65536, &data, 2)?;
+                store.write(vol, View::Live, ino, (n % 1024) * WRITE_BYTES, &data, 2)?;
                 n += 1;
+                if let Some(pace) = pace {
+                    std::thread::sleep((start + pace * n as u32).saturating_duration_since(Instant::now()));
+                }
             }
             Ok(n)
         }));
     }
+    let load = if mbps == 0 { "flat out".to_string() } else { format!("paced to {mbps} MB/s in all") };
+    let started = Instant::now();
     let mut syncs = Histogram::<u64>::new(3)?;
     for _ in 0..200 {
         std::thread::sleep(Duration::from_millis(5));
@@ -319,7 +353,8 @@ fn fence_p99(scratch: &Path) -> anyhow::Result<()> {
         store.sync()?;
         syncs.record(t.elapsed().as_micros() as u64)?;
     }
-    println!("sync (WAL fsync) under the same load: p50 {:.2} ms, p99 {:.2} ms", syncs.value_at_quantile(0.5) as f64 / 1e3, syncs.value_at_quantile(0.99) as f64 / 1e3);
+    println!("under 4 writers of 64 KiB, {load}:");
+    println!("  sync (WAL fsync): p50 {:.2} ms, p99 {:.2} ms", ms(syncs.value_at_quantile(0.5)), ms(syncs.value_at_quantile(0.99)));
     // Writes held: from the raise to the release (the gate's own measure); and the whole
     // fence + durable release, which the coordinator waits for before deciding.
     let mut hist = Histogram::<u64>::new(3)?;
@@ -340,16 +375,17 @@ fn fence_p99(scratch: &Path) -> anyhow::Result<()> {
     for w in writers {
         writes += w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
     }
+    let rate = (writes * WRITE_BYTES) as f64 / started.elapsed().as_secs_f64() / 1e6;
     println!(
-        "fence (writes held) under 4 writers of 64 KiB ({writes} writes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (200 fences, each with its tentative snapshot)",
-        hist.value_at_quantile(0.5) as f64 / 1e3,
-        hist.value_at_quantile(0.99) as f64 / 1e3,
-        hist.max() as f64 / 1e3
+        "  fence (writes held; 200 fences, each with its tentative snapshot): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({writes} writes, {rate:.0} MB/s)",
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.max())
     );
-    println!(
-        "fence + durable release (snapshot synced): p50 {:.2} ms, p99 {:.2} ms",
-        durable.value_at_quantile(0.5) as f64 / 1e3,
-        durable.value_at_quantile(0.99) as f64 / 1e3
-    );
+    println!("  fence + durable release (snapshot synced): p50 {:.2} ms, p99 {:.2} ms", ms(durable.value_at_quantile(0.5)), ms(durable.value_at_quantile(0.99)));
     Ok(())
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1e3
 }

@@ -210,34 +210,12 @@ impl VolumeStore {
     /// Makes every write acknowledged before the call durable. Concurrent callers share syncs
     /// (group commit): a caller whose writes a finished sync covered returns without one.
     pub fn sync(&self) -> Result<()> {
-        let target = self.db.latest_sequence_number();
-        let mut st = self.syncs.state.lock().expect("sync lock");
-        loop {
-            if st.synced_upto >= target {
-                return Ok(());
-            }
-            if st.running {
-                st = self.syncs.done.wait(st).expect("sync lock");
-                continue;
-            }
-            st.running = true;
-            let covers = self.db.latest_sequence_number();
-            drop(st);
-            let result = self.db.flush_wal(true);
-            st = self.syncs.state.lock().expect("sync lock");
-            st.running = false;
-            st.performed += 1;
-            if result.is_ok() {
-                st.synced_upto = st.synced_upto.max(covers);
-            }
-            self.syncs.done.notify_all();
-            result?;
-        }
+        self.syncs.sync(&self.db)
     }
 
     /// WAL syncs `sync` has run since open (fewer than its callers under concurrency).
     pub fn wal_syncs(&self) -> u64 {
-        self.syncs.state.lock().expect("sync lock").performed
+        self.syncs.performed()
     }
 
     /// Bytes of live SST and blob files (for space measurements).

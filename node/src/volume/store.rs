@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::error::{Result, VolumeError};
 use super::keys::{self, dead, Epoch, Lineage, LIVE};
+use super::durability::{SyncGroup, WalSyncer, WalTuning, MAX_WAL_SYNC_INTERVAL};
 use super::gate::{Gate, Pass};
 use super::types::*;
 
@@ -39,8 +40,10 @@ pub(super) const META_CLONE: u8 = b'C';
 pub(super) const META_RECLAIM: u8 = b'R';
 pub(super) const META_FENCES: u8 = b'F';
 
-/// Unsynced WAL bytes RocksDB lets accumulate before it starts writing them out.
-const WAL_BYTES_PER_SYNC: u64 = 1024 * 1024;
+
+/// Table and blob bytes written before RocksDB starts their writeback, so flushes reach the
+/// disk steadily rather than in bursts that stall the WAL behind them.
+const TABLE_BYTES_PER_SYNC: u64 = 1024 * 1024;
 
 /// Bytes of a chunk key without its epoch: vol, lineage, ino, generation, index.
 pub(super) const CHUNK_OBJECT_BYTES: usize = 16 + 4 + 8 + 8 + 8;
@@ -136,23 +139,9 @@ impl VolumeEntry {
 pub struct VolumeStore {
     pub(super) db: Arc<DB>,
     volumes: Mutex<HashMap<Uuid, Arc<VolumeEntry>>>,
-    pub(super) syncs: SyncGroup,
-}
-
-/// Group commit for `sync`: one WAL sync at a time, covering every write before it.
-#[derive(Default)]
-pub(super) struct SyncGroup {
-    pub(super) state: Mutex<SyncState>,
-    pub(super) done: std::sync::Condvar,
-}
-
-#[derive(Default)]
-pub(super) struct SyncState {
-    pub(super) running: bool,
-    /// Every write with a sequence number up to this one is synced.
-    pub(super) synced_upto: u64,
-    /// WAL syncs run so far.
-    pub(super) performed: u64,
+    pub(super) syncs: Arc<SyncGroup>,
+    /// Dropped last: joins the background WAL syncer, whose `db` reference then goes last.
+    _syncer: Option<WalSyncer>,
 }
 
 /// Whether a lookup checks the checksums of what it reads: always, unless the bytes it finds
@@ -172,13 +161,21 @@ pub(super) type Version = (Vec<u8>, Vec<u8>);
 impl VolumeStore {
     /// Opens (or creates) the volume database under `path` and loads every volume's state.
     pub fn open(path: &Path) -> Result<VolumeStore> {
+        Self::open_tuned(path, WalTuning::default())
+    }
+
+    /// [`Self::open`] with how the WAL is written out between syncs.
+    pub fn open_tuned(path: &Path, wal: WalTuning) -> Result<VolumeStore> {
+        if wal.sync_interval.is_some_and(|i| i.is_zero() || i > MAX_WAL_SYNC_INTERVAL) {
+            return Err(VolumeError::Invalid(format!("a WAL sync interval is between 1 ms and {} s", MAX_WAL_SYNC_INTERVAL.as_secs())));
+        }
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Write dirty WAL and table data out as it accumulates, so a synced write (a fence's
         // snapshot, a FLUSH) finds little left to sync and its latency stays short.
-        opts.set_wal_bytes_per_sync(WAL_BYTES_PER_SYNC);
-        opts.set_bytes_per_sync(WAL_BYTES_PER_SYNC);
+        opts.set_wal_bytes_per_sync(wal.bytes_per_sync);
+        opts.set_bytes_per_sync(TABLE_BYTES_PER_SYNC);
         // A write's WAL append and its memtable insert overlap with the next write's, and
         // flushes and compactions get threads of their own, so a write (the one a fence waits
         // for) spends less time queued inside RocksDB.
@@ -202,7 +199,9 @@ impl VolumeStore {
             ColumnFamilyDescriptor::new(CF_DEAD, Options::default()),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
-        let store = VolumeStore { db, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default() };
+        let syncs = Arc::new(SyncGroup::default());
+        let syncer = wal.sync_interval.map(|every| WalSyncer::start(db.clone(), syncs.clone(), every));
+        let store = VolumeStore { db, volumes: Mutex::new(HashMap::new()), syncs, _syncer: syncer };
         store.load()?;
         Ok(store)
     }
