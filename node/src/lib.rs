@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod errors;
 pub mod fsrvp;
 pub mod meta;
+pub mod opens;
 pub mod smb;
 pub mod volume;
 pub mod volume_service;

@@ -14,6 +14,7 @@ pub mod driver;
 pub mod ntlm;
 pub mod rpc;
 pub mod server;
+pub mod share_modes;
 pub mod smb2;
 pub mod spnego;
 pub mod wire;
