@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod errors;
 pub mod fsrvp;
+pub mod gateway_opens;
 pub mod meta;
 pub mod opens;
 pub mod smb;
