@@ -179,3 +179,20 @@ fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
     assert_eq!(b.cmd("close x"), "OK");
     assert_eq!(again.cmd("close x"), "OK");
 }
+
+#[test]
+fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewal() {
+    let mut c = cluster(); // the volume lives on node 2
+    let mut a = Client::connect(&c.node(1).smb);
+    assert_eq!(a.open("y", "y.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
+    c.kill9(2);
+    c.start_node(2);
+    c.wait_up(2);
+    // The owner starts with an empty table; node 1's gateway renews within 5 s and the owner
+    // reinstates its open.
+    wait_for(Duration::from_secs(30), "node 2 to reinstate node 1's open", || c.log(2).contains("reinstated a gateway's opens").then_some(()));
+    let mut b = Client::connect(&c.node(3).smb);
+    assert!(b.open("y", "y.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "the reinstated open still excludes");
+    assert_eq!(a.cmd("close y"), "OK");
+    assert_eq!(b.open("y", "y.txt", READ, SHARE_ALL, OPEN), "OK");
+}
