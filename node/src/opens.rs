@@ -14,7 +14,9 @@
 //! [`RENEW_INTERVAL_MS`]) lists every open it holds on the volume; an owner that does not know
 //! the gateway's lease reinstates them as they are, without a share check (they were granted
 //! before). Until that renewal arrives (at most one interval after the restart), a conflicting
-//! open from another gateway can be granted: both are then kept. A renewal from a known lease
+//! open from another gateway can be granted: both are then kept. The same holds for a gateway
+//! cut off from the owner for longer than its lease: its opens are dropped, and reinstated when
+//! its renewals get through again. A renewal from a known lease
 //! also drops the gateway's opens it no longer lists (a lost release), for ids below `up_to`
 //! (opens registered after the gateway took its list are not in it).
 
