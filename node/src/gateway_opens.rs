@@ -22,6 +22,9 @@ struct Registered {
     target: VolumeTarget,
     ino: u64,
     mode: Mode,
+    /// The owner accepted it. Renewals list only confirmed opens (an owner reinstates what a
+    /// renewal lists without a share check) and never name an unconfirmed one as lost.
+    confirmed: bool,
 }
 
 #[derive(Default)]
@@ -58,12 +61,17 @@ impl GatewayOpens {
             }
             let id = held.next_id;
             held.next_id += 1;
-            held.opens.insert(id, Registered { target: target.clone(), ino, mode });
+            held.opens.insert(id, Registered { target: target.clone(), ino, mode, confirmed: false });
             id
         };
         let req = OpenRegisterRequest { target: Some(target), gateway: Some(self.gateway), ino, id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS };
         match service.open_register(req).await {
-            Ok(_) => Ok(id),
+            Ok(_) => {
+                if let Some(r) = self.held().opens.get_mut(&id) {
+                    r.confirmed = true;
+                }
+                Ok(id)
+            }
             Err(status) => {
                 self.held().opens.remove(&id);
                 Err(crate::smb::fs_error(&status))
@@ -82,15 +90,7 @@ impl GatewayOpens {
 
     /// One renewal per volume where this gateway holds opens.
     pub async fn renew(&self, service: &VolumeService) {
-        let (up_to, by_volume) = {
-            let held = self.held();
-            let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
-            for (id, r) in &held.opens {
-                let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share };
-                by_volume.entry(r.target.volume.clone()).or_default().push(h);
-            }
-            (held.next_id, by_volume)
-        };
+        let (up_to, by_volume) = renewals(&self.held());
         for (volume, opens) in by_volume {
             let target = VolumeTarget { volume: volume.clone(), snapshot: String::new(), clone: String::new(), route: true };
             let req = OpenRenewRequest { target: Some(target), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
@@ -116,5 +116,45 @@ impl GatewayOpens {
                 return;
             }
         }
+    }
+}
+
+/// What to renew: `up_to` and, per volume, the confirmed opens. `up_to` stops below the first
+/// open still waiting for its owner's answer, so that open is neither reinstated unchecked nor
+/// dropped as lost.
+fn renewals(held: &Held) -> (u64, HashMap<String, Vec<HeldOpen>>) {
+    let up_to = held.opens.iter().filter(|(_, r)| !r.confirmed).map(|(id, _)| *id).min().unwrap_or(held.next_id);
+    let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
+    for (id, r) in held.opens.iter().filter(|(_, r)| r.confirmed) {
+        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share };
+        by_volume.entry(r.target.volume.clone()).or_default().push(h);
+    }
+    (up_to, by_volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(volume: &str, confirmed: bool) -> Registered {
+        let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, confirmed }
+    }
+
+    #[test]
+    fn a_renewal_lists_confirmed_opens_per_volume_and_covers_every_id_issued() {
+        let held = Held { next_id: 4, opens: HashMap::from([(1, registered("a", true)), (3, registered("b", true))]) };
+        let (up_to, by_volume) = renewals(&held);
+        assert_eq!(up_to, 4);
+        assert_eq!(by_volume["a"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(by_volume["b"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn an_open_waiting_for_its_owner_is_neither_listed_nor_below_up_to() {
+        let held = Held { next_id: 6, opens: HashMap::from([(2, registered("a", true)), (3, registered("a", false)), (5, registered("a", true))]) };
+        let (up_to, by_volume) = renewals(&held);
+        assert_eq!(up_to, 3, "the owner may drop only unlisted opens below the waiting one");
+        assert_eq!(by_volume["a"].iter().map(|h| h.id).collect::<std::collections::BTreeSet<_>>(), [2, 5].into());
     }
 }

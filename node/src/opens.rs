@@ -18,7 +18,8 @@
 //! cut off from the owner for longer than its lease: its opens are dropped, and reinstated when
 //! its renewals get through again. A renewal from a known lease
 //! also drops the gateway's opens it no longer lists (a lost release), for ids below `up_to`
-//! (opens registered after the gateway took its list are not in it).
+//! (the gateway sets it below any open still waiting for this owner's answer; a renewal lists
+//! only opens the owner accepted, so nothing is reinstated that was never checked).
 
 use std::collections::{HashMap, HashSet};
 
