@@ -47,10 +47,14 @@ struct Client {
 
 impl Client {
     fn connect(smb_addr: &str) -> Client {
+        Client::connect_to(smb_addr, "data")
+    }
+
+    fn connect_to(smb_addr: &str, share: &str) -> Client {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/share_modes.py");
         let port = smb_addr.rsplit(':').next().unwrap();
         let mut child = Command::new(venv_python())
-            .args([script, port, "data", "admin", PASSWORD])
+            .args([script, port, share, "admin", PASSWORD])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -195,4 +199,19 @@ fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewa
     assert!(b.open("y", "y.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "the reinstated open still excludes");
     assert_eq!(a.cmd("close y"), "OK");
     assert_eq!(b.open("y", "y.txt", READ, SHARE_ALL, OPEN), "OK");
+}
+
+#[test]
+fn a_deleted_share_releases_the_opens_made_through_it() {
+    let c = cluster();
+    assert!(c.ctl(1, &["share", "create", "Other", "--volume", "vol"]).ok);
+    let mut a = Client::connect_to(&c.node(1).smb, "other");
+    let mut b = Client::connect(&c.node(3).smb);
+    assert_eq!(a.open("z", "z.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
+    assert!(b.open("z", "z.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "one volume, one file, two shares");
+    assert!(c.ctl(1, &["share", "delete", "Other"]).ok);
+    // The gateway notices at the client's next request on the tree (NETWORK_NAME_DELETED) and
+    // closes the tree's opens.
+    assert!(a.open("w", "w.txt", READ, SHARE_ALL, OVERWRITE_IF).starts_with("ERR 0xc00000c9"));
+    assert_eq!(b.open("z", "z.txt", READ, SHARE_ALL, OPEN), "OK");
 }
