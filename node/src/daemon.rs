@@ -88,7 +88,9 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let reconcile = tokio::spawn(crate::fsrvp::reconcile::run(coordinator.clone(), volumes.clone(), upkeep_stop.subscribe()));
     let gateway_fsrvp = Arc::new(crate::fsrvp::gateway::GatewayFsrvp { coordinator, runtime: tokio::runtime::Handle::current() });
     let directory = Arc::new(crate::smb::RaftDirectory { reader: reader.clone(), fsrvp: Some(gateway_fsrvp), meta: Some((meta.clone(), tokio::runtime::Handle::current())) });
-    let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, reader.clone(), tokio::runtime::Handle::current()));
+    let gateway_opens = Arc::new(crate::gateway_opens::GatewayOpens::new(config.id));
+    let renewals = tokio::spawn(gateway_opens.clone().run(volume_service.clone(), upkeep_stop.subscribe()));
+    let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, gateway_opens, reader.clone(), tokio::runtime::Handle::current()));
     let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
@@ -104,6 +106,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let _ = upkeep_stop.send(true);
     let _ = upkeep.await;
     let _ = reconcile.await;
+    let _ = renewals.await;
     let stopped = stop(raft, stop_tx, server).await;
     started.and(stopped)
 }

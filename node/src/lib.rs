@@ -8,7 +8,9 @@
 //! answers linearizable reads through a read index, and changes membership. [`errors`] holds
 //! the one table from node errors to gRPC codes. The node's volumes live in [`volume`] (a
 //! RocksDB of their own), served to other nodes by [`volume_service`]; [`volumes_task`] keeps
-//! them in step with Raft and runs reclaim.
+//! them in step with Raft and runs reclaim. Share modes: the owner of a volume keeps the table of
+//! its opens ([`opens`], inside the volume service); this node's gateway registers, releases and
+//! renews its opens there ([`gateway_opens`]).
 
 pub mod admin;
 pub mod batcher;
@@ -16,7 +18,9 @@ pub mod config;
 pub mod daemon;
 pub mod errors;
 pub mod fsrvp;
+pub mod gateway_opens;
 pub mod meta;
+pub mod opens;
 pub mod smb;
 pub mod volume;
 pub mod volume_service;

@@ -66,6 +66,7 @@ pub struct VolumeFiles {
     node: u64,
     store: std::sync::Arc<crate::volume::VolumeStore>,
     service: std::sync::Arc<crate::volume_service::VolumeService>,
+    opens: std::sync::Arc<crate::gateway_opens::GatewayOpens>,
     meta: MetaReader,
     runtime: tokio::runtime::Handle,
 }
@@ -79,10 +80,11 @@ impl VolumeFiles {
         node: u64,
         store: std::sync::Arc<crate::volume::VolumeStore>,
         service: std::sync::Arc<crate::volume_service::VolumeService>,
+        opens: std::sync::Arc<crate::gateway_opens::GatewayOpens>,
         meta: MetaReader,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        VolumeFiles { node, store, service, meta, runtime }
+        VolumeFiles { node, store, service, opens, meta, runtime }
     }
 
     /// The share's volume and view when this node owns it: data calls then go straight to
@@ -145,7 +147,7 @@ fn view_of(s: &umbra_raft::command::Share) -> crate::volume::View {
 }
 
 /// The volume service's `umbra-error` kinds back to gateway errors.
-fn fs_error(s: &tonic::Status) -> FsError {
+pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
     match s.metadata().get("umbra-error").and_then(|v| v.to_str().ok()) {
         Some("not_found") => FsError::NotFound,
         Some("exists") => FsError::Exists,
@@ -156,6 +158,8 @@ fn fs_error(s: &tonic::Status) -> FsError {
         Some("invalid_name" | "invalid") => FsError::Invalid,
         Some("disk_full") => FsError::DiskFull,
         Some("busy") => FsError::Busy,
+        Some("sharing_violation") => FsError::SharingViolation(s.message().to_string()),
+        Some("too_many_opens") => FsError::TooManyOpens(s.message().to_string()),
         _ => FsError::Other(s.message().to_string()),
     }
 }
@@ -241,5 +245,14 @@ impl Files for VolumeFiles {
     fn flush(&self, share: &str) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
         self.call(self.service.sync(tonic::Request::new(target))).map(|_| ())
+    }
+
+    fn register_open(&self, share: &str, id: u64, mode: umbra_smb_gateway::share_modes::Mode) -> Result<u64, FsError> {
+        let (target, _) = self.target(share)?;
+        self.runtime.block_on(self.opens.register(&self.service, target, id, mode))
+    }
+
+    fn release_open(&self, registration: u64) {
+        self.runtime.block_on(self.opens.release(&self.service, registration))
     }
 }

@@ -20,6 +20,8 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
+use crate::opens::{FileKey, Gateway, OpenError, OpenRecord, OpenTable, Renewed};
+use umbra_smb_gateway::share_modes::Mode;
 use crate::volume::{DirEntry, Inode, Kind, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
 
 /// Bytes per streamed read message.
@@ -65,6 +67,38 @@ pub struct VolumeService {
     raft: Raft,
     meta: MetaReader,
     peers: Mutex<HashMap<String, VolumeClient<Channel>>>,
+    /// Opens of the volumes this node owns, from every gateway (share modes); in memory only.
+    opens: Mutex<OpenTable>,
+    /// The clock leases are judged by (this node's, monotonic).
+    started: std::time::Instant,
+}
+
+/// The longest lease a gateway may ask for.
+pub const MAX_LEASE_MS: u64 = 60_000;
+
+/// Share-mode errors to gRPC: `sharing_violation` (STATUS_SHARING_VIOLATION), `too_many_opens`
+/// (STATUS_INSUFFICIENT_RESOURCES), `stale_incarnation` (a gateway replaced by its restart).
+fn open_status(e: OpenError) -> Status {
+    let (code, kind) = match &e {
+        OpenError::SharingViolation { .. } => (tonic::Code::FailedPrecondition, "sharing_violation"),
+        OpenError::TooManyOnVolume { .. } | OpenError::TooManyForGateway { .. } | OpenError::TooManyGateways { .. } => (tonic::Code::ResourceExhausted, "too_many_opens"),
+        OpenError::StaleIncarnation { .. } => (tonic::Code::FailedPrecondition, "stale_incarnation"),
+    };
+    let mut status = Status::new(code, e.to_string());
+    status.metadata_mut().insert("umbra-error", kind.parse().expect("ascii kind"));
+    status
+}
+
+fn gateway_of(g: Option<&GatewayIncarnation>) -> Result<Gateway, Status> {
+    let g = g.ok_or_else(|| Status::invalid_argument("the request names no gateway"))?;
+    Ok(Gateway { node: g.node, incarnation: g.incarnation })
+}
+
+/// A listed open of a renewal as the table's record.
+fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
+    let t = VolumeTarget { volume: volume.to_string(), snapshot: h.snapshot.clone(), clone: h.clone.clone(), route: false };
+    let (_, view, _) = target_of(Some(&t))?;
+    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access } })
 }
 
 /// Where a call on a volume goes.
@@ -131,7 +165,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()) }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now() }
     }
 
     /// Who serves `vol`: this node if Raft says it owns it; its owner if `route`; else an error.
@@ -166,6 +200,14 @@ impl VolumeService {
             }
             Owner::Here => self.run(move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await,
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn opens(&self) -> std::sync::MutexGuard<'_, OpenTable> {
+        self.opens.lock().expect("open table lock")
     }
 
     /// Runs a store call on the blocking pool.
@@ -383,10 +425,77 @@ impl VolumeRpc for VolumeService {
         })
     }
 
+    async fn open_register(&self, req: Request<OpenRegisterRequest>) -> Result<Response<Done>, Status> {
+        VolumeService::open_register(self, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn open_release(&self, req: Request<OpenReleaseRequest>) -> Result<Response<Done>, Status> {
+        VolumeService::open_release(self, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn open_renew(&self, req: Request<OpenRenewRequest>) -> Result<Response<OpenRenewReply>, Status> {
+        VolumeService::open_renew(self, req.into_inner()).await.map(Response::new)
+    }
+
     async fn clone_delete(&self, req: Request<CloneRequest>) -> Result<Response<Done>, Status> {
         unary!(self, req, clone_delete, |s, vol, _view, r| {
             let id = id_of(&r.id, "clone")?;
             s.clone_delete(vol, id).map(|_| Done {})
+        })
+    }
+}
+
+/// Share modes: the owner's table of opens, reached like every volume call.
+impl VolumeService {
+    pub async fn open_register(&self, mut r: OpenRegisterRequest) -> Result<Done, Status> {
+        let (volume, view, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(volume, route)? {
+            unrouted(&mut r.target);
+            return peer.open_register(r).await.map(Response::into_inner);
+        }
+        let gw = gateway_of(r.gateway.as_ref())?;
+        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access } };
+        let now = self.now_ms();
+        let result = self.opens().register(now, gw, r.lease_ms.min(MAX_LEASE_MS), record);
+        if let Err(e) = &result {
+            tracing::debug!(node = gw.node, ino = r.ino, error = %e, "open refused");
+        }
+        result.map(|_| Done {}).map_err(open_status)
+    }
+
+    pub async fn open_release(&self, mut r: OpenReleaseRequest) -> Result<Done, Status> {
+        let (volume, _, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(volume, route)? {
+            unrouted(&mut r.target);
+            return peer.open_release(r).await.map(Response::into_inner);
+        }
+        let gw = gateway_of(r.gateway.as_ref())?;
+        self.opens().release(gw, volume, r.id);
+        Ok(Done {})
+    }
+
+    pub async fn open_renew(&self, mut r: OpenRenewRequest) -> Result<OpenRenewReply, Status> {
+        let (volume, _, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(volume, route)? {
+            unrouted(&mut r.target);
+            return peer.open_renew(r).await.map(Response::into_inner);
+        }
+        let gw = gateway_of(r.gateway.as_ref())?;
+        if r.opens.len() > crate::opens::MAX_OPENS_PER_GATEWAY {
+            return Err(Status::invalid_argument(format!("a renewal lists {} opens (max_opens_per_gateway {})", r.opens.len(), crate::opens::MAX_OPENS_PER_GATEWAY)));
+        }
+        let records = r.opens.iter().map(|h| held_record(volume, h)).collect::<Result<Vec<_>, _>>()?;
+        let now = self.now_ms();
+        let mut table = self.opens();
+        table.expire(now);
+        let renewed = table.renew(now, gw, r.lease_ms.min(MAX_LEASE_MS), volume, r.up_to, &records).map_err(open_status)?;
+        drop(table);
+        Ok(match renewed {
+            Renewed::Known { dropped } => OpenRenewReply { known: true, dropped: dropped as u64, ..Default::default() },
+            Renewed::Reinstated { held, refused } => {
+                tracing::info!(node = gw.node, %volume, held, refused, "reinstated a gateway's opens");
+                OpenRenewReply { known: false, reinstated: held as u64, refused: refused as u64, dropped: 0 }
+            }
         })
     }
 }

@@ -76,18 +76,36 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: String,
     config: Config,
     directory: Arc<dyn Directory + Send + Sync>,
     files: Arc<dyn Files>,
     throttle: Arc<std::sync::Mutex<Throttle>>,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     let max = max_frame_bytes(&config);
     let mut conn = Connection::new(config);
     conn.set_peer(&peer);
     let mut conn = Some(conn);
+    let result = frames(stream, max, &mut conn, directory, files.clone(), throttle).await;
+    // However the connection ended, its opens close and their share modes are released.
+    if let Some(mut c) = conn {
+        let _ = tokio::task::spawn_blocking(move || c.end(files.as_ref())).await;
+    }
+    result
+}
+
+/// Reads frames and answers them until the client goes away or the connection is closed.
+/// `conn` is absent only while a frame runs on the blocking pool (or if that task panicked).
+async fn frames(
+    mut stream: TcpStream,
+    max: usize,
+    conn: &mut Option<Connection>,
+    directory: Arc<dyn Directory + Send + Sync>,
+    files: Arc<dyn Files>,
+    throttle: Arc<std::sync::Mutex<Throttle>>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -97,14 +115,16 @@ async fn connection(
             // Storage calls may block (or wait on another node): run the frame on the blocking pool.
             let frame_bytes = buf[range].to_vec();
             buf.drain(..used);
-            let (mut c, d, f, t) = (conn.take().expect("connection present"), directory.clone(), files.clone(), throttle.clone());
+            let Some(c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
+            let (d, f, t) = (directory.clone(), files.clone(), throttle.clone());
             let (c, outcome) = tokio::task::spawn_blocking(move || {
+                let mut c = c;
                 let outcome = c.on_frame(&frame_bytes, d.as_ref(), f.as_ref(), &mut Env(t));
                 (c, outcome)
             })
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-            conn = Some(c);
+            *conn = Some(c);
             match outcome {
                 Outcome::Reply(reply) => {
                     let head = frame::frame_header(reply.len()).map_err(|e| std::io::Error::other(e.to_string()))?;

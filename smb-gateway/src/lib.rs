@@ -7,13 +7,16 @@
 //! the session key; NEGOTIATE ([`smb2::negotiate`]) picks the dialect and, for 3.1.1, the signing
 //! algorithm and the preauth hash that [`smb2::signing`] derives signing keys from. All of it is
 //! sans-IO: functions over bytes, no sockets, no clocks; the tokio server, SPNEGO, sessions,
-//! trees, opens, named pipes and DCE/RPC come next.
+//! trees, opens, named pipes and DCE/RPC come next. [`share_modes`] holds the share-access
+//! rule (MS-FSA 2.1.5.1.2) that each volume's owner applies to the opens every gateway registers
+//! through [`server::files::Files::register_open`].
 
 pub mod der;
 pub mod driver;
 pub mod ntlm;
 pub mod rpc;
 pub mod server;
+pub mod share_modes;
 pub mod smb2;
 pub mod spnego;
 pub mod wire;

@@ -19,7 +19,9 @@ def main():
     host, port, user, password, share_a, share_b, stop = sys.argv[1:8]
     port = int(port)
     smbclient.register_session(host, username=user, password=password, port=port)
-    files = [smbclient.open_file(rf"\\{host}\{s}\seq.bin", mode="wb", buffering=0, port=port) for s in (share_a, share_b)]
+    # Readers may look while it writes (smbprotocol's default shares nothing, and share modes
+    # now hold across the cluster as on Windows).
+    files = [smbclient.open_file(rf"\\{host}\{s}\seq.bin", mode="wb", buffering=0, share_access="r", port=port) for s in (share_a, share_b)]
     k = 0
     while not os.path.exists(stop):
         k += 1

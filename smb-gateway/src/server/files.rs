@@ -38,6 +38,13 @@ pub enum FsError {
     DiskFull,
     #[error("busy")]
     Busy,
+    /// Another open of the file, through any node's gateway, denies the access asked for
+    /// (MS-FSA 2.1.5.1.2).
+    #[error("sharing violation: {0}")]
+    SharingViolation(String),
+    /// A named bound on opens (per volume or per gateway) is reached.
+    #[error("too many opens: {0}")]
+    TooManyOpens(String),
     #[error("{0}")]
     Other(String),
 }
@@ -57,6 +64,8 @@ impl FsError {
             FsError::Invalid => OBJECT_NAME_INVALID,
             FsError::DiskFull => DISK_FULL,
             FsError::Busy => SHARING_VIOLATION,
+            FsError::SharingViolation(_) => SHARING_VIOLATION,
+            FsError::TooManyOpens(_) => INSUFFICIENT_RESOURCES,
             FsError::Other(_) => UNEXPECTED_IO_ERROR,
         }
     }
@@ -76,4 +85,15 @@ pub trait Files: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn rename(&self, share: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError>;
     fn flush(&self, share: &str) -> Result<(), FsError>;
+    /// Registers an open of file `id` with the owner of the share's volume, which checks it
+    /// against every other open of the file from any gateway (MS-FSA 2.1.5.1.2) and refuses it
+    /// with [`FsError::SharingViolation`]. Returns the registration to release on close. Only
+    /// opens whose mode [`counts`](crate::share_modes::Mode::counts) are registered.
+    fn register_open(&self, _share: &str, _id: u64, _mode: crate::share_modes::Mode) -> Result<u64, FsError> {
+        Ok(0)
+    }
+    /// Releases a registration (CLOSE, LOGOFF, TREE_DISCONNECT, a deleted share, the end of
+    /// the connection). Never fails: an owner that misses it drops the open when this gateway
+    /// next renews its lease.
+    fn release_open(&self, _registration: u64) {}
 }

@@ -5,7 +5,34 @@ use super::super::connection::{Connection, Reply};
 use super::super::files::{FileInfo, Files, FsError};
 use super::*;
 use crate::smb2::header::{Header, Target, HEADER_BYTES};
+use crate::share_modes;
 use crate::smb2::status;
+
+/// A registration with the volume's owner that is released unless the open is kept.
+struct Held<'a> {
+    files: &'a dyn Files,
+    registration: Option<u64>,
+}
+
+impl<'a> Held<'a> {
+    /// Registers an open that takes part in share-access checks; others need no registration.
+    fn register(files: &'a dyn Files, share: &str, id: u64, mode: share_modes::Mode) -> Result<Held<'a>, FsError> {
+        let registration = if mode.counts() { Some(files.register_open(share, id, mode)?) } else { None };
+        Ok(Held { files, registration })
+    }
+
+    fn keep(mut self) -> Option<u64> {
+        self.registration.take()
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.registration.take() {
+            self.files.release_open(r);
+        }
+    }
+}
 
 impl Connection {
     pub(in crate::server) fn create(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn crate::server::Directory, now: u64) -> Reply {
@@ -24,7 +51,7 @@ impl Connection {
             return Reply::error(status::REQUEST_NOT_ACCEPTED);
         }
         if ipc {
-            return self.open_pipe(h, &path, dir);
+            return self.open_pipe(h, &path, access, dir);
         }
         // Previous Versions: an @GMT path component or a TWrp context opens a shadow copy.
         let (path, at) = super::previous::strip_token(&path);
@@ -42,6 +69,15 @@ impl Connection {
         if read_only && writes && disposition != 1 {
             return Reply::error(status::MEDIA_WRITE_PROTECTED);
         }
+        let granted = share_modes::granted(access, if read_only { share_modes::READ_ONLY_ACCESS } else { share_modes::FILE_ALL_ACCESS });
+        // MS-FSA 2.1.5.1: delete-on-close needs DELETE access on the open.
+        if options & FILE_DELETE_ON_CLOSE != 0 && granted & share_modes::DELETE == 0 {
+            return Reply::error(status::ACCESS_DENIED);
+        }
+        let share_access = u32_at(b, 32).unwrap_or(0) & share_modes::SHARE_ALL;
+        // Overwrite and supersede change the data: they are checked as writers.
+        let implied = if matches!(disposition, 0 | 4 | 5) { share_modes::FILE_WRITE_DATA } else { 0 };
+        let mode = share_modes::Mode { access: granted | implied, share: share_access };
         let path = path.trim_matches('\\').to_string();
         let (parent_path, name) = match path.rsplit_once('\\') {
             Some((p, n)) => (p.to_string(), n.to_string()),
@@ -49,7 +85,7 @@ impl Connection {
         };
         let want_dir = options & FILE_DIRECTORY_FILE != 0;
         let existing = files.lookup(&share, &path);
-        let (info, action, parent) = match existing {
+        let (info, action, parent, held) = match existing {
             Ok(info) => {
                 if want_dir && !info.directory {
                     return Reply::error(status::NOT_A_DIRECTORY);
@@ -57,23 +93,30 @@ impl Connection {
                 if options & FILE_NON_DIRECTORY_FILE != 0 && info.directory {
                     return Reply::error(status::FILE_IS_A_DIRECTORY);
                 }
+                if disposition == 2 {
+                    return Reply::error(status::OBJECT_NAME_COLLISION);
+                }
+                let truncate = matches!(disposition, 0 | 4 | 5) && !info.directory;
+                if truncate && read_only {
+                    return Reply::error(status::MEDIA_WRITE_PROTECTED);
+                }
                 let parent = if path.is_empty() { info.id } else { files.lookup(&share, &parent_path).map(|p| p.id).unwrap_or(info.id) };
-                match disposition {
-                    2 => return Reply::error(status::OBJECT_NAME_COLLISION),
-                    0 | 4 | 5 if !info.directory => {
-                        if read_only {
-                            return Reply::error(status::MEDIA_WRITE_PROTECTED);
-                        }
-                        if let Err(e) = files.set_size(&share, info.id, 0, now) {
-                            return fs(e);
-                        }
-                        let info = match files.stat(&share, info.id) {
-                            Ok(i) => i,
-                            Err(e) => return fs(e),
-                        };
-                        (info, if disposition == 0 { 0 } else { 3 }, parent)
+                // The share-access check comes before the open changes anything.
+                let held = match Held::register(files, &share, info.id, mode) {
+                    Ok(h) => h,
+                    Err(e) => return fs(e),
+                };
+                if !truncate {
+                    (info, 1, parent, held)
+                } else {
+                    if let Err(e) = files.set_size(&share, info.id, 0, now) {
+                        return fs(e);
                     }
-                    _ => (info, 1, parent),
+                    let info = match files.stat(&share, info.id) {
+                        Ok(i) => i,
+                        Err(e) => return fs(e),
+                    };
+                    (info, if disposition == 0 { 0 } else { 3 }, parent, held)
                 }
             }
             Err(FsError::NotFound) if matches!(disposition, 0 | 2 | 3 | 5) => {
@@ -85,8 +128,12 @@ impl Connection {
                     Ok(_) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
                     Err(_) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
                 };
-                match files.create(&share, parent, &name, want_dir, now) {
-                    Ok(info) => (info, 2, parent),
+                let info = match files.create(&share, parent, &name, want_dir, now) {
+                    Ok(info) => info,
+                    Err(e) => return fs(e),
+                };
+                match Held::register(files, &share, info.id, mode) {
+                    Ok(held) => (info, 2, parent, held),
                     Err(e) => return fs(e),
                 }
             }
@@ -115,7 +162,8 @@ impl Connection {
         r.extend_from_slice(&[0; 8]);
         r.push(0);
         let delete_on_close = options & FILE_DELETE_ON_CLOSE != 0;
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, delete_on_close, listing: None, pipe: None });
+        let registration = held.keep();
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, delete_on_close, listing: None, pipe: None, access: mode.access, registration });
         Reply::ok(r)
     }
 
@@ -130,7 +178,8 @@ impl Connection {
 
     /// CREATE on IPC$: a named pipe served by the DCE/RPC layer (srvsvc; FssagentRpc when the
     /// server has an FSRVP service).
-    pub(in crate::server) fn open_pipe(&mut self, h: &Header, path: &str, dir: &dyn crate::server::Directory) -> Reply {
+    pub(in crate::server) fn open_pipe(&mut self, h: &Header, path: &str, access: u32, dir: &dyn crate::server::Directory) -> Reply {
+        let access = share_modes::granted(access, share_modes::FILE_ALL_ACCESS);
         let name = path.trim_start_matches('\\');
         let name = name.strip_prefix("pipe\\").or_else(|| name.strip_prefix("PIPE\\")).unwrap_or(name);
         let fsrvp = name.eq_ignore_ascii_case(crate::rpc::fsrvp::PIPE_NAME);
@@ -154,7 +203,7 @@ impl Connection {
         r.extend_from_slice(&[0; 8]);
         r.push(0);
         let pipe = crate::rpc::Pipe::new(name, (volatile as u32) | 0x1000);
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe) });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe), access, registration: None });
         Reply::ok(r)
     }
 
@@ -173,10 +222,13 @@ impl Connection {
         }
         let open = self.opens.remove(&volatile).expect("checked above");
         let postquery = u16_at(b, 2).unwrap_or(0) & 1 != 0;
-        if open.delete_on_close && !open.name.is_empty() {
-            if let Err(e) = files.unlink(&open.share, open.parent, &open.name, now) {
-                return fs(e);
-            }
+        // The file goes before its registration: nobody opens it in between.
+        let unlinked = if open.delete_on_close && !open.name.is_empty() { files.unlink(&open.share, open.parent, &open.name, now) } else { Ok(()) };
+        if let Some(r) = open.registration {
+            files.release_open(r);
+        }
+        if let Err(e) = unlinked {
+            return fs(e);
         }
         let mut r = vec![60, 0];
         r.extend_from_slice(&u16::from(postquery).to_le_bytes());

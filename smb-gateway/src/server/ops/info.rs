@@ -55,10 +55,13 @@ impl Connection {
         if matches!(self.tree(h), Ok((_, true, _))) {
             return Reply::error(status::MEDIA_WRITE_PROTECTED);
         }
-        let (share, info, parent, name) = match self.open_of(h, volatile) {
-            Ok(o) => (o.share.clone(), o.info.clone(), o.parent, o.name.clone()),
+        let (share, info, parent, name, access) = match self.open_of(h, volatile) {
+            Ok(o) => (o.share.clone(), o.info.clone(), o.parent, o.name.clone(), o.access),
             Err(s) => return Reply::error(s),
         };
+        // MS-FSA 2.1.5.14.3 and 2.1.5.14.11: renaming and marking for deletion need DELETE
+        // access on the open.
+        let may_delete = access & crate::share_modes::DELETE != 0;
         let done = |r: Result<(), FsError>| match r {
             Ok(()) => Reply::ok(vec![2, 0]),
             Err(e) => fs(e),
@@ -66,6 +69,9 @@ impl Connection {
         match class {
             // FileRenameInformation: ReplaceIfExists, RootDirectory, FileName (from the share root).
             10 => {
+                if !may_delete {
+                    return Reply::error(status::ACCESS_DENIED);
+                }
                 let (Some(&replace), Some(name_len)) = (data.first(), u32_at(data, 16)) else { return Reply::error(status::INVALID_PARAMETER) };
                 let Some(target) = data.get(20..20 + name_len as usize).and_then(utf16) else { return Reply::error(status::INVALID_PARAMETER) };
                 let target = target.trim_matches('\\').to_string();
@@ -89,6 +95,9 @@ impl Connection {
             // FileDispositionInformation / Ex: delete when the last handle closes.
             13 | 64 => {
                 let delete = data.first().is_some_and(|&d| d & 1 != 0);
+                if delete && !may_delete {
+                    return Reply::error(status::ACCESS_DENIED);
+                }
                 if delete && info.directory && files.list(&share, info.id, "", 1).map(|l| !l.is_empty()).unwrap_or(false) {
                     return Reply::error(status::DIRECTORY_NOT_EMPTY);
                 }

@@ -41,6 +41,11 @@ pub struct Open {
     pub listing: Option<Listing>,
     /// A named pipe on IPC$ (then `info` is a placeholder).
     pub pipe: Option<crate::rpc::Pipe>,
+    /// The access granted (generic rights mapped), checked by rename and delete.
+    pub access: u32,
+    /// The open's registration with the volume's owner for share-access checks, when its
+    /// access takes part in them ([`crate::share_modes::Mode::counts`]).
+    pub registration: Option<u64>,
 }
 
 /// Where a QUERY_DIRECTORY enumeration stands.
@@ -96,6 +101,18 @@ fn fs(e: FsError) -> Reply {
 impl Connection {
     pub(in crate::server) fn file_id(body: &[u8], at: usize) -> Option<u64> {
         u64_at(body, at + 8)
+    }
+
+    /// Closes every open `which` selects without a CLOSE (LOGOFF, TREE_DISCONNECT, a deleted
+    /// share, the end of the connection), releasing their share-mode registrations. Their pending
+    /// deletes are not carried out (Windows would carry them out: still to do).
+    pub(in crate::server) fn drop_opens(&mut self, files: &dyn super::files::Files, which: impl Fn(&Open) -> bool) {
+        let gone: Vec<u64> = self.opens.iter().filter(|(_, o)| which(o)).map(|(v, _)| *v).collect();
+        for volatile in gone {
+            if let Some(r) = self.opens.remove(&volatile).and_then(|o| o.registration) {
+                files.release_open(r);
+            }
+        }
     }
 
     /// The open `volatile` belongs to this session and tree.

@@ -1,0 +1,160 @@
+//! This node's gateway side of share modes: every open that takes part in share-access checks
+//! is registered with its volume's owner (node/src/opens.rs) through the volume service, and
+//! the gateway renews its lease on each volume where it holds opens every
+//! [`RENEW_INTERVAL_MS`](crate::opens::RENEW_INTERVAL_MS), listing them (which also restores
+//! them on an owner that restarted, and drops any whose release was lost).
+//!
+//! The gateway incarnation is the node id and the process's start time in Unix nanoseconds: a
+//! restarted node's gateway never inherits the opens of the previous run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use umbra_proto::v1::*;
+use umbra_smb_gateway::server::files::FsError;
+use umbra_smb_gateway::share_modes::Mode;
+
+use crate::opens::{LEASE_MS, MAX_OPENS_PER_GATEWAY, RENEW_INTERVAL_MS};
+use crate::volume_service::VolumeService;
+
+/// One registered open: where it is and how it was opened.
+struct Registered {
+    target: VolumeTarget,
+    ino: u64,
+    mode: Mode,
+    /// The owner accepted it. Renewals list only confirmed opens (an owner reinstates what a
+    /// renewal lists without a share check) and never name an unconfirmed one as lost.
+    confirmed: bool,
+}
+
+#[derive(Default)]
+struct Held {
+    next_id: u64,
+    opens: HashMap<u64, Registered>,
+}
+
+pub struct GatewayOpens {
+    gateway: GatewayIncarnation,
+    held: Mutex<Held>,
+}
+
+impl GatewayOpens {
+    pub fn new(node: u64) -> Self {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let incarnation = since.as_nanos() as u64;
+        tracing::info!(node, incarnation, "gateway incarnation");
+        GatewayOpens { gateway: GatewayIncarnation { node, incarnation }, held: Mutex::new(Held { next_id: 1, opens: HashMap::new() }) }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().expect("gateway opens lock")
+    }
+
+    /// Registers an open of `ino` in `target` (routed to the owner); the id it returns
+    /// releases it. The open is listed locally before the owner hears of it, so a renewal
+    /// taken meanwhile never drops it.
+    pub async fn register(&self, service: &VolumeService, target: VolumeTarget, ino: u64, mode: Mode) -> Result<u64, FsError> {
+        let id = {
+            let mut held = self.held();
+            if held.opens.len() >= MAX_OPENS_PER_GATEWAY {
+                return Err(FsError::TooManyOpens(format!("this gateway holds {MAX_OPENS_PER_GATEWAY} opens (max_opens_per_gateway): close some and retry")));
+            }
+            let id = held.next_id;
+            held.next_id += 1;
+            held.opens.insert(id, Registered { target: target.clone(), ino, mode, confirmed: false });
+            id
+        };
+        let req = OpenRegisterRequest { target: Some(target), gateway: Some(self.gateway), ino, id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS };
+        match service.open_register(req).await {
+            Ok(_) => {
+                if let Some(r) = self.held().opens.get_mut(&id) {
+                    r.confirmed = true;
+                }
+                Ok(id)
+            }
+            Err(status) => {
+                self.held().opens.remove(&id);
+                Err(crate::smb::fs_error(&status))
+            }
+        }
+    }
+
+    /// Releases an open; an owner that misses this drops it at the next renewal.
+    pub async fn release(&self, service: &VolumeService, id: u64) {
+        let Some(r) = self.held().opens.remove(&id) else { return };
+        let req = OpenReleaseRequest { target: Some(r.target), gateway: Some(self.gateway), id };
+        if let Err(e) = service.open_release(req).await {
+            tracing::warn!(id, error = %e, "releasing an open failed; the owner drops it at the next renewal");
+        }
+    }
+
+    /// One renewal per volume where this gateway holds opens.
+    pub async fn renew(&self, service: &VolumeService) {
+        let (up_to, by_volume) = renewals(&self.held());
+        for (volume, opens) in by_volume {
+            let target = VolumeTarget { volume: volume.clone(), snapshot: String::new(), clone: String::new(), route: true };
+            let req = OpenRenewRequest { target: Some(target), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
+            match service.open_renew(req).await {
+                Ok(r) if !r.known => tracing::info!(%volume, reinstated = r.reinstated, refused = r.refused, "the volume's owner did not know this gateway: opens reinstated"),
+                Ok(r) if r.dropped > 0 => tracing::info!(%volume, dropped = r.dropped, "the owner dropped opens whose release was lost"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%volume, error = %e, "renewing this gateway's opens failed"),
+            }
+        }
+    }
+
+    /// Renews until `stop` turns true.
+    pub async fn run(self: Arc<Self>, service: Arc<VolumeService>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(RENEW_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.renew(&service).await,
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+/// What to renew: `up_to` and, per volume, the confirmed opens. `up_to` stops below the first
+/// open still waiting for its owner's answer, so that open is neither reinstated unchecked nor
+/// dropped as lost.
+fn renewals(held: &Held) -> (u64, HashMap<String, Vec<HeldOpen>>) {
+    let up_to = held.opens.iter().filter(|(_, r)| !r.confirmed).map(|(id, _)| *id).min().unwrap_or(held.next_id);
+    let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
+    for (id, r) in held.opens.iter().filter(|(_, r)| r.confirmed) {
+        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share };
+        by_volume.entry(r.target.volume.clone()).or_default().push(h);
+    }
+    (up_to, by_volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(volume: &str, confirmed: bool) -> Registered {
+        let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, confirmed }
+    }
+
+    #[test]
+    fn a_renewal_lists_confirmed_opens_per_volume_and_covers_every_id_issued() {
+        let held = Held { next_id: 4, opens: HashMap::from([(1, registered("a", true)), (3, registered("b", true))]) };
+        let (up_to, by_volume) = renewals(&held);
+        assert_eq!(up_to, 4);
+        assert_eq!(by_volume["a"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(by_volume["b"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn an_open_waiting_for_its_owner_is_neither_listed_nor_below_up_to() {
+        let held = Held { next_id: 6, opens: HashMap::from([(2, registered("a", true)), (3, registered("a", false)), (5, registered("a", true))]) };
+        let (up_to, by_volume) = renewals(&held);
+        assert_eq!(up_to, 3, "the owner may drop only unlisted opens below the waiting one");
+        assert_eq!(by_volume["a"].iter().map(|h| h.id).collect::<std::collections::BTreeSet<_>>(), [2, 5].into());
+    }
+}

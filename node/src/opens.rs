@@ -1,0 +1,426 @@
+//! The table of opens of the volumes this node owns: every gateway (on any node) registers each
+//! open that takes part in share-access checks here, so two clients on different nodes get
+//! STATUS_SHARING_VIOLATION exactly as on one Windows server (the rule itself is
+//! [`umbra_smb_gateway::share_modes`]). Pure: calls take `now_ms` from the owner's monotonic
+//! clock; the volume service holds the table behind a mutex.
+//!
+//! Dead gateways: a gateway incarnation (node id and a number that grows with every start)
+//! holds its opens on a volume under a lease of `lease_ms` (15 s by default) that each register
+//! and renewal extends. An expired lease drops all its opens. A register or renewal from a newer
+//! incarnation of the same node drops the older one's opens at once (a restarted gateway never
+//! inherits its predecessor's opens); an older incarnation is refused.
+//!
+//! Owner restarts: the table is in memory and starts empty. A gateway's renewal (every
+//! [`RENEW_INTERVAL_MS`]) lists every open it holds on the volume; an owner that does not know
+//! the gateway's lease reinstates them as they are, without a share check (they were granted
+//! before). Until that renewal arrives (at most one interval after the restart), a conflicting
+//! open from another gateway can be granted: both are then kept. The same holds for a gateway
+//! cut off from the owner for longer than its lease: its opens are dropped, and reinstated when
+//! its renewals get through again. A renewal from a known lease
+//! also drops the gateway's opens it no longer lists (a lost release), for ids below `up_to`
+//! (the gateway sets it below any open still waiting for this owner's answer; a renewal lists
+//! only opens the owner accepted, so nothing is reinstated that was never checked).
+
+use std::collections::{HashMap, HashSet};
+
+use umbra_smb_gateway::share_modes::{self, Mode};
+use uuid::Uuid;
+
+use crate::volume::View;
+
+/// Opens the owner keeps per volume, from all gateways.
+pub const MAX_OPENS_PER_VOLUME: usize = 65_536;
+/// Opens one gateway may hold (the owner counts per volume; the gateway counts in total).
+pub const MAX_OPENS_PER_GATEWAY: usize = 16_384;
+/// Gateway incarnations holding leases on one volume.
+pub const MAX_GATEWAYS_PER_VOLUME: usize = 1_024;
+/// How long a gateway's opens outlive its last renewal.
+pub const LEASE_MS: u64 = 15_000;
+/// How often a gateway renews its leases (a third of the lease: two renewals may be lost).
+pub const RENEW_INTERVAL_MS: u64 = 5_000;
+
+/// One start of one node's gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Gateway {
+    pub node: u64,
+    /// Grows with every start of the node (its start time in Unix nanoseconds).
+    pub incarnation: u64,
+}
+
+/// A file: which volume, which state of it (live, a snapshot, a clone), which inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub volume: Uuid,
+    pub view: View,
+    pub ino: u64,
+}
+
+/// One open as a gateway registers it; `id` is unique within the gateway incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenRecord {
+    pub file: FileKey,
+    pub id: u64,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("sharing violation: an open from node {holder_node} holds access {access:#x} and shares {share:#x}")]
+    SharingViolation { holder_node: u64, access: u32, share: u32 },
+    #[error("volume {volume} has {max} opens (max_opens_per_volume): close some and retry")]
+    TooManyOnVolume { volume: Uuid, max: usize },
+    #[error("the gateway of node {node} holds {max} opens on volume {volume} (max_opens_per_gateway): close some and retry")]
+    TooManyForGateway { node: u64, volume: Uuid, max: usize },
+    #[error("{max} gateway incarnations hold opens on volume {volume} (max_gateways_per_volume)")]
+    TooManyGateways { volume: Uuid, max: usize },
+    #[error("gateway incarnation {incarnation} of node {node} was replaced by incarnation {newer}")]
+    StaleIncarnation { node: u64, incarnation: u64, newer: u64 },
+}
+
+/// What a renewal found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewed {
+    /// The lease was known: extended; `dropped` opens the gateway no longer lists were removed.
+    Known { dropped: usize },
+    /// The lease was unknown (this owner restarted, or the lease had expired): the listed opens
+    /// were reinstated (`refused` of them did not fit the bounds and are not held).
+    Reinstated { held: usize, refused: usize },
+}
+
+struct Lease {
+    incarnation: u64,
+    expires_ms: u64,
+    /// (view, ino) of each of this gateway's opens, by open id.
+    opens: HashMap<u64, (View, u64)>,
+}
+
+struct Held {
+    node: u64,
+    id: u64,
+    mode: Mode,
+}
+
+/// One volume's opens.
+#[derive(Default)]
+struct VolumeOpens {
+    /// By gateway node (one incarnation per node at a time).
+    leases: HashMap<u64, Lease>,
+    files: HashMap<(View, u64), Vec<Held>>,
+    count: usize,
+}
+
+#[derive(Default)]
+pub struct OpenTable {
+    volumes: HashMap<Uuid, VolumeOpens>,
+}
+
+impl VolumeOpens {
+    fn expire(&mut self, now_ms: u64) {
+        let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.expires_ms <= now_ms).map(|(n, _)| *n).collect();
+        for node in dead {
+            tracing::info!(node, "a gateway's lease expired: dropping its opens");
+            self.drop_gateway(node);
+        }
+    }
+
+    fn drop_gateway(&mut self, node: u64) {
+        let Some(lease) = self.leases.remove(&node) else { return };
+        for (id, file) in lease.opens {
+            self.unhold(file, node, id);
+        }
+    }
+
+    fn unhold(&mut self, file: (View, u64), node: u64, id: u64) {
+        if let Some(held) = self.files.get_mut(&file) {
+            held.retain(|h| !(h.node == node && h.id == id));
+            if held.is_empty() {
+                self.files.remove(&file);
+            }
+        }
+        self.count -= 1;
+    }
+
+    /// The gateway's lease, extended (created for a new incarnation, replacing an older one).
+    /// `Ok(true)` when it was already known.
+    fn admit(&mut self, volume: Uuid, gw: Gateway, now_ms: u64, lease_ms: u64) -> Result<bool, OpenError> {
+        let known = match self.leases.get(&gw.node) {
+            Some(l) if l.incarnation > gw.incarnation => {
+                return Err(OpenError::StaleIncarnation { node: gw.node, incarnation: gw.incarnation, newer: l.incarnation });
+            }
+            Some(l) if l.incarnation == gw.incarnation => true,
+            Some(_) => {
+                tracing::info!(node = gw.node, "a gateway restarted: dropping its predecessor's opens");
+                self.drop_gateway(gw.node);
+                false
+            }
+            None => false,
+        };
+        if !known && self.leases.len() >= MAX_GATEWAYS_PER_VOLUME {
+            return Err(OpenError::TooManyGateways { volume, max: MAX_GATEWAYS_PER_VOLUME });
+        }
+        let lease = self.leases.entry(gw.node).or_insert_with(|| Lease { incarnation: gw.incarnation, expires_ms: 0, opens: HashMap::new() });
+        lease.expires_ms = now_ms.saturating_add(lease_ms);
+        Ok(known)
+    }
+
+    /// Adds an open without a share check, within the bounds.
+    fn hold(&mut self, volume: Uuid, node: u64, r: &OpenRecord) -> Result<(), OpenError> {
+        let lease = self.leases.get_mut(&node).expect("admitted before");
+        if lease.opens.contains_key(&r.id) {
+            return Ok(()); // a retried register or a reinstated open
+        }
+        if self.count >= MAX_OPENS_PER_VOLUME {
+            return Err(OpenError::TooManyOnVolume { volume, max: MAX_OPENS_PER_VOLUME });
+        }
+        if lease.opens.len() >= MAX_OPENS_PER_GATEWAY {
+            return Err(OpenError::TooManyForGateway { node, volume, max: MAX_OPENS_PER_GATEWAY });
+        }
+        lease.opens.insert(r.id, (r.file.view, r.file.ino));
+        self.files.entry((r.file.view, r.file.ino)).or_default().push(Held { node, id: r.id, mode: r.mode });
+        self.count += 1;
+        Ok(())
+    }
+}
+
+impl OpenTable {
+    /// A new open: checked against every open of the file from every gateway, then held.
+    pub fn register(&mut self, now_ms: u64, gw: Gateway, lease_ms: u64, r: OpenRecord) -> Result<(), OpenError> {
+        let v = self.volumes.entry(r.file.volume).or_default();
+        v.expire(now_ms);
+        v.admit(r.file.volume, gw, now_ms, lease_ms)?;
+        if v.leases[&gw.node].opens.contains_key(&r.id) {
+            return Ok(()); // a retry of a register that succeeded
+        }
+        if let Some(held) = v.files.get(&(r.file.view, r.file.ino)) {
+            let modes: Vec<Mode> = held.iter().map(|h| h.mode).collect();
+            if let Err(i) = share_modes::check(&modes, &r.mode) {
+                let h = &held[i];
+                return Err(OpenError::SharingViolation { holder_node: h.node, access: h.mode.access, share: h.mode.share });
+            }
+        }
+        v.hold(r.file.volume, gw.node, &r)
+    }
+
+    /// Releases one open (a CLOSE); unknown opens and other incarnations are ignored.
+    pub fn release(&mut self, gw: Gateway, volume: Uuid, id: u64) {
+        let Some(v) = self.volumes.get_mut(&volume) else { return };
+        let Some(lease) = v.leases.get_mut(&gw.node).filter(|l| l.incarnation == gw.incarnation) else { return };
+        if let Some(file) = lease.opens.remove(&id) {
+            v.unhold(file, gw.node, id);
+        }
+    }
+
+    /// A gateway's renewal for one volume, listing every open it holds there that it
+    /// registered before taking the list (ids below `up_to`).
+    pub fn renew(&mut self, now_ms: u64, gw: Gateway, lease_ms: u64, volume: Uuid, up_to: u64, opens: &[OpenRecord]) -> Result<Renewed, OpenError> {
+        let v = self.volumes.entry(volume).or_default();
+        v.expire(now_ms);
+        let known = v.admit(volume, gw, now_ms, lease_ms)?;
+        if known {
+            let listed: HashSet<u64> = opens.iter().map(|r| r.id).collect();
+            let lease = &v.leases[&gw.node];
+            let lost: Vec<(u64, (View, u64))> = lease.opens.iter().filter(|(id, _)| **id < up_to && !listed.contains(id)).map(|(id, f)| (*id, *f)).collect();
+            for (id, file) in &lost {
+                v.leases.get_mut(&gw.node).expect("known").opens.remove(id);
+                v.unhold(*file, gw.node, *id);
+            }
+            return Ok(Renewed::Known { dropped: lost.len() });
+        }
+        let (mut held, mut refused) = (0, 0);
+        for r in opens.iter().filter(|r| r.file.volume == volume) {
+            match v.hold(volume, gw.node, r) {
+                Ok(()) => held += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        Ok(Renewed::Reinstated { held, refused })
+    }
+
+    /// Drops every expired lease (the service calls it now and then; register and renew expire
+    /// the volume they touch themselves).
+    pub fn expire(&mut self, now_ms: u64) {
+        for v in self.volumes.values_mut() {
+            v.expire(now_ms);
+        }
+        self.volumes.retain(|_, v| !v.leases.is_empty());
+    }
+
+    /// Opens held on `volume`, from every gateway.
+    pub fn count(&self, volume: Uuid) -> usize {
+        self.volumes.get(&volume).map_or(0, |v| v.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umbra_smb_gateway::share_modes::*;
+
+    const VOL: Uuid = Uuid::from_u128(7);
+    const A: Gateway = Gateway { node: 1, incarnation: 100 };
+    const B: Gateway = Gateway { node: 2, incarnation: 200 };
+
+    fn file(ino: u64) -> FileKey {
+        FileKey { volume: VOL, view: View::Live, ino }
+    }
+
+    fn open(ino: u64, id: u64, access: u32, share: u32) -> OpenRecord {
+        OpenRecord { file: file(ino), id, mode: Mode { access, share } }
+    }
+
+    fn reader(ino: u64, id: u64) -> OpenRecord {
+        open(ino, id, FILE_READ_DATA, SHARE_READ)
+    }
+
+    fn writer(ino: u64, id: u64) -> OpenRecord {
+        open(ino, id, FILE_WRITE_DATA, SHARE_ALL)
+    }
+
+    #[test]
+    fn a_conflicting_open_from_another_gateway_is_a_sharing_violation_naming_the_holder() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        let e = t.register(0, B, LEASE_MS, writer(5, 1)).unwrap_err();
+        assert_eq!(e, OpenError::SharingViolation { holder_node: 1, access: FILE_READ_DATA, share: SHARE_READ });
+        assert_eq!(t.count(VOL), 1, "the refused open is not held");
+    }
+
+    #[test]
+    fn opens_of_the_same_gateway_are_checked_too() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        assert!(matches!(t.register(0, A, LEASE_MS, writer(5, 2)), Err(OpenError::SharingViolation { .. })));
+    }
+
+    #[test]
+    fn other_files_other_views_and_other_volumes_do_not_conflict() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, open(5, 1, FILE_READ_DATA, 0)).unwrap();
+        t.register(0, B, LEASE_MS, writer(6, 1)).unwrap();
+        let snap = OpenRecord { file: FileKey { view: View::Snapshot(Uuid::from_u128(1)), ..file(5) }, ..writer(5, 2) };
+        t.register(0, B, LEASE_MS, snap).unwrap();
+        let other = OpenRecord { file: FileKey { volume: Uuid::from_u128(8), ..file(5) }, ..writer(5, 3) };
+        t.register(0, B, LEASE_MS, other).unwrap();
+    }
+
+    #[test]
+    fn release_lets_the_conflicting_open_in() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        t.release(A, VOL, 1);
+        t.register(0, B, LEASE_MS, writer(5, 1)).unwrap();
+        assert_eq!(t.count(VOL), 1);
+    }
+
+    #[test]
+    fn a_retried_register_is_held_once() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, open(5, 1, FILE_READ_DATA, 0)).unwrap();
+        t.register(0, A, LEASE_MS, open(5, 1, FILE_READ_DATA, 0)).unwrap();
+        assert_eq!(t.count(VOL), 1);
+    }
+
+    #[test]
+    fn a_release_from_another_incarnation_or_an_unknown_id_changes_nothing() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        t.release(Gateway { node: 1, incarnation: 99 }, VOL, 1);
+        t.release(A, VOL, 42);
+        t.release(A, Uuid::from_u128(9), 1);
+        assert_eq!(t.count(VOL), 1);
+    }
+
+    #[test]
+    fn an_expired_lease_drops_every_open_of_that_gateway_only() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        t.register(10_000, B, LEASE_MS, reader(6, 1)).unwrap();
+        // Just before expiry A still holds the file.
+        assert!(t.register(LEASE_MS - 1, B, LEASE_MS, writer(5, 2)).is_err());
+        t.register(LEASE_MS, B, LEASE_MS, writer(5, 2)).unwrap();
+        assert_eq!(t.count(VOL), 2, "B's two opens; A's is gone");
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_lease_alive() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        assert_eq!(t.renew(10_000, A, LEASE_MS, VOL, 2, &[reader(5, 1)]).unwrap(), Renewed::Known { dropped: 0 });
+        assert!(t.register(20_000, B, LEASE_MS, writer(5, 1)).is_err(), "renewed at 10 s: held until 25 s");
+        t.register(25_000, B, LEASE_MS, writer(5, 1)).unwrap();
+    }
+
+    #[test]
+    fn a_restarted_gateway_never_inherits_its_predecessors_opens_and_the_old_incarnation_is_refused() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        let a2 = Gateway { node: 1, incarnation: 101 };
+        // The new incarnation's first call drops the old one's opens at once (no lease wait).
+        t.register(1, a2, LEASE_MS, writer(5, 1)).unwrap();
+        assert_eq!(t.count(VOL), 1);
+        assert!(matches!(t.register(2, A, LEASE_MS, reader(6, 2)), Err(OpenError::StaleIncarnation { node: 1, incarnation: 100, newer: 101 })));
+        assert!(matches!(t.renew(2, A, LEASE_MS, VOL, 9, &[]), Err(OpenError::StaleIncarnation { .. })));
+    }
+
+    #[test]
+    fn an_owner_that_restarted_reinstates_a_renewing_gateways_opens_without_a_check() {
+        let mut t = OpenTable::default(); // a fresh owner
+        let listed = [reader(5, 1), open(5, 2, FILE_READ_DATA, SHARE_READ)];
+        assert_eq!(t.renew(0, A, LEASE_MS, VOL, 3, &listed).unwrap(), Renewed::Reinstated { held: 2, refused: 0 });
+        assert!(matches!(t.register(1, B, LEASE_MS, writer(5, 1)), Err(OpenError::SharingViolation { .. })));
+        // The next renewal finds the lease known.
+        assert_eq!(t.renew(5_000, A, LEASE_MS, VOL, 3, &listed).unwrap(), Renewed::Known { dropped: 0 });
+    }
+
+    #[test]
+    fn a_renewal_drops_opens_the_gateway_no_longer_lists_below_up_to_only() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap(); // its release was lost
+        t.register(0, A, LEASE_MS, reader(6, 2)).unwrap(); // still open
+        t.register(0, A, LEASE_MS, reader(7, 3)).unwrap(); // registered after the list was taken
+        assert_eq!(t.renew(1, A, LEASE_MS, VOL, 3, &[reader(6, 2)]).unwrap(), Renewed::Known { dropped: 1 });
+        assert_eq!(t.count(VOL), 2);
+        t.register(2, B, LEASE_MS, writer(5, 1)).unwrap();
+    }
+
+    #[test]
+    fn the_bound_per_gateway_is_named_and_enforced() {
+        let mut t = OpenTable::default();
+        for id in 0..MAX_OPENS_PER_GATEWAY as u64 {
+            t.register(0, A, LEASE_MS, reader(id, id)).unwrap();
+        }
+        let e = t.register(0, A, LEASE_MS, reader(1 << 40, 1 << 40)).unwrap_err();
+        assert_eq!(e, OpenError::TooManyForGateway { node: 1, volume: VOL, max: MAX_OPENS_PER_GATEWAY });
+        assert!(e.to_string().contains("max_opens_per_gateway"), "{e}");
+        // Another gateway still gets in.
+        t.register(0, B, LEASE_MS, reader(1 << 40, 1)).unwrap();
+    }
+
+    #[test]
+    fn the_bound_per_volume_is_named_and_enforced() {
+        let mut t = OpenTable::default();
+        let per = MAX_OPENS_PER_GATEWAY as u64;
+        let gateways = (MAX_OPENS_PER_VOLUME as u64).div_ceil(per);
+        for g in 0..gateways {
+            let gw = Gateway { node: 10 + g, incarnation: 1 };
+            for id in 0..per.min(MAX_OPENS_PER_VOLUME as u64 - g * per) {
+                t.register(0, gw, LEASE_MS, reader(g * per + id, id)).unwrap();
+            }
+        }
+        assert_eq!(t.count(VOL), MAX_OPENS_PER_VOLUME);
+        let e = t.register(0, A, LEASE_MS, reader(u64::MAX, 1)).unwrap_err();
+        assert_eq!(e, OpenError::TooManyOnVolume { volume: VOL, max: MAX_OPENS_PER_VOLUME });
+        assert!(e.to_string().contains("max_opens_per_volume"), "{e}");
+    }
+
+    #[test]
+    fn the_bound_on_gateways_per_volume_is_enforced_and_expiry_frees_the_volume() {
+        let mut t = OpenTable::default();
+        for n in 0..MAX_GATEWAYS_PER_VOLUME as u64 {
+            t.renew(0, Gateway { node: 1000 + n, incarnation: 1 }, LEASE_MS, VOL, 0, &[]).unwrap();
+        }
+        assert!(matches!(t.register(0, A, LEASE_MS, reader(5, 1)), Err(OpenError::TooManyGateways { .. })));
+        t.expire(LEASE_MS);
+        t.register(LEASE_MS, A, LEASE_MS, reader(5, 1)).unwrap();
+    }
+}

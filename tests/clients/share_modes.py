@@ -1,0 +1,86 @@
+"""An impacket client that holds opens for share-mode tests, driven line by line on stdin.
+
+usage: share_modes.py PORT SHARE USER PASSWORD
+Commands (one a line; one answer line each, "OK" or "ERR 0x........ NAME"):
+  open HANDLE PATH ACCESS SHAREMODE DISPOSITION [OPTIONS]   numbers in hex or decimal
+  write HANDLE TEXT          write TEXT at offset 0
+  rename HANDLE NEWPATH      FileRenameInformation on the open
+  delete HANDLE              FileDispositionInformation (delete on close) on the open
+  close HANDLE
+  tdis                       TREE_DISCONNECT (without closing the handles), then connect again
+  logoff                     LOGOFF (without closing the handles); the client is done after it
+  quit
+The test kills the process (SIGKILL) to model a client whose connection just ends.
+"""
+import struct
+import sys
+
+
+def main():
+    from impacket import smb3, smb3structs as s3
+    from impacket.smbconnection import SMBConnection, SessionError
+    from impacket.nt_errors import ERROR_MESSAGES
+
+    port, share, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    conn = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=port, preferredDialect=s3.SMB2_DIALECT_311)
+    conn.login(user, password)
+    tid = conn.connectTree(share)
+    smb = conn.getSMBServer()
+    handles = {}
+
+    def answer(text):
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    answer("READY")
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        cmd, args = words[0], words[1:]
+        try:
+            if cmd == "open":
+                options = int(args[5], 0) if len(args) > 5 else 0x40  # FILE_NON_DIRECTORY_FILE
+                handles[args[0]] = conn.createFile(tid, args[1], desiredAccess=int(args[2], 0), shareMode=int(args[3], 0),
+                                                   creationOption=options, creationDisposition=int(args[4], 0))
+            elif cmd == "write":
+                conn.writeFile(tid, handles[args[0]], args[1].encode())
+            elif cmd == "rename":
+                req = s3.FILE_RENAME_INFORMATION_TYPE_2()
+                req["ReplaceIfExists"] = 1
+                req["RootDirectory"] = b"\x00" * 8
+                req["FileName"] = args[1].encode("utf-16le")
+                req["FileNameLength"] = len(req["FileName"])
+                smb.setInfo(tid, handles[args[0]], req, infoType=s3.SMB2_0_INFO_FILE, fileInfoClass=s3.SMB2_FILE_RENAME_INFO)
+            elif cmd == "delete":
+                smb.setInfo(tid, handles[args[0]], struct.pack("<B", 1), infoType=s3.SMB2_0_INFO_FILE,
+                            fileInfoClass=s3.SMB2_FILE_DISPOSITION_INFO)
+            elif cmd == "close":
+                try:
+                    conn.closeFile(tid, handles.pop(args[0]))
+                except KeyError:
+                    pass  # impacket's own table keeps one entry per name; the CLOSE was answered
+
+            elif cmd == "tdis":
+                conn.disconnectTree(tid)
+                tid = conn.connectTree(share)
+                handles.clear()
+            elif cmd == "logoff":
+                conn.logoff()
+                answer("OK")
+                return
+            elif cmd == "quit":
+                answer("OK")
+                break
+            else:
+                answer("ERR 0x00000000 unknown command %s" % cmd)
+                continue
+            answer("OK")
+        except (SessionError, smb3.SessionError) as e:
+            code = (e.getErrorCode() if hasattr(e, "getErrorCode") else e.get_error_code()) & 0xFFFFFFFF
+            answer("ERR 0x%08x %s" % (code, ERROR_MESSAGES.get(code, ("?",))[0]))
+    conn.logoff()
+
+
+if __name__ == "__main__":
+    main()

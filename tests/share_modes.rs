@@ -1,0 +1,217 @@
+//! Share modes across nodes: impacket clients (tests/clients/share_modes.py) on different
+//! nodes' gateways open one file on a volume that a third node owns, and get
+//! STATUS_SHARING_VIOLATION as on one Windows server; closing, a killed client and a dead
+//! gateway node release the opens.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const PASSWORD: &str = "S3cret-pw";
+const SHARING_VIOLATION: &str = "ERR 0xc0000043";
+const ACCESS_DENIED: &str = "ERR 0xc0000022";
+
+// DesiredAccess and ShareAccess bits, CreateDisposition values.
+const READ: u32 = 0x1;
+const WRITE: u32 = 0x2;
+const READ_ATTRIBUTES: u32 = 0x80;
+const DELETE: u32 = 0x1_0000;
+const SHARE_NONE: u32 = 0;
+const SHARE_READ: u32 = 1;
+const SHARE_RW: u32 = 3;
+const SHARE_ALL: u32 = 7;
+const OPEN: u32 = 1;
+const OVERWRITE_IF: u32 = 5;
+
+/// A 3-node cluster with share `data` on a volume that node 2 owns.
+fn cluster() -> Cluster {
+    let c = Cluster::start(3, "");
+    assert!(ctl_at(c.addr(1), &["user", "add", "admin", "--role", "admin"], Some(&format!("{PASSWORD}\n"))).ok);
+    assert!(c.ctl(1, &["volume", "create", "vol", "--node", "2"]).ok);
+    assert!(c.ctl(1, &["share", "create", "Data", "--volume", "vol"]).ok);
+    let smb = c.node(1).smb.clone();
+    wait_for(Duration::from_secs(10), "the share's volume to exist", || smbclient(&smb, "data", "admin", PASSWORD, None, "ls").0.then_some(()));
+    c
+}
+
+/// One impacket client process with its own SMB connection to one node's gateway.
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl Client {
+    fn connect(smb_addr: &str) -> Client {
+        Client::connect_to(smb_addr, "data")
+    }
+
+    fn connect_to(smb_addr: &str, share: &str) -> Client {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/share_modes.py");
+        let port = smb_addr.rsplit(':').next().unwrap();
+        let mut child = Command::new(venv_python())
+            .args([script, port, share, "admin", PASSWORD])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the test venv (scripts/setup.sh)");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut c = Client { child, stdin, out };
+        assert_eq!(c.line(), "READY");
+        c
+    }
+
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.out.read_line(&mut s).expect("the client answers");
+        s.trim().to_string()
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("the client reads");
+        self.line()
+    }
+
+    fn open(&mut self, handle: &str, path: &str, access: u32, share: u32, disposition: u32) -> String {
+        self.cmd(&format!("open {handle} {path} {access:#x} {share:#x} {disposition}"))
+    }
+
+    /// SIGKILL: the client's TCP connection just ends, with no CLOSE or LOGOFF.
+    fn kill(mut self) {
+        self.child.kill().expect("kill the client");
+        self.child.wait().expect("reap the client");
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_closes() {
+    let c = cluster(); // the volume lives on node 2
+    let mut a = Client::connect(&c.node(1).smb);
+    let mut b = Client::connect(&c.node(3).smb);
+    assert_eq!(a.open("f", "f.txt", READ | WRITE, SHARE_READ, OVERWRITE_IF), "OK");
+    assert_eq!(a.cmd("write f hello"), "OK");
+    // A writes and shares only read: B may not write, nor read without sharing write.
+    assert!(b.open("w", "f.txt", WRITE, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "a writer through node 3");
+    assert!(b.open("r", "f.txt", READ, SHARE_READ, OPEN).starts_with(SHARING_VIOLATION), "a reader that does not share write");
+    assert!(b.open("d", "f.txt", DELETE, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "A does not share delete");
+    // A reader that shares write is fine, and so is an open for attributes only.
+    assert_eq!(b.open("r", "f.txt", READ, SHARE_RW, OPEN), "OK");
+    assert_eq!(b.open("attr", "f.txt", READ_ATTRIBUTES, SHARE_NONE, OPEN), "OK");
+    assert_eq!(b.cmd("close attr"), "OK");
+    // Through the owner's own gateway (node 2: the in-process path) the same holds.
+    let mut owner = Client::connect(&c.node(2).smb);
+    assert!(owner.open("w", "f.txt", WRITE, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "A shares only read");
+    // Closing releases: once A and B close, an exclusive writer gets in from node 2.
+    assert_eq!(a.cmd("close f"), "OK");
+    assert_eq!(b.cmd("close r"), "OK");
+    assert_eq!(owner.open("w", "f.txt", WRITE, SHARE_NONE, OPEN), "OK");
+    assert!(a.open("f", "f.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "exclusive");
+    assert_eq!(owner.cmd("close w"), "OK");
+    assert_eq!(a.open("f", "f.txt", READ, SHARE_ALL, OPEN), "OK");
+    assert_eq!(a.cmd("close f"), "OK");
+}
+
+#[test]
+fn rename_and_delete_need_delete_access_on_the_open() {
+    let c = cluster();
+    let mut a = Client::connect(&c.node(1).smb);
+    assert_eq!(a.open("g", "g.txt", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert!(a.cmd("rename g g2.txt").starts_with(ACCESS_DENIED), "rename without DELETE");
+    assert!(a.cmd("delete g").starts_with(ACCESS_DENIED), "delete-on-close disposition without DELETE");
+    // FILE_DELETE_ON_CLOSE (with FILE_NON_DIRECTORY_FILE) asked without DELETE access.
+    assert!(a.cmd(&format!("open h g.txt {:#x} {SHARE_ALL:#x} {OPEN} 0x1040", READ | WRITE)).starts_with(ACCESS_DENIED));
+    assert_eq!(a.cmd("close g"), "OK");
+    assert_eq!(a.open("g", "g.txt", READ | DELETE, SHARE_ALL, OPEN), "OK");
+    assert_eq!(a.cmd("rename g g2.txt"), "OK");
+    assert_eq!(a.cmd("delete g"), "OK");
+    assert_eq!(a.cmd("close g"), "OK");
+    let (ok, out) = smbclient(&c.node(3).smb, "data", "admin", PASSWORD, None, "ls");
+    assert!(ok && !out.contains("g.txt") && !out.contains("g2.txt"), "renamed, then deleted on close: {out}");
+}
+
+#[test]
+fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
+    let mut c = cluster();
+    // A client whose connection just ends: its gateway closes its opens at once.
+    let mut a = Client::connect(&c.node(1).smb);
+    let mut b = Client::connect(&c.node(3).smb);
+    assert_eq!(a.open("x", "x.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
+    assert!(b.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
+    a.kill();
+    wait_for(Duration::from_secs(5), "the killed client's open to be released", || (b.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN) == "OK").then_some(()));
+    // TREE_DISCONNECT and LOGOFF without a CLOSE release the tree's and the session's opens.
+    let mut d = Client::connect(&c.node(1).smb);
+    assert_eq!(b.cmd("close x"), "OK");
+    assert_eq!(d.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN), "OK");
+    assert!(b.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
+    assert_eq!(d.cmd("tdis"), "OK");
+    assert_eq!(b.open("x", "x.txt", READ, SHARE_NONE, OPEN), "OK", "released by TREE_DISCONNECT");
+    assert!(d.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
+    assert_eq!(b.cmd("close x"), "OK");
+    assert_eq!(d.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN), "OK");
+    assert!(b.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
+    assert_eq!(d.cmd("logoff"), "OK");
+    assert_eq!(b.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN), "OK", "released by LOGOFF");
+    // A gateway node that dies (kill -9) holding an open: the owner drops it when the
+    // gateway's lease (15 s) expires.
+    let mut held = Client::connect(&c.node(1).smb);
+    assert_eq!(b.cmd("close x"), "OK");
+    assert_eq!(held.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN), "OK");
+    assert!(b.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
+    c.kill9(1);
+    drop(held);
+    let started = std::time::Instant::now();
+    wait_for(Duration::from_secs(30), "the dead gateway's lease to expire", || (b.open("x", "x.txt", READ, SHARE_ALL, OPEN) == "OK").then_some(()));
+    assert!(started.elapsed() >= Duration::from_secs(5), "held under the lease for a while, not dropped at once");
+    // The restarted node's gateway is a new incarnation that holds nothing.
+    c.start_node(1);
+    c.wait_up(1);
+    let mut again = Client::connect(&c.node(1).smb);
+    assert_eq!(again.open("x", "x.txt", READ, SHARE_ALL, OPEN), "OK");
+    assert_eq!(b.cmd("close x"), "OK");
+    assert_eq!(again.cmd("close x"), "OK");
+}
+
+#[test]
+fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewal() {
+    let mut c = cluster(); // the volume lives on node 2
+    let mut a = Client::connect(&c.node(1).smb);
+    assert_eq!(a.open("y", "y.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
+    c.kill9(2);
+    c.start_node(2);
+    c.wait_up(2);
+    // The owner starts with an empty table; node 1's gateway renews within 5 s and the owner
+    // reinstates its open.
+    wait_for(Duration::from_secs(30), "node 2 to reinstate node 1's open", || c.log(2).contains("reinstated a gateway's opens").then_some(()));
+    let mut b = Client::connect(&c.node(3).smb);
+    assert!(b.open("y", "y.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "the reinstated open still excludes");
+    assert_eq!(a.cmd("close y"), "OK");
+    assert_eq!(b.open("y", "y.txt", READ, SHARE_ALL, OPEN), "OK");
+}
+
+#[test]
+fn a_deleted_share_releases_the_opens_made_through_it() {
+    let c = cluster();
+    assert!(c.ctl(1, &["share", "create", "Other", "--volume", "vol"]).ok);
+    let mut a = Client::connect_to(&c.node(1).smb, "other");
+    let mut b = Client::connect(&c.node(3).smb);
+    assert_eq!(a.open("z", "z.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
+    assert!(b.open("z", "z.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "one volume, one file, two shares");
+    assert!(c.ctl(1, &["share", "delete", "Other"]).ok);
+    // The gateway notices at the client's next request on the tree (NETWORK_NAME_DELETED) and
+    // closes the tree's opens.
+    assert!(a.open("w", "w.txt", READ, SHARE_ALL, OVERWRITE_IF).starts_with("ERR 0xc00000c9"));
+    assert_eq!(b.open("z", "z.txt", READ, SHARE_ALL, OPEN), "OK");
+}
