@@ -117,6 +117,8 @@ async fn connection(
                         stream.write_all(&reply).await?;
                     }
                 }
+                // Final responses of waiting requests are sent by the driver of the next commit.
+                Outcome::NoReply => {}
                 Outcome::Close(why) => {
                     tracing::info!(%why, "closing the connection");
                     return Ok(());
