@@ -222,3 +222,17 @@ fn change_notify_completes_on_another_connections_create_and_a_cancelled_one_end
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("OK"), "{text}");
 }
+
+/// smbprotocol on \PIPE\srvsvc: a READ with nothing to read waits (interim STATUS_PENDING) until
+/// a WRITE on the same connection gives the pipe output, and a waiting READ the client cancels
+/// ends with STATUS_CANCELLED.
+#[test]
+fn a_pipe_read_waits_for_data_and_a_cancelled_one_ends_cancelled() {
+    let c = cluster_with_admin();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pipe_read.py");
+    let smb = c.node(3).smb.clone();
+    let port = smb.rsplit(':').next().unwrap();
+    let out = Command::new(venv_python()).args([script, port, "admin", "S3cret-pw"]).output().expect("the test venv (scripts/setup.sh)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
