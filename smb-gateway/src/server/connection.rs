@@ -176,7 +176,14 @@ impl Connection {
             if !self.credits.consume(header.message_id, charge) {
                 return Outcome::Close(format!("message id {} outside the credit window", header.message_id));
             }
+            let multi_credit = self.dialect.is_some_and(|d| d >= DIALECT_210);
+            let body = message.get(HEADER_BYTES..).unwrap_or_default();
             let (h, reply) = match chain.relate(&header, message) {
+                Ok((h, _)) if multi_credit && !super::credits::charge_covers(h.command, h.credit_charge, body) => {
+                    tracing::debug!(command = ?h.command, charge = h.credit_charge, "CreditCharge too small for the payload");
+                    chain.handled(&h, message, status::INVALID_PARAMETER, None, None, &[]);
+                    (h, Reply::error(status::INVALID_PARAMETER))
+                }
                 Ok((h, related)) => {
                     let reply = self.handle(&h, &related, message, dir, files, env);
                     chain.handled(&h, &related, reply.status, reply.session_id, reply.tree_id, &reply.body);
