@@ -328,7 +328,6 @@ mod connection_rules {
         middle[24..32].copy_from_slice(&4u64.to_le_bytes());
         let next = middle.len() as u32;
         middle[20..24].copy_from_slice(&next.to_le_bytes());
-        let mut first = first;
         first[24..32].copy_from_slice(&3u64.to_le_bytes());
         let echo = request(Command::Echo, 5, 0, &[4, 0, 0, 0]);
         let (r, _) = exchange(&mut c, &files, &[first, middle, echo].concat());

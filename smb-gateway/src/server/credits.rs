@@ -74,7 +74,7 @@ pub fn charge_covers(command: Command, charge: u16, body: &[u8]) -> bool {
     if charge == 0 {
         return size <= BYTES_PER_CREDIT;
     }
-    (size.max(1) - 1) / BYTES_PER_CREDIT + 1 <= u64::from(charge)
+    (size.max(1) - 1) / BYTES_PER_CREDIT < u64::from(charge)
 }
 
 #[cfg(test)]

@@ -208,8 +208,11 @@ pub fn close(volatile: u64) -> Vec<u8> {
     b
 }
 
+/// Messages of response frames, each with its body.
+pub type Messages = Vec<(Header, Vec<u8>)>;
+
 /// Sends one frame; the reply's messages (empty for none) and the final responses it made.
-pub fn exchange(c: &mut Connection, files: &MemFiles, frame: &[u8]) -> (Vec<(Header, Vec<u8>)>, Vec<(Header, Vec<u8>)>) {
+pub fn exchange(c: &mut Connection, files: &MemFiles, frame: &[u8]) -> (Messages, Messages) {
     let replies = match c.on_frame(frame, &Dir, files, &mut Env::new()) {
         Outcome::Reply(r) => split(&r),
         Outcome::NoReply => Vec::new(),
@@ -220,7 +223,7 @@ pub fn exchange(c: &mut Connection, files: &MemFiles, frame: &[u8]) -> (Vec<(Hea
 }
 
 /// The messages of a response frame, each with its body.
-pub fn split(frame: &[u8]) -> Vec<(Header, Vec<u8>)> {
+pub fn split(frame: &[u8]) -> Messages {
     crate::smb2::compound::split(frame).expect("a well-formed reply").into_iter().map(|(h, m)| (h, m[HEADER_BYTES..].to_vec())).collect()
 }
 
