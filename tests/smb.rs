@@ -236,3 +236,16 @@ fn a_pipe_read_waits_for_data_and_a_cancelled_one_ends_cancelled() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("OK"), "{text}");
 }
+
+/// smbprotocol's smbclient.stat: one related compound (CREATE, QUERY_INFOs on the placeholder
+/// FileId, CLOSE) on a file and a directory; a missing name fails the chain with the CREATE's error.
+#[test]
+fn related_compounds_from_smbprotocol_reach_the_created_file() {
+    let c = cluster_with_admin();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/compound.py");
+    let smb = c.node(2).smb.clone();
+    let port = smb.rsplit(':').next().unwrap();
+    let out = Command::new(venv_python()).args([script, port, "data", "admin", "S3cret-pw"]).output().expect("the test venv (scripts/setup.sh)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
