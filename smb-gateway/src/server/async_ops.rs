@@ -335,6 +335,26 @@ mod connection_rules {
     }
 
     #[test]
+    fn with_signing_required_an_unsigned_cancel_still_cancels_a_badly_signed_one_is_ignored_and_the_final_response_is_signed() {
+        let (mut c, files) = (signing_connection(), MemFiles::with_dirs(&[]));
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Create, 1, IPC, &create("srvsvc", false, 1))));
+        let pipe = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Read, 2, IPC, &read(pipe, 4280))));
+        let (h, _) = &r[0];
+        assert_eq!((h.status, h.flags & FLAG_SIGNED), (status::PENDING, 0), "the interim response is not signed");
+        let Target::Async { async_id } = h.target else { panic!("async") };
+        let mut forged = signed(cancel(2, Some(async_id)));
+        forged[50] ^= 1;
+        let (r, finals) = exchange(&mut c, &files, &forged);
+        assert!(r.is_empty() && finals.is_empty(), "a CANCEL whose signature fails is ignored");
+        assert!(matches!(c.on_frame(&cancel(2, Some(async_id)), &Dir, &files, &mut Env::new()), crate::server::connection::Outcome::NoReply));
+        let finals = c.take_sends();
+        let h = Header::parse(&finals[0]).unwrap();
+        assert_eq!((h.status, h.target), (status::CANCELLED, Target::Async { async_id }), "an unsigned CANCEL is accepted");
+        assert!(h.flags & FLAG_SIGNED != 0 && signing::verify(KEY.0, &KEY.1, &finals[0]), "the final response is signed");
+    }
+
+    #[test]
     fn echo_needs_no_session() {
         let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
         let mut echo = request(Command::Echo, 1, 0, &[4, 0, 0, 0]);

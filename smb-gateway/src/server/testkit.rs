@@ -24,6 +24,22 @@ pub fn connection() -> Connection {
     Connection::established_for_test(config(), SESSION, &[(TREE, "data"), (IPC, "IPC$")])
 }
 
+/// The same, with signing required (the session's key: AES-CMAC, all 1s; see [`signed`]).
+pub fn signing_connection() -> Connection {
+    Connection::established_for_test(Config { signing_required: true, ..config() }, SESSION, &[(TREE, "data"), (IPC, "IPC$")])
+}
+
+/// The session's signing algorithm and key.
+pub const KEY: (crate::smb2::signing::Algorithm, [u8; 16]) = (crate::smb2::signing::Algorithm::AesCmac, [1; 16]);
+
+/// `message` signed with the session's key.
+pub fn signed(mut message: Vec<u8>) -> Vec<u8> {
+    let flags = u32::from_le_bytes(message[16..20].try_into().unwrap()) | crate::smb2::header::FLAG_SIGNED;
+    message[16..20].copy_from_slice(&flags.to_le_bytes());
+    crate::smb2::signing::sign_in_place(KEY.0, &KEY.1, &mut message);
+    message
+}
+
 pub struct Dir;
 
 impl Directory for Dir {
