@@ -110,6 +110,16 @@ impl Watch {
         self.queue.push(record);
     }
 
+    /// The watched directory, or one above it, was renamed from `from` to `to` in `share`.
+    pub fn moved(&mut self, share: &str, from: &str, to: &str) {
+        if !share.eq_ignore_ascii_case(&self.share) {
+            return;
+        }
+        if let Some(dir) = rebase(&self.dir, from, to) {
+            self.dir = dir;
+        }
+    }
+
     /// Changes were lost (the node's notifier dropped some for this connection).
     pub fn overflow(&mut self) {
         self.overflowed = true;
@@ -150,6 +160,17 @@ pub fn relative(dir: &str, path: &str, tree: bool) -> Option<String> {
         return None;
     }
     Some(rest.join("\\"))
+}
+
+/// `path` after a rename of `from` to `to`: `to` for `from` itself, `to\rest` for a path below
+/// it, `None` when it is elsewhere. Components compare without case.
+pub fn rebase(path: &str, from: &str, to: &str) -> Option<String> {
+    let f: Vec<&str> = from.split('\\').filter(|c| !c.is_empty()).collect();
+    let p: Vec<&str> = path.split('\\').filter(|c| !c.is_empty()).collect();
+    if f.is_empty() || p.len() < f.len() || !f.iter().zip(&p).all(|(a, b)| a.to_lowercase() == b.to_lowercase()) {
+        return None;
+    }
+    Some(std::iter::once(to.trim_matches('\\')).chain(p[f.len()..].iter().copied()).filter(|c| !c.is_empty()).collect::<Vec<_>>().join("\\"))
 }
 
 /// FILE_NOTIFY_INFORMATION records, each starting 4-byte aligned, the last with
@@ -211,6 +232,20 @@ mod tests {
         let out = w.take(4096).unwrap();
         assert_eq!(&out[..12], &[28, 0, 0, 0, 1, 0, 0, 0, 14, 0, 0, 0], "first record: next at 28 (12 + 14 rounded up to 4), added, 14 name bytes");
         assert!(!w.is_ready(), "taking empties the queue");
+    }
+
+    #[test]
+    fn a_rename_moves_the_paths_below_it() {
+        assert_eq!(rebase("a\\b\\c", "A\\b", "x"), Some("x\\c".into()));
+        assert_eq!(rebase("a\\b", "a\\b", "x\\y"), Some("x\\y".into()));
+        assert_eq!(rebase("a\\bc", "a\\b", "x"), None);
+        assert_eq!(rebase("a", "", "x"), None, "the root is never renamed");
+        let mut w = Watch::new("data", "a\\b");
+        w.arm(FILTER_FILE_NAME, false);
+        w.moved("other", "a", "y");
+        w.moved("DATA", "a", "z");
+        w.record(&change("z\\b\\f", ChangeKind::Added));
+        assert_eq!(w.queue, vec![(ACTION_ADDED, "f".into())]);
     }
 
     #[test]

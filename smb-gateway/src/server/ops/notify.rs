@@ -195,9 +195,20 @@ impl Connection {
             10 => {
                 let Some(target) = u32_at(data, 16).and_then(|n| data.get(20..20 + n as usize)).and_then(utf16) else { return };
                 let to = target.trim_matches('\\').to_string();
-                let moved = OpenPath { path: to, ..p.clone() };
-                self.publish(&moved, ChangeKind::Renamed { from: p.path });
+                let moved = OpenPath { path: to.clone(), ..p.clone() };
+                self.publish(&moved, ChangeKind::Renamed { from: p.path.clone() });
                 self.tracking.paths.insert(volatile, moved);
+                if p.directory {
+                    // Opens and watches below a renamed directory move with it.
+                    for q in self.tracking.paths.values_mut().filter(|q| q.share.eq_ignore_ascii_case(&p.share)) {
+                        if let Some(path) = super::super::notify::rebase(&q.path, &p.path, &to) {
+                            q.path = path;
+                        }
+                    }
+                    for w in self.tracking.watches.values_mut() {
+                        w.moved(&p.share, &p.path, &to);
+                    }
+                }
             }
             // FileEndOfFileInformation, FileAllocationInformation: the size changed.
             19 | 20 => {
