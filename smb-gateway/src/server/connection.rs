@@ -185,7 +185,8 @@ impl Connection {
                     (h, Reply::error(status::INVALID_PARAMETER))
                 }
                 Ok((h, related)) => {
-                    let reply = self.handle(&h, &related, message, dir, files, env);
+                    let span = tracing::debug_span!("request", command = ?h.command, message_id = h.message_id, session = format_args!("{:#x}", h.session_id));
+                    let reply = span.in_scope(|| self.handle(&h, &related, message, dir, files, env));
                     chain.handled(&h, &related, reply.status, reply.session_id, reply.tree_id, &reply.body);
                     (h, reply)
                 }
