@@ -108,7 +108,12 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
     let (reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let writer = tokio::spawn(write_frames(writer, rx).in_current_span());
-    let read = read_frames(reader, peer, config, shared, tx).await;
+    let max = max_frame_bytes(&config);
+    let mut conn = Connection::new(config);
+    conn.set_peer(&peer);
+    // The state stays here, so that whatever ends the reader, the connection's end can use it.
+    let mut conn = Some(conn);
+    let read = read_frames(reader, max, &mut conn, &shared, tx).await;
     // The writer ends once the reader has dropped its queue and what was queued is written.
     let written = writer.await.map_err(|e| std::io::Error::other(e.to_string()))?;
     read.and(written)
@@ -116,11 +121,8 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
 
 /// Reads frames, runs them through the connection, queues what it answers; meanwhile takes the
 /// node's changes when the connection watches a directory.
-async fn read_frames(mut reader: OwnedReadHalf, peer: String, config: Config, shared: Shared, tx: mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
-    let max = max_frame_bytes(&config);
-    let mut conn = Connection::new(config);
-    conn.set_peer(&peer);
-    let mut conn = Some(conn);
+/// `conn` is absent only while a frame runs on the blocking pool (or if that task panicked).
+async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
     let mut changes: Option<broadcast::Receiver<Arc<Vec<Change>>>> = None;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -131,7 +133,8 @@ async fn read_frames(mut reader: OwnedReadHalf, peer: String, config: Config, sh
             // Storage calls may block (or wait on another node): run the frame on the blocking pool.
             let frame_bytes = buf[range].to_vec();
             buf.drain(..used);
-            let (mut c, d, f, t) = (conn.take().expect("connection present"), shared.directory.clone(), shared.files.clone(), shared.throttle.clone());
+            let Some(mut c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
+            let (d, f, t) = (shared.directory.clone(), shared.files.clone(), shared.throttle.clone());
             let (c, outcome) = tokio::task::spawn_blocking(move || {
                 let outcome = c.on_frame(&frame_bytes, d.as_ref(), f.as_ref(), &mut Env(t));
                 (c, outcome)
@@ -171,7 +174,7 @@ async fn read_frames(mut reader: OwnedReadHalf, peer: String, config: Config, sh
                 buf.extend_from_slice(&chunk[..n]);
             }
             got = next_changes(&mut changes) => {
-                let c = conn.as_mut().expect("connection present");
+                let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
                 match got {
                     Ok(batch) => c.on_changes(&batch),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
