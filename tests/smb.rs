@@ -208,3 +208,44 @@ fn rpcclient_binds_with_ntlmssp_at_integrity_and_privacy_levels() {
     let log = c.log(2);
     assert!(log.contains("DCE/RPC bind authenticated") && log.contains("level=5") && log.contains("level=6"), "both levels were used");
 }
+
+/// smbprotocol's FileSystemWatcher: a CHANGE_NOTIFY that waits (interim STATUS_PENDING) and
+/// completes when another connection of the node creates a file, WATCH_TREE, and a watch the
+/// client cancels (STATUS_CANCELLED), through a node that does not own the volume.
+#[test]
+fn change_notify_completes_on_another_connections_create_and_a_cancelled_one_ends_cancelled() {
+    let c = cluster_with_admin();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/notify.py");
+    let smb = c.node(1).smb.clone();
+    let port = smb.rsplit(':').next().unwrap();
+    let out = Command::new(venv_python()).args([script, port, "data", "admin", "S3cret-pw"]).output().expect("the test venv (scripts/setup.sh)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
+
+/// smbprotocol on \PIPE\srvsvc: a READ with nothing to read waits (interim STATUS_PENDING) until
+/// a WRITE on the same connection gives the pipe output, and a waiting READ the client cancels
+/// ends with STATUS_CANCELLED.
+#[test]
+fn a_pipe_read_waits_for_data_and_a_cancelled_one_ends_cancelled() {
+    let c = cluster_with_admin();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pipe_read.py");
+    let smb = c.node(3).smb.clone();
+    let port = smb.rsplit(':').next().unwrap();
+    let out = Command::new(venv_python()).args([script, port, "admin", "S3cret-pw"]).output().expect("the test venv (scripts/setup.sh)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
+
+/// smbprotocol's smbclient.stat: one related compound (CREATE, QUERY_INFOs on the placeholder
+/// FileId, CLOSE) on a file and a directory; a missing name fails the chain with the CREATE's error.
+#[test]
+fn related_compounds_from_smbprotocol_reach_the_created_file() {
+    let c = cluster_with_admin();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/compound.py");
+    let smb = c.node(2).smb.clone();
+    let port = smb.rsplit(':').next().unwrap();
+    let out = Command::new(venv_python()).args([script, port, "data", "admin", "S3cret-pw"]).output().expect("the test venv (scripts/setup.sh)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}

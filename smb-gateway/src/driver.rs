@@ -1,17 +1,35 @@
 //! The tokio driver: accepts connections on the node's SMB address and runs each through a
-//! sans-IO [`Connection`]. Frames are bounded before they are buffered.
+//! sans-IO [`Connection`]. Frames are bounded before they are buffered. Each connection has a
+//! reader (frames in, run on the blocking pool, since storage calls block) and a writer task
+//! (replies out, in order), so that final responses to requests that waited go out while the
+//! reader waits for the client. The node's notifier is a broadcast channel: every connection
+//! publishes the changes its commands made, and those that watch a directory listen.
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use crate::server::connection::{Connection, Outcome};
 use crate::server::files::Files;
+use crate::server::notify::Change;
 use crate::server::throttle::Throttle;
 use crate::server::{Config, Directory, Environment};
 use crate::smb2::frame;
+
+/// Batches of changes (one per frame that made any) the node's notifier holds for a connection
+/// that has not taken them yet; one that falls further behind loses them, and its watches
+/// answer STATUS_NOTIFY_ENUM_DIR.
+pub const NOTIFIER_QUEUE_BATCHES: usize = 1024;
+
+/// Replies queued for a connection's writer; past this the reader waits for the writer.
+pub const WRITE_QUEUE_FRAMES: usize = 64;
+
+/// The node's change notifier: every connection of the node publishes to it.
+type Notifier = broadcast::Sender<Arc<Vec<Change>>>;
 
 /// The largest frame a client may send: a maximal WRITE plus headers.
 pub fn max_frame_bytes(config: &Config) -> usize {
@@ -49,6 +67,7 @@ impl Environment for Env {
 pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let throttle = Arc::new(std::sync::Mutex::new(Throttle::default()));
+    let (notifier, _) = broadcast::channel(NOTIFIER_QUEUE_BATCHES);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -61,11 +80,12 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
             tracing::warn!(%peer, "too many SMB connections; refusing one");
             continue;
         };
-        let (config, directory, files, throttle) = (config.clone(), directory.clone(), files.clone(), throttle.clone());
+        let (config, directory, files, throttle, notifier) = (config.clone(), directory.clone(), files.clone(), throttle.clone(), notifier.clone());
         let span = tracing::info_span!("smb", %peer);
         tokio::spawn(
             async move {
-                if let Err(e) = connection(stream, peer.ip().to_string(), config, directory, files, throttle).await {
+                let shared = Shared { directory, files, throttle, notifier };
+                if let Err(e) = connection(stream, peer.ip().to_string(), config, shared).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
                 drop(slot);
@@ -75,37 +95,40 @@ pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Dir
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: String,
-    config: Config,
+/// What a connection shares with the node's others.
+struct Shared {
     directory: Arc<dyn Directory + Send + Sync>,
     files: Arc<dyn Files>,
     throttle: Arc<std::sync::Mutex<Throttle>>,
-) -> std::io::Result<()> {
+    notifier: Notifier,
+}
+
+async fn connection(stream: TcpStream, peer: String, config: Config, shared: Shared) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (reader, writer) = stream.into_split();
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
+    let writer = tokio::spawn(write_frames(writer, rx).in_current_span());
     let max = max_frame_bytes(&config);
     let mut conn = Connection::new(config);
     conn.set_peer(&peer);
+    // The state stays here, so that whatever ends the reader, the connection's end can use it.
     let mut conn = Some(conn);
-    let result = frames(stream, max, &mut conn, directory, files.clone(), throttle).await;
+    let read = read_frames(reader, max, &mut conn, &shared, tx).await;
     // However the connection ended, its opens close and their share modes are released.
     if let Some(mut c) = conn {
+        let files = shared.files.clone();
         let _ = tokio::task::spawn_blocking(move || c.end(files.as_ref())).await;
     }
-    result
+    // The writer ends once the reader has dropped its queue and what was queued is written.
+    let written = writer.await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    read.and(written)
 }
 
-/// Reads frames and answers them until the client goes away or the connection is closed.
+/// Reads frames, runs them through the connection, queues what it answers; meanwhile takes the
+/// node's changes when the connection watches a directory.
 /// `conn` is absent only while a frame runs on the blocking pool (or if that task panicked).
-async fn frames(
-    mut stream: TcpStream,
-    max: usize,
-    conn: &mut Option<Connection>,
-    directory: Arc<dyn Directory + Send + Sync>,
-    files: Arc<dyn Files>,
-    throttle: Arc<std::sync::Mutex<Throttle>>,
-) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
+    let mut changes: Option<broadcast::Receiver<Arc<Vec<Change>>>> = None;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -116,7 +139,7 @@ async fn frames(
             let frame_bytes = buf[range].to_vec();
             buf.drain(..used);
             let Some(c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
-            let (d, f, t) = (directory.clone(), files.clone(), throttle.clone());
+            let (d, f, t) = (shared.directory.clone(), shared.files.clone(), shared.throttle.clone());
             let (c, outcome) = tokio::task::spawn_blocking(move || {
                 let mut c = c;
                 let outcome = c.on_frame(&frame_bytes, d.as_ref(), f.as_ref(), &mut Env(t));
@@ -124,29 +147,80 @@ async fn frames(
             })
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-            *conn = Some(c);
+            let c = conn.insert(c);
+            let made = c.take_changes();
+            if !made.is_empty() {
+                // No receiver (nobody watches) is not an error.
+                let _ = shared.notifier.send(Arc::new(made));
+            }
+            // Listen to the node's changes from before the client can learn its watch is set.
+            match (c.watching(), changes.is_some()) {
+                (true, false) => changes = Some(shared.notifier.subscribe()),
+                (false, true) => changes = None,
+                _ => {}
+            }
+            for f in c.take_sends() {
+                queue(&tx, f).await?;
+            }
             match outcome {
-                Outcome::Reply(reply) => {
-                    let head = frame::frame_header(reply.len()).map_err(|e| std::io::Error::other(e.to_string()))?;
-                    if reply.len() <= SMALL_REPLY_BYTES {
-                        // One segment for small replies.
-                        stream.write_all(&[head.as_slice(), &reply].concat()).await?;
-                    } else {
-                        // Large ones go as they are: no copy of the body.
-                        stream.write_all(&head).await?;
-                        stream.write_all(&reply).await?;
-                    }
-                }
+                Outcome::Reply(reply) => queue(&tx, reply).await?,
+                Outcome::NoReply => {}
                 Outcome::Close(why) => {
                     tracing::info!(%why, "closing the connection");
                     return Ok(());
                 }
             }
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
+        tokio::select! {
+            n = reader.read(&mut chunk) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            got = next_changes(&mut changes) => {
+                let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
+                match got {
+                    Ok(batch) => c.on_changes(&batch),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(lost = n, "this connection fell behind the node's changes");
+                        c.on_changes_lost();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => changes = None,
+                }
+                for f in c.take_sends() {
+                    queue(&tx, f).await?;
+                }
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The next batch of the node's changes; never, when not listening.
+async fn next_changes(rx: &mut Option<broadcast::Receiver<Arc<Vec<Change>>>>) -> Result<Arc<Vec<Change>>, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn queue(tx: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) -> std::io::Result<()> {
+    tx.send(frame).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection's writer ended"))
+}
+
+/// Writes queued replies, each with its transport header, in order.
+async fn write_frames(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> {
+    while let Some(reply) = rx.recv().await {
+        let head = frame::frame_header(reply.len()).map_err(|e| std::io::Error::other(e.to_string()))?;
+        if reply.len() <= SMALL_REPLY_BYTES {
+            // One segment for small replies.
+            writer.write_all(&[head.as_slice(), &reply].concat()).await?;
+        } else {
+            // Large ones go as they are: no copy of the body.
+            writer.write_all(&head).await?;
+            writer.write_all(&reply).await?;
+        }
+    }
+    writer.shutdown().await
 }

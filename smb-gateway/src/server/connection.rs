@@ -1,8 +1,16 @@
 //! One client connection: NEGOTIATE, SESSION_SETUP (SPNEGO + NTLMv2), signing, LOGOFF, ECHO,
-//! TREE_CONNECT and TREE_DISCONNECT; every other command answers STATUS_NOT_SUPPORTED for now.
+//! TREE_CONNECT and TREE_DISCONNECT, compounds (related ones through [`super::chain`]), CANCEL
+//! and requests that wait ([`super::async_ops`]); file commands are in `ops/`.
+//!
+//! Besides the reply to each frame, the connection makes final responses to requests that
+//! waited ([`Connection::take_sends`], sent before the reply to the frame that made them) and
+//! changes for the node's other connections ([`Connection::take_changes`]); it takes the node's
+//! changes with [`Connection::on_changes`].
 
 use std::collections::HashMap;
 
+use super::async_ops::{self, AsyncOps, Waiting};
+use super::chain::Chain;
 use super::files::Files;
 use super::ops::Open;
 use super::session::{Established, Pending, Session, Tree};
@@ -35,6 +43,8 @@ pub enum Outcome {
     Reply(Vec<u8>),
     /// Close the connection (a malformed or hostile frame).
     Close(String),
+    /// Nothing to send for this frame (a CANCEL).
+    NoReply,
 }
 
 /// What NEGOTIATE settled, for FSCTL_VALIDATE_NEGOTIATE_INFO to compare against.
@@ -63,6 +73,10 @@ pub struct Connection {
     peer: String,
     /// An SMB1 NEGOTIATE was answered with the SMB2 wildcard dialect.
     smb1_upgraded: bool,
+    /// Requests answered STATUS_PENDING, and their final responses to send.
+    pub(super) waits: AsyncOps,
+    /// Paths of opens, directory watches, changes to publish.
+    pub(super) tracking: super::ops::notify::Tracking,
 }
 
 /// The dialect of an SMB2 answer to an SMB1 NEGOTIATE that offered "SMB 2.???".
@@ -74,11 +88,22 @@ pub(super) struct Reply {
     body: Vec<u8>,
     session_id: Option<u64>,
     tree_id: Option<u32>,
+    /// The request waits: it gets an interim response now, its final one later.
+    wait: Option<Waiting>,
 }
 
 impl Reply {
     pub(super) fn ok(body: Vec<u8>) -> Reply {
-        Reply { status: status::SUCCESS, body, session_id: None, tree_id: None }
+        Reply { status: status::SUCCESS, body, session_id: None, tree_id: None, wait: None }
+    }
+
+    /// The request cannot complete yet: it waits for `w`.
+    pub(super) fn wait(w: Waiting) -> Reply {
+        Reply { status: status::PENDING, body: Vec::new(), session_id: None, tree_id: None, wait: Some(w) }
+    }
+
+    pub(super) fn body(&self) -> &[u8] {
+        &self.body
     }
 
     /// An error response body (MS-SMB2 2.2.2).
@@ -92,7 +117,7 @@ impl Reply {
     }
 
     pub(super) fn error(status: u32) -> Reply {
-        Reply { status, body: vec![9, 0, 0, 0, 0, 0, 0, 0, 0], session_id: None, tree_id: None }
+        Reply { status, body: async_ops::ERROR_BODY.to_vec(), session_id: None, tree_id: None, wait: None }
     }
 }
 
@@ -106,7 +131,7 @@ const FSCTL_SRV_ENUM_SNAPS: u32 = 0x0014_4064;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default() }
     }
 
     /// The connection has ended (the client went away or was refused): every open it held is
@@ -140,6 +165,7 @@ impl Connection {
         };
         let mut out = Vec::new();
         let count = messages.len();
+        let mut chain = Chain::default();
         for (i, (header, message)) in messages.into_iter().enumerate() {
             if header.is_response() {
                 return Outcome::Close("a response sent to the server".into());
@@ -147,36 +173,143 @@ impl Connection {
             if header.command == Command::Negotiate && self.dialect.is_some() {
                 return Outcome::Close("a second NEGOTIATE".into());
             }
-            // CANCEL takes no credit; every other message must use ids it was granted, once.
+            // CANCEL takes no credit and gets no response.
+            if header.command == Command::Cancel {
+                self.cancel(&header, message);
+                continue;
+            }
+            // Every other message must use ids it was granted, once.
             let charge = if self.dialect.unwrap_or(DIALECT_202) >= DIALECT_210 { header.credit_charge } else { 1 };
-            if header.command != Command::Cancel && !self.credits.consume(header.message_id, charge) {
+            if !self.credits.consume(header.message_id, charge) {
                 return Outcome::Close(format!("message id {} outside the credit window", header.message_id));
             }
-            let reply = self.dispatch(&header, message, dir, files, env);
+            let multi_credit = self.dialect.is_some_and(|d| d >= DIALECT_210);
+            let body = message.get(HEADER_BYTES..).unwrap_or_default();
+            let (h, reply) = match chain.relate(&header, message) {
+                Ok((h, _)) if multi_credit && !super::credits::charge_covers(h.command, h.credit_charge, body) => {
+                    tracing::debug!(command = ?h.command, charge = h.credit_charge, "CreditCharge too small for the payload");
+                    chain.handled(&h, message, status::INVALID_PARAMETER, None, None, &[]);
+                    (h, Reply::error(status::INVALID_PARAMETER))
+                }
+                Ok((h, related)) => {
+                    let span = tracing::debug_span!("request", command = ?h.command, message_id = h.message_id, session = format_args!("{:#x}", h.session_id));
+                    let reply = span.in_scope(|| self.handle(&h, &related, message, dir, files, env));
+                    chain.handled(&h, &related, reply.status, reply.session_id, reply.tree_id, &reply.body);
+                    (h, reply)
+                }
+                Err(status) => {
+                    chain.handled(&header, message, status, None, None, &[]);
+                    (header.clone(), Reply::error(status))
+                }
+            };
             if self.tampered {
                 return Outcome::Close("VALIDATE_NEGOTIATE_INFO does not match the negotiation".into());
             }
-            let mut bytes = self.respond(&header, reply);
+            let mut bytes = self.respond_or_wait(&h, reply, i + 1 == count);
             if i + 1 < count {
                 let padded = bytes.len().div_ceil(8) * 8;
                 bytes.resize(padded, 0);
                 bytes[20..24].copy_from_slice(&(padded as u32).to_le_bytes());
-                self.resign(&header, &mut bytes);
+                self.resign(&h, &mut bytes);
             }
             if count == 1 {
                 return Outcome::Reply(bytes); // the common case: no copy
             }
             out.extend_from_slice(&bytes);
         }
-        Outcome::Reply(out)
+        if out.is_empty() {
+            Outcome::NoReply
+        } else {
+            Outcome::Reply(out)
+        }
     }
 
-    fn dispatch(&mut self, h: &Header, message: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Reply {
+    /// Final responses to requests that waited, in order; send them before the reply to the
+    /// frame (or the changes) that made them.
+    pub fn take_sends(&mut self) -> Vec<Vec<u8>> {
+        self.waits.take_sends()
+    }
+
+    /// One message of a frame (`signed` is its bytes as received, for the signature; `message`
+    /// has a related compound's FileId filled in), and what follows from it: the changes it
+    /// made, waiting requests it completed or orphaned.
+    fn handle(&mut self, h: &Header, message: &[u8], signed: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Reply {
+        let opens = self.opens.len();
+        let before = self.before_command(h, message);
+        let reply = self.dispatch(h, message, signed, dir, files, env);
+        self.after_command(h, message, &reply, before);
+        if self.opens.len() < opens {
+            self.end_orphaned_waits();
+        }
+        self.complete_pipe_reads();
+        reply
+    }
+
+    /// The response to a message, or for one that waits (only the last of a compound may, as
+    /// in Samba; others fail with STATUS_INTERNAL_ERROR) the interim response.
+    fn respond_or_wait(&mut self, h: &Header, mut reply: Reply, last: bool) -> Vec<u8> {
+        let Some(waiting) = reply.wait.take() else { return self.respond(h, reply) };
+        if !last {
+            return self.respond(h, Reply::error(status::INTERNAL_ERROR));
+        }
+        let signing = match self.sessions.get(&h.session_id) {
+            Some(Session::Established(s)) if self.config.signing_required || h.flags & FLAG_SIGNED != 0 => Some((s.algorithm, s.signing_key)),
+            _ => None,
+        };
+        match self.waits.start(h.clone(), waiting, signing) {
+            Ok(async_id) => {
+                tracing::debug!(async_id, command = ?h.command, message_id = h.message_id, "request waits");
+                let credits = self.credits.grant(h.credits);
+                async_ops::interim(h, async_id, credits)
+            }
+            Err(status) => self.respond(h, Reply::error(status)),
+        }
+    }
+
+    /// CANCEL (MS-SMB2 3.3.5.16): the waiting request it names ends with STATUS_CANCELLED.
+    /// Unsigned CANCELs are accepted even when signing is required (as Samba does: some clients
+    /// never sign them); a signed one must verify. Either way nothing answers the CANCEL itself.
+    fn cancel(&mut self, h: &Header, message: &[u8]) {
+        if h.flags & FLAG_SIGNED != 0 {
+            let verified = matches!(self.sessions.get(&h.session_id), Some(Session::Established(s)) if signing::verify(s.algorithm, &s.signing_key, message));
+            if !verified {
+                tracing::debug!(message_id = h.message_id, "ignoring a CANCEL whose signature does not verify");
+                return;
+            }
+        }
+        match self.waits.find(h) {
+            Some(async_id) => {
+                tracing::debug!(async_id, "cancelled");
+                self.waits.finish(async_id, status::CANCELLED, &async_ops::ERROR_BODY);
+            }
+            None => tracing::debug!(message_id = h.message_id, "CANCEL names no waiting request"),
+        }
+    }
+
+    /// Named-pipe READs that waited and whose pipe now has output.
+    fn complete_pipe_reads(&mut self) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let opens = &self.opens;
+        let ready = self.waits.matching(|w| matches!(w, Waiting::PipeRead { volatile, .. } if opens.get(volatile).and_then(|o| o.pipe.as_ref()).is_some_and(|p| p.pending() > 0)));
+        for id in ready {
+            let Some(&Waiting::PipeRead { volatile, len }) = self.waits.get(id).map(|op| &op.waiting) else { continue };
+            let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) else { continue };
+            let data = pipe.read(len as usize);
+            let status = if pipe.pending() > 0 { status::BUFFER_OVERFLOW } else { status::SUCCESS };
+            self.waits.finish(id, status, &super::ops::read_body(&data));
+        }
+    }
+
+    fn dispatch(&mut self, h: &Header, message: &[u8], signed: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Reply {
         if self.dialect.is_none() && h.command != Command::Negotiate {
             return Reply::error(status::INVALID_PARAMETER);
         }
-        if !matches!(h.command, Command::Negotiate | Command::SessionSetup) {
-            if let Err(status) = self.check_signature(h, message) {
+        // ECHO needs no session (MS-SMB2 3.3.5.2.9); with one, its signature is checked.
+        let sessionless = h.command == Command::Echo && h.session_id == 0;
+        if !matches!(h.command, Command::Negotiate | Command::SessionSetup) && !sessionless {
+            if let Err(status) = self.check_signature(h, signed) {
                 return Reply::error(status);
             }
         }
@@ -205,6 +338,7 @@ impl Connection {
             Command::QueryDirectory => self.query_directory(h, message, files),
             Command::QueryInfo => self.query_info(h, message, files),
             Command::SetInfo => self.set_info(h, message, files, env.now()),
+            Command::ChangeNotify => self.change_notify(h, message),
             _ => Reply::error(status::NOT_SUPPORTED),
         }
     }
@@ -403,7 +537,7 @@ impl Connection {
         let body = setup_body(0, &spnego::encode_resp(&resp));
         let pending = Pending { server_challenge, challenge_flags: flags, mech_list_der: init.mech_list_der, preauth };
         self.sessions.insert(session_id, Session::Pending(pending));
-        Reply { status: status::MORE_PROCESSING_REQUIRED, body, session_id: Some(session_id), tree_id: None }
+        Reply { status: status::MORE_PROCESSING_REQUIRED, body, session_id: Some(session_id), tree_id: None, wait: None }
     }
 
     fn authenticate(&mut self, session_id: u64, p: &Pending, token: &[u8], dialect: u16, dir: &dyn Directory, env: &mut dyn Environment) -> Result<Reply, u32> {
@@ -612,4 +746,20 @@ fn setup_body(session_flags: u16, token: &[u8]) -> Vec<u8> {
     b.extend_from_slice(&(token.len() as u16).to_le_bytes());
     b.extend_from_slice(token);
     b
+}
+
+#[cfg(test)]
+impl Connection {
+    /// A connection past NEGOTIATE (3.0.2) holding one established session (AES-CMAC, key of
+    /// 1s) with these trees (IPC$ by that name), and credits for message ids up to 512.
+    pub(super) fn established_for_test(config: Config, session_id: u64, trees: &[(u32, &str)]) -> Connection {
+        let mut c = Connection::new(config);
+        c.dialect = Some(DIALECT_302);
+        c.credits.consume(0, 1);
+        c.credits.grant(512);
+        let trees = trees.iter().map(|&(id, share)| (id, Tree { share: share.to_string(), ipc: share == "IPC$", read_only: false })).collect();
+        let session = Established { user: "u".into(), role: umbra_raft::command::Role::Admin, signing_key: [1; 16], algorithm: Algorithm::AesCmac, trees };
+        c.sessions.insert(session_id, Session::Established(session));
+        c
+    }
 }

@@ -4,6 +4,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::smb2::header::Command;
+use crate::wire::u32_at;
+
 /// Credits (message ids) granted and not yet used, at most.
 pub const MAX_OUTSTANDING_CREDITS: u64 = 8192;
 /// Credits one response grants at most.
@@ -53,9 +56,46 @@ impl Credits {
     }
 }
 
+/// Bytes one credit pays for (MS-SMB2 3.1.5.2).
+pub const BYTES_PER_CREDIT: u64 = 65536;
+
+/// MS-SMB2 3.3.5.2.5, for a multi-credit connection: whether a request's CreditCharge pays for
+/// its payload or largest response. Checked for READ, WRITE, IOCTL and QUERY_DIRECTORY, whose
+/// charge clients compute (every other request is charged 1 whatever its size). `body` is the
+/// message after its header; a body too short to say passes here and fails in its handler.
+pub fn charge_covers(command: Command, charge: u16, body: &[u8]) -> bool {
+    let size = match command {
+        Command::Read | Command::Write => u32_at(body, 4),
+        Command::Ioctl => u32_at(body, 28).zip(u32_at(body, 44)).map(|(input, output)| input.max(output)),
+        Command::QueryDirectory => u32_at(body, 28),
+        _ => None,
+    };
+    let Some(size) = size.map(u64::from) else { return true };
+    if charge == 0 {
+        return size <= BYTES_PER_CREDIT;
+    }
+    (size.max(1) - 1) / BYTES_PER_CREDIT < u64::from(charge)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_charge_pays_for_64_kib_each_and_only_sized_commands_are_checked() {
+        let read = |len: u32| [vec![49, 0, 0, 0], len.to_le_bytes().to_vec(), vec![0; 41]].concat();
+        assert!(charge_covers(Command::Read, 1, &read(65536)));
+        assert!(!charge_covers(Command::Read, 1, &read(65537)));
+        assert!(charge_covers(Command::Read, 2, &read(65537)));
+        assert!(charge_covers(Command::Read, 0, &read(65536)), "0 counts as 1");
+        assert!(!charge_covers(Command::Read, 0, &read(65537)));
+        assert!(charge_covers(Command::Read, 1, &read(0)));
+        let mut ioctl = vec![0u8; 56];
+        ioctl[44..48].copy_from_slice(&(200_000u32).to_le_bytes());
+        assert!(!charge_covers(Command::Ioctl, 3, &ioctl) && charge_covers(Command::Ioctl, 4, &ioctl), "MaxOutputResponse counts");
+        assert!(charge_covers(Command::QueryInfo, 1, &[0xff; 40]), "other commands are charged 1 whatever their size");
+        assert!(charge_covers(Command::Write, 1, &[1]), "too short to say: the handler refuses it");
+    }
 
     #[test]
     fn ids_must_be_granted_and_used_once() {

@@ -2,12 +2,17 @@
 //! returns the frame to send back, using a [`Directory`] for users and shares and an
 //! [`Environment`] for randomness and time. The tokio driver is a thin loop around it.
 
+pub mod async_ops;
+mod chain;
 pub mod connection;
 pub mod credits;
 pub mod files;
+pub mod notify;
 mod ops;
 mod session;
 pub mod throttle;
+#[cfg(test)]
+mod testkit;
 
 /// The Unix seconds an `@GMT-YYYY.MM.DD-HH.MM.SS` token names (Previous Versions).
 pub fn previous_token(token: &str) -> Option<u64> {

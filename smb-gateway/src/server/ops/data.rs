@@ -72,7 +72,8 @@ impl Connection {
         if let Some(pipe) = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()) {
             let data = pipe.read(len as usize);
             if data.is_empty() {
-                return Reply::error(status::PIPE_EMPTY);
+                // Nothing to read yet: the READ waits for the pipe's next output.
+                return Reply::wait(crate::server::async_ops::Waiting::PipeRead { volatile, len });
             }
             return Reply::ok(read_body(&data)).overflowing(pipe.pending() > 0);
         }
@@ -119,7 +120,7 @@ impl Connection {
 }
 
 /// A READ response body (MS-SMB2 2.2.20) carrying `data`.
-fn read_body(data: &[u8]) -> Vec<u8> {
+pub(in crate::server) fn read_body(data: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(16 + data.len());
     r.extend_from_slice(&[17, 0, (HEADER_BYTES + 16) as u8, 0]);
     r.extend_from_slice(&(data.len() as u32).to_le_bytes());

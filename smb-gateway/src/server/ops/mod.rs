@@ -4,9 +4,10 @@
 
 mod create;
 mod data;
-pub(in crate::server) use data::ioctl_body;
+pub(in crate::server) use data::{ioctl_body, read_body};
 mod dir;
 mod info;
+pub(in crate::server) mod notify;
 pub(in crate::server) mod previous;
 
 pub(in crate::server) use crate::wire::{put_utf16, u16_at, u32_at, u64_at, utf16_decode as utf16};

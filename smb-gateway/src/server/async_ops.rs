@@ -1,0 +1,365 @@
+//! Requests that wait (MS-SMB2 3.3.4.2, 3.3.4.3, 3.3.5.16): a named-pipe READ with nothing to
+//! read yet, a CHANGE_NOTIFY with nothing to report yet. Such a request is answered at once
+//! with an interim response (STATUS_PENDING, SMB2_FLAGS_ASYNC_COMMAND, a fresh AsyncId, the
+//! credits it asked for, unsigned), and later with its final response: the same AsyncId,
+//! CreditResponse 0, signed as its request would have been. The table of waiting requests is
+//! bounded per connection; a request past the bound fails with STATUS_INSUFFICIENT_RESOURCES.
+//! A CANCEL (by AsyncId, or by MessageId for its sync form) ends one with STATUS_CANCELLED and
+//! gets no response of its own.
+
+use std::collections::BTreeMap;
+
+use crate::smb2::header::{Header, Target, FLAG_ASYNC_COMMAND, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, FLAG_SIGNED, HEADER_BYTES};
+use crate::smb2::signing::{self, Algorithm};
+use crate::smb2::status;
+
+/// Requests one connection may have waiting at once.
+pub const MAX_ASYNC_OPS_PER_CONNECTION: usize = 256;
+
+/// What a waiting request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// A named-pipe READ of at most `len` bytes: completes when the pipe has output.
+    PipeRead { volatile: u64, len: u32 },
+    /// CHANGE_NOTIFY on a directory: completes when its watch has something to report.
+    Notify { volatile: u64, max_out: u32 },
+}
+
+impl Waiting {
+    /// The open it waits on.
+    pub fn volatile(&self) -> u64 {
+        match *self {
+            Waiting::PipeRead { volatile, .. } | Waiting::Notify { volatile, .. } => volatile,
+        }
+    }
+}
+
+/// A request answered STATUS_PENDING.
+#[derive(Debug)]
+pub struct AsyncOp {
+    /// Its request header (with a related compound's ids filled in).
+    pub request: Header,
+    pub waiting: Waiting,
+    /// The key its final response is signed with (a copy: it outlives a LOGOFF).
+    signing: Option<(Algorithm, [u8; 16])>,
+}
+
+/// The connection's waiting requests, by AsyncId, and the final responses ready to send.
+#[derive(Debug)]
+pub struct AsyncOps {
+    ops: BTreeMap<u64, AsyncOp>,
+    next_id: u64,
+    outbox: Vec<Vec<u8>>,
+}
+
+impl Default for AsyncOps {
+    fn default() -> Self {
+        AsyncOps { ops: BTreeMap::new(), next_id: 1, outbox: Vec::new() }
+    }
+}
+
+impl AsyncOps {
+    /// Registers a waiting request: its AsyncId (never 0, unique while it waits), or
+    /// STATUS_INSUFFICIENT_RESOURCES past the bound.
+    pub fn start(&mut self, request: Header, waiting: Waiting, signing: Option<(Algorithm, [u8; 16])>) -> Result<u64, u32> {
+        if self.ops.len() >= MAX_ASYNC_OPS_PER_CONNECTION {
+            return Err(status::INSUFFICIENT_RESOURCES);
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        debug_assert!(id != 0 && !self.ops.contains_key(&id));
+        self.ops.insert(id, AsyncOp { request, waiting, signing });
+        Ok(id)
+    }
+
+    /// The waiting request a CANCEL names: by AsyncId (async form) or MessageId (sync form),
+    /// in the CANCEL's session.
+    pub fn find(&self, cancel: &Header) -> Option<u64> {
+        let same_session = |op: &AsyncOp| op.request.session_id == cancel.session_id;
+        match cancel.target {
+            Target::Async { async_id } => self.ops.get(&async_id).filter(|op| same_session(op)).map(|_| async_id),
+            Target::Sync { .. } => self.ops.iter().find(|(_, op)| op.request.message_id == cancel.message_id && same_session(op)).map(|(&id, _)| id),
+        }
+    }
+
+    /// AsyncIds of the requests whose wait matches.
+    pub fn matching(&self, mut f: impl FnMut(&Waiting) -> bool) -> Vec<u64> {
+        self.ops.iter().filter(|(_, op)| f(&op.waiting)).map(|(&id, _)| id).collect()
+    }
+
+    pub fn get(&self, async_id: u64) -> Option<&AsyncOp> {
+        self.ops.get(&async_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Ends a waiting request with its final response (`body` after the header); false if no
+    /// request waits under that id.
+    pub fn finish(&mut self, async_id: u64, status: u32, body: &[u8]) -> bool {
+        let Some(op) = self.ops.remove(&async_id) else { return false };
+        let h = Header {
+            credit_charge: op.request.credit_charge,
+            status,
+            command: op.request.command,
+            credits: 0,
+            flags: FLAG_SERVER_TO_REDIR | FLAG_ASYNC_COMMAND,
+            next_command: 0,
+            message_id: op.request.message_id,
+            target: Target::Async { async_id },
+            session_id: op.request.session_id,
+            signature: [0; 16],
+        };
+        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+        h.encode(&mut out);
+        out.extend_from_slice(body);
+        if let Some((algorithm, key)) = op.signing {
+            let flags = u32::from_le_bytes(out[16..20].try_into().expect("4 bytes")) | FLAG_SIGNED;
+            out[16..20].copy_from_slice(&flags.to_le_bytes());
+            signing::sign_in_place(algorithm, &key, &mut out);
+        }
+        self.outbox.push(out);
+        true
+    }
+
+    /// Final responses to send, in the order they were made.
+    pub fn take_sends(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.outbox)
+    }
+}
+
+/// The interim response to `request`, now waiting as `async_id`, granting `credits`; unsigned
+/// (MS-SMB2 3.3.4.1.1: clients do not check interim signatures).
+pub fn interim(request: &Header, async_id: u64, credits: u16) -> Vec<u8> {
+    let h = Header {
+        credit_charge: request.credit_charge,
+        status: status::PENDING,
+        command: request.command,
+        credits,
+        flags: FLAG_SERVER_TO_REDIR | FLAG_ASYNC_COMMAND | (request.flags & FLAG_RELATED_OPERATIONS),
+        next_command: 0,
+        message_id: request.message_id,
+        target: Target::Async { async_id },
+        session_id: request.session_id,
+        signature: [0; 16],
+    };
+    let mut out = Vec::with_capacity(HEADER_BYTES + 9);
+    h.encode(&mut out);
+    out.extend_from_slice(&ERROR_BODY);
+    out
+}
+
+/// An error response body (MS-SMB2 2.2.2): StructureSize 9, no error data.
+pub const ERROR_BODY: [u8; 9] = [9, 0, 0, 0, 0, 0, 0, 0, 0];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smb2::header::Command;
+
+    fn request(message_id: u64, session_id: u64) -> Header {
+        Header { credit_charge: 1, status: 0, command: Command::ChangeNotify, credits: 8, flags: FLAG_SIGNED, next_command: 0, message_id, target: Target::Sync { process_id: 0, tree_id: 1 }, session_id, signature: [0; 16] }
+    }
+
+    const WAIT: Waiting = Waiting::Notify { volatile: 3, max_out: 100 };
+
+    #[test]
+    fn the_interim_and_the_final_response_carry_the_same_async_id_and_only_the_interim_grants_credits() {
+        let mut ops = AsyncOps::default();
+        let key = [1u8; 16];
+        let id = ops.start(request(5, 9), WAIT, Some((Algorithm::HmacSha256, key))).unwrap();
+        assert_ne!(id, 0);
+        let i = Header::parse(&interim(&request(5, 9), id, 8)).unwrap();
+        assert_eq!((i.status, i.target, i.credits, i.message_id), (status::PENDING, Target::Async { async_id: id }, 8, 5));
+        assert_eq!(i.flags, FLAG_SERVER_TO_REDIR | FLAG_ASYNC_COMMAND, "async, and not signed");
+        assert!(ops.finish(id, status::SUCCESS, &[9, 0, 72, 0, 0, 0, 0, 0, 0]));
+        let sent = ops.take_sends();
+        let f = Header::parse(&sent[0]).unwrap();
+        assert_eq!((f.status, f.target, f.credits, f.message_id), (status::SUCCESS, Target::Async { async_id: id }, 0, 5));
+        assert!(f.flags & FLAG_SIGNED != 0 && signing::verify(Algorithm::HmacSha256, &key, &sent[0]), "the final response is signed");
+        assert!(!ops.finish(id, status::SUCCESS, &[]), "finished once");
+        assert!(ops.is_empty());
+    }
+
+    #[test]
+    fn cancel_finds_a_request_by_async_id_or_by_message_id_in_its_own_session() {
+        let mut ops = AsyncOps::default();
+        let a = ops.start(request(5, 9), WAIT, None).unwrap();
+        let b = ops.start(request(6, 9), WAIT, None).unwrap();
+        let cancel = |target, message_id, session_id| Header { command: Command::Cancel, target, message_id, session_id, ..request(0, 0) };
+        assert_eq!(ops.find(&cancel(Target::Async { async_id: b }, 0, 9)), Some(b));
+        assert_eq!(ops.find(&cancel(Target::Sync { process_id: 0, tree_id: 1 }, 5, 9)), Some(a));
+        assert_eq!(ops.find(&cancel(Target::Async { async_id: b }, 0, 10)), None, "another session");
+        assert_eq!(ops.find(&cancel(Target::Sync { process_id: 0, tree_id: 1 }, 7, 9)), None, "no such request");
+    }
+
+    #[test]
+    fn past_the_bound_a_request_gets_insufficient_resources() {
+        let mut ops = AsyncOps::default();
+        for m in 0..MAX_ASYNC_OPS_PER_CONNECTION as u64 {
+            ops.start(request(m, 1), WAIT, None).unwrap();
+        }
+        assert_eq!(ops.start(request(9999, 1), WAIT, None), Err(status::INSUFFICIENT_RESOURCES));
+        let first = ops.matching(|_| true)[0];
+        ops.finish(first, status::CANCELLED, &ERROR_BODY);
+        assert!(ops.start(request(9999, 1), WAIT, None).is_ok(), "room again once one ends");
+    }
+}
+
+/// The rules through the connection: frames in, replies and final responses out.
+#[cfg(test)]
+mod connection_rules {
+    use super::*;
+    use crate::server::testkit::*;
+    use crate::smb2::header::{Command, FLAG_RELATED_OPERATIONS};
+
+    /// smbclient's srvsvc bind (see rpc::tests): the pipe answers it with a bind_ack.
+    const BIND: &str = "05000b03100000004800000001000000b810b810000000000100000000000100c84f324b7016d30112785a47bf6ee18803000000045d888aeb1cc9119fe808002b10486002000000";
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn cancel(message_id: u64, async_id: Option<u64>) -> Vec<u8> {
+        let mut m = request(Command::Cancel, message_id, IPC, &[4, 0, 0, 0]);
+        if let Some(id) = async_id {
+            let flags = u32::from_le_bytes(m[16..20].try_into().unwrap()) | FLAG_ASYNC_COMMAND;
+            m[16..20].copy_from_slice(&flags.to_le_bytes());
+            m[32..40].copy_from_slice(&id.to_le_bytes());
+        }
+        m
+    }
+
+    /// A READ of the pipe that waits: its AsyncId.
+    fn waiting_read(c: &mut Connection, files: &MemFiles, message_id: u64, pipe: u64) -> u64 {
+        let (r, finals) = exchange(c, files, &request(Command::Read, message_id, IPC, &read(pipe, 4280)));
+        assert!(finals.is_empty());
+        let (h, _) = &r[0];
+        assert_eq!((h.status, h.message_id), (status::PENDING, message_id));
+        assert!(h.flags & FLAG_ASYNC_COMMAND != 0 && h.credits > 0, "interim: async, granting credits");
+        let Target::Async { async_id } = h.target else { panic!("an async header") };
+        async_id
+    }
+
+    use crate::server::connection::Connection;
+
+    #[test]
+    fn a_pipe_read_with_nothing_to_read_waits_and_completes_with_the_same_async_id_once_the_pipe_has_output() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let pipe = open(&mut c, &files, 1, IPC, "srvsvc", false, 1);
+        let id = waiting_read(&mut c, &files, 2, pipe);
+        let (r, finals) = exchange(&mut c, &files, &request(Command::Write, 3, IPC, &write(pipe, &hex(BIND))));
+        assert_eq!(r[0].0.status, status::SUCCESS, "the WRITE");
+        let (h, body) = &finals[0];
+        assert_eq!((h.status, h.command, h.message_id, h.target, h.credits), (status::SUCCESS, Command::Read, 2, Target::Async { async_id: id }, 0));
+        assert_eq!(&body[16..19], &[5, 0, 12], "the READ carries the bind_ack");
+    }
+
+    #[test]
+    fn cancel_by_async_id_or_by_message_id_ends_the_wait_with_cancelled_and_gets_no_response_itself() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let pipe = open(&mut c, &files, 1, IPC, "srvsvc", false, 1);
+        let a = waiting_read(&mut c, &files, 2, pipe);
+        let (r, finals) = exchange(&mut c, &files, &cancel(2, Some(a)));
+        assert!(r.is_empty(), "no response to a CANCEL");
+        assert_eq!((finals[0].0.status, finals[0].0.message_id, finals[0].0.target), (status::CANCELLED, 2, Target::Async { async_id: a }));
+        let b = waiting_read(&mut c, &files, 3, pipe);
+        assert_ne!(a, b);
+        let (r, finals) = exchange(&mut c, &files, &cancel(3, None));
+        assert!(r.is_empty());
+        assert_eq!((finals[0].0.status, finals[0].0.target), (status::CANCELLED, Target::Async { async_id: b }), "the sync form, by MessageId");
+        let (r, finals) = exchange(&mut c, &files, &cancel(3, None));
+        assert!(r.is_empty() && finals.is_empty(), "nothing waits under that id any more");
+    }
+
+    #[test]
+    fn past_the_bound_a_request_that_would_wait_fails_with_insufficient_resources() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let pipe = open(&mut c, &files, 1, IPC, "srvsvc", false, 1);
+        for m in 0..MAX_ASYNC_OPS_PER_CONNECTION as u64 {
+            waiting_read(&mut c, &files, 2 + m, pipe);
+        }
+        let next = 2 + MAX_ASYNC_OPS_PER_CONNECTION as u64;
+        let (r, _) = exchange(&mut c, &files, &request(Command::Read, next, IPC, &read(pipe, 100)));
+        assert_eq!((r[0].0.status, r[0].0.flags & FLAG_ASYNC_COMMAND), (status::INSUFFICIENT_RESOURCES, 0));
+    }
+
+    #[test]
+    fn closing_the_handle_or_logging_off_ends_what_waits_on_it() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&["d"]));
+        let pipe = open(&mut c, &files, 1, IPC, "srvsvc", false, 1);
+        let read_id = waiting_read(&mut c, &files, 2, pipe);
+        let (r, finals) = exchange(&mut c, &files, &request(Command::Close, 3, IPC, &close(pipe)));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        assert_eq!((finals[0].0.status, finals[0].0.target), (status::CANCELLED, Target::Async { async_id: read_id }));
+        let dir = open(&mut c, &files, 4, TREE, "d", true, 1);
+        let (r, _) = exchange(&mut c, &files, &request(Command::ChangeNotify, 5, TREE, &change_notify(dir, 1, 0, 1024)));
+        assert_eq!(r[0].0.status, status::PENDING);
+        let (_, finals) = exchange(&mut c, &files, &request(Command::Close, 6, TREE, &close(dir)));
+        assert_eq!((finals[0].0.status, finals[0].0.message_id), (status::NOTIFY_CLEANUP, 5));
+        let dir = open(&mut c, &files, 7, TREE, "d", true, 1);
+        exchange(&mut c, &files, &request(Command::ChangeNotify, 8, TREE, &change_notify(dir, 1, 0, 1024)));
+        let (_, finals) = exchange(&mut c, &files, &request(Command::Logoff, 9, 0, &[4, 0, 0, 0]));
+        assert_eq!((finals[0].0.status, finals[0].0.message_id), (status::NOTIFY_CLEANUP, 8));
+        assert!(c.waits.is_empty());
+    }
+
+    #[test]
+    fn a_related_compound_reaches_the_created_file_and_only_its_last_message_may_wait() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&["d"]));
+        // CREATE d, then CHANGE_NOTIFY on the placeholder FileId, related.
+        let mut first = request(Command::Create, 1, TREE, &create("d", true, 1));
+        first.resize(first.len().div_ceil(8) * 8, 0);
+        let next = first.len() as u32;
+        first[20..24].copy_from_slice(&next.to_le_bytes());
+        let mut second = request(Command::ChangeNotify, 2, u32::MAX, &change_notify(u64::MAX, 1, 0, 1024));
+        second[16..20].copy_from_slice(&FLAG_RELATED_OPERATIONS.to_le_bytes());
+        second[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+        let (r, _) = exchange(&mut c, &files, &[first.clone(), second.clone()].concat());
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].0.status, r[1].0.status), (status::SUCCESS, status::PENDING), "the notify waits on the created directory");
+        // The same pair followed by an ECHO: the notify is no longer last and fails.
+        let mut middle = second.clone();
+        middle[24..32].copy_from_slice(&4u64.to_le_bytes());
+        let next = middle.len() as u32;
+        middle[20..24].copy_from_slice(&next.to_le_bytes());
+        first[24..32].copy_from_slice(&3u64.to_le_bytes());
+        let echo = request(Command::Echo, 5, 0, &[4, 0, 0, 0]);
+        let (r, _) = exchange(&mut c, &files, &[first, middle, echo].concat());
+        assert_eq!(r.iter().map(|(h, _)| h.status).collect::<Vec<_>>(), vec![status::SUCCESS, status::INTERNAL_ERROR, status::SUCCESS]);
+    }
+
+    #[test]
+    fn with_signing_required_an_unsigned_cancel_still_cancels_a_badly_signed_one_is_ignored_and_the_final_response_is_signed() {
+        let (mut c, files) = (signing_connection(), MemFiles::with_dirs(&[]));
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Create, 1, IPC, &create("srvsvc", false, 1))));
+        let pipe = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Read, 2, IPC, &read(pipe, 4280))));
+        let (h, _) = &r[0];
+        assert_eq!((h.status, h.flags & FLAG_SIGNED), (status::PENDING, 0), "the interim response is not signed");
+        let Target::Async { async_id } = h.target else { panic!("async") };
+        let mut forged = signed(cancel(2, Some(async_id)));
+        forged[50] ^= 1;
+        let (r, finals) = exchange(&mut c, &files, &forged);
+        assert!(r.is_empty() && finals.is_empty(), "a CANCEL whose signature fails is ignored");
+        assert!(matches!(c.on_frame(&cancel(2, Some(async_id)), &Dir, &files, &mut Env::new()), crate::server::connection::Outcome::NoReply));
+        let finals = c.take_sends();
+        let h = Header::parse(&finals[0]).unwrap();
+        assert_eq!((h.status, h.target), (status::CANCELLED, Target::Async { async_id }), "an unsigned CANCEL is accepted");
+        assert!(h.flags & FLAG_SIGNED != 0 && signing::verify(KEY.0, &KEY.1, &finals[0]), "the final response is signed");
+    }
+
+    #[test]
+    fn echo_needs_no_session() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let mut echo = request(Command::Echo, 1, 0, &[4, 0, 0, 0]);
+        echo[40..48].fill(0);
+        let (r, _) = exchange(&mut c, &files, &echo);
+        assert_eq!((r[0].0.status, r[0].0.command), (status::SUCCESS, Command::Echo));
+    }
+}

@@ -1,0 +1,267 @@
+//! Directory change notification without I/O (MS-SMB2 2.2.35/2.2.36 and 3.3.5.19, MS-FSA
+//! 2.1.5.11, MS-FSCC 2.7.1 FILE_NOTIFY_INFORMATION).
+//!
+//! File commands describe what they changed as [`Change`]s (a share and a path); the node's
+//! notifier hands every change to every connection of the node. A [`Watch`] belongs to one open
+//! directory once the client has sent CHANGE_NOTIFY on it: it keeps the changes that concern the
+//! directory (its entries, or with WATCH_TREE anything below it) that pass the completion filter,
+//! until a CHANGE_NOTIFY takes them. Its queue is bounded; when it overflows, or when the records
+//! do not fit the client's output buffer, the client is told STATUS_NOTIFY_ENUM_DIR (re-read the
+//! directory) instead.
+
+use crate::smb2::status;
+use crate::wire::put_utf16;
+
+/// Records one watch keeps between two CHANGE_NOTIFY requests; more overflow to NOTIFY_ENUM_DIR.
+pub const MAX_QUEUED_CHANGES_PER_WATCH: usize = 256;
+
+/// CHANGE_NOTIFY Flags: report changes anywhere below the directory.
+pub const WATCH_TREE: u16 = 0x0001;
+
+/// CompletionFilter bits (MS-SMB2 2.2.35).
+pub const FILTER_FILE_NAME: u32 = 0x0000_0001;
+pub const FILTER_DIR_NAME: u32 = 0x0000_0002;
+/// Attributes, size, last write, last access, creation: what a modification reports.
+pub const FILTER_MODIFIED: u32 = 0x0000_0004 | 0x0000_0008 | 0x0000_0010 | 0x0000_0020 | 0x0000_0040;
+
+/// FILE_NOTIFY_INFORMATION Action values (MS-FSCC 2.7.1).
+pub const ACTION_ADDED: u32 = 1;
+pub const ACTION_REMOVED: u32 = 2;
+pub const ACTION_MODIFIED: u32 = 3;
+pub const ACTION_RENAMED_OLD_NAME: u32 = 4;
+pub const ACTION_RENAMED_NEW_NAME: u32 = 5;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    /// Written (reported when the writer closes the file), or its size set.
+    Modified,
+    /// Renamed from this share-relative path to the change's path.
+    Renamed { from: String },
+}
+
+/// One change a file command made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The share, as the tree names it (compared without case).
+    pub share: String,
+    /// Share-relative, `\`-separated, without a leading `\`.
+    pub path: String,
+    pub directory: bool,
+    pub kind: ChangeKind,
+}
+
+/// The changes one open directory waits for.
+#[derive(Debug)]
+pub struct Watch {
+    share: String,
+    dir: String,
+    tree: bool,
+    filter: u32,
+    queue: Vec<(u32, String)>,
+    overflowed: bool,
+}
+
+impl Watch {
+    /// A watch on `dir` (share-relative; empty for the root) of `share`.
+    pub fn new(share: &str, dir: &str) -> Watch {
+        Watch { share: share.to_string(), dir: dir.to_string(), tree: false, filter: 0, queue: Vec::new(), overflowed: false }
+    }
+
+    /// What the latest CHANGE_NOTIFY asked for.
+    pub fn arm(&mut self, filter: u32, tree: bool) {
+        self.filter = filter;
+        self.tree = tree;
+    }
+
+    /// Queues what `change` means to this watch (nothing when it is elsewhere or filtered out).
+    pub fn record(&mut self, change: &Change) {
+        if !change.share.eq_ignore_ascii_case(&self.share) {
+            return;
+        }
+        let name_filter = if change.directory { FILTER_DIR_NAME } else { FILTER_FILE_NAME };
+        let here = |path: &str| relative(&self.dir, path, self.tree);
+        let records: Vec<(u32, String)> = match &change.kind {
+            ChangeKind::Added if self.filter & name_filter != 0 => here(&change.path).map(|n| vec![(ACTION_ADDED, n)]).unwrap_or_default(),
+            ChangeKind::Removed if self.filter & name_filter != 0 => here(&change.path).map(|n| vec![(ACTION_REMOVED, n)]).unwrap_or_default(),
+            ChangeKind::Modified if self.filter & FILTER_MODIFIED != 0 && !change.directory => here(&change.path).map(|n| vec![(ACTION_MODIFIED, n)]).unwrap_or_default(),
+            ChangeKind::Renamed { from } if self.filter & name_filter != 0 => match (here(from), here(&change.path)) {
+                (Some(old), Some(new)) => vec![(ACTION_RENAMED_OLD_NAME, old), (ACTION_RENAMED_NEW_NAME, new)],
+                (Some(old), None) => vec![(ACTION_REMOVED, old)],
+                (None, Some(new)) => vec![(ACTION_ADDED, new)],
+                (None, None) => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        for r in records {
+            self.push(r);
+        }
+    }
+
+    fn push(&mut self, record: (u32, String)) {
+        if self.overflowed {
+            return;
+        }
+        if self.queue.len() >= MAX_QUEUED_CHANGES_PER_WATCH {
+            self.overflow();
+            return;
+        }
+        self.queue.push(record);
+    }
+
+    /// The watched directory, or one above it, was renamed from `from` to `to` in `share`.
+    pub fn moved(&mut self, share: &str, from: &str, to: &str) {
+        if !share.eq_ignore_ascii_case(&self.share) {
+            return;
+        }
+        if let Some(dir) = rebase(&self.dir, from, to) {
+            self.dir = dir;
+        }
+    }
+
+    /// Changes were lost (the node's notifier dropped some for this connection).
+    pub fn overflow(&mut self) {
+        self.overflowed = true;
+        self.queue.clear();
+    }
+
+    /// A CHANGE_NOTIFY would complete now.
+    pub fn is_ready(&self) -> bool {
+        self.overflowed || !self.queue.is_empty()
+    }
+
+    /// Takes what is queued as FILE_NOTIFY_INFORMATION records for a client that offered
+    /// `max_bytes`: `Err(STATUS_NOTIFY_ENUM_DIR)` after an overflow or when they do not fit.
+    pub fn take(&mut self, max_bytes: usize) -> Result<Vec<u8>, u32> {
+        let overflowed = std::mem::take(&mut self.overflowed);
+        let queue = std::mem::take(&mut self.queue);
+        if overflowed {
+            return Err(status::NOTIFY_ENUM_DIR);
+        }
+        let out = encode(&queue);
+        if out.len() > max_bytes {
+            return Err(status::NOTIFY_ENUM_DIR);
+        }
+        Ok(out)
+    }
+}
+
+/// `path` as named from the watched `dir`: its last component when it is an entry of `dir`, or
+/// with `tree` its path below `dir`; `None` when elsewhere. Components compare without case.
+pub fn relative(dir: &str, path: &str, tree: bool) -> Option<String> {
+    let d: Vec<&str> = dir.split('\\').filter(|c| !c.is_empty()).collect();
+    let p: Vec<&str> = path.split('\\').filter(|c| !c.is_empty()).collect();
+    if p.len() <= d.len() || !d.iter().zip(&p).all(|(a, b)| a.to_lowercase() == b.to_lowercase()) {
+        return None;
+    }
+    let rest = &p[d.len()..];
+    if !tree && rest.len() != 1 {
+        return None;
+    }
+    Some(rest.join("\\"))
+}
+
+/// `path` after a rename of `from` to `to`: `to` for `from` itself, `to\rest` for a path below
+/// it, `None` when it is elsewhere. Components compare without case.
+pub fn rebase(path: &str, from: &str, to: &str) -> Option<String> {
+    let f: Vec<&str> = from.split('\\').filter(|c| !c.is_empty()).collect();
+    let p: Vec<&str> = path.split('\\').filter(|c| !c.is_empty()).collect();
+    if f.is_empty() || p.len() < f.len() || !f.iter().zip(&p).all(|(a, b)| a.to_lowercase() == b.to_lowercase()) {
+        return None;
+    }
+    Some(std::iter::once(to.trim_matches('\\')).chain(p[f.len()..].iter().copied()).filter(|c| !c.is_empty()).collect::<Vec<_>>().join("\\"))
+}
+
+/// FILE_NOTIFY_INFORMATION records, each starting 4-byte aligned, the last with
+/// NextEntryOffset 0.
+pub fn encode(records: &[(u32, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut previous: Option<usize> = None;
+    for (action, name) in records {
+        out.resize(out.len().div_ceil(4) * 4, 0);
+        let at = out.len();
+        if let Some(p) = previous {
+            out[p..p + 4].copy_from_slice(&((at - p) as u32).to_le_bytes());
+        }
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&action.to_le_bytes());
+        let mut name_bytes = Vec::with_capacity(name.len() * 2);
+        put_utf16(&mut name_bytes, name);
+        out.extend_from_slice(&(name_bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&name_bytes);
+        previous = Some(at);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(path: &str, kind: ChangeKind) -> Change {
+        Change { share: "Data".into(), path: path.into(), directory: false, kind }
+    }
+
+    #[test]
+    fn names_are_relative_to_the_watched_directory_and_only_below_it_with_watch_tree() {
+        assert_eq!(relative("", "a.txt", false), Some("a.txt".into()));
+        assert_eq!(relative("", "d\\a.txt", false), None);
+        assert_eq!(relative("", "d\\a.txt", true), Some("d\\a.txt".into()));
+        assert_eq!(relative("D", "d\\A.txt", false), Some("A.txt".into()), "components compare without case");
+        assert_eq!(relative("d", "d", true), None, "the directory itself is not its entry");
+        assert_eq!(relative("d", "dx\\a", true), None);
+        assert_eq!(relative("d\\e", "d\\e\\f\\g", true), Some("f\\g".into()));
+    }
+
+    #[test]
+    fn a_watch_keeps_what_its_filter_and_scope_select_and_renames_across_its_edge_become_add_or_remove() {
+        let mut w = Watch::new("data", "d");
+        w.arm(FILTER_FILE_NAME, false);
+        w.record(&change("d\\new.txt", ChangeKind::Added));
+        w.record(&change("d\\new.txt", ChangeKind::Modified)); // filtered out
+        w.record(&change("e\\x.txt", ChangeKind::Added)); // elsewhere
+        w.record(&Change { share: "other".into(), ..change("d\\x.txt", ChangeKind::Added) });
+        w.record(&Change { directory: true, ..change("d\\sub", ChangeKind::Added) }); // a directory: DIR_NAME not asked
+        w.record(&change("d\\b.txt", ChangeKind::Renamed { from: "d\\a.txt".into() }));
+        w.record(&change("e\\b.txt", ChangeKind::Renamed { from: "d\\c.txt".into() }));
+        assert_eq!(
+            w.queue,
+            vec![(ACTION_ADDED, "new.txt".into()), (ACTION_RENAMED_OLD_NAME, "a.txt".into()), (ACTION_RENAMED_NEW_NAME, "b.txt".into()), (ACTION_REMOVED, "c.txt".into())]
+        );
+        let out = w.take(4096).unwrap();
+        assert_eq!(&out[..12], &[28, 0, 0, 0, 1, 0, 0, 0, 14, 0, 0, 0], "first record: next at 28 (12 + 14 rounded up to 4), added, 14 name bytes");
+        assert!(!w.is_ready(), "taking empties the queue");
+    }
+
+    #[test]
+    fn a_rename_moves_the_paths_below_it() {
+        assert_eq!(rebase("a\\b\\c", "A\\b", "x"), Some("x\\c".into()));
+        assert_eq!(rebase("a\\b", "a\\b", "x\\y"), Some("x\\y".into()));
+        assert_eq!(rebase("a\\bc", "a\\b", "x"), None);
+        assert_eq!(rebase("a", "", "x"), None, "the root is never renamed");
+        let mut w = Watch::new("data", "a\\b");
+        w.arm(FILTER_FILE_NAME, false);
+        w.moved("other", "a", "y");
+        w.moved("DATA", "a", "z");
+        w.record(&change("z\\b\\f", ChangeKind::Added));
+        assert_eq!(w.queue, vec![(ACTION_ADDED, "f".into())]);
+    }
+
+    #[test]
+    fn overflow_and_a_small_buffer_answer_notify_enum_dir() {
+        let mut w = Watch::new("data", "");
+        w.arm(FILTER_FILE_NAME | FILTER_MODIFIED, true);
+        for i in 0..=MAX_QUEUED_CHANGES_PER_WATCH {
+            w.record(&change(&format!("f{i}"), ChangeKind::Added));
+        }
+        assert!(w.is_ready());
+        assert_eq!(w.take(1 << 20), Err(status::NOTIFY_ENUM_DIR), "one record past the bound");
+        w.record(&change("f", ChangeKind::Modified));
+        assert_eq!(w.take(4), Err(status::NOTIFY_ENUM_DIR), "does not fit 4 bytes");
+        w.record(&change("f", ChangeKind::Modified));
+        assert_eq!(w.take(0), Err(status::NOTIFY_ENUM_DIR), "an empty buffer only learns that something changed");
+        w.record(&change("f", ChangeKind::Modified));
+        assert_eq!(w.take(64), Ok(encode(&[(ACTION_MODIFIED, "f".into())])));
+    }
+}

@@ -1,0 +1,337 @@
+//! CHANGE_NOTIFY (MS-SMB2 3.3.5.19), and the changes this connection's file commands make,
+//! which the driver publishes to every connection of the node.
+//!
+//! The paths of opens are kept here, beside the opens table: CREATE names one, a rename moves
+//! it, CLOSE forgets it. A change is published when a command succeeded: CREATE that created
+//! (added) or overwrote (modified), a rename, CLOSE of a file that was written or had its size
+//! set (modified) or was to be deleted (removed).
+
+use std::collections::HashMap;
+
+use super::super::async_ops::{Waiting, ERROR_BODY};
+use super::super::connection::{Connection, Reply};
+use super::super::notify::{Change, ChangeKind, Watch, WATCH_TREE};
+use super::*;
+use crate::smb2::header::{Command, Header, HEADER_BYTES};
+use crate::smb2::status;
+
+/// A file or directory open on a share, by path.
+#[derive(Clone, Debug)]
+pub(in crate::server) struct OpenPath {
+    share: String,
+    path: String,
+    directory: bool,
+    written: bool,
+}
+
+/// The connection's watches, the paths of its opens, and the changes it made not yet published.
+#[derive(Debug, Default)]
+pub struct Tracking {
+    paths: HashMap<u64, OpenPath>,
+    watches: HashMap<u64, Watch>,
+    published: Vec<Change>,
+}
+
+/// What a command's change needs to know from before it ran.
+pub(in crate::server) enum Before {
+    Nothing,
+    /// CLOSE of a tracked open: its path, and whether it was to be deleted.
+    Close(OpenPath, bool),
+    /// SET_INFO on a tracked open.
+    SetInfo(u64, OpenPath),
+}
+
+/// CREATE response CreateAction values.
+const FILE_SUPERSEDED: u32 = 0;
+const FILE_CREATED: u32 = 2;
+const FILE_OVERWRITTEN: u32 = 3;
+
+impl Connection {
+    /// CHANGE_NOTIFY on an open directory: what its watch has queued, or a wait.
+    pub(in crate::server) fn change_notify(&mut self, h: &Header, message: &[u8]) -> Reply {
+        let b = &message[HEADER_BYTES..];
+        let (Some(flags), Some(max_out), Some(volatile), Some(filter)) = (u16_at(b, 2), u32_at(b, 4), Self::file_id(b, 8), u32_at(b, 24)) else {
+            return Reply::error(status::INVALID_PARAMETER);
+        };
+        if max_out > self.config.max_io_bytes {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
+        match self.open_of(h, volatile) {
+            Ok(o) if o.pipe.is_none() && o.info.directory => {}
+            Ok(_) => return Reply::error(status::INVALID_PARAMETER),
+            Err(s) => return Reply::error(s),
+        }
+        let Some(at) = self.tracking.paths.get(&volatile) else { return Reply::error(status::INVALID_PARAMETER) };
+        let watch = self.tracking.watches.entry(volatile).or_insert_with(|| Watch::new(&at.share, &at.path));
+        watch.arm(filter, flags & WATCH_TREE != 0);
+        if watch.is_ready() {
+            return notify_reply(watch.take(max_out as usize));
+        }
+        Reply::wait(Waiting::Notify { volatile, max_out })
+    }
+
+    /// Changes made anywhere on the node (this connection's included): queued on the watches
+    /// they concern, completing the CHANGE_NOTIFYs that wait on them.
+    pub fn on_changes(&mut self, changes: &[Change]) {
+        if self.tracking.watches.is_empty() {
+            return;
+        }
+        for watch in self.tracking.watches.values_mut() {
+            for c in changes {
+                watch.record(c);
+            }
+        }
+        self.complete_notifies();
+    }
+
+    /// The node's notifier dropped changes meant for this connection: every watch reports
+    /// NOTIFY_ENUM_DIR.
+    pub fn on_changes_lost(&mut self) {
+        for watch in self.tracking.watches.values_mut() {
+            watch.overflow();
+        }
+        self.complete_notifies();
+    }
+
+    /// Whether any directory is watched (the driver listens to the node's changes only then).
+    pub fn watching(&self) -> bool {
+        !self.tracking.watches.is_empty()
+    }
+
+    /// Changes this connection's commands made since the last call, for the node's notifier.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.tracking.published)
+    }
+
+    fn complete_notifies(&mut self) {
+        let ready = self.waits.matching(|w| matches!(w, Waiting::Notify { volatile, .. } if self.tracking.watches.get(volatile).is_some_and(Watch::is_ready)));
+        for id in ready {
+            let Some(&Waiting::Notify { volatile, max_out }) = self.waits.get(id).map(|op| &op.waiting) else { continue };
+            let Some(watch) = self.tracking.watches.get_mut(&volatile) else { continue };
+            let reply = notify_reply(watch.take(max_out as usize));
+            self.waits.finish(id, reply.status, reply.body());
+        }
+    }
+
+    /// Forgets the paths and watches of opens that are gone; their waiting requests end
+    /// (CHANGE_NOTIFY with STATUS_NOTIFY_CLEANUP, pipe reads with STATUS_CANCELLED).
+    pub(in crate::server) fn end_orphaned_waits(&mut self) {
+        let opens = &self.opens;
+        self.tracking.paths.retain(|v, _| opens.contains_key(v));
+        self.tracking.watches.retain(|v, _| opens.contains_key(v));
+        for id in self.waits.matching(|w| !opens.contains_key(&w.volatile())) {
+            let status = match self.waits.get(id).map(|op| op.waiting) {
+                Some(Waiting::Notify { .. }) => status::NOTIFY_CLEANUP,
+                _ => status::CANCELLED,
+            };
+            self.waits.finish(id, status, &ERROR_BODY);
+        }
+    }
+
+    /// What a change by this command will need from before it runs.
+    pub(in crate::server) fn before_command(&self, h: &Header, message: &[u8]) -> Before {
+        let b = message.get(HEADER_BYTES..).unwrap_or_default();
+        let at = match h.command {
+            Command::Close => 8,
+            Command::SetInfo => 16,
+            _ => return Before::Nothing,
+        };
+        let Some(volatile) = Self::file_id(b, at) else { return Before::Nothing };
+        let (Some(path), Some(open)) = (self.tracking.paths.get(&volatile), self.opens.get(&volatile)) else { return Before::Nothing };
+        match h.command {
+            Command::Close => Before::Close(path.clone(), open.delete_on_close),
+            _ => Before::SetInfo(volatile, path.clone()),
+        }
+    }
+
+    /// Records what a command changed, once it succeeded.
+    pub(in crate::server) fn after_command(&mut self, h: &Header, message: &[u8], reply: &Reply, before: Before) {
+        if reply.status != status::SUCCESS {
+            return;
+        }
+        let b = message.get(HEADER_BYTES..).unwrap_or_default();
+        match (h.command, before) {
+            (Command::Create, _) => self.created(h, message, reply),
+            (Command::Write, _) => {
+                if let Some(p) = Self::file_id(b, 16).and_then(|v| self.tracking.paths.get_mut(&v)) {
+                    p.written = true;
+                }
+            }
+            (Command::Close, Before::Close(p, delete)) => {
+                let kind = if delete && !p.path.is_empty() {
+                    ChangeKind::Removed
+                } else if p.written {
+                    ChangeKind::Modified
+                } else {
+                    return;
+                };
+                self.publish(&p, kind);
+            }
+            (Command::SetInfo, Before::SetInfo(volatile, p)) => self.set(volatile, p, b, message),
+            _ => {}
+        }
+    }
+
+    fn created(&mut self, h: &Header, message: &[u8], reply: &Reply) {
+        let b = message.get(HEADER_BYTES..).unwrap_or_default();
+        let (Ok((_, _, false)), Some(off), Some(len)) = (self.tree(h), u16_at(b, 44), u16_at(b, 46)) else { return };
+        let Some(path) = message.get(usize::from(off)..usize::from(off) + usize::from(len)).and_then(utf16) else { return };
+        let (Some(action), Some(volatile)) = (u32_at(reply.body(), 4), u64_at(reply.body(), 72)) else { return };
+        let Some(open) = self.opens.get(&volatile) else { return };
+        let p = OpenPath { share: open.share.clone(), path: path.trim_matches('\\').to_string(), directory: open.info.directory, written: false };
+        match action {
+            FILE_CREATED => self.publish(&p, ChangeKind::Added),
+            FILE_OVERWRITTEN | FILE_SUPERSEDED => self.publish(&p, ChangeKind::Modified),
+            _ => {}
+        }
+        self.tracking.paths.insert(volatile, p);
+    }
+
+    fn set(&mut self, volatile: u64, p: OpenPath, b: &[u8], message: &[u8]) {
+        let (Some(&class), Some(len), Some(off)) = (b.get(3), u32_at(b, 4), u16_at(b, 8)) else { return };
+        let Some(data) = message.get(usize::from(off)..usize::from(off) + len as usize) else { return };
+        match class {
+            // FileRenameInformation: the new name from the share root.
+            10 => {
+                let Some(target) = u32_at(data, 16).and_then(|n| data.get(20..20 + n as usize)).and_then(utf16) else { return };
+                let to = target.trim_matches('\\').to_string();
+                let moved = OpenPath { path: to.clone(), ..p.clone() };
+                self.publish(&moved, ChangeKind::Renamed { from: p.path.clone() });
+                self.tracking.paths.insert(volatile, moved);
+                if p.directory {
+                    // Opens and watches below a renamed directory move with it.
+                    for q in self.tracking.paths.values_mut().filter(|q| q.share.eq_ignore_ascii_case(&p.share)) {
+                        if let Some(path) = super::super::notify::rebase(&q.path, &p.path, &to) {
+                            q.path = path;
+                        }
+                    }
+                    for w in self.tracking.watches.values_mut() {
+                        w.moved(&p.share, &p.path, &to);
+                    }
+                }
+            }
+            // FileEndOfFileInformation, FileAllocationInformation: the size changed.
+            19 | 20 => {
+                if let Some(t) = self.tracking.paths.get_mut(&volatile) {
+                    t.written = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn publish(&mut self, p: &OpenPath, kind: ChangeKind) {
+        self.tracking.published.push(Change { share: p.share.clone(), path: p.path.clone(), directory: p.directory, kind });
+    }
+}
+
+/// A CHANGE_NOTIFY response (MS-SMB2 2.2.36) for what a watch gave.
+fn notify_reply(taken: Result<Vec<u8>, u32>) -> Reply {
+    match taken {
+        Ok(records) => {
+            let mut r = vec![9, 0];
+            r.extend_from_slice(&((HEADER_BYTES + 8) as u16).to_le_bytes());
+            r.extend_from_slice(&(records.len() as u32).to_le_bytes());
+            if records.is_empty() {
+                r.push(0);
+            }
+            r.extend_from_slice(&records);
+            Reply::ok(r)
+        }
+        Err(s) => Reply::error(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::server::notify::{FILTER_DIR_NAME, FILTER_FILE_NAME, FILTER_MODIFIED};
+    use crate::server::testkit::*;
+    use crate::smb2::header::{Command, Target};
+    use crate::smb2::status;
+
+    /// (action, name) records of a CHANGE_NOTIFY response body.
+    fn records(body: &[u8]) -> Vec<(u32, String)> {
+        let len = u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize;
+        let buf = &body[8..8 + len];
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            let next = u32::from_le_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            let action = u32::from_le_bytes(buf[at + 4..at + 8].try_into().unwrap());
+            let n = u32::from_le_bytes(buf[at + 8..at + 12].try_into().unwrap()) as usize;
+            out.push((action, crate::wire::utf16_decode(&buf[at + 12..at + 12 + n]).unwrap()));
+            if next == 0 {
+                return out;
+            }
+            at += next;
+        }
+    }
+
+    #[test]
+    fn a_waiting_change_notify_completes_with_the_same_async_id_when_another_connection_creates_a_file() {
+        let files = MemFiles::with_dirs(&["d"]);
+        let (mut watcher, mut writer) = (connection(), connection());
+        let dir = open(&mut watcher, &files, 1, TREE, "d", true, 1);
+        let (r, _) = exchange(&mut watcher, &files, &request(Command::ChangeNotify, 2, TREE, &change_notify(dir, FILTER_FILE_NAME, 0, 1024)));
+        let Target::Async { async_id } = r[0].0.target else { panic!("an interim response") };
+        assert_eq!(r[0].0.status, status::PENDING);
+        assert!(watcher.take_sends().is_empty());
+        open(&mut writer, &files, 1, TREE, "d\\new.txt", false, 2);
+        let changes = writer.take_changes();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        watcher.on_changes(&changes);
+        let finals: Vec<_> = watcher.take_sends().iter().flat_map(|f| split(f)).collect();
+        let (h, body) = &finals[0];
+        assert_eq!((h.status, h.command, h.message_id, h.target, h.credits), (status::SUCCESS, Command::ChangeNotify, 2, Target::Async { async_id }, 0));
+        assert_eq!(records(body), vec![(1, "new.txt".to_string())]);
+    }
+
+    #[test]
+    fn changes_queue_between_requests_renames_removes_and_writes_are_reported_and_watch_tree_reaches_below() {
+        let files = MemFiles::with_dirs(&["d", "d\\sub"]);
+        let mut c = connection();
+        let root = open(&mut c, &files, 1, TREE, "", true, 1);
+        let filter = FILTER_FILE_NAME | FILTER_DIR_NAME | FILTER_MODIFIED;
+        let (r, _) = exchange(&mut c, &files, &request(Command::ChangeNotify, 2, TREE, &change_notify(root, filter, crate::server::notify::WATCH_TREE, 4096)));
+        assert_eq!(r[0].0.status, status::PENDING);
+        // Written then closed: added, then modified on close.
+        let f = open(&mut c, &files, 3, TREE, "d\\sub\\f.txt", false, 2);
+        exchange(&mut c, &files, &request(Command::Write, 4, TREE, &write(f, b"hello")));
+        exchange(&mut c, &files, &request(Command::Close, 5, TREE, &close(f)));
+        let made = c.take_changes();
+        c.on_changes(&made);
+        let finals: Vec<_> = c.take_sends().iter().flat_map(|f| split(f)).collect();
+        assert_eq!(records(&finals[0].1), vec![(1, "d\\sub\\f.txt".to_string()), (3, "d\\sub\\f.txt".to_string())]);
+        // Nothing waits now: the next change queues, and the next CHANGE_NOTIFY answers at once.
+        let f = open(&mut c, &files, 6, TREE, "d\\sub\\f.txt", false, 1);
+        let mut rename = vec![2, 0, 1, 10];
+        let mut info = vec![0u8; 20];
+        let mut name = Vec::new();
+        crate::wire::put_utf16(&mut name, "d\\g.txt");
+        info[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        info.extend_from_slice(&name);
+        rename.extend_from_slice(&(info.len() as u32).to_le_bytes());
+        rename.extend_from_slice(&((64 + 32) as u16).to_le_bytes());
+        rename.extend_from_slice(&[0; 6]);
+        rename.extend_from_slice(&f.to_le_bytes());
+        rename.extend_from_slice(&f.to_le_bytes());
+        rename.extend_from_slice(&info);
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 7, TREE, &rename));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        let made = c.take_changes();
+        c.on_changes(&made);
+        assert!(c.take_sends().is_empty(), "queued, nothing waits");
+        let (r, _) = exchange(&mut c, &files, &request(Command::ChangeNotify, 8, TREE, &change_notify(root, filter, crate::server::notify::WATCH_TREE, 4096)));
+        assert_eq!((r[0].0.status, r[0].0.target), (status::SUCCESS, Target::Sync { process_id: 0, tree_id: TREE }), "answered at once");
+        assert_eq!(records(&r[0].1), vec![(4, "d\\sub\\f.txt".to_string()), (5, "d\\g.txt".to_string())]);
+    }
+
+    #[test]
+    fn change_notify_on_a_file_is_refused() {
+        let files = MemFiles::with_dirs(&[]);
+        let mut c = connection();
+        let f = open(&mut c, &files, 1, TREE, "f.txt", false, 2);
+        let (r, _) = exchange(&mut c, &files, &request(Command::ChangeNotify, 2, TREE, &change_notify(f, FILTER_FILE_NAME, 0, 1024)));
+        assert_eq!(r[0].0.status, status::INVALID_PARAMETER);
+    }
+}
