@@ -171,7 +171,7 @@ pub fn create(path: &str, directory: bool, disposition: u32) -> Vec<u8> {
     let mut b = vec![57, 0, 0, 0];
     b.extend_from_slice(&2u32.to_le_bytes());
     b.extend_from_slice(&[0; 16]);
-    b.extend_from_slice(&0x0012_019Fu32.to_le_bytes()); // DesiredAccess
+    b.extend_from_slice(&0x0013_019Fu32.to_le_bytes()); // DesiredAccess: read, write, DELETE (rename and delete-on-close need it)
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&7u32.to_le_bytes()); // ShareAccess
     b.extend_from_slice(&disposition.to_le_bytes());
