@@ -231,6 +231,12 @@ impl Files for VolumeFiles {
         self.call(self.service.set_size(tonic::Request::new(SetSizeRequest { target: Some(target), ino: id, size, now }))).map(|_| ())
     }
 
+    fn set_basic(&self, share: &str, id: u64, basic: umbra_smb_gateway::server::files::Basic) -> Result<(), FsError> {
+        let (target, _) = self.target(share)?;
+        let req = SetInfoRequest { target: Some(target), ino: id, created: basic.created, written: basic.written, changed: basic.changed, attributes: basic.attributes };
+        self.call(self.service.set_info(tonic::Request::new(req))).map(|_| ())
+    }
+
     fn unlink(&self, share: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
         self.call(self.service.unlink(tonic::Request::new(UnlinkRequest { target: Some(target), parent, name: name.into(), now }))).map(|_| ())

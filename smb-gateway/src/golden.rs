@@ -346,6 +346,9 @@ impl crate::server::files::Files for NoFiles {
     fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), crate::server::files::FsError> {
         Err(crate::server::files::FsError::ReadOnly)
     }
+    fn set_basic(&self, _: &str, _: u64, _: crate::server::files::Basic) -> Result<(), crate::server::files::FsError> {
+        Err(crate::server::files::FsError::ReadOnly)
+    }
     fn set_size(&self, _: &str, _: u64, _: u64, _: u64) -> Result<(), crate::server::files::FsError> {
         Err(crate::server::files::FsError::ReadOnly)
     }

@@ -16,6 +16,16 @@ pub struct FileInfo {
     pub attributes: u32,
 }
 
+/// What FileBasicInformation sets (MS-FSCC 2.4.7): FILETIMEs and DOS attributes; `None` leaves
+/// a field as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Basic {
+    pub created: Option<u64>,
+    pub written: Option<u64>,
+    pub changed: Option<u64>,
+    pub attributes: Option<u32>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FsError {
     #[error("not found")]
@@ -81,6 +91,7 @@ pub trait Files: Send + Sync {
     fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
     fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError>;
     fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError>;
+    fn set_basic(&self, share: &str, id: u64, basic: Basic) -> Result<(), FsError>;
     fn unlink(&self, share: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError>;
     #[allow(clippy::too_many_arguments)]
     fn rename(&self, share: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError>;

@@ -136,6 +136,15 @@ impl Files for MemFiles {
     fn set_size(&self, _: &str, _: u64, _: u64, _: u64) -> Result<(), FsError> {
         Ok(())
     }
+    fn set_basic(&self, _: &str, id: u64, basic: crate::server::files::Basic) -> Result<(), FsError> {
+        let mut g = self.0.lock().unwrap();
+        let i = g.0.values_mut().find(|i| i.id == id).ok_or(FsError::NotFound)?;
+        i.created = basic.created.unwrap_or(i.created);
+        i.written = basic.written.unwrap_or(i.written);
+        i.changed = basic.changed.unwrap_or(i.changed);
+        i.attributes = basic.attributes.unwrap_or(i.attributes);
+        Ok(())
+    }
     fn unlink(&self, _: &str, parent: u64, name: &str, _: u64) -> Result<(), FsError> {
         let dir = self.path_of(parent).ok_or(FsError::PathNotFound)?;
         self.0.lock().unwrap().0.remove(&join(&dir, name)).map(|_| ()).ok_or(FsError::NotFound)
@@ -168,10 +177,16 @@ fn file_id(out: &mut Vec<u8>, volatile: u64) {
 
 /// CREATE of `path`: a directory (FILE_OPEN_IF) or a file (FILE_CREATE, or FILE_OPEN on IPC$).
 pub fn create(path: &str, directory: bool, disposition: u32) -> Vec<u8> {
+    // Read, write, attributes and DELETE (rename and delete-on-close need it).
+    create_with_access(path, directory, disposition, 0x0013_019F)
+}
+
+/// CREATE of `path` asking for `access` (DesiredAccess).
+pub fn create_with_access(path: &str, directory: bool, disposition: u32, access: u32) -> Vec<u8> {
     let mut b = vec![57, 0, 0, 0];
     b.extend_from_slice(&2u32.to_le_bytes());
     b.extend_from_slice(&[0; 16]);
-    b.extend_from_slice(&0x0013_019Fu32.to_le_bytes()); // DesiredAccess: read, write, DELETE (rename and delete-on-close need it)
+    b.extend_from_slice(&access.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&7u32.to_le_bytes()); // ShareAccess
     b.extend_from_slice(&disposition.to_le_bytes());

@@ -1,5 +1,6 @@
 //! READ, WRITE and FLUSH, on files and on pipes (with FSCTL_PIPE_TRANSCEIVE).
 
+use crate::share_modes;
 use super::super::connection::{Connection, Reply};
 use super::super::files::Files;
 use super::*;
@@ -43,6 +44,8 @@ impl Connection {
         }
         let (share, id) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::FILE_IS_A_DIRECTORY),
+            // MS-SMB2 3.3.5.13: the open must have been granted write or append access.
+            Ok(o) if o.access & (share_modes::FILE_WRITE_DATA | share_modes::FILE_APPEND_DATA) == 0 => return Reply::error(status::ACCESS_DENIED),
             Ok(o) => (o.share.clone(), o.info.id),
             Err(s) => return Reply::error(s),
         };
@@ -79,6 +82,8 @@ impl Connection {
         }
         let (share, id) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
+            // MS-SMB2 3.3.5.12: the open must have been granted read or execute access.
+            Ok(o) if o.access & (share_modes::FILE_READ_DATA | share_modes::FILE_EXECUTE) == 0 => return Reply::error(status::ACCESS_DENIED),
             Ok(o) => (o.share.clone(), o.info.id),
             Err(s) => return Reply::error(s),
         };

@@ -12,8 +12,8 @@ impl Connection {
         let (Some(&kind), Some(&class), Some(out_len), Some(volatile)) = (b.get(2), b.get(3), u32_at(b, 4), Self::file_id(b, 24)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
-        let (share, id, name, delete_pending) = match self.open_of(h, volatile) {
-            Ok(o) => (o.share.clone(), o.info.id, o.name.clone(), o.delete_on_close),
+        let (share, id, name, delete_pending, access) = match self.open_of(h, volatile) {
+            Ok(o) => (o.share.clone(), o.info.id, o.name.clone(), o.delete_on_close, o.access),
             Err(s) => return Reply::error(s),
         };
         let info = match files.stat(&share, id) {
@@ -23,7 +23,7 @@ impl Connection {
         let data = match (kind, class) {
             // No 8.3 names are made (as NTFS with 8dot3name off): clients skip the alternate name.
             (1, FILE_ALTERNATE_NAME_INFORMATION) => return Reply::error(status::NOT_SUPPORTED),
-            (1, c) => match file_info(c, &info, &name, delete_pending) {
+            (1, c) => match file_info(c, &info, &name, delete_pending, access) {
                 Some(d) => d,
                 None => return Reply::error(status::INVALID_INFO_CLASS),
             },
@@ -60,8 +60,17 @@ impl Connection {
             Err(s) => return Reply::error(s),
         };
         // MS-FSA 2.1.5.14.3 and 2.1.5.14.11: renaming and marking for deletion need DELETE
-        // access on the open.
+        // access on the open; MS-FSCC 2.4: sizes need write access, times and attributes
+        // FILE_WRITE_ATTRIBUTES.
         let may_delete = access & crate::share_modes::DELETE != 0;
+        let needs = match class {
+            19 | 20 => crate::share_modes::FILE_WRITE_DATA,
+            4 => crate::share_modes::FILE_WRITE_ATTRIBUTES,
+            _ => 0,
+        };
+        if access & needs != needs {
+            return Reply::error(status::ACCESS_DENIED);
+        }
         let done = |r: Result<(), FsError>| match r {
             Ok(()) => Reply::ok(vec![2, 0]),
             Err(e) => fs(e),
@@ -111,15 +120,45 @@ impl Connection {
                 Some(size) => done(files.set_size(&share, info.id, size, now)),
                 None => Reply::error(status::INVALID_PARAMETER),
             },
-            // FileAllocationInformation and FileBasicInformation: accepted (times and
-            // attributes are kept by the store on writes; SET of times comes later).
-            19 | 4 => Reply::ok(vec![2, 0]),
+            // FileBasicInformation: times and attributes, each left as it is when zero.
+            4 => match basic_info(data, info.directory) {
+                Ok(basic) => done(files.set_basic(&share, info.id, basic)),
+                Err(s) => Reply::error(s),
+            },
+            // FileAllocationInformation: space is allocated as data is written; accepted.
+            19 => Reply::ok(vec![2, 0]),
             _ => Reply::error(status::INVALID_INFO_CLASS),
         }
     }
 }
 
 const FILE_ALTERNATE_NAME_INFORMATION: u8 = 21;
+
+/// DOS attributes a client may set (MS-FSCC 2.6); FILE_ATTRIBUTE_NORMAL alone clears them all.
+const SETTABLE_ATTRIBUTES: u32 = 0x1 | 0x2 | 0x4 | 0x20 | 0x100 | 0x1000 | 0x2000;
+const ATTRIBUTE_NORMAL: u32 = 0x80;
+
+/// FileBasicInformation for SET_INFO (MS-FSCC 2.4.7, MS-FSA 2.1.5.14.2): four FILETIMEs, where
+/// 0 leaves a time as it is and -1/-2 (stop or resume automatic updates) are taken as 0, and
+/// the attributes, where 0 leaves them as they are. A directory flag that does not match the
+/// file is refused.
+fn basic_info(data: &[u8], directory: bool) -> Result<crate::server::files::Basic, u32> {
+    let time = |at: usize| match u64_at(data, at) {
+        Some(0 | u64::MAX | 0xFFFF_FFFF_FFFF_FFFE) => Ok(None),
+        Some(t) if t >= 0x8000_0000_0000_0000 => Err(status::INVALID_PARAMETER),
+        Some(t) => Ok(Some(t)),
+        None => Err(status::INFO_LENGTH_MISMATCH),
+    };
+    let (created, _accessed, written, changed) = (time(0)?, time(8)?, time(16)?, time(24)?);
+    let raw = u32_at(data, 32).ok_or(status::INFO_LENGTH_MISMATCH)?;
+    let attributes = match raw {
+        0 => None,
+        a if a & ATTR_DIRECTORY != 0 && !directory => return Err(status::INVALID_PARAMETER),
+        ATTRIBUTE_NORMAL => Some(0),
+        a => Some(a & SETTABLE_ATTRIBUTES),
+    };
+    Ok(crate::server::files::Basic { created, written, changed, attributes })
+}
 
 fn basic(f: &FileInfo) -> Vec<u8> {
     let mut d = Vec::with_capacity(40);
@@ -141,13 +180,14 @@ fn standard(f: &FileInfo, delete_pending: bool) -> Vec<u8> {
 }
 
 /// FILE_INFORMATION classes (MS-FSCC 2.4).
-fn file_info(class: u8, f: &FileInfo, name: &str, delete_pending: bool) -> Option<Vec<u8>> {
+fn file_info(class: u8, f: &FileInfo, name: &str, delete_pending: bool, access: u32) -> Option<Vec<u8>> {
     Some(match class {
         4 => basic(f),
         5 => standard(f, delete_pending),
         6 => f.id.to_le_bytes().to_vec(),
         7 => vec![0; 4],
-        8 => 0x001f_01ffu32.to_le_bytes().to_vec(),
+        // FileAccessInformation: what this open was granted.
+        8 => access.to_le_bytes().to_vec(),
         14 => vec![0; 8],
         16 => vec![0; 4],
         17 => vec![0; 4],
@@ -156,7 +196,7 @@ fn file_info(class: u8, f: &FileInfo, name: &str, delete_pending: bool) -> Optio
             d.extend(standard(f, delete_pending));
             d.extend_from_slice(&f.id.to_le_bytes());
             d.extend_from_slice(&[0; 4]); // EA
-            d.extend_from_slice(&0x001f_01ffu32.to_le_bytes()); // access
+            d.extend_from_slice(&access.to_le_bytes()); // access granted
             d.extend_from_slice(&[0; 8]); // position
             d.extend_from_slice(&[0; 8]); // mode, alignment
             let mut n = Vec::new();
@@ -228,4 +268,69 @@ fn fs_info(class: u8, label: &str) -> Option<Vec<u8>> {
         11 => [512u32, 4096, 4096, 4096, 0x0000_0003, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect(),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::server::files::Files;
+    use crate::server::testkit::*;
+    use crate::share_modes::{FILE_READ_ATTRIBUTES, FILE_READ_DATA, FILE_WRITE_ATTRIBUTES, FILE_WRITE_DATA};
+    use crate::smb2::header::Command;
+    use crate::smb2::status;
+
+    const FILE_CREATE: u32 = 2;
+    const FILE_OPEN: u32 = 1;
+
+    fn set_info(volatile: u64, class: u8, data: &[u8]) -> Vec<u8> {
+        let mut b = vec![33, 0, 1, class];
+        b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&((64 + 32) as u16).to_le_bytes());
+        b.extend_from_slice(&[0; 6]);
+        b.extend_from_slice(&volatile.to_le_bytes());
+        b.extend_from_slice(&volatile.to_le_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    fn open_for(c: &mut crate::server::connection::Connection, files: &MemFiles, id: u64, disposition: u32, access: u32) -> u64 {
+        let (r, _) = exchange(c, files, &request(Command::Create, id, TREE, &create_with_access("f.txt", false, disposition, access)));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        u64::from_le_bytes(r[0].1[72..80].try_into().unwrap())
+    }
+
+    fn basic(created: u64, attributes: u32) -> Vec<u8> {
+        let mut d = Vec::new();
+        for t in [created, 0, 0, 0] {
+            d.extend_from_slice(&t.to_le_bytes());
+        }
+        d.extend_from_slice(&attributes.to_le_bytes());
+        d.extend_from_slice(&[0; 4]);
+        d
+    }
+
+    #[test]
+    fn reads_writes_sizes_and_times_need_the_access_the_open_was_granted() {
+        let files = MemFiles::with_dirs(&[]);
+        let mut c = connection();
+        let reader = open_for(&mut c, &files, 1, FILE_CREATE, FILE_READ_DATA | FILE_READ_ATTRIBUTES);
+        let status_of = |c: &mut _, id, body: Vec<u8>, command| exchange(c, &files, &request(command, id, TREE, &body)).0[0].0.status;
+        assert_eq!(status_of(&mut c, 2, write(reader, b"x"), Command::Write), status::ACCESS_DENIED, "WRITE needs write or append access");
+        assert_eq!(status_of(&mut c, 3, set_info(reader, 20, &5u64.to_le_bytes()), Command::SetInfo), status::ACCESS_DENIED, "end of file needs write access");
+        assert_eq!(status_of(&mut c, 4, set_info(reader, 4, &basic(7, 2)), Command::SetInfo), status::ACCESS_DENIED, "times need FILE_WRITE_ATTRIBUTES");
+        assert_eq!(status_of(&mut c, 5, read(reader, 1), Command::Read), status::END_OF_FILE, "READ is allowed (the file is empty)");
+
+        let writer = open_for(&mut c, &files, 6, FILE_OPEN, FILE_WRITE_DATA);
+        assert_eq!(status_of(&mut c, 7, read(writer, 1), Command::Read), status::ACCESS_DENIED, "READ needs read or execute access");
+        assert_eq!(status_of(&mut c, 8, write(writer, b"x"), Command::Write), status::SUCCESS);
+
+        let attributes = open_for(&mut c, &files, 9, FILE_OPEN, FILE_WRITE_ATTRIBUTES);
+        assert_eq!(status_of(&mut c, 10, set_info(attributes, 4, &basic(1234, 0x2 | 0x10)), Command::SetInfo), status::INVALID_PARAMETER, "a file is no directory");
+        assert_eq!(status_of(&mut c, 11, set_info(attributes, 4, &basic(1234, 0x2)), Command::SetInfo), status::SUCCESS);
+        let f = files.lookup("", "f.txt").unwrap();
+        assert_eq!((f.created, f.attributes), (1234, 0x2), "creation time and HIDDEN set");
+        assert_eq!(status_of(&mut c, 12, set_info(attributes, 4, &basic(0, 0x80)), Command::SetInfo), status::SUCCESS);
+        let f = files.lookup("", "f.txt").unwrap();
+        assert_eq!((f.created, f.attributes), (1234, 0), "a zero time is left as it is; NORMAL clears the attributes");
+        assert_eq!(status_of(&mut c, 13, set_info(attributes, 4, &[0; 8]), Command::SetInfo), status::INFO_LENGTH_MISMATCH);
+    }
 }
