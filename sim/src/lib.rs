@@ -13,6 +13,8 @@
 //! Not simulated yet: the volume service and the shadow-copy-set coordinator (their fences
 //! block threads; they need an async gate first).
 
+pub mod backup;
+pub mod files;
 pub mod invariants;
 pub mod net;
 pub mod node;

@@ -4,7 +4,7 @@
 use umbra_sim::run::{run, Broken, Options, Profile};
 
 fn opts(seed: u64, profile: Profile, broken: Option<Broken>) -> Options {
-    Options { seed, profile, broken, seconds: 10, nodes: 3 }
+    Options { seed, profile, broken, seconds: 10, nodes: 3, volumes: true }
 }
 
 #[test]
