@@ -55,3 +55,14 @@ fn stale_follower_reads_are_caught_by_linearizable_reads() {
     let out = run(opts(seed, Profile::Partitions, Some(Broken::StaleReads)));
     assert!(out.violations.iter().any(|v| v.contains("linearizable reads")), "{:?}", out.violations);
 }
+
+/// Found by the simulation (seed 1916, metadata only, 20 s): openraft 0.9 restores a leader
+/// from its vote after a power loss with a stale commit index, and its read log id let a
+/// follower's read miss an acknowledged write. Linearizable reads now wait for the leader's
+/// last log index (`Meta::leader_read_index`). Replayed exactly as found.
+#[test]
+fn seed_1916_a_read_after_a_power_loss_sees_every_acknowledged_write() {
+    let out = run(Options { seed: 1916, profile: Profile::All, broken: None, seconds: 20, nodes: 3, volumes: false });
+    assert!(out.violations.is_empty(), "{:?}\nreplay: cargo run -p umbra-sim --release -- --seed 1916 --metadata-only --trace", out.violations);
+    assert!(out.trace.iter().any(|l| l.contains("PowerLoss")), "the replay still has its power loss");
+}
