@@ -117,7 +117,7 @@ fn now() -> Duration {
 pub async fn run(me: NodeId, c: Arc<Coordinator>, board: Board) {
     let client = Client { user: "backup".into(), address: "10.0.0.99".into() };
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let go = {
             let mut b = board.lock();
             let t = now();

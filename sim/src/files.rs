@@ -35,6 +35,11 @@ pub fn volume_id(i: usize) -> Uuid {
     Uuid::from_u128(VOLUMES[i].1)
 }
 
+/// The node owning volume `vol` (of [`VOLUMES`]).
+pub fn owner_of(vol: Uuid) -> Option<NodeId> {
+    VOLUMES.iter().find(|v| Uuid::from_u128(v.1) == vol).map(|v| v.0)
+}
+
 /// What the writer saw: acknowledged writes per volume (in order), and per volume the writes
 /// a successful flush covered.
 #[derive(Default)]

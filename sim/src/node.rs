@@ -36,7 +36,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The fences' TTL in the simulation (production: 5 s), so expiry happens within a run.
 pub const FENCE_TTL: Duration = Duration::from_secs(1);
 /// How often each node samples its gates for the fence-TTL checker.
-pub const FENCE_WATCH: Duration = Duration::from_millis(5);
+pub const FENCE_WATCH: Duration = Duration::from_millis(20);
 
 pub type Disk = Arc<Mutex<MemDisk>>;
 /// Each running node's Raft handle and state reader, for the invariant checkers' observations.

@@ -15,6 +15,7 @@ use umbra_node::volume::View;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::WriteRequest;
 use umbra_raft::command::{Command, NtHash, Request, Role};
+use umbra_raft::fsrvp::SetState;
 use umbra_raft::store::mem::{Crash, MemDisk};
 use umbra_raft::NodeId;
 use uuid::Uuid;
@@ -81,6 +82,8 @@ pub struct Outcome {
     pub simulated: Duration,
 }
 
+/// Message latency is drawn up to this (a slow link: more).
+const MAX_LATENCY: Duration = Duration::from_millis(20);
 /// Virtual time allowed after healing for a write to succeed and every node to agree.
 const HEAL_BOUND: Duration = Duration::from_secs(20);
 
@@ -94,12 +97,16 @@ struct Driver {
     trace: Rc<RefCell<Vec<String>>>,
     safety: ElectionSafety,
     fences: Arc<Mutex<FenceTtl>>,
-    /// Per-step invariant violations (one set in creation).
+    /// Per-step invariant violations (one set in creation, set atomicity at the decision).
     seen: Vec<String>,
+    /// Sets checked for atomicity at their decision.
+    decided_checked: BTreeSet<Uuid>,
     /// A crash armed for the coordinator's next commit phase: (phase, kind).
     phase_crash: Option<(&'static str, Crash)>,
-    /// Links made lossy, with the time to make them reliable again.
+    /// A link made lossy, with the time to make it reliable again.
     lossy: Option<(Duration, (String, String))>,
+    /// A link made slow, with the time to make it fast again.
+    slow: Option<(Duration, (String, String))>,
     /// Nodes down, with the time to restart them.
     down: Vec<(NodeId, Duration)>,
     /// Links cut or held, with the time to repair them.
@@ -117,7 +124,7 @@ pub fn run(opts: Options) -> Outcome {
         .simulation_duration(Duration::from_secs(opts.seconds) + HEAL_BOUND * 3)
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_micros(200))
-        .max_message_latency(Duration::from_millis(20))
+        .max_message_latency(MAX_LATENCY)
         .enable_random_order()
         .rng_seed(opts.seed)
         .build();
@@ -127,7 +134,11 @@ pub fn run(opts: Options) -> Outcome {
         d.skip_sync = opts.broken == Some(Broken::SkipLogSync);
         d.skip_vote_sync = opts.broken == Some(Broken::SkipVoteSync);
     }
-    let volume_root = match tempfile::tempdir() {
+    // On tmpfs where there is one: RocksDB's fsyncs then cost no wall time (a simulated power
+    // loss does not drop RocksDB's unsynced data either way).
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::Builder::new().prefix("umbra-sim-").tempdir_in(shm) } else { tempfile::tempdir() };
+    let volume_root = match dir {
         Ok(d) => d,
         Err(e) => return failed(opts.seed, format!("no directory for the volume stores: {e}")),
     };
@@ -180,8 +191,10 @@ pub fn run(opts: Options) -> Outcome {
         safety: ElectionSafety::default(),
         fences,
         seen: Vec::new(),
+        decided_checked: BTreeSet::new(),
         phase_crash: None,
         lossy: None,
+        slow: None,
         down: Vec::new(),
         cut: None,
         next_fault: Duration::from_secs(2),
@@ -250,7 +263,7 @@ pub fn run(opts: Options) -> Outcome {
         acked_writes_survive::check(*id, &acked, users, &mut violations);
     }
     converges::check(&states, &mut violations);
-    let (sets_tried, sets_committed) = if d.opts.volumes { d.check_volumes(&written.borrow(), &mut violations) } else { (0, 0) };
+    let (sets_tried, sets_committed) = if d.opts.volumes { d.check_volumes(&written.borrow(), sim.elapsed(), &mut violations) } else { (0, 0) };
     for (at, line) in std::mem::take(&mut d.board.lock().trace) {
         log(&trace, at, line);
     }
@@ -285,8 +298,28 @@ impl Driver {
                 log(&self.trace, now, format!("leader n{id} term {term}"));
             }
         }
+        let mut decided = Vec::new();
         for (id, (_, reader)) in self.registry.lock().expect("registry").iter() {
-            one_set_in_creation::check(*id, &reader.read().state.fsrvp, &mut self.seen);
+            let state = reader.read();
+            one_set_in_creation::check(*id, &state.state.fsrvp, &mut self.seen);
+            decided.extend(state.state.fsrvp.sets.values().filter(|s| s.state >= SetState::Committed && !self.decided_checked.contains(&s.id)).cloned());
+        }
+        self.check_decided(decided);
+    }
+
+    /// Set atomicity at the decision, for sets newly seen Committed whose owners all run (a set
+    /// whose owner is down is checked once the owner is back, if the set still stands).
+    fn check_decided(&mut self, sets: Vec<umbra_raft::fsrvp::ShadowSet>) {
+        let stores = self.stores.lock().expect("stores").clone();
+        for set in sets {
+            if self.decided_checked.contains(&set.id) {
+                continue;
+            }
+            let owners: Option<Vec<_>> = set.copies.iter().map(|c| files::owner_of(c.volume).and_then(|o| stores.get(&o)).and_then(|s| s.upgrade())).collect();
+            let Some(owners) = owners else { continue };
+            let lists: BTreeMap<Uuid, Vec<umbra_node::volume::SnapshotInfo>> = set.copies.iter().zip(owners).map(|(c, store)| (c.volume, store.snapshots(c.volume).unwrap_or_default())).collect();
+            set_atomicity::check_decided(&set, |v| lists.get(&v).cloned().unwrap_or_default(), &mut self.seen);
+            self.decided_checked.insert(set.id);
         }
     }
 
@@ -338,6 +371,14 @@ impl Driver {
                 self.lossy = Some((at, (a, b)));
             }
         }
+        if let Some((at, (a, b))) = self.slow.take() {
+            if healing || at <= now {
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), MAX_LATENCY);
+                log(&self.trace, now, format!("link {a} <-> {b} fast again"));
+            } else {
+                self.slow = Some((at, (a, b)));
+            }
+        }
         let reached = self.board.lock().phase.take();
         if let (Some((phase, kind)), Some((node, p))) = (self.phase_crash, reached) {
             if p == phase && !healing {
@@ -349,7 +390,7 @@ impl Driver {
         if healing {
             self.phase_crash = None;
         }
-        let busy = self.cut.is_some() || !self.down.is_empty() || self.phase_crash.is_some() || self.lossy.is_some();
+        let busy = self.cut.is_some() || !self.down.is_empty() || self.phase_crash.is_some() || self.lossy.is_some() || self.slow.is_some();
         if healing || now < self.next_fault || busy || self.opts.profile == Profile::Calm {
             return;
         }
@@ -362,10 +403,10 @@ impl Driver {
             (Profile::Crashes, false) => &[4, 5],
             (Profile::Power, false) => &[6, 7, 8],
             (Profile::All, false) => &[0, 1, 2, 3, 4, 5, 6, 7, 8],
-            (Profile::Partitions, true) => &[0, 1, 2, 3, 9, 10],
+            (Profile::Partitions, true) => &[0, 1, 2, 3, 9, 10, 13, 13],
             (Profile::Crashes, true) => &[4, 5, 11],
             (Profile::Power, true) => &[6, 7, 8, 12],
-            (Profile::All, true) => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+            (Profile::All, true) => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 13],
         };
         let kind = kinds[self.rng.random_range(0..kinds.len())];
         let n = self.opts.nodes;
@@ -424,6 +465,21 @@ impl Driver {
                 log(&self.trace, now, format!("lossy link {a} <-> {b}"));
                 self.lossy = Some((repair_at, (a, b)));
             }
+            13 => {
+                // A slow link between the coordinator's node and another: its fence answers late.
+                // The other end owns a volume the coordinator's node does not (n1 and n2 own one each).
+                let v = self.board.lock().turn;
+                let to = match v {
+                    1 => 2,
+                    2 => 1,
+                    _ => self.rng.random_range(1..=2),
+                };
+                let (a, b) = (host_name(v), host_name(to));
+                let slow = Duration::from_millis(self.rng.random_range(100..600));
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), slow);
+                log(&self.trace, now, format!("slow link {a} <-> {b} (up to {} ms)", slow.as_millis()));
+                self.slow = Some((repair_at, (a, b)));
+            }
             11 | 12 => {
                 let phase = ["begun", "fenced", "released"][self.rng.random_range(0..3)];
                 let crash = if kind == 11 { Crash::ProcessDeath } else { Crash::PowerLoss };
@@ -444,7 +500,7 @@ impl Driver {
     /// The volume checks once quiet: file writes survive, set atomicity and no orphan, one
     /// cut, set liveness. Reads the owners' stores directly. Returns the sets tried and those
     /// committed.
-    fn check_volumes(&self, written: &Written, violations: &mut Vec<String>) -> (usize, usize) {
+    fn check_volumes(&self, written: &Written, now: Duration, violations: &mut Vec<String>) -> (usize, usize) {
         let tried = self.board.lock().sets.len();
         if !written.ready {
             violations.push("workload: the file writer never got its volumes and files".into());
@@ -484,15 +540,18 @@ impl Driver {
         set_atomicity::check(&fsrvp, &snapshots, violations);
         set_liveness::check(&fsrvp, violations);
         let mut committed = 0;
-        for set in fsrvp.sets.values().filter(|s| s.state >= umbra_raft::fsrvp::SetState::Committed) {
+        for set in fsrvp.sets.values().filter(|s| s.state >= SetState::Committed) {
             committed += 1;
             let mut present = BTreeSet::new();
+            let mut cut = Vec::new();
             for copy in &set.copies {
                 let i = if copy.volume == files::volume_id(0) { 0 } else { 1 };
                 if let Some(seqs) = read_at.get(&(i, copy.snapshot)) {
                     present.extend(seqs.iter().copied());
+                    cut.push(format!("{} holds {} writes, last {:?}", VOLUMES[i].2, seqs.len(), seqs.iter().next_back()));
                 }
             }
+            log(&self.trace, now, format!("set {} {:?}: {}", set.id, set.state, cut.join(", ")));
             one_cut::check(set.id, &present, &acked_all, violations);
         }
         (tried, committed)

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// Observation slack: a fence may be seen up to one sample late, and a new fence raised this
 /// soon after the previous one ended may be seen as one.
-const SLACK: Duration = Duration::from_millis(15);
+const SLACK: Duration = Duration::from_millis(45);
 
 #[derive(Default)]
 pub struct FenceTtl {

@@ -1,12 +1,14 @@
-//! Set atomicity and no orphan snapshot (design.md section 5), once the cluster is quiet: every
-//! copy of a committed set (Committed, Exposed, Recovered) has its snapshot, committed, on its
-//! volume's owner; and every fenced snapshot an owner holds belongs to such a set (the snapshots
-//! of aborted or abandoned attempts are gone).
+//! Set atomicity and no orphan snapshot (design.md section 5). As soon as a set is seen decided
+//! Committed (and its owners run), every copy's snapshot is on its volume's owner: a set is
+//! committed whole or not at all ([`check_decided`]). Once the cluster is quiet, every copy of a
+//! committed set (Committed, Exposed, Recovered) has its snapshot, committed, on its owner; and
+//! every fenced snapshot an owner holds belongs to such a set (the snapshots of aborted or
+//! abandoned attempts are gone) ([`check`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use umbra_node::volume::{SnapshotInfo, SnapshotState};
-use umbra_raft::fsrvp::{FsrvpState, SetState};
+use umbra_raft::fsrvp::{FsrvpState, SetState, ShadowSet};
 use uuid::Uuid;
 
 /// `snapshots`: each volume's snapshots as its owner lists them.
@@ -32,6 +34,19 @@ pub fn check(state: &FsrvpState, snapshots: &BTreeMap<Uuid, Vec<SnapshotInfo>>, 
             if !kept.contains(&(*vol, s.id)) {
                 violations.push(format!("no orphan snapshot: volume {vol} keeps fenced snapshot {} (token {:?}, {:?}) that no committed set holds", s.id, s.token, s.state));
             }
+        }
+    }
+}
+
+/// A set just seen decided Committed: `snapshots` lists a volume's snapshots on its owner.
+pub fn check_decided(set: &ShadowSet, snapshots: impl Fn(Uuid) -> Vec<SnapshotInfo>, violations: &mut Vec<String>) {
+    for copy in &set.copies {
+        let Some(snap) = copy.snapshot else {
+            violations.push(format!("set atomicity: set {} decided Committed with a copy on volume {} without a snapshot", set.id, copy.volume));
+            continue;
+        };
+        if !snapshots(copy.volume).iter().any(|s| s.id == snap) {
+            violations.push(format!("set atomicity: set {} decided Committed but volume {}'s owner lacks its snapshot {snap}", set.id, copy.volume));
         }
     }
 }
