@@ -178,11 +178,20 @@ impl Meta {
     }
 
     /// Leader only: confirms leadership with a quorum; returns the index reads must wait for.
+    ///
+    /// That is the leader's last log index, not only openraft's read log id: openraft 0.9
+    /// restores a leader from its vote after a power loss with a stale commit index, and its
+    /// read log id can then lie below a write already acknowledged to a client (the simulation
+    /// found it: seed 1916). Every acknowledged write is in the leader's log (leader
+    /// completeness), so waiting to apply the last index sees it.
     pub async fn leader_read_index(&self) -> Result<u64, Result<ForwardErr, NodeError>> {
         let waited_ms = self.request_timeout.as_millis() as u64;
         match timeout(self.request_timeout, self.raft.get_read_log_id()).await {
             Err(_) => Err(Err(NodeError::NoQuorum { waited_ms })),
-            Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Ok((read, _applied))) => {
+                let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                Ok(read.map(|l| l.index).unwrap_or(0).max(last))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(Ok(f)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(Err(NodeError::NoQuorum { waited_ms })),
             Ok(Err(RaftError::Fatal(f))) => Err(Err(NodeError::Stopped(f.to_string()))),

@@ -71,6 +71,7 @@ pub struct VolumeService {
     opens: Mutex<OpenTable>,
     /// The clock leases are judged by (this node's, monotonic).
     started: std::time::Instant,
+    calls: StoreCalls,
 }
 
 /// The longest lease a gateway may ask for.
@@ -99,6 +100,16 @@ fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
     let t = VolumeTarget { volume: volume.to_string(), snapshot: h.snapshot.clone(), clone: h.clone.clone(), route: false };
     let (_, view, _) = target_of(Some(&t))?;
     Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access } })
+}
+
+/// Where the service runs the store's (synchronous) calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreCalls {
+    /// On tokio's blocking pool (production: a call may wait for the disk or at a fence).
+    Blocking,
+    /// Inline on the runtime (the simulation: one thread, virtual time, no blocking pool). A
+    /// mutation first waits out any fence asynchronously, so it never blocks at the gate.
+    Inline,
 }
 
 /// Where a call on a volume goes.
@@ -165,7 +176,13 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now() }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now(), calls: StoreCalls::Blocking }
+    }
+
+    /// The same service running store calls as `calls` says.
+    pub fn with_calls(mut self, calls: StoreCalls) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// Who serves `vol`: this node if Raft says it owns it; its owner if `route`; else an error.
@@ -198,7 +215,7 @@ impl VolumeService {
                 unrouted(&mut msg.target);
                 peer.write(tokio_stream::once(msg)).await.map(|_| ())
             }
-            Owner::Here => self.run(move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await,
+            Owner::Here => self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await,
         }
     }
 
@@ -210,10 +227,21 @@ impl VolumeService {
         self.opens.lock().expect("open table lock")
     }
 
-    /// Runs a store call on the blocking pool.
+    /// Runs a store call on the blocking pool, or inline (see [`StoreCalls`]).
     async fn run<T: Send + 'static>(&self, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(format!("store task: {e}")))?.map_err(status_of)
+        match self.calls {
+            StoreCalls::Blocking => tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(format!("store task: {e}")))?.map_err(status_of),
+            StoreCalls::Inline => f(&store).map_err(status_of),
+        }
+    }
+
+    /// A mutation of `vol`: inline, it waits out a fence first (without blocking the thread).
+    async fn run_gated<T: Send + 'static>(&self, vol: Uuid, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
+        if self.calls == StoreCalls::Inline {
+            self.store.wait_open(vol).await;
+        }
+        self.run(f).await
     }
 }
 
@@ -228,6 +256,18 @@ macro_rules! unary {
                 peer.$method($r).await
             }
             Owner::Here => $self.run(move |$store| $local).await.map(Response::new),
+        }
+    }};
+    // A mutation that passes the volume's gate.
+    (gated $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {{
+        let mut $r = $req.into_inner();
+        let ($vol, $view, route) = target_of($r.target.as_ref())?;
+        match $self.owner($vol, route)? {
+            Owner::Peer(mut peer) => {
+                unrouted(&mut $r.target);
+                peer.$method($r).await
+            }
+            Owner::Here => $self.run_gated($vol, move |$store| $local).await.map(Response::new),
         }
     }};
 }
@@ -246,7 +286,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<EntryReply>, Status> {
-        unary!(self, req, create, |s, vol, view, r| {
+        unary!(gated self, req, create, |s, vol, view, r| {
             let kind = if r.directory { Kind::Dir } else { Kind::File };
             let ino = s.create(vol, view, r.parent, &r.name, kind, r.now)?;
             let inode = s.stat(vol, view, ino)?;
@@ -272,25 +312,17 @@ impl VolumeRpc for VolumeService {
             let stream = peer.read(r).await?.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
+        if self.calls == StoreCalls::Inline {
+            let mut all = Vec::new();
+            read_pieces(&self.store, vol, view, &r, |piece| {
+                all.push(piece);
+                true
+            });
+            return Ok(Response::new(Box::pin(tokio_stream::iter(all))));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_MESSAGES);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let end = r.offset.saturating_add(r.length);
-            let mut pos = r.offset;
-            while pos < end {
-                let want = (end - pos).min(READ_MESSAGE_BYTES);
-                let result = store.read(vol, view, r.ino, pos, want).map_err(status_of);
-                let done = match &result {
-                    Ok(data) => (data.len() as u64) < want || data.is_empty(),
-                    Err(_) => true,
-                };
-                pos += want;
-                let result = result.map(|data| DataChunk { data: data.into() });
-                if tx.blocking_send(result).is_err() || done {
-                    break;
-                }
-            }
-        });
+        tokio::task::spawn_blocking(move || read_pieces(&store, vol, view, &r, |piece| tx.blocking_send(piece).is_ok()));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -311,7 +343,7 @@ impl VolumeRpc for VolumeService {
         let mut current = Some(first);
         while let Some(msg) = current.take() {
             let len = msg.data.len() as u64;
-            let write = self.run(move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now));
+            let write = self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now));
             let (done, next) = tokio::join!(write, incoming.message());
             done?;
             written += len;
@@ -321,7 +353,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn set_size(&self, req: Request<SetSizeRequest>) -> Result<Response<EntryReply>, Status> {
-        unary!(self, req, set_size, |s, vol, view, r| {
+        unary!(gated self, req, set_size, |s, vol, view, r| {
             s.set_size(vol, view, r.ino, r.size, r.now)?;
             let inode = s.stat(vol, view, r.ino)?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
@@ -329,11 +361,11 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn unlink(&self, req: Request<UnlinkRequest>) -> Result<Response<Done>, Status> {
-        unary!(self, req, unlink, |s, vol, view, r| s.unlink(vol, view, r.parent, &r.name, r.now).map(|_| Done {}))
+        unary!(gated self, req, unlink, |s, vol, view, r| s.unlink(vol, view, r.parent, &r.name, r.now).map(|_| Done {}))
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Done>, Status> {
-        unary!(self, req, rename, |s, vol, view, r| s.rename(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now).map(|_| Done {}))
+        unary!(gated self, req, rename, |s, vol, view, r| s.rename(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now).map(|_| Done {}))
     }
 
     async fn sync(&self, req: Request<VolumeTarget>) -> Result<Response<Done>, Status> {
@@ -396,7 +428,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {
-        unary!(self, req, set_info, |s, vol, view, r| {
+        unary!(gated self, req, set_info, |s, vol, view, r| {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes };
             let inode = s.set_info(vol, view, r.ino, info)?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
@@ -497,6 +529,25 @@ impl VolumeService {
                 OpenRenewReply { known: false, reinstated: held as u64, refused: refused as u64, dropped: 0 }
             }
         })
+    }
+}
+
+/// A read as messages of at most [`READ_MESSAGE_BYTES`], handed to `send` until it refuses
+/// one, the file ends or a read fails.
+fn read_pieces(store: &VolumeStore, vol: Uuid, view: View, r: &ReadRequest, mut send: impl FnMut(Result<DataChunk, Status>) -> bool) {
+    let end = r.offset.saturating_add(r.length);
+    let mut pos = r.offset;
+    while pos < end {
+        let want = (end - pos).min(READ_MESSAGE_BYTES);
+        let result = store.read(vol, view, r.ino, pos, want).map_err(status_of);
+        let done = match &result {
+            Ok(data) => (data.len() as u64) < want || data.is_empty(),
+            Err(_) => true,
+        };
+        pos += want;
+        if !send(result.map(|data| DataChunk { data: data.into() })) || done {
+            break;
+        }
     }
 }
 

@@ -2,29 +2,33 @@
 //! in the volume store every volume Raft says this node owns, and run reclaim in bounded steps.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use umbra_raft::store::MetaReader;
 use umbra_raft::NodeId;
 
 use crate::volume::VolumeStore;
+use crate::volume_service::StoreCalls;
 
 /// How often upkeep runs when nothing wakes it earlier.
 const UPKEEP_PERIOD: Duration = Duration::from_millis(200);
 
-/// The current time as FILETIME (100 ns ticks since 1601-01-01), as SMB and the store use it.
+/// The current time as FILETIME (100 ns ticks since 1601-01-01), as SMB and the store use it,
+/// by the process's clock (`umbra_raft::clock`, ms resolution: virtual under simulation).
 pub fn filetime_now() -> u64 {
-    const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
-    let since_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    UNIX_EPOCH_AS_FILETIME + (since_unix.as_nanos() / 100) as u64
+    crate::fsrvp::filetime_of_ms(umbra_raft::clock::now_ms())
 }
 
-/// Runs until `stop` changes.
-pub async fn run(node: NodeId, store: Arc<VolumeStore>, meta: MetaReader, step_entries: usize, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` changes; store calls on the blocking pool or inline, as `calls` says.
+pub async fn run(node: NodeId, store: Arc<VolumeStore>, meta: MetaReader, step_entries: usize, calls: StoreCalls, mut stop: watch::Receiver<bool>) {
     loop {
         let (s, m) = (store.clone(), meta.clone());
-        match tokio::task::spawn_blocking(move || upkeep(node, &s, &m, step_entries)).await {
+        let done = match calls {
+            StoreCalls::Blocking => tokio::task::spawn_blocking(move || upkeep(node, &s, &m, step_entries)).await,
+            StoreCalls::Inline => Ok(upkeep(node, &s, &m, step_entries)),
+        };
+        match done {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "volume upkeep failed; retrying"),
             Err(e) => tracing::error!(error = %e, "volume upkeep task failed"),

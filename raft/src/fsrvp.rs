@@ -350,7 +350,16 @@ impl FsrvpState {
             return Err(FsrvpError::InProgress(Uuid::nil()));
         }
         let deadline = self.timer_ms(SHORT_TIMEOUT_MS).map(|ms| env.clock_ms + ms);
-        self.clients.insert(client.to_string(), ClientContext { context, deadline_ms: deadline, set: None });
+        // A set this client still has in creation keeps its timer and deadline: a new context
+        // must not orphan it. (The simulation found a Start whose answer the client never got,
+        // then a SetContext that cleared the set's timer: the set stayed Started forever and
+        // refused every later Start, cluster-wide.)
+        let old = self.clients.get(client).filter(|c| c.set.is_some_and(|s| self.sets.get(&s).is_some_and(|s| s.state.in_creation())));
+        let (deadline, set) = match old {
+            Some(c) => (c.deadline_ms.or(deadline), c.set),
+            None => (deadline, None),
+        };
+        self.clients.insert(client.to_string(), ClientContext { context, deadline_ms: deadline, set });
         Ok(FsrvpAnswer::Done)
     }
 

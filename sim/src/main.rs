@@ -26,6 +26,10 @@ struct Args {
     /// Virtual seconds of workload under faults.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Metadata only: no volumes, file writes or shadow-copy sets (replays seeds found before
+    /// the volumes joined the simulation).
+    #[arg(long)]
+    metadata_only: bool,
 }
 
 fn parse_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u64>> {
@@ -46,10 +50,14 @@ fn main() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let (mut runs, mut failed, mut simulated) = (0u64, 0u64, std::time::Duration::ZERO);
+    let (mut file_writes, mut sets_tried, mut sets_committed) = (0usize, 0usize, 0usize);
     for seed in seeds {
-        let out = run(Options { seed, profile: args.profile, broken: args.broken, seconds: args.seconds, nodes: 3 });
+        let out = run(Options { seed, profile: args.profile, broken: args.broken, seconds: args.seconds, nodes: 3, volumes: !args.metadata_only });
         runs += 1;
         simulated += out.simulated;
+        file_writes += out.file_writes;
+        sets_tried += out.sets_tried;
+        sets_committed += out.sets_committed;
         if args.trace {
             for line in &out.trace {
                 println!("{line}");
@@ -60,10 +68,12 @@ fn main() -> anyhow::Result<()> {
             let broken = args.broken.map(|b| format!(" --broken {}", clap::ValueEnum::to_possible_value(&b).map(|v| v.get_name().to_string()).unwrap_or_default())).unwrap_or_default();
             let profile = clap::ValueEnum::to_possible_value(&args.profile).map(|v| v.get_name().to_string()).unwrap_or_default();
             println!("FAIL seed {seed}: {}", out.violations.join("; "));
-            println!("  replay: cargo run -p umbra-sim --release -- --seed {seed} --profile {profile} --seconds {}{broken} --trace", args.seconds);
+            let meta = if args.metadata_only { " --metadata-only" } else { "" };
+            println!("  replay: cargo run -p umbra-sim --release -- --seed {seed} --profile {profile} --seconds {}{broken}{meta} --trace", args.seconds);
         }
     }
     let wall = started.elapsed();
+    println!("umbra-sim: {file_writes} file writes acknowledged, {sets_tried} shadow-copy sets tried, {sets_committed} committed");
     println!(
         "umbra-sim: {runs} seeds, {failed} failed, {:.1} seeds/s, simulated {:.0} s in {:.1} s wall ({:.1}x)",
         runs as f64 / wall.as_secs_f64(),

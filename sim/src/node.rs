@@ -1,28 +1,69 @@
 //! One simulated node: the production Raft (openraft with Umbra's state machine), the
-//! production Raft and Admin gRPC services and `Meta` (forwarding, linearizable reads), over the
-//! in-memory crash-modelling store. Only the storage and the network differ from `umbra node`.
+//! production Raft, Admin and Volume gRPC services, `Meta` (forwarding, linearizable reads), the
+//! volume store with its upkeep, and the shadow-copy-set coordinator with its reconcile loop.
+//! Only the storage, the network, the clock and the id source differ from `umbra node`: the Raft
+//! store is the in-memory crash-modelling one, the volume store is RocksDB in a per-node
+//! directory (kept across process deaths), store calls run inline on the runtime.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use umbra_node::admin::AdminService;
+use umbra_node::fsrvp::{BrokenCommit, Coordinator, Ids, Settings};
 use umbra_node::meta::Meta;
+use umbra_node::volume::VolumeStore;
+use umbra_node::volume_service::{StoreCalls, VolumeService, MAX_VOLUME_MESSAGE_BYTES};
 use umbra_proto::v1::admin_server::AdminServer;
 use umbra_proto::v1::raft_server::RaftServer;
+use umbra_proto::v1::volume_server::VolumeServer;
 use umbra_raft::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use umbra_raft::service::RaftService;
 use umbra_raft::store::mem::{MemDisk, MemStores};
 use umbra_raft::{NodeId, NodeInfo, Raft};
+use uuid::Uuid;
+
+use crate::backup::Board;
+use crate::invariants::fence_ttl::FenceTtl;
 
 /// The gRPC port every simulated node listens on.
 pub const PORT: u16 = 7100;
 /// How long a client call through `Meta` may wait for a leader.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The fences' TTL in the simulation (production: 5 s), so expiry happens within a run.
+pub const FENCE_TTL: Duration = Duration::from_secs(1);
+/// How often each node samples its gates for the fence-TTL checker.
+pub const FENCE_WATCH: Duration = Duration::from_millis(20);
 
 pub type Disk = Arc<Mutex<MemDisk>>;
 /// Each running node's Raft handle and state reader, for the invariant checkers' observations.
 pub type Registry = Arc<Mutex<BTreeMap<NodeId, (Raft, umbra_raft::store::MetaReader)>>>;
+/// Each running node's volume store (weak: a crash drops the store and closes its database).
+pub type Stores = Arc<Mutex<BTreeMap<NodeId, Weak<VolumeStore>>>>;
+
+/// What a node host needs, cloned into every (re)start.
+#[derive(Clone)]
+pub struct NodeEnv {
+    pub id: NodeId,
+    pub nodes: u64,
+    pub seed: u64,
+    pub disk: Disk,
+    pub volume_dir: PathBuf,
+    pub registry: Registry,
+    pub stores: Stores,
+    pub board: Board,
+    /// The fence-TTL checker, fed from inside the host (a gate reads the host's clock).
+    pub fences: Arc<Mutex<FenceTtl>>,
+    pub stale_reads: bool,
+    /// Whether the node runs its volumes, coordinator and backup client (off: metadata only).
+    pub volumes: bool,
+    pub broken_commit: Option<BrokenCommit>,
+    /// Starts of this node so far (each start draws its ids from a different stream).
+    pub boots: Arc<Mutex<u64>>,
+}
 
 pub fn host_name(id: NodeId) -> String {
     format!("n{id}")
@@ -47,24 +88,73 @@ fn config(id: NodeId) -> openraft::Config {
     }
 }
 
-/// Runs node `id` until the host crashes; `bootstrap` initialises the cluster of `n` nodes on
-/// first start.
-pub async fn run(id: NodeId, n: u64, disk: Disk, registry: Registry, bootstrap: bool, stale_reads: bool) -> turmoil::Result {
-    let (log, sm) = MemStores::open(&disk);
+/// Coordinator ids from a generator seeded by the run's seed, the node and its start count.
+fn seeded_ids(env: &NodeEnv) -> Ids {
+    let boot = {
+        let mut b = env.boots.lock().expect("boots");
+        *b += 1;
+        *b
+    };
+    let rng = Mutex::new(SmallRng::seed_from_u64(env.seed ^ (env.id << 48) ^ (boot << 32) ^ 0x1d5));
+    Ids::from_fn(move || Uuid::from_u128(rng.lock().expect("id rng").random()))
+}
+
+/// Runs node `env.id` until the host crashes; node 1 initialises the cluster on first start.
+pub async fn run(env: NodeEnv) -> turmoil::Result {
+    let id = env.id;
+    let (log, sm) = MemStores::open(&env.disk);
     let reader = sm.reader();
     let raft = Raft::new(id, Arc::new(config(id).validate()?), Network, log, sm).await?;
-    registry.lock().expect("registry").insert(id, (raft.clone(), reader.clone()));
-    if bootstrap && !raft.is_initialized().await? {
-        raft.initialize(members(n)).await?;
+    env.registry.lock().expect("registry").insert(id, (raft.clone(), reader.clone()));
+    if id == 1 && !raft.is_initialized().await? {
+        raft.initialize(members(env.nodes)).await?;
     }
-    let meta = Arc::new(Meta::new(id, raft.clone(), reader, None, REQUEST_TIMEOUT));
-    if stale_reads {
+    let meta = Arc::new(Meta::new(id, raft.clone(), reader.clone(), None, REQUEST_TIMEOUT));
+    if env.stale_reads {
         meta.break_reads_for_tests();
     }
+    if !env.volumes {
+        return serve(vec![], raft, meta, None).await;
+    }
+    let volumes = Arc::new(VolumeStore::open(&env.volume_dir)?);
+    env.stores.lock().expect("stores").insert(id, Arc::downgrade(&volumes));
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(umbra_node::volumes_task::run(id, volumes.clone(), reader.clone(), 256, StoreCalls::Inline, stopped.clone()));
+    let service = Arc::new(VolumeService::new(id, volumes.clone(), raft.clone(), reader.clone()).with_calls(StoreCalls::Inline));
+    let mut settings = Settings::new("UMBRA");
+    settings.fence_ttl = FENCE_TTL;
+    settings.ids = seeded_ids(&env);
+    settings.broken = env.broken_commit;
+    settings.phases = Some(env.board.phase_hook(id));
+    let coordinator = Arc::new(Coordinator::new(id, meta.clone(), reader.clone(), service.clone(), settings));
+    tokio::spawn(umbra_node::fsrvp::reconcile::run(coordinator.clone(), volumes.clone(), stopped));
+    tokio::spawn(crate::backup::run(id, coordinator, env.board.clone()));
+    tokio::spawn(watch_fences(id, Arc::downgrade(&volumes), env.fences.clone()));
+    serve(vec![volumes], raft, meta, Some(service)).await
+}
+
+/// Observes this node's gates for the fence-TTL checker (inside the host: the gates run on the
+/// host's clock, which the driver's thread cannot read).
+async fn watch_fences(id: NodeId, store: Weak<VolumeStore>, fences: Arc<Mutex<FenceTtl>>) {
+    loop {
+        tokio::time::sleep(FENCE_WATCH).await;
+        let Some(store) = store.upgrade() else { return };
+        let now = turmoil::elapsed();
+        for vol in store.volumes() {
+            let fenced = store.fenced(vol).unwrap_or(false);
+            fences.lock().expect("fence checker").observe(id, vol, fenced, now, FENCE_TTL);
+        }
+    }
+}
+
+/// Serves the node's gRPC services until the host crashes (`_keep`: held for as long).
+async fn serve(_keep: Vec<Arc<VolumeStore>>, raft: Raft, meta: Arc<Meta>, volume: Option<Arc<VolumeService>>) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let volume = volume.map(|v| VolumeServer::from_arc(v).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES));
     tonic::transport::Server::builder()
-        .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+        .add_service(RaftServer::new(RaftService::new(raft)).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta)))
+        .add_optional_service(volume)
         .serve_with_incoming(crate::net::incoming(listener))
         .await?;
     Ok(())

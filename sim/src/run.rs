@@ -1,23 +1,30 @@
 //! One simulation run, fixed by its seed: three nodes as turmoil hosts, a client writing
-//! metadata through any node, faults drawn from the seed's RNG, and the invariant checkers.
+//! metadata through any node, a client writing files, a backup client driving shadow-copy sets
+//! through the nodes' coordinators, faults drawn from the seed's RNG, and the invariant checkers.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use umbra_node::fsrvp::BrokenCommit;
+use umbra_node::volume::View;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::WriteRequest;
 use umbra_raft::command::{Command, NtHash, Request, Role};
+use umbra_raft::fsrvp::SetState;
 use umbra_raft::store::mem::{Crash, MemDisk};
 use umbra_raft::NodeId;
 use uuid::Uuid;
 
-use crate::invariants::{acked_writes_survive, converges, election_safety::ElectionSafety};
-use crate::node::{self, host_name, Disk, Registry, PORT};
+use crate::backup::Board;
+use crate::files::{self, Written, VOLUMES};
+use crate::invariants::fence_ttl::FenceTtl;
+use crate::invariants::{acked_writes_survive, converges, election_safety::ElectionSafety, file_writes_survive, one_cut, one_set_in_creation, set_atomicity, set_liveness};
+use crate::node::{self, host_name, Disk, NodeEnv, Registry, Stores, PORT};
 
 /// Which faults a run draws from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +50,10 @@ pub enum Broken {
     SkipVoteSync,
     /// Reads answer from the asked node's state without a read index (stale on followers).
     StaleReads,
+    /// The coordinator releases each volume as soon as its own fence answers.
+    ReleaseBeforeAllFenced,
+    /// The coordinator commits whatever the fences and releases answered.
+    CommitDespiteFailedFences,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +64,9 @@ pub struct Options {
     /// Virtual seconds of workload under faults (then faults heal).
     pub seconds: u64,
     pub nodes: u64,
+    /// Volumes, file writes and shadow-copy sets too (off: the metadata-only simulation, as
+    /// before the volumes joined it, which keeps old seeds replaying as they were found).
+    pub volumes: bool,
 }
 
 pub struct Outcome {
@@ -60,9 +74,16 @@ pub struct Outcome {
     pub violations: Vec<String>,
     pub trace: Vec<String>,
     pub acked: usize,
+    /// File writes acknowledged.
+    pub file_writes: usize,
+    /// Shadow-copy sets tried, and those committed (Committed, Exposed or Recovered at the end).
+    pub sets_tried: usize,
+    pub sets_committed: usize,
     pub simulated: Duration,
 }
 
+/// Message latency is drawn up to this (a slow link: more).
+const MAX_LATENCY: Duration = Duration::from_millis(20);
 /// Virtual time allowed after healing for a write to succeed and every node to agree.
 const HEAL_BOUND: Duration = Duration::from_secs(20);
 
@@ -71,8 +92,21 @@ struct Driver {
     rng: SmallRng,
     disks: Vec<Disk>,
     registry: Registry,
+    stores: Stores,
+    board: Board,
     trace: Rc<RefCell<Vec<String>>>,
     safety: ElectionSafety,
+    fences: Arc<Mutex<FenceTtl>>,
+    /// Per-step invariant violations (one set in creation, set atomicity at the decision).
+    seen: Vec<String>,
+    /// Sets checked for atomicity at their decision.
+    decided_checked: BTreeSet<Uuid>,
+    /// A crash armed for the coordinator's next commit phase: (phase, kind).
+    phase_crash: Option<(&'static str, Crash)>,
+    /// A link made lossy, with the time to make it reliable again.
+    lossy: Option<(Duration, (String, String))>,
+    /// A link made slow, with the time to make it fast again.
+    slow: Option<(Duration, (String, String))>,
     /// Nodes down, with the time to restart them.
     down: Vec<(NodeId, Duration)>,
     /// Links cut or held, with the time to repair them.
@@ -90,7 +124,7 @@ pub fn run(opts: Options) -> Outcome {
         .simulation_duration(Duration::from_secs(opts.seconds) + HEAL_BOUND * 3)
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_micros(200))
-        .max_message_latency(Duration::from_millis(20))
+        .max_message_latency(MAX_LATENCY)
         .enable_random_order()
         .rng_seed(opts.seed)
         .build();
@@ -100,25 +134,67 @@ pub fn run(opts: Options) -> Outcome {
         d.skip_sync = opts.broken == Some(Broken::SkipLogSync);
         d.skip_vote_sync = opts.broken == Some(Broken::SkipVoteSync);
     }
+    // On tmpfs where there is one: RocksDB's fsyncs then cost no wall time (a simulated power
+    // loss does not drop RocksDB's unsynced data either way).
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::Builder::new().prefix("umbra-sim-").tempdir_in(shm) } else { tempfile::tempdir() };
+    let volume_root = match dir {
+        Ok(d) => d,
+        Err(e) => return failed(opts.seed, format!("no directory for the volume stores: {e}")),
+    };
+    let heal_at = Duration::from_secs(opts.seconds);
     let registry: Registry = Arc::new(Mutex::new(Default::default()));
+    let stores: Stores = Arc::new(Mutex::new(Default::default()));
+    let board = Board::new(opts.seed, opts.nodes, heal_at);
+    let fences = Arc::new(Mutex::new(FenceTtl::default()));
+    let broken_commit = match opts.broken {
+        Some(Broken::ReleaseBeforeAllFenced) => Some(BrokenCommit::ReleaseBeforeAllFenced),
+        Some(Broken::CommitDespiteFailedFences) => Some(BrokenCommit::CommitDespiteFailedFences),
+        _ => None,
+    };
     for id in 1..=opts.nodes {
-        let (disk, reg, n, stale) = (disks[(id - 1) as usize].clone(), registry.clone(), opts.nodes, opts.broken == Some(Broken::StaleReads));
-        sim.host(host_name(id), move || node::run(id, n, disk.clone(), reg.clone(), id == 1, stale));
+        let env = NodeEnv {
+            id,
+            nodes: opts.nodes,
+            seed: opts.seed,
+            disk: disks[(id - 1) as usize].clone(),
+            volume_dir: volume_root.path().join(host_name(id)),
+            registry: registry.clone(),
+            stores: stores.clone(),
+            board: board.clone(),
+            fences: fences.clone(),
+            stale_reads: opts.broken == Some(Broken::StaleReads),
+            volumes: opts.volumes,
+            broken_commit,
+            boots: Arc::new(Mutex::new(0)),
+        };
+        sim.host(host_name(id), move || node::run(env.clone()));
     }
     let trace = Rc::new(RefCell::new(Vec::new()));
     let acked = Rc::new(RefCell::new(Vec::new()));
     let live = Rc::new(RefCell::new(None));
     let reads = Rc::new(RefCell::new(Vec::new()));
-    let heal_at = Duration::from_secs(opts.seconds);
+    let written = Rc::new(RefCell::new(Written::default()));
     sim.client("client", workload(opts.clone(), acked.clone(), live.clone(), trace.clone(), heal_at, reads.clone()));
+    if opts.volumes {
+        sim.client("writer", files::writer(opts.seed, opts.nodes, heal_at, written.clone()));
+    }
 
     let mut d = Driver {
         rng: SmallRng::seed_from_u64(opts.seed ^ 0x5eed_fa17),
         opts,
         disks,
         registry,
+        stores,
+        board,
         trace: trace.clone(),
         safety: ElectionSafety::default(),
+        fences,
+        seen: Vec::new(),
+        decided_checked: BTreeSet::new(),
+        phase_crash: None,
+        lossy: None,
+        slow: None,
         down: Vec::new(),
         cut: None,
         next_fault: Duration::from_secs(2),
@@ -137,7 +213,7 @@ pub fn run(opts: Options) -> Outcome {
         d.observe(now);
         d.faults(&mut sim, now, heal_at);
     }
-    // Quiet: let every node apply what was committed, then compare.
+    // Quiet: let every node apply what was committed and reconcile, then compare.
     let quiet_until = sim.elapsed() + Duration::from_secs(10);
     while sim.elapsed() < quiet_until {
         if let Err(e) = sim.step() {
@@ -162,6 +238,8 @@ pub fn run(opts: Options) -> Outcome {
         log(&trace, sim.elapsed(), line);
     }
     violations.append(&mut d.safety.violations);
+    violations.append(&mut d.fences.lock().expect("fence checker").violations);
+    violations.append(&mut d.seen);
     let stale = reads.borrow();
     violations.extend(stale.iter().take(3).cloned());
     if stale.len() > 3 {
@@ -185,9 +263,21 @@ pub fn run(opts: Options) -> Outcome {
         acked_writes_survive::check(*id, &acked, users, &mut violations);
     }
     converges::check(&states, &mut violations);
+    let (sets_tried, sets_committed) = if d.opts.volumes { d.check_volumes(&written.borrow(), sim.elapsed(), &mut violations) } else { (0, 0) };
+    for (at, line) in std::mem::take(&mut d.board.lock().trace) {
+        log(&trace, at, line);
+    }
     let simulated = sim.elapsed();
-    let trace = trace.borrow().clone();
-    Outcome { seed: d.opts.seed, violations, trace, acked: acked.len(), simulated }
+    drop(sim);
+    let file_writes = written.borrow().acked.len();
+    let mut trace = trace.borrow().clone();
+    // Trace lines from the board were logged after the run: order by time, stably.
+    trace.sort_by_key(|l| l.split("ms").next().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0));
+    Outcome { seed: d.opts.seed, violations, trace, acked: acked.len(), file_writes, sets_tried, sets_committed, simulated }
+}
+
+fn failed(seed: u64, why: String) -> Outcome {
+    Outcome { seed, violations: vec![why], trace: Vec::new(), acked: 0, file_writes: 0, sets_tried: 0, sets_committed: 0, simulated: Duration::ZERO }
 }
 
 impl Driver {
@@ -208,6 +298,29 @@ impl Driver {
                 log(&self.trace, now, format!("leader n{id} term {term}"));
             }
         }
+        let mut decided = Vec::new();
+        for (id, (_, reader)) in self.registry.lock().expect("registry").iter() {
+            let state = reader.read();
+            one_set_in_creation::check(*id, &state.state.fsrvp, &mut self.seen);
+            decided.extend(state.state.fsrvp.sets.values().filter(|s| s.state >= SetState::Committed && !self.decided_checked.contains(&s.id)).cloned());
+        }
+        self.check_decided(decided);
+    }
+
+    /// Set atomicity at the decision, for sets newly seen Committed whose owners all run (a set
+    /// whose owner is down is checked once the owner is back, if the set still stands).
+    fn check_decided(&mut self, sets: Vec<umbra_raft::fsrvp::ShadowSet>) {
+        let stores = self.stores.lock().expect("stores").clone();
+        for set in sets {
+            if self.decided_checked.contains(&set.id) {
+                continue;
+            }
+            let owners: Option<Vec<_>> = set.copies.iter().map(|c| files::owner_of(c.volume).and_then(|o| stores.get(&o)).and_then(|s| s.upgrade())).collect();
+            let Some(owners) = owners else { continue };
+            let lists: BTreeMap<Uuid, Vec<umbra_node::volume::SnapshotInfo>> = set.copies.iter().zip(owners).map(|(c, store)| (c.volume, store.snapshots(c.volume).unwrap_or_default())).collect();
+            set_atomicity::check_decided(&set, |v| lists.get(&v).cloned().unwrap_or_default(), &mut self.seen);
+            self.decided_checked.insert(set.id);
+        }
     }
 
     fn leader(&self) -> Option<NodeId> {
@@ -218,6 +331,9 @@ impl Driver {
     fn crash(&mut self, sim: &mut turmoil::Sim, id: NodeId, kind: Crash, now: Duration) {
         sim.crash(host_name(id));
         self.registry.lock().expect("registry").remove(&id);
+        self.stores.lock().expect("stores").remove(&id);
+        self.fences.lock().expect("fence checker").node_down(id);
+        self.board.node_down(id, now);
         self.disks[(id - 1) as usize].lock().expect("disk").crash(kind);
         let back = now + Duration::from_millis(self.rng.random_range(300..2000));
         self.down.push((id, back));
@@ -247,16 +363,50 @@ impl Driver {
                 self.cut = Some((at, links, held));
             }
         }
-        if healing || now < self.next_fault || self.cut.is_some() || !self.down.is_empty() || self.opts.profile == Profile::Calm {
+        if let Some((at, (a, b))) = self.lossy.take() {
+            if healing || at <= now {
+                sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.0);
+                log(&self.trace, now, format!("link {a} <-> {b} reliable again"));
+            } else {
+                self.lossy = Some((at, (a, b)));
+            }
+        }
+        if let Some((at, (a, b))) = self.slow.take() {
+            if healing || at <= now {
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), MAX_LATENCY);
+                log(&self.trace, now, format!("link {a} <-> {b} fast again"));
+            } else {
+                self.slow = Some((at, (a, b)));
+            }
+        }
+        let reached = self.board.lock().phase.take();
+        if let (Some((phase, kind)), Some((node, p))) = (self.phase_crash, reached) {
+            if p == phase && !healing {
+                self.phase_crash = None;
+                log(&self.trace, now, format!("coordinator n{node} reached {phase}"));
+                self.crash(sim, node, kind, now);
+            }
+        }
+        if healing {
+            self.phase_crash = None;
+        }
+        let busy = self.cut.is_some() || !self.down.is_empty() || self.phase_crash.is_some() || self.lossy.is_some() || self.slow.is_some();
+        if healing || now < self.next_fault || busy || self.opts.profile == Profile::Calm {
             return;
         }
         self.next_fault = now + Duration::from_millis(self.rng.random_range(500..2500));
-        let kinds: &[u8] = match self.opts.profile {
-            Profile::Calm => &[],
-            Profile::Partitions => &[0, 1, 2, 3],
-            Profile::Crashes => &[4, 5],
-            Profile::Power => &[6, 7, 8],
-            Profile::All => &[0, 1, 2, 3, 4, 5, 6, 7, 8],
+        // Kinds 9-12 need the volumes (coordinator isolation, lossy links, phase crashes); the
+        // metadata-only lists are as before, so old seeds replay unchanged.
+        let kinds: &[u8] = match (self.opts.profile, self.opts.volumes) {
+            (Profile::Calm, _) => &[],
+            (Profile::Partitions, false) => &[0, 1, 2, 3],
+            (Profile::Crashes, false) => &[4, 5],
+            (Profile::Power, false) => &[6, 7, 8],
+            (Profile::All, false) => &[0, 1, 2, 3, 4, 5, 6, 7, 8],
+            (Profile::Partitions, true) => &[0, 1, 2, 3, 9, 10, 13, 13],
+            (Profile::Crashes, true) => &[4, 5, 11],
+            (Profile::Power, true) => &[6, 7, 8, 12],
+            (Profile::All, true) => &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 13],
         };
         let kind = kinds[self.rng.random_range(0..kinds.len())];
         let n = self.opts.nodes;
@@ -297,6 +447,45 @@ impl Driver {
                 let v = self.leader().unwrap_or(victim);
                 self.crash(sim, v, Crash::PowerLoss, now);
             }
+            9 => {
+                // Isolate the node whose backup client (and so coordinator) is at work.
+                let v = self.board.lock().turn;
+                let links: Vec<(String, String)> = (1..=n).filter(|&i| i != v).map(|o| (host_name(v), host_name(o))).collect();
+                for (a, b) in &links {
+                    sim.partition(a.as_str(), b.as_str());
+                }
+                log(&self.trace, now, format!("partition n{v} from the others (coordinator)"));
+                self.cut = Some((repair_at, links, false));
+            }
+            10 => {
+                // A lossy link: each message may break it (dropped until the next one repairs it).
+                let to = others[self.rng.random_range(0..others.len())];
+                let (a, b) = (host_name(victim), host_name(to));
+                sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.05);
+                log(&self.trace, now, format!("lossy link {a} <-> {b}"));
+                self.lossy = Some((repair_at, (a, b)));
+            }
+            13 => {
+                // A slow link between the coordinator's node and another: its fence answers late.
+                // The other end owns a volume the coordinator's node does not (n1 and n2 own one each).
+                let v = self.board.lock().turn;
+                let to = match v {
+                    1 => 2,
+                    2 => 1,
+                    _ => self.rng.random_range(1..=2),
+                };
+                let (a, b) = (host_name(v), host_name(to));
+                let slow = Duration::from_millis(self.rng.random_range(100..600));
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), slow);
+                log(&self.trace, now, format!("slow link {a} <-> {b} (up to {} ms)", slow.as_millis()));
+                self.slow = Some((repair_at, (a, b)));
+            }
+            11 | 12 => {
+                let phase = ["begun", "fenced", "released"][self.rng.random_range(0..3)];
+                let crash = if kind == 11 { Crash::ProcessDeath } else { Crash::PowerLoss };
+                log(&self.trace, now, format!("armed: crash the coordinator at {phase} ({crash:?})"));
+                self.phase_crash = Some((phase, crash));
+            }
             _ => {
                 // The whole cluster loses power at once.
                 for id in 1..=n {
@@ -307,9 +496,71 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// The volume checks once quiet: file writes survive, set atomicity and no orphan, one
+    /// cut, set liveness. Reads the owners' stores directly. Returns the sets tried and those
+    /// committed.
+    fn check_volumes(&self, written: &Written, now: Duration, violations: &mut Vec<String>) -> (usize, usize) {
+        let tried = self.board.lock().sets.len();
+        if !written.ready {
+            violations.push("workload: the file writer never got its volumes and files".into());
+            return (tried, 0);
+        }
+        let Some(fsrvp) = self.registry.lock().expect("registry").values().next().map(|(_, r)| r.read().state.fsrvp.clone()) else {
+            violations.push("no node is running at the end".into());
+            return (tried, 0);
+        };
+        let stores = self.stores.lock().expect("stores").clone();
+        let mut snapshots = BTreeMap::new();
+        let mut acked_per = [Vec::new(), Vec::new()];
+        for (k, i) in &written.acked {
+            acked_per[*i].push(*k);
+        }
+        let acked_all: Vec<u64> = written.acked.iter().map(|(k, _)| *k).collect();
+        let mut read_at: BTreeMap<(usize, Option<Uuid>), BTreeSet<u64>> = BTreeMap::new();
+        for (i, (owner, _, name, _)) in VOLUMES.iter().enumerate() {
+            let vol = files::volume_id(i);
+            let Some(store) = stores.get(owner).and_then(|s| s.upgrade()) else {
+                violations.push(format!("volume {name}'s owner n{owner} is not running at the end"));
+                return (tried, 0);
+            };
+            let ino = written.ino[i].unwrap_or_default();
+            let read = |view: View| -> BTreeSet<u64> {
+                let size = store.stat(vol, view, ino).map(|n| n.size).unwrap_or(0);
+                files::seqs_in(&store.read(vol, view, ino, 0, size).unwrap_or_default())
+            };
+            let live = read(View::Live);
+            file_writes_survive::check(name, &live, &acked_per[i], &written.flushed[i], violations);
+            let list = store.snapshots(vol).unwrap_or_default();
+            for s in &list {
+                read_at.insert((i, Some(s.id)), read(View::Snapshot(s.id)));
+            }
+            snapshots.insert(vol, list);
+        }
+        set_atomicity::check(&fsrvp, &snapshots, violations);
+        set_liveness::check(&fsrvp, violations);
+        let mut committed = 0;
+        for set in fsrvp.sets.values().filter(|s| s.state >= SetState::Committed) {
+            committed += 1;
+            let mut present = BTreeSet::new();
+            let mut cut = Vec::new();
+            for copy in &set.copies {
+                let i = if copy.volume == files::volume_id(0) { 0 } else { 1 };
+                if let Some(seqs) = read_at.get(&(i, copy.snapshot)) {
+                    present.extend(seqs.iter().copied());
+                    cut.push(format!("{} holds {} writes, last {:?}", VOLUMES[i].2, seqs.len(), seqs.iter().next_back()));
+                }
+            }
+            log(&self.trace, now, format!("set {} {:?}: {}", set.id, set.state, cut.join(", ")));
+            one_cut::check(set.id, &present, &acked_all, violations);
+        }
+        (tried, committed)
+    }
+}
+
 /// One write request through node `via`: `Some(true)` if the state machine accepted it,
 /// `Some(false)` if it refused it, `None` if the node did not answer.
-async fn write_via(via: NodeId, json: &[u8]) -> Option<bool> {
+pub(crate) async fn write_via(via: NodeId, json: &[u8]) -> Option<bool> {
     let channel = umbra_raft::network::channel(&format!("{}:{PORT}", host_name(via))).ok()?;
     let mut client = AdminClient::new(channel);
     let call = client.write(WriteRequest { json: json.to_vec(), forwarded: false });

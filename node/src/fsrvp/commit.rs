@@ -11,12 +11,14 @@
 //! 5. Tentative snapshots are deleted only after an Aborted decision has been read (here, or
 //!    by the owners' reconcile); committed ones are promoted.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use umbra_raft::fsrvp::{Attempt, Decision, FsrvpAnswer, FsrvpCommand, FsrvpError, MAX_COMMIT_MS};
 use uuid::Uuid;
 
-use super::Coordinator;
+use super::{BrokenCommit, Coordinator};
 
 /// Clock drift the second timing guard allows for (fraction of the TTL).
 const DRIFT_MARGIN: f64 = 0.05;
@@ -36,7 +38,7 @@ impl Coordinator {
         // its snapshots): the client's timeout, but never much past the fences' TTL, so a dead
         // coordinator's attempt is cleaned up in seconds whatever timeout the client gave.
         let deadline = timeout.min(self.settings.fence_ttl * ATTEMPT_TTLS);
-        let (answer, index) = self.write_at(FsrvpCommand::BeginCommit { set, seed: Uuid::new_v4(), timeout_ms: deadline.as_millis() as u64 }).await?;
+        let (answer, index) = self.write_at(FsrvpCommand::BeginCommit { set, seed: self.settings.ids.next(), timeout_ms: deadline.as_millis() as u64 }).await?;
         let FsrvpAnswer::Attempt(attempt) = answer else { return Err(FsrvpError::Failed(format!("unexpected answer {answer:?}"))) };
         tracing::Span::current().record("token", attempt.token);
         if attempt.token != index {
@@ -47,6 +49,9 @@ impl Coordinator {
 
         let ttl = self.settings.fence_ttl.min(timeout.saturating_sub(begun.elapsed())).max(Duration::from_millis(1));
         let sent = Instant::now();
+        if self.settings.broken == Some(BrokenCommit::ReleaseBeforeAllFenced) {
+            return self.broken_commit(set, &attempt, ttl, begun, timeout).await;
+        }
         let fences = attempt.participants.iter().map(|p| self.fence(p.volume, attempt.token, ttl, p.snapshot));
         let fenced = futures::future::join_all(fences).await;
         let last_answer = sent.elapsed();
@@ -79,7 +84,7 @@ impl Coordinator {
             why.get_or_insert_with(|| "timeout".into());
         }
         self.pause("released").await;
-        let want = if why.is_none() { Decision::Committed } else { Decision::Aborted };
+        let want = if why.is_none() || self.settings.broken == Some(BrokenCommit::CommitDespiteFailedFences) { Decision::Committed } else { Decision::Aborted };
         let decision = self.decide(set, attempt.token, want).await?;
         tracing::info!(?decision, participants = attempt.participants.len(), fence_ms = last_answer.as_millis() as u64, held_us = hold.as_micros() as u64, total_us = begun.elapsed().as_micros() as u64, "commit decided");
         // Owners promote (or drop) their snapshots in the background: Expose and the owners'
@@ -126,6 +131,25 @@ impl Coordinator {
             }
         });
         futures::future::join_all(work).await;
+    }
+
+    /// The test-only [`BrokenCommit::ReleaseBeforeAllFenced`]: each participant is fenced and
+    /// at once released, in parallel with the others, then Committed is proposed if all held.
+    async fn broken_commit(&self, set: Uuid, attempt: &Attempt, ttl: Duration, begun: Instant, timeout: Duration) -> Result<(), FsrvpError> {
+        let each = attempt.participants.iter().map(|p| async move {
+            self.fence(p.volume, attempt.token, ttl, p.snapshot).await?;
+            self.release(p.volume, attempt.token).await
+        });
+        let all_held = futures::future::join_all(each).await.iter().all(|r| matches!(r, Ok((true, _))));
+        let want = if all_held && begun.elapsed() < timeout { Decision::Committed } else { Decision::Aborted };
+        let decision = self.decide(set, attempt.token, want).await?;
+        let coordinator = self.clone();
+        let done = attempt.clone();
+        tokio::spawn(async move { coordinator.after_decision(&done, decision).await });
+        match decision {
+            Decision::Committed => Ok(()),
+            Decision::Aborted => Err(FsrvpError::Failed("aborted".into())),
+        }
     }
 
     async fn await_decision(&self, attempt: &Attempt, deadline: Instant) -> Result<(), FsrvpError> {

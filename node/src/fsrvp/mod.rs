@@ -41,6 +41,59 @@ pub struct Settings {
     /// Test only: pause the coordinator at one commit phase (`begun`, `fenced`, `released`),
     /// from UMBRA_TEST_COMMIT_PAUSE=phase:ms.
     pub pause: Option<(String, Duration)>,
+    /// Where set, copy and attempt ids come from: random in production, seeded under simulation.
+    pub ids: Ids,
+    /// Test only: a deliberately broken commit, which the simulation's checkers must catch.
+    pub broken: Option<BrokenCommit>,
+    /// Test only: told each commit phase (`begun`, `fenced`, `released`) as it is reached (the
+    /// simulation crashes the coordinator there).
+    pub phases: Option<Phases>,
+}
+
+/// An observer of commit phases (see [`Settings::phases`]).
+#[derive(Clone)]
+pub struct Phases(pub Arc<dyn Fn(&'static str) + Send + Sync>);
+
+impl std::fmt::Debug for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Phases")
+    }
+}
+
+/// Deliberately broken commit protocols (test only; never set in production).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokenCommit {
+    /// Each participant is released as soon as its own fence answers, not after all are fenced
+    /// (the fence points no longer form one cut).
+    ReleaseBeforeAllFenced,
+    /// Commits whatever the fences and releases answered (a participant may lack its snapshot).
+    CommitDespiteFailedFences,
+}
+
+/// A source of fresh ids (MS-FSRVP: the server makes set and copy ids).
+#[derive(Clone)]
+pub struct Ids(Arc<dyn Fn() -> Uuid + Send + Sync>);
+
+impl Ids {
+    /// Random (v4) ids.
+    pub fn random() -> Self {
+        Ids(Arc::new(Uuid::new_v4))
+    }
+
+    /// Ids from `next` (the simulation's seeded generator).
+    pub fn from_fn(next: impl Fn() -> Uuid + Send + Sync + 'static) -> Self {
+        Ids(Arc::new(next))
+    }
+
+    pub fn next(&self) -> Uuid {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Ids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ids")
+    }
 }
 
 impl Settings {
@@ -49,7 +102,7 @@ impl Settings {
             let (phase, ms) = v.split_once(':')?;
             Some((phase.to_string(), Duration::from_millis(ms.parse().ok()?)))
         });
-        Settings { fence_ttl: Duration::from_secs(5), server_name: server_name.into(), pause }
+        Settings { fence_ttl: Duration::from_secs(5), server_name: server_name.into(), pause, ids: Ids::random(), broken: None, phases: None }
     }
 }
 
@@ -89,11 +142,11 @@ impl Coordinator {
             }
             // The server makes the ids (MS-FSRVP 3.1.4.3); the client's are not used.
             Call::StartShadowCopySet { .. } => {
-                let set = Uuid::new_v4();
+                let set = self.settings.ids.next();
                 self.write(FsrvpCommand::Start { client: client.address.clone(), set }).await?;
                 Out::SetId(set)
             }
-            Call::AddToShadowCopySet { set_id, share, .. } => match self.write(FsrvpCommand::Add { set: *set_id, copy: Uuid::new_v4(), share: share.clone() }).await? {
+            Call::AddToShadowCopySet { set_id, share, .. } => match self.write(FsrvpCommand::Add { set: *set_id, copy: self.settings.ids.next(), share: share.clone() }).await? {
                 FsrvpAnswer::Copy(copy) => Out::CopyId(copy),
                 other => return Err(unexpected(other)),
             },
@@ -236,7 +289,10 @@ impl Coordinator {
         self.write(FsrvpCommand::RecoveryComplete { set }).await.map(|_| ())
     }
 
-    pub(crate) async fn pause(&self, phase: &str) {
+    pub(crate) async fn pause(&self, phase: &'static str) {
+        if let Some(Phases(observe)) = &self.settings.phases {
+            observe(phase);
+        }
         if let Some((p, d)) = &self.settings.pause {
             if p == phase {
                 tracing::warn!(phase, ms = d.as_millis() as u64, "test pause: commit paused");
@@ -256,8 +312,7 @@ pub fn filetime_of_ms(ms: u64) -> u64 {
     UNIX_EPOCH_AS_FILETIME + ms * 10_000
 }
 
-/// Now as FILETIME.
+/// Now as FILETIME, by the process's clock (`umbra_raft::clock`: virtual under simulation).
 pub fn filetime_now() -> u64 {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    filetime_of_ms(ms)
+    filetime_of_ms(umbra_raft::clock::now_ms())
 }

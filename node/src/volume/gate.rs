@@ -5,9 +5,15 @@
 //! finish, then runs the fence-point action (the tentative snapshot) with nothing in flight.
 //! The fence ends at `release`, or by itself at its TTL whatever happens to the caller: a
 //! waiting mutation wakes at the TTL and goes on. Reads never pass the gate.
+//!
+//! Time is the runtime's clock (`tokio::time::Instant`: the system clock in production, the
+//! virtual one under simulation). Async callers wait out a fence with [`Gate::wait_open`]
+//! before their synchronous mutation, so a single-threaded runtime never blocks on the gate.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::error::{Result, VolumeError};
 
@@ -42,6 +48,8 @@ impl GateState {
 pub struct Gate {
     state: Mutex<GateState>,
     changed: Condvar,
+    /// Wakes async waiters ([`Gate::wait_open`]) when a fence ends.
+    opened: tokio::sync::Notify,
 }
 
 /// One mutation's passage; leaving the scope lets a draining fence go on.
@@ -130,6 +138,8 @@ impl Gate {
             if now >= until {
                 st.fence = None;
                 self.changed.notify_all();
+                drop(st);
+                self.opened.notify_waiters();
                 return Err(VolumeError::Busy("writes in flight did not drain within the fence TTL"));
             }
             st = self.changed.wait_timeout(st, until - now).expect("gate lock").0;
@@ -142,6 +152,8 @@ impl Gate {
         if result.is_err() || Instant::now() >= until {
             st.fence = None;
             self.changed.notify_all();
+            drop(st);
+            self.opened.notify_waiters();
         }
         result
     }
@@ -160,7 +172,25 @@ impl Gate {
             st.fence = None;
         }
         self.changed.notify_all();
+        drop(st);
+        self.opened.notify_waiters();
         (if held { Released::Held } else { Released::Expired }, hold)
+    }
+
+    /// Waits, without blocking the thread, until no fence holds (at most until its TTL). A
+    /// mutation that then runs without yielding to the runtime passes [`Gate::enter`] at once
+    /// on a single-threaded runtime; elsewhere `enter` still waits out a fence raised since.
+    pub async fn wait_open(&self) {
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            let Some(f) = self.lock().holding(Instant::now()) else { return };
+            tokio::select! {
+                _ = opened => {}
+                _ = tokio::time::sleep_until(f.until) => {}
+            }
+        }
     }
 
     /// Whether a fence holds now (for tests and status).
@@ -229,5 +259,29 @@ mod tests {
         assert!(matches!(gate.raise(2, Duration::from_secs(5), || Ok(())), Err(VolumeError::Busy(_))));
         assert!(matches!(gate.raise(3, Duration::ZERO, || Ok(())), Err(VolumeError::Invalid(_))));
         assert_eq!(gate.release(1).0, Released::Held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_async_writer_waits_out_a_fence_on_the_runtime_clock_without_blocking() {
+        let gate = Arc::new(Gate::default());
+        gate.raise(1, Duration::from_secs(5), || Ok(())).unwrap();
+        let start = Instant::now();
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move {
+            g.wait_open().await;
+            drop(g.enter().unwrap());
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished(), "the writer waits while the fence holds");
+        assert_eq!(gate.release(1).0, Released::Held);
+        let passed = waiter.await.unwrap();
+        assert_eq!(passed - start, Duration::from_secs(1), "release wakes the writer at once");
+
+        gate.raise(2, Duration::from_millis(300), || Ok(())).unwrap();
+        let start = Instant::now();
+        gate.wait_open().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(300), "an unreleased fence ends at its TTL");
+        assert_eq!(gate.release(2).0, Released::Expired);
     }
 }

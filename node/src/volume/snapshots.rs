@@ -101,6 +101,13 @@ impl VolumeStore {
         Ok(self.volume(vol)?.gate.fenced())
     }
 
+    /// Waits (asynchronously) until no fence holds `vol`: see [`super::gate::Gate::wait_open`].
+    pub async fn wait_open(&self, vol: Uuid) {
+        if let Ok(entry) = self.volume(vol) {
+            entry.gate.wait_open().await;
+        }
+    }
+
     /// Makes a tentative snapshot committed (the set's decision was Committed).
     pub fn snapshot_commit(&self, vol: Uuid, id: Uuid) -> Result<SnapshotInfo> {
         let entry = self.volume(vol)?;

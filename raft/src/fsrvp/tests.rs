@@ -359,6 +359,21 @@ fn the_sequence_timer_removes_the_armed_set_before_expose_and_clears_the_context
 }
 
 #[test]
+fn a_new_context_keeps_the_timer_of_a_set_the_client_left_in_creation() {
+    let mut w = World::new();
+    w.fs(FsrvpCommand::SetTimeout { seconds: Some(1) }).unwrap();
+    // The client never learnt its set (the Start answer was lost) and starts over.
+    let lost = w.start(0);
+    w.now_ms += 600;
+    w.fs(FsrvpCommand::SetContext { client: CLIENT.into(), context: 0 }).unwrap();
+    w.now_ms += 600;
+    w.fs(FsrvpCommand::Expire).unwrap();
+    assert_eq!(w.state_of(lost), None, "the lost set expires on its own timer");
+    let next = w.start(0);
+    assert_eq!(w.state_of(next), Some(SetState::Started), "and no longer blocks a new set");
+}
+
+#[test]
 fn a_committed_set_that_times_out_is_removed_and_its_snapshot_is_deleted() {
     let mut w = World::new();
     w.fs(FsrvpCommand::SetTimeout { seconds: Some(1) }).unwrap();

@@ -4,4 +4,10 @@
 pub mod acked_writes_survive;
 pub mod converges;
 pub mod election_safety;
+pub mod fence_ttl;
+pub mod file_writes_survive;
 pub mod linearizable_reads;
+pub mod one_cut;
+pub mod one_set_in_creation;
+pub mod set_atomicity;
+pub mod set_liveness;
