@@ -16,20 +16,16 @@ impl VolumeStore {
         move |lin| keys::chunk(vol, lin, ino, generation, index)
     }
 
-    /// Reads up to `len` bytes at `offset` (short at end of file; holes read as zeros). The
-    /// volume lock is held only to find the inode and take a RocksDB snapshot: the data is read
-    /// from that snapshot, one consistent view, while writers, fences and other reads go on.
+    /// Reads up to `len` bytes at `offset` (short at end of file; holes read as zeros), each
+    /// chunk copied once, from where RocksDB holds it into the reply.
     pub fn read(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
         if len > MAX_IO_BYTES {
             return Err(VolumeError::TooLarge { what: "a read", got: len, max: MAX_IO_BYTES });
         }
         let entry = self.volume(vol)?;
-        let (scope, inode, view_at) = {
-            let st = Self::lock(&entry);
-            let scope = Self::scope(&st, view)?;
-            let (inode, _) = self.inode_req(vol, &scope, ino)?;
-            (scope, inode, self.db.snapshot())
-        };
+        let st = Self::lock(&entry);
+        let scope = Self::scope(&st, view)?;
+        let (inode, _) = self.inode_req(vol, &scope, ino)?;
         if inode.kind != Kind::File {
             return Err(VolumeError::IsADirectory);
         }
@@ -45,8 +41,7 @@ impl VolumeStore {
             let take_end = end.min(chunk_start + CHUNK_BYTES);
             let (from, at) = ((pos - chunk_start) as usize, (pos - offset) as usize);
             let object = Self::chunk_object(vol, ino, inode.generation, index);
-            // Copied straight from where RocksDB holds it into the reply.
-            self.visible_map(CF_CHUNKS, &scope, object, Verify::Yes, Some(&view_at), |_, data| {
+            self.visible_map(CF_CHUNKS, &scope, object, Verify::Yes, |_, data| {
                 let to = ((take_end - chunk_start) as usize).min(data.len());
                 if from < to {
                     out[at..at + (to - from)].copy_from_slice(&data[from..to]);
@@ -106,7 +101,7 @@ impl VolumeStore {
         // A chunk written whole needs only the old version's key and whether it held data.
         let whole = at == 0 && piece.len() as u64 == CHUNK_BYTES;
         let (old_key, had_data, mut content) = if whole {
-            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, None, |k, v| (k.to_vec(), !v.is_empty()))?;
+            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| (k.to_vec(), !v.is_empty()))?;
             old.map_or((None, false, Vec::new()), |(k, had)| (Some(k), had, Vec::new()))
         } else {
             let old = self.visible(CF_CHUNKS, scope, &object)?;

@@ -152,9 +152,6 @@ pub(super) enum Verify {
     KeyOnly,
 }
 
-/// A RocksDB snapshot: a consistent view of the store for a read that lets go of the volume lock.
-pub(super) type DbSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
-
 /// A found version: its full key and its value.
 pub(super) type Version = (Vec<u8>, Vec<u8>);
 
@@ -180,12 +177,9 @@ impl VolumeStore {
         // flushes and compactions get threads of their own, so a write (the one a fence waits
         // for) spends less time queued inside RocksDB.
         opts.set_enable_pipelined_write(true);
-        opts.set_max_background_jobs(4);
         let mut chunk_opts = prefix_options(CHUNK_OBJECT_BYTES);
         // Chunk values live in blob files: compaction moves only keys (design.md section 3).
         chunk_opts.set_enable_blob_files(true);
-        // Room to fill memtables while earlier ones flush, so sustained writes do not stall.
-        chunk_opts.set_max_write_buffer_number(4);
         chunk_opts.set_min_blob_size(4096);
         chunk_opts.set_enable_blob_gc(true);
         // Every blob file may be garbage-collected when compaction meets it, so the space of
@@ -309,12 +303,12 @@ impl VolumeStore {
     /// objects are their column family's bloom-filtered prefix, so the seek skips files that
     /// cannot hold them.
     pub(super) fn newest(&self, cf: &str, object: &[u8], max: Epoch) -> Result<Option<Version>> {
-        self.newest_map(cf, object, max, Verify::Yes, None, |k, v| (k.to_vec(), v.to_vec()))
+        self.newest_map(cf, object, max, Verify::Yes, |k, v| (k.to_vec(), v.to_vec()))
     }
 
     /// [`Self::newest`], handing `found` the key and value where they lie (one copy at most,
-    /// the caller's); as of RocksDB snapshot `at` if given.
-    fn newest_map<T>(&self, cf: &str, object: &[u8], max: Epoch, verify: Verify, at: Option<&DbSnapshot<'_>>, found: impl FnOnce(&[u8], &[u8]) -> T) -> Result<Option<T>> {
+    /// the caller's).
+    fn newest_map<T>(&self, cf: &str, object: &[u8], max: Epoch, verify: Verify, found: impl FnOnce(&[u8], &[u8]) -> T) -> Result<Option<T>> {
         let seek = keys::versioned(object.to_vec(), max);
         let mut ro = rocksdb::ReadOptions::default();
         let prefixed = matches!((cf, object.len()), (CF_CHUNKS, CHUNK_OBJECT_BYTES) | (CF_INODES, INODE_OBJECT_BYTES));
@@ -324,9 +318,6 @@ impl VolumeStore {
             ro.set_total_order_seek(true);
         }
         ro.set_verify_checksums(verify == Verify::Yes);
-        if let Some(at) = at {
-            ro.set_snapshot(at);
-        }
         let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
         it.seek(&seek);
         match (it.key(), it.value()) {
@@ -340,17 +331,16 @@ impl VolumeStore {
 
     /// The version a scope sees: its own lineage first, then (for a clone) its base.
     pub(super) fn visible(&self, cf: &str, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>) -> Result<Option<Version>> {
-        self.visible_map(cf, scope, object, Verify::Yes, None, |k, v| (k.to_vec(), v.to_vec()))
+        self.visible_map(cf, scope, object, Verify::Yes, |k, v| (k.to_vec(), v.to_vec()))
     }
 
-    /// [`Self::visible`], handing `found` the key and value where they lie; as of RocksDB
-    /// snapshot `at` if given.
-    pub(super) fn visible_map<T>(&self, cf: &str, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, verify: Verify, at: Option<&DbSnapshot<'_>>, mut found: impl FnMut(&[u8], &[u8]) -> T) -> Result<Option<T>> {
-        if let Some(v) = self.newest_map(cf, &object(scope.lineage), scope.max_epoch, verify, at, &mut found)? {
+    /// [`Self::visible`], handing `found` the key and value where they lie.
+    pub(super) fn visible_map<T>(&self, cf: &str, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, verify: Verify, mut found: impl FnMut(&[u8], &[u8]) -> T) -> Result<Option<T>> {
+        if let Some(v) = self.newest_map(cf, &object(scope.lineage), scope.max_epoch, verify, &mut found)? {
             return Ok(Some(v));
         }
         match scope.base_epoch {
-            Some(base) => self.newest_map(cf, &object(LIVE), base, verify, at, &mut found),
+            Some(base) => self.newest_map(cf, &object(LIVE), base, verify, &mut found),
             None => Ok(None),
         }
     }
