@@ -109,7 +109,13 @@ impl GatewayOpens {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.renew(&service).await,
+                _ = tick.tick() => {
+                    // A stop does not wait for a renewal to an owner that may be gone.
+                    tokio::select! {
+                        _ = self.renew(&service) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
                 _ = stop.changed() => return,
             }
             if *stop.borrow() {

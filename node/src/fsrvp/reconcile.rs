@@ -21,8 +21,14 @@ pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn run(coordinator: Arc<Coordinator>, store: Arc<VolumeStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        if let Err(e) = pass(&coordinator, &store).await {
-            tracing::debug!(error = %e, "shadow-copy reconcile pass incomplete; next pass retries");
+        // A stop ends a pass where it stands (as a crash would): the next start reconciles again.
+        tokio::select! {
+            done = pass(&coordinator, &store) => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "shadow-copy reconcile pass incomplete; next pass retries");
+                }
+            }
+            _ = stop.changed() => return,
         }
         tokio::select! {
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
