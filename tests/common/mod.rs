@@ -168,7 +168,19 @@ impl Cluster {
     pub fn stop(&mut self, id: u64) {
         let mut child = self.nodes[(id - 1) as usize].child.take().expect("node is running");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let status = wait_for(Duration::from_secs(15), "the node to exit after SIGTERM", || child.try_wait().expect("try_wait"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                // Never leave the process behind a failed test.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {id} did not exit within 15 s of SIGTERM (killed); log:\n{}", self.log(id));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         assert!(status.success(), "node {id} exited with {status} after SIGTERM; log:\n{}", self.log(id));
     }
 
