@@ -29,12 +29,6 @@ pub struct VolumeBenchArgs {
     /// Where to put the data (default: a temporary directory).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
-    /// Unsynced WAL bytes after which a writer starts their writeback (0: never).
-    #[arg(long, default_value_t = umbra_node::volume::WalTuning::default().bytes_per_sync)]
-    wal_bytes_per_sync: u64,
-    /// Sync the WAL from a background thread this often, ms (0: no background syncer).
-    #[arg(long, default_value_t = 0)]
-    wal_sync_interval_ms: u64,
     /// Write loads for the fence part, MB/s in all (0: flat out).
     #[arg(long, value_delimiter = ',', default_value = "0,200")]
     fence_load_mbps: Vec<u64>,
@@ -59,11 +53,6 @@ pub enum Part {
 }
 
 impl VolumeBenchArgs {
-    fn wal(&self) -> umbra_node::volume::WalTuning {
-        let sync_interval = (self.wal_sync_interval_ms > 0).then(|| Duration::from_millis(self.wal_sync_interval_ms));
-        umbra_node::volume::WalTuning { bytes_per_sync: self.wal_bytes_per_sync, sync_interval }
-    }
-
     fn runs(&self, part: Part) -> bool {
         self.only.is_empty() || self.only.contains(&part)
     }
@@ -113,7 +102,7 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
     let size = args.size_mib * MIB;
     if args.runs(Part::Seq) || args.runs(Part::Random) {
         let (pw, pr) = plain_file(&scratch.join("plain.bin"), size)?;
-        let store = Arc::new(VolumeStore::open_tuned(&scratch.join("store"), args.wal())?);
+        let store = Arc::new(VolumeStore::open(&scratch.join("store"))?);
         let vol = Uuid::new_v4();
         store.create_volume(vol, 0)?;
         // The random part writes into the file the sequential part makes.
@@ -139,7 +128,7 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
         space(scratch, size)?;
     }
     if args.runs(Part::Fence) {
-        fence_p99(scratch, &args.fence_load_mbps, args.wal())?;
+        fence_p99(scratch, &args.fence_load_mbps)?;
     }
     Ok(())
 }
@@ -307,20 +296,19 @@ fn space(scratch: &Path, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fence_p99(scratch: &Path, loads_mbps: &[u64], wal: umbra_node::volume::WalTuning) -> anyhow::Result<()> {
-    println!("fences ({wal:?})");
+fn fence_p99(scratch: &Path, loads_mbps: &[u64]) -> anyhow::Result<()> {
     for &mbps in loads_mbps {
-        fence_under_load(scratch, mbps, wal)?;
+        fence_under_load(scratch, mbps)?;
     }
     Ok(())
 }
 
 /// Fences under 4 writers of 64 KiB: flat out (`mbps` 0: the disk, not the writers, sets the
 /// pace, and writes queue in the kernel's writeback), or paced to `mbps` MB/s in all.
-fn fence_under_load(scratch: &Path, mbps: u64, wal: umbra_node::volume::WalTuning) -> anyhow::Result<()> {
+fn fence_under_load(scratch: &Path, mbps: u64) -> anyhow::Result<()> {
     const WRITERS: u64 = 4;
     const WRITE_BYTES: u64 = 64 * 1024;
-    let store = Arc::new(VolumeStore::open_tuned(&scratch.join(format!("fence-{mbps}")), wal)?);
+    let store = Arc::new(VolumeStore::open(&scratch.join(format!("fence-{mbps}")))?);
     let vol = Uuid::new_v4();
     store.create_volume(vol, 0)?;
     let stop = Arc::new(AtomicBool::new(false));

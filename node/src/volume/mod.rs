@@ -7,7 +7,7 @@
 //! snapshot still reads go to deadlists, which [`reclaim`] walks when a snapshot is deleted.
 
 mod data;
-pub mod durability;
+mod durability;
 mod error;
 pub mod gate;
 pub mod keys;
@@ -18,7 +18,6 @@ mod store;
 mod types;
 
 pub use error::{Result, VolumeError};
-pub use durability::WalTuning;
 pub use gate::Released;
 pub use store::VolumeStore;
 pub use types::*;

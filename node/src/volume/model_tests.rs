@@ -492,31 +492,6 @@ fn a_fence_left_by_its_caller_expires_and_its_release_says_so() {
 }
 
 #[test]
-fn a_background_wal_syncer_syncs_pending_writes_and_stops_with_the_store() {
-    use std::time::Duration;
-    let dir = tempfile::tempdir().unwrap();
-    let tuning = WalTuning { bytes_per_sync: 0, sync_interval: Some(Duration::from_millis(5)) };
-    let store = VolumeStore::open_tuned(dir.path(), tuning).unwrap();
-    let vol = Uuid::new_v4();
-    store.create_volume(vol, 0).unwrap();
-    let idle = store.wal_syncs();
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(store.wal_syncs() <= idle + 1, "nothing pending, nothing synced");
-    let ino = store.create(vol, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
-    store.write(vol, View::Live, ino, 0, b"synced by the syncer", 2).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while store.wal_syncs() == idle {
-        assert!(std::time::Instant::now() < deadline, "the syncer never synced");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    drop(store);
-    // The syncer let go of the database: it opens again at once, with the write.
-    let store = VolumeStore::open(dir.path()).unwrap();
-    assert_eq!(store.read(vol, View::Live, ino, 0, 20).unwrap(), b"synced by the syncer");
-    assert!(VolumeStore::open_tuned(&dir.path().join("x"), WalTuning { bytes_per_sync: 0, sync_interval: Some(Duration::ZERO) }).is_err());
-}
-
-#[test]
 fn concurrent_syncs_are_group_committed() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::error::{Result, VolumeError};
 use super::keys::{self, dead, Epoch, Lineage, LIVE};
-use super::durability::{SyncGroup, WalSyncer, WalTuning, MAX_WAL_SYNC_INTERVAL};
+use super::durability::{SyncGroup, WAL_BYTES_PER_SYNC};
 use super::gate::{Gate, Pass};
 use super::types::*;
 
@@ -139,9 +139,7 @@ impl VolumeEntry {
 pub struct VolumeStore {
     pub(super) db: Arc<DB>,
     volumes: Mutex<HashMap<Uuid, Arc<VolumeEntry>>>,
-    pub(super) syncs: Arc<SyncGroup>,
-    /// Dropped last: joins the background WAL syncer, whose `db` reference then goes last.
-    _syncer: Option<WalSyncer>,
+    pub(super) syncs: SyncGroup,
 }
 
 /// Whether a lookup checks the checksums of what it reads: always, unless the bytes it finds
@@ -158,20 +156,12 @@ pub(super) type Version = (Vec<u8>, Vec<u8>);
 impl VolumeStore {
     /// Opens (or creates) the volume database under `path` and loads every volume's state.
     pub fn open(path: &Path) -> Result<VolumeStore> {
-        Self::open_tuned(path, WalTuning::default())
-    }
-
-    /// [`Self::open`] with how the WAL is written out between syncs.
-    pub fn open_tuned(path: &Path, wal: WalTuning) -> Result<VolumeStore> {
-        if wal.sync_interval.is_some_and(|i| i.is_zero() || i > MAX_WAL_SYNC_INTERVAL) {
-            return Err(VolumeError::Invalid(format!("a WAL sync interval is between 1 ms and {} s", MAX_WAL_SYNC_INTERVAL.as_secs())));
-        }
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Write dirty WAL and table data out as it accumulates, so a synced write (a fence's
         // snapshot, a FLUSH) finds little left to sync and its latency stays short.
-        opts.set_wal_bytes_per_sync(wal.bytes_per_sync);
+        opts.set_wal_bytes_per_sync(WAL_BYTES_PER_SYNC);
         opts.set_bytes_per_sync(TABLE_BYTES_PER_SYNC);
         // A write's WAL append and its memtable insert overlap with the next write's, and
         // flushes and compactions get threads of their own, so a write (the one a fence waits
@@ -193,9 +183,7 @@ impl VolumeStore {
             ColumnFamilyDescriptor::new(CF_DEAD, Options::default()),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
-        let syncs = Arc::new(SyncGroup::default());
-        let syncer = wal.sync_interval.map(|every| WalSyncer::start(db.clone(), syncs.clone(), every));
-        let store = VolumeStore { db, volumes: Mutex::new(HashMap::new()), syncs, _syncer: syncer };
+        let store = VolumeStore { db, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default() };
         store.load()?;
         Ok(store)
     }
