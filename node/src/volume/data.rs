@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rocksdb::WriteBatch;
+use super::kv::{Batch, Durability};
 use uuid::Uuid;
 
 use super::error::{Result, VolumeError};
@@ -77,7 +77,7 @@ impl VolumeStore {
     /// One gated mutation of a regular file: the gate passed, the volume locked, the view
     /// writable and the inode loaded; `change` adds to the batch, which lands with the inode
     /// (its times set to `now`) in one write.
-    fn update_file(&self, vol: Uuid, view: View, ino: u64, now: u64, change: impl FnOnce(&VolState, &Scope, &mut WriteBatch, &mut Inode) -> Result<()>) -> Result<()> {
+    fn update_file(&self, vol: Uuid, view: View, ino: u64, now: u64, change: impl FnOnce(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<()>) -> Result<()> {
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
@@ -85,18 +85,18 @@ impl VolumeStore {
         if inode.kind != Kind::File {
             return Err(VolumeError::IsADirectory);
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         change(&st, &scope, &mut batch, &mut inode)?;
         inode.written = now;
         inode.changed = now;
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
-        self.db.write(batch)?;
+        self.kv.write(batch, Durability::Buffered)?;
         Ok(())
     }
 
     /// Replaces bytes `at..at+piece.len()` of chunk `index` (read-modify-write when partial).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn write_chunk(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, inode: &mut Inode, ino: u64, index: u64, at: usize, piece: &[u8]) -> Result<()> {
+    pub(super) fn write_chunk(&self, st: &VolState, scope: &Scope, batch: &mut Batch, inode: &mut Inode, ino: u64, index: u64, at: usize, piece: &[u8]) -> Result<()> {
         let object = Self::chunk_object(st.id, ino, inode.generation, index);
         // A chunk written whole needs only the old version's key and whether it held data.
         let whole = at == 0 && piece.len() as u64 == CHUNK_BYTES;
@@ -165,9 +165,9 @@ impl VolumeStore {
         inode.written = info.written.unwrap_or(inode.written);
         inode.changed = info.changed.unwrap_or(inode.changed);
         inode.attributes = info.attributes.unwrap_or(inode.attributes);
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
-        self.db.write(batch)?;
+        self.kv.write(batch, Durability::Buffered)?;
         Ok(inode)
     }
 
@@ -222,14 +222,14 @@ impl VolumeStore {
     /// A file's generation of chunks is dead (truncate to 0 or delete). In a clone, or when no
     /// snapshot or clone base exists, it goes at once (one range delete); otherwise it is noted
     /// in the deadlist and the reclaimer frees whatever no snapshot reads.
-    pub(super) fn retire_generation(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, ino: u64, generation: u64) -> Result<()> {
+    pub(super) fn retire_generation(&self, st: &VolState, scope: &Scope, batch: &mut Batch, ino: u64, generation: u64) -> Result<()> {
         let prefix = keys::generation_prefix(st.id, scope.lineage, ino, generation);
         if scope.lineage != LIVE || st.pins().next().is_none() {
-            batch.delete_range_cf(self.cf(CF_CHUNKS), &prefix, &keys::prefix_end(&prefix));
+            batch.delete_range(CF_CHUNKS, prefix.as_slice(), keys::prefix_end(&prefix));
             return Ok(());
         }
         let payload = &prefix[16..];
-        batch.put_cf(self.cf(CF_DEAD), dead::key(st.id, scope.write_epoch, dead::GENERATION, payload), b"");
+        batch.put(CF_DEAD, dead::key(st.id, scope.write_epoch, dead::GENERATION, payload), b"");
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::{Condvar, Mutex};
 
-use rocksdb::DB;
+use super::kv::Kv;
 
 use super::error::Result;
 
@@ -33,8 +33,8 @@ struct SyncState {
 impl SyncGroup {
     /// Makes every write acknowledged before the call durable. Concurrent callers share syncs:
     /// a caller whose writes a finished sync covered returns without one.
-    pub(super) fn sync(&self, db: &DB) -> Result<()> {
-        let target = db.latest_sequence_number();
+    pub(super) fn sync(&self, kv: &dyn Kv) -> Result<()> {
+        let target = kv.sequence();
         let mut st = self.state.lock().expect("sync lock");
         loop {
             if st.synced_upto >= target {
@@ -45,9 +45,9 @@ impl SyncGroup {
                 continue;
             }
             st.running = true;
-            let covers = db.latest_sequence_number();
+            let covers = kv.sequence();
             drop(st);
-            let result = db.flush_wal(true);
+            let result = kv.sync_wal();
             st = self.state.lock().expect("sync lock");
             st.running = false;
             st.performed += 1;

@@ -1,16 +1,18 @@
 //! Volumes: file trees stored in the node's volume RocksDB (never the Raft one), with O(1)
 //! snapshots, writable clones and crash-safe reclaim.
 //!
-//! Data flow: a caller (the volume gRPC service, later the SMB gateway) names a volume, a
-//! [`View`] (live, a snapshot, or a clone) and an inode; [`VolumeStore`] turns each mutation
-//! into one RocksDB write batch of epoch-versioned keys ([`keys`]); superseded versions a
-//! snapshot still reads go to deadlists, which [`reclaim`] walks when a snapshot is deleted.
+//! Data flow: a caller (the volume gRPC service, the SMB gateway) names a volume, a [`View`]
+//! (live, a snapshot, or a clone) and an inode; [`VolumeStore`] turns each mutation into one
+//! write batch of epoch-versioned keys ([`keys`]) on a [`kv::Kv`] engine (RocksDB, or the
+//! simulation's in-memory one); superseded versions a snapshot still reads go to deadlists,
+//! which [`reclaim`] walks when a snapshot is deleted.
 
 mod data;
 mod durability;
 mod error;
 pub mod gate;
 pub mod keys;
+pub mod kv;
 mod namespace;
 pub mod reclaim;
 mod snapshots;

@@ -62,6 +62,8 @@ fn key(in_dir: bool, name: &str) -> String {
 
 struct World {
     store: VolumeStore,
+    /// The in-memory engine under the store, when the test runs on it.
+    mem: Option<kv::MemKv>,
     vol: Uuid,
     live: Tree,
     snapshots: Vec<(Uuid, Tree)>,
@@ -268,12 +270,90 @@ fn dump(store: &VolumeStore, vol: Uuid, view: View) -> Tree {
     out
 }
 
+/// The engine a model test runs the store on.
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    Rocks,
+    Mem,
+}
+
 fn world() -> (tempfile::TempDir, World) {
+    world_on(Engine::Rocks)
+}
+
+fn world_on(engine: Engine) -> (tempfile::TempDir, World) {
     let dir = tempfile::tempdir().unwrap();
-    let store = VolumeStore::open(dir.path()).unwrap();
+    let (store, mem) = match engine {
+        Engine::Rocks => (VolumeStore::open(dir.path()).unwrap(), None),
+        Engine::Mem => {
+            let kv = kv::MemKv::new();
+            (VolumeStore::open_on(std::sync::Arc::new(kv.clone())).unwrap(), Some(kv))
+        }
+    };
     let vol = Uuid::new_v4();
     store.create_volume(vol, 0).unwrap();
-    (dir, World { store, vol, live: Tree::new(), snapshots: Vec::new(), clones: Vec::new(), now: 0 })
+    (dir, World { store, mem, vol, live: Tree::new(), snapshots: Vec::new(), clones: Vec::new(), now: 0 })
+}
+
+fn the_store_reads_like_the_model(engine: Engine, ops: &[Op]) -> std::result::Result<(), TestCaseError> {
+    let (_dir, mut w) = world_on(engine);
+    for op in ops {
+        w.apply(op);
+        w.check();
+    }
+    // Every snapshot and clone goes: nothing is left but what the live volume needs.
+    for (id, _, _) in std::mem::take(&mut w.clones) {
+        w.store.clone_delete(w.vol, id).unwrap();
+    }
+    for (id, _) in std::mem::take(&mut w.snapshots) {
+        w.store.snapshot_delete(w.vol, id).unwrap();
+    }
+    w.store.reclaim_all(w.vol).unwrap();
+    w.check();
+    prop_assert_eq!(count(&w.store, super::store::CF_DEAD), 0, "deadlists are empty once no pin is left");
+    prop_assert_eq!(count(&w.store, super::store::CF_CHUNKS), live_chunks(&w.live), "only live chunks remain");
+    Ok(())
+}
+
+/// What the model holds at one point.
+type Trees = (Tree, Vec<(Uuid, Tree)>, Vec<(Uuid, Tree, bool)>);
+
+/// Operations with crashes between them, on the in-memory engine. After every operation the
+/// test notes the engine's unsynced batches and the model: a power loss keeps the writes up to
+/// one of those points since the last sync (drawn by `at`) and the model goes back to that
+/// point; a process death keeps everything. The reopened store must read like the model, at
+/// every snapshot and clone.
+fn crashes_lose_only_what_was_not_synced(ops: &[(Op, Option<(bool, usize)>)]) -> std::result::Result<(), TestCaseError> {
+    let (_dir, mut w) = world_on(Engine::Mem);
+    let kv = w.mem.clone().expect("the in-memory engine");
+    let trees = |w: &World| -> Trees { (w.live.clone(), w.snapshots.clone(), w.clones.clone()) };
+    // (unsynced batches, model) at the end of each operation since the last sync.
+    let mut points: Vec<(usize, Trees)> = vec![(kv.unsynced_batches(), trees(&w))];
+    let mut syncs_seen = kv.syncs();
+    for (op, crash) in ops {
+        w.apply(op);
+        let unsynced = kv.unsynced_batches();
+        if kv.syncs() != syncs_seen {
+            // A sync (maybe inside the operation): nothing before it can be lost.
+            syncs_seen = kv.syncs();
+            points.clear();
+        }
+        points.push((unsynced, trees(&w)));
+        if let Some((power, at)) = *crash {
+            if power {
+                let (reached, model) = points[at % points.len()].clone();
+                kv.power_loss(reached);
+                (w.live, w.snapshots, w.clones) = model;
+                points = vec![(0, trees(&w))];
+                syncs_seen = kv.syncs();
+            } else {
+                kv.process_death();
+            }
+            w.store = VolumeStore::open_on(std::sync::Arc::new(kv.clone())).unwrap();
+        }
+        w.check();
+    }
+    Ok(())
 }
 
 proptest! {
@@ -281,26 +361,23 @@ proptest! {
 
     #[test]
     fn the_store_reads_like_the_model_at_every_snapshot_and_clone(ops in prop::collection::vec(op(), 1..40)) {
-        let (_dir, mut w) = world();
-        for op in &ops {
-            w.apply(op);
-            w.check();
-        }
-        // Every snapshot and clone goes: nothing is left but what the live volume needs.
-        for (id, _, _) in std::mem::take(&mut w.clones) {
-            w.store.clone_delete(w.vol, id).unwrap();
-        }
-        for (id, _) in std::mem::take(&mut w.snapshots) {
-            w.store.snapshot_delete(w.vol, id).unwrap();
-        }
-        w.store.reclaim_all(w.vol).unwrap();
-        w.check();
-        prop_assert_eq!(count(&w.store, super::store::CF_DEAD), 0, "deadlists are empty once no pin is left");
-        prop_assert_eq!(count(&w.store, super::store::CF_CHUNKS), live_chunks(&w.live), "only live chunks remain");
+        the_store_reads_like_the_model(Engine::Rocks, &ops)?;
+    }
+
+    #[test]
+    fn the_store_on_the_in_memory_engine_reads_like_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        the_store_reads_like_the_model(Engine::Mem, &ops)?;
+    }
+
+    #[test]
+    fn after_a_crash_the_store_reads_like_the_model_at_its_last_durable_point(
+        ops in prop::collection::vec((op(), prop::option::weighted(0.15, (any::<bool>(), any::<usize>()))), 1..40)
+    ) {
+        crashes_lose_only_what_was_not_synced(&ops)?;
     }
 }
 
-fn count(store: &VolumeStore, cf: &str) -> usize {
+fn count(store: &VolumeStore, cf: kv::Cf) -> usize {
     store.scan(cf, &[]).count()
 }
 

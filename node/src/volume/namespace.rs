@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use super::kv::{Batch, Durability};
 use umbra_raft::names::{check_file_name, fold};
 use uuid::Uuid;
 
@@ -65,7 +65,7 @@ impl VolumeStore {
         let ino = st.meta.next_ino;
         st.meta.next_ino += 1;
         let inode = Inode { kind, parent, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0 };
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         self.put_inode(&st, &scope, &mut batch, ino, &inode, None)?;
         let dirent = serde_json::to_vec(&DirentValue::Live { name: name.to_string(), ino })?;
         let object = |lin| keys::dirent(vol, lin, parent, &fold(name));
@@ -75,7 +75,7 @@ impl VolumeStore {
         dir.changed = now;
         self.put_inode(&st, &scope, &mut batch, parent, &dir, dir_key.as_deref())?;
         self.persist_meta(&st, &mut batch)?;
-        self.db.write(batch)?;
+        self.kv.write(batch, Durability::Buffered)?;
         Ok(ino)
     }
 
@@ -125,7 +125,7 @@ impl VolumeStore {
             None => prefix.clone(),
         };
         let mut live = 0;
-        let mut it = self.db.iterator_cf(self.cf(CF_DIRENTS), IteratorMode::From(&start, Direction::Forward));
+        let mut it = self.kv.scan(CF_DIRENTS, &start);
         let mut current: Option<String> = None;
         while let Some(item) = it.next() {
             let (key, value) = item?;
@@ -159,18 +159,18 @@ impl VolumeStore {
         if entry.inode.kind == Kind::Dir && !self.list_in(&st, &scope, entry.ino, None, 1)?.is_empty() {
             return Err(VolumeError::NotEmpty);
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         self.drop_entry(&st, &scope, &mut batch, parent, &entry)?;
         let (mut dir, dir_key) = self.inode_req(vol, &scope, parent)?;
         dir.written = now;
         dir.changed = now;
         self.put_inode(&st, &scope, &mut batch, parent, &dir, dir_key.as_deref())?;
-        self.db.write(batch)?;
+        self.kv.write(batch, Durability::Buffered)?;
         Ok(())
     }
 
     /// Removes a directory entry, its inode and (for a file) its data.
-    pub(super) fn drop_entry(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, parent: u64, entry: &DirEntry) -> Result<()> {
+    pub(super) fn drop_entry(&self, st: &VolState, scope: &Scope, batch: &mut Batch, parent: u64, entry: &DirEntry) -> Result<()> {
         let vol = st.id;
         let folded = fold(&entry.name);
         let (_, _, dirent_key) = self.dirent_at(vol, scope, parent, &folded)?.ok_or_else(|| VolumeError::NotFound(entry.name.clone()))?;
@@ -203,7 +203,7 @@ impl VolumeStore {
             self.refuse_cycle(&scope, vol, source.ino, to_dir)?;
         }
         let same_slot = from_dir == to_dir && fold(from) == fold(to);
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         if !same_slot {
             if let Some(target) = self.lookup_in(&st, &scope, to_dir, to)? {
                 if !replace {
@@ -228,7 +228,7 @@ impl VolumeStore {
         inode.parent = to_dir;
         inode.changed = now;
         self.put_inode(&st, &scope, &mut batch, source.ino, &inode, inode_key.as_deref())?;
-        self.db.write(batch)?;
+        self.kv.write(batch, Durability::Buffered)?;
         Ok(())
     }
 

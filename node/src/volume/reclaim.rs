@@ -8,12 +8,12 @@
 //! deleted snapshot's record goes last. A whole chunk generation (truncate to 0, delete) is
 //! one deadlist entry whose chunks are checked one by one.
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use super::kv::{Batch, Durability};
 use uuid::Uuid;
 
 use super::error::Result;
 use super::keys::{self, dead, Epoch};
-use super::store::{cf_of, meta_key, synced, VolState, VolumeStore, CF_CHUNKS, CF_DEAD, CF_DIRENTS, CF_INODES, CF_META, META_RECLAIM};
+use super::store::{cf_of, meta_key, VolState, VolumeStore, CF_CHUNKS, CF_DEAD, CF_DIRENTS, CF_INODES, CF_META, META_RECLAIM};
 use super::types::{DirentValue, InodeValue, ReclaimItem, SnapshotState};
 
 /// Deadlist entries one reclaim step handles at most.
@@ -33,28 +33,28 @@ impl VolumeStore {
         };
         let end = dead::epoch_prefix(vol, upto.saturating_add(1));
         let entries: Vec<Vec<u8>> = self
-            .db
-            .iterator_cf(self.cf(CF_DEAD), IteratorMode::From(&start, Direction::Forward))
-            .map_while(|item| item.ok().map(|(k, _)| k.to_vec()))
-            .take_while(|k| k.as_slice() < end.as_slice() && k.starts_with(vol.as_bytes()))
+            .kv
+            .scan(CF_DEAD, &start)
+            .map(|item| item.map(|(k, _)| k.to_vec()))
+            .take_while(|k| k.as_ref().map_or(true, |k| k.as_slice() < end.as_slice() && k.starts_with(vol.as_bytes())))
             .take(budget.max(1))
-            .collect();
+            .collect::<Result<_>>()?;
         let finished = entries.len() < budget.max(1);
         for key in &entries {
-            let mut batch = WriteBatch::default();
+            let mut batch = Batch::default();
             self.reclaim_entry(&st, key, &mut batch)?;
             let progress = ReclaimItem::Range { after, upto, cursor: Some(key.clone()), snapshot };
-            batch.put_cf(self.cf(CF_META), &item_key, serde_json::to_vec(&progress)?);
-            self.db.write(batch)?;
+            batch.put(CF_META, item_key.as_slice(), serde_json::to_vec(&progress)?);
+            self.kv.write(batch, Durability::Buffered)?;
             self.drop_lone_tombstone(key)?;
         }
         if finished {
-            let mut batch = WriteBatch::default();
-            batch.delete_cf(self.cf(CF_META), &item_key);
+            let mut batch = Batch::default();
+            batch.delete(CF_META, item_key.as_slice());
             if let Some(id) = snapshot {
-                batch.delete_cf(self.cf(CF_META), meta_key(vol, b'S', id.as_bytes()));
+                batch.delete(CF_META, meta_key(vol, b'S', id.as_bytes()));
             }
-            self.db.write_opt(batch, &synced())?;
+            self.kv.write(batch, Durability::Synced)?;
             if let Some(id) = snapshot {
                 st.snapshots.remove(&id);
             }
@@ -76,7 +76,7 @@ impl VolumeStore {
 
     fn first_reclaim_item(&self, vol: Uuid) -> Result<Option<(Vec<u8>, ReclaimItem)>> {
         let prefix = meta_key(vol, META_RECLAIM, &[]);
-        let mut it = self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(&prefix, Direction::Forward));
+        let mut it = self.kv.scan(CF_META, &prefix);
         match it.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -90,27 +90,27 @@ impl VolumeStore {
     }
 
     /// Frees what one deadlist entry names, if no pin reads it any more.
-    fn reclaim_entry(&self, st: &VolState, key: &[u8], batch: &mut WriteBatch) -> Result<()> {
+    fn reclaim_entry(&self, st: &VolState, key: &[u8], batch: &mut Batch) -> Result<()> {
         let Some((died, tag, payload)) = dead::parse(key) else {
-            batch.delete_cf(self.cf(CF_DEAD), key);
+            batch.delete(CF_DEAD, key);
             return Ok(());
         };
         if tag == dead::GENERATION {
             return self.reclaim_generation(st, key, died, payload, batch);
         }
         let Some(cf) = cf_of(tag) else {
-            batch.delete_cf(self.cf(CF_DEAD), key);
+            batch.delete(CF_DEAD, key);
             return Ok(());
         };
         let born = keys::epoch_of(payload).unwrap_or(0);
         if !st.needed(born, died) {
-            batch.delete_cf(self.cf(cf), payload);
-            batch.delete_cf(self.cf(CF_DEAD), key);
+            batch.delete(cf, payload);
+            batch.delete(CF_DEAD, key);
         }
         Ok(())
     }
 
-    fn reclaim_generation(&self, st: &VolState, key: &[u8], died: Epoch, payload: &[u8], batch: &mut WriteBatch) -> Result<()> {
+    fn reclaim_generation(&self, st: &VolState, key: &[u8], died: Epoch, payload: &[u8], batch: &mut Batch) -> Result<()> {
         let mut prefix = st.id.as_bytes().to_vec();
         prefix.extend_from_slice(payload);
         let mut kept = false;
@@ -129,11 +129,11 @@ impl VolumeStore {
             if st.needed(born, died) {
                 kept = true;
             } else {
-                batch.delete_cf(self.cf(CF_CHUNKS), &k);
+                batch.delete(CF_CHUNKS, &*k);
             }
         }
         if !kept {
-            batch.delete_cf(self.cf(CF_DEAD), key);
+            batch.delete(CF_DEAD, key);
         }
         Ok(())
     }
@@ -143,7 +143,7 @@ impl VolumeStore {
     fn drop_lone_tombstone(&self, dead_key: &[u8]) -> Result<()> {
         let Some((_, tag, payload)) = dead::parse(dead_key) else { return Ok(()) };
         let Some(cf) = cf_of(tag) else { return Ok(()) };
-        if self.db.get_cf(self.cf(cf), payload)?.is_some() {
+        if self.kv.get(cf, payload)?.is_some() {
             return Ok(()); // still kept for a pin
         }
         let object = keys::object_of(payload);
@@ -161,7 +161,9 @@ impl VolumeStore {
         // A tombstone is the newest version of its object: nothing superseded it, so no
         // deadlist names it, and deleting it over nothing changes no reader's view.
         if tombstone && alone {
-            self.db.delete_cf(self.cf(cf), &newest)?;
+            let mut batch = Batch::default();
+            batch.delete(cf, newest);
+            self.kv.write(batch, Durability::Buffered)?;
         }
         Ok(())
     }

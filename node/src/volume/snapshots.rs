@@ -1,6 +1,6 @@
 //! Snapshots, fences, clones, sync and space figures.
 
-use rocksdb::WriteBatch;
+use super::kv::{Batch, Cf, Durability};
 use uuid::Uuid;
 
 use super::error::{Result, VolumeError};
@@ -24,10 +24,10 @@ impl VolumeStore {
         let info = SnapshotInfo { id, epoch: st.meta.epoch, state: SnapshotState::Committed, created: now, token: None };
         let mut meta = st.meta.clone();
         meta.epoch += 1;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
-        batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
-        self.db.write_opt(batch, &synced())?;
+        let mut batch = Batch::default();
+        batch.put(CF_META, meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
+        batch.put(CF_META, meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
+        self.kv.write(batch, Durability::Synced)?;
         st.meta = meta;
         st.snapshots.insert(id, info.clone());
         Ok(info)
@@ -61,12 +61,12 @@ impl VolumeStore {
             meta.epoch += 1;
             let mut fences = book.clone();
             fences.record(token, snapshot);
-            let mut batch = WriteBatch::default();
-            batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, snapshot.as_bytes()), serde_json::to_vec(&info)?);
-            batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
-            batch.put_cf(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?);
+            let mut batch = Batch::default();
+            batch.put(CF_META, meta_key(vol, META_SNAPSHOT, snapshot.as_bytes()), serde_json::to_vec(&info)?);
+            batch.put(CF_META, meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
+            batch.put(CF_META, meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?);
             // In the WAL (in order after every acknowledged write), synced at release.
-            self.db.write(batch)?;
+            self.kv.write(batch, Durability::Buffered)?;
             st.meta = meta;
             *book = fences;
             st.snapshots.insert(snapshot, info.clone());
@@ -88,7 +88,7 @@ impl VolumeStore {
         let (answer, hold) = entry.gate.release(token);
         let mut fences = book.clone();
         fences.records.insert(token, FenceRecord { released: Some(answer), ..record });
-        self.db.put_cf(self.cf(CF_META), meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?)?;
+        self.put_one(CF_META, meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?, Durability::Buffered)?;
         *book = fences;
         drop(book);
         self.sync()?;
@@ -118,7 +118,7 @@ impl VolumeStore {
             SnapshotState::Deleting => return Err(VolumeError::NoSuchSnapshot(id)),
             SnapshotState::Tentative => info.state = SnapshotState::Committed,
         }
-        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?, &synced())?;
+        self.put_one(CF_META, meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?, Durability::Synced)?;
         st.snapshots.insert(id, info.clone());
         Ok(info)
     }
@@ -143,17 +143,17 @@ impl VolumeStore {
         info.state = SnapshotState::Deleting;
         st.snapshots.insert(id, info.clone());
         let upto = st.next_pin_after(info.epoch).unwrap_or(st.meta.epoch);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
+        let mut batch = Batch::default();
+        batch.put(CF_META, meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
         self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.epoch, upto, cursor: None, snapshot: Some(id) })?;
-        self.db.write_opt(batch, &synced())?;
+        self.kv.write(batch, Durability::Synced)?;
         Ok(())
     }
 
-    pub(super) fn enqueue_reclaim(&self, st: &mut VolState, batch: &mut WriteBatch, item: ReclaimItem) -> Result<()> {
+    pub(super) fn enqueue_reclaim(&self, st: &mut VolState, batch: &mut Batch, item: ReclaimItem) -> Result<()> {
         let seq = st.meta.next_reclaim;
         st.meta.next_reclaim += 1;
-        batch.put_cf(self.cf(CF_META), meta_key(st.id, META_RECLAIM, &seq.to_be_bytes()), serde_json::to_vec(&item)?);
+        batch.put(CF_META, meta_key(st.id, META_RECLAIM, &seq.to_be_bytes()), serde_json::to_vec(&item)?);
         self.persist_meta(st, batch)
     }
 
@@ -171,10 +171,10 @@ impl VolumeStore {
         }
         let info = CloneInfo { id, lineage: st.meta.next_lineage, base_snapshot: snapshot, base_epoch: base, sealed: false };
         st.meta.next_lineage += 1;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), meta_key(vol, META_CLONE, id.as_bytes()), serde_json::to_vec(&info)?);
+        let mut batch = Batch::default();
+        batch.put(CF_META, meta_key(vol, META_CLONE, id.as_bytes()), serde_json::to_vec(&info)?);
         self.persist_meta(&st, &mut batch)?;
-        self.db.write_opt(batch, &synced())?;
+        self.kv.write(batch, Durability::Synced)?;
         st.clones.insert(id, info.clone());
         Ok(info)
     }
@@ -185,7 +185,7 @@ impl VolumeStore {
         let mut st = Self::lock(&st);
         let mut info = st.clones.get(&id).cloned().ok_or(VolumeError::NoSuchClone(id))?;
         info.sealed = true;
-        self.db.put_cf_opt(self.cf(CF_META), meta_key(vol, META_CLONE, id.as_bytes()), serde_json::to_vec(&info)?, &synced())?;
+        self.put_one(CF_META, meta_key(vol, META_CLONE, id.as_bytes()), serde_json::to_vec(&info)?, Durability::Synced)?;
         st.clones.insert(id, info.clone());
         Ok(info)
     }
@@ -196,15 +196,15 @@ impl VolumeStore {
         let st = self.volume(vol)?;
         let mut st = Self::lock(&st);
         let info = st.clones.remove(&id).ok_or(VolumeError::NoSuchClone(id))?;
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         let (lo, hi) = keys::lineage_range(vol, info.lineage);
         for cf in VERSIONED {
-            batch.delete_range_cf(self.cf(cf), &lo, &hi);
+            batch.delete_range(cf, lo.as_slice(), hi.as_slice());
         }
-        batch.delete_cf(self.cf(CF_META), meta_key(vol, META_CLONE, id.as_bytes()));
+        batch.delete(CF_META, meta_key(vol, META_CLONE, id.as_bytes()));
         let upto = st.next_pin_after(info.base_epoch).unwrap_or(st.meta.epoch);
         self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.base_epoch, upto, cursor: None, snapshot: None })?;
-        self.db.write_opt(batch, &synced())?;
+        self.kv.write(batch, Durability::Synced)?;
         Ok(())
     }
 
@@ -217,7 +217,7 @@ impl VolumeStore {
     /// Makes every write acknowledged before the call durable. Concurrent callers share syncs
     /// (group commit): a caller whose writes a finished sync covered returns without one.
     pub fn sync(&self) -> Result<()> {
-        self.syncs.sync(&self.db)
+        self.syncs.sync(self.kv.as_ref())
     }
 
     /// WAL syncs `sync` has run since open (fewer than its callers under concurrency).
@@ -225,13 +225,11 @@ impl VolumeStore {
         self.syncs.performed()
     }
 
-    /// Bytes of live SST and blob files (for space measurements).
+    /// Bytes on disk (RocksDB: live SST and blob files), for space measurements.
     pub fn disk_bytes(&self) -> Result<u64> {
         let mut total = 0;
-        for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {
-            for prop in ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"] {
-                total += self.db.property_int_value_cf(self.cf(cf), prop)?.unwrap_or(0);
-            }
+        for cf in Cf::ALL {
+            total += self.kv.disk_bytes(cf)?;
         }
         Ok(total)
     }
@@ -239,16 +237,16 @@ impl VolumeStore {
     /// Compacts every column family (after a large reclaim, so deleted versions and blob
     /// garbage leave the disk).
     pub fn compact(&self) -> Result<()> {
-        for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {
-            self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        for cf in Cf::ALL {
+            self.kv.compact(cf)?;
         }
         Ok(())
     }
 
     /// Writes memtables out, so `disk_bytes` sees everything.
     pub fn flush(&self) -> Result<()> {
-        for cf in [CF_META, CF_INODES, CF_DIRENTS, CF_CHUNKS, CF_DEAD] {
-            self.db.flush_cf(self.cf(cf))?;
+        for cf in Cf::ALL {
+            self.kv.flush(cf)?;
         }
         Ok(())
     }

@@ -1,4 +1,6 @@
-//! The volume store: file trees on RocksDB with O(1) snapshots and writable clones.
+//! The volume store: file trees on an ordered key-value engine ([`super::kv`]: RocksDB in
+//! production, the crash-modelling in-memory engine under simulation) with O(1) snapshots and
+//! writable clones.
 //!
 //! Every key carries the epoch it was written in (see [`keys`]). A snapshot records the current
 //! epoch and starts a new one: one small synced write, whatever the volume holds. A read at a
@@ -17,22 +19,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::{Result, VolumeError};
 use super::keys::{self, dead, Epoch, Lineage, LIVE};
-use super::durability::{SyncGroup, WAL_BYTES_PER_SYNC};
+use super::durability::SyncGroup;
 use super::gate::{Gate, Pass};
+use super::kv::{Batch, Cf, Durability, Kv, RocksKv, Scan, Seek};
+pub(super) use super::kv::Verify;
 use super::types::*;
 
-pub(super) const CF_META: &str = "meta";
-pub(super) const CF_INODES: &str = "inodes";
-pub(super) const CF_DIRENTS: &str = "dirents";
-pub(super) const CF_CHUNKS: &str = "chunks";
-pub(super) const CF_DEAD: &str = "dead";
-pub(super) const VERSIONED: [&str; 3] = [CF_INODES, CF_DIRENTS, CF_CHUNKS];
+pub(super) const CF_META: Cf = Cf::Meta;
+pub(super) const CF_INODES: Cf = Cf::Inodes;
+pub(super) const CF_DIRENTS: Cf = Cf::Dirents;
+pub(super) const CF_CHUNKS: Cf = Cf::Chunks;
+pub(super) const CF_DEAD: Cf = Cf::Dead;
+pub(super) const VERSIONED: [Cf; 3] = [CF_INODES, CF_DIRENTS, CF_CHUNKS];
 
 pub(super) const META_VOLUME: u8 = b'V';
 pub(super) const META_SNAPSHOT: u8 = b'S';
@@ -41,27 +44,10 @@ pub(super) const META_RECLAIM: u8 = b'R';
 pub(super) const META_FENCES: u8 = b'F';
 
 
-/// Table and blob bytes written before RocksDB starts their writeback, so flushes reach the
-/// disk steadily rather than in bursts that stall the WAL behind them.
-const TABLE_BYTES_PER_SYNC: u64 = 1024 * 1024;
-
 /// Bytes of a chunk key without its epoch: vol, lineage, ino, generation, index.
 pub(super) const CHUNK_OBJECT_BYTES: usize = 16 + 4 + 8 + 8 + 8;
 /// Bytes of an inode key without its epoch: vol, lineage, ino.
 pub(super) const INODE_OBJECT_BYTES: usize = 16 + 4 + 8;
-
-/// Options for a column family whose seeks go to one fixed-length object: a prefix extractor
-/// of that length with bloom filters in SST files and memtables (design-review F17).
-fn prefix_options(prefix_len: usize) -> Options {
-    let mut o = Options::default();
-    o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(prefix_len));
-    o.set_memtable_prefix_bloom_ratio(0.1);
-    let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    table.set_whole_key_filtering(false);
-    o.set_block_based_table_factory(&table);
-    o
-}
 
 /// Writes to the clone lineages are not versioned (clones have no snapshots of their own).
 pub(super) const CLONE_EPOCH: Epoch = 0;
@@ -137,53 +123,25 @@ impl VolumeEntry {
 }
 
 pub struct VolumeStore {
-    pub(super) db: Arc<DB>,
+    pub(super) kv: Arc<dyn Kv>,
     volumes: Mutex<HashMap<Uuid, Arc<VolumeEntry>>>,
     pub(super) syncs: SyncGroup,
-}
-
-/// Whether a lookup checks the checksums of what it reads: always, unless the bytes it finds
-/// are thrown away (a chunk about to be overwritten whole needs only its key).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verify {
-    Yes,
-    KeyOnly,
 }
 
 /// A found version: its full key and its value.
 pub(super) type Version = (Vec<u8>, Vec<u8>);
 
 impl VolumeStore {
-    /// Opens (or creates) the volume database under `path` and loads every volume's state.
+    /// Opens (or creates) the volume database under `path` (RocksDB) and loads every volume's
+    /// state.
     pub fn open(path: &Path) -> Result<VolumeStore> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        // Write dirty WAL and table data out as it accumulates, so a synced write (a fence's
-        // snapshot, a FLUSH) finds little left to sync and its latency stays short.
-        opts.set_wal_bytes_per_sync(WAL_BYTES_PER_SYNC);
-        opts.set_bytes_per_sync(TABLE_BYTES_PER_SYNC);
-        // A write's WAL append and its memtable insert overlap with the next write's, and
-        // flushes and compactions get threads of their own, so a write (the one a fence waits
-        // for) spends less time queued inside RocksDB.
-        opts.set_enable_pipelined_write(true);
-        let mut chunk_opts = prefix_options(CHUNK_OBJECT_BYTES);
-        // Chunk values live in blob files: compaction moves only keys (design.md section 3).
-        chunk_opts.set_enable_blob_files(true);
-        chunk_opts.set_min_blob_size(4096);
-        chunk_opts.set_enable_blob_gc(true);
-        // Every blob file may be garbage-collected when compaction meets it, so the space of
-        // reclaimed versions comes back (at the price of moving live blobs in those files).
-        chunk_opts.set_blob_gc_age_cutoff(1.0);
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
-            ColumnFamilyDescriptor::new(CF_INODES, prefix_options(INODE_OBJECT_BYTES)),
-            ColumnFamilyDescriptor::new(CF_DIRENTS, Options::default()),
-            ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
-            ColumnFamilyDescriptor::new(CF_DEAD, Options::default()),
-        ];
-        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
-        let store = VolumeStore { db, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default() };
+        VolumeStore::open_on(Arc::new(RocksKv::open(path)?))
+    }
+
+    /// Opens the store on any engine (the simulation's is in memory) and loads every volume's
+    /// state.
+    pub fn open_on(kv: Arc<dyn Kv>) -> Result<VolumeStore> {
+        let store = VolumeStore { kv, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default() };
         store.load()?;
         Ok(store)
     }
@@ -191,7 +149,7 @@ impl VolumeStore {
     pub(super) fn load(&self) -> Result<()> {
         let mut found: HashMap<Uuid, VolState> = HashMap::new();
         let mut books: HashMap<Uuid, FenceBook> = HashMap::new();
-        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::Start) {
+        for item in self.kv.scan(CF_META, b"") {
             let (key, value) = item?;
             let (Some(id), Some(&tag)) = (key.get(..16).and_then(|b| Uuid::from_slice(b).ok()), key.get(16)) else { continue };
             let st = found.entry(id).or_insert_with(|| VolState {
@@ -224,10 +182,6 @@ impl VolumeStore {
         Ok(())
     }
 
-    pub(super) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
-    }
-
     pub(super) fn volume(&self, vol: Uuid) -> Result<Arc<VolumeEntry>> {
         self.volumes.lock().expect("volume map lock").get(&vol).cloned().ok_or(VolumeError::NoSuchVolume(vol))
     }
@@ -251,10 +205,10 @@ impl VolumeStore {
         }
         let meta = VolumeMeta { epoch: 1, next_ino: ROOT_INO + 1, next_lineage: 1, next_reclaim: 0 };
         let root = Inode { kind: Kind::Dir, parent: ROOT_INO, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0 };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
-        batch.put_cf(self.cf(CF_INODES), keys::versioned(keys::inode(vol, LIVE, ROOT_INO), meta.epoch), serde_json::to_vec(&InodeValue::Live(root))?);
-        self.db.write_opt(batch, &synced())?;
+        let mut batch = Batch::default();
+        batch.put(CF_META, meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
+        batch.put(CF_INODES, keys::versioned(keys::inode(vol, LIVE, ROOT_INO), meta.epoch), serde_json::to_vec(&InodeValue::Live(root))?);
+        self.kv.write(batch, Durability::Synced)?;
         let st = VolState { id: vol, meta, snapshots: BTreeMap::new(), clones: BTreeMap::new() };
         volumes.insert(vol, Arc::new(VolumeEntry { state: Mutex::new(st), gate: Gate::default(), fences: Mutex::new(FenceBook::default()) }));
         Ok(())
@@ -290,40 +244,31 @@ impl VolumeStore {
     /// The newest version of `object` at or before `max`, in one lineage. Chunk and inode
     /// objects are their column family's bloom-filtered prefix, so the seek skips files that
     /// cannot hold them.
-    pub(super) fn newest(&self, cf: &str, object: &[u8], max: Epoch) -> Result<Option<Version>> {
+    pub(super) fn newest(&self, cf: Cf, object: &[u8], max: Epoch) -> Result<Option<Version>> {
         self.newest_map(cf, object, max, Verify::Yes, |k, v| (k.to_vec(), v.to_vec()))
     }
 
     /// [`Self::newest`], handing `found` the key and value where they lie (one copy at most,
     /// the caller's).
-    fn newest_map<T>(&self, cf: &str, object: &[u8], max: Epoch, verify: Verify, found: impl FnOnce(&[u8], &[u8]) -> T) -> Result<Option<T>> {
+    fn newest_map<T>(&self, cf: Cf, object: &[u8], max: Epoch, verify: Verify, found: impl FnOnce(&[u8], &[u8]) -> T) -> Result<Option<T>> {
         let seek = keys::versioned(object.to_vec(), max);
-        let mut ro = rocksdb::ReadOptions::default();
-        let prefixed = matches!((cf, object.len()), (CF_CHUNKS, CHUNK_OBJECT_BYTES) | (CF_INODES, INODE_OBJECT_BYTES));
-        if prefixed {
-            ro.set_prefix_same_as_start(true);
-        } else {
-            ro.set_total_order_seek(true);
-        }
-        ro.set_verify_checksums(verify == Verify::Yes);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
-        it.seek(&seek);
-        match (it.key(), it.value()) {
-            (Some(k), Some(v)) => Ok((k.len() == object.len() + 8 && k.starts_with(object)).then(|| found(k, v))),
-            _ => {
-                it.status()?;
-                Ok(None)
+        let mut found = Some(found);
+        let mut out = None;
+        self.kv.seek(cf, &seek, Seek::SamePrefix(object.len()), verify, &mut |k, v| {
+            if k.len() == object.len() + 8 && k.starts_with(object) {
+                out = found.take().map(|f| f(k, v));
             }
-        }
+        })?;
+        Ok(out)
     }
 
     /// The version a scope sees: its own lineage first, then (for a clone) its base.
-    pub(super) fn visible(&self, cf: &str, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>) -> Result<Option<Version>> {
+    pub(super) fn visible(&self, cf: Cf, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>) -> Result<Option<Version>> {
         self.visible_map(cf, scope, object, Verify::Yes, |k, v| (k.to_vec(), v.to_vec()))
     }
 
     /// [`Self::visible`], handing `found` the key and value where they lie.
-    pub(super) fn visible_map<T>(&self, cf: &str, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, verify: Verify, mut found: impl FnMut(&[u8], &[u8]) -> T) -> Result<Option<T>> {
+    pub(super) fn visible_map<T>(&self, cf: Cf, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, verify: Verify, mut found: impl FnMut(&[u8], &[u8]) -> T) -> Result<Option<T>> {
         if let Some(v) = self.newest_map(cf, &object(scope.lineage), scope.max_epoch, verify, &mut found)? {
             return Ok(Some(v));
         }
@@ -334,10 +279,8 @@ impl VolumeStore {
     }
 
     /// An iterator in key order from `from`, across prefixes (total order).
-    pub(super) fn scan(&self, cf: &str, from: &[u8]) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
-        let mut ro = rocksdb::ReadOptions::default();
-        ro.set_total_order_seek(true);
-        self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(from, Direction::Forward))
+    pub(super) fn scan(&self, cf: Cf, from: &[u8]) -> Scan<'_> {
+        self.kv.scan(cf, from)
     }
 
     pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
@@ -374,41 +317,41 @@ impl VolumeStore {
 
     /// Writes a new version of `object` in the scope's lineage at its write epoch, and retires
     /// `old` (the version it replaces, if any).
-    pub(super) fn put_version(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, cf: &str, object: Vec<u8>, value: &[u8], old: Option<&[u8]>) {
+    pub(super) fn put_version(&self, st: &VolState, scope: &Scope, batch: &mut Batch, cf: Cf, object: Vec<u8>, value: &[u8], old: Option<&[u8]>) {
         let key = keys::versioned(object, scope.write_epoch);
-        batch.put_cf(self.cf(cf), &key, value);
         if let Some(old) = old {
             if old != key.as_slice() {
                 self.retire(st, scope, batch, cf, old);
             }
         }
+        batch.put(cf, key, value);
     }
 
     /// Retires a superseded version: deleted now if nothing can read it, else put on the
     /// deadlist of the superseding epoch. Returns whether it was deleted.
-    pub(super) fn retire(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, cf: &str, old: &[u8]) -> bool {
+    pub(super) fn retire(&self, st: &VolState, scope: &Scope, batch: &mut Batch, cf: Cf, old: &[u8]) -> bool {
         if lineage_of(old) != Some(scope.lineage) {
             return false; // a clone's base version: the live lineage keeps it
         }
         let born = keys::epoch_of(old).unwrap_or(0);
         if scope.lineage == LIVE && st.needed(born, scope.write_epoch) {
-            batch.put_cf(self.cf(CF_DEAD), dead::key(st.id, scope.write_epoch, tag_of(cf), old), b"");
+            batch.put(CF_DEAD, dead::key(st.id, scope.write_epoch, tag_of(cf), old), b"");
             false
         } else {
-            batch.delete_cf(self.cf(cf), old);
+            batch.delete(cf, old);
             true
         }
     }
 
     /// Removes what a scope sees of `object` (`old` is that version), writing `tombstone`
     /// only where an older version, or a clone's base, would otherwise show through.
-    pub(super) fn remove_version(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, cf: &str, object: impl Fn(Lineage) -> Vec<u8>, old: &[u8], tombstone: &[u8]) -> Result<()> {
+    pub(super) fn remove_version(&self, st: &VolState, scope: &Scope, batch: &mut Batch, cf: Cf, object: impl Fn(Lineage) -> Vec<u8>, old: &[u8], tombstone: &[u8]) -> Result<()> {
         let own = lineage_of(old) == Some(scope.lineage);
         let new_key = keys::versioned(object(scope.lineage), scope.write_epoch);
         let deleted = if !own {
             false
         } else if old == new_key.as_slice() {
-            batch.delete_cf(self.cf(cf), old);
+            batch.delete(cf, old);
             true
         } else {
             self.retire(st, scope, batch, cf, old)
@@ -425,34 +368,35 @@ impl VolumeStore {
             }
         };
         if shows_through {
-            batch.put_cf(self.cf(cf), new_key, tombstone);
+            batch.put(cf, new_key, tombstone);
         }
         Ok(())
     }
 
-    pub(super) fn put_inode(&self, st: &VolState, scope: &Scope, batch: &mut WriteBatch, ino: u64, inode: &Inode, old: Option<&[u8]>) -> Result<()> {
+    pub(super) fn put_inode(&self, st: &VolState, scope: &Scope, batch: &mut Batch, ino: u64, inode: &Inode, old: Option<&[u8]>) -> Result<()> {
         let value = serde_json::to_vec(&InodeValue::Live(inode.clone()))?;
         self.put_version(st, scope, batch, CF_INODES, keys::inode(st.id, scope.lineage, ino), &value, old);
         Ok(())
     }
 
-    pub(super) fn persist_meta(&self, st: &VolState, batch: &mut WriteBatch) -> Result<()> {
-        batch.put_cf(self.cf(CF_META), meta_key(st.id, META_VOLUME, &[]), serde_json::to_vec(&st.meta)?);
+    /// Writes one key alone.
+    pub(super) fn put_one(&self, cf: Cf, key: Vec<u8>, value: Vec<u8>, durability: Durability) -> Result<()> {
+        let mut batch = Batch::default();
+        batch.put(cf, key, value);
+        self.kv.write(batch, durability)
+    }
+
+    pub(super) fn persist_meta(&self, st: &VolState, batch: &mut Batch) -> Result<()> {
+        batch.put(CF_META, meta_key(st.id, META_VOLUME, &[]), serde_json::to_vec(&st.meta)?);
         Ok(())
     }
-}
-
-pub(super) fn synced() -> rocksdb::WriteOptions {
-    let mut w = rocksdb::WriteOptions::default();
-    w.set_sync(true);
-    w
 }
 
 pub(super) fn lineage_of(key: &[u8]) -> Option<Lineage> {
     Some(Lineage::from_be_bytes(key.get(16..20)?.try_into().ok()?))
 }
 
-pub(super) fn tag_of(cf: &str) -> u8 {
+pub(super) fn tag_of(cf: Cf) -> u8 {
     match cf {
         CF_INODES => dead::INODE,
         CF_DIRENTS => dead::DIRENT,
@@ -460,7 +404,7 @@ pub(super) fn tag_of(cf: &str) -> u8 {
     }
 }
 
-pub(super) fn cf_of(tag: u8) -> Option<&'static str> {
+pub(super) fn cf_of(tag: u8) -> Option<Cf> {
     match tag {
         dead::INODE => Some(CF_INODES),
         dead::DIRENT => Some(CF_DIRENTS),

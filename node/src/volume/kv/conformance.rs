@@ -1,0 +1,355 @@
+//! One conformance suite for every [`Kv`] engine: each test runs on RocksDB and on the
+//! in-memory engine, and a property test checks random batches against a plain ordered map.
+//! The crash model of the in-memory engine (what a process death and a power loss keep) is
+//! tested at the end.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// An engine under test and a way to reopen it on what it stored (a restart).
+struct Subject {
+    reopen: Box<dyn Fn() -> Box<dyn Kv>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn rocks() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    Subject { reopen: Box::new(move || Box::new(RocksKv::open(&path).unwrap())), _dir: Some(dir) }
+}
+
+fn mem() -> Subject {
+    let disk = MemKv::new();
+    Subject { reopen: Box::new(move || Box::new(disk.clone())), _dir: None }
+}
+
+fn put(kv: &dyn Kv, cf: Cf, key: &[u8], value: &[u8]) {
+    let mut b = Batch::default();
+    b.put(cf, key, value);
+    kv.write(b, Durability::Buffered).unwrap();
+}
+
+fn all(kv: &dyn Kv, cf: Cf, from: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    kv.scan(cf, from).map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_>>().unwrap()
+}
+
+fn seek(kv: &dyn Kv, cf: Cf, from: &[u8], how: Seek) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut out = None;
+    let found = kv.seek(cf, from, how, Verify::Yes, &mut |k, v| out = Some((k.to_vec(), v.to_vec()))).unwrap();
+    assert_eq!(found, out.is_some());
+    out
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod rocks_kv {
+            $( #[test] fn $test() { super::$test(super::rocks()) } )*
+        }
+        mod mem_kv {
+            $( #[test] fn $test() { super::$test(super::mem()) } )*
+        }
+    };
+}
+
+conformance!(
+    column_families_are_separate,
+    a_batch_applies_whole_and_in_order,
+    delete_range_is_half_open,
+    seek_finds_the_first_key_at_or_after_its_start,
+    scan_returns_keys_in_byte_order_from_its_start,
+    the_sequence_grows_with_every_batch,
+    what_was_written_survives_a_restart,
+    disk_bytes_follow_what_is_stored,
+);
+
+fn column_families_are_separate(s: Subject) {
+    let kv = (s.reopen)();
+    for (i, cf) in Cf::ALL.into_iter().enumerate() {
+        put(&*kv, cf, b"k", &[i as u8]);
+    }
+    for (i, cf) in Cf::ALL.into_iter().enumerate() {
+        assert_eq!(kv.get(cf, b"k").unwrap(), Some(vec![i as u8]), "{cf:?}");
+        assert_eq!(all(&*kv, cf, b"").len(), 1);
+    }
+    assert_eq!(kv.get(Cf::Meta, b"absent").unwrap(), None);
+}
+
+fn a_batch_applies_whole_and_in_order(s: Subject) {
+    let kv = (s.reopen)();
+    put(&*kv, Cf::Meta, b"gone", b"1");
+    let mut b = Batch::default();
+    b.put(Cf::Meta, b"a", b"1");
+    b.delete(Cf::Meta, b"a".to_vec());
+    b.delete(Cf::Meta, b"b".to_vec());
+    b.put(Cf::Meta, b"b", b"2");
+    b.put(Cf::Dead, b"c", b"3");
+    b.put(Cf::Dead, b"c", b"4");
+    b.delete(Cf::Meta, b"gone".to_vec());
+    kv.write(b, Durability::Synced).unwrap();
+    assert_eq!(kv.get(Cf::Meta, b"a").unwrap(), None, "a put then a delete in one batch: deleted");
+    assert_eq!(kv.get(Cf::Meta, b"b").unwrap(), Some(b"2".to_vec()), "a delete then a put: present");
+    assert_eq!(kv.get(Cf::Dead, b"c").unwrap(), Some(b"4".to_vec()), "the later put wins");
+    assert_eq!(kv.get(Cf::Meta, b"gone").unwrap(), None);
+    kv.write(Batch::default(), Durability::Buffered).unwrap();
+}
+
+fn delete_range_is_half_open(s: Subject) {
+    let kv = (s.reopen)();
+    for k in [&b"a"[..], b"b", b"b\0", b"bz", b"c", b"d"] {
+        put(&*kv, Cf::Chunks, k, b"v");
+    }
+    let mut b = Batch::default();
+    b.delete_range(Cf::Chunks, b"b".to_vec(), b"c".to_vec());
+    kv.write(b, Durability::Buffered).unwrap();
+    let keys: Vec<Vec<u8>> = all(&*kv, Cf::Chunks, b"").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+}
+
+fn seek_finds_the_first_key_at_or_after_its_start(s: Subject) {
+    let kv = (s.reopen)();
+    // Chunk-shaped keys: a fixed-length object and an 8-byte suffix (the store's versions).
+    let object = |o: u8| vec![o; crate::volume::store::CHUNK_OBJECT_BYTES];
+    let key = |o: u8, v: u8| {
+        let mut k = object(o);
+        k.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, v]);
+        k
+    };
+    for (o, v) in [(1, 2), (1, 5), (3, 1)] {
+        put(&*kv, Cf::Chunks, &key(o, v), &[o, v]);
+    }
+    for how in [Seek::TotalOrder, Seek::SamePrefix(crate::volume::store::CHUNK_OBJECT_BYTES)] {
+        assert_eq!(seek(&*kv, Cf::Chunks, &key(1, 0), how), Some((key(1, 2), vec![1, 2])));
+        assert_eq!(seek(&*kv, Cf::Chunks, &key(1, 2), how), Some((key(1, 2), vec![1, 2])), "an exact match");
+        assert_eq!(seek(&*kv, Cf::Chunks, &key(1, 3), how), Some((key(1, 5), vec![1, 5])));
+        assert_eq!(seek(&*kv, Cf::Chunks, &key(3, 0), how), Some((key(3, 1), vec![3, 1])));
+        assert_eq!(seek(&*kv, Cf::Chunks, &key(4, 0), how), None, "past the last key");
+        // Another object's key: a same-prefix seek may skip it, a total-order one may not.
+        match (how, seek(&*kv, Cf::Chunks, &key(2, 0), how)) {
+            (Seek::TotalOrder, found) => assert_eq!(found, Some((key(3, 1), vec![3, 1]))),
+            (Seek::SamePrefix(_), found) => assert!(found.is_none() || found == Some((key(3, 1), vec![3, 1]))),
+        }
+    }
+    assert_eq!(seek(&*kv, Cf::Meta, b"", Seek::TotalOrder), None, "an empty column family");
+}
+
+fn scan_returns_keys_in_byte_order_from_its_start(s: Subject) {
+    let kv = (s.reopen)();
+    let keys: [&[u8]; 6] = [b"\x02", b"\x01\xff", b"\x01", b"\x01\x00", b"\x00", b"\x01\x00\x00"];
+    for k in keys {
+        put(&*kv, Cf::Dirents, k, k);
+    }
+    let from: Vec<Vec<u8>> = all(&*kv, Cf::Dirents, b"\x01\x00").into_iter().map(|(k, v)| {
+        assert_eq!(k, v);
+        k
+    }).collect();
+    assert_eq!(from, vec![b"\x01\x00".to_vec(), b"\x01\x00\x00".to_vec(), b"\x01\xff".to_vec(), b"\x02".to_vec()]);
+    assert_eq!(all(&*kv, Cf::Dirents, b"").len(), 6);
+    assert!(all(&*kv, Cf::Dirents, b"\x03").is_empty());
+}
+
+fn the_sequence_grows_with_every_batch(s: Subject) {
+    let kv = (s.reopen)();
+    let mut last = kv.sequence();
+    for i in 0..5u8 {
+        put(&*kv, Cf::Meta, &[i], b"v");
+        let now = kv.sequence();
+        assert!(now > last, "batch {i}: {now} after {last}");
+        last = now;
+    }
+    kv.sync_wal().unwrap();
+    assert_eq!(kv.sequence(), last, "a sync writes no batch");
+}
+
+fn what_was_written_survives_a_restart(s: Subject) {
+    {
+        let kv = (s.reopen)();
+        put(&*kv, Cf::Inodes, b"buffered", b"1");
+        let mut b = Batch::default();
+        b.put(Cf::Inodes, b"synced", b"2");
+        kv.write(b, Durability::Synced).unwrap();
+        put(&*kv, Cf::Inodes, b"after", b"3");
+    }
+    let kv = (s.reopen)();
+    assert_eq!(all(&*kv, Cf::Inodes, b"").len(), 3);
+    assert_eq!(kv.get(Cf::Inodes, b"after").unwrap(), Some(b"3".to_vec()));
+}
+
+fn disk_bytes_follow_what_is_stored(s: Subject) {
+    let kv = (s.reopen)();
+    // Bytes no compressor shrinks.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let value: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for i in 0..16u8 {
+        let mut v = value.clone();
+        v[0] = i;
+        put(&*kv, Cf::Chunks, &[i], &v);
+    }
+    kv.flush(Cf::Chunks).unwrap();
+    let full = kv.disk_bytes(Cf::Chunks).unwrap();
+    assert!(full >= 16 * 64 * 1024, "{full} bytes for 1 MiB of values");
+    let mut b = Batch::default();
+    b.delete_range(Cf::Chunks, vec![0u8], vec![16u8]);
+    kv.write(b, Durability::Buffered).unwrap();
+    kv.flush(Cf::Chunks).unwrap();
+    kv.compact(Cf::Chunks).unwrap();
+    let emptied = kv.disk_bytes(Cf::Chunks).unwrap();
+    assert!(emptied < full / 4, "{emptied} bytes left of {full} after deleting everything");
+}
+
+// ----- random batches against an ordered map -----
+
+#[derive(Clone, Debug)]
+enum Change {
+    Put(usize, Vec<u8>, Vec<u8>),
+    Delete(usize, Vec<u8>),
+    DeleteRange(usize, Vec<u8>, Vec<u8>),
+}
+
+fn small_key() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(0u8..4, 0..4)
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        4 => (0usize..5, small_key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(cf, k, v)| Change::Put(cf, k, v)),
+        2 => (0usize..5, small_key()).prop_map(|(cf, k)| Change::Delete(cf, k)),
+        1 => (0usize..5, small_key(), small_key()).prop_map(|(cf, a, b)| Change::DeleteRange(cf, a.clone().min(b.clone()), a.max(b))),
+    ]
+}
+
+type Model = [BTreeMap<Vec<u8>, Vec<u8>>; 5];
+
+fn check_against(kv: &dyn Kv, model: &Model, probes: &[Vec<u8>]) -> std::result::Result<(), TestCaseError> {
+    for cf in Cf::ALL {
+        let m = &model[cf.index()];
+        let expect: Vec<(Vec<u8>, Vec<u8>)> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        prop_assert_eq!(all(kv, cf, b""), expect);
+        for p in probes {
+            prop_assert_eq!(kv.get(cf, p).unwrap(), m.get(p).cloned());
+            let first = m.range::<[u8], _>((Bound::Included(p.as_slice()), Bound::Unbounded)).next().map(|(k, v)| (k.clone(), v.clone()));
+            prop_assert_eq!(seek(kv, cf, p, Seek::TotalOrder), first.clone());
+            let from: Vec<(Vec<u8>, Vec<u8>)> = m.range::<[u8], _>((Bound::Included(p.as_slice()), Bound::Unbounded)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(all(kv, cf, p), from);
+        }
+    }
+    Ok(())
+}
+
+fn random_batches(s: Subject, batches: Vec<(Vec<Change>, bool, bool)>, probes: Vec<Vec<u8>>) -> std::result::Result<(), TestCaseError> {
+    let mut model: Model = Default::default();
+    let mut kv = Some((s.reopen)());
+    for (changes, synced, restart) in batches {
+        let mut b = Batch::default();
+        for c in changes {
+            match c {
+                Change::Put(cf, k, v) => {
+                    b.put(Cf::ALL[cf], k.clone(), v.clone());
+                    model[cf].insert(k, v);
+                }
+                Change::Delete(cf, k) => {
+                    b.delete(Cf::ALL[cf], k.clone());
+                    model[cf].remove(&k);
+                }
+                Change::DeleteRange(cf, from, to) => {
+                    b.delete_range(Cf::ALL[cf], from.clone(), to.clone());
+                    model[cf].retain(|k, _| !(k >= &from && k < &to));
+                }
+            }
+        }
+        let durability = if synced { Durability::Synced } else { Durability::Buffered };
+        kv.as_ref().unwrap().write(b, durability).unwrap();
+        if restart {
+            drop(kv.take()); // RocksDB's lock goes with the handle
+            kv = Some((s.reopen)());
+        }
+        check_against(&**kv.as_ref().unwrap(), &model, &probes)?;
+    }
+    Ok(())
+}
+
+fn batches() -> impl Strategy<Value = Vec<(Vec<Change>, bool, bool)>> {
+    prop::collection::vec((prop::collection::vec(change(), 0..6), any::<bool>(), prop::bool::weighted(0.1)), 1..12)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rocks_kv_reads_like_an_ordered_map(batches in batches(), probes in prop::collection::vec(small_key(), 1..4)) {
+        random_batches(rocks(), batches, probes)?;
+    }
+
+    #[test]
+    fn mem_kv_reads_like_an_ordered_map(batches in batches(), probes in prop::collection::vec(small_key(), 1..4)) {
+        random_batches(mem(), batches, probes)?;
+    }
+}
+
+// ----- the in-memory engine's crash model -----
+
+#[test]
+fn a_power_loss_keeps_what_was_synced_and_the_prefix_that_reached_the_disk() {
+    let kv = MemKv::new();
+    put(&kv, Cf::Meta, b"1", b"");
+    let mut b = Batch::default();
+    b.put(Cf::Meta, b"2", b"");
+    kv.write(b, Durability::Synced).unwrap();
+    assert_eq!(kv.unsynced_batches(), 0, "a synced write covers every earlier one");
+    for k in [b"3", b"4", b"5"] {
+        put(&kv, Cf::Meta, k, b"");
+    }
+    assert_eq!(kv.unsynced_batches(), 3);
+    kv.power_loss(1);
+    let keys: Vec<Vec<u8>> = all(&kv, Cf::Meta, b"").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]);
+    // What survived is on the disk: a second power loss keeps it.
+    kv.power_loss(0);
+    assert_eq!(all(&kv, Cf::Meta, b"").len(), 3);
+    put(&kv, Cf::Meta, b"6", b"");
+    kv.sync_wal().unwrap();
+    kv.power_loss(0);
+    assert_eq!(all(&kv, Cf::Meta, b"").len(), 4, "sync_wal makes earlier writes durable");
+}
+
+#[test]
+fn a_process_death_keeps_everything_written() {
+    let kv = MemKv::new();
+    put(&kv, Cf::Chunks, b"a", b"1");
+    kv.process_death();
+    let reopened = kv.clone();
+    assert_eq!(reopened.get(Cf::Chunks, b"a").unwrap(), Some(b"1".to_vec()));
+}
+
+#[test]
+fn with_syncs_broken_a_power_loss_drops_synced_writes() {
+    let kv = MemKv::new();
+    kv.break_syncs_for_tests();
+    let mut b = Batch::default();
+    b.put(Cf::Meta, b"synced", b"");
+    kv.write(b, Durability::Synced).unwrap();
+    kv.power_loss(0);
+    assert_eq!(kv.get(Cf::Meta, b"synced").unwrap(), None);
+}
+
+#[test]
+fn a_scan_reads_a_snapshot_of_the_in_memory_table() {
+    let kv = MemKv::new();
+    put(&kv, Cf::Meta, b"a", b"");
+    put(&kv, Cf::Meta, b"b", b"");
+    let mut scan = kv.scan(Cf::Meta, b"");
+    assert_eq!(&*scan.next().unwrap().unwrap().0, b"a");
+    put(&kv, Cf::Meta, b"c", b"");
+    assert_eq!(&*scan.next().unwrap().unwrap().0, b"b");
+    assert!(scan.next().is_none());
+}
