@@ -8,7 +8,7 @@
 //! gave up) may or may not have landed.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -40,15 +40,25 @@ pub fn owner_of(vol: Uuid) -> Option<NodeId> {
     VOLUMES.iter().find(|v| Uuid::from_u128(v.1) == vol).map(|v| v.0)
 }
 
-/// What the writer saw: acknowledged writes per volume (in order), and per volume the writes
-/// a successful flush covered.
+/// What the writer saw: acknowledged writes in order, and per volume the writes a successful
+/// flush covered, with when that flush was acknowledged.
 #[derive(Default)]
 pub struct Written {
-    pub acked: Vec<(u64, usize)>,
-    pub flushed: [BTreeSet<u64>; 2],
+    pub acked: Vec<Ack>,
+    pub flushed: [BTreeMap<u64, Duration>; 2],
     /// The file's inode in each volume, once created.
     pub ino: [Option<u64>; 2],
     pub ready: bool,
+}
+
+/// One acknowledged write: its sequence number, volume, and when the attempt that succeeded
+/// started and was answered (a crash in between may come after the write landed).
+#[derive(Clone, Copy, Debug)]
+pub struct Ack {
+    pub k: u64,
+    pub volume: usize,
+    pub started: Duration,
+    pub answered: Duration,
 }
 
 fn target(i: usize) -> Option<VolumeTarget> {
@@ -144,16 +154,17 @@ pub async fn writer(seed: u64, nodes: u64, stop_at: Duration, written: Rc<RefCel
     while turmoil::elapsed() < stop_at {
         let i = rng.random_range(0..2usize);
         let ino = written.borrow().ino[i].expect("created");
-        let mut ok = false;
+        let mut ok = None;
         for _ in 0..nodes {
+            let started = turmoil::elapsed();
             if write_once(via, i, ino, k).await {
-                ok = true;
+                ok = Some(started);
                 break;
             }
             via = via % nodes + 1;
         }
-        if ok {
-            written.borrow_mut().acked.push((k, i));
+        if let Some(started) = ok {
+            written.borrow_mut().acked.push(Ack { k, volume: i, started, answered: turmoil::elapsed() });
             since_flush[i].push(k);
         }
         k += 1;
@@ -161,7 +172,8 @@ pub async fn writer(seed: u64, nodes: u64, stop_at: Duration, written: Rc<RefCel
             let f = rng.random_range(0..2usize);
             let covered = std::mem::take(&mut since_flush[f]);
             if flush_once(via, f).await {
-                written.borrow_mut().flushed[f].extend(covered);
+                let at = turmoil::elapsed();
+                written.borrow_mut().flushed[f].extend(covered.into_iter().map(|k| (k, at)));
             } else {
                 since_flush[f] = covered;
                 via = via % nodes + 1;

@@ -50,12 +50,13 @@ fn main() -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let (mut runs, mut failed, mut simulated) = (0u64, 0u64, std::time::Duration::ZERO);
-    let (mut file_writes, mut sets_tried, mut sets_committed) = (0usize, 0usize, 0usize);
+    let (mut file_writes, mut file_writes_lost, mut sets_tried, mut sets_committed) = (0usize, 0usize, 0usize, 0usize);
     for seed in seeds {
         let out = run(Options { seed, profile: args.profile, broken: args.broken, seconds: args.seconds, nodes: 3, volumes: !args.metadata_only });
         runs += 1;
         simulated += out.simulated;
         file_writes += out.file_writes;
+        file_writes_lost += out.file_writes_lost;
         sets_tried += out.sets_tried;
         sets_committed += out.sets_committed;
         if args.trace {
@@ -73,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let wall = started.elapsed();
-    println!("umbra-sim: {file_writes} file writes acknowledged, {sets_tried} shadow-copy sets tried, {sets_committed} committed");
+    println!("umbra-sim: {file_writes} file writes acknowledged ({file_writes_lost} unflushed ones lost to power losses, as allowed), {sets_tried} shadow-copy sets tried, {sets_committed} committed");
     println!(
         "umbra-sim: {runs} seeds, {failed} failed, {:.1} seeds/s, simulated {:.0} s in {:.1} s wall ({:.1}x)",
         runs as f64 / wall.as_secs_f64(),

@@ -2,11 +2,10 @@
 //! production Raft, Admin and Volume gRPC services, `Meta` (forwarding, linearizable reads), the
 //! volume store with its upkeep, and the shadow-copy-set coordinator with its reconcile loop.
 //! Only the storage, the network, the clock and the id source differ from `umbra node`: the Raft
-//! store is the in-memory crash-modelling one, the volume store is RocksDB in a per-node
-//! directory (kept across process deaths), store calls run inline on the runtime.
+//! store and the volume store's engine are the in-memory crash-modelling ones (each node's
+//! disks outlive its process), store calls run inline on the runtime.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use umbra_node::admin::AdminService;
 use umbra_node::fsrvp::{BrokenCommit, Coordinator, Ids, Settings};
 use umbra_node::meta::Meta;
+use umbra_node::volume::kv::MemKv;
 use umbra_node::volume::VolumeStore;
 use umbra_node::volume_service::{StoreCalls, VolumeService, MAX_VOLUME_MESSAGE_BYTES};
 use umbra_proto::v1::admin_server::AdminServer;
@@ -41,7 +41,7 @@ pub const FENCE_WATCH: Duration = Duration::from_millis(20);
 pub type Disk = Arc<Mutex<MemDisk>>;
 /// Each running node's Raft handle and state reader, for the invariant checkers' observations.
 pub type Registry = Arc<Mutex<BTreeMap<NodeId, (Raft, umbra_raft::store::MetaReader)>>>;
-/// Each running node's volume store (weak: a crash drops the store and closes its database).
+/// Each running node's volume store (weak: a crash drops the store).
 pub type Stores = Arc<Mutex<BTreeMap<NodeId, Weak<VolumeStore>>>>;
 
 /// What a node host needs, cloned into every (re)start.
@@ -51,7 +51,8 @@ pub struct NodeEnv {
     pub nodes: u64,
     pub seed: u64,
     pub disk: Disk,
-    pub volume_dir: PathBuf,
+    /// The volume store's disk.
+    pub volume_disk: MemKv,
     pub registry: Registry,
     pub stores: Stores,
     pub board: Board,
@@ -116,7 +117,7 @@ pub async fn run(env: NodeEnv) -> turmoil::Result {
     if !env.volumes {
         return serve(vec![], raft, meta, None).await;
     }
-    let volumes = Arc::new(VolumeStore::open(&env.volume_dir)?);
+    let volumes = Arc::new(VolumeStore::open_on(Arc::new(env.volume_disk.clone()))?);
     env.stores.lock().expect("stores").insert(id, Arc::downgrade(&volumes));
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(umbra_node::volumes_task::run(id, volumes.clone(), reader.clone(), 256, StoreCalls::Inline, stopped.clone()));

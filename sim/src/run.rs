@@ -11,6 +11,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use umbra_node::fsrvp::BrokenCommit;
+use umbra_node::volume::kv::MemKv;
 use umbra_node::volume::View;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::WriteRequest;
@@ -54,6 +55,8 @@ pub enum Broken {
     ReleaseBeforeAllFenced,
     /// The coordinator commits whatever the fences and releases answered.
     CommitDespiteFailedFences,
+    /// The volume store's engine never syncs (flushes and fences are reported durable anyway).
+    SkipVolumeSync,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +79,8 @@ pub struct Outcome {
     pub acked: usize,
     /// File writes acknowledged.
     pub file_writes: usize,
+    /// Acknowledged file writes that power losses took before a flush covered them (allowed).
+    pub file_writes_lost: usize,
     /// Shadow-copy sets tried, and those committed (Committed, Exposed or Recovered at the end).
     pub sets_tried: usize,
     pub sets_committed: usize,
@@ -91,6 +96,9 @@ struct Driver {
     opts: Options,
     rng: SmallRng,
     disks: Vec<Disk>,
+    volume_disks: Vec<MemKv>,
+    /// Power losses so far: (node, when).
+    power_losses: Vec<(NodeId, Duration)>,
     registry: Registry,
     stores: Stores,
     board: Board,
@@ -134,14 +142,10 @@ pub fn run(opts: Options) -> Outcome {
         d.skip_sync = opts.broken == Some(Broken::SkipLogSync);
         d.skip_vote_sync = opts.broken == Some(Broken::SkipVoteSync);
     }
-    // On tmpfs where there is one: RocksDB's fsyncs then cost no wall time (a simulated power
-    // loss does not drop RocksDB's unsynced data either way).
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() { tempfile::Builder::new().prefix("umbra-sim-").tempdir_in(shm) } else { tempfile::tempdir() };
-    let volume_root = match dir {
-        Ok(d) => d,
-        Err(e) => return failed(opts.seed, format!("no directory for the volume stores: {e}")),
-    };
+    let volume_disks: Vec<MemKv> = (0..opts.nodes).map(|_| MemKv::new()).collect();
+    if opts.broken == Some(Broken::SkipVolumeSync) {
+        volume_disks.iter().for_each(MemKv::break_syncs_for_tests);
+    }
     let heal_at = Duration::from_secs(opts.seconds);
     let registry: Registry = Arc::new(Mutex::new(Default::default()));
     let stores: Stores = Arc::new(Mutex::new(Default::default()));
@@ -158,7 +162,7 @@ pub fn run(opts: Options) -> Outcome {
             nodes: opts.nodes,
             seed: opts.seed,
             disk: disks[(id - 1) as usize].clone(),
-            volume_dir: volume_root.path().join(host_name(id)),
+            volume_disk: volume_disks[(id - 1) as usize].clone(),
             registry: registry.clone(),
             stores: stores.clone(),
             board: board.clone(),
@@ -184,6 +188,8 @@ pub fn run(opts: Options) -> Outcome {
         rng: SmallRng::seed_from_u64(opts.seed ^ 0x5eed_fa17),
         opts,
         disks,
+        volume_disks,
+        power_losses: Vec::new(),
         registry,
         stores,
         board,
@@ -263,7 +269,7 @@ pub fn run(opts: Options) -> Outcome {
         acked_writes_survive::check(*id, &acked, users, &mut violations);
     }
     converges::check(&states, &mut violations);
-    let (sets_tried, sets_committed) = if d.opts.volumes { d.check_volumes(&written.borrow(), sim.elapsed(), &mut violations) } else { (0, 0) };
+    let (sets_tried, sets_committed, file_writes_lost) = if d.opts.volumes { d.check_volumes(&written.borrow(), sim.elapsed(), &mut violations) } else { (0, 0, 0) };
     for (at, line) in std::mem::take(&mut d.board.lock().trace) {
         log(&trace, at, line);
     }
@@ -273,11 +279,7 @@ pub fn run(opts: Options) -> Outcome {
     let mut trace = trace.borrow().clone();
     // Trace lines from the board were logged after the run: order by time, stably.
     trace.sort_by_key(|l| l.split("ms").next().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0));
-    Outcome { seed: d.opts.seed, violations, trace, acked: acked.len(), file_writes, sets_tried, sets_committed, simulated }
-}
-
-fn failed(seed: u64, why: String) -> Outcome {
-    Outcome { seed, violations: vec![why], trace: Vec::new(), acked: 0, file_writes: 0, sets_tried: 0, sets_committed: 0, simulated: Duration::ZERO }
+    Outcome { seed: d.opts.seed, violations, trace, acked: acked.len(), file_writes, file_writes_lost, sets_tried, sets_committed, simulated }
 }
 
 impl Driver {
@@ -335,6 +337,15 @@ impl Driver {
         self.fences.lock().expect("fence checker").node_down(id);
         self.board.node_down(id, now);
         self.disks[(id - 1) as usize].lock().expect("disk").crash(kind);
+        let volume_disk = &self.volume_disks[(id - 1) as usize];
+        if kind == Crash::PowerLoss {
+            // Some of the WAL written since the last sync may have reached the disk.
+            let reached = self.rng.random_range(0..=volume_disk.unsynced_batches());
+            volume_disk.power_loss(reached);
+            self.power_losses.push((id, now));
+        } else {
+            volume_disk.process_death();
+        }
         let back = now + Duration::from_millis(self.rng.random_range(300..2000));
         self.down.push((id, back));
         log(&self.trace, now, format!("crash n{id} ({kind:?})"));
@@ -498,31 +509,31 @@ impl Driver {
 
 impl Driver {
     /// The volume checks once quiet: file writes survive, set atomicity and no orphan, one
-    /// cut, set liveness. Reads the owners' stores directly. Returns the sets tried and those
-    /// committed.
-    fn check_volumes(&self, written: &Written, now: Duration, violations: &mut Vec<String>) -> (usize, usize) {
+    /// cut, set liveness. Reads the owners' stores directly. Returns the sets tried, those
+    /// committed, and the acknowledged file writes power losses took (as allowed).
+    fn check_volumes(&self, written: &Written, now: Duration, violations: &mut Vec<String>) -> (usize, usize, usize) {
         let tried = self.board.lock().sets.len();
         if !written.ready {
             violations.push("workload: the file writer never got its volumes and files".into());
-            return (tried, 0);
+            return (tried, 0, 0);
         }
         let Some(fsrvp) = self.registry.lock().expect("registry").values().next().map(|(_, r)| r.read().state.fsrvp.clone()) else {
             violations.push("no node is running at the end".into());
-            return (tried, 0);
+            return (tried, 0, 0);
         };
         let stores = self.stores.lock().expect("stores").clone();
         let mut snapshots = BTreeMap::new();
         let mut acked_per = [Vec::new(), Vec::new()];
-        for (k, i) in &written.acked {
-            acked_per[*i].push(*k);
+        for a in &written.acked {
+            acked_per[a.volume].push(*a);
         }
-        let acked_all: Vec<u64> = written.acked.iter().map(|(k, _)| *k).collect();
+        let mut lost_to_power = BTreeSet::new();
         let mut read_at: BTreeMap<(usize, Option<Uuid>), BTreeSet<u64>> = BTreeMap::new();
         for (i, (owner, _, name, _)) in VOLUMES.iter().enumerate() {
             let vol = files::volume_id(i);
             let Some(store) = stores.get(owner).and_then(|s| s.upgrade()) else {
                 violations.push(format!("volume {name}'s owner n{owner} is not running at the end"));
-                return (tried, 0);
+                return (tried, 0, 0);
             };
             let ino = written.ino[i].unwrap_or_default();
             let read = |view: View| -> BTreeSet<u64> {
@@ -530,13 +541,16 @@ impl Driver {
                 files::seqs_in(&store.read(vol, view, ino, 0, size).unwrap_or_default())
             };
             let live = read(View::Live);
-            file_writes_survive::check(name, &live, &acked_per[i], &written.flushed[i], violations);
+            let losses: Vec<Duration> = self.power_losses.iter().filter(|(n, _)| n == owner).map(|(_, at)| *at).collect();
+            lost_to_power.extend(file_writes_survive::check(name, &live, &acked_per[i], &written.flushed[i], &losses, violations));
             let list = store.snapshots(vol).unwrap_or_default();
             for s in &list {
                 read_at.insert((i, Some(s.id)), read(View::Snapshot(s.id)));
             }
             snapshots.insert(vol, list);
         }
+        // Writes a power loss took (allowed) are not required in later cuts.
+        let acked_all: Vec<u64> = written.acked.iter().map(|a| a.k).filter(|k| !lost_to_power.contains(k)).collect();
         set_atomicity::check(&fsrvp, &snapshots, violations);
         set_liveness::check(&fsrvp, violations);
         let mut committed = 0;
@@ -554,7 +568,7 @@ impl Driver {
             log(&self.trace, now, format!("set {} {:?}: {}", set.id, set.state, cut.join(", ")));
             one_cut::check(set.id, &present, &acked_all, violations);
         }
-        (tried, committed)
+        (tried, committed, lost_to_power.len())
     }
 }
 

@@ -87,6 +87,26 @@ fn committing_despite_failed_fences_is_caught_by_set_atomicity() {
     assert!(out.violations.iter().any(|v| v.contains("set atomicity")), "{:?}", out.violations);
 }
 
+#[test]
+fn skipping_the_volume_store_sync_is_caught_by_file_writes_survive() {
+    let seed = caught_within(Broken::SkipVolumeSync, Profile::Power, 20);
+    let out = run(opts(seed, Profile::Power, Some(Broken::SkipVolumeSync)));
+    assert!(out.violations.iter().any(|v| v.contains("file writes survive") && v.contains("flushed")), "{:?}", out.violations);
+}
+
+/// The power-loss profile drops unflushed file writes (as allowed) and nothing else: the
+/// in-memory volume engine's power loss is exercised, not just present.
+#[test]
+fn power_losses_drop_only_unflushed_file_writes() {
+    let mut lost = 0;
+    for seed in 1..=20 {
+        let out = run(Options { seconds: 5, ..opts(seed, Profile::Power, None) });
+        assert!(out.violations.is_empty(), "seed {seed}: {:?}", out.violations);
+        lost += out.file_writes_lost;
+    }
+    assert!(lost > 0, "no power loss took an unflushed write in 20 seeds");
+}
+
 /// Found by the simulation (seed 1916, metadata only, 20 s): openraft 0.9 restores a leader
 /// from its vote after a power loss with a stale commit index, and its read log id let a
 /// follower's read miss an acknowledged write. Linearizable reads now wait for the leader's
