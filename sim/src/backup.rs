@@ -2,8 +2,9 @@
 //! time, as the gateway's \PIPE\FssagentRpc dispatch drives it (`Coordinator::call` with the
 //! caller and a decoded `Call`, share names already reduced from UNC): GetSupportedVersion,
 //! SetContext, StartShadowCopySet, AddToShadowCopySet for both shares, PrepareShadowCopySet,
-//! CommitShadowCopySet, then ExposeShadowCopySet and GetShareMapping, or AbortShadowCopySet
-//! after a failure. The client runs on the node it talks to (as the pipe layer does); when that
+//! CommitShadowCopySet, then ExposeShadowCopySet and GetShareMapping (and, for half the sets,
+//! DeleteShareMapping of every copy, as a backup application does once it has the data), or
+//! AbortShadowCopySet after a failure. The client runs on the node it talks to (as the pipe layer does); when that
 //! node dies the set is abandoned mid-way and the next set goes through another node.
 //!
 //! The [`Board`] is shared by the driver and every node: whose turn it is, the commit phase
@@ -31,6 +32,9 @@ pub const MAX_SETS_PER_RUN: usize = 24;
 pub enum SetEnd {
     /// Committed and exposed.
     Exposed,
+    /// Committed, exposed, then deleted (DeleteShareMapping for every copy), as a backup
+    /// application does once it has copied the data.
+    Deleted,
     /// Committed, Expose failed.
     Committed,
     /// A call failed (the set was aborted, or left to the timers).
@@ -170,7 +174,13 @@ async fn one_set(c: &Coordinator, client: &Client, board: &Board) -> Result<SetE
     for (share, copy) in SHARES.iter().zip(&copies) {
         c.call(client, &Call::GetShareMapping { copy_id: *copy, set_id: set, share: share.to_string(), level: 1 }).await?;
     }
-    Ok(SetEnd::Exposed)
+    if !board.lock().rng.random_bool(0.5) {
+        return Ok(SetEnd::Exposed);
+    }
+    for (share, copy) in SHARES.iter().zip(&copies) {
+        c.call(client, &Call::DeleteShareMapping { set_id: set, copy_id: *copy, share: share.to_string() }).await?;
+    }
+    Ok(SetEnd::Deleted)
 }
 
 async fn fill_and_commit(c: &Coordinator, client: &Client, set: Uuid) -> Result<Vec<Uuid>, FsrvpError> {

@@ -81,7 +81,7 @@ pub struct Outcome {
     pub file_writes: usize,
     /// Acknowledged file writes that power losses took before a flush covered them (allowed).
     pub file_writes_lost: usize,
-    /// Shadow-copy sets tried, and those committed (Committed, Exposed or Recovered at the end).
+    /// Shadow-copy sets tried, and those seen committed (Committed, Exposed or Recovered).
     pub sets_tried: usize,
     pub sets_committed: usize,
     pub simulated: Duration,
@@ -91,6 +91,15 @@ pub struct Outcome {
 const MAX_LATENCY: Duration = Duration::from_millis(20);
 /// Virtual time allowed after healing for a write to succeed and every node to agree.
 const HEAL_BOUND: Duration = Duration::from_secs(20);
+
+/// What a committed set's snapshots hold, copy by copy as each is seen promoted on its owner.
+#[derive(Default)]
+struct Cut {
+    /// Every volume the set had a copy on, in any view.
+    volumes: BTreeSet<Uuid>,
+    /// The writes in each copy's snapshot, once read.
+    read: BTreeMap<Uuid, BTreeSet<u64>>,
+}
 
 struct Driver {
     opts: Options,
@@ -109,6 +118,13 @@ struct Driver {
     seen: Vec<String>,
     /// Sets checked for atomicity at their decision.
     decided_checked: BTreeSet<Uuid>,
+    /// What each committed set's snapshots hold, read once they are promoted (the one-cut
+    /// checker's input for sets removed before the end).
+    cuts: BTreeMap<Uuid, Cut>,
+    /// Each set's states seen so far on any node (for the trace).
+    set_states: BTreeSet<(Uuid, SetState)>,
+    /// What the file writer saw (for reading cuts at decisions).
+    written: Rc<RefCell<Written>>,
     /// A crash armed for the coordinator's next commit phase: (phase, kind).
     phase_crash: Option<(&'static str, Crash)>,
     /// A link made lossy, with the time to make it reliable again.
@@ -198,6 +214,9 @@ pub fn run(opts: Options) -> Outcome {
         fences,
         seen: Vec::new(),
         decided_checked: BTreeSet::new(),
+        cuts: BTreeMap::new(),
+        set_states: BTreeSet::new(),
+        written: written.clone(),
         phase_crash: None,
         lossy: None,
         slow: None,
@@ -300,18 +319,46 @@ impl Driver {
                 log(&self.trace, now, format!("leader n{id} term {term}"));
             }
         }
-        let mut decided = Vec::new();
+        // Sets decided Committed in every running node's view: a node restarted after a crash
+        // may replay an old decision of a set that has since been removed (and its snapshots
+        // rightly deleted); a set every running node still holds stands.
+        let mut decided: Option<BTreeMap<Uuid, umbra_raft::fsrvp::ShadowSet>> = None;
+        let mut committed = Vec::new();
         for (id, (_, reader)) in self.registry.lock().expect("registry").iter() {
             let state = reader.read();
             one_set_in_creation::check(*id, &state.state.fsrvp, &mut self.seen);
-            decided.extend(state.state.fsrvp.sets.values().filter(|s| s.state >= SetState::Committed && !self.decided_checked.contains(&s.id)).cloned());
+            for s in state.state.fsrvp.sets.values() {
+                if self.set_states.insert((s.id, s.state)) {
+                    let copies: Vec<String> = s.copies.iter().map(|c| format!("{}:{:?}", c.volume.as_u128(), c.snapshot)).collect();
+                    log(&self.trace, now, format!("set {} {:?} (seen on n{id}; copies {})", s.id, s.state, copies.join(" ")));
+                }
+            }
+            let here: BTreeMap<Uuid, umbra_raft::fsrvp::ShadowSet> = state
+                .state
+                .fsrvp
+                .sets
+                .values()
+                .filter(|s| s.state >= SetState::Committed && !self.decided_checked.contains(&s.id))
+                .map(|s| (s.id, s.clone()))
+                .collect();
+            committed.extend(state.state.fsrvp.sets.values().filter(|s| s.state >= SetState::Committed).cloned());
+            decided = Some(match decided {
+                None => here,
+                Some(mut all) => {
+                    all.retain(|id, _| here.contains_key(id));
+                    all
+                }
+            });
         }
-        self.check_decided(decided);
+        let decided: Vec<umbra_raft::fsrvp::ShadowSet> = decided.unwrap_or_default().into_values().collect();
+        self.check_decided(&decided);
+        self.record_cuts(&committed);
     }
 
-    /// Set atomicity at the decision, for sets newly seen Committed whose owners all run (a set
-    /// whose owner is down is checked once the owner is back, if the set still stands).
-    fn check_decided(&mut self, sets: Vec<umbra_raft::fsrvp::ShadowSet>) {
+    /// Set atomicity at the decision, for sets newly seen Committed by every running node whose
+    /// owners all run (a set whose owner is down is checked once the owner is back, if the set
+    /// still stands).
+    fn check_decided(&mut self, sets: &[umbra_raft::fsrvp::ShadowSet]) {
         let stores = self.stores.lock().expect("stores").clone();
         for set in sets {
             if self.decided_checked.contains(&set.id) {
@@ -319,9 +366,35 @@ impl Driver {
             }
             let owners: Option<Vec<_>> = set.copies.iter().map(|c| files::owner_of(c.volume).and_then(|o| stores.get(&o)).and_then(|s| s.upgrade())).collect();
             let Some(owners) = owners else { continue };
-            let lists: BTreeMap<Uuid, Vec<umbra_node::volume::SnapshotInfo>> = set.copies.iter().zip(owners).map(|(c, store)| (c.volume, store.snapshots(c.volume).unwrap_or_default())).collect();
-            set_atomicity::check_decided(&set, |v| lists.get(&v).cloned().unwrap_or_default(), &mut self.seen);
+            let lists: BTreeMap<Uuid, Vec<umbra_node::volume::SnapshotInfo>> = set.copies.iter().zip(&owners).map(|(c, store)| (c.volume, store.snapshots(c.volume).unwrap_or_default())).collect();
+            set_atomicity::check_decided(set, |v| lists.get(&v).cloned().unwrap_or_default(), &mut self.seen);
             self.decided_checked.insert(set.id);
+        }
+    }
+
+    /// What a committed set's snapshots hold, read once every copy's snapshot is committed on
+    /// its running owner (the one-cut checker's input for sets removed before the end).
+    fn record_cuts(&mut self, sets: &[umbra_raft::fsrvp::ShadowSet]) {
+        let stores = self.stores.lock().expect("stores").clone();
+        let inos = self.written.borrow().ino;
+        for set in sets {
+            let cut = self.cuts.entry(set.id).or_default();
+            for copy in &set.copies {
+                cut.volumes.insert(copy.volume);
+                if cut.read.contains_key(&copy.volume) {
+                    continue;
+                }
+                let i = if copy.volume == files::volume_id(0) { 0 } else { 1 };
+                let store = files::owner_of(copy.volume).and_then(|o| stores.get(&o)).and_then(|s| s.upgrade());
+                let (Some(store), Some(snap), Some(ino)) = (store, copy.snapshot, inos[i]) else { continue };
+                let committed = store.snapshots(copy.volume).unwrap_or_default().iter().any(|s| s.id == snap && s.state == umbra_node::volume::SnapshotState::Committed);
+                if !committed {
+                    continue; // not promoted yet (or its owner is down): read it later
+                }
+                let view = View::Snapshot(snap);
+                let size = store.stat(copy.volume, view, ino).map(|n| n.size).unwrap_or(0);
+                cut.read.insert(copy.volume, files::seqs_in(&store.read(copy.volume, view, ino, 0, size).unwrap_or_default()));
+            }
         }
     }
 
@@ -553,9 +626,7 @@ impl Driver {
         let acked_all: Vec<u64> = written.acked.iter().map(|a| a.k).filter(|k| !lost_to_power.contains(k)).collect();
         set_atomicity::check(&fsrvp, &snapshots, violations);
         set_liveness::check(&fsrvp, violations);
-        let mut committed = 0;
         for set in fsrvp.sets.values().filter(|s| s.state >= SetState::Committed) {
-            committed += 1;
             let mut present = BTreeSet::new();
             let mut cut = Vec::new();
             for copy in &set.copies {
@@ -568,6 +639,18 @@ impl Driver {
             log(&self.trace, now, format!("set {} {:?}: {}", set.id, set.state, cut.join(", ")));
             one_cut::check(set.id, &present, &acked_all, violations);
         }
+        // Sets removed before the end: their cuts as read when they were decided.
+        for (id, cut) in self.cuts.iter().filter(|(id, _)| !fsrvp.sets.contains_key(id)) {
+            if cut.read.len() < cut.volumes.len() {
+                log(&self.trace, now, format!("set {id} removed before the end before every copy was read ({} of {})", cut.read.len(), cut.volumes.len()));
+                continue;
+            }
+            let held: BTreeSet<u64> = cut.read.values().flatten().copied().collect();
+            log(&self.trace, now, format!("set {id} removed before the end: held {} writes, last {:?}", held.len(), held.iter().next_back()));
+            one_cut::check(*id, &held, &acked_all, violations);
+        }
+        // Committed at some point (a deleted set is no longer in the state at the end).
+        let committed = self.set_states.iter().filter(|(_, st)| *st >= SetState::Committed).map(|(id, _)| id).collect::<BTreeSet<_>>().len();
         (tried, committed, lost_to_power.len())
     }
 }
