@@ -215,3 +215,55 @@ fn a_deleted_share_releases_the_opens_made_through_it() {
     assert!(a.open("w", "w.txt", READ, SHARE_ALL, OVERWRITE_IF).starts_with("ERR 0xc00000c9"));
     assert_eq!(b.open("z", "z.txt", READ, SHARE_ALL, OPEN), "OK");
 }
+
+const DELETE_PENDING: &str = "ERR 0xc0000056";
+/// CreateOptions: FILE_NON_DIRECTORY_FILE | FILE_DELETE_ON_CLOSE.
+const DELETE_ON_CLOSE: u32 = 0x1040;
+
+fn listed(c: &Cluster, node: u64, name: &str) -> bool {
+    let (ok, out) = smbclient(&c.node(node).smb, "data", "admin", PASSWORD, None, "ls");
+    assert!(ok, "{out}");
+    out.contains(name)
+}
+
+#[test]
+fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens() {
+    let c = cluster(); // the volume lives on node 2
+    let mut a = Client::connect(&c.node(1).smb);
+    let mut b = Client::connect(&c.node(3).smb);
+    // Delete-on-close while another node's client holds the file open: it stays until that
+    // open closes, refusing new opens meanwhile (delete pending).
+    let doc = format!("open d d.txt {:#x} {SHARE_ALL:#x} {OVERWRITE_IF} {DELETE_ON_CLOSE:#x}", READ | WRITE | DELETE);
+    assert_eq!(a.cmd(&doc), "OK");
+    assert_eq!(a.cmd("write d bye"), "OK");
+    assert_eq!(b.open("r", "d.txt", READ, SHARE_ALL, OPEN), "OK");
+    assert_eq!(a.cmd("close d"), "OK");
+    assert!(listed(&c, 2, "d.txt"), "node 3's client still holds it");
+    assert!(a.open("again", "d.txt", READ, SHARE_ALL, OPEN).starts_with(DELETE_PENDING));
+    assert_eq!(b.cmd("close r"), "OK");
+    assert!(!listed(&c, 2, "d.txt"), "gone at its last close");
+    // A delete disposition (FileDispositionInformation) works the same way.
+    assert_eq!(a.open("s", "s.txt", READ | WRITE | DELETE, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(b.open("r", "s.txt", READ, SHARE_ALL, OPEN), "OK");
+    assert_eq!(a.cmd("delete s"), "OK");
+    assert_eq!(a.cmd("close s"), "OK");
+    assert!(listed(&c, 1, "s.txt"));
+    assert_eq!(b.cmd("close r"), "OK");
+    assert!(!listed(&c, 1, "s.txt"));
+    // A client whose connection ends holding a delete-on-close open: the file goes with it.
+    let mut k = Client::connect(&c.node(1).smb);
+    let doc = format!("open k k.txt {:#x} {SHARE_ALL:#x} {OVERWRITE_IF} {DELETE_ON_CLOSE:#x}", READ | WRITE | DELETE);
+    assert_eq!(k.cmd(&doc), "OK");
+    assert!(listed(&c, 3, "k.txt"));
+    k.kill();
+    wait_for(Duration::from_secs(5), "the killed client's delete-on-close file to go", || (!listed(&c, 3, "k.txt")).then_some(()));
+    // Renamed through the open after it was made: the file goes under its new name, and the
+    // file now at its old name stays.
+    let doc = format!("open m m.txt {:#x} {SHARE_ALL:#x} {OVERWRITE_IF} {DELETE_ON_CLOSE:#x}", READ | WRITE | DELETE);
+    assert_eq!(a.cmd(&doc), "OK");
+    assert_eq!(a.cmd("rename m m2.txt"), "OK");
+    assert_eq!(b.open("n", "m.txt", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(b.cmd("close n"), "OK");
+    assert_eq!(a.cmd("close m"), "OK");
+    assert!(!listed(&c, 2, "m2.txt") && listed(&c, 2, "m.txt"));
+}

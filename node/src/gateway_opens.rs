@@ -22,6 +22,8 @@ struct Registered {
     target: VolumeTarget,
     ino: u64,
     mode: Mode,
+    /// Opened with delete-on-close (listed in renewals, so a restarted owner knows).
+    delete_at_close: Option<DeleteAtClose>,
     /// The owner accepted it. Renewals list only confirmed opens (an owner reinstates what a
     /// renewal lists without a share check) and never name an unconfirmed one as lost.
     confirmed: bool,
@@ -53,7 +55,7 @@ impl GatewayOpens {
     /// Registers an open of `ino` in `target` (routed to the owner); the id it returns
     /// releases it. The open is listed locally before the owner hears of it, so a renewal
     /// taken meanwhile never drops it.
-    pub async fn register(&self, service: &VolumeService, target: VolumeTarget, ino: u64, mode: Mode) -> Result<u64, FsError> {
+    pub async fn register(&self, service: &VolumeService, target: VolumeTarget, ino: u64, mode: Mode, delete_at_close: Option<DeleteAtClose>) -> Result<u64, FsError> {
         let id = {
             let mut held = self.held();
             if held.opens.len() >= MAX_OPENS_PER_GATEWAY {
@@ -61,10 +63,10 @@ impl GatewayOpens {
             }
             let id = held.next_id;
             held.next_id += 1;
-            held.opens.insert(id, Registered { target: target.clone(), ino, mode, confirmed: false });
+            held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close: delete_at_close.clone(), confirmed: false });
             id
         };
-        let req = OpenRegisterRequest { target: Some(target), gateway: Some(self.gateway), ino, id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS };
+        let req = OpenRegisterRequest { target: Some(target), gateway: Some(self.gateway), ino, id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS, delete_at_close };
         match service.open_register(req).await {
             Ok(_) => {
                 if let Some(r) = self.held().opens.get_mut(&id) {
@@ -79,12 +81,21 @@ impl GatewayOpens {
         }
     }
 
-    /// Releases an open; an owner that misses this drops it at the next renewal.
-    pub async fn release(&self, service: &VolumeService, id: u64) {
-        let Some(r) = self.held().opens.remove(&id) else { return };
-        let req = OpenReleaseRequest { target: Some(r.target), gateway: Some(self.gateway), id };
-        if let Err(e) = service.open_release(req).await {
-            tracing::warn!(id, error = %e, "releasing an open failed; the owner drops it at the next renewal");
+    /// Releases an open; an owner that misses this drops it at the next renewal. With
+    /// `delete` (the open's disposition asks for its file's deletion), the owner deletes the
+    /// file if this was its last open (before answering) or at its last close; the error is
+    /// that deletion's.
+    pub async fn release(&self, service: &VolumeService, id: u64, delete: Option<DeleteAtClose>, now: u64) -> Result<(), FsError> {
+        let Some(r) = self.held().opens.remove(&id) else { return Ok(()) };
+        let deleting = delete.is_some() || r.delete_at_close.is_some();
+        let req = OpenReleaseRequest { target: Some(r.target), gateway: Some(self.gateway), id, delete_at_close: delete, now };
+        match service.open_release(req).await {
+            Ok(_) => Ok(()),
+            Err(e) if deleting => Err(crate::smb::fs_error(&e)),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "releasing an open failed; the owner drops it at the next renewal");
+                Ok(())
+            }
         }
     }
 
@@ -132,7 +143,7 @@ fn renewals(held: &Held) -> (u64, HashMap<String, Vec<HeldOpen>>) {
     let up_to = held.opens.iter().filter(|(_, r)| !r.confirmed).map(|(id, _)| *id).min().unwrap_or(held.next_id);
     let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
     for (id, r) in held.opens.iter().filter(|(_, r)| r.confirmed) {
-        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share };
+        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone() };
         by_volume.entry(r.target.volume.clone()).or_default().push(h);
     }
     (up_to, by_volume)
@@ -144,7 +155,7 @@ mod tests {
 
     fn registered(volume: &str, confirmed: bool) -> Registered {
         let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
-        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, confirmed }
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, confirmed }
     }
 
     #[test]

@@ -20,6 +20,12 @@
 //! also drops the gateway's opens it no longer lists (a lost release), for ids below `up_to`
 //! (the gateway sets it below any open still waiting for this owner's answer; a renewal lists
 //! only opens the owner accepted, so nothing is reinstated that was never checked).
+//!
+//! Delete at last close (MS-FSA 2.1.5.4): an open registered with delete-on-close, or
+//! released with a delete disposition, makes its file delete-pending when it goes (closed, or
+//! dropped with its gateway's lease); new opens of a delete-pending file are refused
+//! (STATUS_DELETE_PENDING), and when the file's last open goes the table hands the deletion to
+//! the owner ([`OpenTable::take_due`]), which unlinks the name if it still names the file.
 
 use std::collections::{HashMap, HashSet};
 
@@ -55,12 +61,29 @@ pub struct FileKey {
     pub ino: u64,
 }
 
+/// Where a file is linked: its directory and name (for a deletion at its last close).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub parent: u64,
+    pub name: String,
+}
+
 /// One open as a gateway registers it; `id` is unique within the gateway incarnation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenRecord {
     pub file: FileKey,
     pub id: u64,
     pub mode: Mode,
+    /// Opened with delete-on-close: the file goes when this open and every other one have.
+    pub delete_at_close: Option<Link>,
+}
+
+/// A file whose last open went while it was delete-pending: the owner deletes `link` if it
+/// still names `file`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueDelete {
+    pub file: FileKey,
+    pub link: Link,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +98,8 @@ pub enum OpenError {
     TooManyGateways { volume: Uuid, max: usize },
     #[error("gateway incarnation {incarnation} of node {node} was replaced by incarnation {newer}")]
     StaleIncarnation { node: u64, incarnation: u64, newer: u64 },
+    #[error("the file is being deleted: it goes when its last open closes")]
+    DeletePending,
 }
 
 /// What a renewal found.
@@ -98,6 +123,14 @@ struct Held {
     node: u64,
     id: u64,
     mode: Mode,
+    delete_at_close: Option<Link>,
+}
+
+/// One file's opens, and whether it is delete-pending (and where it is linked).
+#[derive(Default)]
+struct FileOpens {
+    held: Vec<Held>,
+    pending: Option<Link>,
 }
 
 /// One volume's opens.
@@ -105,8 +138,10 @@ struct Held {
 struct VolumeOpens {
     /// By gateway node (one incarnation per node at a time).
     leases: HashMap<u64, Lease>,
-    files: HashMap<(View, u64), Vec<Held>>,
+    files: HashMap<(View, u64), FileOpens>,
     count: usize,
+    /// Deletions due (a delete-pending file's last open went), for the owner to carry out.
+    due: Vec<DueDelete>,
 }
 
 #[derive(Default)]
@@ -115,26 +150,35 @@ pub struct OpenTable {
 }
 
 impl VolumeOpens {
-    fn expire(&mut self, now_ms: u64) {
+    fn expire(&mut self, volume: Uuid, now_ms: u64) {
         let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.expires_ms <= now_ms).map(|(n, _)| *n).collect();
         for node in dead {
             tracing::info!(node, "a gateway's lease expired: dropping its opens");
-            self.drop_gateway(node);
+            self.drop_gateway(volume, node);
         }
     }
 
-    fn drop_gateway(&mut self, node: u64) {
+    fn drop_gateway(&mut self, volume: Uuid, node: u64) {
         let Some(lease) = self.leases.remove(&node) else { return };
         for (id, file) in lease.opens {
-            self.unhold(file, node, id);
+            self.unhold(volume, file, node, id);
         }
     }
 
-    fn unhold(&mut self, file: (View, u64), node: u64, id: u64) {
-        if let Some(held) = self.files.get_mut(&file) {
-            held.retain(|h| !(h.node == node && h.id == id));
-            if held.is_empty() {
-                self.files.remove(&file);
+    /// Drops one open; a delete-on-close open makes its file delete-pending, and the file's
+    /// last open going makes a pending deletion due.
+    fn unhold(&mut self, volume: Uuid, file: (View, u64), node: u64, id: u64) {
+        if let Some(f) = self.files.get_mut(&file) {
+            if let Some(i) = f.held.iter().position(|h| h.node == node && h.id == id) {
+                let gone = f.held.swap_remove(i);
+                if f.pending.is_none() {
+                    f.pending = gone.delete_at_close;
+                }
+            }
+            if f.held.is_empty() {
+                if let Some(link) = self.files.remove(&file).and_then(|f| f.pending) {
+                    self.due.push(DueDelete { file: FileKey { volume, view: file.0, ino: file.1 }, link });
+                }
             }
         }
         self.count -= 1;
@@ -150,7 +194,7 @@ impl VolumeOpens {
             Some(l) if l.incarnation == gw.incarnation => true,
             Some(_) => {
                 tracing::info!(node = gw.node, "a gateway restarted: dropping its predecessor's opens");
-                self.drop_gateway(gw.node);
+                self.drop_gateway(volume, gw.node);
                 false
             }
             None => false,
@@ -176,7 +220,7 @@ impl VolumeOpens {
             return Err(OpenError::TooManyForGateway { node, volume, max: MAX_OPENS_PER_GATEWAY });
         }
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
-        self.files.entry((r.file.view, r.file.ino)).or_default().push(Held { node, id: r.id, mode: r.mode });
+        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone() });
         self.count += 1;
         Ok(())
     }
@@ -186,15 +230,18 @@ impl OpenTable {
     /// A new open: checked against every open of the file from every gateway, then held.
     pub fn register(&mut self, now_ms: u64, gw: Gateway, lease_ms: u64, r: OpenRecord) -> Result<(), OpenError> {
         let v = self.volumes.entry(r.file.volume).or_default();
-        v.expire(now_ms);
+        v.expire(r.file.volume, now_ms);
         v.admit(r.file.volume, gw, now_ms, lease_ms)?;
         if v.leases[&gw.node].opens.contains_key(&r.id) {
             return Ok(()); // a retry of a register that succeeded
         }
-        if let Some(held) = v.files.get(&(r.file.view, r.file.ino)) {
-            let modes: Vec<Mode> = held.iter().map(|h| h.mode).collect();
+        if let Some(f) = v.files.get(&(r.file.view, r.file.ino)) {
+            if f.pending.is_some() {
+                return Err(OpenError::DeletePending);
+            }
+            let modes: Vec<Mode> = f.held.iter().map(|h| h.mode).collect();
             if let Err(i) = share_modes::check(&modes, &r.mode) {
-                let h = &held[i];
+                let h = &f.held[i];
                 return Err(OpenError::SharingViolation { holder_node: h.node, access: h.mode.access, share: h.mode.share });
             }
         }
@@ -202,19 +249,31 @@ impl OpenTable {
     }
 
     /// Releases one open (a CLOSE); unknown opens and other incarnations are ignored.
-    pub fn release(&mut self, gw: Gateway, volume: Uuid, id: u64) {
+    /// `delete`: the open's disposition asks for the file's deletion (the file becomes
+    /// delete-pending; due at once if this was its last open).
+    pub fn release(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) {
         let Some(v) = self.volumes.get_mut(&volume) else { return };
         let Some(lease) = v.leases.get_mut(&gw.node).filter(|l| l.incarnation == gw.incarnation) else { return };
         if let Some(file) = lease.opens.remove(&id) {
-            v.unhold(file, gw.node, id);
+            if let Some(link) = delete {
+                if let Some(h) = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
+                    h.delete_at_close = Some(link);
+                }
+            }
+            v.unhold(volume, file, gw.node, id);
         }
+    }
+
+    /// Deletions that became due (the owner carries them out).
+    pub fn take_due(&mut self) -> Vec<DueDelete> {
+        self.volumes.values_mut().flat_map(|v| std::mem::take(&mut v.due)).collect()
     }
 
     /// A gateway's renewal for one volume, listing every open it holds there that it
     /// registered before taking the list (ids below `up_to`).
     pub fn renew(&mut self, now_ms: u64, gw: Gateway, lease_ms: u64, volume: Uuid, up_to: u64, opens: &[OpenRecord]) -> Result<Renewed, OpenError> {
         let v = self.volumes.entry(volume).or_default();
-        v.expire(now_ms);
+        v.expire(volume, now_ms);
         let known = v.admit(volume, gw, now_ms, lease_ms)?;
         if known {
             let listed: HashSet<u64> = opens.iter().map(|r| r.id).collect();
@@ -222,7 +281,7 @@ impl OpenTable {
             let lost: Vec<(u64, (View, u64))> = lease.opens.iter().filter(|(id, _)| **id < up_to && !listed.contains(id)).map(|(id, f)| (*id, *f)).collect();
             for (id, file) in &lost {
                 v.leases.get_mut(&gw.node).expect("known").opens.remove(id);
-                v.unhold(*file, gw.node, *id);
+                v.unhold(volume, *file, gw.node, *id);
             }
             return Ok(Renewed::Known { dropped: lost.len() });
         }
@@ -239,10 +298,10 @@ impl OpenTable {
     /// Drops every expired lease (the service calls it now and then; register and renew expire
     /// the volume they touch themselves).
     pub fn expire(&mut self, now_ms: u64) {
-        for v in self.volumes.values_mut() {
-            v.expire(now_ms);
+        for (volume, v) in self.volumes.iter_mut() {
+            v.expire(*volume, now_ms);
         }
-        self.volumes.retain(|_, v| !v.leases.is_empty());
+        self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty());
     }
 
     /// Opens held on `volume`, from every gateway.
@@ -265,7 +324,7 @@ mod tests {
     }
 
     fn open(ino: u64, id: u64, access: u32, share: u32) -> OpenRecord {
-        OpenRecord { file: file(ino), id, mode: Mode { access, share } }
+        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None }
     }
 
     fn reader(ino: u64, id: u64) -> OpenRecord {
@@ -307,7 +366,7 @@ mod tests {
     fn release_lets_the_conflicting_open_in() {
         let mut t = OpenTable::default();
         t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
-        t.release(A, VOL, 1);
+        t.release(A, VOL, 1, None);
         t.register(0, B, LEASE_MS, writer(5, 1)).unwrap();
         assert_eq!(t.count(VOL), 1);
     }
@@ -324,9 +383,9 @@ mod tests {
     fn a_release_from_another_incarnation_or_an_unknown_id_changes_nothing() {
         let mut t = OpenTable::default();
         t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
-        t.release(Gateway { node: 1, incarnation: 99 }, VOL, 1);
-        t.release(A, VOL, 42);
-        t.release(A, Uuid::from_u128(9), 1);
+        t.release(Gateway { node: 1, incarnation: 99 }, VOL, 1, None);
+        t.release(A, VOL, 42, None);
+        t.release(A, Uuid::from_u128(9), 1, None);
         assert_eq!(t.count(VOL), 1);
     }
 
@@ -422,5 +481,47 @@ mod tests {
         assert!(matches!(t.register(0, A, LEASE_MS, reader(5, 1)), Err(OpenError::TooManyGateways { .. })));
         t.expire(LEASE_MS);
         t.register(LEASE_MS, A, LEASE_MS, reader(5, 1)).unwrap();
+    }
+
+    fn doomed(ino: u64, id: u64) -> OpenRecord {
+        OpenRecord { delete_at_close: Some(Link { parent: 1, name: format!("f{ino}") }), ..open(ino, id, FILE_READ_DATA | DELETE, SHARE_ALL) }
+    }
+
+    #[test]
+    fn a_delete_on_close_file_goes_at_its_last_close_and_refuses_new_opens_meanwhile() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, doomed(5, 1)).unwrap();
+        t.register(0, B, LEASE_MS, open(5, 1, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        t.release(A, VOL, 1, None);
+        assert!(t.take_due().is_empty(), "another open holds the file");
+        assert_eq!(t.register(1, A, LEASE_MS, reader(5, 2)), Err(OpenError::DeletePending));
+        t.release(B, VOL, 1, None);
+        assert_eq!(t.take_due(), vec![DueDelete { file: file(5), link: Link { parent: 1, name: "f5".into() } }]);
+        assert!(t.take_due().is_empty(), "handed out once");
+        t.register(2, A, LEASE_MS, reader(5, 3)).unwrap();
+    }
+
+    #[test]
+    fn a_delete_disposition_at_release_deletes_at_once_when_it_is_the_last_open() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, open(6, 1, DELETE, SHARE_ALL)).unwrap();
+        t.release(A, VOL, 1, Some(Link { parent: 3, name: "x".into() }));
+        assert_eq!(t.take_due(), vec![DueDelete { file: file(6), link: Link { parent: 3, name: "x".into() } }]);
+        // Without a disposition, nothing is deleted.
+        t.register(0, A, LEASE_MS, open(7, 2, DELETE, SHARE_ALL)).unwrap();
+        t.release(A, VOL, 2, None);
+        assert!(t.take_due().is_empty());
+    }
+
+    #[test]
+    fn a_delete_on_close_open_lost_with_its_gateway_deletes_the_file() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, doomed(8, 1)).unwrap();
+        t.expire(LEASE_MS + 1);
+        assert_eq!(t.take_due().len(), 1, "the lease expired: the open went, and the file with it");
+        // A restarted gateway (newer incarnation) drops its predecessor's opens the same way.
+        t.register(0, A, LEASE_MS, doomed(9, 1)).unwrap();
+        t.register(1, Gateway { node: 1, incarnation: 101 }, LEASE_MS, reader(10, 1)).unwrap();
+        assert_eq!(t.take_due().iter().map(|d| d.file.ino).collect::<Vec<_>>(), vec![9]);
     }
 }

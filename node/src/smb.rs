@@ -160,6 +160,7 @@ pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
         Some("busy") => FsError::Busy,
         Some("sharing_violation") => FsError::SharingViolation(s.message().to_string()),
         Some("too_many_opens") => FsError::TooManyOpens(s.message().to_string()),
+        Some("delete_pending") => FsError::DeletePending,
         _ => FsError::Other(s.message().to_string()),
     }
 }
@@ -253,12 +254,20 @@ impl Files for VolumeFiles {
         self.call(self.service.sync(tonic::Request::new(target))).map(|_| ())
     }
 
-    fn register_open(&self, share: &str, id: u64, mode: umbra_smb_gateway::share_modes::Mode) -> Result<u64, FsError> {
+    fn register_open(&self, share: &str, id: u64, mode: umbra_smb_gateway::share_modes::Mode, delete_at_close: Option<(u64, &str)>) -> Result<u64, FsError> {
         let (target, _) = self.target(share)?;
-        self.runtime.block_on(self.opens.register(&self.service, target, id, mode))
+        let delete = delete_at_close.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
+        self.runtime.block_on(self.opens.register(&self.service, target, id, mode, delete))
     }
 
     fn release_open(&self, registration: u64) {
-        self.runtime.block_on(self.opens.release(&self.service, registration))
+        if let Err(e) = self.runtime.block_on(self.opens.release(&self.service, registration, None, 0)) {
+            tracing::warn!(registration, error = %e, "releasing an open");
+        }
+    }
+
+    fn close_open(&self, _share: &str, registration: u64, delete: Option<(u64, &str)>, now: u64) -> Result<(), FsError> {
+        let delete = delete.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
+        self.runtime.block_on(self.opens.release(&self.service, registration, delete, now))
     }
 }

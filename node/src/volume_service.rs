@@ -20,7 +20,7 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
-use crate::opens::{FileKey, Gateway, OpenError, OpenRecord, OpenTable, Renewed};
+use crate::opens::{FileKey, Gateway, Link, OpenError, OpenRecord, OpenTable, Renewed};
 use umbra_smb_gateway::share_modes::Mode;
 use crate::volume::{DirEntry, Inode, Kind, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
 
@@ -84,6 +84,7 @@ fn open_status(e: OpenError) -> Status {
         OpenError::SharingViolation { .. } => (tonic::Code::FailedPrecondition, "sharing_violation"),
         OpenError::TooManyOnVolume { .. } | OpenError::TooManyForGateway { .. } | OpenError::TooManyGateways { .. } => (tonic::Code::ResourceExhausted, "too_many_opens"),
         OpenError::StaleIncarnation { .. } => (tonic::Code::FailedPrecondition, "stale_incarnation"),
+        OpenError::DeletePending => (tonic::Code::FailedPrecondition, "delete_pending"),
     };
     let mut status = Status::new(code, e.to_string());
     status.metadata_mut().insert("umbra-error", kind.parse().expect("ascii kind"));
@@ -99,7 +100,11 @@ fn gateway_of(g: Option<&GatewayIncarnation>) -> Result<Gateway, Status> {
 fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
     let t = VolumeTarget { volume: volume.to_string(), snapshot: h.snapshot.clone(), clone: h.clone.clone(), route: false };
     let (_, view, _) = target_of(Some(&t))?;
-    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access } })
+    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close: link_of(h.delete_at_close.as_ref()) })
+}
+
+fn link_of(d: Option<&DeleteAtClose>) -> Option<Link> {
+    d.map(|d| Link { parent: d.parent, name: d.name.clone() })
 }
 
 /// Where the service runs the store's (synchronous) calls.
@@ -486,11 +491,15 @@ impl VolumeService {
             return peer.open_register(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
-        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access } };
+        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref()) };
         let now = self.now_ms();
         let result = self.opens().register(now, gw, r.lease_ms.min(MAX_LEASE_MS), record);
         if let Err(e) = &result {
             tracing::debug!(node = gw.node, ino = r.ino, error = %e, "open refused");
+        }
+        // The register expired leases: their files may be due for deletion.
+        if let Err(e) = self.carry_out_deletes(crate::volumes_task::filetime_now()).await {
+            tracing::warn!(error = %e, "a deletion at last close failed during a register");
         }
         result.map(|_| Done {}).map_err(open_status)
     }
@@ -502,8 +511,37 @@ impl VolumeService {
             return peer.open_release(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
-        self.opens().release(gw, volume, r.id);
+        self.opens().release(gw, volume, r.id, link_of(r.delete_at_close.as_ref()));
+        self.carry_out_deletes(r.now).await?;
         Ok(Done {})
+    }
+
+    /// Deletes the files whose last open went while they were delete-pending: each name is
+    /// unlinked if it still names the file. Returns the first failure (the others are logged),
+    /// so a CLOSE that made its file's deletion due hears why it failed.
+    async fn carry_out_deletes(&self, now: u64) -> Result<(), Status> {
+        let due = self.opens().take_due();
+        let mut first = Ok(());
+        for d in due {
+            let (vol, view, link) = (d.file.volume, d.file.view, d.link.clone());
+            let ino = d.file.ino;
+            let result = self
+                .run_gated(vol, move |s| match s.lookup(vol, view, link.parent, &link.name)? {
+                    Some(e) if e.ino == ino => s.unlink(vol, view, link.parent, &link.name, now),
+                    _ => Ok(()), // renamed or deleted meanwhile: nothing of this file to delete
+                })
+                .await;
+            match result {
+                Ok(()) => tracing::debug!(volume = %vol, ino, name = %d.link.name, "deleted at its last close"),
+                Err(e) => {
+                    tracing::warn!(volume = %vol, ino, name = %d.link.name, error = %e, "deleting a file at its last close failed");
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first
     }
 
     pub async fn open_renew(&self, mut r: OpenRenewRequest) -> Result<OpenRenewReply, Status> {
@@ -518,10 +556,16 @@ impl VolumeService {
         }
         let records = r.opens.iter().map(|h| held_record(volume, h)).collect::<Result<Vec<_>, _>>()?;
         let now = self.now_ms();
-        let mut table = self.opens();
-        table.expire(now);
-        let renewed = table.renew(now, gw, r.lease_ms.min(MAX_LEASE_MS), volume, r.up_to, &records).map_err(open_status)?;
-        drop(table);
+        let renewed = {
+            let mut table = self.opens();
+            table.expire(now);
+            table.renew(now, gw, r.lease_ms.min(MAX_LEASE_MS), volume, r.up_to, &records).map_err(open_status)
+        };
+        // Expired leases and lost releases may have made deletions due.
+        if let Err(e) = self.carry_out_deletes(crate::volumes_task::filetime_now()).await {
+            tracing::warn!(error = %e, "a deletion at last close failed during a renewal");
+        }
+        let renewed = renewed?;
         Ok(match renewed {
             Renewed::Known { dropped } => OpenRenewReply { known: true, dropped: dropped as u64, ..Default::default() },
             Renewed::Reinstated { held, refused } => {

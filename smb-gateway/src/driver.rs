@@ -57,10 +57,15 @@ impl Environment for Env {
     }
 
     fn now(&self) -> u64 {
-        const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        UNIX_EPOCH_AS_FILETIME + (since.as_nanos() / 100) as u64
+        filetime_now()
     }
+}
+
+/// The current time as FILETIME (100 ns ticks since 1601).
+fn filetime_now() -> u64 {
+    const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH_AS_FILETIME + (since.as_nanos() / 100) as u64
 }
 
 /// Serves until the task is dropped.
@@ -117,7 +122,7 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
     // However the connection ended, its opens close and their share modes are released.
     if let Some(mut c) = conn {
         let files = shared.files.clone();
-        let _ = tokio::task::spawn_blocking(move || c.end(files.as_ref())).await;
+        let _ = tokio::task::spawn_blocking(move || c.end(files.as_ref(), filetime_now())).await;
     }
     // The writer ends once the reader has dropped its queue and what was queued is written.
     let written = writer.await.map_err(|e| std::io::Error::other(e.to_string()))?;

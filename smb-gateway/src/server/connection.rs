@@ -136,8 +136,8 @@ impl Connection {
 
     /// The connection has ended (the client went away or was refused): every open it held is
     /// closed and its share-mode registration released.
-    pub fn end(&mut self, files: &dyn Files) {
-        self.drop_opens(files, |_| true);
+    pub fn end(&mut self, files: &dyn Files, now: u64) {
+        self.drop_opens(files, now, |_| true);
         self.sessions.clear();
     }
 
@@ -313,7 +313,7 @@ impl Connection {
                 return Reply::error(status);
             }
         }
-        if self.share_deleted(h, dir, files) {
+        if self.share_deleted(h, dir, files, env.now()) {
             return Reply::error(status::NETWORK_NAME_DELETED);
         }
         match h.command {
@@ -321,14 +321,14 @@ impl Connection {
             Command::SessionSetup => self.session_setup(h, message, dir, env),
             Command::Logoff => match self.sessions.remove(&h.session_id) {
                 Some(_) => {
-                    self.drop_opens(files, |o| o.session == h.session_id);
+                    self.drop_opens(files, env.now(), |o| o.session == h.session_id);
                     Reply::ok(vec![4, 0, 0, 0])
                 }
                 None => Reply::error(status::USER_SESSION_DELETED),
             },
             Command::Echo => Reply::ok(vec![4, 0, 0, 0]),
             Command::TreeConnect => self.tree_connect(h, message, dir),
-            Command::TreeDisconnect => self.tree_disconnect(h, files),
+            Command::TreeDisconnect => self.tree_disconnect(h, files, env.now()),
             Command::Ioctl => self.ioctl(h, message, dir, env),
             Command::Create => self.create(h, message, files, dir, env.now()),
             Command::Close => self.close(h, message, files, env.now()),
@@ -345,7 +345,7 @@ impl Connection {
 
     /// A tree whose share no longer exists (a shadow copy's mapping deleted, a share removed):
     /// it is disconnected with its opens, and the request fails with NETWORK_NAME_DELETED.
-    fn share_deleted(&mut self, h: &Header, dir: &dyn Directory, files: &dyn Files) -> bool {
+    fn share_deleted(&mut self, h: &Header, dir: &dyn Directory, files: &dyn Files, now: u64) -> bool {
         let Target::Sync { tree_id, .. } = h.target else { return false };
         if matches!(h.command, Command::Negotiate | Command::SessionSetup | Command::Logoff | Command::Echo | Command::TreeConnect | Command::TreeDisconnect | Command::Cancel) {
             return false;
@@ -358,7 +358,7 @@ impl Connection {
         tracing::info!(share = %tree.share, tree_id, "the share is gone; disconnecting its tree");
         s.trees.remove(&tree_id);
         let session = h.session_id;
-        self.drop_opens(files, |o| o.session == session && o.tree == tree_id);
+        self.drop_opens(files, now, |o| o.session == session && o.tree == tree_id);
         true
     }
 
@@ -606,14 +606,14 @@ impl Connection {
         Reply { tree_id: Some(tree_id), ..Reply::ok(b) }
     }
 
-    fn tree_disconnect(&mut self, h: &Header, files: &dyn Files) -> Reply {
+    fn tree_disconnect(&mut self, h: &Header, files: &dyn Files, now: u64) -> Reply {
         let Target::Sync { tree_id, .. } = h.target else { return Reply::error(status::INVALID_PARAMETER) };
         let removed = match self.sessions.get_mut(&h.session_id) {
             Some(Session::Established(s)) => s.trees.remove(&tree_id).is_some(),
             _ => false,
         };
         if removed {
-            self.drop_opens(files, |o| o.session == h.session_id && o.tree == tree_id);
+            self.drop_opens(files, now, |o| o.session == h.session_id && o.tree == tree_id);
             Reply::ok(vec![4, 0, 0, 0])
         } else {
             Reply::error(status::NETWORK_NAME_DELETED)

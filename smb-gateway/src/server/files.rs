@@ -55,6 +55,9 @@ pub enum FsError {
     /// A named bound on opens (per volume or per gateway) is reached.
     #[error("too many opens: {0}")]
     TooManyOpens(String),
+    /// The file is delete-pending: it goes when its last open closes (MS-FSA 2.1.5.1.2).
+    #[error("delete pending")]
+    DeletePending,
     #[error("{0}")]
     Other(String),
 }
@@ -76,6 +79,7 @@ impl FsError {
             FsError::Busy => SHARING_VIOLATION,
             FsError::SharingViolation(_) => SHARING_VIOLATION,
             FsError::TooManyOpens(_) => INSUFFICIENT_RESOURCES,
+            FsError::DeletePending => DELETE_PENDING,
             FsError::Other(_) => UNEXPECTED_IO_ERROR,
         }
     }
@@ -100,11 +104,25 @@ pub trait Files: Send + Sync {
     /// against every other open of the file from any gateway (MS-FSA 2.1.5.1.2) and refuses it
     /// with [`FsError::SharingViolation`]. Returns the registration to release on close. Only
     /// opens whose mode [`counts`](crate::share_modes::Mode::counts) are registered.
-    fn register_open(&self, _share: &str, _id: u64, _mode: crate::share_modes::Mode) -> Result<u64, FsError> {
+    /// `delete_at_close`: the open was made with FILE_DELETE_ON_CLOSE (its file's directory and
+    /// name): when it goes, the file is delete-pending and goes at its last close.
+    fn register_open(&self, _share: &str, _id: u64, _mode: crate::share_modes::Mode, _delete_at_close: Option<(u64, &str)>) -> Result<u64, FsError> {
         Ok(0)
     }
     /// Releases a registration (CLOSE, LOGOFF, TREE_DISCONNECT, a deleted share, the end of
     /// the connection). Never fails: an owner that misses it drops the open when this gateway
     /// next renews its lease.
     fn release_open(&self, _registration: u64) {}
+    /// Closes a registered open (CLOSE, and the opens LOGOFF, TREE_DISCONNECT or the end of the
+    /// connection drop). With `delete` (its directory and name: the open's disposition asks for
+    /// the file's deletion), the file is deleted now if this was its last open, else at its
+    /// last close; the error is that deletion's. Without share-mode registrations (this
+    /// default), every close is the last.
+    fn close_open(&self, share: &str, registration: u64, delete: Option<(u64, &str)>, now: u64) -> Result<(), FsError> {
+        self.release_open(registration);
+        match delete {
+            Some((parent, name)) => self.unlink(share, parent, name, now),
+            None => Ok(()),
+        }
+    }
 }

@@ -16,8 +16,8 @@ struct Held<'a> {
 
 impl<'a> Held<'a> {
     /// Registers an open that takes part in share-access checks; others need no registration.
-    fn register(files: &'a dyn Files, share: &str, id: u64, mode: share_modes::Mode) -> Result<Held<'a>, FsError> {
-        let registration = if mode.counts() { Some(files.register_open(share, id, mode)?) } else { None };
+    fn register(files: &'a dyn Files, share: &str, id: u64, mode: share_modes::Mode, delete_at_close: Option<(u64, &str)>) -> Result<Held<'a>, FsError> {
+        let registration = if mode.counts() { Some(files.register_open(share, id, mode, delete_at_close)?) } else { None };
         Ok(Held { files, registration })
     }
 
@@ -102,7 +102,8 @@ impl Connection {
                 }
                 let parent = if path.is_empty() { info.id } else { files.lookup(&share, &parent_path).map(|p| p.id).unwrap_or(info.id) };
                 // The share-access check comes before the open changes anything.
-                let held = match Held::register(files, &share, info.id, mode) {
+                let doc = (options & FILE_DELETE_ON_CLOSE != 0 && !name.is_empty()).then_some((parent, name.as_str()));
+                let held = match Held::register(files, &share, info.id, mode, doc) {
                     Ok(h) => h,
                     Err(e) => return fs(e),
                 };
@@ -132,7 +133,8 @@ impl Connection {
                     Ok(info) => info,
                     Err(e) => return fs(e),
                 };
-                match Held::register(files, &share, info.id, mode) {
+                let doc = (options & FILE_DELETE_ON_CLOSE != 0).then_some((parent, name.as_str()));
+                match Held::register(files, &share, info.id, mode, doc) {
                     Ok(held) => (info, 2, parent, held),
                     Err(e) => return fs(e),
                 }
@@ -222,12 +224,7 @@ impl Connection {
         }
         let open = self.opens.remove(&volatile).expect("checked above");
         let postquery = u16_at(b, 2).unwrap_or(0) & 1 != 0;
-        // The file goes before its registration: nobody opens it in between.
-        let unlinked = if open.delete_on_close && !open.name.is_empty() { files.unlink(&open.share, open.parent, &open.name, now) } else { Ok(()) };
-        if let Some(r) = open.registration {
-            files.release_open(r);
-        }
-        if let Err(e) = unlinked {
+        if let Err(e) = Self::close_one(&open, files, now) {
             return fs(e);
         }
         let mut r = vec![60, 0];

@@ -105,14 +105,27 @@ impl Connection {
     }
 
     /// Closes every open `which` selects without a CLOSE (LOGOFF, TREE_DISCONNECT, a deleted
-    /// share, the end of the connection), releasing their share-mode registrations. Their pending
-    /// deletes are not carried out (Windows would carry them out: still to do).
-    pub(in crate::server) fn drop_opens(&mut self, files: &dyn super::files::Files, which: impl Fn(&Open) -> bool) {
+    /// share, the end of the connection), as a CLOSE would: share-mode registrations released,
+    /// delete-on-close and delete dispositions carried out (at the file's last close).
+    pub(in crate::server) fn drop_opens(&mut self, files: &dyn super::files::Files, now: u64, which: impl Fn(&Open) -> bool) {
         let gone: Vec<u64> = self.opens.iter().filter(|(_, o)| which(o)).map(|(v, _)| *v).collect();
         for volatile in gone {
-            if let Some(r) = self.opens.remove(&volatile).and_then(|o| o.registration) {
-                files.release_open(r);
+            if let Some(open) = self.opens.remove(&volatile) {
+                if let Err(e) = Self::close_one(&open, files, now) {
+                    tracing::warn!(share = %open.share, name = %open.name, error = %e, "closing an open the client left");
+                }
             }
+        }
+    }
+
+    /// Closes one open: its registration released and, when its disposition asks, its file
+    /// deleted (by the owner at the file's last close; at once when the open has no
+    /// registration).
+    pub(in crate::server) fn close_one(open: &Open, files: &dyn super::files::Files, now: u64) -> Result<(), FsError> {
+        let delete = (open.delete_on_close && !open.name.is_empty()).then_some((open.parent, open.name.as_str()));
+        match open.registration {
+            Some(r) => files.close_open(&open.share, r, delete, now),
+            None => delete.map_or(Ok(()), |(parent, name)| files.unlink(&open.share, parent, name, now)),
         }
     }
 
