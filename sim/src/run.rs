@@ -123,6 +123,8 @@ struct Driver {
     cuts: BTreeMap<Uuid, Cut>,
     /// Each set's states seen so far on any node (for the trace).
     set_states: BTreeSet<(Uuid, SetState)>,
+    /// The time of the last observation.
+    now: Duration,
     /// What the file writer saw (for reading cuts at decisions).
     written: Rc<RefCell<Written>>,
     /// A crash armed for the coordinator's next commit phase: (phase, kind).
@@ -216,6 +218,7 @@ pub fn run(opts: Options) -> Outcome {
         decided_checked: BTreeSet::new(),
         cuts: BTreeMap::new(),
         set_states: BTreeSet::new(),
+        now: Duration::ZERO,
         written: written.clone(),
         phase_crash: None,
         lossy: None,
@@ -304,6 +307,7 @@ pub fn run(opts: Options) -> Outcome {
 impl Driver {
     /// Election safety, from every running node's own view.
     fn observe(&mut self, now: Duration) {
+        self.now = now;
         let views: Vec<(NodeId, u64, bool)> = self
             .registry
             .lock()
@@ -319,10 +323,8 @@ impl Driver {
                 log(&self.trace, now, format!("leader n{id} term {term}"));
             }
         }
-        // Sets decided Committed in every running node's view: a node restarted after a crash
-        // may replay an old decision of a set that has since been removed (and its snapshots
-        // rightly deleted); a set every running node still holds stands.
-        let mut decided: Option<BTreeMap<Uuid, umbra_raft::fsrvp::ShadowSet>> = None;
+        // Sets seen decided Committed for the first time (in any running node's view).
+        let mut decided: BTreeMap<Uuid, umbra_raft::fsrvp::ShadowSet> = BTreeMap::new();
         let mut committed = Vec::new();
         for (id, (_, reader)) in self.registry.lock().expect("registry").iter() {
             let state = reader.read();
@@ -333,42 +335,35 @@ impl Driver {
                     log(&self.trace, now, format!("set {} {:?} (seen on n{id}; copies {})", s.id, s.state, copies.join(" ")));
                 }
             }
-            let here: BTreeMap<Uuid, umbra_raft::fsrvp::ShadowSet> = state
-                .state
-                .fsrvp
-                .sets
-                .values()
-                .filter(|s| s.state >= SetState::Committed && !self.decided_checked.contains(&s.id))
-                .map(|s| (s.id, s.clone()))
-                .collect();
-            committed.extend(state.state.fsrvp.sets.values().filter(|s| s.state >= SetState::Committed).cloned());
-            decided = Some(match decided {
-                None => here,
-                Some(mut all) => {
-                    all.retain(|id, _| here.contains_key(id));
-                    all
+            for s in state.state.fsrvp.sets.values().filter(|s| s.state >= SetState::Committed) {
+                if !self.decided_checked.contains(&s.id) {
+                    decided.entry(s.id).or_insert_with(|| s.clone());
                 }
-            });
+                committed.push(s.clone());
+            }
         }
-        let decided: Vec<umbra_raft::fsrvp::ShadowSet> = decided.unwrap_or_default().into_values().collect();
+        let decided: Vec<umbra_raft::fsrvp::ShadowSet> = decided.into_values().collect();
         self.check_decided(&decided);
         self.record_cuts(&committed);
     }
 
-    /// Set atomicity at the decision, for sets newly seen Committed by every running node whose
-    /// owners all run (a set whose owner is down is checked once the owner is back, if the set
-    /// still stands).
+    /// Set atomicity at the decision, for sets seen Committed for the first time, when their
+    /// owners all run. A set whose owner is down then is not checked later here: a node
+    /// restarted from an old Raft snapshot replays decisions of sets removed since (whose
+    /// snapshots are rightly gone); the end of the run checks every set that still stands.
     fn check_decided(&mut self, sets: &[umbra_raft::fsrvp::ShadowSet]) {
         let stores = self.stores.lock().expect("stores").clone();
         for set in sets {
-            if self.decided_checked.contains(&set.id) {
+            if !self.decided_checked.insert(set.id) {
                 continue;
             }
             let owners: Option<Vec<_>> = set.copies.iter().map(|c| files::owner_of(c.volume).and_then(|o| stores.get(&o)).and_then(|s| s.upgrade())).collect();
-            let Some(owners) = owners else { continue };
+            let Some(owners) = owners else {
+                log(&self.trace, self.now, format!("set {} decided while an owner is down: checked at the end if it stands", set.id));
+                continue;
+            };
             let lists: BTreeMap<Uuid, Vec<umbra_node::volume::SnapshotInfo>> = set.copies.iter().zip(&owners).map(|(c, store)| (c.volume, store.snapshots(c.volume).unwrap_or_default())).collect();
             set_atomicity::check_decided(set, |v| lists.get(&v).cloned().unwrap_or_default(), &mut self.seen);
-            self.decided_checked.insert(set.id);
         }
     }
 
@@ -601,7 +596,6 @@ impl Driver {
             acked_per[a.volume].push(*a);
         }
         let mut lost_to_power = BTreeSet::new();
-        let mut read_at: BTreeMap<(usize, Option<Uuid>), BTreeSet<u64>> = BTreeMap::new();
         for (i, (owner, _, name, _)) in VOLUMES.iter().enumerate() {
             let vol = files::volume_id(i);
             let Some(store) = stores.get(owner).and_then(|s| s.upgrade()) else {
@@ -616,37 +610,23 @@ impl Driver {
             let live = read(View::Live);
             let losses: Vec<Duration> = self.power_losses.iter().filter(|(n, _)| n == owner).map(|(_, at)| *at).collect();
             lost_to_power.extend(file_writes_survive::check(name, &live, &acked_per[i], &written.flushed[i], &losses, violations));
-            let list = store.snapshots(vol).unwrap_or_default();
-            for s in &list {
-                read_at.insert((i, Some(s.id)), read(View::Snapshot(s.id)));
-            }
-            snapshots.insert(vol, list);
+            snapshots.insert(vol, store.snapshots(vol).unwrap_or_default());
         }
         // Writes a power loss took (allowed) are not required in later cuts.
         let acked_all: Vec<u64> = written.acked.iter().map(|a| a.k).filter(|k| !lost_to_power.contains(k)).collect();
         set_atomicity::check(&fsrvp, &snapshots, violations);
         set_liveness::check(&fsrvp, violations);
-        for set in fsrvp.sets.values().filter(|s| s.state >= SetState::Committed) {
-            let mut present = BTreeSet::new();
-            let mut cut = Vec::new();
-            for copy in &set.copies {
-                let i = if copy.volume == files::volume_id(0) { 0 } else { 1 };
-                if let Some(seqs) = read_at.get(&(i, copy.snapshot)) {
-                    present.extend(seqs.iter().copied());
-                    cut.push(format!("{} holds {} writes, last {:?}", VOLUMES[i].2, seqs.len(), seqs.iter().next_back()));
-                }
-            }
-            log(&self.trace, now, format!("set {} {:?}: {}", set.id, set.state, cut.join(", ")));
-            one_cut::check(set.id, &present, &acked_all, violations);
-        }
-        // Sets removed before the end: their cuts as read when they were decided.
-        for (id, cut) in self.cuts.iter().filter(|(id, _)| !fsrvp.sets.contains_key(id)) {
+        // One cut, on every set ever committed (also those deleted, whole or copy by copy,
+        // before the end), from its copies as read once promoted.
+        for (id, cut) in &self.cuts {
+            let end = fsrvp.sets.get(id).map_or("removed".to_string(), |s| format!("{:?}", s.state));
             if cut.read.len() < cut.volumes.len() {
-                log(&self.trace, now, format!("set {id} removed before the end before every copy was read ({} of {})", cut.read.len(), cut.volumes.len()));
+                log(&self.trace, now, format!("set {id} ({end}): {} of {} copies read before they went; not checked", cut.read.len(), cut.volumes.len()));
                 continue;
             }
+            let parts: Vec<String> = cut.read.iter().map(|(v, seqs)| format!("{} holds {} writes, last {:?}", v.as_u128(), seqs.len(), seqs.iter().next_back())).collect();
+            log(&self.trace, now, format!("set {id} ({end}): {}", parts.join(", ")));
             let held: BTreeSet<u64> = cut.read.values().flatten().copied().collect();
-            log(&self.trace, now, format!("set {id} removed before the end: held {} writes, last {:?}", held.len(), held.iter().next_back()));
             one_cut::check(*id, &held, &acked_all, violations);
         }
         // Committed at some point (a deleted set is no longer in the state at the end).
