@@ -13,11 +13,12 @@
 //! Owner restarts: the table is in memory and starts empty. A gateway's renewal (every
 //! [`RENEW_INTERVAL_MS`]) lists every open it holds on the volume; an owner that does not know
 //! the gateway's lease reinstates them as they are, without a share check (they were granted
-//! before). Until that renewal arrives (at most one interval after the restart), a conflicting
-//! open from another gateway can be granted: both are then kept. The same holds for a gateway
-//! cut off from the owner for longer than its lease: its opens are dropped, and reinstated when
-//! its renewals get through again. A renewal from a known lease
-//! also drops the gateway's opens it no longer lists (a lost release), for ids below `up_to`
+//! before). Until that renewal has had time to arrive, new opens of the volumes the owner held
+//! at its start wait (the volume service's `OWNER_GRACE_MS`), so they are checked against the
+//! reinstated opens. A gateway cut off from the owner for longer than its lease has its opens
+//! dropped, and reinstated when its renewals get through again: a conflicting open granted in
+//! between is kept too. A renewal from a known lease also drops the gateway's opens it no
+//! longer lists (a lost release), for ids below `up_to`
 //! (the gateway sets it below any open still waiting for this owner's answer; a renewal lists
 //! only opens the owner accepted, so nothing is reinstated that was never checked).
 //!

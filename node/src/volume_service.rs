@@ -71,11 +71,20 @@ pub struct VolumeService {
     opens: Mutex<OpenTable>,
     /// The clock leases are judged by (this node's, monotonic).
     started: std::time::Instant,
+    /// Volumes this node held when it started: gateways may hold opens on them from before a
+    /// restart, which their next renewal reinstates (see [`OWNER_GRACE_MS`]).
+    held_at_start: std::collections::HashSet<Uuid>,
     calls: StoreCalls,
 }
 
 /// The longest lease a gateway may ask for.
 pub const MAX_LEASE_MS: u64 = 60_000;
+
+/// After an owner starts, new opens of the volumes it already held wait this long from its
+/// start: every live gateway renews within [`RENEW_INTERVAL_MS`](crate::opens::RENEW_INTERVAL_MS),
+/// reinstating the opens it holds, so a new open is checked against them rather than granted
+/// in the gap (as NFS servers hold a grace period after a restart).
+pub const OWNER_GRACE_MS: u64 = crate::opens::RENEW_INTERVAL_MS + 2_000;
 
 /// Share-mode errors to gRPC: `sharing_violation` (STATUS_SHARING_VIOLATION), `too_many_opens`
 /// (STATUS_INSUFFICIENT_RESOURCES), `stale_incarnation` (a gateway replaced by its restart).
@@ -181,7 +190,8 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now(), calls: StoreCalls::Blocking }
+        let held_at_start = store.volumes().into_iter().collect();
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking }
     }
 
     /// The same service running store calls as `calls` says.
@@ -491,6 +501,11 @@ impl VolumeService {
             return peer.open_register(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
+        let grace = OWNER_GRACE_MS.saturating_sub(self.now_ms());
+        if grace > 0 && self.held_at_start.contains(&volume) {
+            tracing::debug!(%volume, wait_ms = grace, "an open waits out the owner's grace period after its start");
+            tokio::time::sleep(std::time::Duration::from_millis(grace)).await;
+        }
         let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref()) };
         let now = self.now_ms();
         let result = self.opens().register(now, gw, r.lease_ms.min(MAX_LEASE_MS), record);
