@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# smbclient put and get of one file against Umbra (gateway on the volume's owner, and gateway on
-# another node) and against Samba smbd in the same run, A B A B, printing MB/s and ratios.
-# usage: bench/smb-vs-smbd.sh [SIZE_MIB]   (needs a release build: cargo build --release;
+# smbclient put and get of one file, and 1000 small-file creates (mput of 1000 files of 1 KiB
+# into a new directory), against Umbra (gateway on the volume's owner, and gateway on another
+# node) and against Samba smbd in the same run, A B A B, printing MB/s, creates/s and ratios.
+# usage: bench/smb-vs-smbd.sh [SIZE_MIB] [SMALL_FILES]   (needs a release build: cargo build --release;
 # starts smbd with ../shared/tools/samba-ref.sh and a local Umbra cluster with `umbra up`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 size_mib=${1:-1024}
+small=${2:-1000}
 umbra="$CARGO_TARGET_DIR/release/umbra"
 ref=../shared/tools/samba-ref.sh
 work=$(mktemp -d)
@@ -17,6 +19,8 @@ bash "$ref" install >/dev/null && bash "$ref" setup >/dev/null && bash "$ref" st
 up_pid=$!
 for _ in $(seq 100); do grep -q "Ctrl-C stops" "$work/up.log" && break; sleep 0.2; done
 head -c $((size_mib << 20)) /dev/urandom > "$work/in.bin"
+mkdir "$work/small"
+for i in $(seq "$small"); do head -c 1024 /dev/urandom > "$work/small/f$i.bin"; done
 
 # rate SERVER PORT SHARE USER%PASS: seconds for put, then get, of in.bin
 rate() {
@@ -27,7 +31,19 @@ rate() {
   smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "lcd $work; get b.bin out.bin" >/dev/null
   t2=$(date +%s.%N)
   cmp -s "$work/in.bin" "$work/out.bin" || { echo "$1: get differs from put" >&2; exit 1; }
-  echo "$1 $(echo "$size_mib*1.048576/($t1-$t0)" | bc -l) $(echo "$size_mib*1.048576/($t2-$t1)" | bc -l)"
+  local put get
+  put=$(echo "$size_mib*1.048576/($t1-$t0)" | bc -l)
+  get=$(echo "$size_mib*1.048576/($t2-$t1)" | bc -l)
+  # The small files, into a directory new to this round.
+  local dir="small$RANDOM$RANDOM"
+  smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "mkdir $dir" >/dev/null
+  t0=$(date +%s.%N)
+  smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "lcd $work/small; cd $dir; prompt off; mput *" >/dev/null
+  t1=$(date +%s.%N)
+  local listed
+  listed=$(smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "cd $dir; ls" | grep -c '\.bin')
+  [ "$listed" -eq "$small" ] || { echo "$1: $listed of $small small files listed" >&2; exit 1; }
+  echo "$1 $put $get $(echo "$small/($t1-$t0)" | bc -l)"
 }
 
 results=$(for round in 1 2; do
@@ -36,10 +52,10 @@ results=$(for round in 1 2; do
   rate smbd 4450 share 'fsuser%Passw0rd!'
 done)
 echo "$results" | awk -v size="$size_mib" '
-  { put[$1] += $2; get[$1] += $3; n[$1]++ }
+  { put[$1] += $2; get[$1] += $3; cr[$1] += $4; n[$1]++ }
   END {
-    printf "%d MiB, smbclient, MB/s (mean of %d rounds)\n", size, n["smbd"]
-    for (s in n) printf "  %-12s put %7.1f  get %7.1f\n", s, put[s]/n[s], get[s]/n[s]
-    printf "  umbra-local/smbd: put %.2f get %.2f\n", put["umbra-local"]/put["smbd"], get["umbra-local"]/get["smbd"]
-    printf "  umbra-cross/umbra-local: put %.2f get %.2f\n", put["umbra-cross"]/put["umbra-local"], get["umbra-cross"]/get["umbra-local"]
+    printf "%d MiB, smbclient, MB/s, and small-file creates/s (mean of %d rounds)\n", size, n["smbd"]
+    for (s in n) printf "  %-12s put %7.1f  get %7.1f  creates %7.1f\n", s, put[s]/n[s], get[s]/n[s], cr[s]/n[s]
+    printf "  umbra-local/smbd: put %.2f get %.2f creates %.2f\n", put["umbra-local"]/put["smbd"], get["umbra-local"]/get["smbd"], cr["umbra-local"]/cr["smbd"]
+    printf "  umbra-cross/umbra-local: put %.2f get %.2f creates %.2f\n", put["umbra-cross"]/put["umbra-local"], get["umbra-cross"]/get["umbra-local"], cr["umbra-cross"]/cr["umbra-local"]
   }'

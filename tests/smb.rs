@@ -223,6 +223,19 @@ fn change_notify_completes_on_another_connections_create_and_a_cancelled_one_end
     assert!(out.status.success() && text.contains("OK"), "{text}");
 }
 
+/// The same watches on node 1's gateway, with the changes made through node 3's: each node
+/// relays its gateway's changes to the others (node/src/notify_relay.rs).
+#[test]
+fn change_notify_sees_changes_made_through_another_nodes_gateway() {
+    let c = cluster_with_admin();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/notify.py");
+    let (smb1, smb3) = (c.node(1).smb.clone(), c.node(3).smb.clone());
+    let (port1, port3) = (smb1.rsplit(':').next().unwrap(), smb3.rsplit(':').next().unwrap());
+    let out = Command::new(venv_python()).args([script, port1, "data", "admin", "S3cret-pw", port3]).output().expect("the test venv (scripts/setup.sh)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
+
 /// smbprotocol on \PIPE\srvsvc: a READ with nothing to read waits (interim STATUS_PENDING) until
 /// a WRITE on the same connection gives the pipe output, and a waiting READ the client cancels
 /// ends with STATUS_CANCELLED.

@@ -67,7 +67,9 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), Some(log), config.raft.request_timeout()));
     let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
     let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.reclaim_step_entries, crate::volume_service::StoreCalls::Blocking, upkeep_stopped));
-    let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()));
+    // The SMB gateway's change notifier; the volume service publishes other nodes' changes to it.
+    let notifier = umbra_smb_gateway::driver::notifier();
+    let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()).with_notifier(notifier.clone()));
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -90,8 +92,9 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let directory = Arc::new(crate::smb::RaftDirectory { reader: reader.clone(), fsrvp: Some(gateway_fsrvp), meta: Some((meta.clone(), tokio::runtime::Handle::current())) });
     let gateway_opens = Arc::new(crate::gateway_opens::GatewayOpens::new(config.id));
     let renewals = tokio::spawn(gateway_opens.clone().run(volume_service.clone(), upkeep_stop.subscribe()));
+    let relay = tokio::spawn(crate::notify_relay::run(config.id, notifier.clone(), volume_service.clone(), upkeep_stop.subscribe()));
     let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, gateway_opens, reader.clone(), tokio::runtime::Handle::current()));
-    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files));
+    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files, notifier));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };
@@ -107,6 +110,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let _ = upkeep.await;
     let _ = reconcile.await;
     let _ = renewals.await;
+    let _ = relay.await;
     let stopped = stop(raft, stop_tx, server).await;
     started.and(stopped)
 }

@@ -20,6 +20,7 @@ pub mod errors;
 pub mod fsrvp;
 pub mod gateway_opens;
 pub mod meta;
+pub mod notify_relay;
 pub mod opens;
 pub mod smb;
 pub mod volume;

@@ -75,6 +75,8 @@ pub struct VolumeService {
     /// restart, which their next renewal reinstates (see [`OWNER_GRACE_MS`]).
     held_at_start: std::collections::HashSet<Uuid>,
     calls: StoreCalls,
+    /// This node's SMB change notifier (relayed changes from other nodes go to it).
+    notifier: Option<umbra_smb_gateway::driver::Notifier>,
 }
 
 /// The longest lease a gateway may ask for.
@@ -191,7 +193,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
         let held_at_start = store.volumes().into_iter().collect();
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None }
     }
 
     /// The same service running store calls as `calls` says.
@@ -209,16 +211,32 @@ impl VolumeService {
         if !route {
             return Err(status_of(VolumeError::WrongOwner { volume: vol, owner }));
         }
-        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&owner).map(|n| n.grpc_addr.clone());
-        let addr = addr.ok_or_else(|| Status::unavailable(format!("volume {vol}'s owner, node {owner}, is not a member")))?;
+        self.peer(owner).map(Owner::Peer).map_err(|e| Status::unavailable(format!("volume {vol}'s owner: {}", e.message())))
+    }
+
+    /// A client of node `node`'s volume service (cached per address).
+    pub fn peer(&self, node: NodeId) -> Result<VolumeClient<Channel>, Status> {
+        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.grpc_addr.clone());
+        let addr = addr.ok_or_else(|| Status::unavailable(format!("node {node} is not a member")))?;
         let mut peers = self.peers.lock().expect("peer cache lock");
         if let Some(c) = peers.get(&addr) {
-            return Ok(Owner::Peer(c.clone()));
+            return Ok(c.clone());
         }
         let ch = umbra_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
         let client = VolumeClient::new(ch).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
         peers.insert(addr, client.clone());
-        Ok(Owner::Peer(client))
+        Ok(client)
+    }
+
+    /// The other members of the cluster.
+    pub fn other_nodes(&self) -> Vec<NodeId> {
+        self.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != self.node).collect()
+    }
+
+    /// Publishes changes relayed from other nodes to this node's watches.
+    pub fn with_notifier(mut self, notifier: umbra_smb_gateway::driver::Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// One whole write, routed like a gRPC call (the SMB gateway's path for a WRITE).
@@ -482,6 +500,16 @@ impl VolumeRpc for VolumeService {
 
     async fn open_renew(&self, req: Request<OpenRenewRequest>) -> Result<Response<OpenRenewReply>, Status> {
         VolumeService::open_renew(self, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn notify(&self, req: Request<NotifyRequest>) -> Result<Response<Done>, Status> {
+        let r = req.into_inner();
+        let batch = crate::notify_relay::batch_of(&r)?;
+        if let Some(n) = &self.notifier {
+            // Nobody watching on this node is not an error.
+            let _ = n.send(std::sync::Arc::new(batch));
+        }
+        Ok(Response::new(Done {}))
     }
 
     async fn clone_delete(&self, req: Request<CloneRequest>) -> Result<Response<Done>, Status> {

@@ -3,7 +3,9 @@
 //! reader (frames in, run on the blocking pool, since storage calls block) and a writer task
 //! (replies out, in order), so that final responses to requests that waited go out while the
 //! reader waits for the client. The node's notifier is a broadcast channel: every connection
-//! publishes the changes its commands made, and those that watch a directory listen.
+//! publishes the changes its commands made, and those that watch a directory listen; the node
+//! relays its connections' changes to the other nodes' notifiers (node/src/notify_relay.rs),
+//! so a watch sees changes made through any node's gateway.
 
 use std::sync::Arc;
 
@@ -28,8 +30,24 @@ pub const NOTIFIER_QUEUE_BATCHES: usize = 1024;
 /// Replies queued for a connection's writer; past this the reader waits for the writer.
 pub const WRITE_QUEUE_FRAMES: usize = 64;
 
-/// The node's change notifier: every connection of the node publishes to it.
-type Notifier = broadcast::Sender<Arc<Vec<Change>>>;
+/// Changes one frame made (or a peer node relayed); `lost`: changes before these were dropped
+/// on the way (watches answer STATUS_NOTIFY_ENUM_DIR).
+#[derive(Debug, Default)]
+pub struct ChangeBatch {
+    /// Relayed from another node (not relayed again).
+    pub from_peer: bool,
+    pub lost: bool,
+    pub changes: Vec<Change>,
+}
+
+/// The node's change notifier: every connection of the node publishes to it, and so does the
+/// relay from other nodes.
+pub type Notifier = broadcast::Sender<Arc<ChangeBatch>>;
+
+/// A notifier for [`serve`].
+pub fn notifier() -> Notifier {
+    broadcast::channel(NOTIFIER_QUEUE_BATCHES).0
+}
 
 /// The largest frame a client may send: a maximal WRITE plus headers.
 pub fn max_frame_bytes(config: &Config) -> usize {
@@ -69,10 +87,9 @@ fn filetime_now() -> u64 {
 }
 
 /// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>) {
+pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>, notifier: Notifier) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let throttle = Arc::new(std::sync::Mutex::new(Throttle::default()));
-    let (notifier, _) = broadcast::channel(NOTIFIER_QUEUE_BATCHES);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -133,7 +150,7 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
 /// node's changes when the connection watches a directory.
 /// `conn` is absent only while a frame runs on the blocking pool (or if that task panicked).
 async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
-    let mut changes: Option<broadcast::Receiver<Arc<Vec<Change>>>> = None;
+    let mut changes: Option<broadcast::Receiver<Arc<ChangeBatch>>> = None;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -156,7 +173,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             let made = c.take_changes();
             if !made.is_empty() {
                 // No receiver (nobody watches) is not an error.
-                let _ = shared.notifier.send(Arc::new(made));
+                let _ = shared.notifier.send(Arc::new(ChangeBatch { from_peer: false, lost: false, changes: made }));
             }
             // Listen to the node's changes from before the client can learn its watch is set.
             match (c.watching(), changes.is_some()) {
@@ -187,7 +204,12 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             got = next_changes(&mut changes) => {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
                 match got {
-                    Ok(batch) => c.on_changes(&batch),
+                    Ok(batch) => {
+                        if batch.lost {
+                            c.on_changes_lost();
+                        }
+                        c.on_changes(&batch.changes)
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(lost = n, "this connection fell behind the node's changes");
                         c.on_changes_lost();
@@ -203,7 +225,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
 }
 
 /// The next batch of the node's changes; never, when not listening.
-async fn next_changes(rx: &mut Option<broadcast::Receiver<Arc<Vec<Change>>>>) -> Result<Arc<Vec<Change>>, broadcast::error::RecvError> {
+async fn next_changes(rx: &mut Option<broadcast::Receiver<Arc<ChangeBatch>>>) -> Result<Arc<ChangeBatch>, broadcast::error::RecvError> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -1,6 +1,9 @@
 """CHANGE_NOTIFY and CANCEL through Umbra's SMB gateway with smbprotocol, signing required.
 
-usage: notify.py PORT SHARE USER PASSWORD
+usage: notify.py PORT SHARE USER PASSWORD [PORT2]
+
+The second connection (the one making the changes) goes to PORT2 when given: another node's
+gateway, so the changes reach the watch across nodes.
 
 1. A watch on a fresh directory (interim STATUS_PENDING first) completes when another
    connection creates a file in it: one record, ADDED, the file's name.
@@ -71,9 +74,9 @@ def finished(w):
     return w.result
 
 
-def main(port, share, user, password):
+def main(port, share, user, password, port2):
     conn1, tree1 = connect(port, share, user, password)
-    conn2, tree2 = connect(port, share, user, password)
+    conn2, tree2 = connect(port2, share, user, password)
     base = "notify-" + uuid.uuid4().hex[:8]
     d = open_dir(tree1, base)
     open_dir(tree2, base + "\\sub").close()
@@ -112,4 +115,5 @@ def main(port, share, user, password):
 
 if __name__ == "__main__":
     port, share, user, password = sys.argv[1:5]
-    main(int(port), share, user, password)
+    port2 = sys.argv[5] if len(sys.argv) > 5 else port
+    main(int(port), share, user, password, int(port2))
