@@ -38,7 +38,7 @@ rate() {
   local dir="small$RANDOM$RANDOM"
   smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "mkdir $dir" >/dev/null
   t0=$(date +%s.%N)
-  smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "lcd $work/small; cd $dir; prompt off; mput *" >/dev/null
+  smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "lcd $work/small; cd $dir; prompt off; mput *" >/dev/null 2>&1
   t1=$(date +%s.%N)
   local listed
   listed=$(smbclient "//127.0.0.1/$3" -p "$2" -U "$4" -c "cd $dir; ls" | grep -c '\.bin')
