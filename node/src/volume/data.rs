@@ -1,5 +1,10 @@
 //! File data: reads, writes (read-modify-write of partial chunks), sizes, attributes and
 //! allocated ranges.
+//!
+//! A chunk that holds data is stored with the CRC32C of its bytes after them ([`seal_chunk`]),
+//! checked on every read ([`open_chunk`]); an empty value is a hole. Chunk reads skip RocksDB's
+//! own checksums: the ones the linked RocksDB computes in software (Debian's portable build,
+//! measured 1.3 GB/s) made reads five times slower, where `crc32c` uses the CPU's instruction.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +15,32 @@ use super::error::{Result, VolumeError};
 use super::keys::{self, dead, Lineage, LIVE};
 use super::store::*;
 use super::types::*;
+
+/// Bytes of the CRC32C after a chunk's data.
+pub(super) const CHUNK_CRC_BYTES: usize = 4;
+
+/// A chunk's bytes as stored: the data, then their CRC32C (little-endian).
+pub(super) fn seal_chunk(mut data: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&data);
+    data.extend_from_slice(&crc.to_le_bytes());
+    data
+}
+
+/// A stored chunk's data, its CRC32C checked (an empty value is a hole: no data).
+pub(super) fn open_chunk(value: &[u8]) -> Result<&[u8]> {
+    if value.is_empty() {
+        return Ok(value);
+    }
+    let Some(split) = value.len().checked_sub(CHUNK_CRC_BYTES) else {
+        return Err(VolumeError::Storage(format!("a stored chunk of {} bytes is too short for its checksum", value.len())));
+    };
+    let (data, crc) = value.split_at(split);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    if crc32c::crc32c(data) != stored {
+        return Err(VolumeError::Storage("a stored chunk fails its checksum (CRC32C)".into()));
+    }
+    Ok(data)
+}
 
 impl VolumeStore {
     pub(super) fn chunk_object(vol: Uuid, ino: u64, generation: u64, index: u64) -> impl Fn(Lineage) -> Vec<u8> {
@@ -41,12 +72,15 @@ impl VolumeStore {
             let take_end = end.min(chunk_start + CHUNK_BYTES);
             let (from, at) = ((pos - chunk_start) as usize, (pos - offset) as usize);
             let object = Self::chunk_object(vol, ino, inode.generation, index);
-            self.visible_map(CF_CHUNKS, &scope, object, Verify::Yes, |_, data| {
+            self.visible_map(CF_CHUNKS, &scope, object, Verify::KeyOnly, |_, value| {
+                let data = open_chunk(value)?;
                 let to = ((take_end - chunk_start) as usize).min(data.len());
                 if from < to {
                     out[at..at + (to - from)].copy_from_slice(&data[from..to]);
                 }
-            })?;
+                Ok::<(), VolumeError>(())
+            })?
+            .transpose()?;
             pos = take_end;
         }
         Ok(out)
@@ -104,8 +138,8 @@ impl VolumeStore {
             let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| (k.to_vec(), !v.is_empty()))?;
             old.map_or((None, false, Vec::new()), |(k, had)| (Some(k), had, Vec::new()))
         } else {
-            let old = self.visible(CF_CHUNKS, scope, &object)?;
-            old.map_or((None, false, Vec::new()), |(k, v)| (Some(k), !v.is_empty(), v))
+            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| open_chunk(v).map(|data| (k.to_vec(), !v.is_empty(), data.to_vec())))?.transpose()?;
+            old.map_or((None, false, Vec::new()), |(k, had, data)| (Some(k), had, data))
         };
         if content.len() < at + piece.len() {
             content.resize(at + piece.len(), 0);
@@ -113,12 +147,12 @@ impl VolumeStore {
         content[at..at + piece.len()].copy_from_slice(piece);
         let trimmed = content.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
         content.truncate(trimmed);
-        match (&old_key, content.is_empty()) {
-            (Some(old_key), true) => self.remove_version(st, scope, batch, CF_CHUNKS, &object, old_key, b"")?,
-            (None, true) => {}
-            (old_key, false) => self.put_version(st, scope, batch, CF_CHUNKS, object(scope.lineage), &content, old_key.as_deref()),
-        }
         let has_data = !content.is_empty();
+        match (&old_key, has_data) {
+            (Some(old_key), false) => self.remove_version(st, scope, batch, CF_CHUNKS, &object, old_key, b"")?,
+            (None, false) => {}
+            (old_key, true) => self.put_version(st, scope, batch, CF_CHUNKS, object(scope.lineage), &seal_chunk(content), old_key.as_deref()),
+        }
         match (had_data, has_data) {
             (false, true) => inode.allocated += CHUNK_BYTES,
             (true, false) => inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES),

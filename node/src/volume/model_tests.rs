@@ -612,3 +612,24 @@ fn sparse_files_report_allocated_ranges_and_set_info_changes_times_and_attribute
     let inode = s.set_info(v, View::Live, ino, info).unwrap();
     assert_eq!((inode.created, inode.written, inode.changed, inode.attributes), (11, 4, 13, 0x20));
 }
+
+#[test]
+fn a_chunk_whose_bytes_changed_on_disk_fails_its_checksum_on_read() {
+    for engine in [Engine::Rocks, Engine::Mem] {
+        let (_dir, w) = world_on(engine);
+        let (s, v) = (&w.store, w.vol);
+        let ino = s.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+        s.write(v, View::Live, ino, 0, b"intact data", 2).unwrap();
+        assert_eq!(s.read(v, View::Live, ino, 0, 11).unwrap(), b"intact data");
+        let (key, mut value) = s.scan(super::store::CF_CHUNKS, &[]).next().unwrap().unwrap();
+        assert_eq!(value.len(), 11 + super::data::CHUNK_CRC_BYTES, "the data, then its CRC32C");
+        value[3] ^= 0x20;
+        let mut batch = kv::Batch::default();
+        batch.put(super::store::CF_CHUNKS, key.to_vec(), value.to_vec());
+        s.kv.write(batch, kv::Durability::Buffered).unwrap();
+        let err = s.read(v, View::Live, ino, 0, 11).unwrap_err();
+        assert!(matches!(&err, VolumeError::Storage(m) if m.contains("checksum")), "{engine:?}: {err:?}");
+        // A partial write over it refuses too, rather than spreading the damage.
+        assert!(s.write(v, View::Live, ino, 4, b"x", 3).is_err());
+    }
+}
