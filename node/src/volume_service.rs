@@ -262,37 +262,39 @@ impl VolumeService {
 
     /// Runs a store call on the blocking pool, or inline (see [`StoreCalls`]).
     async fn run<T: Send + 'static>(&self, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
-        let store = self.store.clone();
-        match self.calls {
-            StoreCalls::Blocking => tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(format!("store task: {e}")))?.map_err(status_of),
-            StoreCalls::Inline => f(&store).map_err(status_of),
-        }
+        self.run_for(None, f).await
     }
 
     /// A mutation of `vol`: inline, it waits out a fence first (without blocking the thread).
     async fn run_gated<T: Send + 'static>(&self, vol: Uuid, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
-        if self.calls == StoreCalls::Inline {
-            self.store.wait_open(vol).await;
+        self.run_for(Some(vol), f).await
+    }
+
+    /// [`Self::run`], for a mutation of `gate`'s volume when given.
+    async fn run_for<T: Send + 'static>(&self, gate: Option<Uuid>, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
+        let store = self.store.clone();
+        match self.calls {
+            StoreCalls::Blocking => tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(format!("store task: {e}")))?.map_err(status_of),
+            StoreCalls::Inline => {
+                if let Some(vol) = gate {
+                    store.wait_open(vol).await;
+                }
+                f(&store).map_err(status_of)
+            }
         }
-        self.run(f).await
     }
 }
 
 /// One unary method: local store call, or the same call forwarded to the owner.
 macro_rules! unary {
-    ($self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {{
-        let mut $r = $req.into_inner();
-        let ($vol, $view, route) = target_of($r.target.as_ref())?;
-        match $self.owner($vol, route)? {
-            Owner::Peer(mut peer) => {
-                unrouted(&mut $r.target);
-                peer.$method($r).await
-            }
-            Owner::Here => $self.run(move |$store| $local).await.map(Response::new),
-        }
-    }};
+    ($self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {
+        unary!(@gate None, $self, $req, $method, |$store, $vol, $view, $r| $local)
+    };
     // A mutation that passes the volume's gate.
-    (gated $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {{
+    (gated $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {
+        unary!(@gate Some, $self, $req, $method, |$store, $vol, $view, $r| $local)
+    };
+    (@gate $gate:ident, $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {{
         let mut $r = $req.into_inner();
         let ($vol, $view, route) = target_of($r.target.as_ref())?;
         match $self.owner($vol, route)? {
@@ -300,9 +302,11 @@ macro_rules! unary {
                 unrouted(&mut $r.target);
                 peer.$method($r).await
             }
-            Owner::Here => $self.run_gated($vol, move |$store| $local).await.map(Response::new),
+            Owner::Here => $self.run_for(unary!(@vol $gate $vol), move |$store| $local).await.map(Response::new),
         }
     }};
+    (@vol None $vol:ident) => { None };
+    (@vol Some $vol:ident) => { Some($vol) };
 }
 
 #[tonic::async_trait]

@@ -346,9 +346,8 @@ fn crashes_lose_only_what_was_not_synced(ops: &[(Op, Option<(bool, usize)>)]) ->
                 (w.live, w.snapshots, w.clones) = model;
                 points = vec![(0, trees(&w))];
                 syncs_seen = kv.syncs();
-            } else {
-                kv.process_death();
             }
+            // A process death (power false) keeps the disk as it is: only the store reopens.
             w.store = VolumeStore::open_on(std::sync::Arc::new(kv.clone())).unwrap();
         }
         w.check();

@@ -323,15 +323,6 @@ fn a_power_loss_keeps_what_was_synced_and_the_prefix_that_reached_the_disk() {
 }
 
 #[test]
-fn a_process_death_keeps_everything_written() {
-    let kv = MemKv::new();
-    put(&kv, Cf::Chunks, b"a", b"1");
-    kv.process_death();
-    let reopened = kv.clone();
-    assert_eq!(reopened.get(Cf::Chunks, b"a").unwrap(), Some(b"1".to_vec()));
-}
-
-#[test]
 fn with_syncs_broken_a_power_loss_drops_synced_writes() {
     let kv = MemKv::new();
     kv.break_syncs_for_tests();

@@ -8,7 +8,8 @@
 //! Like RocksDB's one WAL: batches apply in order; a synced write or `sync_wal` makes every
 //! earlier batch durable; a power loss keeps what was synced plus a prefix of the batches
 //! written after (as much of the WAL as happened to reach the disk), which the caller chooses
-//! so a seeded run stays deterministic. A test-only switch makes syncs do nothing: a broken
+//! so a seeded run stays deterministic. A process death changes nothing on the disk: the
+//! stores using it are dropped and reopened. A test-only switch makes syncs do nothing: a broken
 //! variant whose power losses drop flushed writes, for the simulation's checkers to catch.
 
 use std::ops::Bound;
@@ -98,10 +99,6 @@ impl MemKv {
     pub fn syncs(&self) -> u64 {
         self.disk().syncs
     }
-
-    /// A process death: what was written stays (it is in the OS). The stores using this disk
-    /// must be dropped and reopened; nothing on the disk changes.
-    pub fn process_death(&self) {}
 
     /// A power loss: what was synced stays, plus the first `reached` batches written after the
     /// last sync (those that happened to reach the disk); the rest is gone. What survives is

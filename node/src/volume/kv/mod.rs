@@ -88,14 +88,6 @@ impl Batch {
     pub fn delete_range(&mut self, cf: Cf, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
         self.ops.push(Op::DeleteRange { cf, from: from.into(), to: to.into() });
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
 }
 
 /// Whether a write returns only once it is durable.
