@@ -87,6 +87,9 @@ pub struct Outcome {
     pub simulated: Duration,
 }
 
+/// The simulated wall clock's start, after the Unix epoch: 2026-01-01T00:00:00Z.
+const SIM_EPOCH_SINCE_UNIX: Duration = Duration::from_secs(1_767_225_600);
+
 /// Message latency is drawn up to this (a slow link: more).
 const MAX_LATENCY: Duration = Duration::from_millis(20);
 /// Virtual time allowed after healing for a write to succeed and every node to agree.
@@ -153,6 +156,9 @@ pub fn run(opts: Options) -> Outcome {
         .max_message_latency(MAX_LATENCY)
         .enable_random_order()
         .rng_seed(opts.seed)
+        // A fixed wall-clock start (turmoil's default is the real time): the node's clock
+        // (file times, @GMT tokens, request stamps) must not depend on when the run started.
+        .epoch(std::time::SystemTime::UNIX_EPOCH + SIM_EPOCH_SINCE_UNIX)
         .build();
     let disks: Vec<Disk> = (0..opts.nodes).map(|_| MemDisk::shared()).collect();
     for d in &disks {
@@ -339,7 +345,11 @@ impl Driver {
                 if !self.decided_checked.contains(&s.id) {
                     decided.entry(s.id).or_insert_with(|| s.clone());
                 }
-                committed.push(s.clone());
+                // Only sets with a copy whose cut is still to read (this runs every tick).
+                let unread = |c: &umbra_raft::fsrvp::ShadowCopy| self.cuts.get(&s.id).is_none_or(|cut| !cut.read.contains_key(&c.volume));
+                if s.copies.iter().any(unread) {
+                    committed.push(s.clone());
+                }
             }
         }
         let decided: Vec<umbra_raft::fsrvp::ShadowSet> = decided.into_values().collect();
@@ -411,9 +421,8 @@ impl Driver {
             let reached = self.rng.random_range(0..=volume_disk.unsynced_batches());
             volume_disk.power_loss(reached);
             self.power_losses.push((id, now));
-        } else {
-            volume_disk.process_death();
         }
+        // A process death keeps the volume disk as it is: the node reopens what it wrote.
         let back = now + Duration::from_millis(self.rng.random_range(300..2000));
         self.down.push((id, back));
         log(&self.trace, now, format!("crash n{id} ({kind:?})"));
