@@ -70,7 +70,7 @@ pub struct VolumeService {
     /// Opens of the volumes this node owns, from every gateway (share modes); in memory only.
     opens: Mutex<OpenTable>,
     /// The clock leases are judged by (this node's, monotonic).
-    started: std::time::Instant,
+    started: tokio::time::Instant,
     /// Volumes this node held when it started: gateways may hold opens on them from before a
     /// restart, which their next renewal reinstates (see [`OWNER_GRACE_MS`]).
     held_at_start: std::collections::HashSet<Uuid>,
@@ -193,7 +193,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
         let held_at_start = store.volumes().into_iter().collect();
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: std::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: tokio::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None }
     }
 
     /// The same service running store calls as `calls` says.

@@ -24,9 +24,12 @@
 //! by its seed: the same seed gives the same trace. `Options::volumes = false` runs the
 //! metadata-only simulation as it was before the volumes joined, so its old seeds replay.
 //!
-//! Not modelled yet: power loss of volume data. The volume store runs on RocksDB, whose
-//! unsynced writes survive a simulated power loss; an in-memory engine under a `Kv` seam would
-//! make "nothing flushed lost" (and a skip-volume-sync broken variant) checkable.
+//! What keeps a run fixed by its seed, beyond turmoil's virtual time and seeded RNG: a fixed
+//! simulated epoch; openraft's election timeouts fixed per node; responses stamped with the
+//! virtual time's `date` (hyper's is the wall clock); and one simulation at a time per process,
+//! started at an aligned tokio task id (`run::align_task_ids` says why: the order in which a crashed host's
+//! tasks are dropped follows their ids). Other tokio work in the same process while a
+//! simulation runs can still change its trace.
 
 pub mod backup;
 pub mod files;

@@ -148,11 +148,22 @@ async fn watch_fences(id: NodeId, store: Weak<VolumeStore>, fences: Arc<Mutex<Fe
     }
 }
 
+/// Stamps a response with the virtual time's `date` header. hyper's server adds the real time
+/// otherwise (per second, cached per thread), and the header's size then varies with the wall
+/// clock, and with it the bytes on the simulated wire: a run would no longer be fixed by its seed.
+fn virtual_date<B>(mut response: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
+    let secs = turmoil::since_epoch().unwrap_or_default().as_secs();
+    let value = tonic::codegen::http::HeaderValue::from_str(&format!("{secs}")).expect("digits are a header value");
+    response.headers_mut().insert(tonic::codegen::http::header::DATE, value);
+    response
+}
+
 /// Serves the node's gRPC services until the host crashes (`_keep`: held for as long).
 async fn serve(_keep: Vec<Arc<VolumeStore>>, raft: Raft, meta: Arc<Meta>, volume: Option<Arc<VolumeService>>) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let volume = volume.map(|v| VolumeServer::from_arc(v).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES));
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(virtual_date))
         .add_service(RaftServer::new(RaftService::new(raft)).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta)))
         .add_optional_service(volume)

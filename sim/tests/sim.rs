@@ -23,6 +23,22 @@ fn one_seed_run_twice_gives_a_byte_identical_trace() {
     assert_eq!((a.file_writes, a.sets_tried, a.sets_committed), (b.file_writes, b.sets_tried, b.sets_committed));
 }
 
+/// Simulations started at once on several threads (as cargo runs tests) still replay exactly:
+/// a run must not depend on what else the process has run before or runs beside it.
+#[test]
+fn one_seed_run_on_threads_beside_other_seeds_gives_the_same_trace() {
+    let alone = run(Options { seconds: 5, ..opts(7, Profile::All, None) });
+    let runs: Vec<_> = [7, 11, 7, 3]
+        .into_iter()
+        .map(|seed| std::thread::spawn(move || (seed, run(Options { seconds: 5, ..opts(seed, Profile::All, None) }))))
+        .collect();
+    for (seed, out) in runs.into_iter().map(|t| t.join().expect("a simulation thread")) {
+        if seed == 7 {
+            assert_eq!(out.trace.join("\n"), alone.trace.join("\n"));
+        }
+    }
+}
+
 /// CI's bounded run: 100 seeds over all faults, volumes and shadow-copy sets included, with 5
 /// virtual seconds of workload each (more with `cargo run -p umbra-sim --release`).
 #[test]

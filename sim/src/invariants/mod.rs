@@ -7,6 +7,7 @@ pub mod election_safety;
 pub mod fence_ttl;
 pub mod file_writes_survive;
 pub mod linearizable_reads;
+pub mod no_orphan_snapshot;
 pub mod one_cut;
 pub mod one_set_in_creation;
 pub mod set_atomicity;

@@ -1,11 +1,9 @@
-//! Set atomicity and no orphan snapshot (design.md section 5). As soon as a set is seen decided
-//! Committed (and its owners run), every copy's snapshot is on its volume's owner: a set is
-//! committed whole or not at all ([`check_decided`]). Once the cluster is quiet, every copy of a
-//! committed set (Committed, Exposed, Recovered) has its snapshot, committed, on its owner; and
-//! every fenced snapshot an owner holds belongs to such a set (the snapshots of aborted or
-//! abandoned attempts are gone) ([`check`]).
+//! Set atomicity (design.md section 5). As soon as a set is seen decided Committed (and its
+//! owners run), every copy's snapshot is on its volume's owner: a set is committed whole or not
+//! at all ([`check_decided`]). Once the cluster is quiet, every copy of a committed set
+//! (Committed, Exposed, Recovered) has its snapshot, committed, on its owner ([`check`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use umbra_node::volume::{SnapshotInfo, SnapshotState};
 use umbra_raft::fsrvp::{FsrvpState, SetState, ShadowSet};
@@ -13,26 +11,17 @@ use uuid::Uuid;
 
 /// `snapshots`: each volume's snapshots as its owner lists them.
 pub fn check(state: &FsrvpState, snapshots: &BTreeMap<Uuid, Vec<SnapshotInfo>>, violations: &mut Vec<String>) {
-    let mut kept: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
     for set in state.sets.values().filter(|s| s.state >= SetState::Committed) {
         for copy in &set.copies {
             let Some(snap) = copy.snapshot else {
                 violations.push(format!("set atomicity: {:?} set {} has a copy on volume {} without a snapshot", set.state, set.id, copy.volume));
                 continue;
             };
-            kept.insert((copy.volume, snap));
             let found = snapshots.get(&copy.volume).and_then(|l| l.iter().find(|s| s.id == snap));
             match found {
                 Some(s) if s.state == SnapshotState::Committed => {}
                 Some(s) => violations.push(format!("set atomicity: set {} snapshot {snap} on volume {} is {:?}", set.id, copy.volume, s.state)),
                 None => violations.push(format!("set atomicity: {:?} set {} lacks its snapshot {snap} on volume {}", set.state, set.id, copy.volume)),
-            }
-        }
-    }
-    for (vol, list) in snapshots {
-        for s in list.iter().filter(|s| s.token.is_some() && s.state != SnapshotState::Deleting) {
-            if !kept.contains(&(*vol, s.id)) {
-                violations.push(format!("no orphan snapshot: volume {vol} keeps fenced snapshot {} (token {:?}, {:?}) that no committed set holds", s.id, s.token, s.state));
             }
         }
     }
