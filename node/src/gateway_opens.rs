@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use umbra_proto::v1::volume_server::Volume as _;
 use umbra_proto::v1::*;
 use umbra_smb_gateway::server::files::FsError;
 use umbra_smb_gateway::share_modes::Mode;
@@ -56,23 +57,66 @@ impl GatewayOpens {
     /// releases it. The open is listed locally before the owner hears of it, so a renewal
     /// taken meanwhile never drops it.
     pub async fn register(&self, service: &VolumeService, target: VolumeTarget, ino: u64, mode: Mode, delete_at_close: Option<DeleteAtClose>) -> Result<u64, FsError> {
-        let id = {
-            let mut held = self.held();
-            if held.opens.len() >= MAX_OPENS_PER_GATEWAY {
-                return Err(FsError::TooManyOpens(format!("this gateway holds {MAX_OPENS_PER_GATEWAY} opens (max_opens_per_gateway): close some and retry")));
-            }
-            let id = held.next_id;
-            held.next_id += 1;
-            held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close: delete_at_close.clone(), confirmed: false });
-            id
-        };
+        let id = self.reserve(&target, ino, mode, delete_at_close.clone())?;
         let req = OpenRegisterRequest { target: Some(target), gateway: Some(self.gateway), ino, id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS, delete_at_close };
-        match service.open_register(req).await {
-            Ok(_) => {
+        let result = service.open_register(req).await;
+        self.confirm(id, None, result.map(|_| ()))?;
+        Ok(id)
+    }
+
+    /// Creates `name` in `parent` and registers this gateway's open of it in one call to the
+    /// owner (see [`GatewayOpens::register`]); returns the reply and the registration.
+    pub async fn create_open(&self, service: &VolumeService, mut req: CreateRequest, mode: Mode, delete_at_close: bool) -> Result<(EntryReply, u64), FsError> {
+        let target = req.target.clone().unwrap_or_default();
+        let delete = delete_at_close.then(|| DeleteAtClose { parent: req.parent, name: req.name.clone() });
+        // The new file's ino is learned from the reply; until then the open is unconfirmed,
+        // so no renewal lists it.
+        let id = self.reserve(&target, 0, mode, delete)?;
+        req.open = Some(OpenOnCreate { gateway: Some(self.gateway), id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS, delete_at_close });
+        let result = service.create(tonic::Request::new(req)).await.map(tonic::Response::into_inner);
+        let ino = result.as_ref().ok().and_then(|r| r.entry.as_ref()).and_then(|e| e.attributes.as_ref()).map(|a| a.ino);
+        let reply = result.map_err(|s| crate::smb::fs_error(&s));
+        match (reply, ino) {
+            (Ok(reply), Some(ino)) => {
+                self.confirm(id, Some(ino), Ok(()))?;
+                Ok((reply, id))
+            }
+            (Ok(_), None) => {
+                self.held().opens.remove(&id);
+                Err(FsError::Other("the owner's create reply names no file".into()))
+            }
+            (Err(e), _) => {
+                self.held().opens.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Lists an open locally before the owner hears of it (a renewal taken meanwhile never
+    /// drops it); returns its id.
+    fn reserve(&self, target: &VolumeTarget, ino: u64, mode: Mode, delete_at_close: Option<DeleteAtClose>) -> Result<u64, FsError> {
+        let mut held = self.held();
+        if held.opens.len() >= MAX_OPENS_PER_GATEWAY {
+            return Err(FsError::TooManyOpens(format!("this gateway holds {MAX_OPENS_PER_GATEWAY} opens (max_opens_per_gateway): close some and retry")));
+        }
+        let id = held.next_id;
+        held.next_id += 1;
+        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, confirmed: false });
+        Ok(id)
+    }
+
+    /// The owner's answer to a reserved open: confirmed (with its ino when learned now), or
+    /// forgotten with the owner's error.
+    fn confirm(&self, id: u64, ino: Option<u64>, answer: Result<(), tonic::Status>) -> Result<(), FsError> {
+        match answer {
+            Ok(()) => {
                 if let Some(r) = self.held().opens.get_mut(&id) {
                     r.confirmed = true;
+                    if let Some(ino) = ino {
+                        r.ino = ino;
+                    }
                 }
-                Ok(id)
+                Ok(())
             }
             Err(status) => {
                 self.held().opens.remove(&id);

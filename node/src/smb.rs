@@ -177,8 +177,19 @@ impl Files for VolumeFiles {
         let (target, root) = self.target(share)?;
         let full = format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"));
         let name = path.rsplit('\\').next().unwrap_or("").to_string();
-        let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full })))?;
+        let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full, with_parent: false })))?;
         info(reply.entry, &name)
+    }
+
+    fn lookup_with_parent(&self, share: &str, path: &str) -> Result<(Option<FileInfo>, FileInfo), FsError> {
+        let (target, root) = self.target(share)?;
+        let full = format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"));
+        let name = path.rsplit('\\').next().unwrap_or("");
+        let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full, with_parent: true })))?;
+        let file = reply.entry.map(|e| info(Some(e), name)).transpose()?;
+        // The share's root is its own parent, also when the share is a folder of its volume.
+        let parent = if path.is_empty() { file.clone().ok_or(FsError::NotFound)? } else { info(reply.parent, "")? };
+        Ok((file, parent))
     }
 
     fn stat(&self, share: &str, id: u64) -> Result<FileInfo, FsError> {
@@ -189,7 +200,7 @@ impl Files for VolumeFiles {
 
     fn create(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError> {
         let (target, _) = self.target(share)?;
-        let req = CreateRequest { target: Some(target), parent, name: name.into(), directory, now };
+        let req = CreateRequest { target: Some(target), parent, name: name.into(), directory, now, open: None };
         info(self.call(self.service.create(tonic::Request::new(req)))?.entry, name)
     }
 
@@ -258,6 +269,14 @@ impl Files for VolumeFiles {
         let (target, _) = self.target(share)?;
         let delete = delete_at_close.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
         self.runtime.block_on(self.opens.register(&self.service, target, id, mode, delete))
+    }
+
+    fn create_open(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64, mode: Option<umbra_smb_gateway::share_modes::Mode>, delete_at_close: bool) -> Result<(FileInfo, Option<u64>), FsError> {
+        let Some(mode) = mode else { return Ok((self.create(share, parent, name, directory, now)?, None)) };
+        let (target, _) = self.target(share)?;
+        let req = CreateRequest { target: Some(target), parent, name: name.into(), directory, now, open: None };
+        let (reply, registration) = self.runtime.block_on(self.opens.create_open(&self.service, req, mode, delete_at_close))?;
+        Ok((info(reply.entry, name)?, Some(registration)))
     }
 
     fn release_open(&self, registration: u64) {

@@ -312,23 +312,44 @@ macro_rules! unary {
 #[tonic::async_trait]
 impl VolumeRpc for VolumeService {
     async fn resolve(&self, req: Request<ResolveRequest>) -> Result<Response<EntryReply>, Status> {
-        unary!(self, req, resolve, |s, vol, view, r| s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)) }))
+        unary!(self, req, resolve, |s, vol, view, r| if r.with_parent {
+            let (found, parent) = s.resolve_with_parent(vol, view, &r.path)?;
+            Ok(EntryReply { entry: found.map(entry), parent: Some(entry(parent)) })
+        } else {
+            s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)), parent: None })
+        })
     }
 
     async fn stat(&self, req: Request<StatRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(self, req, stat, |s, vol, view, r| {
             let inode = s.stat(vol, view, r.ino)?;
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), parent: None })
         })
     }
 
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<EntryReply>, Status> {
-        unary!(gated self, req, create, |s, vol, view, r| {
-            let kind = if r.directory { Kind::Dir } else { Kind::File };
-            let ino = s.create(vol, view, r.parent, &r.name, kind, r.now)?;
-            let inode = s.stat(vol, view, ino)?;
-            Ok(EntryReply { entry: Some(entry(DirEntry { name: r.name, ino, inode })) })
-        })
+        let mut r = req.into_inner();
+        let (vol, view, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(vol, route)? {
+            unrouted(&mut r.target);
+            return peer.create(r).await;
+        }
+        let open = r.open.take().map(|o| Ok::<_, Status>((gateway_of(o.gateway.as_ref())?, o))).transpose()?;
+        let (parent, name) = (r.parent, r.name.clone());
+        let (ino, reply) = self
+            .run_gated(vol, move |s| {
+                let kind = if r.directory { Kind::Dir } else { Kind::File };
+                let ino = s.create(vol, view, r.parent, &r.name, kind, r.now)?;
+                let inode = s.stat(vol, view, ino)?;
+                Ok((ino, EntryReply { entry: Some(entry(DirEntry { name: r.name, ino, inode })), parent: None }))
+            })
+            .await?;
+        if let Some((gw, o)) = open {
+            let delete_at_close = o.delete_at_close.then_some(Link { parent, name });
+            let record = OpenRecord { file: FileKey { volume: vol, view, ino }, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
+            self.register_here(gw, o.lease_ms, record).await?;
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
@@ -393,7 +414,7 @@ impl VolumeRpc for VolumeService {
         unary!(gated self, req, set_size, |s, vol, view, r| {
             s.set_size(vol, view, r.ino, r.size, r.now)?;
             let inode = s.stat(vol, view, r.ino)?;
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), parent: None })
         })
     }
 
@@ -468,7 +489,7 @@ impl VolumeRpc for VolumeService {
         unary!(gated self, req, set_info, |s, vol, view, r| {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes };
             let inode = s.set_info(vol, view, r.ino, info)?;
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }) })
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), parent: None })
         })
     }
 
@@ -533,16 +554,24 @@ impl VolumeService {
             return peer.open_register(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
+        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref()) };
+        self.register_here(gw, r.lease_ms, record).await
+    }
+
+    /// Registers an open of a file on a volume this node owns (OpenRegister, or a create that
+    /// carries its open): after the owner's grace period, checked against every other open.
+    async fn register_here(&self, gw: Gateway, lease_ms: u64, record: OpenRecord) -> Result<Done, Status> {
+        let volume = record.file.volume;
         let grace = OWNER_GRACE_MS.saturating_sub(self.now_ms());
         if grace > 0 && self.held_at_start.contains(&volume) {
             tracing::debug!(%volume, wait_ms = grace, "an open waits out the owner's grace period after its start");
             tokio::time::sleep(std::time::Duration::from_millis(grace)).await;
         }
-        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref()) };
+        let ino = record.file.ino;
         let now = self.now_ms();
-        let result = self.opens().register(now, gw, r.lease_ms.min(MAX_LEASE_MS), record);
+        let result = self.opens().register(now, gw, lease_ms.min(MAX_LEASE_MS), record);
         if let Err(e) = &result {
-            tracing::debug!(node = gw.node, ino = r.ino, error = %e, "open refused");
+            tracing::debug!(node = gw.node, ino, error = %e, "open refused");
         }
         // The register expired leases: their files may be due for deletion.
         if let Err(e) = self.carry_out_deletes(crate::volumes_task::filetime_now()).await {

@@ -42,6 +42,29 @@ impl VolumeStore {
         Ok(at)
     }
 
+    /// The entry at `path` (None when only its last name is missing, or its parent is not a
+    /// directory) and its parent (the root is its own parent), read under one lock.
+    pub fn resolve_with_parent(&self, vol: Uuid, view: View, path: &str) -> Result<(Option<DirEntry>, DirEntry)> {
+        let st = self.volume(vol)?;
+        let st = Self::lock(&st);
+        let scope = Self::scope(&st, view)?;
+        let (root, _) = self.inode_req(vol, &scope, ROOT_INO)?;
+        let root = DirEntry { name: String::new(), ino: ROOT_INO, inode: root };
+        let parts: Vec<&str> = path.split(['/', '\\']).filter(|p| !p.is_empty()).collect();
+        let Some((last, dirs)) = parts.split_last() else { return Ok((Some(root.clone()), root)) };
+        let mut parent = root;
+        for part in dirs {
+            if parent.inode.kind != Kind::Dir {
+                return Err(VolumeError::NotADirectory);
+            }
+            parent = self.lookup_in(&st, &scope, parent.ino, part)?.ok_or_else(|| VolumeError::NotFound(path.to_string()))?;
+        }
+        if parent.inode.kind != Kind::Dir {
+            return Ok((None, parent));
+        }
+        Ok((self.lookup_in(&st, &scope, parent.ino, last)?, parent))
+    }
+
     pub fn stat(&self, vol: Uuid, view: View, ino: u64) -> Result<Inode> {
         let st = self.volume(vol)?;
         let st = Self::lock(&st);

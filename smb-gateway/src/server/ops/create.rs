@@ -79,14 +79,16 @@ impl Connection {
         let implied = if matches!(disposition, 0 | 4 | 5) { share_modes::FILE_WRITE_DATA } else { 0 };
         let mode = share_modes::Mode { access: granted | implied, share: share_access };
         let path = path.trim_matches('\\').to_string();
-        let (parent_path, name) = match path.rsplit_once('\\') {
-            Some((p, n)) => (p.to_string(), n.to_string()),
-            None => (String::new(), path.clone()),
-        };
+        let name = path.rsplit_once('\\').map_or(path.as_str(), |(_, n)| n).to_string();
         let want_dir = options & FILE_DIRECTORY_FILE != 0;
-        let existing = files.lookup(&share, &path);
+        let (existing, parent) = match files.lookup_with_parent(&share, &path) {
+            Ok(found) => found,
+            // Not even the directory that would hold it.
+            Err(FsError::NotFound) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
+            Err(e) => return fs(e),
+        };
         let (info, action, parent, held) = match existing {
-            Ok(info) => {
+            Some(info) => {
                 if want_dir && !info.directory {
                     return Reply::error(status::NOT_A_DIRECTORY);
                 }
@@ -100,7 +102,7 @@ impl Connection {
                 if truncate && read_only {
                     return Reply::error(status::MEDIA_WRITE_PROTECTED);
                 }
-                let parent = if path.is_empty() { info.id } else { files.lookup(&share, &parent_path).map(|p| p.id).unwrap_or(info.id) };
+                let parent = parent.id;
                 // The share-access check comes before the open changes anything.
                 let doc = (options & FILE_DELETE_ON_CLOSE != 0 && !name.is_empty()).then_some((parent, name.as_str()));
                 let held = match Held::register(files, &share, info.id, mode, doc) {
@@ -120,29 +122,20 @@ impl Connection {
                     (info, if disposition == 0 { 0 } else { 3 }, parent, held)
                 }
             }
-            Err(FsError::NotFound) if matches!(disposition, 0 | 2 | 3 | 5) => {
+            None if matches!(disposition, 0 | 2 | 3 | 5) => {
                 if read_only {
                     return Reply::error(status::MEDIA_WRITE_PROTECTED);
                 }
-                let parent = match files.lookup(&share, &parent_path) {
-                    Ok(p) if p.directory => p.id,
-                    Ok(_) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
-                    Err(_) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
-                };
-                let info = match files.create(&share, parent, &name, want_dir, now) {
-                    Ok(info) => info,
-                    Err(e) => return fs(e),
-                };
-                let doc = (options & FILE_DELETE_ON_CLOSE != 0).then_some((parent, name.as_str()));
-                match Held::register(files, &share, info.id, mode, doc) {
-                    Ok(held) => (info, 2, parent, held),
+                if !parent.directory {
+                    return Reply::error(status::OBJECT_PATH_NOT_FOUND);
+                }
+                let register = mode.counts().then_some(mode);
+                match files.create_open(&share, parent.id, &name, want_dir, now, register, options & FILE_DELETE_ON_CLOSE != 0) {
+                    Ok((info, registration)) => (info, 2, parent.id, Held { files, registration }),
                     Err(e) => return fs(e),
                 }
             }
-            Err(FsError::NotFound) => {
-                return Reply::error(if files.lookup(&share, &parent_path).is_ok() { status::OBJECT_NAME_NOT_FOUND } else { status::OBJECT_PATH_NOT_FOUND })
-            }
-            Err(e) => return fs(e),
+            None => return Reply::error(status::OBJECT_NAME_NOT_FOUND),
         };
         let volatile = self.next_file;
         self.next_file += 1;
