@@ -389,6 +389,21 @@ fn live_chunks(tree: &Tree) -> usize {
 }
 
 #[test]
+fn a_path_resolves_with_its_parent_in_one_call_and_a_missing_last_name_is_no_error() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let d = s.create(v, View::Live, ROOT_INO, "Dir", Kind::Dir, 1).unwrap();
+    let f = s.create(v, View::Live, d, "File.txt", Kind::File, 2).unwrap();
+    let with_parent = |path: &str| s.resolve_with_parent(v, View::Live, path).map(|(e, p)| (e.map(|e| e.ino), p.ino));
+    assert_eq!(with_parent("").unwrap(), (Some(ROOT_INO), ROOT_INO), "the root is its own parent");
+    assert_eq!(with_parent("dir\\file.TXT").unwrap(), (Some(f), d), "case-insensitive, either separator");
+    assert_eq!(with_parent("Dir/new.txt").unwrap(), (None, d), "only the last name missing");
+    assert_eq!(with_parent("Dir/File.txt/x").unwrap(), (None, f), "the parent is a file: the caller decides");
+    assert!(matches!(s.resolve_with_parent(v, View::Live, "nodir/new.txt"), Err(VolumeError::NotFound(_))), "the parent missing too");
+    assert!(matches!(s.resolve_with_parent(v, View::Live, "Dir/File.txt/x/y"), Err(VolumeError::NotADirectory)));
+}
+
+#[test]
 fn truncate_to_zero_after_a_snapshot_then_extend_reads_zeros_while_the_snapshot_keeps_the_data() {
     let (_dir, w) = world();
     let (s, v) = (&w.store, w.vol);
