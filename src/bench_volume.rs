@@ -184,7 +184,7 @@ async fn grpc_seq(scratch: &Path, size: u64) -> anyhow::Result<(Duration, Durati
         let mut client = VolumeClient::new(ch).max_decoding_message_size(max).max_encoding_message_size(max);
         let target = VolumeTarget { volume: v.id.to_string(), snapshot: String::new(), clone: String::new(), route: false };
         let ino = loop {
-            let req = CreateRequest { target: Some(target.clone()), parent: ROOT_INO, name: "seq.bin".into(), directory: false, now: 1, open: None };
+            let req = CreateRequest { target: Some(target.clone()), parent: ROOT_INO, name: "seq.bin".into(), directory: false, now: 1 };
             match client.create(req).await {
                 Ok(r) => break r.into_inner().entry.and_then(|e| e.attributes).map(|a| a.ino).unwrap_or_default(),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // the volume is being created

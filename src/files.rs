@@ -79,7 +79,7 @@ impl Files {
     }
 
     async fn resolve(&self, path: &str) -> anyhow::Result<Entry> {
-        let reply = self.client.clone().resolve(ResolveRequest { target: self.target(), path: path.into(), with_parent: false }).await.map_err(|s| anyhow!("{path}: {}", s.message()))?;
+        let reply = self.client.clone().resolve(ResolveRequest { target: self.target(), path: path.into(), ..Default::default() }).await.map_err(|s| anyhow!("{path}: {}", s.message()))?;
         reply.into_inner().entry.ok_or_else(|| anyhow!("empty reply"))
     }
 
@@ -126,7 +126,7 @@ pub async fn run(node: &Node, cmd: FileCmd, json: bool) -> anyhow::Result<()> {
             let f = Files::open(node, &volume).await?;
             let (parent, name) = split(&path)?;
             let parent = f.ino(&parent).await?;
-            f.client.clone().create(CreateRequest { target: f.target(), parent, name, directory: true, now: now(), open: None }).await.map_err(|s| anyhow!("{}", s.message()))?;
+            f.client.clone().create(CreateRequest { target: f.target(), parent, name, directory: true, now: now() }).await.map_err(|s| anyhow!("{}", s.message()))?;
             Ok(())
         }
         FileCmd::Rm { volume, path } => {
@@ -152,7 +152,7 @@ async fn put(node: &Node, volume: &str, path: &str, from: Option<PathBuf>) -> an
             ino
         }
         Err(_) => {
-            let req = CreateRequest { target: f.target(), parent, name, directory: false, now: now(), open: None };
+            let req = CreateRequest { target: f.target(), parent, name, directory: false, now: now() };
             let created = f.client.clone().create(req).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
             created.entry.and_then(|e| e.attributes).map(|a| a.ino).ok_or_else(|| anyhow!("empty reply"))?
         }

@@ -31,7 +31,7 @@ impl Vol {
     }
 
     fn create(&self, name: &str) -> Result<u64, tonic::Status> {
-        let req = CreateRequest { target: Some(self.target.clone()), parent: 1, name: name.into(), directory: false, now: 1, open: None };
+        let req = CreateRequest { target: Some(self.target.clone()), parent: 1, name: name.into(), directory: false, now: 1 };
         let reply = self.rt.block_on(self.client.clone().create(req))?;
         Ok(reply.into_inner().entry.unwrap().attributes.unwrap().ino)
     }

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use umbra_proto::v1::volume_server::Volume as _;
 use umbra_proto::v1::*;
 use umbra_smb_gateway::server::files::FsError;
 use umbra_smb_gateway::share_modes::Mode;
@@ -64,30 +63,31 @@ impl GatewayOpens {
         Ok(id)
     }
 
-    /// Creates `name` in `parent` and registers this gateway's open of it in one call to the
-    /// owner (see [`GatewayOpens::register`]); returns the reply and the registration.
-    pub async fn create_open(&self, service: &VolumeService, mut req: CreateRequest, mode: Mode, delete_at_close: bool) -> Result<(EntryReply, u64), FsError> {
-        let target = req.target.clone().unwrap_or_default();
-        let delete = delete_at_close.then(|| DeleteAtClose { parent: req.parent, name: req.name.clone() });
-        // The new file's ino is learned from the reply; until then the open is unconfirmed,
-        // so no renewal lists it.
-        let id = self.reserve(&target, 0, mode, delete)?;
-        req.open = Some(OpenOnCreate { gateway: Some(self.gateway), id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS, delete_at_close });
-        let result = service.create(tonic::Request::new(req)).await.map(tonic::Response::into_inner);
-        let ino = result.as_ref().ok().and_then(|r| r.entry.as_ref()).and_then(|e| e.attributes.as_ref()).map(|a| a.ino);
-        let reply = result.map_err(|s| crate::smb::fs_error(&s));
-        match (reply, ino) {
-            (Ok(reply), Some(ino)) => {
-                self.confirm(id, Some(ino), Ok(()))?;
-                Ok((reply, id))
+    /// An open of a file that `call` may create: `call` gets the open to carry and answers
+    /// with its reply and, when it created the file and the owner registered the open, the
+    /// new file's ino and its link (directory and name). Returns the reply and, then, the
+    /// registration; otherwise the reserved open is forgotten.
+    pub async fn open_new<T, F, Fut>(&self, target: &VolumeTarget, mode: Mode, delete_at_close: bool, call: F) -> Result<(T, Option<u64>), FsError>
+    where
+        F: FnOnce(OpenOnCreate) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Option<(u64, DeleteAtClose)>), tonic::Status>>,
+    {
+        // The new file's ino and link are learned from the reply; until then the open is
+        // unconfirmed, so no renewal lists it.
+        let id = self.reserve(target, 0, mode, None)?;
+        let open = OpenOnCreate { gateway: Some(self.gateway), id, access: mode.access, share_access: mode.share, lease_ms: LEASE_MS, delete_at_close };
+        match call(open).await {
+            Ok((reply, Some((ino, link)))) => {
+                self.confirm(id, Some((ino, delete_at_close.then_some(link))), Ok(()))?;
+                Ok((reply, Some(id)))
             }
-            (Ok(_), None) => {
+            Ok((reply, None)) => {
                 self.held().opens.remove(&id);
-                Err(FsError::Other("the owner's create reply names no file".into()))
+                Ok((reply, None))
             }
-            (Err(e), _) => {
+            Err(status) => {
                 self.held().opens.remove(&id);
-                Err(e)
+                Err(crate::smb::fs_error(&status))
             }
         }
     }
@@ -105,15 +105,16 @@ impl GatewayOpens {
         Ok(id)
     }
 
-    /// The owner's answer to a reserved open: confirmed (with its ino when learned now), or
-    /// forgotten with the owner's error.
-    fn confirm(&self, id: u64, ino: Option<u64>, answer: Result<(), tonic::Status>) -> Result<(), FsError> {
+    /// The owner's answer to a reserved open: confirmed (with its ino and delete-on-close link
+    /// when learned now), or forgotten with the owner's error.
+    fn confirm(&self, id: u64, learned: Option<(u64, Option<DeleteAtClose>)>, answer: Result<(), tonic::Status>) -> Result<(), FsError> {
         match answer {
             Ok(()) => {
                 if let Some(r) = self.held().opens.get_mut(&id) {
                     r.confirmed = true;
-                    if let Some(ino) = ino {
+                    if let Some((ino, link)) = learned {
                         r.ino = ino;
+                        r.delete_at_close = link;
                     }
                 }
                 Ok(())

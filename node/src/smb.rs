@@ -73,7 +73,7 @@ pub struct VolumeFiles {
 
 use umbra_proto::v1::volume_server::Volume as _;
 use umbra_proto::v1::*;
-use umbra_smb_gateway::server::files::{FileInfo, Files, FsError};
+use umbra_smb_gateway::server::files::{FileInfo, Files, FsError, Looked, NewFile};
 
 impl VolumeFiles {
     pub fn new(
@@ -177,19 +177,41 @@ impl Files for VolumeFiles {
         let (target, root) = self.target(share)?;
         let full = format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"));
         let name = path.rsplit('\\').next().unwrap_or("").to_string();
-        let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full, with_parent: false })))?;
+        let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full, ..Default::default() })))?;
         info(reply.entry, &name)
     }
 
-    fn lookup_with_parent(&self, share: &str, path: &str) -> Result<(Option<FileInfo>, FileInfo), FsError> {
+    fn open_path(&self, share: &str, path: &str, create: Option<NewFile>) -> Result<Looked, FsError> {
         let (target, root) = self.target(share)?;
         let full = format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"));
         let name = path.rsplit('\\').next().unwrap_or("");
-        let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full, with_parent: true })))?;
+        let mut req = ResolveRequest { target: Some(target.clone()), path: full, with_parent: true, create: create.map(|n| CreateIfMissing { directory: n.directory, now: n.now, open: None }) };
+        let (reply, registration) = match create.and_then(|n| n.mode.map(|m| (m, n.delete_at_close))) {
+            Some((mode, delete_at_close)) => self.runtime.block_on(self.opens.open_new(&target, mode, delete_at_close, |open| {
+                if let Some(c) = req.create.as_mut() {
+                    c.open = Some(open);
+                }
+                async {
+                    let reply = self.service.resolve(tonic::Request::new(req)).await?.into_inner();
+                    let ino = reply.entry.as_ref().and_then(|e| e.attributes.as_ref()).map(|a| a.ino).filter(|_| reply.created);
+                    let parent = reply.parent.as_ref().and_then(|e| e.attributes.as_ref()).map(|a| a.ino).unwrap_or_default();
+                    Ok((reply, ino.map(|ino| (ino, DeleteAtClose { parent, name: name.to_string() }))))
+                }
+            }))?,
+            None => (self.call(self.service.resolve(tonic::Request::new(req)))?, None),
+        };
+        let created = reply.created;
         let file = reply.entry.map(|e| info(Some(e), name)).transpose()?;
         // The share's root is its own parent, also when the share is a folder of its volume.
-        let parent = if path.is_empty() { file.clone().ok_or(FsError::NotFound)? } else { info(reply.parent, "")? };
-        Ok((file, parent))
+        let parent = match (&file, path.is_empty()) {
+            (Some(root), true) => root.clone(),
+            _ => info(reply.parent, "")?,
+        };
+        Ok(match file {
+            Some(file) if created => Looked::Created { file, parent, registration },
+            Some(file) => Looked::Found { file, parent },
+            None => Looked::Missing { parent },
+        })
     }
 
     fn stat(&self, share: &str, id: u64) -> Result<FileInfo, FsError> {
@@ -200,7 +222,7 @@ impl Files for VolumeFiles {
 
     fn create(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError> {
         let (target, _) = self.target(share)?;
-        let req = CreateRequest { target: Some(target), parent, name: name.into(), directory, now, open: None };
+        let req = CreateRequest { target: Some(target), parent, name: name.into(), directory, now };
         info(self.call(self.service.create(tonic::Request::new(req)))?.entry, name)
     }
 
@@ -269,14 +291,6 @@ impl Files for VolumeFiles {
         let (target, _) = self.target(share)?;
         let delete = delete_at_close.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
         self.runtime.block_on(self.opens.register(&self.service, target, id, mode, delete))
-    }
-
-    fn create_open(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64, mode: Option<umbra_smb_gateway::share_modes::Mode>, delete_at_close: bool) -> Result<(FileInfo, Option<u64>), FsError> {
-        let Some(mode) = mode else { return Ok((self.create(share, parent, name, directory, now)?, None)) };
-        let (target, _) = self.target(share)?;
-        let req = CreateRequest { target: Some(target), parent, name: name.into(), directory, now, open: None };
-        let (reply, registration) = self.runtime.block_on(self.opens.create_open(&self.service, req, mode, delete_at_close))?;
-        Ok((info(reply.entry, name)?, Some(registration)))
     }
 
     fn release_open(&self, registration: u64) {

@@ -114,6 +114,14 @@ fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
     Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close: link_of(h.delete_at_close.as_ref()) })
 }
 
+/// Creates `name` in `parent`: its ino and the reply that describes it.
+fn create_entry(s: &VolumeStore, vol: Uuid, view: View, parent: u64, name: &str, directory: bool, now: u64) -> Result<(u64, EntryReply), VolumeError> {
+    let kind = if directory { Kind::Dir } else { Kind::File };
+    let ino = s.create(vol, view, parent, name, kind, now)?;
+    let inode = s.stat(vol, view, ino)?;
+    Ok((ino, EntryReply { entry: Some(entry(DirEntry { name: name.to_string(), ino, inode })), ..Default::default() }))
+}
+
 fn link_of(d: Option<&DeleteAtClose>) -> Option<Link> {
     d.map(|d| Link { parent: d.parent, name: d.name.clone() })
 }
@@ -312,44 +320,56 @@ macro_rules! unary {
 #[tonic::async_trait]
 impl VolumeRpc for VolumeService {
     async fn resolve(&self, req: Request<ResolveRequest>) -> Result<Response<EntryReply>, Status> {
-        unary!(self, req, resolve, |s, vol, view, r| if r.with_parent {
-            let (found, parent) = s.resolve_with_parent(vol, view, &r.path)?;
-            Ok(EntryReply { entry: found.map(entry), parent: Some(entry(parent)) })
-        } else {
-            s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)), parent: None })
-        })
+        let mut r = req.into_inner();
+        let (vol, view, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(vol, route)? {
+            unrouted(&mut r.target);
+            return peer.resolve(r).await;
+        }
+        let Some(mut create) = r.create.take().filter(|_| r.with_parent) else {
+            return self
+                .run(move |s| match r.with_parent {
+                    true => s.resolve_with_parent(vol, view, &r.path).map(|(found, parent)| EntryReply { entry: found.map(entry), parent: Some(entry(parent)), created: false }),
+                    false => s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)), ..Default::default() }),
+                })
+                .await
+                .map(Response::new);
+        };
+        // The open's gateway is checked before anything changes.
+        let open = create.open.take().map(|o| Ok::<_, Status>((gateway_of(o.gateway.as_ref())?, o))).transpose()?;
+        let path = r.path;
+        let (reply, created) = self
+            .run_gated(vol, move |s| {
+                let (found, parent) = s.resolve_with_parent(vol, view, &path)?;
+                let name = path.rsplit(['/', '\\']).find(|p| !p.is_empty()).unwrap_or("").to_string();
+                if found.is_some() || parent.inode.kind != Kind::Dir {
+                    return Ok((EntryReply { entry: found.map(entry), parent: Some(entry(parent)), created: false }, None));
+                }
+                let (ino, mut reply) = match create_entry(s, vol, view, parent.ino, &name, create.directory, create.now) {
+                    // Another gateway created it meanwhile: it is found after all.
+                    Err(VolumeError::Exists(_)) => return s.resolve_with_parent(vol, view, &path).map(|(f, p)| (EntryReply { entry: f.map(entry), parent: Some(entry(p)), created: false }, None)),
+                    other => other?,
+                };
+                reply.parent = Some(entry(parent.clone()));
+                reply.created = true;
+                Ok((reply, Some((parent.ino, name, ino))))
+            })
+            .await?;
+        if let (Some((parent, name, ino)), Some((gw, o))) = (created, open) {
+            self.register_created(vol, view, parent, name, ino, gw, o).await?;
+        }
+        Ok(Response::new(reply))
     }
 
     async fn stat(&self, req: Request<StatRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(self, req, stat, |s, vol, view, r| {
             let inode = s.stat(vol, view, r.ino)?;
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), parent: None })
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
     }
 
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<EntryReply>, Status> {
-        let mut r = req.into_inner();
-        let (vol, view, route) = target_of(r.target.as_ref())?;
-        if let Owner::Peer(mut peer) = self.owner(vol, route)? {
-            unrouted(&mut r.target);
-            return peer.create(r).await;
-        }
-        let open = r.open.take().map(|o| Ok::<_, Status>((gateway_of(o.gateway.as_ref())?, o))).transpose()?;
-        let (parent, name) = (r.parent, r.name.clone());
-        let (ino, reply) = self
-            .run_gated(vol, move |s| {
-                let kind = if r.directory { Kind::Dir } else { Kind::File };
-                let ino = s.create(vol, view, r.parent, &r.name, kind, r.now)?;
-                let inode = s.stat(vol, view, ino)?;
-                Ok((ino, EntryReply { entry: Some(entry(DirEntry { name: r.name, ino, inode })), parent: None }))
-            })
-            .await?;
-        if let Some((gw, o)) = open {
-            let delete_at_close = o.delete_at_close.then_some(Link { parent, name });
-            let record = OpenRecord { file: FileKey { volume: vol, view, ino }, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
-            self.register_here(gw, o.lease_ms, record).await?;
-        }
-        Ok(Response::new(reply))
+        unary!(gated self, req, create, |s, vol, view, r| create_entry(s, vol, view, r.parent, &r.name, r.directory, r.now).map(|(_, reply)| reply))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
@@ -414,7 +434,7 @@ impl VolumeRpc for VolumeService {
         unary!(gated self, req, set_size, |s, vol, view, r| {
             s.set_size(vol, view, r.ino, r.size, r.now)?;
             let inode = s.stat(vol, view, r.ino)?;
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), parent: None })
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
     }
 
@@ -489,7 +509,7 @@ impl VolumeRpc for VolumeService {
         unary!(gated self, req, set_info, |s, vol, view, r| {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes };
             let inode = s.set_info(vol, view, r.ino, info)?;
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), parent: None })
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
     }
 
@@ -556,6 +576,14 @@ impl VolumeService {
         let gw = gateway_of(r.gateway.as_ref())?;
         let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref()) };
         self.register_here(gw, r.lease_ms, record).await
+    }
+
+    /// Registers the open a resolve carried, of the file it created (`name` in `parent`).
+    #[allow(clippy::too_many_arguments)]
+    async fn register_created(&self, volume: Uuid, view: View, parent: u64, name: String, ino: u64, gw: Gateway, o: OpenOnCreate) -> Result<Done, Status> {
+        let delete_at_close = o.delete_at_close.then_some(Link { parent, name });
+        let record = OpenRecord { file: FileKey { volume, view, ino }, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
+        self.register_here(gw, o.lease_ms, record).await
     }
 
     /// Registers an open of a file on a volume this node owns (OpenRegister, or a create that

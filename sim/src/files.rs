@@ -105,11 +105,11 @@ async fn setup(nodes: u64, rng: &mut SmallRng) -> bool {
 async fn create_file(i: usize, nodes: u64, via: &mut NodeId) -> Option<u64> {
     for _ in 0..60 {
         if let Some(mut c) = client(*via) {
-            let req = CreateRequest { target: target(i), parent: 1, name: FILE.into(), directory: false, now: 0, open: None };
+            let req = CreateRequest { target: target(i), parent: 1, name: FILE.into(), directory: false, now: 0 };
             match tokio::time::timeout(Duration::from_secs(2), c.create(req)).await {
                 Ok(Ok(reply)) => return reply.into_inner().entry.and_then(|e| e.attributes).map(|a| a.ino),
                 Ok(Err(s)) if s.code() == tonic::Code::AlreadyExists => {
-                    let req = umbra_proto::v1::ResolveRequest { target: target(i), path: FILE.into(), with_parent: false };
+                    let req = umbra_proto::v1::ResolveRequest { target: target(i), path: FILE.into(), ..Default::default() };
                     if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), c.resolve(req)).await {
                         return r.into_inner().entry.and_then(|e| e.attributes).map(|a| a.ino);
                     }

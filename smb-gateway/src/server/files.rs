@@ -85,21 +85,57 @@ impl FsError {
     }
 }
 
+/// A file CREATE may make when its name is missing ([`Files::open_path`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NewFile {
+    pub directory: bool,
+    pub now: u64,
+    /// The open to register, when its mode takes part in share-access checks.
+    pub mode: Option<crate::share_modes::Mode>,
+    /// The open has FILE_DELETE_ON_CLOSE.
+    pub delete_at_close: bool,
+}
+
+/// What [`Files::open_path`] found at a path, with the path's parent directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Looked {
+    Found { file: FileInfo, parent: FileInfo },
+    /// Made by this call; `registration` releases its open.
+    Created { file: FileInfo, parent: FileInfo, registration: Option<u64> },
+    /// Only the last name is missing (and nothing was created).
+    Missing { parent: FileInfo },
+}
+
 /// Storage operations on a share; paths are relative to the share's root, `\`-separated.
 pub trait Files: Send + Sync {
     fn lookup(&self, share: &str, path: &str) -> Result<FileInfo, FsError>;
-    /// What CREATE needs in one call: the file at `path` (None when only its last name is
-    /// missing) and its parent directory (the root is its own parent). [`FsError::NotFound`]
-    /// when the parent is missing too. Over the network this is one round trip, not two.
-    fn lookup_with_parent(&self, share: &str, path: &str) -> Result<(Option<FileInfo>, FileInfo), FsError> {
-        let parent_path = path.rsplit_once('\\').map_or("", |(p, _)| p);
+    /// What CREATE needs in one call: the file at `path` and its parent directory (the root is
+    /// its own parent); with `create`, a file whose last name alone is missing is created (and
+    /// its open registered) when the parent is a directory. [`FsError::NotFound`] when the
+    /// parent is missing too. Over the network this is one round trip.
+    fn open_path(&self, share: &str, path: &str, create: Option<NewFile>) -> Result<Looked, FsError> {
+        let (parent_path, name) = path.rsplit_once('\\').unwrap_or(("", path));
         let file = match self.lookup(share, path) {
-            Ok(f) if path.is_empty() => return Ok((Some(f.clone()), f)),
             Ok(f) => Some(f),
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
-        Ok((file, self.lookup(share, parent_path)?))
+        let parent = match &file {
+            Some(root) if path.is_empty() => root.clone(),
+            _ => self.lookup(share, parent_path)?,
+        };
+        match (file, create) {
+            (Some(file), _) => Ok(Looked::Found { file, parent }),
+            (None, Some(new)) if parent.directory => {
+                let file = self.create(share, parent.id, name, new.directory, new.now)?;
+                let registration = match new.mode {
+                    Some(m) => Some(self.register_open(share, file.id, m, new.delete_at_close.then_some((parent.id, name)))?),
+                    None => None,
+                };
+                Ok(Looked::Created { file, parent, registration })
+            }
+            (None, _) => Ok(Looked::Missing { parent }),
+        }
     }
     fn stat(&self, share: &str, id: u64) -> Result<FileInfo, FsError>;
     fn create(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError>;
@@ -121,19 +157,6 @@ pub trait Files: Send + Sync {
     /// name): when it goes, the file is delete-pending and goes at its last close.
     fn register_open(&self, _share: &str, _id: u64, _mode: crate::share_modes::Mode, _delete_at_close: Option<(u64, &str)>) -> Result<u64, FsError> {
         Ok(0)
-    }
-    /// [`Files::create`], then [`Files::register_open`] of the new file with `mode` when
-    /// given (`delete_at_close`: the open has FILE_DELETE_ON_CLOSE). Over the network this is
-    /// one round trip, and the owner registers the open before anyone else can open the file.
-    /// Returns the file and the registration.
-    #[allow(clippy::too_many_arguments)]
-    fn create_open(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64, mode: Option<crate::share_modes::Mode>, delete_at_close: bool) -> Result<(FileInfo, Option<u64>), FsError> {
-        let info = self.create(share, parent, name, directory, now)?;
-        let registration = match mode {
-            Some(m) => Some(self.register_open(share, info.id, m, delete_at_close.then_some((parent, name)))?),
-            None => None,
-        };
-        Ok((info, registration))
     }
     /// Releases a registration (CLOSE, LOGOFF, TREE_DISCONNECT, a deleted share, the end of
     /// the connection). Never fails: an owner that misses it drops the open when this gateway

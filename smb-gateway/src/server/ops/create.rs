@@ -2,7 +2,7 @@
 
 use super::{Open, MAX_OPENS_PER_CONNECTION};
 use super::super::connection::{Connection, Reply};
-use super::super::files::{FileInfo, Files, FsError};
+use super::super::files::{FileInfo, Files, FsError, Looked, NewFile};
 use super::*;
 use crate::smb2::header::{Header, Target, HEADER_BYTES};
 use crate::share_modes;
@@ -81,14 +81,18 @@ impl Connection {
         let path = path.trim_matches('\\').to_string();
         let name = path.rsplit_once('\\').map_or(path.as_str(), |(_, n)| n).to_string();
         let want_dir = options & FILE_DIRECTORY_FILE != 0;
-        let (existing, parent) = match files.lookup_with_parent(&share, &path) {
-            Ok(found) => found,
+        // Supersede, create, open-if and overwrite-if create a missing file: the owner then
+        // creates it and registers this open in the same call.
+        let creates = matches!(disposition, 0 | 2 | 3 | 5);
+        let new = (creates && !read_only).then(|| NewFile { directory: want_dir, now, mode: mode.counts().then_some(mode), delete_at_close: options & FILE_DELETE_ON_CLOSE != 0 });
+        let looked = match files.open_path(&share, &path, new) {
+            Ok(looked) => looked,
             // Not even the directory that would hold it.
             Err(FsError::NotFound) => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
             Err(e) => return fs(e),
         };
-        let (info, action, parent, held) = match existing {
-            Some(info) => {
+        let (info, action, parent, held) = match looked {
+            Looked::Found { file: info, parent } => {
                 if want_dir && !info.directory {
                     return Reply::error(status::NOT_A_DIRECTORY);
                 }
@@ -122,20 +126,11 @@ impl Connection {
                     (info, if disposition == 0 { 0 } else { 3 }, parent, held)
                 }
             }
-            None if matches!(disposition, 0 | 2 | 3 | 5) => {
-                if read_only {
-                    return Reply::error(status::MEDIA_WRITE_PROTECTED);
-                }
-                if !parent.directory {
-                    return Reply::error(status::OBJECT_PATH_NOT_FOUND);
-                }
-                let register = mode.counts().then_some(mode);
-                match files.create_open(&share, parent.id, &name, want_dir, now, register, options & FILE_DELETE_ON_CLOSE != 0) {
-                    Ok((info, registration)) => (info, 2, parent.id, Held { files, registration }),
-                    Err(e) => return fs(e),
-                }
-            }
-            None => return Reply::error(status::OBJECT_NAME_NOT_FOUND),
+            Looked::Created { file, parent, registration } => (file, 2, parent.id, Held { files, registration }),
+            Looked::Missing { .. } if !creates => return Reply::error(status::OBJECT_NAME_NOT_FOUND),
+            Looked::Missing { .. } if read_only => return Reply::error(status::MEDIA_WRITE_PROTECTED),
+            Looked::Missing { parent } if !parent.directory => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
+            Looked::Missing { .. } => return fs(FsError::Other("the file was neither found nor created".into())),
         };
         let volatile = self.next_file;
         self.next_file += 1;
