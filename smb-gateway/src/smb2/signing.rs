@@ -1,11 +1,16 @@
 //! Message signing (MS-SMB2 3.1.4.1) and the keys it uses (3.1.4.2, SP800-108 counter-mode KDF
 //! with HMAC-SHA256), plus the 3.1.1 preauth integrity hash (SHA-512 over the negotiate and
 //! session setup messages).
+//!
+//! AES-GMAC (what 3.1.1 clients such as smbclient choose) runs on aws-lc-rs: its GHASH uses the
+//! CPU's carry-less multiply over many blocks at once, 23.5 GB/s on the benchmark machine
+//! against 1.9 GB/s for RustCrypto's aes-gcm (same tags), where signing took 42% of a gateway's
+//! CPU while serving a large read. HMAC-SHA256 (sha2: SHA-NI) and AES-CMAC (cmac: AES-NI, a
+//! chain of blocks by definition) stay on RustCrypto.
 
 use aes::Aes128;
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes128Gcm, KeyInit, Nonce};
-use cmac::{Cmac, Mac as _};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use cmac::{Cmac, Mac};
 use hmac::Hmac;
 use sha2::{Digest, Sha256, Sha512};
 
@@ -83,7 +88,7 @@ fn compute(algorithm: Algorithm, key: &[u8; 16], m: &mut [u8]) -> [u8; 16] {
             hmac::Mac::finalize(mac).into_bytes()[..16].try_into().expect("16 bytes")
         }
         Algorithm::AesCmac => {
-            let mut mac = <Cmac<Aes128> as KeyInit>::new_from_slice(key).expect("16-byte key");
+            let mut mac = <Cmac<Aes128> as Mac>::new_from_slice(key).expect("16-byte key");
             mac.update(m);
             mac.finalize().into_bytes().into()
         }
@@ -96,10 +101,11 @@ fn compute(algorithm: Algorithm, key: &[u8; 16], m: &mut [u8]) -> [u8; 16] {
             let command = u16::from_le_bytes([m[12], m[13]]);
             let role = u32::from(flags & FLAG_SERVER_TO_REDIR != 0) | (u32::from(command == 0x0C) << 1);
             nonce[8..].copy_from_slice(&role.to_le_bytes());
-            let cipher = Aes128Gcm::new_from_slice(key).expect("16-byte key");
+            // GMAC: GCM with the message as associated data and nothing to encrypt.
+            let cipher = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key).expect("a 16-byte AES-128 key"));
             // GCM refuses only inputs past 2^36 bytes; messages are bounded far below that.
-            let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), m, &mut []).expect("message within GCM's limits");
-            tag.into()
+            let tag = cipher.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(m), &mut [0u8; 0]).expect("message within GCM's limits");
+            tag.as_ref().try_into().expect("a 16-byte GCM tag")
         }
     }
 }
