@@ -5,6 +5,10 @@
 //! - `umbra up`: a local three-node cluster as child processes ([`up`], [`local`]).
 //! - `umbra bench`: benchmarks against a real cluster ([`bench`]).
 
+/// mimalloc keeps freed I/O buffers for reuse, where glibc's malloc unmaps and re-faults them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod bench_volume;
 mod client;
