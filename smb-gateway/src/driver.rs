@@ -54,6 +54,9 @@ pub fn max_frame_bytes(config: &Config) -> usize {
     config.max_io_bytes as usize + 64 * 1024
 }
 
+/// What one read from a connection's socket takes at most, when no longer frame is under way.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Replies up to this size are sent with their transport header in one write.
 const SMALL_REPLY_BYTES: usize = 64 * 1024;
 
@@ -151,20 +154,22 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
 /// `conn` is absent only while a frame runs on the blocking pool (or if that task panicked).
 async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
     let mut changes: Option<broadcast::Receiver<Arc<ChangeBatch>>> = None;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Bytes read and not yet run; the socket is read straight into it.
+    let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
     loop {
         loop {
             let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             let Some((used, range)) = found else { break };
-            // Storage calls may block (or wait on another node): run the frame on the blocking pool.
-            let frame_bytes = buf[range].to_vec();
-            buf.drain(..used);
+            // The frame leaves with the buffer it was read into (no copy); what follows it
+            // stays. Storage calls may block (or wait on another node): run the frame on the
+            // blocking pool.
+            let rest = buf.split_off(used);
+            let frame_bytes = std::mem::replace(&mut buf, rest);
             let Some(c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
             let (d, f, t) = (shared.directory.clone(), shared.files.clone(), shared.throttle.clone());
             let (c, outcome) = tokio::task::spawn_blocking(move || {
                 let mut c = c;
-                let outcome = c.on_frame(&frame_bytes, d.as_ref(), f.as_ref(), &mut Env(t));
+                let outcome = c.on_frame(&frame_bytes[range], d.as_ref(), f.as_ref(), &mut Env(t));
                 (c, outcome)
             })
             .await
@@ -193,13 +198,15 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                 }
             }
         }
+        // Room for the rest of the frame under way (its length is bounded by next_frame), or
+        // for the next read.
+        let want = frame::announced_bytes(&buf).map_or(READ_CHUNK_BYTES, |n| n.saturating_sub(buf.len()).max(READ_CHUNK_BYTES));
+        buf.reserve(want);
         tokio::select! {
-            n = reader.read(&mut chunk) => {
-                let n = n?;
-                if n == 0 {
+            n = reader.read_buf(&mut buf) => {
+                if n? == 0 {
                     return Ok(());
                 }
-                buf.extend_from_slice(&chunk[..n]);
             }
             got = next_changes(&mut changes) => {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };

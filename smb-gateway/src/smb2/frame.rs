@@ -30,6 +30,13 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<(usize, std::ops::Ran
     Ok(Some((4 + len, 4..4 + len)))
 }
 
+/// The whole size (transport header included) of the frame `buf` starts with, once its header
+/// is in; the caller has already had [`next_frame`] check it against the bound.
+pub fn announced_bytes(buf: &[u8]) -> Option<usize> {
+    let head = buf.get(..4)?;
+    Some(4 + (usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3])))
+}
+
 /// The transport header of a message of `len` bytes.
 pub fn frame_header(len: usize) -> Result<[u8; 4], FrameError> {
     if len > MAX_TRANSPORT_FRAME_BYTES {
@@ -56,6 +63,8 @@ mod tests {
         encode_frame(b"xy", &mut buf).unwrap();
         assert_eq!(next_frame(&buf, 100), Ok(Some((9, 4..9))));
         assert_eq!(next_frame(&buf[..6], 100), Ok(None));
+        assert_eq!(announced_bytes(&buf[..6]), Some(9), "the whole first frame, header included");
+        assert_eq!(announced_bytes(&buf[..3]), None);
         assert_eq!(next_frame(&buf[..3], 100), Ok(None));
         assert_eq!(next_frame(&[0, 0, 1, 0], 100), Err(FrameError::TooLarge { len: 256, max: 100 }));
         assert_eq!(next_frame(&[0x81, 0, 0, 0], 100), Err(FrameError::NotDirectTcp(0x81)));
