@@ -236,6 +236,20 @@ fn change_notify_sees_changes_made_through_another_nodes_gateway() {
     assert!(out.status.success() && text.contains("OK"), "{text}");
 }
 
+/// smbprotocol: a watch through one share sees changes made through another share over the same
+/// folder of the volume (the volume's root share and a folder share), both ways, across nodes.
+#[test]
+fn change_notify_sees_changes_made_through_another_share_of_the_same_volume() {
+    let c = cluster_with_admin();
+    assert!(c.ctl(1, &["share", "create", "Proj", "--volume", "vol", "--path", "/proj"]).ok);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/notify_shares.py");
+    let (smb1, smb3) = (c.node(1).smb.clone(), c.node(3).smb.clone());
+    let (port1, port3) = (smb1.rsplit(':').next().unwrap(), smb3.rsplit(':').next().unwrap());
+    let out = Command::new(venv_python()).args([script, port1, "data", "proj", port3, "proj", "admin", "S3cret-pw"]).output().expect("the test venv (scripts/setup.sh)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
+
 /// smbprotocol on \PIPE\srvsvc: a READ with nothing to read waits (interim STATUS_PENDING) until
 /// a WRITE on the same connection gives the pipe output, and a waiting READ the client cancels
 /// ends with STATUS_CANCELLED.

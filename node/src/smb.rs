@@ -20,6 +20,20 @@ pub struct RaftDirectory {
 }
 
 impl Directory for RaftDirectory {
+    fn share_roots(&self) -> Vec<umbra_smb_gateway::server::notify::ShareRoot> {
+        let state = self.reader.read();
+        state
+            .state
+            .shares
+            .values()
+            .map(|s| umbra_smb_gateway::server::notify::ShareRoot {
+                share: s.name.clone(),
+                volume: format!("{} {:?}", s.volume, view_of(s)),
+                root: s.path.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("\\"),
+            })
+            .collect()
+    }
+
     fn user(&self, name: &str) -> Option<(NtHash, Role)> {
         self.reader.read().state.users.get(&fold(name)).map(|u| (u.nt_hash, u.role))
     }

@@ -175,8 +175,11 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
             let c = conn.insert(c);
-            let made = c.take_changes();
+            let mut made = c.take_changes();
             if !made.is_empty() {
+                // Watches on other shares over the same files hear of them too.
+                let also = crate::server::notify::through_other_shares(&made, &shared.directory.share_roots());
+                made.extend(also);
                 // No receiver (nobody watches) is not an error.
                 let _ = shared.notifier.send(Arc::new(ChangeBatch { from_peer: false, lost: false, changes: made }));
             }

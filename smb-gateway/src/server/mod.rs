@@ -38,6 +38,11 @@ pub trait Directory {
     fn shadow_copies(&self) -> Option<&dyn crate::rpc::ShadowCopies> {
         None
     }
+    /// Where every share's files live, when shares can overlap (several shares of one
+    /// volume): a change made through one is then also reported to watches on the others.
+    fn share_roots(&self) -> Vec<notify::ShareRoot> {
+        Vec::new()
+    }
 }
 
 /// Randomness and time, supplied by the driver.

@@ -173,6 +173,58 @@ pub fn rebase(path: &str, from: &str, to: &str) -> Option<String> {
     Some(std::iter::once(to.trim_matches('\\')).chain(p[f.len()..].iter().copied()).filter(|c| !c.is_empty()).collect::<Vec<_>>().join("\\"))
 }
 
+/// Where a share's files live, so that a change made through one share reaches the watches of
+/// the others over the same files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareRoot {
+    pub share: String,
+    /// The volume and the state of it the share serves (live, a snapshot, a clone), as one key.
+    pub volume: String,
+    /// The share's root inside the volume, `\`-separated, without a leading `\` (empty: the
+    /// volume's root).
+    pub root: String,
+}
+
+/// The changes in `changes` (each named by the share it was made through) as the other shares
+/// over the same files name them: a share whose root holds a change's path gets the change with
+/// its path below that root. A rename seen from a share that holds only one of its two names
+/// is an addition or a removal there.
+pub fn through_other_shares(changes: &[Change], roots: &[ShareRoot]) -> Vec<Change> {
+    let mut out = Vec::new();
+    for c in changes {
+        let Some(from) = roots.iter().find(|r| r.share.eq_ignore_ascii_case(&c.share)) else { continue };
+        let full = join(&from.root, &c.path);
+        let old_full = match &c.kind {
+            ChangeKind::Renamed { from: old } => Some(join(&from.root, old)),
+            _ => None,
+        };
+        for other in roots.iter().filter(|r| r.volume == from.volume && !r.share.eq_ignore_ascii_case(&from.share)) {
+            let here = below(&full, &other.root);
+            let before = old_full.as_deref().map(|o| below(o, &other.root));
+            let (path, kind) = match (here, before) {
+                (Some(p), Some(Some(old))) => (p, ChangeKind::Renamed { from: old }),
+                (Some(p), Some(None)) => (p, ChangeKind::Added),
+                (None, Some(Some(old))) => (old, ChangeKind::Removed),
+                (Some(p), None) => (p, c.kind.clone()),
+                (None, _) => continue,
+            };
+            out.push(Change { share: other.share.clone(), path, directory: c.directory, kind });
+        }
+    }
+    out
+}
+
+/// `a\b` from a root and a path below it.
+fn join(root: &str, path: &str) -> String {
+    [root, path].iter().map(|p| p.trim_matches('\\')).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("\\")
+}
+
+/// `full` as a path below `root` (never the root itself: it is no entry of its share).
+fn below(full: &str, root: &str) -> Option<String> {
+    let rel = if root.is_empty() { Some(full.to_string()) } else { rebase(full, root, "") }?;
+    (!rel.is_empty()).then_some(rel)
+}
+
 /// FILE_NOTIFY_INFORMATION records, each starting 4-byte aligned, the last with
 /// NextEntryOffset 0.
 pub fn encode(records: &[(u32, String)]) -> Vec<u8> {
@@ -198,6 +250,27 @@ pub fn encode(records: &[(u32, String)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_through_one_share_reaches_the_other_shares_over_the_same_files() {
+        let root = |share: &str, volume: &str, root: &str| ShareRoot { share: share.into(), volume: volume.into(), root: root.into() };
+        let roots = [root("Data", "v1", ""), root("Projects", "v1", "work\\projects"), root("Other", "v2", ""), root("Work", "v1", "work")];
+        let made = |share: &str, path: &str, kind: ChangeKind| Change { share: share.into(), path: path.into(), directory: false, kind };
+        // Through the volume's root share, into a folder two other shares serve.
+        let got = through_other_shares(&[made("data", "Work\\Projects\\a.txt", ChangeKind::Added)], &roots);
+        assert_eq!(got, vec![made("Projects", "a.txt", ChangeKind::Added), made("Work", "Projects\\a.txt", ChangeKind::Added)]);
+        // Through a folder share, back up to the root share; never to another volume.
+        let got = through_other_shares(&[made("Projects", "b.txt", ChangeKind::Modified)], &roots);
+        assert_eq!(got, vec![made("Data", "work\\projects\\b.txt", ChangeKind::Modified), made("Work", "projects\\b.txt", ChangeKind::Modified)]);
+        // A rename out of a folder share's root is a removal there, and into one an addition.
+        let got = through_other_shares(&[made("Data", "elsewhere.txt", ChangeKind::Renamed { from: "work\\projects\\c.txt".into() })], &roots);
+        assert_eq!(got, vec![made("Projects", "c.txt", ChangeKind::Removed), made("Work", "projects\\c.txt", ChangeKind::Removed)]);
+        let got = through_other_shares(&[made("Data", "work\\d.txt", ChangeKind::Renamed { from: "top.txt".into() })], &roots);
+        assert_eq!(got, vec![made("Work", "d.txt", ChangeKind::Added)]);
+        // The folder a share serves is no entry of that share; unknown shares change nothing.
+        assert_eq!(through_other_shares(&[made("Data", "work", ChangeKind::Modified)], &roots), vec![]);
+        assert_eq!(through_other_shares(&[made("Gone", "x", ChangeKind::Added)], &roots), vec![]);
+    }
 
     fn change(path: &str, kind: ChangeKind) -> Change {
         Change { share: "Data".into(), path: path.into(), directory: false, kind }
