@@ -264,6 +264,10 @@ impl Files for VolumeFiles {
         })
     }
 
+    fn is_remote(&self, share: &str) -> bool {
+        self.local(share).is_none()
+    }
+
     fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError> {
         if let Some((vol, view)) = self.local(share) {
             return self.store.write(vol, view, id, offset, data, now).map_err(|e| fs_error(&crate::volume_service::status_of(e)));

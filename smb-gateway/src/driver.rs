@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use crate::server::connection::{Connection, Outcome};
-use crate::server::files::Files;
+use crate::server::files::{Files, FsError};
 use crate::server::notify::Change;
 use crate::server::throttle::Throttle;
 use crate::server::{Config, Directory, Environment};
@@ -156,6 +156,8 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
     let mut changes: Option<broadcast::Receiver<Arc<ChangeBatch>>> = None;
     // Bytes read and not yet run; the socket is read straight into it.
     let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
+    // READs of files on other nodes, carried out off the connection's thread, come back here.
+    let (read_tx, mut read_rx) = mpsc::channel::<(u64, Result<Vec<u8>, FsError>)>(crate::server::connection::MAX_FILE_READS_IN_FLIGHT);
     loop {
         loop {
             let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -189,6 +191,14 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                 (false, true) => changes = None,
                 _ => {}
             }
+            for r in c.take_file_reads() {
+                let (files, done) = (shared.files.clone(), read_tx.clone());
+                tokio::spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || files.read(&r.share, r.id, r.offset, r.len)).await.unwrap_or_else(|e| Err(FsError::Other(format!("read task: {e}"))));
+                    // The connection may have ended meanwhile: then nobody waits for it.
+                    let _ = done.send((r.async_id, result)).await;
+                });
+            }
             for f in c.take_sends() {
                 queue(&tx, f).await?;
             }
@@ -209,6 +219,13 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             n = reader.read_buf(&mut buf) => {
                 if n? == 0 {
                     return Ok(());
+                }
+            }
+            Some((async_id, result)) = read_rx.recv() => {
+                let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
+                c.finish_file_read(async_id, result);
+                for f in c.take_sends() {
+                    queue(&tx, f).await?;
                 }
             }
             got = next_changes(&mut changes) => {

@@ -1,5 +1,5 @@
 //! Requests that wait (MS-SMB2 3.3.4.2, 3.3.4.3, 3.3.5.16): a named-pipe READ with nothing to
-//! read yet, a CHANGE_NOTIFY with nothing to report yet. Such a request is answered at once
+//! read yet, a CHANGE_NOTIFY with nothing to report yet, a READ of a file another node serves. Such a request is answered at once
 //! with an interim response (STATUS_PENDING, SMB2_FLAGS_ASYNC_COMMAND, a fresh AsyncId, the
 //! credits it asked for, unsigned), and later with its final response: the same AsyncId,
 //! CreditResponse 0, signed as its request would have been. The table of waiting requests is
@@ -23,13 +23,16 @@ pub enum Waiting {
     PipeRead { volatile: u64, len: u32 },
     /// CHANGE_NOTIFY on a directory: completes when its watch has something to report.
     Notify { volatile: u64, max_out: u32 },
+    /// A file READ served by another node: completes when the owner's data arrives, so that
+    /// the connection goes on with the client's next requests meanwhile.
+    FileRead { volatile: u64, offset: u64, len: u32 },
 }
 
 impl Waiting {
     /// The open it waits on.
     pub fn volatile(&self) -> u64 {
         match *self {
-            Waiting::PipeRead { volatile, .. } | Waiting::Notify { volatile, .. } => volatile,
+            Waiting::PipeRead { volatile, .. } | Waiting::Notify { volatile, .. } | Waiting::FileRead { volatile, .. } => volatile,
         }
     }
 }
@@ -258,6 +261,37 @@ mod connection_rules {
         let (h, body) = &finals[0];
         assert_eq!((h.status, h.command, h.message_id, h.target, h.credits), (status::SUCCESS, Command::Read, 2, Target::Async { async_id: id }, 0));
         assert_eq!(&body[16..19], &[5, 0, 12], "the READ carries the bind_ack");
+    }
+
+    #[test]
+    fn a_read_of_a_file_another_node_serves_waits_while_the_next_requests_go_on() {
+        let (mut c, mut files) = (connection(), MemFiles::with_dirs(&[]));
+        files.1 = true;
+        let f = open(&mut c, &files, 1, TREE, "f.txt", false, 2);
+        let (r, finals) = exchange(&mut c, &files, &request(Command::Read, 2, TREE, &read(f, 100)));
+        assert!(finals.is_empty());
+        let (h, _) = &r[0];
+        assert_eq!(h.status, status::PENDING);
+        let Target::Async { async_id } = h.target else { panic!("an async header") };
+        let jobs = c.take_file_reads();
+        assert_eq!(jobs.iter().map(|j| (j.async_id, j.offset, j.len)).collect::<Vec<_>>(), vec![(async_id, 0, 100)]);
+        assert!(c.take_file_reads().is_empty(), "each read is handed out once");
+        // Meanwhile the connection answers the client's next request.
+        let (r, _) = exchange(&mut c, &files, &request(Command::Echo, 3, TREE, &[4, 0, 0, 0]));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        // The owner's data completes the READ under its AsyncId.
+        c.finish_file_read(async_id, Ok(b"hello".to_vec()));
+        let (_, finals) = exchange(&mut c, &files, &request(Command::Echo, 4, TREE, &[4, 0, 0, 0]));
+        let (h, body) = &finals[0];
+        assert_eq!((h.status, h.command, h.message_id, h.target), (status::SUCCESS, Command::Read, 2, Target::Async { async_id }));
+        assert_eq!(&body[16..21], b"hello");
+        // Nothing read where the file ends: END_OF_FILE; an id that no longer waits: nothing.
+        let (r, _) = exchange(&mut c, &files, &request(Command::Read, 5, TREE, &read(f, 100)));
+        let Target::Async { async_id: eof } = r[0].0.target else { panic!("an async header") };
+        c.finish_file_read(eof, Ok(Vec::new()));
+        c.finish_file_read(async_id, Ok(b"again".to_vec()));
+        let (_, finals) = exchange(&mut c, &files, &request(Command::Echo, 6, TREE, &[4, 0, 0, 0]));
+        assert_eq!(finals.iter().map(|(h, _)| (h.status, h.message_id)).collect::<Vec<_>>(), vec![(status::END_OF_FILE, 5)]);
     }
 
     #[test]

@@ -77,7 +77,24 @@ pub struct Connection {
     pub(super) waits: AsyncOps,
     /// Paths of opens, directory watches, changes to publish.
     pub(super) tracking: super::ops::notify::Tracking,
+    /// READs of files another node serves, waiting to be started by the driver.
+    file_reads: Vec<FileRead>,
 }
+
+/// A READ of a file another node serves, for the driver to carry out off the connection's
+/// thread and hand back with [`Connection::finish_file_read`].
+#[derive(Debug)]
+pub struct FileRead {
+    pub async_id: u64,
+    pub share: String,
+    pub id: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// READs of files on other nodes one connection has in flight at once; past this, a READ
+/// waits for its data on the connection's thread as a local one does.
+pub const MAX_FILE_READS_IN_FLIGHT: usize = 16;
 
 /// The dialect of an SMB2 answer to an SMB1 NEGOTIATE that offered "SMB 2.???".
 const DIALECT_WILDCARD: u16 = 0x02FF;
@@ -131,7 +148,7 @@ const FSCTL_SRV_ENUM_SNAPS: u32 = 0x0014_4064;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default() }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new() }
     }
 
     /// The connection has ended (the client went away or was refused): every open it held is
@@ -224,6 +241,25 @@ impl Connection {
         }
     }
 
+    /// READs of files on other nodes to carry out now (each already answered STATUS_PENDING).
+    pub fn take_file_reads(&mut self) -> Vec<FileRead> {
+        std::mem::take(&mut self.file_reads)
+    }
+
+    /// The data (or the error) of a READ from [`Connection::take_file_reads`]: its final
+    /// response goes out with [`Connection::take_sends`]. Nothing if it was cancelled or its
+    /// open closed meanwhile.
+    pub fn finish_file_read(&mut self, async_id: u64, result: Result<Vec<u8>, super::files::FsError>) {
+        let Some(&Waiting::FileRead { len, .. }) = self.waits.get(async_id).map(|op| &op.waiting) else { return };
+        let reply = super::ops::read_reply(len, result);
+        self.waits.finish(async_id, reply.status, reply.body());
+    }
+
+    /// READs of files on other nodes in flight now.
+    pub(super) fn file_reads_in_flight(&self) -> usize {
+        self.waits.matching(|w| matches!(w, Waiting::FileRead { .. })).len()
+    }
+
     /// Final responses to requests that waited, in order; send them before the reply to the
     /// frame (or the changes) that made them.
     pub fn take_sends(&mut self) -> Vec<Vec<u8>> {
@@ -259,6 +295,14 @@ impl Connection {
         match self.waits.start(h.clone(), waiting, signing) {
             Ok(async_id) => {
                 tracing::debug!(async_id, command = ?h.command, message_id = h.message_id, "request waits");
+                if let Waiting::FileRead { volatile, offset, len } = waiting {
+                    match self.opens.get(&volatile) {
+                        Some(o) => self.file_reads.push(FileRead { async_id, share: o.share.clone(), id: o.info.id, offset, len }),
+                        None => {
+                            self.waits.finish(async_id, status::FILE_CLOSED, &async_ops::ERROR_BODY);
+                        }
+                    }
+                }
                 let credits = self.credits.grant(h.credits);
                 async_ops::interim(h, async_id, credits)
             }

@@ -142,6 +142,11 @@ pub trait Files: Send + Sync {
     /// Entries of a directory after the (folded) name `after`, at most `limit`.
     fn list(&self, share: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError>;
     fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
+    /// Whether the share's files are served by another node: its READs then complete
+    /// asynchronously ([`crate::server::async_ops::Waiting::FileRead`]), several at once.
+    fn is_remote(&self, _share: &str) -> bool {
+        false
+    }
     fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError>;
     fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError>;
     fn set_basic(&self, share: &str, id: u64, basic: Basic) -> Result<(), FsError>;

@@ -74,9 +74,10 @@ impl Environment for Env {
     }
 }
 
-/// Files in memory, by lower-cased path; the root is id 1.
+/// Files in memory, by lower-cased path; the root is id 1. The flag makes them served by
+/// another node ([`Files::is_remote`]).
 #[derive(Default)]
-pub struct MemFiles(Mutex<(HashMap<String, FileInfo>, u64)>);
+pub struct MemFiles(Mutex<(HashMap<String, FileInfo>, u64)>, pub bool);
 
 fn info(id: u64, name: &str, directory: bool) -> FileInfo {
     FileInfo { id, name: name.into(), directory, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0 }
@@ -129,6 +130,9 @@ impl Files for MemFiles {
     }
     fn read(&self, _: &str, _: u64, _: u64, _: u32) -> Result<Vec<u8>, FsError> {
         Ok(Vec::new())
+    }
+    fn is_remote(&self, _: &str) -> bool {
+        self.1
     }
     fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), FsError> {
         Ok(())

@@ -87,12 +87,12 @@ impl Connection {
             Ok(o) => (o.share.clone(), o.info.id),
             Err(s) => return Reply::error(s),
         };
-        let data = match files.read(&share, id, offset, len) {
-            Ok(d) if d.is_empty() && len > 0 => return Reply::error(status::END_OF_FILE),
-            Ok(d) => d,
-            Err(e) => return fs(e),
-        };
-        Reply::ok(read_body(&data))
+        // Another node serves the file: the READ waits for the data off this connection's
+        // thread, so the client's next READs start meanwhile (only the last of a compound).
+        if h.next_command == 0 && files.is_remote(&share) && self.file_reads_in_flight() < super::super::connection::MAX_FILE_READS_IN_FLIGHT {
+            return Reply::wait(crate::server::async_ops::Waiting::FileRead { volatile, offset, len });
+        }
+        read_reply(len, files.read(&share, id, offset, len))
     }
 
     /// One PDU into a pipe, with what its calls may use: the shares, the NTLM context, the
@@ -125,6 +125,15 @@ impl Connection {
 }
 
 /// A READ response body (MS-SMB2 2.2.20) carrying `data`.
+/// The reply to a READ of `len` bytes of a file, from what the read gave.
+pub(in crate::server) fn read_reply(len: u32, read: Result<Vec<u8>, FsError>) -> Reply {
+    match read {
+        Ok(d) if d.is_empty() && len > 0 => Reply::error(status::END_OF_FILE),
+        Ok(d) => Reply::ok(read_body(&d)),
+        Err(e) => fs(e),
+    }
+}
+
 pub(in crate::server) fn read_body(data: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(16 + data.len());
     r.extend_from_slice(&[17, 0, (HEADER_BYTES + 16) as u8, 0]);

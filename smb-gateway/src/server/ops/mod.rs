@@ -4,7 +4,7 @@
 
 mod create;
 mod data;
-pub(in crate::server) use data::{ioctl_body, read_body};
+pub(in crate::server) use data::{ioctl_body, read_body, read_reply};
 mod dir;
 mod info;
 pub(in crate::server) mod notify;
