@@ -157,7 +157,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
     // Bytes read and not yet run; the socket is read straight into it.
     let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
     // READs of files on other nodes, carried out off the connection's thread, come back here.
-    let (read_tx, mut read_rx) = mpsc::channel::<(u64, Result<Vec<u8>, FsError>)>(crate::server::connection::MAX_FILE_READS_IN_FLIGHT);
+    let (read_tx, mut read_rx) = mpsc::channel::<(u64, Result<Vec<u8>, FsError>)>(crate::server::connection::FILE_READ_RESULTS_QUEUED);
     loop {
         loop {
             let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;

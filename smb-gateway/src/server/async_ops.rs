@@ -292,6 +292,16 @@ mod connection_rules {
         c.finish_file_read(async_id, Ok(b"again".to_vec()));
         let (_, finals) = exchange(&mut c, &files, &request(Command::Echo, 6, TREE, &[4, 0, 0, 0]));
         assert_eq!(finals.iter().map(|(h, _)| (h.status, h.message_id)).collect::<Vec<_>>(), vec![(status::END_OF_FILE, 5)]);
+        // The bytes in flight are bounded: past the bound a READ is served on the spot.
+        let max = 64 * 1024u32;
+        let fit = (crate::server::connection::MAX_FILE_READ_BYTES_IN_FLIGHT / u64::from(max)) as u64;
+        for m in 0..fit {
+            let (r, _) = exchange(&mut c, &files, &request(Command::Read, 10 + m, TREE, &read(f, max)));
+            assert_eq!(r[0].0.status, status::PENDING);
+        }
+        let (r, _) = exchange(&mut c, &files, &request(Command::Read, 10 + fit, TREE, &read(f, max)));
+        assert_eq!((r[0].0.status, r[0].0.flags & FLAG_ASYNC_COMMAND), (status::END_OF_FILE, 0), "served at once");
+        assert_eq!(c.take_file_reads().len() as u64, 1 + fit);
     }
 
     #[test]

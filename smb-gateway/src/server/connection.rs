@@ -92,9 +92,14 @@ pub struct FileRead {
     pub len: u32,
 }
 
-/// READs of files on other nodes one connection has in flight at once; past this, a READ
-/// waits for its data on the connection's thread as a local one does.
-pub const MAX_FILE_READS_IN_FLIGHT: usize = 16;
+/// Bytes of READs of files on other nodes one connection has in flight at once (what their
+/// replies may hold in memory before they are sent); past this, a READ waits for its data on
+/// the connection's thread as a local one does.
+pub const MAX_FILE_READ_BYTES_IN_FLIGHT: u64 = 16 * 1024 * 1024;
+
+/// Finished READs of files on other nodes the driver holds for a connection before it takes
+/// them in (each already counted in [`MAX_FILE_READ_BYTES_IN_FLIGHT`]).
+pub const FILE_READ_RESULTS_QUEUED: usize = 64;
 
 /// The dialect of an SMB2 answer to an SMB1 NEGOTIATE that offered "SMB 2.???".
 const DIALECT_WILDCARD: u16 = 0x02FF;
@@ -255,9 +260,12 @@ impl Connection {
         self.waits.finish(async_id, reply.status, reply.body());
     }
 
-    /// READs of files on other nodes in flight now.
-    pub(super) fn file_reads_in_flight(&self) -> usize {
-        self.waits.matching(|w| matches!(w, Waiting::FileRead { .. })).len()
+    /// Bytes asked by the READs of files on other nodes in flight now.
+    pub(super) fn file_read_bytes_in_flight(&self) -> u64 {
+        self.waits.matching(|_| true).into_iter().filter_map(|id| match self.waits.get(id)?.waiting {
+            Waiting::FileRead { len, .. } => Some(u64::from(len)),
+            _ => None,
+        }).sum()
     }
 
     /// Final responses to requests that waited, in order; send them before the reply to the

@@ -89,7 +89,8 @@ impl Connection {
         };
         // Another node serves the file: the READ waits for the data off this connection's
         // thread, so the client's next READs start meanwhile (only the last of a compound).
-        if h.next_command == 0 && files.is_remote(&share) && self.file_reads_in_flight() < super::super::connection::MAX_FILE_READS_IN_FLIGHT {
+        let room = super::super::connection::MAX_FILE_READ_BYTES_IN_FLIGHT.saturating_sub(self.file_read_bytes_in_flight());
+        if h.next_command == 0 && u64::from(len) <= room && files.is_remote(&share) {
             return Reply::wait(crate::server::async_ops::Waiting::FileRead { volatile, offset, len });
         }
         read_reply(len, files.read(&share, id, offset, len))
