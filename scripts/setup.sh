@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building and testing Umbra needs on Debian, idempotently: libclang-dev (bindgen
-# for the RocksDB bindings), librocksdb-dev (RocksDB 7.8, linked instead of compiling it) and
+# Installs what building and testing Umbra needs on Debian, idempotently: build-essential (a C
+# compiler and linker: aws-lc-rs and mimalloc compile C), libclang-dev (bindgen for the RocksDB
+# bindings), librocksdb-dev (RocksDB 7.8, linked instead of compiling it) and
 # smbclient (the real SMB client the gateway's end-to-end tests drive), and impacket and
 # smbprotocol in a virtualenv (UMBRA_VENV, default ~/.cache/umbra-venv).
 set -euo pipefail
 
-packages=(libclang-dev librocksdb-dev smbclient python3-venv)
+packages=(build-essential libclang-dev librocksdb-dev smbclient python3-venv)
 IMPACKET_VERSION=0.13.1
 SMBPROTOCOL_VERSION=1.17.0
 missing=()
