@@ -114,6 +114,11 @@ fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
     Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close: link_of(h.delete_at_close.as_ref()) })
 }
 
+/// A resolve's answer with the parent: the entry when found, and its parent.
+fn found_reply((found, parent): (Option<DirEntry>, DirEntry)) -> EntryReply {
+    EntryReply { entry: found.map(entry), parent: Some(entry(parent)), created: false }
+}
+
 /// Creates `name` in `parent`: its ino and the reply that describes it.
 fn create_entry(s: &VolumeStore, vol: Uuid, view: View, parent: u64, name: &str, directory: bool, now: u64) -> Result<(u64, EntryReply), VolumeError> {
     let kind = if directory { Kind::Dir } else { Kind::File };
@@ -329,7 +334,7 @@ impl VolumeRpc for VolumeService {
         let Some(mut create) = r.create.take().filter(|_| r.with_parent) else {
             return self
                 .run(move |s| match r.with_parent {
-                    true => s.resolve_with_parent(vol, view, &r.path).map(|(found, parent)| EntryReply { entry: found.map(entry), parent: Some(entry(parent)), created: false }),
+                    true => s.resolve_with_parent(vol, view, &r.path).map(found_reply),
                     false => s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)), ..Default::default() }),
                 })
                 .await
@@ -343,11 +348,11 @@ impl VolumeRpc for VolumeService {
                 let (found, parent) = s.resolve_with_parent(vol, view, &path)?;
                 let name = path.rsplit(['/', '\\']).find(|p| !p.is_empty()).unwrap_or("").to_string();
                 if found.is_some() || parent.inode.kind != Kind::Dir {
-                    return Ok((EntryReply { entry: found.map(entry), parent: Some(entry(parent)), created: false }, None));
+                    return Ok((found_reply((found, parent)), None));
                 }
                 let (ino, mut reply) = match create_entry(s, vol, view, parent.ino, &name, create.directory, create.now) {
                     // Another gateway created it meanwhile: it is found after all.
-                    Err(VolumeError::Exists(_)) => return s.resolve_with_parent(vol, view, &path).map(|(f, p)| (EntryReply { entry: f.map(entry), parent: Some(entry(p)), created: false }, None)),
+                    Err(VolumeError::Exists(_)) => return s.resolve_with_parent(vol, view, &path).map(|found| (found_reply(found), None)),
                     other => other?,
                 };
                 reply.parent = Some(entry(parent.clone()));
@@ -602,7 +607,7 @@ impl VolumeService {
             tracing::debug!(node = gw.node, ino, error = %e, "open refused");
         }
         // The register expired leases: their files may be due for deletion.
-        if let Err(e) = self.carry_out_deletes(crate::volumes_task::filetime_now()).await {
+        if let Err(e) = self.carry_out_deletes(crate::fsrvp::filetime_now()).await {
             tracing::warn!(error = %e, "a deletion at last close failed during a register");
         }
         result.map(|_| Done {}).map_err(open_status)
@@ -666,7 +671,7 @@ impl VolumeService {
             table.renew(now, gw, r.lease_ms.min(MAX_LEASE_MS), volume, r.up_to, &records).map_err(open_status)
         };
         // Expired leases and lost releases may have made deletions due.
-        if let Err(e) = self.carry_out_deletes(crate::volumes_task::filetime_now()).await {
+        if let Err(e) = self.carry_out_deletes(crate::fsrvp::filetime_now()).await {
             tracing::warn!(error = %e, "a deletion at last close failed during a renewal");
         }
         let renewed = renewed?;

@@ -14,12 +14,6 @@ use crate::volume_service::StoreCalls;
 /// How often upkeep runs when nothing wakes it earlier.
 const UPKEEP_PERIOD: Duration = Duration::from_millis(200);
 
-/// The current time as FILETIME (100 ns ticks since 1601-01-01), as SMB and the store use it,
-/// by the process's clock (`umbra_raft::clock`, ms resolution: virtual under simulation).
-pub fn filetime_now() -> u64 {
-    crate::fsrvp::filetime_of_ms(umbra_raft::clock::now_ms())
-}
-
 /// Runs until `stop` changes; store calls on the blocking pool or inline, as `calls` says.
 pub async fn run(node: NodeId, store: Arc<VolumeStore>, meta: MetaReader, step_entries: usize, calls: StoreCalls, mut stop: watch::Receiver<bool>) {
     loop {
@@ -44,7 +38,7 @@ fn upkeep(node: NodeId, store: &VolumeStore, meta: &MetaReader, step_entries: us
     let mine: Vec<uuid::Uuid> = meta.read().state.volumes.values().filter(|v| v.owner == node).map(|v| v.id).collect();
     let have = store.volumes();
     for vol in mine.into_iter().filter(|v| !have.contains(v)) {
-        store.create_volume(vol, filetime_now())?;
+        store.create_volume(vol, crate::fsrvp::filetime_now())?;
         tracing::info!(volume = %vol, "created volume");
     }
     for vol in store.volumes() {

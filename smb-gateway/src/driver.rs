@@ -84,9 +84,8 @@ impl Environment for Env {
 
 /// The current time as FILETIME (100 ns ticks since 1601).
 fn filetime_now() -> u64 {
-    const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    UNIX_EPOCH_AS_FILETIME + (since.as_nanos() / 100) as u64
+    crate::wire::UNIX_EPOCH_AS_FILETIME + (since.as_nanos() / 100) as u64
 }
 
 /// Serves until the task is dropped.

@@ -1,5 +1,13 @@
 //! Little-endian fields and UTF-16LE strings, read with bounds checks: the one place every
-//! codec in this crate takes them from.
+//! codec in this crate takes them from. Also FILETIME, the protocol's clock.
+
+/// FILETIME (100 ns ticks since 1601-01-01) of the Unix epoch.
+pub const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
+
+/// Unix milliseconds as FILETIME.
+pub fn filetime_of_ms(ms: u64) -> u64 {
+    UNIX_EPOCH_AS_FILETIME + ms * 10_000
+}
 
 pub fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))

@@ -23,6 +23,7 @@ use umbra_raft::query::{Query, QueryResult};
 use umbra_raft::store::MetaReader;
 use umbra_raft::types::NodeId;
 use umbra_smb_gateway::rpc::fsrvp::{Call, Out, ShareMapping};
+use umbra_smb_gateway::wire::filetime_of_ms;
 use uuid::Uuid;
 
 use crate::meta::Meta;
@@ -306,13 +307,8 @@ fn unexpected(a: FsrvpAnswer) -> FsrvpError {
     FsrvpError::Failed(format!("unexpected answer {a:?}"))
 }
 
-/// Unix ms to FILETIME (100 ns ticks since 1601).
-pub fn filetime_of_ms(ms: u64) -> u64 {
-    const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
-    UNIX_EPOCH_AS_FILETIME + ms * 10_000
-}
-
-/// Now as FILETIME, by the process's clock (`umbra_raft::clock`: virtual under simulation).
+/// Now as FILETIME (100 ns ticks since 1601-01-01), as SMB and the store use it, by the
+/// process's clock (`umbra_raft::clock`, ms resolution: virtual under simulation).
 pub fn filetime_now() -> u64 {
     filetime_of_ms(umbra_raft::clock::now_ms())
 }

@@ -6,8 +6,7 @@
 
 use super::{u16_at, u32_at, u64_at};
 
-/// FILETIME of the Unix epoch.
-const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
+use crate::wire::UNIX_EPOCH_AS_FILETIME;
 /// Characters in a token, without its NUL.
 const TOKEN_CHARS: usize = 24;
 /// Create contexts one CREATE may carry before the rest are ignored.
