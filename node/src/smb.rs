@@ -179,6 +179,12 @@ pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
     }
 }
 
+/// A share-relative, `\\`-separated path as a path inside the share's volume (the share's root
+/// is `root`, `/`-separated).
+fn in_volume(root: &str, path: &str) -> String {
+    format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"))
+}
+
 fn info(entry: Option<Entry>, name: &str) -> Result<FileInfo, FsError> {
     let e = entry.ok_or_else(|| FsError::Other("empty reply".into()))?;
     let a = e.attributes.unwrap_or_default();
@@ -189,7 +195,7 @@ fn info(entry: Option<Entry>, name: &str) -> Result<FileInfo, FsError> {
 impl Files for VolumeFiles {
     fn lookup(&self, share: &str, path: &str) -> Result<FileInfo, FsError> {
         let (target, root) = self.target(share)?;
-        let full = format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"));
+        let full = in_volume(&root, path);
         let name = path.rsplit('\\').next().unwrap_or("").to_string();
         let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full, ..Default::default() })))?;
         info(reply.entry, &name)
@@ -197,7 +203,7 @@ impl Files for VolumeFiles {
 
     fn open_path(&self, share: &str, path: &str, create: Option<NewFile>) -> Result<Looked, FsError> {
         let (target, root) = self.target(share)?;
-        let full = format!("{}/{}", root.trim_end_matches('/'), path.replace('\\', "/"));
+        let full = in_volume(&root, path);
         let name = path.rsplit('\\').next().unwrap_or("");
         let mut req = ResolveRequest { target: Some(target.clone()), path: full, with_parent: true, create: create.map(|n| CreateIfMissing { directory: n.directory, now: n.now, open: None }) };
         let (reply, registration) = match create.and_then(|n| n.mode.map(|m| (m, n.delete_at_close))) {

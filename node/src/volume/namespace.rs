@@ -28,18 +28,11 @@ impl VolumeStore {
 
     /// Resolves a `/`-separated path from the root.
     pub fn resolve(&self, vol: Uuid, view: View, path: &str) -> Result<DirEntry> {
-        let st = self.volume(vol)?;
-        let st = Self::lock(&st);
-        let scope = Self::scope(&st, view)?;
-        let (root, _) = self.inode_req(vol, &scope, ROOT_INO)?;
-        let mut at = DirEntry { name: String::new(), ino: ROOT_INO, inode: root };
-        for part in path.split(['/', '\\']).filter(|p| !p.is_empty()) {
-            if at.inode.kind != Kind::Dir {
-                return Err(VolumeError::NotADirectory);
-            }
-            at = self.lookup_in(&st, &scope, at.ino, part)?.ok_or_else(|| VolumeError::NotFound(path.to_string()))?;
+        match self.resolve_with_parent(vol, view, path)? {
+            (Some(found), _) => Ok(found),
+            (None, parent) if parent.inode.kind != Kind::Dir => Err(VolumeError::NotADirectory),
+            (None, _) => Err(VolumeError::NotFound(path.to_string())),
         }
-        Ok(at)
     }
 
     /// The entry at `path` (None when only its last name is missing, or its parent is not a
