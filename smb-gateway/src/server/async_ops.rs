@@ -1,8 +1,9 @@
 //! Requests that wait (MS-SMB2 3.3.4.2, 3.3.4.3, 3.3.5.16): a named-pipe READ with nothing to
-//! read yet, a CHANGE_NOTIFY with nothing to report yet, a READ of a file another node serves. Such a request is answered at once
-//! with an interim response (STATUS_PENDING, SMB2_FLAGS_ASYNC_COMMAND, a fresh AsyncId, the
-//! credits it asked for, unsigned), and later with its final response: the same AsyncId,
-//! CreditResponse 0, signed as its request would have been. The table of waiting requests is
+//! read yet, a CHANGE_NOTIFY with nothing to report yet, a READ of a file another node serves.
+//! Such a request is answered at once with an interim response (STATUS_PENDING,
+//! SMB2_FLAGS_ASYNC_COMMAND, a fresh AsyncId, the credits it asked for, unsigned), and later
+//! with its final response: the same AsyncId, CreditResponse 0, signed as its request would
+//! have been. The table of waiting requests is
 //! bounded per connection; a request past the bound fails with STATUS_INSUFFICIENT_RESOURCES.
 //! A CANCEL (by AsyncId, or by MessageId for its sync form) ends one with STATUS_CANCELLED and
 //! gets no response of its own.
@@ -88,6 +89,11 @@ impl AsyncOps {
     /// AsyncIds of the requests whose wait matches.
     pub fn matching(&self, mut f: impl FnMut(&Waiting) -> bool) -> Vec<u64> {
         self.ops.iter().filter(|(_, op)| f(&op.waiting)).map(|(&id, _)| id).collect()
+    }
+
+    /// What every waiting request waits for.
+    pub fn waiting(&self) -> impl Iterator<Item = &Waiting> {
+        self.ops.values().map(|op| &op.waiting)
     }
 
     pub fn get(&self, async_id: u64) -> Option<&AsyncOp> {

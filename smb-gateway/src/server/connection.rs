@@ -262,10 +262,13 @@ impl Connection {
 
     /// Bytes asked by the READs of files on other nodes in flight now.
     pub(super) fn file_read_bytes_in_flight(&self) -> u64 {
-        self.waits.matching(|_| true).into_iter().filter_map(|id| match self.waits.get(id)?.waiting {
-            Waiting::FileRead { len, .. } => Some(u64::from(len)),
-            _ => None,
-        }).sum()
+        self.waits
+            .waiting()
+            .map(|w| match w {
+                Waiting::FileRead { len, .. } => u64::from(*len),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Final responses to requests that waited, in order; send them before the reply to the

@@ -89,8 +89,7 @@ impl Connection {
         };
         // Another node serves the file: the READ waits for the data off this connection's
         // thread, so the client's next READs start meanwhile (only the last of a compound).
-        let room = super::super::connection::MAX_FILE_READ_BYTES_IN_FLIGHT.saturating_sub(self.file_read_bytes_in_flight());
-        if h.next_command == 0 && u64::from(len) <= room && files.is_remote(&share) {
+        if h.next_command == 0 && files.is_remote(&share) && self.file_read_bytes_in_flight() + u64::from(len) <= super::super::connection::MAX_FILE_READ_BYTES_IN_FLIGHT {
             return Reply::wait(crate::server::async_ops::Waiting::FileRead { volatile, offset, len });
         }
         read_reply(len, files.read(&share, id, offset, len))
@@ -125,7 +124,6 @@ impl Connection {
     }
 }
 
-/// A READ response body (MS-SMB2 2.2.20) carrying `data`.
 /// The reply to a READ of `len` bytes of a file, from what the read gave.
 pub(in crate::server) fn read_reply(len: u32, read: Result<Vec<u8>, FsError>) -> Reply {
     match read {
@@ -135,6 +133,7 @@ pub(in crate::server) fn read_reply(len: u32, read: Result<Vec<u8>, FsError>) ->
     }
 }
 
+/// A READ response body (MS-SMB2 2.2.20) carrying `data`.
 pub(in crate::server) fn read_body(data: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(16 + data.len());
     r.extend_from_slice(&[17, 0, (HEADER_BYTES + 16) as u8, 0]);
