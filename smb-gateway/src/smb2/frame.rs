@@ -20,7 +20,7 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<(usize, std::ops::Ran
     if head[0] != 0 {
         return Err(FrameError::NotDirectTcp(head[0]));
     }
-    let len = usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3]);
+    let len = message_len(head);
     if len > max.min(MAX_TRANSPORT_FRAME_BYTES) {
         return Err(FrameError::TooLarge { len, max });
     }
@@ -33,8 +33,12 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<(usize, std::ops::Ran
 /// The whole size (transport header included) of the frame `buf` starts with, once its header
 /// is in; the caller has already had [`next_frame`] check it against the bound.
 pub fn announced_bytes(buf: &[u8]) -> Option<usize> {
-    let head = buf.get(..4)?;
-    Some(4 + (usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3])))
+    Some(4 + message_len(buf.get(..4)?))
+}
+
+/// The message length a 4-byte transport header announces (24 bits, big-endian).
+fn message_len(head: &[u8]) -> usize {
+    usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3])
 }
 
 /// The transport header of a message of `len` bytes.
