@@ -7,7 +7,7 @@ of each call.  Written against the reference Samba 4.17 server (fss: sequence ti
 usage:
   fsrvp_codes.py --host 127.0.0.1 --port P --user U --password W --share S [--share2 S2]
                  [--denied-user U2 --denied-password W2] [--timer-seconds N] [--server umbra|samba]
-                 [--only SCENARIO ...]
+                 [--only SCENARIO ... | --skip SCENARIO ...]
 
 Output: one line per check, `PASS name: got ...` or `FAIL name: expected ... got ...`, then
 `fsrvp_codes: N passed, M failed`; exit status 1 if any check failed.
@@ -895,10 +895,12 @@ def main():
     p.add_argument("--timer-seconds", type=float)
     p.add_argument("--server", choices=["umbra", "samba"], default="umbra")
     p.add_argument("--only", nargs="+", choices=Runner.SCENARIOS, metavar="SCENARIO")
+    p.add_argument("--skip", nargs="+", choices=Runner.SCENARIOS, metavar="SCENARIO", default=[])
     args = p.parse_args()
     if args.denied_user and args.denied_password is None:
         p.error("--denied-user needs --denied-password")
-    sys.exit(Runner(args).run(args.only))
+    only = args.only or [s for s in Runner.SCENARIOS if s not in args.skip]
+    sys.exit(Runner(args).run(only))
 
 
 if __name__ == "__main__":
