@@ -135,7 +135,7 @@ impl VolumeStore {
         // A chunk written whole needs only the old version's key and whether it held data.
         let whole = at == 0 && piece.len() as u64 == CHUNK_BYTES;
         let (old_key, had_data, mut content) = if whole {
-            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| (k.to_vec(), !v.is_empty()))?;
+            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::Presence, |k, v| (k.to_vec(), !v.is_empty()))?;
             old.map_or((None, false, Vec::new()), |(k, had)| (Some(k), had, Vec::new()))
         } else {
             let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| open_chunk(v).map(|data| (k.to_vec(), !v.is_empty(), data.to_vec())))?.transpose()?;
@@ -238,8 +238,8 @@ impl VolumeStore {
         for (lin, max) in sources {
             let prefix = keys::generation_prefix(st.id, lin, ino, generation);
             let start = keys::chunk(st.id, lin, ino, generation, from);
-            for item in self.scan(CF_CHUNKS, &start) {
-                let (key, value) = item?;
+            for item in self.kv.scan_presence(CF_CHUNKS, &start) {
+                let (key, holds_data) = item?;
                 if !key.starts_with(&prefix) {
                     break;
                 }
@@ -247,7 +247,7 @@ impl VolumeStore {
                 if epoch > max || found.contains_key(&index) && lin == scope.lineage {
                     continue;
                 }
-                found.entry(index).or_insert_with(|| (!value.is_empty()).then(|| key.to_vec()));
+                found.entry(index).or_insert_with(|| holds_data.then(|| key.to_vec()));
             }
         }
         Ok(found.into_iter().filter_map(|(i, k)| k.map(|k| (i, k))).collect())

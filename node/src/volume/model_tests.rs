@@ -377,7 +377,7 @@ proptest! {
 }
 
 fn count(store: &VolumeStore, cf: kv::Cf) -> usize {
-    store.scan(cf, &[]).count()
+    store.kv.scan(cf, &[]).count()
 }
 
 /// Chunks holding data in a tree (what the store must keep, no more).
@@ -635,7 +635,7 @@ fn a_chunk_whose_bytes_changed_on_disk_fails_its_checksum_on_read() {
         let ino = s.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
         s.write(v, View::Live, ino, 0, b"intact data", 2).unwrap();
         assert_eq!(s.read(v, View::Live, ino, 0, 11).unwrap(), b"intact data");
-        let (key, mut value) = s.scan(super::store::CF_CHUNKS, &[]).next().unwrap().unwrap();
+        let (key, mut value) = s.kv.scan(super::store::CF_CHUNKS, &[]).next().unwrap().unwrap();
         assert_eq!(value.len(), 11 + super::data::CHUNK_CRC_BYTES, "the data, then its CRC32C");
         value[3] ^= 0x20;
         let mut batch = kv::Batch::default();

@@ -115,7 +115,7 @@ impl VolumeStore {
         prefix.extend_from_slice(payload);
         let mut kept = false;
         let mut last_index = None;
-        for item in self.scan(CF_CHUNKS, &prefix) {
+        for item in self.kv.scan_presence(CF_CHUNKS, &prefix) {
             let (k, _) = item?;
             if !k.starts_with(&prefix) {
                 break;

@@ -225,7 +225,8 @@ impl VolumeStore {
         self.syncs.performed()
     }
 
-    /// Bytes on disk (RocksDB: live SST and blob files), for space measurements.
+    /// Bytes on disk (RocksKv: live SST files and the data log's allocated pages), for space
+    /// measurements.
     pub fn disk_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for cf in Cf::ALL {
@@ -234,8 +235,8 @@ impl VolumeStore {
         Ok(total)
     }
 
-    /// Compacts every column family (after a large reclaim, so deleted versions and blob
-    /// garbage leave the disk).
+    /// Compacts every column family (after a large reclaim, so deleted versions leave the disk:
+    /// their log pages are punched at the checkpoint, their keys compacted away).
     pub fn compact(&self) -> Result<()> {
         for cf in Cf::ALL {
             self.kv.compact(cf)?;

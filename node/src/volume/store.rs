@@ -26,7 +26,7 @@ use super::error::{Result, VolumeError};
 use super::keys::{self, dead, Epoch, Lineage, LIVE};
 use super::durability::SyncGroup;
 use super::gate::{Gate, Pass};
-use super::kv::{Batch, Cf, Durability, Kv, RocksKv, Scan, Seek};
+use super::kv::{Batch, Cf, Durability, Kv, RocksKv, Seek};
 pub(super) use super::kv::Verify;
 use super::types::*;
 
@@ -276,11 +276,6 @@ impl VolumeStore {
             Some(base) => self.newest_map(cf, &object(LIVE), base, verify, &mut found),
             None => Ok(None),
         }
-    }
-
-    /// An iterator in key order from `from`, across prefixes (total order).
-    pub(super) fn scan(&self, cf: Cf, from: &[u8]) -> Scan<'_> {
-        self.kv.scan(cf, from)
     }
 
     pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {

@@ -7,7 +7,8 @@ use super::keys::{Epoch, Lineage};
 
 /// File data is kept in chunks of this size. 64 KiB: a 1 MiB write is 16 keys, a 4 KiB random
 /// write rewrites one 64 KiB chunk at most (and only the first write after a snapshot copies),
-/// and a chunk stays far below RocksDB's blob and block sizes' costs per key.
+/// and a chunk is one page-aligned extent of the data log (whose pages are punched when freed),
+/// far above the cost of its key and pointer in RocksDB.
 pub const CHUNK_BYTES: u64 = 64 * 1024;
 /// Snapshots a volume may hold (ONTAP's limit too); one more is refused with a clear error.
 pub const MAX_SNAPSHOTS_PER_VOLUME: usize = 255;

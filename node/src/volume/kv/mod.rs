@@ -1,21 +1,24 @@
 //! The storage seam under the volume store: an ordered key-value engine with column families,
 //! atomic write batches and one write-ahead log ([`Kv`]).
 //!
-//! Two engines implement it: [`RocksKv`] (production: RocksDB in the node's volume directory)
-//! and [`MemKv`] (the simulation's: an in-memory engine that models what a process death and
-//! a power loss each keep). Both pass one conformance suite (`conformance.rs`), and the
-//! volume store's model tests run on both.
+//! Two engines implement it: [`RocksKv`] (production: RocksDB in the node's volume directory,
+//! with a data log of our own as its write-ahead log, which also holds the file data: each byte
+//! written once, see log.rs) and [`MemKv`] (the simulation's: an in-memory engine that models
+//! what a process death and a power loss each keep). Both pass one conformance suite
+//! (`conformance.rs`, RocksKv also restarted by crashes and cut by power losses), and the volume
+//! store's model tests run on both.
 //!
 //! The contract, as the store relies on it:
 //! - a batch lands whole or not at all, in the order batches were written;
-//! - a written batch is readable at once and survives a process death (RocksDB's WAL is in the
-//!   page cache); a power loss keeps a prefix of the batches in write order that holds at
+//! - a written batch is readable at once and survives a process death (the log is in the page
+//!   cache); a power loss keeps a prefix of the batches in write order that holds at
 //!   least every batch written before the last sync;
 //! - a synced write or [`Kv::sync_wal`] makes that write and every earlier one durable;
 //! - [`Kv::sequence`] grows with every batch, so a sync can tell which writes it covers;
 //! - a scan returns keys in byte order from its start; callers do not write to the column
 //!   family they scan while the scan runs.
 
+mod log;
 mod mem;
 mod rocks;
 
@@ -114,6 +117,9 @@ pub enum Seek {
 pub enum Verify {
     Yes,
     KeyOnly,
+    /// The caller looks only at the key and whether the value is empty: the engine may hand a
+    /// non-empty stand-in for a non-empty value (RocksKv: the pointer, not the logged data).
+    Presence,
 }
 
 /// A scan's items: (key, value) in key order.
@@ -131,6 +137,12 @@ pub trait Kv: Send + Sync {
     /// Keys at or after `from`, in order.
     fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a>;
 
+    /// Keys at or after `from`, in order, each with whether its value is non-empty (without
+    /// reading values an engine keeps elsewhere).
+    fn scan_presence<'a>(&'a self, cf: Cf, from: &[u8]) -> Box<dyn Iterator<Item = Result<(Box<[u8]>, bool)>> + 'a> {
+        Box::new(self.scan(cf, from).map(|item| item.map(|(k, v)| (k, !v.is_empty()))))
+    }
+
     /// Writes `batch` atomically.
     fn write(&self, batch: Batch, durability: Durability) -> Result<()>;
 
@@ -140,7 +152,8 @@ pub trait Kv: Send + Sync {
     /// Makes every write so far durable.
     fn sync_wal(&self) -> Result<()>;
 
-    /// Bytes the column family takes on disk (for space figures; RocksDB: SST and blob files).
+    /// Bytes the column family takes on disk (for space figures; RocksKv: SST files, and
+    /// for chunks the data log's allocated pages).
     fn disk_bytes(&self, cf: Cf) -> Result<u64>;
 
     /// Writes buffered data out to the column family's files, so `disk_bytes` sees it.

@@ -1,18 +1,76 @@
-//! [`Kv`] on RocksDB: the production engine, one database in the node's volume directory with a
-//! column family per [`Cf`].
+//! [`Kv`] on RocksDB and the data log: the production engine. One RocksDB in the node's volume
+//! directory with a column family per [`Cf`], its WAL off; the data log (log.rs) in `datalog/`
+//! beside it is the write-ahead log, and holds the large chunk values.
+//!
+//! A write ([`Kv::write`]), under one writer lock:
+//! 1. each chunk value larger than [`RocksKv::inline_max`] gets a place in the record's data and
+//!    RocksDB gets a pointer to it instead; every pointer the batch overwrites or deletes is
+//!    noted as freed;
+//! 2. the record (operations, then data) is appended to the log: one copy of the data, into the
+//!    page cache, so a process death loses nothing acknowledged;
+//! 3. the batch goes to RocksDB's memtables (no WAL).
+//!
+//! A sync ([`Kv::sync_wal`]) syncs the log's files. A checkpoint (on its own thread every
+//! [`CHECKPOINT_LOG_BYTES`] of log, and on `flush`) syncs the log, flushes every memtable to
+//! tables and records in `datalog/applied` the position up to which RocksDB now holds
+//! everything; only then are freed extents and old record headers punched out of the log (a
+//! crash before it would replay records that still point at them), and segments left with no
+//! live extent removed.
+//!
+//! Opening replays the log from `applied` into RocksDB, checking each record's header,
+//! operations and data, and cuts the log at the first record that fails (a torn write or a
+//! power loss's lost tail: never applied, and nothing after it). After a crash (no `clean`
+//! marker) it then punches every page of the log no pointer refers to: what a crash kept from
+//! being freed.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{IoSlice, Seek as _, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
+use super::log::{self, decode_stored, pages, Extent, Header, Segments, Stored, HEADER_BYTES, MAX_RECORD_BYTES, PAGE_BYTES, SEGMENT_BYTES};
 use super::{Batch, Cf, Durability, Kv, Op, Scan, Seek, Verify};
 use crate::volume::durability::WAL_BYTES_PER_SYNC;
-use crate::volume::error::Result;
+use crate::volume::error::{Result, VolumeError};
 use crate::volume::store::{CHUNK_OBJECT_BYTES, INODE_OBJECT_BYTES};
 
-/// Table and blob bytes written before RocksDB starts their writeback, so flushes reach the
-/// disk steadily rather than in bursts that stall the WAL behind them.
+/// Table bytes written before RocksDB starts their writeback, so flushes reach the disk
+/// steadily rather than in bursts.
 const TABLE_BYTES_PER_SYNC: u64 = 1024 * 1024;
+
+/// Log bytes appended after which a write runs a checkpoint: bounds what an open replays and
+/// how long freed extents wait to be punched.
+pub(crate) const CHECKPOINT_LOG_BYTES: u64 = 1 << 30;
+
+/// Operation bytes given to the memtables after which a write runs a checkpoint, far below
+/// their size ([`MEMTABLE_BYTES`]): RocksDB must never flush on its own a memtable that points
+/// into log pages not yet synced.
+const CHECKPOINT_OPS_BYTES: u64 = 32 << 20;
+
+/// Freed extents waiting for a checkpoint, past which a write runs one (16 bytes each).
+const CHECKPOINT_FREES: usize = 1 << 20;
+
+/// Past this many times the thresholds above, a write runs the checkpoint the thread has not.
+const CHECKPOINT_OVERDUE: u64 = 4;
+
+/// Log bytes written during a checkpoint's last unlocked sync below which it takes the writer
+/// lock for the final one.
+const CHECKPOINT_SYNC_LEFT_BYTES: u64 = 8 << 20;
+
+/// Bytes of one memtable.
+const MEMTABLE_BYTES: usize = 256 << 20;
+
+/// Chunk values up to this many bytes stay in RocksDB (after a tag byte); larger ones go to the
+/// log. A full chunk is 64 KiB; small files' tails stay with their keys.
+pub(crate) const INLINE_MAX_BYTES: usize = 4096;
+
+/// Zeros for padding records to pages.
+static ZEROS: [u8; PAGE_BYTES as usize] = [0; PAGE_BYTES as usize];
 
 /// Options for a column family whose seeks go to one fixed-length object: a prefix extractor
 /// of that length with bloom filters in SST files and memtables (design-review F17).
@@ -28,53 +86,581 @@ fn prefix_options(prefix_len: usize) -> Options {
 }
 
 fn cf_options(cf: Cf) -> Options {
-    match cf {
+    let mut o = match cf {
         Cf::Meta | Cf::Dirents | Cf::Dead => Options::default(),
         Cf::Inodes => prefix_options(INODE_OBJECT_BYTES),
-        Cf::Chunks => {
-            let mut o = prefix_options(CHUNK_OBJECT_BYTES);
-            // Chunk values live in blob files: compaction moves only keys (design.md section 3).
-            o.set_enable_blob_files(true);
-            o.set_min_blob_size(4096);
-            o.set_enable_blob_gc(true);
-            // Every blob file may be garbage-collected when compaction meets it, so the space
-            // of reclaimed versions comes back (at the price of moving live blobs in those files).
-            o.set_blob_gc_age_cutoff(1.0);
-            o
+        Cf::Chunks => prefix_options(CHUNK_OBJECT_BYTES),
+    };
+    o.set_write_buffer_size(MEMTABLE_BYTES);
+    o
+}
+
+/// The writer's state, under its lock.
+struct Writer {
+    /// The segment being appended to, its file position at `next`.
+    file: Arc<File>,
+    /// Log position of the next record.
+    next: u64,
+    /// Segments filled since the last sync (the next sync covers them too).
+    rolled: Vec<Arc<File>>,
+    /// Log position from which writeback has not been started.
+    writeback_from: u64,
+    /// Since the last checkpoint: log bytes, operation bytes, freed extents, record headers.
+    log_bytes: u64,
+    ops_bytes: u64,
+    freed: Vec<Extent>,
+    headers: Vec<(u64, u64)>,
+    /// Set when an append could not be undone: the log's end is unknown, so no more writes.
+    broken: Option<String>,
+}
+
+/// The engine's state, shared with its checkpoint thread.
+struct Engine {
+    /// Dropped by hand: a test's crash leaves it open, as a killed process would.
+    db: ManuallyDrop<DB>,
+    segments: Segments,
+    writer: Mutex<Writer>,
+    /// Batches written (the value of [`Kv::sequence`]).
+    sequence: AtomicU64,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
+    /// Live extents per segment (a segment with none, below the writer's, is removed).
+    live: Mutex<BTreeMap<u64, u64>>,
+    inline_max: usize,
+    /// Test-only: dropping leaves RocksDB open (its memtables unwritten) and skips the
+    /// checkpoint and the clean marker, as a process death would.
+    crash_on_drop: bool,
+    wake: Wake,
+}
+
+/// The record a batch becomes: operations as logged and given to RocksDB, the data to append.
+struct Record {
+    ops: Vec<Op>,
+    data: Vec<Vec<u8>>,
+    written: Vec<Extent>,
+    freed: Vec<Extent>,
+}
+
+/// The production engine: the shared state and the thread that runs checkpoints off the write
+/// path (a write that made one due only wakes it).
+pub struct RocksKv {
+    engine: Arc<Engine>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Wakes the checkpoint thread: (checkpoint due, stop).
+#[derive(Default)]
+struct Wake {
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn set(&self, due: bool, stop: bool) {
+        let mut st = self.state.lock().expect("checkpoint wake lock");
+        st.0 |= due;
+        st.1 |= stop;
+        self.cv.notify_one();
+    }
+
+    /// Waits for a due checkpoint (true) or the stop (false).
+    fn wait(&self) -> bool {
+        let mut st = self.state.lock().expect("checkpoint wake lock");
+        loop {
+            if st.1 {
+                return false;
+            }
+            if std::mem::take(&mut st.0) {
+                return true;
+            }
+            st = self.cv.wait(st).expect("checkpoint wake lock");
         }
     }
 }
 
-pub struct RocksKv {
-    db: DB,
+impl RocksKv {
+    /// Opens (or creates) the database under `path` and replays its data log.
+    pub fn open(path: &Path) -> Result<RocksKv> {
+        RocksKv::open_with(path, INLINE_MAX_BYTES, false)
+    }
+
+    /// Test-only: a chunk value larger than `inline_max` goes to the log; `crash_on_drop` makes
+    /// dropping the engine leave its files as a process death would.
+    pub(crate) fn open_with(path: &Path, inline_max: usize, crash_on_drop: bool) -> Result<RocksKv> {
+        let engine = Arc::new(Engine::open(path, inline_max, crash_on_drop)?);
+        let e = engine.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("umbra-checkpoint".into())
+            .spawn(move || {
+                while e.wake.wait() {
+                    if let Err(err) = e.checkpoint() {
+                        tracing::warn!(error = %err, "data log checkpoint failed; the next write that finds one due retries");
+                    }
+                }
+            })
+            .map_err(|err| log::io_error("start the checkpoint thread", err))?;
+        Ok(RocksKv { engine, checkpointer: Some(checkpointer) })
+    }
+
+    /// Test-only: the log position after the last record.
+    #[cfg(test)]
+    pub(crate) fn log_end(&self) -> u64 {
+        self.engine.writer().next
+    }
 }
 
-impl RocksKv {
-    /// Opens (or creates) the database under `path`.
-    pub fn open(path: &Path) -> Result<RocksKv> {
+impl Drop for RocksKv {
+    fn drop(&mut self) {
+        self.engine.wake.set(false, true);
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        // The engine is ours alone now: dropping it checkpoints and closes RocksDB.
+    }
+}
+
+impl Engine {
+    fn open(path: &Path, inline_max: usize, crash_on_drop: bool) -> Result<Engine> {
+        let log_dir = path.join("datalog");
+        if path.join("CURRENT").exists() && !log_dir.exists() {
+            return Err(VolumeError::Storage(format!("{} holds a volume database of an earlier format (its data in RocksDB's WAL and blob files); this build cannot read it", path.display())));
+        }
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        // Write dirty WAL and table data out as it accumulates, so a synced write (a fence's
-        // snapshot, a FLUSH) finds little left to sync and its latency stays short.
-        opts.set_wal_bytes_per_sync(WAL_BYTES_PER_SYNC);
         opts.set_bytes_per_sync(TABLE_BYTES_PER_SYNC);
-        // A write's WAL append and its memtable insert overlap with the next write's, and
-        // flushes and compactions get threads of their own, so a write (the one a fence waits
-        // for) spends less time queued inside RocksDB.
-        opts.set_enable_pipelined_write(true);
         let cfs = Cf::ALL.iter().map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf)));
-        Ok(RocksKv { db: DB::open_cf_descriptors(&opts, path, cfs)? })
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let segments = Segments::open(&log_dir)?;
+        let clean = log_dir.join("clean");
+        let was_clean = clean.exists();
+        if was_clean {
+            std::fs::remove_file(&clean).map_err(|e| log::io_error("remove the clean marker", e))?;
+            log::sync_dir(&log_dir)?;
+        }
+        let applied = read_applied(&log_dir)?;
+        let end = replay(&db, &segments, applied)?;
+        let file = cut_log(&segments, end)?;
+        let writer = Writer { file, next: end, rolled: Vec::new(), writeback_from: end, log_bytes: end - applied, ops_bytes: 0, freed: Vec::new(), headers: Vec::new(), broken: None };
+        let kv = Engine { db: ManuallyDrop::new(db), segments, writer: Mutex::new(writer), sequence: AtomicU64::new(0), checkpointing: Mutex::new(()), live: Mutex::new(BTreeMap::new()), inline_max, crash_on_drop, wake: Wake::default() };
+        if end != applied {
+            kv.checkpoint()?;
+        }
+        kv.count_live(!was_clean)?;
+        Ok(kv)
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
         self.db.cf_handle(cf.name()).expect("column families are created at open")
     }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().expect("data log writer lock")
+    }
+
+    /// The value RocksDB holds, as the caller stored it (a logged chunk read into `buf`).
+    fn resolve<'a>(&self, cf: Cf, stored: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+        if cf != Cf::Chunks {
+            return Ok(stored);
+        }
+        match decode_stored(stored)? {
+            Stored::Empty => Ok(&[]),
+            Stored::Inline(v) => Ok(v),
+            Stored::Logged(e) => {
+                self.segments.read_extent(e, buf)?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// The extent `key` points to now: this batch's own changes first, then RocksDB.
+    fn current_extent(&self, key: &[u8], changed: &HashMap<Vec<u8>, Option<Extent>>, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<Extent>> {
+        if let Some(e) = changed.get(key) {
+            return Ok(*e);
+        }
+        if ranges.iter().any(|(from, to)| key >= from.as_slice() && key < to.as_slice()) {
+            return Ok(None);
+        }
+        match self.db.get_pinned_cf(self.cf(Cf::Chunks), key)? {
+            Some(v) => Ok(match decode_stored(&v)? {
+                Stored::Logged(e) => Some(e),
+                _ => None,
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Turns `batch` into the record that starts at `lsn`'s data area `data_at`: large chunk
+    /// values become pointers, and every pointer overwritten or deleted is freed.
+    fn record(&self, batch: Batch, data_at: u64) -> Result<Record> {
+        let mut rec = Record { ops: Vec::with_capacity(batch.ops.len()), data: Vec::new(), written: Vec::new(), freed: Vec::new() };
+        let mut changed: HashMap<Vec<u8>, Option<Extent>> = HashMap::new();
+        let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut at = data_at;
+        for op in batch.ops {
+            match op {
+                Op::Put { cf: Cf::Chunks, key, value } => {
+                    rec.freed.extend(self.current_extent(&key, &changed, &ranges)?);
+                    let (stored, extent) = if value.len() > self.inline_max {
+                        let e = Extent { lsn: at, len: value.len() as u32, crc: crc32c::crc32c(&value) };
+                        at += e.span();
+                        rec.data.push(value);
+                        rec.written.push(e);
+                        (log::stored_pointer(e), Some(e))
+                    } else {
+                        (log::stored_inline(&value), None)
+                    };
+                    changed.insert(key.clone(), extent);
+                    rec.ops.push(Op::Put { cf: Cf::Chunks, key, value: stored });
+                }
+                Op::Delete { cf: Cf::Chunks, key } => {
+                    rec.freed.extend(self.current_extent(&key, &changed, &ranges)?);
+                    changed.insert(key.clone(), None);
+                    rec.ops.push(Op::Delete { cf: Cf::Chunks, key });
+                }
+                Op::DeleteRange { cf: Cf::Chunks, from, to } => {
+                    let mut it = self.db.raw_iterator_cf(self.cf(Cf::Chunks));
+                    it.seek(&from);
+                    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                        if k >= to.as_slice() {
+                            break;
+                        }
+                        let earlier = ranges.iter().any(|(f, t)| k >= f.as_slice() && k < t.as_slice());
+                        if !changed.contains_key(k) && !earlier {
+                            if let Stored::Logged(e) = decode_stored(v)? {
+                                rec.freed.push(e);
+                            }
+                        }
+                        it.next();
+                    }
+                    it.status()?;
+                    for (k, e) in changed.iter_mut() {
+                        if k.as_slice() >= from.as_slice() && k.as_slice() < to.as_slice() {
+                            rec.freed.extend(e.take());
+                        }
+                    }
+                    ranges.push((from.clone(), to.clone()));
+                    rec.ops.push(Op::DeleteRange { cf: Cf::Chunks, from, to });
+                }
+                other => rec.ops.push(other),
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Bytes of the data `batch` puts in the log, and of its operations as logged.
+    fn sizes(&self, batch: &Batch) -> (u64, u64) {
+        let (mut data, mut ops) = (0, 0);
+        for op in &batch.ops {
+            match op {
+                Op::Put { cf: Cf::Chunks, key, value } if value.len() > self.inline_max => {
+                    data += pages(value.len() as u64);
+                    ops += 2 + 8 + key.len() + log::POINTER_BYTES;
+                }
+                Op::Put { cf: Cf::Chunks, key, value } => ops += 2 + 8 + key.len() + if value.is_empty() { 0 } else { 1 + value.len() },
+                op => ops += log::encoded_len(op),
+            }
+        }
+        (data, ops as u64)
+    }
+
+    /// Ends the current segment with a roll record and starts the next one.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let header = Header { roll: true, ops_len: 0, ops_crc: 0, data_len: 0, lsn: w.next };
+        self.append_or_undo(w, &[IoSlice::new(&header.encode())])?;
+        w.headers.push((w.next, PAGE_BYTES));
+        let seg = w.next / SEGMENT_BYTES + 1;
+        let file = self.segments.create(seg)?;
+        let old = std::mem::replace(&mut w.file, file);
+        w.rolled.push(old);
+        w.next = seg * SEGMENT_BYTES;
+        w.writeback_from = w.next;
+        Ok(())
+    }
+
+    /// Writes `parts` at the writer's position; on failure, cuts the file back to where it
+    /// was (or marks the writer broken if even that fails).
+    fn append_or_undo(&self, w: &mut Writer, parts: &[IoSlice<'_>]) -> Result<()> {
+        let start = w.next % SEGMENT_BYTES;
+        let mut parts: Vec<IoSlice<'_>> = parts.to_vec();
+        let mut slices = parts.as_mut_slice();
+        let result = (|| {
+            while !slices.is_empty() {
+                let n = (&*w.file).write_vectored(slices)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the data log took no bytes"));
+                }
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let undo = w.file.set_len(start).and_then(|()| (&*w.file).seek(SeekFrom::Start(start)).map(|_| ()));
+            if let Err(u) = undo {
+                w.broken = Some(format!("a failed append ({e}) could not be undone ({u})"));
+            }
+            return Err(log::io_error("append to the data log", e));
+        }
+        Ok(())
+    }
+
+    /// Syncs the log's files up to its end now.
+    fn sync_log(&self) -> Result<()> {
+        let (mut files, current) = {
+            let mut w = self.writer();
+            (std::mem::take(&mut w.rolled), w.file.clone())
+        };
+        files.push(current);
+        for (i, f) in files.iter().enumerate() {
+            if let Err(e) = f.sync_data() {
+                // Segments not yet synced stay on the list for the next sync.
+                let mut w = self.writer();
+                let unsynced = files[i..files.len() - 1].iter().cloned();
+                w.rolled.splice(0..0, unsynced);
+                return Err(log::io_error("sync the data log", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes RocksDB's tables hold every record so far, records where replay would start, then
+    /// frees what was waiting for that: extents and record headers no replay reads again.
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let _one = self.checkpointing.lock().expect("checkpoint lock");
+        // The bulk of the syncing runs while writers go on, until what they add meanwhile is
+        // small; the sync under the writer lock then has little left.
+        for _ in 0..4 {
+            let before = self.writer().next;
+            self.sync_log()?;
+            if self.writer().next - before <= CHECKPOINT_SYNC_LEFT_BYTES {
+                break;
+            }
+        }
+        let (freed, headers, current) = {
+            let mut w = self.writer();
+            let mut files = std::mem::take(&mut w.rolled);
+            files.push(w.file.clone());
+            for f in &files {
+                f.sync_data().map_err(|e| log::io_error("sync the data log", e))?;
+            }
+            for cf in Cf::ALL {
+                self.db.flush_cf(self.cf(cf))?;
+            }
+            write_applied(self.segments.dir(), w.next)?;
+            w.log_bytes = 0;
+            w.ops_bytes = 0;
+            (std::mem::take(&mut w.freed), std::mem::take(&mut w.headers), w.next / SEGMENT_BYTES)
+        };
+        let mut live = self.live.lock().expect("live extents lock");
+        for e in freed {
+            self.segments.punch(e.lsn, e.span())?;
+            if let Some(n) = live.get_mut(&e.segment()) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        for (lsn, len) in headers {
+            self.segments.punch(lsn, len)?;
+        }
+        for seg in self.segments.list() {
+            if seg < current && live.get(&seg).copied().unwrap_or(0) == 0 {
+                self.segments.remove(seg)?;
+                live.remove(&seg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the live extents of each segment from the pointers in RocksDB; after a crash
+    /// (`scrub`) also punches every page below the log's end that no pointer refers to.
+    fn count_live(&self, scrub: bool) -> Result<()> {
+        let mut extents: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(Cf::Chunks));
+        it.seek_to_first();
+        while let Some(v) = it.value() {
+            if let Stored::Logged(e) = decode_stored(v)? {
+                extents.entry(e.segment()).or_default().push((e.lsn % SEGMENT_BYTES, e.span()));
+            }
+            it.next();
+        }
+        it.status()?;
+        let end = self.writer().next;
+        if scrub {
+            for seg in self.segments.list() {
+                let limit = if seg == end / SEGMENT_BYTES { end % SEGMENT_BYTES } else { SEGMENT_BYTES };
+                let mut used = extents.get(&seg).cloned().unwrap_or_default();
+                used.sort_unstable();
+                let mut at = 0;
+                for (offset, span) in used.into_iter().chain([(limit, 0)]) {
+                    if offset > at {
+                        self.segments.punch(seg * SEGMENT_BYTES + at, offset - at)?;
+                    }
+                    at = at.max(offset + span);
+                }
+            }
+        }
+        let mut live = self.live.lock().expect("live extents lock");
+        *live = extents.into_iter().map(|(seg, v)| (seg, v.len() as u64)).collect();
+        for seg in self.segments.list() {
+            if seg < end / SEGMENT_BYTES && !live.contains_key(&seg) {
+                self.segments.remove(seg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `times` the checkpoint thresholds have been reached.
+    fn checkpoint_due(w: &Writer, times: u64) -> bool {
+        w.log_bytes >= times * CHECKPOINT_LOG_BYTES || w.ops_bytes >= times * CHECKPOINT_OPS_BYTES || w.freed.len() as u64 >= times * CHECKPOINT_FREES as u64
+    }
 }
 
-impl Kv for RocksKv {
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.crash_on_drop {
+            return;
+        }
+        let checkpoint = self.checkpoint();
+        // SAFETY: the database is dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.db) };
+        match checkpoint {
+            Ok(()) => {
+                let dir = self.segments.dir().to_path_buf();
+                if let Err(e) = File::create(dir.join("clean")).and_then(|f| f.sync_all()).map_err(|e| log::io_error("write the clean marker", e)).and_then(|()| log::sync_dir(&dir)) {
+                    tracing::warn!(error = %e, "volume store closed without its clean marker: the next open scrubs the data log");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "volume store closed without a checkpoint: the next open replays the data log"),
+        }
+    }
+}
+
+/// Where replay starts: every record before it is in RocksDB's tables.
+fn read_applied(dir: &Path) -> Result<u64> {
+    match std::fs::read(dir.join("applied")) {
+        Ok(b) => {
+            let b: [u8; 12] = b.as_slice().try_into().map_err(|_| VolumeError::Storage("datalog/applied is not 12 bytes".into()))?;
+            let lsn = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+            if crc32c::crc32c(&b[..8]).to_le_bytes() != b[8..] {
+                return Err(VolumeError::Storage("datalog/applied fails its checksum".into()));
+            }
+            Ok(lsn)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(log::io_error("read datalog/applied", e)),
+    }
+}
+
+/// Records `lsn` as where replay starts: a new file synced, then renamed over the old one.
+fn write_applied(dir: &Path, lsn: u64) -> Result<()> {
+    let mut b = lsn.to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    let tmp: PathBuf = dir.join("applied.new");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join("applied"))
+    };
+    write().map_err(|e| log::io_error("write datalog/applied", e))?;
+    log::sync_dir(dir)
+}
+
+/// The record at `lsn`, if it is whole: header, operations and every logged value check out.
+fn read_record(segments: &Segments, lsn: u64) -> Result<Option<(Header, Vec<Op>)>> {
+    let mut head = [0u8; HEADER_BYTES];
+    if !segments.read_at(lsn, &mut head)? {
+        return Ok(None);
+    }
+    let Some(h) = Header::decode(&head).filter(|h| h.lsn == lsn && lsn % SEGMENT_BYTES + h.len() <= SEGMENT_BYTES) else { return Ok(None) };
+    if h.roll {
+        return Ok(Some((h, Vec::new())));
+    }
+    let mut ops = vec![0u8; h.ops_len as usize];
+    if !segments.read_at(lsn + HEADER_BYTES as u64, &mut ops)? || crc32c::crc32c(&ops) != h.ops_crc {
+        return Ok(None);
+    }
+    let Ok(ops) = log::decode_ops(&ops) else { return Ok(None) };
+    let data = lsn + h.data_offset()..lsn + h.len();
+    let mut buf = Vec::new();
+    for op in &ops {
+        if let Op::Put { cf: Cf::Chunks, value, .. } = op {
+            if let Ok(Stored::Logged(e)) = decode_stored(value) {
+                let inside = data.contains(&e.lsn) && e.lsn + e.span() <= data.end;
+                if !inside || !segments.read_at(e.lsn, buf_of(&mut buf, e))? || crc32c::crc32c(&buf) != e.crc {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    Ok(Some((h, ops)))
+}
+
+fn buf_of(buf: &mut Vec<u8>, e: Extent) -> &mut [u8] {
+    buf.clear();
+    buf.resize(e.len as usize, 0);
+    buf
+}
+
+/// Applies every whole record from `applied` on to RocksDB; returns the log's end.
+fn replay(db: &DB, segments: &Segments, applied: u64) -> Result<u64> {
+    let mut at = applied;
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(true);
+    while let Some((h, ops)) = read_record(segments, at)? {
+        if h.roll {
+            at = (at / SEGMENT_BYTES + 1) * SEGMENT_BYTES;
+            continue;
+        }
+        let mut wb = WriteBatch::default();
+        for op in ops {
+            add_op(db, &mut wb, op);
+        }
+        db.write_opt(wb, &wo)?;
+        at += h.len();
+    }
+    if at != applied {
+        tracing::info!(from = applied, to = at, "volume store replayed its data log");
+    }
+    Ok(at)
+}
+
+fn add_op(db: &DB, wb: &mut WriteBatch, op: Op) {
+    let cf = |cf: Cf| db.cf_handle(cf.name()).expect("column families are created at open");
+    match op {
+        Op::Put { cf: c, key, value } => wb.put_cf(cf(c), key, value),
+        Op::Delete { cf: c, key } => wb.delete_cf(cf(c), key),
+        Op::DeleteRange { cf: c, from, to } => wb.delete_range_cf(cf(c), from, to),
+    }
+}
+
+/// Cuts the log at `end`: the segment holding it is truncated there and later ones removed, so
+/// nothing half-written or past a lost record is ever read again. Returns the segment to
+/// append to, positioned at `end`.
+fn cut_log(segments: &Segments, end: u64) -> Result<Arc<File>> {
+    let seg = end / SEGMENT_BYTES;
+    for later in segments.list().into_iter().filter(|&s| s > seg) {
+        segments.remove(later)?;
+    }
+    let file = segments.create(seg)?;
+    let offset = end % SEGMENT_BYTES;
+    let cut = || -> std::io::Result<()> {
+        if file.metadata()?.len() != offset {
+            file.set_len(offset)?;
+            file.sync_all()?;
+        }
+        (&*file).seek(SeekFrom::Start(offset))?;
+        Ok(())
+    };
+    cut().map_err(|e| log::io_error("cut the data log at its end", e))?;
+    log::sync_dir(segments.dir())?;
+    Ok(file)
+}
+
+impl Kv for Engine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(cf), key)?)
+        let Some(stored) = self.db.get_pinned_cf(self.cf(cf), key)? else { return Ok(None) };
+        let mut buf = Vec::new();
+        Ok(Some(self.resolve(cf, &stored, &mut buf)?.to_vec()))
     }
 
     fn seek(&self, cf: Cf, from: &[u8], how: Seek, verify: Verify, found: &mut dyn FnMut(&[u8], &[u8])) -> Result<bool> {
@@ -90,8 +676,13 @@ impl Kv for RocksKv {
         let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
         it.seek(from);
         match (it.key(), it.value()) {
-            (Some(k), Some(v)) => {
+            (Some(k), Some(v)) if verify == Verify::Presence => {
                 found(k, v);
+                Ok(true)
+            }
+            (Some(k), Some(v)) => {
+                let mut buf = Vec::new();
+                found(k, self.resolve(cf, v, &mut buf)?);
                 Ok(true)
             }
             _ => {
@@ -105,45 +696,161 @@ impl Kv for RocksKv {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_total_order_seek(true);
         let it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(from, Direction::Forward));
-        Box::new(it.map(|item| item.map_err(Into::into)))
+        Box::new(it.map(move |item| {
+            let (k, v) = item?;
+            if cf != Cf::Chunks {
+                return Ok((k, v));
+            }
+            let mut buf = Vec::new();
+            let v: Box<[u8]> = self.resolve(cf, &v, &mut buf)?.into();
+            Ok((k, v))
+        }))
+    }
+
+    fn scan_presence<'a>(&'a self, cf: Cf, from: &[u8]) -> Box<dyn Iterator<Item = Result<(Box<[u8]>, bool)>> + 'a> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_total_order_seek(true);
+        let it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(from, Direction::Forward));
+        // A stored value is empty exactly when the value is (log::stored_inline).
+        Box::new(it.map(|item| item.map(|(k, v)| (k, !v.is_empty())).map_err(Into::into)))
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        let mut w = self.writer();
+        if let Some(why) = &w.broken {
+            return Err(VolumeError::Storage(format!("the data log takes no more writes: {why}")));
+        }
+        let (data_len, ops_len) = self.sizes(&batch);
+        let head_len = pages(HEADER_BYTES as u64 + ops_len);
+        let len = head_len + data_len;
+        if len > MAX_RECORD_BYTES || ops_len > log::MAX_OPS_BYTES {
+            return Err(VolumeError::TooLarge { what: "a write batch's log record", got: len, max: MAX_RECORD_BYTES });
+        }
+        if w.next % SEGMENT_BYTES + len + PAGE_BYTES > SEGMENT_BYTES {
+            self.roll(&mut w)?;
+        }
+        let lsn = w.next;
+        let rec = self.record(batch, lsn + head_len)?;
+        let ops = log::encode_ops(&rec.ops);
+        debug_assert_eq!(ops.len() as u64, ops_len, "sizes() counts what encode_ops writes");
+        let header = Header { roll: false, ops_len: ops.len() as u32, ops_crc: crc32c::crc32c(&ops), data_len, lsn }.encode();
+        let mut parts = vec![IoSlice::new(&header), IoSlice::new(&ops), IoSlice::new(&ZEROS[..(head_len - HEADER_BYTES as u64 - ops_len) as usize])];
+        for d in &rec.data {
+            parts.push(IoSlice::new(d));
+            parts.push(IoSlice::new(&ZEROS[..(pages(d.len() as u64) - d.len() as u64) as usize]));
+        }
+        self.append_or_undo(&mut w, &parts)?;
+        drop(parts);
         let mut wb = WriteBatch::default();
-        for op in batch.ops {
-            match op {
-                Op::Put { cf, key, value } => wb.put_cf(self.cf(cf), key, value),
-                Op::Delete { cf, key } => wb.delete_cf(self.cf(cf), key),
-                Op::DeleteRange { cf, from, to } => wb.delete_range_cf(self.cf(cf), from, to),
+        for op in rec.ops {
+            add_op(&self.db, &mut wb, op);
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        if let Err(e) = self.db.write_opt(wb, &wo) {
+            // The log holds a record RocksDB does not: only a replay can bring them together.
+            w.broken = Some(format!("RocksDB refused a logged batch: {e}"));
+            return Err(e.into());
+        }
+        w.next = lsn + len;
+        w.log_bytes += len;
+        w.ops_bytes += ops_len;
+        w.headers.push((lsn, head_len));
+        w.freed.extend(rec.freed);
+        {
+            let mut live = self.live.lock().expect("live extents lock");
+            for e in &rec.written {
+                *live.entry(e.segment()).or_default() += 1;
             }
         }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(durability == Durability::Synced);
-        Ok(self.db.write_opt(wb, &wo)?)
+        if w.next - w.writeback_from >= WAL_BYTES_PER_SYNC {
+            let from = w.writeback_from % SEGMENT_BYTES;
+            log::start_writeback(&w.file, from, w.next % SEGMENT_BYTES - from);
+            w.writeback_from = w.next;
+        }
+        let due = Self::checkpoint_due(&w, 1);
+        let overdue = Self::checkpoint_due(&w, CHECKPOINT_OVERDUE);
+        self.sequence.fetch_add(1, Ordering::SeqCst);
+        drop(w);
+        if durability == Durability::Synced {
+            self.sync_log()?;
+        }
+        if overdue {
+            // The checkpoint thread has fallen behind: this write waits for one, so the
+            // memtables never fill (RocksDB would flush them on its own).
+            self.checkpoint()?;
+        } else if due {
+            self.wake.set(true, false);
+        }
+        Ok(())
     }
 
     fn sequence(&self) -> u64 {
-        self.db.latest_sequence_number()
+        self.sequence.load(Ordering::SeqCst)
     }
 
     fn sync_wal(&self) -> Result<()> {
-        Ok(self.db.flush_wal(true)?)
+        self.sync_log()
     }
 
     fn disk_bytes(&self, cf: Cf) -> Result<u64> {
-        let mut total = 0;
-        for prop in ["rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"] {
-            total += self.db.property_int_value_cf(self.cf(cf), prop)?.unwrap_or(0);
+        let mut total = self.db.property_int_value_cf(self.cf(cf), "rocksdb.total-sst-files-size")?.unwrap_or(0);
+        if cf == Cf::Chunks {
+            total += self.segments.disk_bytes()?;
         }
         Ok(total)
     }
 
-    fn flush(&self, cf: Cf) -> Result<()> {
-        Ok(self.db.flush_cf(self.cf(cf))?)
+    fn flush(&self, _cf: Cf) -> Result<()> {
+        self.checkpoint()
     }
 
     fn compact(&self, cf: Cf) -> Result<()> {
+        self.checkpoint()?;
         self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
         Ok(())
+    }
+}
+
+/// Every call goes to the shared engine.
+impl Kv for RocksKv {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.engine.get(cf, key)
+    }
+
+    fn seek(&self, cf: Cf, from: &[u8], how: Seek, verify: Verify, found: &mut dyn FnMut(&[u8], &[u8])) -> Result<bool> {
+        self.engine.seek(cf, from, how, verify, found)
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a> {
+        self.engine.scan(cf, from)
+    }
+
+    fn scan_presence<'a>(&'a self, cf: Cf, from: &[u8]) -> Box<dyn Iterator<Item = Result<(Box<[u8]>, bool)>> + 'a> {
+        self.engine.scan_presence(cf, from)
+    }
+
+    fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        self.engine.write(batch, durability)
+    }
+
+    fn sequence(&self) -> u64 {
+        self.engine.sequence()
+    }
+
+    fn sync_wal(&self) -> Result<()> {
+        self.engine.sync_wal()
+    }
+
+    fn disk_bytes(&self, cf: Cf) -> Result<u64> {
+        self.engine.disk_bytes(cf)
+    }
+
+    fn flush(&self, cf: Cf) -> Result<()> {
+        self.engine.flush(cf)
+    }
+
+    fn compact(&self, cf: Cf) -> Result<()> {
+        self.engine.compact(cf)
     }
 }
