@@ -10,6 +10,9 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// RocksKv's default: chunk values above it go to the data log.
+const INLINE_MAX: usize = 4096;
+
 /// An engine under test and a way to reopen it on what it stored (a restart).
 struct Subject {
     reopen: Box<dyn Fn() -> Box<dyn Kv>>,
@@ -491,4 +494,40 @@ fn freed_log_pages_go_back_to_the_disk_and_empty_segments_go() {
     kv.flush(Cf::Chunks).unwrap();
     let emptied = kv.disk_bytes(Cf::Chunks).unwrap();
     assert!(emptied < 64 * 1024, "{emptied} bytes left after deleting everything");
+}
+
+#[test]
+fn a_crash_after_the_log_crossed_segments_keeps_every_value_and_frees_what_was_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, lost) = (dir.path().join("live"), dir.path().join("lost"));
+    let value = |i: u32, round: u8| -> Vec<u8> { (0..64 * 1024u32).map(|b| (b ^ i) as u8 ^ round).collect() };
+    let write = |kv: &RocksKv, from: u32, to: u32, round: u8| {
+        for first in (from..to).step_by(16) {
+            let mut b = Batch::default();
+            for i in first..(first + 16).min(to) {
+                b.put(Cf::Chunks, i.to_be_bytes(), value(i, round));
+            }
+            kv.write(b, Durability::Buffered).unwrap();
+        }
+    };
+    // Segments are 32 MiB under test: 1,280 values of 64 KiB take three of them. A checkpoint
+    // midway, then overwrites of values in the first segment, then a crash.
+    let kv = RocksKv::open_with(&live, INLINE_MAX, true).unwrap();
+    write(&kv, 0, 800, 0);
+    kv.flush(Cf::Chunks).unwrap();
+    write(&kv, 800, 1280, 0);
+    write(&kv, 0, 100, 1);
+    assert!(kv.log_end() > 2 * log::SEGMENT_BYTES, "the log reached a third segment");
+    drop(kv);
+    copy_dir(&live, &lost);
+    let expect = |i: u32| value(i, u8::from(i < 100));
+    for round in 0..2 {
+        let kv = RocksKv::open_with(&lost, INLINE_MAX, false).unwrap();
+        for i in 0..1280u32 {
+            assert_eq!(kv.get(Cf::Chunks, &i.to_be_bytes()).unwrap(), Some(expect(i)), "value {i} after reopen {round}");
+        }
+        let bytes = kv.disk_bytes(Cf::Chunks).unwrap();
+        let values = 1280 * log::pages(64 * 1024);
+        assert!(bytes < values + values / 8, "{bytes} bytes on disk for {values} of live values: what was overwritten is freed");
+    }
 }

@@ -39,14 +39,17 @@ use crate::volume::error::{Result, VolumeError};
 /// extent's pages can be punched out of its file.
 pub(super) const PAGE_BYTES: u64 = 4096;
 
-/// Bytes of one segment file.
+/// Bytes of one segment file (small in unit tests, so they cross segments).
+#[cfg(not(test))]
 pub(super) const SEGMENT_BYTES: u64 = 1 << 30;
+#[cfg(test)]
+pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
 
 /// Bytes of a record's header.
 pub(super) const HEADER_BYTES: usize = 32;
 
 /// The most one record's operations may take (keys, small values, pointers).
-pub(super) const MAX_OPS_BYTES: u64 = 64 << 20;
+pub(super) const MAX_OPS_BYTES: u64 = 256 << 20;
 
 /// The largest record: it must fit in a segment with the roll record after it.
 pub(super) const MAX_RECORD_BYTES: u64 = SEGMENT_BYTES - PAGE_BYTES;
@@ -216,42 +219,83 @@ pub(super) fn encode_ops(ops: &[Op]) -> Vec<u8> {
     out
 }
 
-/// The operations [`encode_ops`] wrote; every length is checked against what is left.
-pub(super) fn decode_ops(mut b: &[u8]) -> Result<Vec<Op>> {
-    let corrupt = |what: &str| VolumeError::Storage(format!("a data log record's operations are corrupt: {what}"));
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
+/// One operation of a record, borrowed from the record's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OpRef<'a> {
+    Put { cf: Cf, key: &'a [u8], value: &'a [u8] },
+    Delete { cf: Cf, key: &'a [u8] },
+    DeleteRange { cf: Cf, from: &'a [u8], to: &'a [u8] },
+}
+
+impl OpRef<'_> {
+    pub fn to_op(self) -> Op {
+        match self {
+            OpRef::Put { cf, key, value } => Op::Put { cf, key: key.to_vec(), value: value.to_vec() },
+            OpRef::Delete { cf, key } => Op::Delete { cf, key: key.to_vec() },
+            OpRef::DeleteRange { cf, from, to } => Op::DeleteRange { cf, from: from.to_vec(), to: to.to_vec() },
+        }
+    }
+}
+
+/// The operations [`encode_ops`] wrote, borrowed from `b` (nothing is allocated per operation);
+/// every length is checked against what is left. After an error it yields nothing more.
+pub(super) fn decode_ops(b: &[u8]) -> DecodeOps<'_> {
+    DecodeOps { rest: b }
+}
+
+pub(super) struct DecodeOps<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> DecodeOps<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.rest.len() < n {
             return None;
         }
-        let (head, rest) = b.split_at(n);
-        *b = rest;
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
         Some(head)
     }
-    fn bytes(b: &mut &[u8]) -> Option<Vec<u8>> {
-        let n = u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize;
-        take(b, n).map(<[u8]>::to_vec)
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(n)
     }
-    let mut ops = Vec::new();
-    while !b.is_empty() {
-        let head = take(&mut b, 2).ok_or_else(|| corrupt("a truncated operation"))?;
+
+    fn op(&mut self) -> Result<OpRef<'a>> {
+        let corrupt = |what: &str| VolumeError::Storage(format!("a data log record's operations are corrupt: {what}"));
+        let head = self.take(2).ok_or_else(|| corrupt("a truncated operation"))?;
         let cf = *Cf::ALL.get(usize::from(head[1])).ok_or_else(|| corrupt("an unknown column family"))?;
-        let op = match head[0] {
+        Ok(match head[0] {
             0 => {
-                let key = bytes(&mut b).ok_or_else(|| corrupt("a truncated key"))?;
-                let value = bytes(&mut b).ok_or_else(|| corrupt("a truncated value"))?;
-                Op::Put { cf, key, value }
+                let key = self.bytes().ok_or_else(|| corrupt("a truncated key"))?;
+                let value = self.bytes().ok_or_else(|| corrupt("a truncated value"))?;
+                OpRef::Put { cf, key, value }
             }
-            1 => Op::Delete { cf, key: bytes(&mut b).ok_or_else(|| corrupt("a truncated key"))? },
+            1 => OpRef::Delete { cf, key: self.bytes().ok_or_else(|| corrupt("a truncated key"))? },
             2 => {
-                let from = bytes(&mut b).ok_or_else(|| corrupt("a truncated range"))?;
-                let to = bytes(&mut b).ok_or_else(|| corrupt("a truncated range"))?;
-                Op::DeleteRange { cf, from, to }
+                let from = self.bytes().ok_or_else(|| corrupt("a truncated range"))?;
+                let to = self.bytes().ok_or_else(|| corrupt("a truncated range"))?;
+                OpRef::DeleteRange { cf, from, to }
             }
             _ => return Err(corrupt("an unknown operation")),
-        };
-        ops.push(op);
+        })
     }
-    Ok(ops)
+}
+
+impl<'a> Iterator for DecodeOps<'a> {
+    type Item = Result<OpRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let op = self.op();
+        if op.is_err() {
+            self.rest = &[];
+        }
+        Some(op)
+    }
 }
 
 /// The log's segment files in one directory, open for reading by position.
@@ -432,7 +476,7 @@ mod tests {
         fn operations_read_back(ops in prop::collection::vec(op(), 0..8)) {
             let b = encode_ops(&ops);
             prop_assert_eq!(b.len(), ops.iter().map(encoded_len).sum::<usize>());
-            prop_assert_eq!(decode_ops(&b).unwrap(), ops);
+            prop_assert_eq!(decode_ops(&b).map(|op| op.map(OpRef::to_op)).collect::<Result<Vec<_>>>().unwrap(), ops);
         }
 
         /// Mutated and random bytes give operations or an error, never a panic, and never more
@@ -445,7 +489,7 @@ mod tests {
                 b[i] ^= x;
             }
             let cut = cut.index(b.len() + 1);
-            if let Ok(decoded) = decode_ops(&b[..cut]) {
+            if let Ok(decoded) = decode_ops(&b[..cut]).map(|op| op.map(OpRef::to_op)).collect::<Result<Vec<_>>>() {
                 prop_assert!(decoded.iter().map(encoded_len).sum::<usize>() <= cut);
             }
         }
