@@ -487,29 +487,41 @@ impl Engine {
             w.freed_bytes = 0;
             (std::mem::take(&mut w.freed), std::mem::take(&mut w.headers), w.next / SEGMENT_BYTES)
         };
-        let mut live = self.live.lock().expect("live extents lock");
-        // A page that cannot be punched stays allocated (its extent is dead all the same); the
-        // next open scrubs it.
-        let punch = |lsn: u64, len: u64| {
+        // Segments left with no live extent go whole; the rest have their freed pages punched,
+        // adjacent ranges (a large write's extents and its record header) in one call. The
+        // live counts' lock is not held meanwhile: writers take it for every record.
+        let gone: Vec<u64> = {
+            let mut live = self.live.lock().expect("live extents lock");
+            for e in &freed {
+                if let Some(n) = live.get_mut(&e.segment()) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            let gone: Vec<u64> = self.segments.list().into_iter().filter(|&seg| seg < current && live.get(&seg).copied().unwrap_or(0) == 0).collect();
+            for seg in &gone {
+                live.remove(seg);
+            }
+            gone
+        };
+        for &seg in &gone {
+            self.segments.remove(seg)?;
+        }
+        let mut ranges: Vec<(u64, u64)> = freed.iter().map(|e| (e.lsn, e.span())).chain(headers).filter(|(lsn, _)| !gone.contains(&(lsn / SEGMENT_BYTES))).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (lsn, len) in ranges {
+            match merged.last_mut() {
+                Some((at, n)) if *at + *n == lsn && *at / SEGMENT_BYTES == lsn / SEGMENT_BYTES => *n += len,
+                _ => merged.push((lsn, len)),
+            }
+        }
+        for (lsn, len) in merged {
+            // A page that cannot be punched stays allocated (its extent is dead all the same);
+            // the next open scrubs it.
             if let Err(e) = self.segments.punch(lsn, len) {
                 if !self.leaked.swap(true, Ordering::SeqCst) {
                     tracing::warn!(error = %e, "freed data log pages stay allocated until the next open");
                 }
-            }
-        };
-        for e in freed {
-            punch(e.lsn, e.span());
-            if let Some(n) = live.get_mut(&e.segment()) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        for (lsn, len) in headers {
-            punch(lsn, len);
-        }
-        for seg in self.segments.list() {
-            if seg < current && live.get(&seg).copied().unwrap_or(0) == 0 {
-                self.segments.remove(seg)?;
-                live.remove(&seg);
             }
         }
         Ok(())
