@@ -89,13 +89,27 @@ pub(super) enum Stored<'a> {
     Empty,
     /// A small value, in RocksDB after a tag byte.
     Inline(&'a [u8]),
-    /// A large value, in the log.
-    Logged(Extent),
+    /// A large value: whole pages of it in the log, and its last few bytes (up to
+    /// [`MAX_TAIL_BYTES`]) beside the pointer, so a page-sized chunk with its 4-byte checksum
+    /// takes its pages and no more.
+    Logged(Extent, &'a [u8]),
+}
+
+/// The most bytes past a large value's last whole page kept beside its pointer rather than
+/// in a page of their own.
+pub(super) const MAX_TAIL_BYTES: usize = 64;
+
+/// How many of a large value's last bytes stay beside its pointer.
+pub(super) fn tail_len(len: usize) -> usize {
+    match len % PAGE_BYTES as usize {
+        t if t <= MAX_TAIL_BYTES && len > t => t,
+        _ => 0,
+    }
 }
 
 const TAG_INLINE: u8 = 0;
 const TAG_LOGGED: u8 = 1;
-/// Bytes of a stored pointer: tag, position, length, CRC32C.
+/// Bytes of a stored pointer without its tail: tag, position, length, CRC32C.
 pub(super) const POINTER_BYTES: usize = 1 + 8 + 4 + 4;
 
 pub(super) fn stored_inline(value: &[u8]) -> Vec<u8> {
@@ -108,12 +122,13 @@ pub(super) fn stored_inline(value: &[u8]) -> Vec<u8> {
     v
 }
 
-pub(super) fn stored_pointer(e: Extent) -> Vec<u8> {
-    let mut v = Vec::with_capacity(POINTER_BYTES);
+pub(super) fn stored_pointer(e: Extent, tail: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(POINTER_BYTES + tail.len());
     v.push(TAG_LOGGED);
     v.extend_from_slice(&e.lsn.to_le_bytes());
     v.extend_from_slice(&e.len.to_le_bytes());
     v.extend_from_slice(&e.crc.to_le_bytes());
+    v.extend_from_slice(tail);
     v
 }
 
@@ -121,11 +136,14 @@ pub(super) fn decode_stored(v: &[u8]) -> Result<Stored<'_>> {
     match v.split_first() {
         None => Ok(Stored::Empty),
         Some((&TAG_INLINE, rest)) => Ok(Stored::Inline(rest)),
-        Some((&TAG_LOGGED, rest)) if rest.len() == POINTER_BYTES - 1 => Ok(Stored::Logged(Extent {
-            lsn: u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes")),
-            len: u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")),
-            crc: u32::from_le_bytes(rest[12..16].try_into().expect("4 bytes")),
-        })),
+        Some((&TAG_LOGGED, rest)) if (POINTER_BYTES - 1..POINTER_BYTES + MAX_TAIL_BYTES).contains(&rest.len()) => {
+            let e = Extent {
+                lsn: u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes")),
+                len: u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")),
+                crc: u32::from_le_bytes(rest[12..16].try_into().expect("4 bytes")),
+            };
+            Ok(Stored::Logged(e, &rest[16..]))
+        }
         Some((tag, _)) => Err(VolumeError::Storage(format!("a stored chunk value has an unknown form (tag {tag}, {} bytes)", v.len()))),
     }
 }
@@ -227,6 +245,7 @@ pub(super) enum OpRef<'a> {
     DeleteRange { cf: Cf, from: &'a [u8], to: &'a [u8] },
 }
 
+#[cfg(test)]
 impl OpRef<'_> {
     pub fn to_op(self) -> Op {
         match self {
@@ -368,13 +387,15 @@ impl Segments {
         }
     }
 
-    /// The value at `e`, which must be there.
-    pub fn read_extent(&self, e: Extent, buf: &mut Vec<u8>) -> Result<()> {
+    /// The value whose head is at `e` and whose last bytes are `tail`; the head must be there.
+    pub fn read_value(&self, e: Extent, tail: &[u8], buf: &mut Vec<u8>) -> Result<()> {
         buf.clear();
+        buf.reserve_exact(e.len as usize + tail.len());
         buf.resize(e.len as usize, 0);
         if !self.read_at(e.lsn, buf)? {
             return Err(VolumeError::Storage(format!("the data log ends before a stored value at {} ({} bytes)", e.lsn, e.len)));
         }
+        buf.extend_from_slice(tail);
         Ok(())
     }
 
@@ -455,7 +476,10 @@ mod tests {
     #[test]
     fn stored_values_read_back() {
         let e = Extent { lsn: 1 << 40, len: 65540, crc: 7 };
-        assert_eq!(decode_stored(&stored_pointer(e)).unwrap(), Stored::Logged(e));
+        assert_eq!(decode_stored(&stored_pointer(e, b"")).unwrap(), Stored::Logged(e, b""));
+        assert_eq!(decode_stored(&stored_pointer(e, b"crc!")).unwrap(), Stored::Logged(e, b"crc!"));
+        assert!(decode_stored(&stored_pointer(e, &[0; MAX_TAIL_BYTES + 1])).is_err(), "a tail too long");
+        assert_eq!((tail_len(65540), tail_len(65536), tail_len(65536 + 100), tail_len(4)), (4, 0, 0, 0));
         assert_eq!(decode_stored(&stored_inline(b"abc")).unwrap(), Stored::Inline(b"abc"));
         assert_eq!(decode_stored(&stored_inline(b"")).unwrap(), Stored::Empty);
         assert!(decode_stored(&[1, 2, 3]).is_err(), "a short pointer");
