@@ -387,16 +387,19 @@ impl Segments {
         }
     }
 
-    /// The value whose head is at `e` and whose last bytes are `tail`; the head must be there.
-    pub fn read_value(&self, e: Extent, tail: &[u8], buf: &mut Vec<u8>) -> Result<()> {
-        buf.clear();
-        buf.reserve_exact(e.len as usize + tail.len());
-        buf.resize(e.len as usize, 0);
-        if !self.read_at(e.lsn, buf)? {
+    /// The value whose head is at `e` and whose last bytes are `tail` (the head must be there),
+    /// read into the front of `buf`, which only ever grows: a buffer kept between reads is
+    /// neither allocated nor zeroed again.
+    pub fn read_value<'b>(&self, e: Extent, tail: &[u8], buf: &'b mut Vec<u8>) -> Result<&'b [u8]> {
+        let (head, n) = (e.len as usize, e.len as usize + tail.len());
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        if !self.read_at(e.lsn, &mut buf[..head])? {
             return Err(VolumeError::Storage(format!("the data log ends before a stored value at {} ({} bytes)", e.lsn, e.len)));
         }
-        buf.extend_from_slice(tail);
-        Ok(())
+        buf[head..n].copy_from_slice(tail);
+        Ok(&buf[..n])
     }
 
     /// Gives the pages of `len` bytes at `lsn` back to the filesystem (the file keeps its size).

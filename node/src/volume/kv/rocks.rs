@@ -88,6 +88,11 @@ const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 /// log. A full chunk is 64 KiB; small files' tails stay with their keys.
 pub(crate) const INLINE_MAX_BYTES: usize = 4096;
 
+thread_local! {
+    /// Each thread's buffer for logged values a seek hands its caller (grown to a chunk once).
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Zeros for padding records to pages.
 static ZEROS: [u8; PAGE_BYTES as usize] = [0; PAGE_BYTES as usize];
 
@@ -312,10 +317,7 @@ impl Engine {
         match decode_stored(stored)? {
             Stored::Empty => Ok(&[]),
             Stored::Inline(v) => Ok(v),
-            Stored::Logged(e, tail) => {
-                self.segments.read_value(e, tail, buf)?;
-                Ok(buf)
-            }
+            Stored::Logged(e, tail) => self.segments.read_value(e, tail, buf),
         }
     }
 
@@ -810,11 +812,13 @@ impl Kv for Engine {
                 found(k, v);
                 Ok(true)
             }
-            (Some(k), Some(v)) => {
-                let mut buf = Vec::new();
-                found(k, self.resolve(cf, v, &mut buf)?);
+            (Some(k), Some(v)) => READ_BUFFER.with(|b| {
+                // The thread's buffer, unless a caller reads again from inside `found`.
+                let (mut kept, mut fresh) = (b.try_borrow_mut().ok(), Vec::new());
+                let buf = kept.as_deref_mut().unwrap_or(&mut fresh);
+                found(k, self.resolve(cf, v, buf)?);
                 Ok(true)
-            }
+            }),
             _ => {
                 it.status()?;
                 Ok(false)
