@@ -278,6 +278,22 @@ impl VolumeStore {
         }
     }
 
+    /// [`Self::visible_map`] for a value read straight into `dest` ([`Kv::seek_into`]): its
+    /// length, if the scope sees one.
+    pub(super) fn visible_into(&self, cf: Cf, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, dest: &mut [u8]) -> Result<Option<usize>> {
+        let mut newest = |object: Vec<u8>, max: Epoch| {
+            let seek = keys::versioned(object.clone(), max);
+            self.kv.seek_into(cf, &seek, Seek::SamePrefix(object.len()), &mut |k| k.len() == object.len() + 8 && k.starts_with(&object), dest)
+        };
+        if let Some(n) = newest(object(scope.lineage), scope.max_epoch)? {
+            return Ok(Some(n));
+        }
+        match scope.base_epoch {
+            Some(base) => newest(object(LIVE), base),
+            None => Ok(None),
+        }
+    }
+
     pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         Ok(serde_json::from_slice(bytes)?)
     }

@@ -402,6 +402,19 @@ impl Segments {
         Ok(&buf[..n])
     }
 
+    /// The value whose head is at `e` and whose last bytes are `tail`, read straight into the
+    /// front of `dest`; its length.
+    pub fn read_value_into(&self, e: Extent, tail: &[u8], dest: &mut [u8]) -> Result<usize> {
+        let (head, n) = (e.len as usize, e.len as usize + tail.len());
+        let room = dest.len();
+        let dest = dest.get_mut(..n).ok_or(VolumeError::TooLarge { what: "a stored value", got: n as u64, max: room as u64 })?;
+        if !self.read_at(e.lsn, &mut dest[..head])? {
+            return Err(VolumeError::Storage(format!("the data log ends before a stored value at {} ({} bytes)", e.lsn, e.len)));
+        }
+        dest[head..].copy_from_slice(tail);
+        Ok(n)
+    }
+
     /// Gives the pages of `len` bytes at `lsn` back to the filesystem (the file keeps its size).
     pub fn punch(&self, lsn: u64, len: u64) -> Result<()> {
         let Some(file) = self.get(lsn / SEGMENT_BYTES) else { return Ok(()) };

@@ -73,6 +73,14 @@ pub enum Op {
     DeleteRange { cf: Cf, from: Vec<u8>, to: Vec<u8> },
 }
 
+/// Puts `value` at the front of `dest`; its length.
+pub(super) fn copy_into(value: &[u8], dest: &mut [u8]) -> Result<usize> {
+    let room = dest.len();
+    let dest = dest.get_mut(..value.len()).ok_or(super::error::VolumeError::TooLarge { what: "a stored value", got: value.len() as u64, max: room as u64 })?;
+    dest.copy_from_slice(value);
+    Ok(value.len())
+}
+
 /// Changes written atomically by [`Kv::write`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
@@ -133,6 +141,20 @@ pub trait Kv: Send + Sync {
     /// Hands `found` the first key at or after `from` and its value, where they lie; returns
     /// whether there was one (see [`Seek`] for what `SamePrefix` lets the engine skip).
     fn seek(&self, cf: Cf, from: &[u8], how: Seek, verify: Verify, found: &mut dyn FnMut(&[u8], &[u8])) -> Result<bool>;
+
+    /// Like [`Kv::seek`] for a caller that wants the value in `dest`: if the first key at or
+    /// after `from` passes `wanted`, its value is put at the front of `dest` (an engine that
+    /// keeps it elsewhere reads it straight there) and its length returned. A value longer than
+    /// `dest` is an error.
+    fn seek_into(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool, dest: &mut [u8]) -> Result<Option<usize>> {
+        let mut out = Ok(None);
+        self.seek(cf, from, how, Verify::KeyOnly, &mut |k, v| {
+            if wanted(k) {
+                out = copy_into(v, dest).map(Some);
+            }
+        })?;
+        out
+    }
 
     /// Keys at or after `from`, in order.
     fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a>;

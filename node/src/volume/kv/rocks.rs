@@ -321,6 +321,20 @@ impl Engine {
         }
     }
 
+    /// Read options for a seek from `from`.
+    fn seek_options(&self, cf: Cf, from: &[u8], how: Seek, verify: Verify) -> rocksdb::ReadOptions {
+        let mut ro = rocksdb::ReadOptions::default();
+        match how {
+            // Only where the column family's extractor has that length; otherwise total order.
+            Seek::SamePrefix(n) if matches!((cf, n), (Cf::Chunks, CHUNK_OBJECT_BYTES) | (Cf::Inodes, INODE_OBJECT_BYTES)) && from.len() >= n => {
+                ro.set_prefix_same_as_start(true)
+            }
+            _ => ro.set_total_order_seek(true),
+        }
+        ro.set_verify_checksums(verify == Verify::Yes);
+        ro
+    }
+
     /// The extent `key` points to now: this batch's own changes first, then RocksDB.
     fn current_extent(&self, key: &[u8], changed: &HashMap<Vec<u8>, Option<Extent>>, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<Extent>> {
         if let Some(e) = changed.get(key) {
@@ -796,16 +810,7 @@ impl Kv for Engine {
     }
 
     fn seek(&self, cf: Cf, from: &[u8], how: Seek, verify: Verify, found: &mut dyn FnMut(&[u8], &[u8])) -> Result<bool> {
-        let mut ro = rocksdb::ReadOptions::default();
-        match how {
-            // Only where the column family's extractor has that length; otherwise total order.
-            Seek::SamePrefix(n) if matches!((cf, n), (Cf::Chunks, CHUNK_OBJECT_BYTES) | (Cf::Inodes, INODE_OBJECT_BYTES)) && from.len() >= n => {
-                ro.set_prefix_same_as_start(true)
-            }
-            _ => ro.set_total_order_seek(true),
-        }
-        ro.set_verify_checksums(verify == Verify::Yes);
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), self.seek_options(cf, from, how, verify));
         it.seek(from);
         match (it.key(), it.value()) {
             (Some(k), Some(v)) if verify == Verify::Presence => {
@@ -824,6 +829,24 @@ impl Kv for Engine {
                 Ok(false)
             }
         }
+    }
+
+    fn seek_into(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool, dest: &mut [u8]) -> Result<Option<usize>> {
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), self.seek_options(cf, from, how, Verify::KeyOnly));
+        it.seek(from);
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            it.status()?;
+            return Ok(None);
+        };
+        if !wanted(k) {
+            return Ok(None);
+        }
+        let stored = if cf == Cf::Chunks { decode_stored(v)? } else { Stored::Inline(v) };
+        Ok(Some(match stored {
+            Stored::Empty => 0,
+            Stored::Inline(v) => super::copy_into(v, dest)?,
+            Stored::Logged(e, tail) => self.segments.read_value_into(e, tail, dest)?,
+        }))
     }
 
     fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a> {
@@ -962,6 +985,10 @@ impl Kv for RocksKv {
 
     fn seek(&self, cf: Cf, from: &[u8], how: Seek, verify: Verify, found: &mut dyn FnMut(&[u8], &[u8])) -> Result<bool> {
         self.engine.seek(cf, from, how, verify, found)
+    }
+
+    fn seek_into(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool, dest: &mut [u8]) -> Result<Option<usize>> {
+        self.engine.seek_into(cf, from, how, wanted, dest)
     }
 
     fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a> {
