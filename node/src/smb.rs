@@ -253,15 +253,16 @@ impl Files for VolumeFiles {
         reply.entries.into_iter().map(|e| { let n = e.name.clone(); info(Some(e), &n) }).collect()
     }
 
-    fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+    fn read(&self, share: &str, id: u64, offset: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError> {
         if let Some((vol, view)) = self.local(share) {
-            return self.store.read(vol, view, id, offset, u64::from(len)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
+            return self.store.read_after(room, vol, view, id, offset, u64::from(len)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
         let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len) };
         self.runtime.block_on(async {
             let mut stream = self.service.read(tonic::Request::new(req)).await.map_err(|s| fs_error(&s))?.into_inner();
-            let mut out = Vec::with_capacity(len as usize);
+            let mut out = Vec::with_capacity(room + len as usize);
+            out.resize(room, 0);
             use tokio_stream::StreamExt;
             while let Some(chunk) = stream.next().await {
                 out.extend_from_slice(&chunk.map_err(|s| fs_error(&s))?.data);

@@ -193,7 +193,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             for r in c.take_file_reads() {
                 let (files, done) = (shared.files.clone(), read_tx.clone());
                 tokio::spawn(async move {
-                    let result = tokio::task::spawn_blocking(move || files.read(&r.share, r.id, r.offset, r.len)).await.unwrap_or_else(|e| Err(FsError::Other(format!("read task: {e}"))));
+                    let result = tokio::task::spawn_blocking(move || files.read(&r.share, r.id, r.offset, r.len, crate::server::READ_ROOM)).await.unwrap_or_else(|e| Err(FsError::Other(format!("read task: {e}"))));
                     // The connection may have ended meanwhile: then nobody waits for it.
                     let _ = done.send((r.async_id, result)).await;
                 });

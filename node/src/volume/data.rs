@@ -50,6 +50,12 @@ impl VolumeStore {
     /// Reads up to `len` bytes at `offset` (short at end of file; holes read as zeros), each
     /// whole chunk read straight into the reply from where the engine keeps it.
     pub fn read(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_after(0, vol, view, ino, offset, len)
+    }
+
+    /// [`Self::read`] into a buffer that starts with `room` zero bytes for the caller (an SMB
+    /// READ response's headers), so the data is not copied again to go out.
+    pub fn read_after(&self, room: usize, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
         if len > MAX_IO_BYTES {
             return Err(VolumeError::TooLarge { what: "a read", got: len, max: MAX_IO_BYTES });
         }
@@ -62,11 +68,12 @@ impl VolumeStore {
         }
         let end = offset.saturating_add(len).min(inode.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(vec![0; room]);
         }
         // Room for a whole chunk's checksum past the end: whole chunks are read in place.
         let n = (end - offset) as usize;
-        let mut out = vec![0u8; n + CHUNK_CRC_BYTES];
+        let mut buffer = vec![0u8; room + n + CHUNK_CRC_BYTES];
+        let out = &mut buffer[room..];
         let mut pos = offset;
         while pos < end {
             let index = pos / CHUNK_BYTES;
@@ -97,8 +104,8 @@ impl VolumeStore {
             .transpose()?;
             pos = take_end;
         }
-        out.truncate(n);
-        Ok(out)
+        buffer.truncate(room + n);
+        Ok(buffer)
     }
 
     /// Writes `data` at `offset`, extending the file as needed. One write batch.

@@ -111,6 +111,14 @@ impl AsyncOps {
     /// Ends a waiting request with its final response (`body` after the header); false if no
     /// request waits under that id.
     pub fn finish(&mut self, async_id: u64, status: u32, body: &[u8]) -> bool {
+        let mut framed = Vec::with_capacity(HEADER_BYTES + body.len());
+        framed.resize(HEADER_BYTES, 0);
+        framed.extend_from_slice(body);
+        self.finish_framed(async_id, status, framed)
+    }
+
+    /// [`Self::finish`] for a body after [`HEADER_BYTES`] of room: the header is written there.
+    pub fn finish_framed(&mut self, async_id: u64, status: u32, mut out: Vec<u8>) -> bool {
         let Some(op) = self.ops.remove(&async_id) else { return false };
         let h = Header {
             credit_charge: op.request.credit_charge,
@@ -124,9 +132,7 @@ impl AsyncOps {
             session_id: op.request.session_id,
             signature: [0; 16],
         };
-        let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-        h.encode(&mut out);
-        out.extend_from_slice(body);
+        h.encode_into(&mut out[..HEADER_BYTES]);
         if let Some((algorithm, key)) = op.signing {
             let flags = u32::from_le_bytes(out[16..20].try_into().expect("4 bytes")) | FLAG_SIGNED;
             out[16..20].copy_from_slice(&flags.to_le_bytes());
@@ -286,7 +292,9 @@ mod connection_rules {
         let (r, _) = exchange(&mut c, &files, &request(Command::Echo, 3, TREE, &[4, 0, 0, 0]));
         assert_eq!(r[0].0.status, status::SUCCESS);
         // The owner's data completes the READ under its AsyncId.
-        c.finish_file_read(async_id, Ok(b"hello".to_vec()));
+        // (What Files::read gives: the data after room for the response's headers.)
+        let after_room = |data: &[u8]| [&[0u8; crate::server::READ_ROOM][..], data].concat();
+        c.finish_file_read(async_id, Ok(after_room(b"hello")));
         let (_, finals) = exchange(&mut c, &files, &request(Command::Echo, 4, TREE, &[4, 0, 0, 0]));
         let (h, body) = &finals[0];
         assert_eq!((h.status, h.command, h.message_id, h.target), (status::SUCCESS, Command::Read, 2, Target::Async { async_id }));
@@ -294,8 +302,8 @@ mod connection_rules {
         // Nothing read where the file ends: END_OF_FILE; an id that no longer waits: nothing.
         let (r, _) = exchange(&mut c, &files, &request(Command::Read, 5, TREE, &read(f, 100)));
         let Target::Async { async_id: eof } = r[0].0.target else { panic!("an async header") };
-        c.finish_file_read(eof, Ok(Vec::new()));
-        c.finish_file_read(async_id, Ok(b"again".to_vec()));
+        c.finish_file_read(eof, Ok(after_room(b"")));
+        c.finish_file_read(async_id, Ok(after_room(b"again")));
         let (_, finals) = exchange(&mut c, &files, &request(Command::Echo, 6, TREE, &[4, 0, 0, 0]));
         assert_eq!(finals.iter().map(|(h, _)| (h.status, h.message_id)).collect::<Vec<_>>(), vec![(status::END_OF_FILE, 5)]);
         // The bytes in flight are bounded: past the bound a READ is served on the spot.

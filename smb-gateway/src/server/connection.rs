@@ -108,6 +108,8 @@ const DIALECT_WILDCARD: u16 = 0x02FF;
 pub(super) struct Reply {
     pub(super) status: u32,
     body: Vec<u8>,
+    /// `body` starts with [`HEADER_BYTES`] of room for the header, written there in place.
+    framed: bool,
     session_id: Option<u64>,
     tree_id: Option<u32>,
     /// The request waits: it gets an interim response now, its final one later.
@@ -116,16 +118,22 @@ pub(super) struct Reply {
 
 impl Reply {
     pub(super) fn ok(body: Vec<u8>) -> Reply {
-        Reply { status: status::SUCCESS, body, session_id: None, tree_id: None, wait: None }
+        Reply { status: status::SUCCESS, body, framed: false, session_id: None, tree_id: None, wait: None }
+    }
+
+    /// A success whose body follows [`HEADER_BYTES`] of room for the header (a READ's data is
+    /// not copied again to put the header before it).
+    pub(super) fn framed(body: Vec<u8>) -> Reply {
+        Reply { framed: true, ..Reply::ok(body) }
     }
 
     /// The request cannot complete yet: it waits for `w`.
     pub(super) fn wait(w: Waiting) -> Reply {
-        Reply { status: status::PENDING, body: Vec::new(), session_id: None, tree_id: None, wait: Some(w) }
+        Reply { status: status::PENDING, body: Vec::new(), framed: false, session_id: None, tree_id: None, wait: Some(w) }
     }
 
     pub(super) fn body(&self) -> &[u8] {
-        &self.body
+        &self.body[if self.framed { HEADER_BYTES } else { 0 }..]
     }
 
     /// An error response body (MS-SMB2 2.2.2).
@@ -139,7 +147,7 @@ impl Reply {
     }
 
     pub(super) fn error(status: u32) -> Reply {
-        Reply { status, body: async_ops::ERROR_BODY.to_vec(), session_id: None, tree_id: None, wait: None }
+        Reply { status, body: async_ops::ERROR_BODY.to_vec(), framed: false, session_id: None, tree_id: None, wait: None }
     }
 }
 
@@ -216,7 +224,7 @@ impl Connection {
                 Ok((h, related)) => {
                     let span = tracing::debug_span!("request", command = ?h.command, message_id = h.message_id, session = format_args!("{:#x}", h.session_id));
                     let reply = span.in_scope(|| self.handle(&h, &related, message, dir, files, env));
-                    chain.handled(&h, &related, reply.status, reply.session_id, reply.tree_id, &reply.body);
+                    chain.handled(&h, &related, reply.status, reply.session_id, reply.tree_id, reply.body());
                     (h, reply)
                 }
                 Err(status) => {
@@ -257,7 +265,11 @@ impl Connection {
     pub fn finish_file_read(&mut self, async_id: u64, result: Result<Vec<u8>, super::files::FsError>) {
         let Some(&Waiting::FileRead { len, .. }) = self.waits.get(async_id).map(|op| &op.waiting) else { return };
         let reply = super::ops::read_reply(len, result);
-        self.waits.finish(async_id, reply.status, reply.body());
+        if reply.framed {
+            self.waits.finish_framed(async_id, reply.status, reply.body);
+        } else {
+            self.waits.finish(async_id, reply.status, reply.body());
+        }
     }
 
     /// Bytes asked by the READs of files on other nodes in flight now.
@@ -592,7 +604,7 @@ impl Connection {
         let body = setup_body(0, &spnego::encode_resp(&resp));
         let pending = Pending { server_challenge, challenge_flags: flags, mech_list_der: init.mech_list_der, preauth };
         self.sessions.insert(session_id, Session::Pending(pending));
-        Reply { status: status::MORE_PROCESSING_REQUIRED, body, session_id: Some(session_id), tree_id: None, wait: None }
+        Reply { status: status::MORE_PROCESSING_REQUIRED, body, framed: false, session_id: Some(session_id), tree_id: None, wait: None }
     }
 
     fn authenticate(&mut self, session_id: u64, p: &Pending, token: &[u8], dialect: u16, dir: &dyn Directory, env: &mut dyn Environment) -> Result<Reply, u32> {
@@ -755,9 +767,16 @@ impl Connection {
             session_id,
             signature: [0; 16],
         };
-        let mut out = Vec::with_capacity(HEADER_BYTES + reply.body.len());
-        header.encode(&mut out);
-        out.extend_from_slice(&reply.body);
+        let mut out = if reply.framed {
+            let mut out = reply.body;
+            header.encode_into(&mut out[..HEADER_BYTES]);
+            out
+        } else {
+            let mut out = Vec::with_capacity(HEADER_BYTES + reply.body.len());
+            header.encode(&mut out);
+            out.extend_from_slice(&reply.body);
+            out
+        };
         if req.command == Command::Negotiate && self.dialect == Some(DIALECT_311) {
             self.preauth.update(&out);
         }

@@ -141,7 +141,9 @@ pub trait Files: Send + Sync {
     fn create(&self, share: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError>;
     /// Entries of a directory after the (folded) name `after`, at most `limit`.
     fn list(&self, share: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError>;
-    fn read(&self, share: &str, id: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
+    /// Up to `len` bytes at `offset`, after `room` bytes of zeros the caller fills (a READ
+    /// response's headers), so the data is read once, into the response it goes out in.
+    fn read(&self, share: &str, id: u64, offset: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError>;
     /// Whether the share's files are served by another node: its READs then complete
     /// asynchronously ([`crate::server::async_ops::Waiting::FileRead`]), several at once.
     fn is_remote(&self, _share: &str) -> bool {

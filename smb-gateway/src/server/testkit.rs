@@ -128,8 +128,8 @@ impl Files for MemFiles {
     fn list(&self, _: &str, _: u64, _: &str, _: u32) -> Result<Vec<FileInfo>, FsError> {
         Ok(Vec::new())
     }
-    fn read(&self, _: &str, _: u64, _: u64, _: u32) -> Result<Vec<u8>, FsError> {
-        Ok(Vec::new())
+    fn read(&self, _: &str, _: u64, _: u64, _: u32, room: usize) -> Result<Vec<u8>, FsError> {
+        Ok(vec![0; room])
     }
     fn is_remote(&self, _: &str) -> bool {
         self.1

@@ -192,6 +192,13 @@ impl Header {
         out.extend_from_slice(&self.signature);
     }
 
+    /// [`Self::encode`] into the first [`HEADER_BYTES`] of `out` (room left for it before a body).
+    pub fn encode_into(&self, out: &mut [u8]) {
+        let mut head = Vec::with_capacity(HEADER_BYTES);
+        self.encode(&mut head);
+        out[..HEADER_BYTES].copy_from_slice(&head);
+    }
+
     pub fn is_response(&self) -> bool {
         self.flags & FLAG_SERVER_TO_REDIR != 0
     }

@@ -92,7 +92,7 @@ impl Connection {
         if h.next_command == 0 && files.is_remote(&share) && self.file_read_bytes_in_flight() + u64::from(len) <= super::super::connection::MAX_FILE_READ_BYTES_IN_FLIGHT {
             return Reply::wait(crate::server::async_ops::Waiting::FileRead { volatile, offset, len });
         }
-        read_reply(len, files.read(&share, id, offset, len))
+        read_reply(len, files.read(&share, id, offset, len, READ_ROOM))
     }
 
     /// One PDU into a pipe, with what its calls may use: the shares, the NTLM context, the
@@ -125,20 +125,36 @@ impl Connection {
 }
 
 /// The reply to a READ of `len` bytes of a file, from what the read gave.
+/// `read` is what [`Files::read`] gave with [`READ_ROOM`] bytes of room: the response is built
+/// around the data where it lies.
 pub(in crate::server) fn read_reply(len: u32, read: Result<Vec<u8>, FsError>) -> Reply {
     match read {
-        Ok(d) if d.is_empty() && len > 0 => Reply::error(status::END_OF_FILE),
-        Ok(d) => Reply::ok(read_body(&d)),
+        Ok(d) if d.len() < READ_ROOM => Reply::error(status::INTERNAL_ERROR),
+        Ok(d) if d.len() == READ_ROOM && len > 0 => Reply::error(status::END_OF_FILE),
+        Ok(mut d) => {
+            let fields = read_fields(d.len() - READ_ROOM);
+            d[HEADER_BYTES..READ_ROOM].copy_from_slice(&fields);
+            Reply::framed(d)
+        }
         Err(e) => fs(e),
     }
+}
+
+/// Bytes before a READ response's data: the SMB2 header and the READ response's own fields.
+pub const READ_ROOM: usize = HEADER_BYTES + 16;
+
+/// A READ response's fields before its data (MS-SMB2 2.2.20), for `len` bytes of data.
+fn read_fields(len: usize) -> [u8; 16] {
+    let mut f = [0u8; 16];
+    f[..4].copy_from_slice(&[17, 0, (HEADER_BYTES + 16) as u8, 0]);
+    f[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    f
 }
 
 /// A READ response body (MS-SMB2 2.2.20) carrying `data`.
 pub(in crate::server) fn read_body(data: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(16 + data.len());
-    r.extend_from_slice(&[17, 0, (HEADER_BYTES + 16) as u8, 0]);
-    r.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    r.extend_from_slice(&[0; 8]);
+    r.extend_from_slice(&read_fields(data.len()));
     r.extend_from_slice(data);
     r
 }

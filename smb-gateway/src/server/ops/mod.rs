@@ -4,6 +4,7 @@
 
 mod create;
 mod data;
+pub use data::READ_ROOM;
 pub(in crate::server) use data::{ioctl_body, read_body, read_reply};
 mod dir;
 mod info;
