@@ -3,7 +3,7 @@
 //! beside it is the write-ahead log, and holds the large chunk values.
 //!
 //! A write ([`Kv::write`]), under one writer lock:
-//! 1. each chunk value larger than [`RocksKv::inline_max`] gets a place in the record's data and
+//! 1. each chunk value larger than `inline_max` (4 KiB) gets a place in the record's data and
 //!    RocksDB gets a pointer to it instead; every pointer the batch overwrites or deletes is
 //!    noted as freed;
 //! 2. the record (operations, then data) is appended to the log: one copy of the data, into the
@@ -11,11 +11,13 @@
 //! 3. the batch goes to RocksDB's memtables (no WAL).
 //!
 //! A sync ([`Kv::sync_wal`]) syncs the log's files. A checkpoint (on its own thread every
-//! [`CHECKPOINT_LOG_BYTES`] of log or [`CHECKPOINT_FREED_BYTES`] freed, and on `flush`) syncs the log, flushes every memtable to
-//! tables and records in `datalog/applied` the position up to which RocksDB now holds
-//! everything; only then are freed extents and old record headers punched out of the log (a
-//! crash before it would replay records that still point at them), and segments left with no
-//! live extent removed.
+//! [`CHECKPOINT_LOG_BYTES`] of log or [`CHECKPOINT_FREED_BYTES`] freed, and on `flush`):
+//! 1. syncs the log, then, with writers held for a moment, syncs its tail and switches every
+//!    memtable out (they point only at synced pages; later records go to new memtables);
+//! 2. waits, writers going on, for RocksDB to write the switched memtables to tables;
+//! 3. records in `datalog/applied` the position up to which RocksDB now holds everything;
+//! 4. only then punches freed extents and old record headers out of the log (a crash before
+//!    would replay records that still point at them) and removes segments with no live extent.
 //!
 //! Opening replays the log from `applied` into RocksDB, checking each record's header,
 //! operations and data, and cuts the log at the first record that fails (a torn write or a
