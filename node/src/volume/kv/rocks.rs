@@ -268,9 +268,10 @@ impl Engine {
         let cfs = Cf::ALL.iter().map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let segments = Segments::open(&log_dir)?;
+        // A clean close left the live-extent counts: the open needs no scan of every pointer.
         let clean = log_dir.join("clean");
-        let was_clean = clean.exists();
-        if was_clean {
+        let counted = std::fs::read(&clean).ok().and_then(|b| decode_live_counts(&b));
+        if clean.exists() {
             std::fs::remove_file(&clean).map_err(|e| log::io_error("remove the clean marker", e))?;
             log::sync_dir(&log_dir)?;
         }
@@ -294,12 +295,15 @@ impl Engine {
             wake: Wake::default(),
         };
         // Live counts first: the checkpoint removes old segments that have none.
+        if let Some(counts) = counted {
+            *kv.live.lock().expect("live extents lock") = counts;
+            kv.checkpoint()?;
+            return Ok(kv);
+        }
         let extents = kv.live_extents()?;
         *kv.live.lock().expect("live extents lock") = extents.iter().map(|(&seg, v)| (seg, v.len() as u64)).collect();
         kv.checkpoint()?;
-        if !was_clean {
-            kv.scrub(extents)?;
-        }
+        kv.scrub(extents)?;
         Ok(kv)
     }
 
@@ -657,7 +661,13 @@ impl Drop for Engine {
             Ok(()) if self.leaked.load(Ordering::SeqCst) => {}
             Ok(()) => {
                 let dir = self.segments.dir().to_path_buf();
-                if let Err(e) = File::create(dir.join("clean")).and_then(|f| f.sync_all()).map_err(|e| log::io_error("write the clean marker", e)).and_then(|()| log::sync_dir(&dir)) {
+                let counts = encode_live_counts(&self.live.lock().expect("live extents lock"));
+                let write = || -> std::io::Result<()> {
+                    let mut f = File::create(dir.join("clean"))?;
+                    f.write_all(&counts)?;
+                    f.sync_all()
+                };
+                if let Err(e) = write().map_err(|e| log::io_error("write the clean marker", e)).and_then(|()| log::sync_dir(&dir)) {
                     tracing::warn!(error = %e, "volume store closed without its clean marker: the next open scrubs the data log");
                 }
             }
@@ -671,6 +681,23 @@ fn total_order() -> rocksdb::ReadOptions {
     let mut ro = rocksdb::ReadOptions::default();
     ro.set_total_order_seek(true);
     ro
+}
+
+/// The clean marker's contents: live extents per segment (u64 segment, u64 count, each
+/// little-endian), then their CRC32C.
+fn encode_live_counts(live: &BTreeMap<u64, u64>) -> Vec<u8> {
+    let mut b: Vec<u8> = live.iter().flat_map(|(seg, n)| seg.to_le_bytes().into_iter().chain(n.to_le_bytes())).collect();
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    b
+}
+
+/// The counts [`encode_live_counts`] wrote, if the bytes are whole (else the open counts again).
+fn decode_live_counts(b: &[u8]) -> Option<BTreeMap<u64, u64>> {
+    let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
+    if body.len() % 16 != 0 || crc32c::crc32c(body).to_le_bytes() != crc {
+        return None;
+    }
+    Some(body.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8 bytes")), u64::from_le_bytes(c[8..].try_into().expect("8 bytes")))).collect())
 }
 
 /// Where replay starts: every record before it is in RocksDB's tables.
@@ -1023,5 +1050,25 @@ impl Kv for RocksKv {
 
     fn compact(&self, cf: Cf) -> Result<()> {
         self.engine.compact(cf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_counts_read_back_and_damaged_ones_are_refused() {
+        let counts: BTreeMap<u64, u64> = [(0, 7), (3, 1 << 40)].into();
+        let b = encode_live_counts(&counts);
+        assert_eq!(decode_live_counts(&b), Some(counts));
+        assert_eq!(decode_live_counts(&encode_live_counts(&BTreeMap::new())), Some(BTreeMap::new()));
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 1;
+            assert_eq!(decode_live_counts(&c), None, "byte {i} flipped");
+        }
+        assert_eq!(decode_live_counts(&b[..b.len() - 1]), None);
+        assert_eq!(decode_live_counts(&[]), None);
     }
 }
