@@ -20,10 +20,8 @@ use super::types::*;
 pub(super) const CHUNK_CRC_BYTES: usize = 4;
 
 /// A chunk's bytes as stored: the data, then their CRC32C (little-endian).
-pub(super) fn seal_chunk(mut data: Vec<u8>) -> Vec<u8> {
-    let crc = crc32c::crc32c(&data);
-    data.extend_from_slice(&crc.to_le_bytes());
-    data
+pub(super) fn seal_chunk(data: Vec<u8>) -> Vec<u8> {
+    super::kv::sealed(data)
 }
 
 /// A stored chunk's data, its CRC32C checked (an empty value is a hole: no data).
@@ -31,15 +29,7 @@ pub(super) fn open_chunk(value: &[u8]) -> Result<&[u8]> {
     if value.is_empty() {
         return Ok(value);
     }
-    let Some(split) = value.len().checked_sub(CHUNK_CRC_BYTES) else {
-        return Err(VolumeError::Storage(format!("a stored chunk of {} bytes is too short for its checksum", value.len())));
-    };
-    let (data, crc) = value.split_at(split);
-    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    if crc32c::crc32c(data) != stored {
-        return Err(VolumeError::Storage("a stored chunk fails its checksum (CRC32C)".into()));
-    }
-    Ok(data)
+    super::kv::unsealed(value).ok_or_else(|| VolumeError::Storage(format!("a stored chunk ({} bytes) fails its checksum (CRC32C)", value.len())))
 }
 
 impl VolumeStore {

@@ -82,6 +82,34 @@ impl Extent {
     }
 }
 
+/// `bytes` followed by their CRC32C (little-endian): the form of a stored chunk and of the
+/// data log's small files (`applied`, `clean`).
+pub(crate) fn sealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// The bytes [`sealed`] wrapped, if their CRC32C checks out.
+pub(crate) fn unsealed(b: &[u8]) -> Option<&[u8]> {
+    let (bytes, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
+    (crc32c::crc32c(bytes).to_le_bytes() == crc).then_some(bytes)
+}
+
+/// Replaces `dir/name` with `bytes`, durably: a new file synced, renamed over the old one, and
+/// the directory synced.
+pub(super) fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.new"));
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    write().map_err(|e| io_error(&format!("write datalog/{name}"), e))?;
+    sync_dir(dir)
+}
+
 /// A chunk column family value as RocksDB holds it.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Stored<'a> {
@@ -391,14 +419,11 @@ impl Segments {
     /// read into the front of `buf`, which only ever grows: a buffer kept between reads is
     /// neither allocated nor zeroed again.
     pub fn read_value<'b>(&self, e: Extent, tail: &[u8], buf: &'b mut Vec<u8>) -> Result<&'b [u8]> {
-        let (head, n) = (e.len as usize, e.len as usize + tail.len());
+        let n = e.len as usize + tail.len();
         if buf.len() < n {
             buf.resize(n, 0);
         }
-        if !self.read_at(e.lsn, &mut buf[..head])? {
-            return Err(VolumeError::Storage(format!("the data log ends before a stored value at {} ({} bytes)", e.lsn, e.len)));
-        }
-        buf[head..n].copy_from_slice(tail);
+        let n = self.read_value_into(e, tail, buf)?;
         Ok(&buf[..n])
     }
 

@@ -22,6 +22,8 @@ mod log;
 mod mem;
 mod rocks;
 
+pub(crate) use log::{sealed, unsealed};
+
 #[cfg(test)]
 mod conformance;
 

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{IoSlice, Seek as _, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::mem::ManuallyDrop;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -146,6 +146,21 @@ struct Writer {
     headers: Vec<(u64, u64)>,
     /// Set when an append could not be undone: the log's end is unknown, so no more writes.
     broken: Option<String>,
+}
+
+impl Writer {
+    /// A sync's outcome; a failed one breaks the writer (see [`Engine::sync_log`]).
+    fn check_sync(&mut self, synced: std::io::Result<()>) -> Result<()> {
+        synced.map_err(|e| {
+            self.broken = Some(format!("a data log sync failed: {e}"));
+            log::io_error("sync the data log", e)
+        })
+    }
+}
+
+/// Syncs each file's data.
+fn sync_files<'a>(files: impl IntoIterator<Item = &'a Arc<File>>) -> std::io::Result<()> {
+    files.into_iter().try_for_each(|f| f.sync_data())
 }
 
 /// The engine's state, shared with its checkpoint thread.
@@ -294,16 +309,25 @@ impl Engine {
             crash_on_drop,
             wake: Wake::default(),
         };
-        // Live counts first: the checkpoint removes old segments that have none.
-        if let Some(counts) = counted {
-            *kv.live.lock().expect("live extents lock") = counts;
+        // Live counts before the checkpoint (which removes old segments that have none); the
+        // checkpoint only if the replay applied records (a clean close leaves none).
+        let extents = match counted {
+            Some(counts) => {
+                *kv.live.lock().expect("live extents lock") = counts;
+                None
+            }
+            None => {
+                let extents = kv.live_extents()?;
+                *kv.live.lock().expect("live extents lock") = extents.iter().map(|(&seg, v)| (seg, v.len() as u64)).collect();
+                Some(extents)
+            }
+        };
+        if end != applied {
             kv.checkpoint()?;
-            return Ok(kv);
         }
-        let extents = kv.live_extents()?;
-        *kv.live.lock().expect("live extents lock") = extents.iter().map(|(&seg, v)| (seg, v.len() as u64)).collect();
-        kv.checkpoint()?;
-        kv.scrub(extents)?;
+        if let Some(extents) = extents {
+            kv.scrub(extents)?;
+        }
         Ok(kv)
     }
 
@@ -484,25 +508,18 @@ impl Engine {
             let w = self.writer();
             w.rolled.iter().cloned().chain([w.file.clone()]).collect()
         };
-        for f in &files {
-            if let Err(e) = f.sync_data() {
-                self.writer().broken = Some(format!("a data log sync failed: {e}"));
-                return Err(log::io_error("sync the data log", e));
-            }
-        }
-        self.writer().rolled.retain(|r| !files.iter().any(|f| Arc::ptr_eq(f, r)));
+        let synced = sync_files(&files);
+        let mut w = self.writer();
+        w.check_sync(synced)?;
+        w.rolled.retain(|r| !files.iter().any(|f| Arc::ptr_eq(f, r)));
         Ok(())
     }
 
     /// Syncs the log with the writer lock held (no record is being appended), so whatever RocksDB
     /// flushes next points only at synced pages.
     fn sync_locked(&self, w: &mut Writer) -> Result<()> {
-        for f in w.rolled.iter().chain([&w.file]) {
-            if let Err(e) = f.sync_data() {
-                w.broken = Some(format!("a data log sync failed: {e}"));
-                return Err(log::io_error("sync the data log", e));
-            }
-        }
+        let synced = sync_files(w.rolled.iter().chain([&w.file]));
+        w.check_sync(synced)?;
         w.rolled.clear();
         Ok(())
     }
@@ -538,8 +555,8 @@ impl Engine {
         };
         // Writers go on while the switched memtables are written out; replay may start at
         // `applied` once that and this are durable, and nothing is punched before.
-        self.wait_for_flushes()?;
-        if let Err(e) = write_applied(self.segments.dir(), applied) {
+        // On failure the extents taken above stay allocated: the next open scrubs them.
+        if let Err(e) = self.wait_for_flushes().and_then(|()| write_applied(self.segments.dir(), applied)) {
             self.leaked.store(true, Ordering::SeqCst);
             return Err(e);
         }
@@ -660,14 +677,8 @@ impl Drop for Engine {
         match checkpoint {
             Ok(()) if self.leaked.load(Ordering::SeqCst) => {}
             Ok(()) => {
-                let dir = self.segments.dir().to_path_buf();
                 let counts = encode_live_counts(&self.live.lock().expect("live extents lock"));
-                let write = || -> std::io::Result<()> {
-                    let mut f = File::create(dir.join("clean"))?;
-                    f.write_all(&counts)?;
-                    f.sync_all()
-                };
-                if let Err(e) = write().map_err(|e| log::io_error("write the clean marker", e)).and_then(|()| log::sync_dir(&dir)) {
+                if let Err(e) = log::write_file(self.segments.dir(), "clean", &counts) {
                     tracing::warn!(error = %e, "volume store closed without its clean marker: the next open scrubs the data log");
                 }
             }
@@ -684,17 +695,15 @@ fn total_order() -> rocksdb::ReadOptions {
 }
 
 /// The clean marker's contents: live extents per segment (u64 segment, u64 count, each
-/// little-endian), then their CRC32C.
+/// little-endian), sealed with their CRC32C.
 fn encode_live_counts(live: &BTreeMap<u64, u64>) -> Vec<u8> {
-    let mut b: Vec<u8> = live.iter().flat_map(|(seg, n)| seg.to_le_bytes().into_iter().chain(n.to_le_bytes())).collect();
-    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-    b
+    log::sealed(live.iter().flat_map(|(seg, n)| seg.to_le_bytes().into_iter().chain(n.to_le_bytes())).collect())
 }
 
 /// The counts [`encode_live_counts`] wrote, if the bytes are whole (else the open counts again).
 fn decode_live_counts(b: &[u8]) -> Option<BTreeMap<u64, u64>> {
-    let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
-    if body.len() % 16 != 0 || crc32c::crc32c(body).to_le_bytes() != crc {
+    let body = log::unsealed(b)?;
+    if body.len() % 16 != 0 {
         return None;
     }
     Some(body.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8 bytes")), u64::from_le_bytes(c[8..].try_into().expect("8 bytes")))).collect())
@@ -704,31 +713,17 @@ fn decode_live_counts(b: &[u8]) -> Option<BTreeMap<u64, u64>> {
 fn read_applied(dir: &Path) -> Result<u64> {
     match std::fs::read(dir.join("applied")) {
         Ok(b) => {
-            let b: [u8; 12] = b.as_slice().try_into().map_err(|_| VolumeError::Storage("datalog/applied is not 12 bytes".into()))?;
-            let lsn = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-            if crc32c::crc32c(&b[..8]).to_le_bytes() != b[8..] {
-                return Err(VolumeError::Storage("datalog/applied fails its checksum".into()));
-            }
-            Ok(lsn)
+            let lsn = log::unsealed(&b).and_then(|b| <[u8; 8]>::try_from(b).ok()).ok_or_else(|| VolumeError::Storage("datalog/applied is not a position with its checksum".into()))?;
+            Ok(u64::from_le_bytes(lsn))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(log::io_error("read datalog/applied", e)),
     }
 }
 
-/// Records `lsn` as where replay starts: a new file synced, then renamed over the old one.
+/// Records `lsn` as where replay starts.
 fn write_applied(dir: &Path, lsn: u64) -> Result<()> {
-    let mut b = lsn.to_le_bytes().to_vec();
-    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-    let tmp: PathBuf = dir.join("applied.new");
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&b)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join("applied"))
-    };
-    write().map_err(|e| log::io_error("write datalog/applied", e))?;
-    log::sync_dir(dir)
+    log::write_file(dir, "applied", &log::sealed(lsn.to_le_bytes().to_vec()))
 }
 
 /// The record at `lsn`, if it is whole: header, operations and every logged value check out.
