@@ -255,11 +255,22 @@ impl VolumeStore {
         let mut found = Some(found);
         let mut out = None;
         self.kv.seek(cf, &seek, Seek::SamePrefix(object.len()), verify, &mut |k, v| {
-            if k.len() == object.len() + 8 && k.starts_with(object) {
+            if Self::is_version_of(k, object) {
                 out = found.take().map(|f| f(k, v));
             }
         })?;
         Ok(out)
+    }
+
+    /// Whether `key` is a version of `object` (the object, then its epoch).
+    fn is_version_of(key: &[u8], object: &[u8]) -> bool {
+        key.len() == object.len() + 8 && key.starts_with(object)
+    }
+
+    /// Where a scope looks for an object, in order: its own lineage up to its epoch, then (for a
+    /// clone) the live lineage up to its base.
+    fn lookups(scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>) -> impl Iterator<Item = (Vec<u8>, Epoch)> {
+        [(object(scope.lineage), scope.max_epoch)].into_iter().chain(scope.base_epoch.map(|base| (object(LIVE), base)))
     }
 
     /// The version a scope sees: its own lineage first, then (for a clone) its base.
@@ -269,29 +280,24 @@ impl VolumeStore {
 
     /// [`Self::visible`], handing `found` the key and value where they lie.
     pub(super) fn visible_map<T>(&self, cf: Cf, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, verify: Verify, mut found: impl FnMut(&[u8], &[u8]) -> T) -> Result<Option<T>> {
-        if let Some(v) = self.newest_map(cf, &object(scope.lineage), scope.max_epoch, verify, &mut found)? {
-            return Ok(Some(v));
+        for (object, max) in Self::lookups(scope, object) {
+            if let Some(v) = self.newest_map(cf, &object, max, verify, &mut found)? {
+                return Ok(Some(v));
+            }
         }
-        match scope.base_epoch {
-            Some(base) => self.newest_map(cf, &object(LIVE), base, verify, &mut found),
-            None => Ok(None),
-        }
+        Ok(None)
     }
 
     /// [`Self::visible_map`] for a value read straight into `dest` ([`Kv::seek_into`]): its
     /// length, if the scope sees one.
     pub(super) fn visible_into(&self, cf: Cf, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, dest: &mut [u8]) -> Result<Option<usize>> {
-        let mut newest = |object: Vec<u8>, max: Epoch| {
+        for (object, max) in Self::lookups(scope, object) {
             let seek = keys::versioned(object.clone(), max);
-            self.kv.seek_into(cf, &seek, Seek::SamePrefix(object.len()), &mut |k| k.len() == object.len() + 8 && k.starts_with(&object), dest)
-        };
-        if let Some(n) = newest(object(scope.lineage), scope.max_epoch)? {
-            return Ok(Some(n));
+            if let Some(n) = self.kv.seek_into(cf, &seek, Seek::SamePrefix(object.len()), &mut |k| Self::is_version_of(k, &object), dest)? {
+                return Ok(Some(n));
+            }
         }
-        match scope.base_epoch {
-            Some(base) => newest(object(LIVE), base),
-            None => Ok(None),
-        }
+        Ok(None)
     }
 
     pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
