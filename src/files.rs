@@ -46,7 +46,7 @@ struct Files {
 }
 
 fn now() -> u64 {
-    umbra_node::fsrvp::filetime_now()
+    umbra_node::filetime_now()
 }
 
 fn split(path: &str) -> anyhow::Result<(String, String)> {

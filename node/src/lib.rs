@@ -26,3 +26,9 @@ pub mod smb;
 pub mod volume;
 pub mod volume_service;
 pub mod volumes_task;
+
+/// Now as FILETIME (100 ns ticks since 1601-01-01), as SMB and the store use it, by the
+/// process's clock (`umbra_raft::clock`, ms resolution: virtual under simulation).
+pub fn filetime_now() -> u64 {
+    umbra_smb_gateway::wire::filetime_of_ms(umbra_raft::clock::now_ms())
+}

@@ -361,7 +361,9 @@ impl VolumeRpc for VolumeService {
             })
             .await?;
         if let (Some((parent, name, ino)), Some((gw, o))) = (created, open) {
-            self.register_created(vol, view, parent, name, ino, gw, o).await?;
+            let delete_at_close = o.delete_at_close.then_some(Link { parent, name });
+            let record = OpenRecord { file: FileKey { volume: vol, view, ino }, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
+            self.register_here(gw, o.lease_ms, record).await?;
         }
         Ok(Response::new(reply))
     }
@@ -583,14 +585,6 @@ impl VolumeService {
         self.register_here(gw, r.lease_ms, record).await
     }
 
-    /// Registers the open a resolve carried, of the file it created (`name` in `parent`).
-    #[allow(clippy::too_many_arguments)]
-    async fn register_created(&self, volume: Uuid, view: View, parent: u64, name: String, ino: u64, gw: Gateway, o: OpenOnCreate) -> Result<Done, Status> {
-        let delete_at_close = o.delete_at_close.then_some(Link { parent, name });
-        let record = OpenRecord { file: FileKey { volume, view, ino }, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
-        self.register_here(gw, o.lease_ms, record).await
-    }
-
     /// Registers an open of a file on a volume this node owns (OpenRegister, or a create that
     /// carries its open): after the owner's grace period, checked against every other open.
     async fn register_here(&self, gw: Gateway, lease_ms: u64, record: OpenRecord) -> Result<Done, Status> {
@@ -607,7 +601,7 @@ impl VolumeService {
             tracing::debug!(node = gw.node, ino, error = %e, "open refused");
         }
         // The register expired leases: their files may be due for deletion.
-        if let Err(e) = self.carry_out_deletes(crate::fsrvp::filetime_now()).await {
+        if let Err(e) = self.carry_out_deletes(crate::filetime_now()).await {
             tracing::warn!(error = %e, "a deletion at last close failed during a register");
         }
         result.map(|_| Done {}).map_err(open_status)
@@ -671,7 +665,7 @@ impl VolumeService {
             table.renew(now, gw, r.lease_ms.min(MAX_LEASE_MS), volume, r.up_to, &records).map_err(open_status)
         };
         // Expired leases and lost releases may have made deletions due.
-        if let Err(e) = self.carry_out_deletes(crate::fsrvp::filetime_now()).await {
+        if let Err(e) = self.carry_out_deletes(crate::filetime_now()).await {
             tracing::warn!(error = %e, "a deletion at last close failed during a renewal");
         }
         let renewed = renewed?;

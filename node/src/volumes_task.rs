@@ -38,7 +38,7 @@ fn upkeep(node: NodeId, store: &VolumeStore, meta: &MetaReader, step_entries: us
     let mine: Vec<uuid::Uuid> = meta.read().state.volumes.values().filter(|v| v.owner == node).map(|v| v.id).collect();
     let have = store.volumes();
     for vol in mine.into_iter().filter(|v| !have.contains(v)) {
-        store.create_volume(vol, crate::fsrvp::filetime_now())?;
+        store.create_volume(vol, crate::filetime_now())?;
         tracing::info!(volume = %vol, "created volume");
     }
     for vol in store.volumes() {

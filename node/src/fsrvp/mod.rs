@@ -307,8 +307,3 @@ fn unexpected(a: FsrvpAnswer) -> FsrvpError {
     FsrvpError::Failed(format!("unexpected answer {a:?}"))
 }
 
-/// Now as FILETIME (100 ns ticks since 1601-01-01), as SMB and the store use it, by the
-/// process's clock (`umbra_raft::clock`, ms resolution: virtual under simulation).
-pub fn filetime_now() -> u64 {
-    filetime_of_ms(umbra_raft::clock::now_ms())
-}

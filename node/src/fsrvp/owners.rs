@@ -9,7 +9,8 @@ use umbra_proto::v1::volume_server::Volume as _;
 use umbra_proto::v1::*;
 use uuid::Uuid;
 
-use super::{filetime_now, Coordinator};
+use super::Coordinator;
+use crate::filetime_now;
 
 fn target(volume: Uuid, snapshot: Option<Uuid>) -> VolumeTarget {
     VolumeTarget { volume: volume.to_string(), snapshot: snapshot.map(|s| s.to_string()).unwrap_or_default(), clone: String::new(), route: true }

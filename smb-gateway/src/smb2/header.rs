@@ -172,31 +172,37 @@ impl Header {
 
     /// Appends the 64 header bytes to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&PROTOCOL_ID);
-        out.extend_from_slice(&(HEADER_BYTES as u16).to_le_bytes());
-        out.extend_from_slice(&self.credit_charge.to_le_bytes());
-        out.extend_from_slice(&self.status.to_le_bytes());
-        out.extend_from_slice(&self.command.code().to_le_bytes());
-        out.extend_from_slice(&self.credits.to_le_bytes());
-        out.extend_from_slice(&self.flags.to_le_bytes());
-        out.extend_from_slice(&self.next_command.to_le_bytes());
-        out.extend_from_slice(&self.message_id.to_le_bytes());
-        match self.target {
-            Target::Async { async_id } => out.extend_from_slice(&async_id.to_le_bytes()),
-            Target::Sync { process_id, tree_id } => {
-                out.extend_from_slice(&process_id.to_le_bytes());
-                out.extend_from_slice(&tree_id.to_le_bytes());
-            }
-        }
-        out.extend_from_slice(&self.session_id.to_le_bytes());
-        out.extend_from_slice(&self.signature);
+        let at = out.len();
+        out.resize(at + HEADER_BYTES, 0);
+        self.encode_into(&mut out[at..]);
     }
 
-    /// [`Self::encode`] into the first [`HEADER_BYTES`] of `out` (room left for it before a body).
+    /// Writes the 64 header bytes over the first [`HEADER_BYTES`] of `out` (room left for them
+    /// before a body).
     pub fn encode_into(&self, out: &mut [u8]) {
-        let mut head = Vec::with_capacity(HEADER_BYTES);
-        self.encode(&mut head);
-        out[..HEADER_BYTES].copy_from_slice(&head);
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&PROTOCOL_ID);
+        put(&(HEADER_BYTES as u16).to_le_bytes());
+        put(&self.credit_charge.to_le_bytes());
+        put(&self.status.to_le_bytes());
+        put(&self.command.code().to_le_bytes());
+        put(&self.credits.to_le_bytes());
+        put(&self.flags.to_le_bytes());
+        put(&self.next_command.to_le_bytes());
+        put(&self.message_id.to_le_bytes());
+        match self.target {
+            Target::Async { async_id } => put(&async_id.to_le_bytes()),
+            Target::Sync { process_id, tree_id } => {
+                put(&process_id.to_le_bytes());
+                put(&tree_id.to_le_bytes());
+            }
+        }
+        put(&self.session_id.to_le_bytes());
+        put(&self.signature);
     }
 
     pub fn is_response(&self) -> bool {
