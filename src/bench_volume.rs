@@ -15,6 +15,8 @@ use umbra_node::volume::{Kind, View, VolumeStore, ROOT_INO};
 use uuid::Uuid;
 
 use crate::local::{free_base_port, LocalCluster};
+use umbra_proto::v1::volume_client::VolumeClient;
+use umbra_proto::v1::{CreateRequest, ReadRequest, VolumeTarget, WriteChunk};
 
 const MIB: u64 = 1 << 20;
 
@@ -32,6 +34,9 @@ pub struct VolumeBenchArgs {
     /// Write loads for the fence part, MB/s in all (0: flat out).
     #[arg(long, value_delimiter = ',', default_value = "0,200")]
     fence_load_mbps: Vec<u64>,
+    /// Rounds of the sequential part (each the local store, then gRPC).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Run only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -106,13 +111,31 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
         let vol = Uuid::new_v4();
         store.create_volume(vol, 0)?;
         // The random part writes into the file the sequential part makes.
-        let (lw, lr) = local_seq(&store, vol, size)?;
+        let ino = store.create(vol, View::Live, ROOT_INO, "seq.bin", Kind::File, 1)?;
         if args.runs(Part::Seq) {
             println!("sequential, {} MiB in 1 MiB I/Os (write includes a final sync)", args.size_mib);
             println!("  plain file   write {:.2} GB/s  read {:.2} GB/s", gbps(size, pw), gbps(size, pr));
-            println!("  volume store write {:.2} GB/s  read {:.2} GB/s  (ratio to plain file: write {:.2}, read {:.2})", gbps(size, lw), gbps(size, lr), pw.as_secs_f64() / lw.as_secs_f64(), pr.as_secs_f64() / lr.as_secs_f64());
-            let (gw, gr) = grpc_seq(scratch, size).await?;
-            println!("  through gRPC write {:.2} GB/s  read {:.2} GB/s  (ratio to local store: write {:.2}, read {:.2})", gbps(size, gw), gbps(size, gr), lw.as_secs_f64() / gw.as_secs_f64(), lr.as_secs_f64() / gr.as_secs_f64());
+            // Rounds of the local store then gRPC, one after the other, so both see the same
+            // state of this machine; the ratios are each round's, and their median.
+            let mut grpc = GrpcFile::start(scratch).await?;
+            let mut ratios = (Vec::new(), Vec::new());
+            let rounds = async {
+                for round in 1..=args.rounds {
+                    let (lw, lr) = local_pass(&store, vol, ino, size)?;
+                    let (gw, gr) = grpc.pass(size).await?;
+                    let (rw, rr) = (lw.as_secs_f64() / gw.as_secs_f64(), lr.as_secs_f64() / gr.as_secs_f64());
+                    println!("  round {round}: volume store write {:.2} GB/s read {:.2} GB/s; through gRPC write {:.2} GB/s read {:.2} GB/s (ratio to local: write {rw:.2}, read {rr:.2})", gbps(size, lw), gbps(size, lr), gbps(size, gw), gbps(size, gr));
+                    ratios.0.push(rw);
+                    ratios.1.push(rr);
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            grpc.cluster.stop().await;
+            rounds?;
+            println!("  gRPC/local, median of {} rounds: write {:.2}, read {:.2}", args.rounds, median(&mut ratios.0), median(&mut ratios.1));
+        } else {
+            local_pass(&store, vol, ino, size)?;
         }
         if args.runs(Part::Random) {
             let (plain_iops, store_iops) = random_4k(&store, vol, &scratch.join("plain.bin"), size)?;
@@ -153,8 +176,9 @@ fn plain_file(path: &Path, size: u64) -> anyhow::Result<(Duration, Duration)> {
     Ok((w, t.elapsed()))
 }
 
-fn local_seq(store: &VolumeStore, vol: Uuid, size: u64) -> anyhow::Result<(Duration, Duration)> {
-    let ino = store.create(vol, View::Live, ROOT_INO, "seq.bin", Kind::File, 1)?;
+/// One pass over the local store: `size` bytes in 1 MiB writes and a sync, then read back in
+/// 1 MiB reads (each checked): the times of the two.
+fn local_pass(store: &VolumeStore, vol: Uuid, ino: u64, size: u64) -> anyhow::Result<(Duration, Duration)> {
     let t = Instant::now();
     for i in 0..size / MIB {
         store.write(vol, View::Live, ino, i * MIB, &block(i), 2)?;
@@ -163,25 +187,52 @@ fn local_seq(store: &VolumeStore, vol: Uuid, size: u64) -> anyhow::Result<(Durat
     let w = t.elapsed();
     let t = Instant::now();
     for i in 0..size / MIB {
-        let data = store.read(vol, View::Live, ino, i * MIB, MIB)?;
-        anyhow::ensure!(data.len() as u64 == MIB && data[..8] == stamp(i), "read back differs at MiB {i}");
+        check_mib(i, &store.read(vol, View::Live, ino, i * MIB, MIB)?)?;
     }
     Ok((w, t.elapsed()))
 }
 
-async fn grpc_seq(scratch: &Path, size: u64) -> anyhow::Result<(Duration, Duration)> {
-    use umbra_proto::v1::volume_client::VolumeClient;
-    use umbra_proto::v1::*;
-    let mut cluster = LocalCluster::prepare(&scratch.join("cluster"), 1, free_base_port()?, "")?;
-    cluster.start()?;
-    let result = async {
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn check_mib(i: u64, data: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(data.len() as u64 == MIB && data[..8] == stamp(i), "read back differs at MiB {i}");
+    Ok(())
+}
+
+/// A one-node cluster in its own process, and a file on a volume it owns, reached the way
+/// nodes reach each other: `umbra_node::volume_wire` for the data, tonic's generated client for
+/// the rest.
+struct GrpcFile {
+    cluster: LocalCluster,
+    channel: tonic::transport::Channel,
+    client: VolumeClient<tonic::transport::Channel>,
+    target: VolumeTarget,
+    ino: u64,
+}
+
+impl GrpcFile {
+    async fn start(scratch: &Path) -> anyhow::Result<GrpcFile> {
+        let mut cluster = LocalCluster::prepare(&scratch.join("cluster"), 1, free_base_port()?, "")?;
+        cluster.start()?;
+        match Self::connect(&mut cluster).await {
+            Ok((channel, client, target, ino)) => Ok(GrpcFile { cluster, channel, client, target, ino }),
+            Err(e) => {
+                cluster.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(cluster: &mut LocalCluster) -> anyhow::Result<(tonic::transport::Channel, VolumeClient<tonic::transport::Channel>, VolumeTarget, u64)> {
         cluster.wait_ready().await?;
         let node = crate::client::Node::connect(cluster.first_addr()).await?;
         let (resp, _) = node.write(umbra_raft::command::Command::CreateVolume { id: Uuid::new_v4(), name: "bench".into(), owner: 1 }).await?;
         let umbra_raft::command::Applied::Volume(v) = resp.map_err(|e| anyhow::anyhow!("{e}"))? else { anyhow::bail!("unexpected reply") };
-        let ch = umbra_raft::network::channel(cluster.first_addr())?;
-        let max = umbra_node::volume_service::MAX_VOLUME_MESSAGE_BYTES;
-        let mut client = VolumeClient::new(ch).max_decoding_message_size(max).max_encoding_message_size(max);
+        let channel = umbra_raft::network::channel(cluster.first_addr())?;
+        let mut client = VolumeClient::new(channel.clone());
         let target = VolumeTarget { volume: v.id.to_string(), snapshot: String::new(), clone: String::new(), route: false };
         let ino = loop {
             let req = CreateRequest { target: Some(target.clone()), parent: ROOT_INO, name: "seq.bin".into(), directory: false, now: 1 };
@@ -190,24 +241,30 @@ async fn grpc_seq(scratch: &Path, size: u64) -> anyhow::Result<(Duration, Durati
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // the volume is being created
             }
         };
+        Ok((channel, client, target, ino))
+    }
+
+    /// Like [`local_pass`]: one Write call streams the file (each message made as it goes out),
+    /// a Sync call, then one Read call streams it back.
+    async fn pass(&mut self, size: u64) -> anyhow::Result<(Duration, Duration)> {
+        use tokio_stream::StreamExt;
         let t = Instant::now();
-        let t2 = target.clone();
-        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| WriteChunk { target: Some(t2.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2 }));
-        client.write(msgs).await?;
-        client.sync(target.clone()).await?;
+        let (target, ino) = (self.target.clone(), self.ino);
+        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2 }));
+        umbra_node::volume_wire::write(self.channel.clone(), msgs).await?;
+        self.client.sync(self.target.clone()).await?;
         let w = t.elapsed();
         let t = Instant::now();
-        let mut stream = client.read(ReadRequest { target: Some(target), ino, offset: 0, length: size }).await?.into_inner();
-        let mut got = 0u64;
-        while let Some(c) = stream.message().await? {
-            got += c.data.len() as u64;
+        let req = ReadRequest { target: Some(self.target.clone()), ino, offset: 0, length: size };
+        let mut stream = umbra_node::volume_wire::read(self.channel.clone(), req).await?;
+        let mut i = 0;
+        while let Some(c) = stream.next().await {
+            check_mib(i, &c?.data)?;
+            i += 1;
         }
-        anyhow::ensure!(got == size, "read {got} of {size} bytes");
-        anyhow::Ok((w, t.elapsed()))
+        anyhow::ensure!(i == size / MIB, "read {i} MiB of {}", size / MIB);
+        Ok((w, t.elapsed()))
     }
-    .await;
-    cluster.stop().await;
-    result
 }
 
 fn random_4k(store: &VolumeStore, vol: Uuid, plain: &Path, size: u64) -> anyhow::Result<(f64, f64)> {

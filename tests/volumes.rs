@@ -87,6 +87,11 @@ fn a_client_on_one_node_reads_and_writes_a_file_on_a_volume_another_node_owns() 
     assert_eq!(on_1.write(ino, 0, &data).unwrap(), data.len() as u64);
     let on_3 = Vol::connect(c.addr(3), &vol);
     assert_eq!(on_3.read(ino, data.len() as u64).unwrap(), data, "read through node 3 what node 1 wrote to node 2's volume");
+    // The owner's errors come back through the forwarding node whole: code, message, metadata.
+    for e in [on_3.read(ino + 1000, 10).unwrap_err(), on_1.write(ino + 1000, 0, b"x").unwrap_err()] {
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        assert_eq!(e.metadata().get("umbra-error").unwrap(), "not_found", "{e:?}");
+    }
 
     // Without routing, a node that does not own the volume says who does.
     let mut direct = Vol::connect(c.addr(1), &vol);

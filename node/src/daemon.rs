@@ -12,7 +12,6 @@ use tonic::transport::server::TcpIncoming;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::admin_server::AdminServer;
 use umbra_proto::v1::raft_server::RaftServer;
-use umbra_proto::v1::volume_server::VolumeServer;
 use umbra_proto::v1::AddNodeRequest;
 use umbra_raft::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use umbra_raft::service::RaftService;
@@ -23,7 +22,7 @@ use crate::admin::AdminService;
 use crate::config::NodeConfig;
 use crate::meta::{Meta, ADD_NODE_TIMEOUT};
 use crate::volume::VolumeStore;
-use crate::volume_service::{VolumeService, MAX_VOLUME_MESSAGE_BYTES};
+use crate::volume_service::VolumeService;
 
 /// Pause between attempts to join through the configured members.
 const JOIN_RETRY: Duration = Duration::from_millis(500);
@@ -79,7 +78,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
         .max_frame_size(Some(umbra_raft::network::MAX_FRAME_BYTES))
         .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(AdminServer::new(AdminService::new(meta.clone())))
-        .add_service(VolumeServer::from_arc(volume_service.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES))
+        .add_service(crate::volume_wire::VolumeWire::new(volume_service.clone()))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stop_rx.await;
         });

@@ -7,7 +7,8 @@
 //! [`batcher`]) or forwards them there,
 //! answers linearizable reads through a read index, and changes membership. [`errors`] holds
 //! the one table from node errors to gRPC codes. The node's volumes live in [`volume`] (a
-//! RocksDB of their own), served to other nodes by [`volume_service`]; [`volumes_task`] keeps
+//! RocksDB of their own), served to other nodes by [`volume_service`], whose bulk calls (file
+//! data) go on the wire through [`volume_wire`] without being copied; [`volumes_task`] keeps
 //! them in step with Raft and runs reclaim. Share modes: the owner of a volume keeps the table of
 //! its opens ([`opens`], inside the volume service); this node's gateway registers, releases and
 //! renews its opens there ([`gateway_opens`]).
@@ -25,6 +26,7 @@ pub mod opens;
 pub mod smb;
 pub mod volume;
 pub mod volume_service;
+pub mod volume_wire;
 pub mod volumes_task;
 
 /// Now as FILETIME (100 ns ticks since 1601-01-01), as SMB and the store use it, by the

@@ -66,7 +66,7 @@ pub struct VolumeService {
     store: Arc<VolumeStore>,
     raft: Raft,
     meta: MetaReader,
-    peers: Mutex<HashMap<String, VolumeClient<Channel>>>,
+    peers: Mutex<HashMap<String, Peer>>,
     /// Opens of the volumes this node owns, from every gateway (share modes); in memory only.
     opens: Mutex<OpenTable>,
     /// The clock leases are judged by (this node's, monotonic).
@@ -144,7 +144,28 @@ pub enum StoreCalls {
 /// Where a call on a volume goes.
 enum Owner {
     Here,
-    Peer(VolumeClient<Channel>),
+    Peer(Peer),
+}
+
+/// Another node's volume service: its generated client for the unary calls, and the channel
+/// the bulk calls take (see [`crate::volume_wire`]).
+#[derive(Clone)]
+struct Peer {
+    client: VolumeClient<Channel>,
+    channel: Channel,
+}
+
+impl std::ops::Deref for Peer {
+    type Target = VolumeClient<Channel>;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
 }
 
 /// A snapshot or clone id from a request.
@@ -224,11 +245,15 @@ impl VolumeService {
         if !route {
             return Err(status_of(VolumeError::WrongOwner { volume: vol, owner }));
         }
-        self.peer(owner).map(Owner::Peer).map_err(|e| Status::unavailable(format!("volume {vol}'s owner: {}", e.message())))
+        self.peer_of(owner).map(Owner::Peer).map_err(|e| Status::unavailable(format!("volume {vol}'s owner: {}", e.message())))
     }
 
     /// A client of node `node`'s volume service (cached per address).
     pub fn peer(&self, node: NodeId) -> Result<VolumeClient<Channel>, Status> {
+        self.peer_of(node).map(|p| p.client)
+    }
+
+    fn peer_of(&self, node: NodeId) -> Result<Peer, Status> {
         let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.grpc_addr.clone());
         let addr = addr.ok_or_else(|| Status::unavailable(format!("node {node} is not a member")))?;
         let mut peers = self.peers.lock().expect("peer cache lock");
@@ -236,9 +261,10 @@ impl VolumeService {
             return Ok(c.clone());
         }
         let ch = umbra_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-        let client = VolumeClient::new(ch).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
-        peers.insert(addr, client.clone());
-        Ok(client)
+        let client = VolumeClient::new(ch.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
+        let peer = Peer { client, channel: ch };
+        peers.insert(addr, peer.clone());
+        Ok(peer)
     }
 
     /// The other members of the cluster.
@@ -256,13 +282,38 @@ impl VolumeService {
     pub async fn write_one(&self, msg: WriteChunk) -> Result<(), Status> {
         let (vol, view, route) = target_of(msg.target.as_ref())?;
         match self.owner(vol, route)? {
-            Owner::Peer(mut peer) => {
+            Owner::Peer(peer) => {
                 let mut msg = msg;
                 unrouted(&mut msg.target);
-                peer.write(tokio_stream::once(msg)).await.map(|_| ())
+                crate::volume_wire::write(peer.channel, tokio_stream::once(msg)).await.map(|_| ())
             }
             Owner::Here => self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await,
         }
+    }
+
+    /// A Write call's messages, however they arrived: each one whole store write, in order; the
+    /// next message is received while the current one is written. Forwarded whole to the owner
+    /// when that is another node.
+    pub async fn write_stream(&self, mut incoming: impl Stream<Item = Result<WriteChunk, Status>> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
+        let Some(first) = incoming.next().await.transpose()? else { return Ok(WrittenReply { written: 0 }) };
+        let (vol, view, route) = target_of(first.target.as_ref())?;
+        if let Owner::Peer(peer) = self.owner(vol, route)? {
+            let mut first = first;
+            unrouted(&mut first.target);
+            let rest = incoming.map_while(|m| m.ok());
+            return crate::volume_wire::write(peer.channel, tokio_stream::once(first).chain(rest)).await;
+        }
+        let mut written = 0u64;
+        let mut current = Some(first);
+        while let Some(msg) = current.take() {
+            let len = msg.data.len() as u64;
+            let write = self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now));
+            let (done, next) = tokio::join!(write, incoming.next());
+            done?;
+            written += len;
+            current = next.transpose()?;
+        }
+        Ok(WrittenReply { written })
     }
 
     fn now_ms(&self) -> u64 {
@@ -392,9 +443,9 @@ impl VolumeRpc for VolumeService {
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
         let mut r = req.into_inner();
         let (vol, view, route) = target_of(r.target.as_ref())?;
-        if let Owner::Peer(mut peer) = self.owner(vol, route)? {
+        if let Owner::Peer(peer) = self.owner(vol, route)? {
             unrouted(&mut r.target);
-            let stream = peer.read(r).await?.into_inner();
+            let stream = crate::volume_wire::read(peer.channel, r).await?;
             return Ok(Response::new(Box::pin(stream)));
         }
         if self.calls == StoreCalls::Inline {
@@ -412,30 +463,9 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn write(&self, req: Request<Streaming<WriteChunk>>) -> Result<Response<WrittenReply>, Status> {
-        let mut incoming = req.into_inner();
-        let Some(first) = incoming.message().await? else { return Ok(Response::new(WrittenReply { written: 0 })) };
-        let (vol, view, route) = target_of(first.target.as_ref())?;
-        if let Owner::Peer(mut peer) = self.owner(vol, route)? {
-            let mut first = first;
-            unrouted(&mut first.target);
-            let rest = incoming.map_while(|m| m.ok());
-            let outgoing = tokio_stream::once(first).chain(rest);
-            return peer.write(outgoing).await;
-        }
-        // Each message is one store write, in order; the next message is received while the
-        // current one is written.
-        let mut written = 0u64;
-        let mut current = Some(first);
-        while let Some(msg) = current.take() {
-            let len = msg.data.len() as u64;
-            let write = self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now));
-            let (done, next) = tokio::join!(write, incoming.message());
-            done?;
-            written += len;
-            current = next?;
-        }
-        Ok(Response::new(WrittenReply { written }))
+        self.write_stream(req.into_inner()).await.map(Response::new)
     }
+
 
     async fn set_size(&self, req: Request<SetSizeRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_size, |s, vol, view, r| {

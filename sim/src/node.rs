@@ -16,10 +16,9 @@ use umbra_node::fsrvp::{BrokenCommit, Coordinator, Ids, Settings};
 use umbra_node::meta::Meta;
 use umbra_node::volume::kv::MemKv;
 use umbra_node::volume::VolumeStore;
-use umbra_node::volume_service::{StoreCalls, VolumeService, MAX_VOLUME_MESSAGE_BYTES};
+use umbra_node::volume_service::{StoreCalls, VolumeService};
 use umbra_proto::v1::admin_server::AdminServer;
 use umbra_proto::v1::raft_server::RaftServer;
-use umbra_proto::v1::volume_server::VolumeServer;
 use umbra_raft::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use umbra_raft::service::RaftService;
 use umbra_raft::store::mem::{MemDisk, MemStores};
@@ -161,7 +160,7 @@ fn virtual_date<B>(mut response: tonic::codegen::http::Response<B>) -> tonic::co
 /// Serves the node's gRPC services until the host crashes (`_keep`: held for as long).
 async fn serve(_keep: Vec<Arc<VolumeStore>>, raft: Raft, meta: Arc<Meta>, volume: Option<Arc<VolumeService>>) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let volume = volume.map(|v| VolumeServer::from_arc(v).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES));
+    let volume = volume.map(umbra_node::volume_wire::VolumeWire::new);
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(virtual_date))
         .add_service(RaftServer::new(RaftService::new(raft)).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))

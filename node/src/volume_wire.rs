@@ -1,0 +1,335 @@
+//! The volume service's two bulk calls, Read and Write, on the wire without copying file data.
+//!
+//! Data flow: a node's gRPC server runs [`VolumeWire`] for `umbra.v1.Volume`. It answers Read
+//! and Write itself and passes every other call to tonic's generated server. Both ends of a bulk
+//! call frame their messages with [`umbra_proto::frames`]:
+//! - each file-data field goes out as the `Bytes` the store or the client already holds;
+//! - on the other side it is decoded as a slice of the HTTP/2 frame it arrived in.
+//!
+//! tonic's codec would copy each message into an encode buffer and again into a decode buffer
+//! (see that module for why a codec cannot avoid it). What a call does stays in
+//! [`VolumeService`]; only the encoding is here. [`read`] and [`write`] are the matching client
+//! side, used by nodes to reach a volume's owner. The wire is plain gRPC, so tonic's generated
+//! `VolumeClient` (tests, `umbra` CLI, the simulation) calls these handlers too.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body::{Body as HttpBody, Frame};
+use prost::Message;
+use tokio_stream::{Stream, StreamExt};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tower_service::Service;
+use umbra_proto::frames::{frame, frame_with_data, MessageReader, DATA_CHUNK_DATA_FIELD, WRITE_CHUNK_DATA_FIELD};
+use umbra_proto::v1::volume_server::{Volume as VolumeRpc, VolumeServer};
+use umbra_proto::v1::{DataChunk, ReadRequest, WriteChunk, WrittenReply};
+
+use crate::volume_service::{VolumeService, MAX_VOLUME_MESSAGE_BYTES};
+
+const READ_PATH: &str = "/umbra.v1.Volume/Read";
+const WRITE_PATH: &str = "/umbra.v1.Volume/Write";
+/// Largest request or reply other than a data message (a ReadRequest, a WrittenReply).
+const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The volume service as a node's gRPC server runs it.
+#[derive(Clone)]
+pub struct VolumeWire {
+    service: Arc<VolumeService>,
+    generated: VolumeServer<VolumeService>,
+}
+
+impl VolumeWire {
+    pub fn new(service: Arc<VolumeService>) -> Self {
+        let generated = VolumeServer::from_arc(service.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
+        VolumeWire { service, generated }
+    }
+}
+
+impl NamedService for VolumeWire {
+    const NAME: &'static str = <VolumeServer<VolumeService> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for VolumeWire {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let service = self.service.clone();
+        match req.uri().path() {
+            READ_PATH => Box::pin(async move { Ok(serve_read(service, req.into_body()).await) }),
+            WRITE_PATH => Box::pin(async move { Ok(serve_write(service, req.into_body()).await) }),
+            _ => self.generated.call(req),
+        }
+    }
+}
+
+async fn serve_read(service: Arc<VolumeService>, body: Body) -> http::Response<Body> {
+    let request = match only_message::<ReadRequest>(Messages::request(body, MAX_CONTROL_MESSAGE_BYTES)).await {
+        Ok(r) => r,
+        Err(status) => return status.into_http(),
+    };
+    match VolumeRpc::read(&*service, tonic::Request::new(request)).await {
+        Ok(chunks) => {
+            let pieces = chunks.into_inner().map(|c| c.and_then(data_chunk_pieces));
+            reply(Framed { pieces, pending: None, ends_with_status: true, done: false })
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+async fn serve_write(service: Arc<VolumeService>, body: Body) -> http::Response<Body> {
+    match service.write_stream(Messages::request(body, MAX_VOLUME_MESSAGE_BYTES)).await {
+        Ok(written) => match frame(&written) {
+            Ok(b) => reply(Framed { pieces: tokio_stream::once(Ok([b, Bytes::new()])), pending: None, ends_with_status: true, done: false }),
+            Err(e) => Status::internal(e.to_string()).into_http(),
+        },
+        Err(status) => status.into_http(),
+    }
+}
+
+fn reply(body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::new(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    r
+}
+
+fn data_chunk_pieces(c: DataChunk) -> Result<[Bytes; 2], Status> {
+    frame_with_data(&DataChunk::default(), DATA_CHUNK_DATA_FIELD, c.data).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn write_chunk_pieces(mut c: WriteChunk) -> Result<[Bytes; 2], Status> {
+    let data = std::mem::take(&mut c.data);
+    frame_with_data(&c, WRITE_CHUNK_DATA_FIELD, data).map_err(|e| Status::internal(e.to_string()))
+}
+
+/// Reads `length` bytes at `offset` from the node behind `channel`, as the messages arrive.
+pub async fn read(channel: Channel, request: ReadRequest) -> Result<Messages<DataChunk>, Status> {
+    let body = Framed { pieces: tokio_stream::once(Ok([frame(&request).map_err(|e| Status::internal(e.to_string()))?, Bytes::new()])), pending: None, ends_with_status: false, done: false };
+    call(channel, READ_PATH, body).await
+}
+
+/// Sends `chunks` to the node behind `channel` as one Write call (each chunk one store write).
+pub async fn write(channel: Channel, chunks: impl Stream<Item = WriteChunk> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
+    let body = Framed { pieces: chunks.map(write_chunk_pieces), pending: None, ends_with_status: false, done: false };
+    only_message(call::<WrittenReply>(channel, WRITE_PATH, body).await?).await
+}
+
+async fn call<M: Message + Default>(mut channel: Channel, path: &'static str, body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> Result<Messages<M>, Status> {
+    let mut req = http::Request::new(Body::new(body));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = http::Uri::from_static(path);
+    req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    req.headers_mut().insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    futures::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(e.into()))?;
+    let response = channel.call(req).await.map_err(|e| Status::from_error(e.into()))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(Status::new(Code::Internal, format!("the volume service answered HTTP {}", response.status())));
+    }
+    // A reply of headers only carries its status in them.
+    let finished = match Status::from_header_map(response.headers()) {
+        Some(s) if s.code() != Code::Ok => return Err(s),
+        Some(_) => true,
+        None => false,
+    };
+    let mut messages = Messages::response(response.into_body(), MAX_VOLUME_MESSAGE_BYTES);
+    messages.done = finished;
+    Ok(messages)
+}
+
+/// The one message of a unary request or reply (and, for a reply, its OK status).
+async fn only_message<M: Message + Default + Unpin>(mut messages: Messages<M>) -> Result<M, Status> {
+    let first = messages.next().await.ok_or_else(|| Status::internal("a gRPC call without its message"))??;
+    match messages.next().await {
+        None => Ok(first),
+        Some(Err(status)) => Err(status),
+        Some(Ok(_)) => Err(Status::internal("a unary gRPC call with two messages")),
+    }
+}
+
+/// The messages of an HTTP body of gRPC frames. A reply ends with its status (trailers); an
+/// error in the framing or the status ends the stream with that error.
+pub struct Messages<M> {
+    body: Body,
+    reader: MessageReader,
+    response: bool,
+    done: bool,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M> Messages<M> {
+    fn request(body: Body, max_message_bytes: usize) -> Self {
+        Messages { body, reader: MessageReader::new(max_message_bytes), response: false, done: false, _message: PhantomData }
+    }
+
+    fn response(body: Body, max_message_bytes: usize) -> Self {
+        Messages { response: true, ..Self::request(body, max_message_bytes) }
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<M, Status>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl<M: Message + Default> Stream for Messages<M> {
+    type Item = Result<M, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.reader.next_message() {
+                Ok(Some(bytes)) => match M::decode(bytes) {
+                    Ok(m) => return Poll::Ready(Some(Ok(m))),
+                    Err(e) => return this.fail(Status::internal(format!("a malformed gRPC message: {e}"))),
+                },
+                Ok(None) => {}
+                Err(e) => return this.fail(Status::internal(e.to_string())),
+            }
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.reader.push(data),
+                    Err(frame) => {
+                        let Ok(trailers) = frame.into_trailers() else { continue };
+                        if !this.response {
+                            continue;
+                        }
+                        this.done = true;
+                        let status = Status::from_header_map(&trailers).unwrap_or_else(|| Status::internal("a gRPC reply without a status"));
+                        if status.code() != Code::Ok {
+                            return Poll::Ready(Some(Err(status)));
+                        }
+                        if let Err(e) = this.reader.finish() {
+                            return Poll::Ready(Some(Err(Status::internal(e.to_string()))));
+                        }
+                    }
+                },
+                Some(Err(status)) => return this.fail(status),
+                None if this.response => return this.fail(Status::internal("a gRPC reply ended without a status")),
+                None => {
+                    this.done = true;
+                    if let Err(e) = this.reader.finish() {
+                        return Poll::Ready(Some(Err(Status::internal(e.to_string()))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP body of framed messages, each as its two pieces. A reply ends with a status in its
+/// trailers: OK, or the error that ended the stream of pieces.
+struct Framed<S> {
+    pieces: S,
+    pending: Option<Bytes>,
+    ends_with_status: bool,
+    done: bool,
+}
+
+impl<S: Stream<Item = Result<[Bytes; 2], Status>> + Unpin> HttpBody for Framed<S> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.pending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let end = match ready!(Pin::new(&mut this.pieces).poll_next(cx)) {
+            Some(Ok([head, data])) => {
+                this.pending = (!data.is_empty()).then_some(data);
+                return Poll::Ready(Some(Ok(Frame::data(head))));
+            }
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        this.done = true;
+        if !this.ends_with_status {
+            // A request cannot carry a status: an error ends it by resetting the stream.
+            return Poll::Ready((end.code() != Code::Ok).then_some(Err(end)));
+        }
+        let mut trailers = http::HeaderMap::new();
+        match end.add_header(&mut trailers) {
+            Ok(()) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Err(status) => Poll::Ready(Some(Err(status))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(n: usize) -> Vec<DataChunk> {
+        (0..n).map(|i| DataChunk { data: Bytes::from(vec![i as u8; 1000 * i]) }).collect()
+    }
+
+    fn reply_of(items: Vec<Result<DataChunk, Status>>) -> Messages<DataChunk> {
+        let pieces = tokio_stream::iter(items).map(|c| c.and_then(data_chunk_pieces));
+        Messages::response(Body::new(Framed { pieces, pending: None, ends_with_status: true, done: false }), 1 << 20)
+    }
+
+    #[tokio::test]
+    async fn a_reply_gives_its_messages_then_its_status_with_metadata() {
+        let sent = chunks(4);
+        let got: Vec<_> = reply_of(sent.iter().cloned().map(Ok).collect()).collect().await;
+        assert_eq!(got.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), sent);
+
+        let mut failed = Status::not_found("no such file");
+        failed.metadata_mut().insert("umbra-error", "not_found".parse().unwrap());
+        let mut items: Vec<_> = sent.iter().take(2).cloned().map(Ok).collect();
+        items.push(Err(failed));
+        let got: Vec<_> = reply_of(items).collect().await;
+        assert_eq!(got.len(), 3);
+        let e = got[2].as_ref().unwrap_err();
+        assert_eq!((e.code(), e.message()), (Code::NotFound, "no such file"));
+        assert_eq!(e.metadata().get("umbra-error").unwrap(), "not_found");
+    }
+
+    #[tokio::test]
+    async fn a_request_has_no_status_and_a_reply_needs_one() {
+        let pieces = tokio_stream::iter(chunks(3)).map(data_chunk_pieces);
+        let body = Body::new(Framed { pieces, pending: None, ends_with_status: false, done: false });
+        let got: Vec<_> = Messages::<DataChunk>::request(body, 1 << 20).collect().await;
+        assert_eq!(got.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), chunks(3));
+
+        let pieces = tokio_stream::iter(chunks(2)).map(data_chunk_pieces);
+        let body = Body::new(Framed { pieces, pending: None, ends_with_status: false, done: false });
+        let got: Vec<_> = Messages::<DataChunk>::response(body, 1 << 20).collect().await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2].as_ref().unwrap_err().code(), Code::Internal, "a reply that ends without a status is an error");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_cut_message_ends_the_stream_with_an_error() {
+        let pieces = tokio_stream::iter(vec![DataChunk { data: Bytes::from(vec![1; 5000]) }]).map(data_chunk_pieces);
+        let body = Body::new(Framed { pieces, pending: None, ends_with_status: false, done: false });
+        let got: Vec<_> = Messages::<DataChunk>::request(body, 4096).collect().await;
+        assert_eq!(got.len(), 1);
+        assert!(got[0].as_ref().unwrap_err().message().contains("over the limit"));
+
+        let [head, data] = data_chunk_pieces(DataChunk { data: Bytes::from(vec![1; 100]) }).unwrap();
+        let cut = tokio_stream::iter(vec![Ok([head, data.slice(..50)])]);
+        let body = Body::new(Framed { pieces: cut, pending: None, ends_with_status: false, done: false });
+        let got: Vec<_> = Messages::<DataChunk>::request(body, 4096).collect().await;
+        assert!(got[0].as_ref().unwrap_err().message().contains("ended 57 bytes into"), "{got:?}");
+    }
+}
