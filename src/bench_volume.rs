@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::local::{free_base_port, LocalCluster};
 use umbra_proto::v1::volume_client::VolumeClient;
-use umbra_proto::v1::{CreateRequest, ReadRequest, VolumeTarget, WriteChunk};
+use umbra_proto::v1::{CreateRequest, ReadRequest, StatRequest, VolumeTarget, WriteChunk};
 
 const MIB: u64 = 1 << 20;
 
@@ -55,6 +55,8 @@ pub enum Part {
     Space,
     /// Fence time under write load.
     Fence,
+    /// Latency of one small call (a file's stat), locally and through gRPC.
+    Calls,
 }
 
 impl VolumeBenchArgs {
@@ -143,6 +145,9 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
         }
         drop(store);
         let _ = std::fs::remove_file(scratch.join("plain.bin"));
+    }
+    if args.runs(Part::Calls) {
+        calls(scratch).await?;
     }
     if args.runs(Part::Snapshot) {
         snapshot_o1(scratch, args.large_mib)?;
@@ -250,7 +255,7 @@ impl GrpcFile {
         use tokio_stream::StreamExt;
         let t = Instant::now();
         let (target, ino) = (self.target.clone(), self.ino);
-        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2 }));
+        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2 })));
         umbra_node::volume_wire::write(self.channel.clone(), msgs).await?;
         self.client.sync(self.target.clone()).await?;
         let w = t.elapsed();
@@ -265,6 +270,41 @@ impl GrpcFile {
         anyhow::ensure!(i == size / MIB, "read {i} MiB of {}", size / MIB);
         Ok((w, t.elapsed()))
     }
+}
+
+/// One small call after another: a stat of a file, in the store and through gRPC (one node
+/// in another process, as a gateway reaches a volume's owner), p50 and p99 of each.
+async fn calls(scratch: &Path) -> anyhow::Result<()> {
+    const CALLS: u64 = 5_000;
+    let store = VolumeStore::open(&scratch.join("calls-store"))?;
+    let vol = Uuid::new_v4();
+    store.create_volume(vol, 0)?;
+    let ino = store.create(vol, View::Live, ROOT_INO, "f", Kind::File, 1)?;
+    let mut local = Histogram::<u64>::new(3)?;
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        std::hint::black_box(store.stat(vol, View::Live, ino)?);
+        local.record(t.elapsed().as_nanos() as u64)?;
+    }
+    drop(store);
+    let mut grpc = GrpcFile::start(scratch).await?;
+    let mut remote = Histogram::<u64>::new(3)?;
+    let measured = async {
+        for _ in 0..CALLS {
+            let t = Instant::now();
+            grpc.client.stat(StatRequest { target: Some(grpc.target.clone()), ino: grpc.ino }).await?;
+            remote.record(t.elapsed().as_nanos() as u64)?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    grpc.cluster.stop().await;
+    measured?;
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("small calls, {CALLS} stats of a file one after another");
+    println!("  volume store  p50 {:.1} us  p99 {:.1} us", us(&local, 0.5), us(&local, 0.99));
+    println!("  through gRPC  p50 {:.1} us  p99 {:.1} us", us(&remote, 0.5), us(&remote, 0.99));
+    Ok(())
 }
 
 fn random_4k(store: &VolumeStore, vol: Uuid, plain: &Path, size: u64) -> anyhow::Result<(f64, f64)> {

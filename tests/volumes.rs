@@ -93,6 +93,16 @@ fn a_client_on_one_node_reads_and_writes_a_file_on_a_volume_another_node_owns() 
         assert_eq!(e.metadata().get("umbra-error").unwrap(), "not_found", "{e:?}");
     }
 
+    // A forwarded write whose incoming stream is cut (here by a message over the limit) fails;
+    // the owner never takes what came before it as the whole write.
+    let over = 17 << 20;
+    let msgs = vec![
+        WriteChunk { target: Some(on_3.target.clone()), ino, offset: 0, data: bytes::Bytes::from(vec![1u8; 1 << 20]), now: 2 },
+        WriteChunk { target: Some(on_3.target.clone()), ino, offset: 1 << 20, data: bytes::Bytes::from(vec![2u8; over]), now: 2 },
+    ];
+    let e = on_3.rt.block_on(on_3.client.clone().write(tokio_stream::iter(msgs))).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+
     // Without routing, a node that does not own the volume says who does.
     let mut direct = Vol::connect(c.addr(1), &vol);
     direct.target.route = false;

@@ -285,31 +285,52 @@ impl VolumeService {
             Owner::Peer(peer) => {
                 let mut msg = msg;
                 unrouted(&mut msg.target);
-                crate::volume_wire::write(peer.channel, tokio_stream::once(msg)).await.map(|_| ())
+                crate::volume_wire::write(peer.channel, tokio_stream::once(Ok(msg))).await.map(|_| ())
             }
             Owner::Here => self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await,
         }
     }
 
     /// A Write call's messages, however they arrived: each one whole store write, in order; the
-    /// next message is received while the current one is written. Forwarded whole to the owner
-    /// when that is another node.
+    /// next message is received while the current one is written, and a failed write answers at
+    /// once. Forwarded whole to the owner when that is another node; an error in what comes in
+    /// then fails the forwarded call too, so the owner never takes a cut-short stream as whole.
     pub async fn write_stream(&self, mut incoming: impl Stream<Item = Result<WriteChunk, Status>> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
         let Some(first) = incoming.next().await.transpose()? else { return Ok(WrittenReply { written: 0 }) };
         let (vol, view, route) = target_of(first.target.as_ref())?;
         if let Owner::Peer(peer) = self.owner(vol, route)? {
             let mut first = first;
             unrouted(&mut first.target);
-            let rest = incoming.map_while(|m| m.ok());
-            return crate::volume_wire::write(peer.channel, tokio_stream::once(first).chain(rest)).await;
+            let failed = Arc::new(Mutex::new(None::<Status>));
+            let seen = failed.clone();
+            let rest = incoming.map(move |m| {
+                if let Err(s) = &m {
+                    *seen.lock().expect("forwarded write's error") = Some(s.clone());
+                }
+                m
+            });
+            let result = crate::volume_wire::write(peer.channel, tokio_stream::once(Ok(first)).chain(rest)).await;
+            // The error that cut the incoming stream, rather than the reset it caused.
+            return match failed.lock().expect("forwarded write's error").take() {
+                Some(s) => Err(s),
+                None => result,
+            };
         }
         let mut written = 0u64;
         let mut current = Some(first);
         while let Some(msg) = current.take() {
             let len = msg.data.len() as u64;
-            let write = self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now));
-            let (done, next) = tokio::join!(write, incoming.next());
-            done?;
+            let mut write = std::pin::pin!(self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)));
+            let next = tokio::select! {
+                done = &mut write => {
+                    done?;
+                    incoming.next().await
+                }
+                next = incoming.next() => {
+                    write.await?;
+                    next
+                }
+            };
             written += len;
             current = next.transpose()?;
         }
@@ -465,7 +486,6 @@ impl VolumeRpc for VolumeService {
     async fn write(&self, req: Request<Streaming<WriteChunk>>) -> Result<Response<WrittenReply>, Status> {
         self.write_stream(req.into_inner()).await.map(Response::new)
     }
-
 
     async fn set_size(&self, req: Request<SetSizeRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_size, |s, vol, view, r| {

@@ -28,7 +28,7 @@ use tonic::server::NamedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower_service::Service;
-use umbra_proto::frames::{frame, frame_with_data, MessageReader, DATA_CHUNK_DATA_FIELD, WRITE_CHUNK_DATA_FIELD};
+use umbra_proto::frames::{frame, frame_with_data, FrameError, MessageReader, DATA_CHUNK_DATA_FIELD, WRITE_CHUNK_DATA_FIELD};
 use umbra_proto::v1::volume_server::{Volume as VolumeRpc, VolumeServer};
 use umbra_proto::v1::{DataChunk, ReadRequest, WriteChunk, WrittenReply};
 
@@ -38,6 +38,9 @@ const READ_PATH: &str = "/umbra.v1.Volume/Read";
 const WRITE_PATH: &str = "/umbra.v1.Volume/Write";
 /// Largest request or reply other than a data message (a ReadRequest, a WrittenReply).
 const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
+/// DATA frames a stream of messages takes in one poll without making a message, before it
+/// lets other tasks run.
+const FRAMES_PER_POLL: usize = 64;
 
 /// The volume service as a node's gRPC server runs it.
 #[derive(Clone)]
@@ -94,7 +97,7 @@ async fn serve_write(service: Arc<VolumeService>, body: Body) -> http::Response<
     match service.write_stream(Messages::request(body, MAX_VOLUME_MESSAGE_BYTES)).await {
         Ok(written) => match frame(&written) {
             Ok(b) => reply(Framed { pieces: tokio_stream::once(Ok([b, Bytes::new()])), pending: None, ends_with_status: true, done: false }),
-            Err(e) => Status::internal(e.to_string()).into_http(),
+            Err(e) => frame_status(e).into_http(),
         },
         Err(status) => status.into_http(),
     }
@@ -107,23 +110,25 @@ fn reply(body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> 
 }
 
 fn data_chunk_pieces(c: DataChunk) -> Result<[Bytes; 2], Status> {
-    frame_with_data(&DataChunk::default(), DATA_CHUNK_DATA_FIELD, c.data).map_err(|e| Status::internal(e.to_string()))
+    frame_with_data(&DataChunk::default(), DATA_CHUNK_DATA_FIELD, c.data).map_err(frame_status)
 }
 
 fn write_chunk_pieces(mut c: WriteChunk) -> Result<[Bytes; 2], Status> {
     let data = std::mem::take(&mut c.data);
-    frame_with_data(&c, WRITE_CHUNK_DATA_FIELD, data).map_err(|e| Status::internal(e.to_string()))
+    frame_with_data(&c, WRITE_CHUNK_DATA_FIELD, data).map_err(frame_status)
 }
 
 /// Reads `length` bytes at `offset` from the node behind `channel`, as the messages arrive.
 pub async fn read(channel: Channel, request: ReadRequest) -> Result<Messages<DataChunk>, Status> {
-    let body = Framed { pieces: tokio_stream::once(Ok([frame(&request).map_err(|e| Status::internal(e.to_string()))?, Bytes::new()])), pending: None, ends_with_status: false, done: false };
+    let body = Framed { pieces: tokio_stream::once(Ok([frame(&request).map_err(frame_status)?, Bytes::new()])), pending: None, ends_with_status: false, done: false };
     call(channel, READ_PATH, body).await
 }
 
 /// Sends `chunks` to the node behind `channel` as one Write call (each chunk one store write).
-pub async fn write(channel: Channel, chunks: impl Stream<Item = WriteChunk> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
-    let body = Framed { pieces: chunks.map(write_chunk_pieces), pending: None, ends_with_status: false, done: false };
+/// An error in `chunks` resets the call, so the node fails it rather than taking the chunks
+/// before it as the whole write.
+pub async fn write(channel: Channel, chunks: impl Stream<Item = Result<WriteChunk, Status>> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
+    let body = Framed { pieces: chunks.map(|c| c.and_then(write_chunk_pieces)), pending: None, ends_with_status: false, done: false };
     only_message(call::<WrittenReply>(channel, WRITE_PATH, body).await?).await
 }
 
@@ -136,17 +141,46 @@ async fn call<M: Message + Default>(mut channel: Channel, path: &'static str, bo
     futures::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(e.into()))?;
     let response = channel.call(req).await.map_err(|e| Status::from_error(e.into()))?;
     if response.status() != http::StatusCode::OK {
-        return Err(Status::new(Code::Internal, format!("the volume service answered HTTP {}", response.status())));
+        return Err(Status::new(code_of_http(response.status()), format!("the volume service answered HTTP {}", response.status())));
     }
     // A reply of headers only carries its status in them.
-    let finished = match Status::from_header_map(response.headers()) {
+    let (mut parts, body) = response.into_parts();
+    let finished = match status_in(&mut parts.headers) {
         Some(s) if s.code() != Code::Ok => return Err(s),
         Some(_) => true,
         None => false,
     };
-    let mut messages = Messages::response(response.into_body(), MAX_VOLUME_MESSAGE_BYTES);
+    let mut messages = Messages::response(body, MAX_VOLUME_MESSAGE_BYTES);
     messages.done = finished;
     Ok(messages)
+}
+
+/// The gRPC status in `headers`, if any. Status details (which Umbra never sends) are dropped
+/// first: tonic panics on details that are not base64.
+fn status_in(headers: &mut http::HeaderMap) -> Option<Status> {
+    headers.remove("grpc-status-details-bin");
+    Status::from_header_map(headers)
+}
+
+/// An HTTP status other than 200 as a gRPC code (PROTOCOL-HTTP2.md, "HTTP to gRPC Status Code
+/// Mapping").
+fn code_of_http(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// A framing error as a status: a message over the limit is RESOURCE_EXHAUSTED, as gRPC's
+/// own implementations say it.
+fn frame_status(e: FrameError) -> Status {
+    match e {
+        FrameError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
 }
 
 /// The one message of a unary request or reply (and, for a reply, its OK status).
@@ -189,6 +223,7 @@ impl<M: Message + Default> Stream for Messages<M> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        let mut frames = 0;
         loop {
             if this.done {
                 return Poll::Ready(None);
@@ -199,23 +234,30 @@ impl<M: Message + Default> Stream for Messages<M> {
                     Err(e) => return this.fail(Status::internal(format!("a malformed gRPC message: {e}"))),
                 },
                 Ok(None) => {}
-                Err(e) => return this.fail(Status::internal(e.to_string())),
+                Err(e) => return this.fail(frame_status(e)),
+            }
+            // Frames that make no message (empty or tiny ones) do not keep the task from
+            // yielding to others.
+            frames += 1;
+            if frames > FRAMES_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => this.reader.push(data),
                     Err(frame) => {
-                        let Ok(trailers) = frame.into_trailers() else { continue };
+                        let Ok(mut trailers) = frame.into_trailers() else { continue };
                         if !this.response {
                             continue;
                         }
                         this.done = true;
-                        let status = Status::from_header_map(&trailers).unwrap_or_else(|| Status::internal("a gRPC reply without a status"));
+                        let status = status_in(&mut trailers).unwrap_or_else(|| Status::internal("a gRPC reply without a status"));
                         if status.code() != Code::Ok {
                             return Poll::Ready(Some(Err(status)));
                         }
                         if let Err(e) = this.reader.finish() {
-                            return Poll::Ready(Some(Err(Status::internal(e.to_string()))));
+                            return Poll::Ready(Some(Err(frame_status(e))));
                         }
                     }
                 },
@@ -224,7 +266,7 @@ impl<M: Message + Default> Stream for Messages<M> {
                 None => {
                     this.done = true;
                     if let Err(e) = this.reader.finish() {
-                        return Poll::Ready(Some(Err(Status::internal(e.to_string()))));
+                        return Poll::Ready(Some(Err(frame_status(e))));
                     }
                 }
             }
@@ -318,13 +360,52 @@ mod tests {
         assert_eq!(got[2].as_ref().unwrap_err().code(), Code::Internal, "a reply that ends without a status is an error");
     }
 
+    /// A body of the given frames, as a peer might send them.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    fn trailers(pairs: &[(&'static str, &'static str)]) -> Frame<Bytes> {
+        let mut t = http::HeaderMap::new();
+        for (k, v) in pairs {
+            t.insert(*k, http::HeaderValue::from_static(v));
+        }
+        Frame::trailers(t)
+    }
+
+    #[tokio::test]
+    async fn bad_status_details_from_a_peer_are_dropped_not_a_panic() {
+        let body = Frames([trailers(&[("grpc-status", "5"), ("grpc-message", "gone"), ("grpc-status-details-bin", "!!not base64!!")])].into());
+        let got: Vec<_> = Messages::<DataChunk>::response(Body::new(body), 1 << 20).collect().await;
+        let e = got[0].as_ref().unwrap_err();
+        assert_eq!((e.code(), e.message()), (Code::NotFound, "gone"));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_frames_that_make_no_message_yields_and_loses_nothing() {
+        let [head, data] = data_chunk_pieces(DataChunk { data: Bytes::from(vec![3; 10]) }).unwrap();
+        let mut frames: std::collections::VecDeque<_> = (0..1000).map(|_| Frame::data(Bytes::new())).collect();
+        frames.extend(head.iter().chain(data.iter()).map(|b| Frame::data(Bytes::copy_from_slice(&[*b]))));
+        frames.push_back(trailers(&[("grpc-status", "0")]));
+        let got: Vec<_> = Messages::<DataChunk>::response(Body::new(Frames(frames)), 1 << 20).collect().await;
+        assert_eq!(got.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), vec![DataChunk { data: Bytes::from(vec![3; 10]) }]);
+    }
+
     #[tokio::test]
     async fn an_oversized_or_cut_message_ends_the_stream_with_an_error() {
         let pieces = tokio_stream::iter(vec![DataChunk { data: Bytes::from(vec![1; 5000]) }]).map(data_chunk_pieces);
         let body = Body::new(Framed { pieces, pending: None, ends_with_status: false, done: false });
         let got: Vec<_> = Messages::<DataChunk>::request(body, 4096).collect().await;
         assert_eq!(got.len(), 1);
-        assert!(got[0].as_ref().unwrap_err().message().contains("over the limit"));
+        let e = got[0].as_ref().unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(e.message().contains("over the limit"));
 
         let [head, data] = data_chunk_pieces(DataChunk { data: Bytes::from(vec![1; 100]) }).unwrap();
         let cut = tokio_stream::iter(vec![Ok([head, data.slice(..50)])]);

@@ -12,7 +12,10 @@
 //!   `Bytes`, which HTTP/2 sends as it is.
 //! - [`MessageReader`] keeps the DATA frames as they came and hands out each whole message as
 //!   [`Segments`]. Its `copy_to_bytes` (how prost fills a `bytes::Bytes` field) slices a frame
-//!   instead of copying when the field lies within one frame.
+//!   instead of copying when the field lies within one frame. HTTP/2 cuts data at the
+//!   receiver's largest frame (1 MiB between Umbra nodes, 16 KiB for a client that keeps the
+//!   protocol's default) and at flow-control edges, so a field that spans frames is copied
+//!   once, as tonic would; frames under [`SMALL_FRAME_BYTES`] are always copied together.
 //!
 //! The wire is plain gRPC (length-prefixed messages, gRPC over HTTP/2), so tonic's generated
 //! clients and servers read it and write it too. Compressed messages are refused: Umbra never
@@ -72,10 +75,18 @@ fn put_prefix(b: &mut BytesMut, len: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Reassembles gRPC messages from the DATA frames of one HTTP/2 stream. Holds at most one
-/// message (bounded by `max_message_bytes`) plus the frame that completed it.
+/// Frames shorter than this are copied together instead of kept one by one, so a message cut
+/// into tiny frames costs its bytes, not a slice per frame: the reader then holds at most about
+/// two slices per `SMALL_FRAME_BYTES` of what it buffers.
+pub const SMALL_FRAME_BYTES: usize = 4096;
+
+/// Reassembles gRPC messages from the DATA frames of one HTTP/2 stream. Called after every
+/// [`push`](Self::push) until it has no whole message, it holds at most one message (bounded
+/// by `max_message_bytes`) plus the frame that completed it.
 pub struct MessageReader {
     frames: VecDeque<Bytes>,
+    /// Small frames received since the last large one, copied together (after `frames`).
+    small: BytesMut,
     buffered: usize,
     max_message_bytes: usize,
     /// The length of the message whose prefix has been read, if one has.
@@ -84,14 +95,23 @@ pub struct MessageReader {
 
 impl MessageReader {
     pub fn new(max_message_bytes: usize) -> Self {
-        MessageReader { frames: VecDeque::new(), buffered: 0, max_message_bytes, body: None }
+        MessageReader { frames: VecDeque::new(), small: BytesMut::new(), buffered: 0, max_message_bytes, body: None }
     }
 
-    /// The next DATA frame of the stream, as received.
+    /// The next DATA frame of the stream, as received (a small one is copied).
     pub fn push(&mut self, frame: Bytes) {
-        if !frame.is_empty() {
-            self.buffered += frame.len();
+        self.buffered += frame.len();
+        if frame.len() < SMALL_FRAME_BYTES {
+            self.small.extend_from_slice(&frame);
+        } else {
+            self.flush_small();
             self.frames.push_back(frame);
+        }
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.frames.push_back(self.small.split().freeze());
         }
     }
 
@@ -133,6 +153,7 @@ impl MessageReader {
 
     /// The first `len` buffered bytes (`len <= buffered`), as slices of the frames.
     fn take(&mut self, mut len: usize) -> Segments {
+        self.flush_small();
         let mut parts = VecDeque::new();
         self.buffered -= len;
         let remaining = len;
@@ -274,6 +295,29 @@ mod tests {
     }
 
     #[test]
+    fn a_message_in_tiny_frames_is_held_as_a_few_slices() {
+        let msg = write_chunk(vec![9; 100_000]);
+        let whole = frame(&msg).unwrap();
+        let mut r = MessageReader::new(MAX);
+        for i in 0..whole.len() {
+            r.push(whole.slice(i..i + 1));
+            assert!(r.frames.len() <= 1, "one-byte frames are copied together, not kept one by one");
+        }
+        assert_eq!(WriteChunk::decode(r.next_message().unwrap().unwrap()).unwrap(), msg);
+        // Small frames between large ones keep their order.
+        let mut head = msg.clone();
+        head.data = Bytes::new();
+        let [h, data] = frame_with_data(&head, WRITE_CHUNK_DATA_FIELD, msg.data.clone()).unwrap();
+        let mut r = MessageReader::new(MAX);
+        r.push(h.slice(..3));
+        r.push(h.slice(3..));
+        r.push(data.slice(..50_000));
+        r.push(data.slice(50_000..50_010));
+        r.push(data.slice(50_010..));
+        assert_eq!(WriteChunk::decode(r.next_message().unwrap().unwrap()).unwrap(), msg);
+    }
+
+    #[test]
     fn empty_messages_and_empty_frames() {
         let mut r = MessageReader::new(MAX);
         r.push(Bytes::new());
@@ -327,6 +371,7 @@ mod tests {
                     }
                 }
                 prop_assert!(r.buffered <= 256 + PREFIX_BYTES + n);
+                prop_assert!(r.frames.len() <= 2 * r.buffered / SMALL_FRAME_BYTES + 1);
             }
             let _ = r.finish();
         }
