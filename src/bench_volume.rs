@@ -119,7 +119,7 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
             println!("  plain file   write {:.2} GB/s  read {:.2} GB/s", gbps(size, pw), gbps(size, pr));
             // Rounds of the local store then gRPC, one after the other, so both see the same
             // state of this machine; the ratios are each round's, and their median.
-            let mut grpc = GrpcFile::start(scratch).await?;
+            let mut grpc = GrpcFile::start(&scratch.join("seq-cluster")).await?;
             let mut ratios = (Vec::new(), Vec::new());
             let rounds = async {
                 for round in 1..=args.rounds {
@@ -219,8 +219,9 @@ struct GrpcFile {
 }
 
 impl GrpcFile {
-    async fn start(scratch: &Path) -> anyhow::Result<GrpcFile> {
-        let mut cluster = LocalCluster::prepare(&scratch.join("cluster"), 1, free_base_port()?, "")?;
+    /// A fresh one-node cluster in `dir` (which must not hold one already).
+    async fn start(dir: &Path) -> anyhow::Result<GrpcFile> {
+        let mut cluster = LocalCluster::prepare(dir, 1, free_base_port()?, "")?;
         cluster.start()?;
         match Self::connect(&mut cluster).await {
             Ok((channel, client, target, ino)) => Ok(GrpcFile { cluster, channel, client, target, ino }),
@@ -287,7 +288,7 @@ async fn calls(scratch: &Path) -> anyhow::Result<()> {
         local.record(t.elapsed().as_nanos() as u64)?;
     }
     drop(store);
-    let mut grpc = GrpcFile::start(scratch).await?;
+    let mut grpc = GrpcFile::start(&scratch.join("calls-cluster")).await?;
     let mut remote = Histogram::<u64>::new(3)?;
     let measured = async {
         for _ in 0..CALLS {

@@ -497,6 +497,40 @@ fn freed_log_pages_go_back_to_the_disk_and_empty_segments_go() {
 }
 
 #[test]
+fn a_checkpoint_moves_appends_off_the_segment_whose_pages_it_punches() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = |i: u32, round: u8| -> Vec<u8> { (0..64 * 1024u32).map(|b| (b ^ i) as u8 ^ round).collect() };
+    let write = |kv: &RocksKv, round: u8, to: u32| {
+        for i in 0..to {
+            let mut b = Batch::default();
+            b.put(Cf::Chunks, i.to_be_bytes(), value(i, round));
+            kv.write(b, Durability::Buffered).unwrap();
+        }
+    };
+    let kv = RocksKv::open_with(dir.path(), INLINE_MAX, false).unwrap();
+    write(&kv, 0, 64);
+    write(&kv, 1, 32); // frees 32 extents in segment 0
+    assert!(kv.log_end() < log::SEGMENT_BYTES);
+    kv.flush(Cf::Chunks).unwrap();
+    // Punching takes the segment file's lock (and, with discard, its I/O): appends no longer
+    // go to that file.
+    assert_eq!(kv.log_end(), log::SEGMENT_BYTES, "the checkpoint rolled the log to segment 1");
+    let bytes = kv.disk_bytes(Cf::Chunks).unwrap();
+    let values = 64 * log::pages(64 * 1024);
+    assert!(bytes < values + values / 8, "{bytes} bytes on disk for {values} of live values: the overwritten ones are punched");
+    // Nothing freed in the new segment: the next checkpoint leaves the log where it is.
+    kv.flush(Cf::Chunks).unwrap();
+    assert_eq!(kv.log_end(), log::SEGMENT_BYTES);
+    write(&kv, 2, 4);
+    drop(kv);
+    let kv = RocksKv::open_with(dir.path(), INLINE_MAX, false).unwrap();
+    for i in 0..64u32 {
+        let round = if i < 4 { 2 } else { u8::from(i < 32) };
+        assert_eq!(kv.get(Cf::Chunks, &i.to_be_bytes()).unwrap(), Some(value(i, round)), "value {i}");
+    }
+}
+
+#[test]
 fn a_crash_after_the_log_crossed_segments_keeps_every_value_and_frees_what_was_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let (live, lost) = (dir.path().join("live"), dir.path().join("lost"));

@@ -13,7 +13,9 @@
 //! A sync ([`Kv::sync_wal`]) syncs the log's files. A checkpoint (on its own thread every
 //! [`CHECKPOINT_LOG_BYTES`] of log or [`CHECKPOINT_FREED_BYTES`] freed, and on `flush`):
 //! 1. syncs the log, then, with writers held for a moment, syncs its tail and switches every
-//!    memtable out (they point only at synced pages; later records go to new memtables);
+//!    memtable out (they point only at synced pages; later records go to new memtables); if the
+//!    segment being appended to has pages to punch, appends move on to the next segment, so
+//!    step 4 never takes the lock of the file writers append to;
 //! 2. waits, writers going on, for RocksDB to write the switched memtables to tables;
 //! 3. records in `datalog/applied` the position up to which RocksDB now holds everything;
 //! 4. only then punches freed extents and old record headers out of the log (a crash before
@@ -537,6 +539,10 @@ impl Engine {
                 break;
             }
         }
+        // The segment appends move to below, made now so that its directory sync does not
+        // hold writers.
+        let next_segment = self.writer().next / SEGMENT_BYTES + 1;
+        self.segments.create(next_segment)?;
         // With the writer held and the log synced, every memtable is switched out (not yet
         // written): what they hold points only at synced pages, and later records go to new
         // memtables, which no flush touches before the next checkpoint.
@@ -551,7 +557,17 @@ impl Engine {
             w.log_bytes = 0;
             w.ops_bytes = 0;
             w.freed_bytes = 0;
-            (std::mem::take(&mut w.freed), std::mem::take(&mut w.headers), w.next)
+            let (freed, headers) = (std::mem::take(&mut w.freed), std::mem::take(&mut w.headers));
+            // Appends leave the segment that has pages to punch: punching a file takes its
+            // inode's lock for the whole call, and on a filesystem that discards freed blocks
+            // as it frees them (ext4 mounted with `discard`) that is milliseconds of I/O, which
+            // an append to the same file would wait out. The roll record needs no sync:
+            // `applied` is past it.
+            let current = w.next / SEGMENT_BYTES;
+            if freed.iter().any(|e| e.segment() == current) || headers.iter().any(|(lsn, _)| lsn / SEGMENT_BYTES == current) {
+                self.roll(&mut w)?;
+            }
+            (freed, headers, w.next)
         };
         // Writers go on while the switched memtables are written out; replay may start at
         // `applied` once that and this are durable, and nothing is punched before.
