@@ -497,37 +497,54 @@ fn freed_log_pages_go_back_to_the_disk_and_empty_segments_go() {
 }
 
 #[test]
-fn a_checkpoint_moves_appends_off_the_segment_whose_pages_it_punches() {
+fn a_checkpoint_under_load_never_punches_the_segment_appends_go_to() {
     let dir = tempfile::tempdir().unwrap();
+    let (live, lost) = (dir.path().join("live"), dir.path().join("lost"));
     let value = |i: u32, round: u8| -> Vec<u8> { (0..64 * 1024u32).map(|b| (b ^ i) as u8 ^ round).collect() };
-    let write = |kv: &RocksKv, round: u8, to: u32| {
-        for i in 0..to {
+    let write = |kv: &RocksKv, round: u8, from: u32, to: u32| {
+        for i in from..to {
             let mut b = Batch::default();
             b.put(Cf::Chunks, i.to_be_bytes(), value(i, round));
             kv.write(b, Durability::Buffered).unwrap();
         }
     };
-    let kv = RocksKv::open_with(dir.path(), INLINE_MAX, false).unwrap();
-    write(&kv, 0, 64);
-    write(&kv, 1, 32); // frees 32 extents in segment 0
-    assert!(kv.log_end() < log::SEGMENT_BYTES);
-    kv.flush(Cf::Chunks).unwrap();
-    // Punching takes the segment file's lock (and, with discard, its I/O): appends no longer
-    // go to that file.
+    let values = |n: u64| n * log::pages(64 * 1024);
+    let kv = RocksKv::open_with(&live, INLINE_MAX, true).unwrap();
+    write(&kv, 0, 0, 64);
+    // A few frees (under 1 MiB, the test's roll threshold): they wait, appends stay put.
+    write(&kv, 1, 0, 8);
+    let end = kv.log_end();
+    kv.checkpoint_under_load().unwrap();
+    assert_eq!(kv.log_end(), end, "no roll for a few freed pages");
+    assert!(kv.disk_bytes(Cf::Chunks).unwrap() >= values(72), "the current segment's freed pages wait");
+    // Past the threshold: appends move to segment 1, then segment 0's freed pages go.
+    write(&kv, 1, 8, 32);
+    let roll_at = kv.log_end();
+    kv.checkpoint_under_load().unwrap();
     assert_eq!(kv.log_end(), log::SEGMENT_BYTES, "the checkpoint rolled the log to segment 1");
     let bytes = kv.disk_bytes(Cf::Chunks).unwrap();
-    let values = 64 * log::pages(64 * 1024);
-    assert!(bytes < values + values / 8, "{bytes} bytes on disk for {values} of live values: the overwritten ones are punched");
-    // Nothing freed in the new segment: the next checkpoint leaves the log where it is.
-    kv.flush(Cf::Chunks).unwrap();
-    assert_eq!(kv.log_end(), log::SEGMENT_BYTES);
-    write(&kv, 2, 4);
+    assert!(bytes < values(64) + values(64) / 8, "{bytes} bytes on disk for {} of live values: the overwritten ones are punched", values(64));
+    // The roll record's own page was freed with the rest: `applied` is past it.
+    let mut header = [1u8; log::HEADER_BYTES];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(live.join("datalog").join(format!("{:016x}.log", 0))).unwrap(), &mut header, roll_at).unwrap();
+    assert_eq!(header, [0u8; log::HEADER_BYTES], "the roll record's page is punched");
+    // Records after the roll, then a crash: the open replays from the new segment.
+    write(&kv, 2, 0, 4);
     drop(kv);
-    let kv = RocksKv::open_with(dir.path(), INLINE_MAX, false).unwrap();
+    copy_dir(&live, &lost);
+    let expect = |i: u32| value(i, if i < 4 { 2 } else { u8::from(i < 32) });
+    let kv = RocksKv::open_with(&lost, INLINE_MAX, false).unwrap();
     for i in 0..64u32 {
-        let round = if i < 4 { 2 } else { u8::from(i < 32) };
-        assert_eq!(kv.get(Cf::Chunks, &i.to_be_bytes()).unwrap(), Some(value(i, round)), "value {i}");
+        assert_eq!(kv.get(Cf::Chunks, &i.to_be_bytes()).unwrap(), Some(expect(i)), "value {i}");
     }
+    // A flush (no load) frees in place, in the segment appends go to: no roll.
+    write(&kv, 3, 0, 4);
+    let (end, before) = (kv.log_end(), kv.disk_bytes(Cf::Chunks).unwrap());
+    assert_eq!(end / log::SEGMENT_BYTES, 1);
+    kv.flush(Cf::Chunks).unwrap();
+    assert_eq!(kv.log_end(), end);
+    let after = kv.disk_bytes(Cf::Chunks).unwrap();
+    assert!(after + 4 * log::pages(64 * 1024) <= before, "{before} -> {after}: the overwritten values in segment 1 are punched in place");
 }
 
 #[test]

@@ -13,9 +13,9 @@
 //! A sync ([`Kv::sync_wal`]) syncs the log's files. A checkpoint (on its own thread every
 //! [`CHECKPOINT_LOG_BYTES`] of log or [`CHECKPOINT_FREED_BYTES`] freed, and on `flush`):
 //! 1. syncs the log, then, with writers held for a moment, syncs its tail and switches every
-//!    memtable out (they point only at synced pages; later records go to new memtables); if the
-//!    segment being appended to has pages to punch, appends move on to the next segment, so
-//!    step 4 never takes the lock of the file writers append to;
+//!    memtable out (they point only at synced pages; later records go to new memtables); under
+//!    load it leaves the segment being appended to alone (see [`Punch`]): its freed pages wait,
+//!    or past [`ROLL_FREED_BYTES`] appends move on to the next segment first;
 //! 2. waits, writers going on, for RocksDB to write the switched memtables to tables;
 //! 3. records in `datalog/applied` the position up to which RocksDB now holds everything;
 //! 4. only then punches freed extents and old record headers out of the log (a crash before
@@ -68,6 +68,33 @@ const CHECKPOINT_FREED_BYTES: u64 = 1 << 30;
 
 /// Past this many times the thresholds above, a write runs the checkpoint the thread has not.
 const CHECKPOINT_OVERDUE: u64 = 2;
+
+/// Pages to free in the segment being appended to past which a checkpoint under load moves
+/// appends to the next segment and frees them; below, they wait for a later checkpoint (see
+/// [`Punch`]). Bounds the freed space the current segment holds.
+#[cfg(not(test))]
+const ROLL_FREED_BYTES: u64 = 64 << 20;
+#[cfg(test)]
+const ROLL_FREED_BYTES: u64 = 1 << 20;
+
+/// Which freed pages a checkpoint punches. Punching a file takes its inode's lock for the whole
+/// call, and on a filesystem that discards freed blocks as it frees them (ext4 mounted with
+/// `discard`, without a journal: docs/benchmarks.md, volume Run 9) that is milliseconds of I/O,
+/// which an append to the same file would wait out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Punch {
+    /// Under load (the checkpoint thread, an overdue write): never the segment being appended
+    /// to. Its pages wait for a later checkpoint, or, past [`ROLL_FREED_BYTES`], appends move to
+    /// the next segment first.
+    Sealed,
+    /// Everything, in place: the open and the close (no appends under way), and the benches'
+    /// flush and compaction.
+    All,
+}
+
+// Pages carried over to a later checkpoint (under [`ROLL_FREED_BYTES`], or under a segment if
+// a roll fails) never make one due again at once.
+const _: () = assert!(ROLL_FREED_BYTES < CHECKPOINT_FREED_BYTES && CHECKPOINT_FREED_BYTES >= SEGMENT_BYTES);
 
 /// Log bytes written during a checkpoint's last unlocked sync below which it takes the writer
 /// lock for the final one.
@@ -246,13 +273,19 @@ impl RocksKv {
             .name("umbra-checkpoint".into())
             .spawn(move || {
                 while e.wake.wait() {
-                    if let Err(err) = e.checkpoint() {
+                    if let Err(err) = e.checkpoint(Punch::Sealed) {
                         tracing::warn!(error = %err, "data log checkpoint failed; the next write that finds one due retries");
                     }
                 }
             })
             .map_err(|err| log::io_error("start the checkpoint thread", err))?;
         Ok(RocksKv { engine, checkpointer: Some(checkpointer) })
+    }
+
+    /// Test-only: a checkpoint as the checkpoint thread runs it (under load).
+    #[cfg(test)]
+    pub(crate) fn checkpoint_under_load(&self) -> Result<()> {
+        self.engine.checkpoint(Punch::Sealed)
     }
 
     /// Test-only: the log position after the last record.
@@ -325,7 +358,7 @@ impl Engine {
             }
         };
         if end != applied {
-            kv.checkpoint()?;
+            kv.checkpoint(Punch::All)?;
         }
         if let Some(extents) = extents {
             kv.scrub(extents)?;
@@ -506,14 +539,16 @@ impl Engine {
     /// segment the other has not finished. A failed sync breaks the writer: after a failed
     /// fsync the kernel may have dropped the pages, and a retry could wrongly succeed.
     fn sync_log(&self) -> Result<()> {
-        let files: Vec<Arc<File>> = {
+        let (rolled, current) = {
             let w = self.writer();
-            w.rolled.iter().cloned().chain([w.file.clone()]).collect()
+            (w.rolled.clone(), w.file.clone())
         };
-        let synced = sync_files(&files);
+        let synced = sync_files(rolled.iter().chain([&current]));
         let mut w = self.writer();
         w.check_sync(synced)?;
-        w.rolled.retain(|r| !files.iter().any(|f| Arc::ptr_eq(f, r)));
+        // Only the segments that were already rolled leave the list: the one that was current
+        // may have been rolled meanwhile, its roll record written after this sync.
+        w.rolled.retain(|r| !rolled.iter().any(|f| Arc::ptr_eq(f, r)));
         Ok(())
     }
 
@@ -527,8 +562,9 @@ impl Engine {
     }
 
     /// Makes RocksDB's tables hold every record so far, records where replay would start, then
-    /// frees what was waiting for that: extents and record headers no replay reads again.
-    pub(crate) fn checkpoint(&self) -> Result<()> {
+    /// frees what was waiting for that: extents and record headers no replay reads again (as
+    /// `punch` says).
+    pub(crate) fn checkpoint(&self, punch: Punch) -> Result<()> {
         let _one = self.checkpointing.lock().expect("checkpoint lock");
         // The bulk of the syncing runs while writers go on, until what they add meanwhile is
         // small; the sync under the writer lock then has little left.
@@ -539,10 +575,25 @@ impl Engine {
                 break;
             }
         }
-        // The segment appends move to below, made now so that its directory sync does not
-        // hold writers.
-        let next_segment = self.writer().next / SEGMENT_BYTES + 1;
-        self.segments.create(next_segment)?;
+        // The segment appends may move to below, made now (when a roll looks due) so that its
+        // directory sync does not hold writers.
+        let roll_due = punch == Punch::Sealed && {
+            let w = self.writer();
+            freed_in(w.next / SEGMENT_BYTES, &w.freed, &w.headers) >= ROLL_FREED_BYTES
+        };
+        let next_segment = match roll_due {
+            false => None,
+            true => {
+                let next = self.writer().next / SEGMENT_BYTES + 1;
+                match self.segments.create(next) {
+                    Ok(_) => Some(next),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot make the next data log segment; freed pages of the current one wait");
+                        None
+                    }
+                }
+            }
+        };
         // With the writer held and the log synced, every memtable is switched out (not yet
         // written): what they hold points only at synced pages, and later records go to new
         // memtables, which no flush touches before the next checkpoint.
@@ -557,15 +608,9 @@ impl Engine {
             w.log_bytes = 0;
             w.ops_bytes = 0;
             w.freed_bytes = 0;
-            let (freed, headers) = (std::mem::take(&mut w.freed), std::mem::take(&mut w.headers));
-            // Appends leave the segment that has pages to punch: punching a file takes its
-            // inode's lock for the whole call, and on a filesystem that discards freed blocks
-            // as it frees them (ext4 mounted with `discard`) that is milliseconds of I/O, which
-            // an append to the same file would wait out. The roll record needs no sync:
-            // `applied` is past it.
-            let current = w.next / SEGMENT_BYTES;
-            if freed.iter().any(|e| e.segment() == current) || headers.iter().any(|(lsn, _)| lsn / SEGMENT_BYTES == current) {
-                self.roll(&mut w)?;
+            let (mut freed, mut headers) = (std::mem::take(&mut w.freed), std::mem::take(&mut w.headers));
+            if punch == Punch::Sealed {
+                self.spare_current_segment(&mut w, next_segment, &mut freed, &mut headers);
             }
             (freed, headers, w.next)
         };
@@ -615,6 +660,39 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Keeps a checkpoint under load from punching the segment appends go to (writer held):
+    /// past [`ROLL_FREED_BYTES`] to free there, appends move to `next_segment` (made already)
+    /// and the roll record's own page is freed with the rest (`applied` will be past it);
+    /// otherwise that segment's freed extents and headers go back to wait for a later checkpoint.
+    /// The roll record needs no sync: once `applied` (past it) is durable no replay reads it, and
+    /// until then the old segment stays in `w.rolled` for every sync (see [`Self::sync_log`]).
+    fn spare_current_segment(&self, w: &mut Writer, next_segment: Option<u64>, freed: &mut Vec<Extent>, headers: &mut Vec<(u64, u64)>) {
+        let current = w.next / SEGMENT_BYTES;
+        let here = |lsn: u64| lsn / SEGMENT_BYTES == current;
+        let in_current = freed_in(current, freed, headers);
+        if in_current == 0 {
+            return;
+        }
+        // Not on a broken writer (its file may be past `next`), nor if the writer rolled on its
+        // own since `next_segment` was made (the current segment is then almost empty).
+        if in_current >= ROLL_FREED_BYTES && w.broken.is_none() && next_segment == Some(current + 1) {
+            match self.roll(w) {
+                Ok(()) => {
+                    headers.append(&mut w.headers);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot roll the data log; freed pages of the current segment wait"),
+            }
+        }
+        let (now, later): (Vec<Extent>, Vec<Extent>) = freed.drain(..).partition(|e| !here(e.lsn));
+        w.freed_bytes += later.iter().map(|e| e.span()).sum::<u64>();
+        w.freed.extend(later);
+        *freed = now;
+        let (now, later): (Vec<(u64, u64)>, Vec<(u64, u64)>) = headers.drain(..).partition(|(lsn, _)| !here(*lsn));
+        w.headers.extend(later);
+        *headers = now;
     }
 
     /// Waits until RocksDB has written out every switched memtable (or reports why it cannot).
@@ -683,7 +761,7 @@ impl Drop for Engine {
         if self.crash_on_drop {
             return;
         }
-        let checkpoint = self.checkpoint();
+        let checkpoint = self.checkpoint(Punch::All);
         if checkpoint.is_ok() {
             // SAFETY: the database is dropped once, here, and not used after. (Without a
             // checkpoint it is left open: closing would flush memtables that point at log
@@ -704,6 +782,11 @@ impl Drop for Engine {
 }
 
 /// Reads across prefixes (the chunk family has a prefix extractor).
+/// Bytes of freed extents and record headers in segment `seg`.
+fn freed_in(seg: u64, freed: &[Extent], headers: &[(u64, u64)]) -> u64 {
+    freed.iter().filter(|e| e.segment() == seg).map(|e| e.span()).sum::<u64>() + headers.iter().filter(|(lsn, _)| lsn / SEGMENT_BYTES == seg).map(|(_, n)| n).sum::<u64>()
+}
+
 fn total_order() -> rocksdb::ReadOptions {
     let mut ro = rocksdb::ReadOptions::default();
     ro.set_total_order_seek(true);
@@ -977,7 +1060,7 @@ impl Kv for Engine {
             // The checkpoint thread has fallen behind: this write waits for one, so the
             // memtables never fill (RocksDB would flush them on its own). The write itself
             // has landed whatever the checkpoint's fate.
-            if let Err(e) = self.checkpoint() {
+            if let Err(e) = self.checkpoint(Punch::Sealed) {
                 tracing::warn!(error = %e, "data log checkpoint failed; the next write that finds one due retries");
             }
         } else if due {
@@ -1003,11 +1086,11 @@ impl Kv for Engine {
     }
 
     fn flush(&self, _cf: Cf) -> Result<()> {
-        self.checkpoint()
+        self.checkpoint(Punch::All)
     }
 
     fn compact(&self, cf: Cf) -> Result<()> {
-        self.checkpoint()?;
+        self.checkpoint(Punch::All)?;
         // A compaction first flushes the memtable: with the writer held and the log synced, it
         // holds only pointers to synced pages.
         let mut w = self.writer();
