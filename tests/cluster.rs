@@ -110,6 +110,15 @@ fn a_node_that_missed_a_log_compaction_catches_up_by_snapshot_install() {
 }
 
 #[test]
+fn sigterm_while_a_node_is_still_joining_stops_it() {
+    // Node 2 joins through node 1, which is not running: it keeps retrying until the signal.
+    let mut c = Cluster::prepare(2, "");
+    c.start_node(2);
+    wait_for(Duration::from_secs(10), "node 2 to retry its join", || c.log(2).contains("join failed; retrying").then_some(()));
+    c.stop(2);
+}
+
+#[test]
 fn without_quorum_a_write_fails_clearly_in_bounded_time_and_works_once_quorum_returns() {
     let mut c = Cluster::start(3, "");
     assert!(c.ctl(1, &["volume", "create", "vol", "--node", "1"]).ok);

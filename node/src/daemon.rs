@@ -97,11 +97,12 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };
-    let started = tokio::select! {
-        r = initialise(config, &raft, me) => r,
-        _ = shutdown_signal() => Ok(()),
+    // A signal while the node is still joining stops it then (it is not waited for twice).
+    let (started, signalled) = tokio::select! {
+        r = initialise(config, &raft, me) => (r, false),
+        _ = shutdown_signal() => (Ok(()), true),
     };
-    if started.is_ok() {
+    if started.is_ok() && !signalled {
         shutdown_signal().await;
     }
     smb.abort();
