@@ -548,6 +548,27 @@ fn a_checkpoint_under_load_never_punches_the_segment_appends_go_to() {
 }
 
 #[test]
+fn a_segment_rolled_during_a_log_sync_stays_listed_until_a_sync_of_its_roll_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = RocksKv::open_with(dir.path(), INLINE_MAX, false).unwrap();
+    for round in 0..2u8 {
+        for i in 0..32u32 {
+            let mut b = Batch::default();
+            b.put(Cf::Chunks, i.to_be_bytes(), vec![round; 64 * 1024]);
+            kv.write(b, Durability::Buffered).unwrap();
+        }
+    }
+    // The checkpoint rolls (2 MiB freed in the segment appends go to) after the sync's fsync
+    // of that segment: its roll record is not synced, so the segment must stay listed, or a
+    // power loss before the next `applied` would cut off what later synced writes put after it.
+    let unsynced = kv.sync_with_a_checkpoint_meanwhile().unwrap();
+    assert_eq!(kv.log_end(), log::SEGMENT_BYTES, "the checkpoint rolled");
+    assert_eq!(unsynced, 1, "the rolled segment is still to be synced");
+    kv.sync_wal().unwrap();
+    assert_eq!(kv.sync_with_a_checkpoint_meanwhile().unwrap(), 0);
+}
+
+#[test]
 fn a_crash_after_the_log_crossed_segments_keeps_every_value_and_frees_what_was_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let (live, lost) = (dir.path().join("live"), dir.path().join("lost"));

@@ -288,6 +288,15 @@ impl RocksKv {
         self.engine.checkpoint(Punch::Sealed)
     }
 
+    /// Test-only: a log sync during which a checkpoint under load runs (after the sync's
+    /// fsyncs); then how many segments are still listed as not synced.
+    #[cfg(test)]
+    pub(crate) fn sync_with_a_checkpoint_meanwhile(&self) -> Result<usize> {
+        let e = &self.engine;
+        e.sync_log_then(|| e.checkpoint(Punch::Sealed).expect("checkpoint"))?;
+        Ok(e.writer().rolled.len())
+    }
+
     /// Test-only: the log position after the last record.
     #[cfg(test)]
     pub(crate) fn log_end(&self) -> u64 {
@@ -539,11 +548,18 @@ impl Engine {
     /// segment the other has not finished. A failed sync breaks the writer: after a failed
     /// fsync the kernel may have dropped the pages, and a retry could wrongly succeed.
     fn sync_log(&self) -> Result<()> {
+        self.sync_log_then(|| {})
+    }
+
+    /// [`Self::sync_log`], running `meanwhile` after the sync and before the list is updated
+    /// (where a test rolls the log, as a checkpoint may).
+    fn sync_log_then(&self, meanwhile: impl FnOnce()) -> Result<()> {
         let (rolled, current) = {
             let w = self.writer();
             (w.rolled.clone(), w.file.clone())
         };
         let synced = sync_files(rolled.iter().chain([&current]));
+        meanwhile();
         let mut w = self.writer();
         w.check_sync(synced)?;
         // Only the segments that were already rolled leave the list: the one that was current
