@@ -133,8 +133,7 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
                 anyhow::Ok(())
             }
             .await;
-            grpc.cluster.stop().await;
-            rounds?;
+            grpc.stop_after(rounds).await?;
             println!("  gRPC/local, median of {} rounds: write {:.2}, read {:.2}", args.rounds, median(&mut ratios.0), median(&mut ratios.1));
         } else {
             local_pass(&store, vol, ino, size)?;
@@ -250,6 +249,12 @@ impl GrpcFile {
         Ok((channel, client, target, ino))
     }
 
+    /// Stops the cluster, whatever `result` says, and passes it on.
+    async fn stop_after<T>(mut self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        self.cluster.stop().await;
+        result
+    }
+
     /// Like [`local_pass`]: one Write call streams the file (each message made as it goes out),
     /// a Sync call, then one Read call streams it back.
     async fn pass(&mut self, size: u64) -> anyhow::Result<(Duration, Duration)> {
@@ -299,8 +304,7 @@ async fn calls(scratch: &Path) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    grpc.cluster.stop().await;
-    measured?;
+    grpc.stop_after(measured).await?;
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!("small calls, {CALLS} stats of a file one after another");
     println!("  volume store  p50 {:.1} us  p99 {:.1} us", us(&local, 0.5), us(&local, 0.99));

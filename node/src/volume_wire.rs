@@ -87,7 +87,7 @@ async fn serve_read(service: Arc<VolumeService>, body: Body) -> http::Response<B
     match VolumeRpc::read(&*service, tonic::Request::new(request)).await {
         Ok(chunks) => {
             let pieces = chunks.into_inner().map(|c| c.and_then(data_chunk_pieces));
-            reply(Framed { pieces, pending: None, ends_with_status: true, done: false })
+            reply(Framed::reply(pieces))
         }
         Err(status) => status.into_http(),
     }
@@ -95,10 +95,7 @@ async fn serve_read(service: Arc<VolumeService>, body: Body) -> http::Response<B
 
 async fn serve_write(service: Arc<VolumeService>, body: Body) -> http::Response<Body> {
     match service.write_stream(Messages::request(body, MAX_VOLUME_MESSAGE_BYTES)).await {
-        Ok(written) => match frame(&written) {
-            Ok(b) => reply(Framed { pieces: tokio_stream::once(Ok([b, Bytes::new()])), pending: None, ends_with_status: true, done: false }),
-            Err(e) => frame_status(e).into_http(),
-        },
+        Ok(written) => reply(Framed::reply(one_message(&written))),
         Err(status) => status.into_http(),
     }
 }
@@ -120,15 +117,14 @@ fn write_chunk_pieces(mut c: WriteChunk) -> Result<[Bytes; 2], Status> {
 
 /// Reads `length` bytes at `offset` from the node behind `channel`, as the messages arrive.
 pub async fn read(channel: Channel, request: ReadRequest) -> Result<Messages<DataChunk>, Status> {
-    let body = Framed { pieces: tokio_stream::once(Ok([frame(&request).map_err(frame_status)?, Bytes::new()])), pending: None, ends_with_status: false, done: false };
-    call(channel, READ_PATH, body).await
+    call(channel, READ_PATH, Framed::request(one_message(&request))).await
 }
 
 /// Sends `chunks` to the node behind `channel` as one Write call (each chunk one store write).
 /// An error in `chunks` resets the call, so the node fails it rather than taking the chunks
 /// before it as the whole write.
 pub async fn write(channel: Channel, chunks: impl Stream<Item = Result<WriteChunk, Status>> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
-    let body = Framed { pieces: chunks.map(|c| c.and_then(write_chunk_pieces)), pending: None, ends_with_status: false, done: false };
+    let body = Framed::request(chunks.map(|c| c.and_then(write_chunk_pieces)));
     only_message(call::<WrittenReply>(channel, WRITE_PATH, body).await?).await
 }
 
@@ -216,6 +212,16 @@ impl<M> Messages<M> {
         self.done = true;
         Poll::Ready(Some(Err(status)))
     }
+
+    /// The stream's end with `status`: its error, or an error if a message was cut short;
+    /// otherwise nothing more to yield.
+    fn end(&mut self, status: Status) -> Option<Poll<Option<Result<M, Status>>>> {
+        if status.code() != Code::Ok {
+            return Some(self.fail(status));
+        }
+        self.done = true;
+        self.reader.finish().err().map(|e| self.fail(frame_status(e)))
+    }
 }
 
 impl<M: Message + Default> Stream for Messages<M> {
@@ -246,27 +252,21 @@ impl<M: Message + Default> Stream for Messages<M> {
             match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => this.reader.push(data),
+                    // A request's trailers carry nothing; a reply's carry its status.
                     Err(frame) => {
-                        let Ok(mut trailers) = frame.into_trailers() else { continue };
-                        if !this.response {
-                            continue;
-                        }
-                        this.done = true;
-                        let status = status_in(&mut trailers).unwrap_or_else(|| Status::internal("a gRPC reply without a status"));
-                        if status.code() != Code::Ok {
-                            return Poll::Ready(Some(Err(status)));
-                        }
-                        if let Err(e) = this.reader.finish() {
-                            return Poll::Ready(Some(Err(frame_status(e))));
+                        if let (true, Ok(mut trailers)) = (this.response, frame.into_trailers()) {
+                            let status = status_in(&mut trailers).unwrap_or_else(|| Status::internal("a gRPC reply without a status"));
+                            if let Some(end) = this.end(status) {
+                                return end;
+                            }
                         }
                     }
                 },
                 Some(Err(status)) => return this.fail(status),
                 None if this.response => return this.fail(Status::internal("a gRPC reply ended without a status")),
                 None => {
-                    this.done = true;
-                    if let Err(e) = this.reader.finish() {
-                        return Poll::Ready(Some(Err(frame_status(e))));
+                    if let Some(end) = this.end(Status::ok("")) {
+                        return end;
                     }
                 }
             }
@@ -281,6 +281,23 @@ struct Framed<S> {
     pending: Option<Bytes>,
     ends_with_status: bool,
     done: bool,
+}
+
+impl<S> Framed<S> {
+    /// A reply's body: the pieces, then the status in trailers.
+    fn reply(pieces: S) -> Self {
+        Framed { pieces, pending: None, ends_with_status: true, done: false }
+    }
+
+    /// A request's body: the pieces only.
+    fn request(pieces: S) -> Self {
+        Framed { ends_with_status: false, ..Self::reply(pieces) }
+    }
+}
+
+/// One whole message as a stream of pieces (a unary request or reply).
+fn one_message(msg: &impl Message) -> impl Stream<Item = Result<[Bytes; 2], Status>> + Unpin {
+    tokio_stream::once(frame(msg).map(|b| [b, Bytes::new()]).map_err(frame_status))
 }
 
 impl<S: Stream<Item = Result<[Bytes; 2], Status>> + Unpin> HttpBody for Framed<S> {
@@ -326,7 +343,7 @@ mod tests {
 
     fn reply_of(items: Vec<Result<DataChunk, Status>>) -> Messages<DataChunk> {
         let pieces = tokio_stream::iter(items).map(|c| c.and_then(data_chunk_pieces));
-        Messages::response(Body::new(Framed { pieces, pending: None, ends_with_status: true, done: false }), 1 << 20)
+        Messages::response(Body::new(Framed::reply(pieces)), 1 << 20)
     }
 
     #[tokio::test]
@@ -349,12 +366,12 @@ mod tests {
     #[tokio::test]
     async fn a_request_has_no_status_and_a_reply_needs_one() {
         let pieces = tokio_stream::iter(chunks(3)).map(data_chunk_pieces);
-        let body = Body::new(Framed { pieces, pending: None, ends_with_status: false, done: false });
+        let body = Body::new(Framed::request(pieces));
         let got: Vec<_> = Messages::<DataChunk>::request(body, 1 << 20).collect().await;
         assert_eq!(got.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), chunks(3));
 
         let pieces = tokio_stream::iter(chunks(2)).map(data_chunk_pieces);
-        let body = Body::new(Framed { pieces, pending: None, ends_with_status: false, done: false });
+        let body = Body::new(Framed::request(pieces));
         let got: Vec<_> = Messages::<DataChunk>::response(body, 1 << 20).collect().await;
         assert_eq!(got.len(), 3);
         assert_eq!(got[2].as_ref().unwrap_err().code(), Code::Internal, "a reply that ends without a status is an error");
@@ -400,7 +417,7 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_or_cut_message_ends_the_stream_with_an_error() {
         let pieces = tokio_stream::iter(vec![DataChunk { data: Bytes::from(vec![1; 5000]) }]).map(data_chunk_pieces);
-        let body = Body::new(Framed { pieces, pending: None, ends_with_status: false, done: false });
+        let body = Body::new(Framed::request(pieces));
         let got: Vec<_> = Messages::<DataChunk>::request(body, 4096).collect().await;
         assert_eq!(got.len(), 1);
         let e = got[0].as_ref().unwrap_err();
@@ -409,7 +426,7 @@ mod tests {
 
         let [head, data] = data_chunk_pieces(DataChunk { data: Bytes::from(vec![1; 100]) }).unwrap();
         let cut = tokio_stream::iter(vec![Ok([head, data.slice(..50)])]);
-        let body = Body::new(Framed { pieces: cut, pending: None, ends_with_status: false, done: false });
+        let body = Body::new(Framed::request(cut));
         let got: Vec<_> = Messages::<DataChunk>::request(body, 4096).collect().await;
         assert!(got[0].as_ref().unwrap_err().message().contains("ended 57 bytes into"), "{got:?}");
     }
