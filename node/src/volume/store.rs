@@ -270,7 +270,7 @@ impl VolumeStore {
     /// Where a scope looks for an object, in order: its own lineage up to its epoch, then (for a
     /// clone) the live lineage up to its base.
     fn lookups(scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>) -> impl Iterator<Item = (Vec<u8>, Epoch)> {
-        [(object(scope.lineage), scope.max_epoch)].into_iter().chain(scope.base_epoch.map(|base| (object(LIVE), base)))
+        [(object(scope.lineage), scope.max_epoch)].into_iter().chain(scope.base_epoch.into_iter().map(move |base| (object(LIVE), base)))
     }
 
     /// The version a scope sees: its own lineage first, then (for a clone) its base.

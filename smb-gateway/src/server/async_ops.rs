@@ -111,6 +111,9 @@ impl AsyncOps {
     /// Ends a waiting request with its final response (`body` after the header); false if no
     /// request waits under that id.
     pub fn finish(&mut self, async_id: u64, status: u32, body: &[u8]) -> bool {
+        if !self.ops.contains_key(&async_id) {
+            return false;
+        }
         let mut framed = Vec::with_capacity(HEADER_BYTES + body.len());
         framed.resize(HEADER_BYTES, 0);
         framed.extend_from_slice(body);

@@ -438,11 +438,11 @@ fn power_loss_keeps_a_prefix(batches: Vec<(Vec<Change>, bool)>, cut: prop::sampl
     drop(kv); // a crash: RocksDB's memtables are gone with the process
     copy_dir(&live, &lost);
     let at = synced_end + cut.index((end - synced_end + 1) as usize) as u64;
-    let segment = lost.join("datalog").join(format!("{:016x}.log", at / (1 << 30)));
+    let segment = lost.join("datalog").join(format!("{:016x}.log", at / log::SEGMENT_BYTES));
     let f = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
     match damage {
-        Damage::Truncated => f.set_len(at % (1 << 30)).unwrap(),
-        Damage::Overwritten(bytes) => std::os::unix::fs::FileExt::write_all_at(&f, &bytes, at % (1 << 30)).unwrap(),
+        Damage::Truncated => f.set_len(at % log::SEGMENT_BYTES).unwrap(),
+        Damage::Overwritten(bytes) => std::os::unix::fs::FileExt::write_all_at(&f, &bytes, at % log::SEGMENT_BYTES).unwrap(),
     }
     drop(f);
     let kv = RocksKv::open_with(&lost, 0, false).unwrap();
@@ -496,18 +496,28 @@ fn freed_log_pages_go_back_to_the_disk_and_empty_segments_go() {
     assert!(emptied < 64 * 1024, "{emptied} bytes left after deleting everything");
 }
 
+/// A 64 KiB chunk value that differs for each key and round.
+fn chunk_value(i: u32, round: u8) -> Vec<u8> {
+    (0..64 * 1024u32).map(|b| (b ^ i) as u8 ^ round).collect()
+}
+
+/// Puts `chunk_value(i, round)` under each key in `keys`, `per_batch` to a batch.
+fn put_chunks(kv: &RocksKv, keys: std::ops::Range<u32>, round: u8, per_batch: usize) {
+    for first in keys.clone().step_by(per_batch) {
+        let mut b = Batch::default();
+        for i in first..(first + per_batch as u32).min(keys.end) {
+            b.put(Cf::Chunks, i.to_be_bytes(), chunk_value(i, round));
+        }
+        kv.write(b, Durability::Buffered).unwrap();
+    }
+}
+
 #[test]
 fn a_checkpoint_under_load_never_punches_the_segment_appends_go_to() {
     let dir = tempfile::tempdir().unwrap();
     let (live, lost) = (dir.path().join("live"), dir.path().join("lost"));
-    let value = |i: u32, round: u8| -> Vec<u8> { (0..64 * 1024u32).map(|b| (b ^ i) as u8 ^ round).collect() };
-    let write = |kv: &RocksKv, round: u8, from: u32, to: u32| {
-        for i in from..to {
-            let mut b = Batch::default();
-            b.put(Cf::Chunks, i.to_be_bytes(), value(i, round));
-            kv.write(b, Durability::Buffered).unwrap();
-        }
-    };
+    let write = |kv: &RocksKv, round: u8, from: u32, to: u32| put_chunks(kv, from..to, round, 1);
+    let value = chunk_value;
     let values = |n: u64| n * log::pages(64 * 1024);
     let kv = RocksKv::open_with(&live, INLINE_MAX, true).unwrap();
     write(&kv, 0, 0, 64);
@@ -551,13 +561,8 @@ fn a_checkpoint_under_load_never_punches_the_segment_appends_go_to() {
 fn a_segment_rolled_during_a_log_sync_stays_listed_until_a_sync_of_its_roll_record() {
     let dir = tempfile::tempdir().unwrap();
     let kv = RocksKv::open_with(dir.path(), INLINE_MAX, false).unwrap();
-    for round in 0..2u8 {
-        for i in 0..32u32 {
-            let mut b = Batch::default();
-            b.put(Cf::Chunks, i.to_be_bytes(), vec![round; 64 * 1024]);
-            kv.write(b, Durability::Buffered).unwrap();
-        }
-    }
+    put_chunks(&kv, 0..32, 0, 1);
+    put_chunks(&kv, 0..32, 1, 1);
     // The checkpoint rolls (2 MiB freed in the segment appends go to) after the sync's fsync
     // of that segment: its roll record is not synced, so the segment must stay listed, or a
     // power loss before the next `applied` would cut off what later synced writes put after it.
@@ -572,16 +577,8 @@ fn a_segment_rolled_during_a_log_sync_stays_listed_until_a_sync_of_its_roll_reco
 fn a_crash_after_the_log_crossed_segments_keeps_every_value_and_frees_what_was_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let (live, lost) = (dir.path().join("live"), dir.path().join("lost"));
-    let value = |i: u32, round: u8| -> Vec<u8> { (0..64 * 1024u32).map(|b| (b ^ i) as u8 ^ round).collect() };
-    let write = |kv: &RocksKv, from: u32, to: u32, round: u8| {
-        for first in (from..to).step_by(16) {
-            let mut b = Batch::default();
-            for i in first..(first + 16).min(to) {
-                b.put(Cf::Chunks, i.to_be_bytes(), value(i, round));
-            }
-            kv.write(b, Durability::Buffered).unwrap();
-        }
-    };
+    let write = |kv: &RocksKv, from: u32, to: u32, round: u8| put_chunks(kv, from..to, round, 16);
+    let value = chunk_value;
     // Segments are 32 MiB under test: 1,280 values of 64 KiB take three of them. A checkpoint
     // midway, then overwrites of values in the first segment, then a crash.
     let kv = RocksKv::open_with(&live, INLINE_MAX, true).unwrap();

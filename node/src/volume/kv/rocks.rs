@@ -797,12 +797,12 @@ impl Drop for Engine {
     }
 }
 
-/// Reads across prefixes (the chunk family has a prefix extractor).
 /// Bytes of freed extents and record headers in segment `seg`.
 fn freed_in(seg: u64, freed: &[Extent], headers: &[(u64, u64)]) -> u64 {
     freed.iter().filter(|e| e.segment() == seg).map(|e| e.span()).sum::<u64>() + headers.iter().filter(|(lsn, _)| lsn / SEGMENT_BYTES == seg).map(|(_, n)| n).sum::<u64>()
 }
 
+/// Reads across prefixes (the chunk family has a prefix extractor).
 fn total_order() -> rocksdb::ReadOptions {
     let mut ro = rocksdb::ReadOptions::default();
     ro.set_total_order_seek(true);
@@ -989,9 +989,7 @@ impl Kv for Engine {
     }
 
     fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a> {
-        let mut ro = rocksdb::ReadOptions::default();
-        ro.set_total_order_seek(true);
-        let it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(from, Direction::Forward));
+        let it = self.db.iterator_cf_opt(self.cf(cf), total_order(), IteratorMode::From(from, Direction::Forward));
         Box::new(it.map(move |item| {
             let (k, v) = item?;
             if cf != Cf::Chunks {
@@ -1004,9 +1002,7 @@ impl Kv for Engine {
     }
 
     fn scan_presence<'a>(&'a self, cf: Cf, from: &[u8]) -> Box<dyn Iterator<Item = Result<(Box<[u8]>, bool)>> + 'a> {
-        let mut ro = rocksdb::ReadOptions::default();
-        ro.set_total_order_seek(true);
-        let it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(from, Direction::Forward));
+        let it = self.db.iterator_cf_opt(self.cf(cf), total_order(), IteratorMode::From(from, Direction::Forward));
         // A stored value is empty exactly when the value is (log::stored_inline).
         Box::new(it.map(|item| item.map(|(k, v)| (k, !v.is_empty())).map_err(Into::into)))
     }

@@ -146,7 +146,7 @@ pub const READ_ROOM: usize = HEADER_BYTES + 16;
 /// A READ response's fields before its data (MS-SMB2 2.2.20), for `len` bytes of data.
 fn read_fields(len: usize) -> [u8; 16] {
     let mut f = [0u8; 16];
-    f[..4].copy_from_slice(&[17, 0, (HEADER_BYTES + 16) as u8, 0]);
+    f[..4].copy_from_slice(&[17, 0, READ_ROOM as u8, 0]);
     f[4..8].copy_from_slice(&(len as u32).to_le_bytes());
     f
 }
