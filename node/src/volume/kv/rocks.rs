@@ -426,9 +426,20 @@ impl Engine {
         }
     }
 
+    /// The CRC32C of each large chunk value's logged part, in batch order: computed before the
+    /// writer lock is taken, as it depends on nothing the lock guards.
+    fn data_crcs(&self, batch: &Batch) -> Vec<u32> {
+        batch.ops.iter().filter_map(|op| match op {
+            Op::Put { cf: Cf::Chunks, value, .. } if value.len() > self.inline_max => Some(crc32c::crc32c(&value[..value.len() - log::tail_len(value.len())])),
+            _ => None,
+        }).collect()
+    }
+
     /// Turns `batch` into the record that starts at `lsn`'s data area `data_at`: large chunk
-    /// values become pointers, and every pointer overwritten or deleted is freed.
-    fn record(&self, batch: Batch, data_at: u64) -> Result<Record> {
+    /// values become pointers (with their CRCs from [`Self::data_crcs`]), and every pointer
+    /// overwritten or deleted is freed.
+    fn record(&self, batch: Batch, data_at: u64, crcs: Vec<u32>) -> Result<Record> {
+        let mut crcs = crcs.into_iter();
         let mut rec = Record { ops: Vec::with_capacity(batch.ops.len()), data: Vec::new(), written: Vec::new(), freed: Vec::new() };
         let mut changed: HashMap<Vec<u8>, Option<Extent>> = HashMap::new();
         let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -439,7 +450,8 @@ impl Engine {
                     rec.freed.extend(self.current_extent(&key, &changed, &ranges)?);
                     let (stored, extent) = if value.len() > self.inline_max {
                         let head = value.len() - log::tail_len(value.len());
-                        let e = Extent { lsn: at, len: head as u32, crc: crc32c::crc32c(&value[..head]) };
+                        let crc = crcs.next().expect("a CRC for every large value (data_crcs)");
+                        let e = Extent { lsn: at, len: head as u32, crc };
                         at += e.span();
                         let stored = log::stored_pointer(e, &value[head..]);
                         value.truncate(head);
@@ -1008,6 +1020,7 @@ impl Kv for Engine {
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        let crcs = self.data_crcs(&batch);
         let mut w = self.writer();
         if let Some(why) = &w.broken {
             return Err(VolumeError::Storage(format!("the data log takes no more writes: {why}")));
@@ -1022,7 +1035,7 @@ impl Kv for Engine {
             self.roll(&mut w)?;
         }
         let lsn = w.next;
-        let rec = self.record(batch, lsn + head_len)?;
+        let rec = self.record(batch, lsn + head_len, crcs)?;
         let ops = log::encode_ops(&rec.ops);
         debug_assert_eq!(ops.len() as u64, ops_len, "sizes() counts what encode_ops writes");
         let header = Header { roll: false, ops_len: ops.len() as u32, ops_crc: crc32c::crc32c(&ops), data_len, lsn }.encode();
