@@ -240,3 +240,64 @@ fn a_writable_clone_over_grpc_is_isolated_and_refuses_writes_once_sealed() {
     assert_eq!(e.metadata().get("umbra-error").unwrap(), "read_only");
     assert_eq!(client.read_at(in_clone, ino, 4).unwrap(), b"CLON", "a sealed clone still reads");
 }
+
+/// The SMB gateway's way to a volume's owner, here from a test thread: calls made on the
+/// thread's own runtime (`umbra_node::dedicated`) over its own HTTP/2 connection
+/// (`umbra_node::direct_channel`). Unary and streamed calls, the owner's errors with their
+/// metadata, an answer that cuts a streamed request short, and a new connection after the
+/// node restarts, on the first call.
+#[test]
+fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_a_restart() {
+    use umbra_node::dedicated::block_on;
+    use umbra_node::direct_channel::DirectChannel;
+    use umbra_node::volume_wire;
+
+    let mut c = Cluster::start(1, "");
+    assert!(c.ctl(1, &["volume", "create", "own", "--node", "1"]).ok);
+    let target = VolumeTarget { volume: volume_id(&c, 1, "own"), snapshot: String::new(), clone: String::new(), route: false };
+    let channel = DirectChannel::new(c.addr(1));
+    let client = VolumeClient::new(channel.clone());
+    let create = CreateRequest { target: Some(target.clone()), parent: 1, name: "f.bin".into(), directory: false, now: 1 };
+    let ino = wait_for(Duration::from_secs(10), "the volume to exist", || block_on(client.clone().create(create.clone())).unwrap().ok());
+    let ino = ino.into_inner().entry.unwrap().attributes.unwrap().ino;
+
+    // A write of three 2 MiB messages (the later ones wait for send capacity), read back.
+    const PART: usize = 2 << 20;
+    let msgs: Vec<_> = (0..3u64).map(|i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * PART as u64, data: pattern(i, PART).into(), now: 2 })).collect();
+    let written = block_on(volume_wire::write(channel.clone(), tokio_stream::iter(msgs))).unwrap().unwrap();
+    assert_eq!(written.written, 3 * PART as u64);
+    let read = ReadRequest { target: Some(target.clone()), ino, offset: 0, length: 3 * PART as u64 };
+    let back = block_on(async {
+        use tokio_stream::StreamExt;
+        let mut m = volume_wire::read(channel.clone(), read).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = m.next().await {
+            out.extend_from_slice(&chunk?.data);
+        }
+        Ok::<_, tonic::Status>(out)
+    })
+    .unwrap()
+    .unwrap();
+    let expected: Vec<u8> = (0..3).flat_map(|i| pattern(i, PART)).collect();
+    assert!(back == expected, "read back {} bytes, not what was written", back.len());
+
+    // The owner's error, whole.
+    let e = block_on(client.clone().stat(StatRequest { target: Some(target.clone()), ino: ino + 1000 })).unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert_eq!(e.metadata().get("umbra-error").unwrap(), "not_found", "{e:?}");
+    // A message over the limit: the node answers while the request is still being sent.
+    let over = vec![Ok(WriteChunk { target: Some(target.clone()), ino, offset: 0, data: vec![9u8; 17 << 20].into(), now: 3 })];
+    let e = block_on(volume_wire::write(channel.clone(), tokio_stream::iter(over))).unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+
+    // The node restarts: the first call after finds the old connection closed and makes another.
+    c.stop(1);
+    c.start_node(1);
+    c.wait_up(1);
+    let stat = StatRequest { target: Some(target.clone()), ino };
+    let after = wait_for(Duration::from_secs(10), "the volume to be served again", || match block_on(client.clone().stat(stat.clone())).unwrap() {
+        Err(e) if e.code() == tonic::Code::NotFound => None,
+        other => Some(other),
+    });
+    assert_eq!(after.unwrap().into_inner().entry.unwrap().attributes.unwrap().size, 3 * PART as u64);
+}

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tracing::Instrument;
-use tonic::transport::server::TcpIncoming;
 use umbra_proto::v1::admin_client::AdminClient;
 use umbra_proto::v1::admin_server::AdminServer;
 use umbra_proto::v1::raft_server::RaftServer;
@@ -33,6 +32,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs a node until SIGTERM or Ctrl-C, then waits for its Raft database to close (exiting with
 /// it open would let RocksDB's background threads die mid-work).
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    // Channels and background tasks started while serving a call live on this runtime, not
+    // on the call's connection thread (crate::grpc_server).
+    umbra_raft::network::set_home(tokio::runtime::Handle::current());
     let span = tracing::info_span!("node", id = config.id);
     async {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -71,17 +73,23 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()).with_notifier(notifier.clone()));
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .initial_stream_window_size(umbra_raft::network::STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(umbra_raft::network::CONNECTION_WINDOW_BYTES)
-        .max_frame_size(Some(umbra_raft::network::MAX_FRAME_BYTES))
-        .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
-        .add_service(AdminServer::new(AdminService::new(meta.clone())))
-        .add_service(crate::volume_wire::VolumeWire::new(volume_service.clone()))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-            let _ = stop_rx.await;
-        });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let router = {
+        let (raft, meta, volume_service) = (raft.clone(), meta.clone(), volume_service.clone());
+        move || {
+            tonic::transport::Server::builder()
+                .initial_stream_window_size(umbra_raft::network::STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(umbra_raft::network::CONNECTION_WINDOW_BYTES)
+                .max_frame_size(Some(umbra_raft::network::MAX_FRAME_BYTES))
+                // A connection whose peer stops answering pings ends, and its thread with it.
+                .http2_keepalive_interval(Some(umbra_raft::network::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(umbra_raft::network::KEEPALIVE_TIMEOUT))
+                .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+                .add_service(AdminServer::new(AdminService::new(meta.clone())))
+                .add_service(crate::volume_wire::VolumeWire::new(volume_service.clone()))
+        }
+    };
+    let server = crate::grpc_server::serve(listener, router, stop_rx);
     let server = tokio::spawn(server);
     let smb_listener = TcpListener::bind(&config.smb_addr).await.with_context(|| format!("cannot listen on {} for SMB", config.smb_addr))?;
     let settings = crate::fsrvp::Settings::new(crate::smb::NETBIOS_NAME);
@@ -92,7 +100,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let gateway_opens = Arc::new(crate::gateway_opens::GatewayOpens::new(config.id));
     let renewals = tokio::spawn(gateway_opens.clone().run(volume_service.clone(), upkeep_stop.subscribe()));
     let relay = tokio::spawn(crate::notify_relay::run(config.id, notifier.clone(), volume_service.clone(), upkeep_stop.subscribe()));
-    let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, gateway_opens, reader.clone(), tokio::runtime::Handle::current()));
+    let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, gateway_opens, reader.clone()));
     let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files, notifier));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
@@ -115,13 +123,13 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     started.and(stopped)
 }
 
-async fn stop(raft: Raft, stop_tx: tokio::sync::oneshot::Sender<()>, server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) -> anyhow::Result<()> {
+async fn stop(raft: Raft, stop_tx: tokio::sync::watch::Sender<bool>, server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
     tracing::info!("shutting down");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
+    match tokio::time::timeout(crate::grpc_server::STOP_GRACE + Duration::from_secs(2), server).await {
         Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
-        Err(_) => tracing::warn!("gRPC server did not stop within 5 s; exiting anyway"),
+        Err(_) => tracing::warn!("gRPC connections did not stop in time; exiting anyway"),
     }
     Ok(())
 }

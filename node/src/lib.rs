@@ -1,8 +1,9 @@
 //! The Umbra node daemon.
 //!
 //! Data flow: [`config`] gives a [`config::NodeConfig`]; [`daemon::run`] opens the Raft store
-//! (crate umbra-raft), starts openraft and one gRPC server carrying the Raft service (peer
-//! traffic) and the [`admin`] service (`umbra ctl` and peer nodes). The admin service is a thin
+//! (crate umbra-raft), starts openraft and one gRPC server ([`grpc_server`]: a thread for each
+//! connection) carrying the Raft service (peer traffic) and the [`admin`] service (`umbra ctl`
+//! and peer nodes). The admin service is a thin
 //! codec over [`meta::Meta`], which proposes writes on the leader (gathered into entries by
 //! [`batcher`]) or forwards them there,
 //! answers linearizable reads through a read index, and changes membership. [`errors`] holds
@@ -11,15 +12,21 @@
 //! data) go on the wire through [`volume_wire`] without being copied; [`volumes_task`] keeps
 //! them in step with Raft and runs reclaim. Share modes: the owner of a volume keeps the table of
 //! its opens ([`opens`], inside the volume service); this node's gateway registers, releases and
-//! renews its opens there ([`gateway_opens`]).
+//! renews its opens there ([`gateway_opens`]). The gateway's threads call other nodes on
+//! runtimes and connections of their own ([`dedicated`], [`direct_channel`]), and store calls
+//! run inline on such threads and on the gRPC server's: a small call to another node wakes
+//! one thread on each side.
 
 pub mod admin;
 pub mod batcher;
 pub mod config;
 pub mod daemon;
+pub mod dedicated;
+pub mod direct_channel;
 pub mod errors;
 pub mod fsrvp;
 pub mod gateway_opens;
+pub mod grpc_server;
 pub mod meta;
 pub mod notify_relay;
 pub mod opens;

@@ -82,7 +82,6 @@ pub struct VolumeFiles {
     service: std::sync::Arc<crate::volume_service::VolumeService>,
     opens: std::sync::Arc<crate::gateway_opens::GatewayOpens>,
     meta: MetaReader,
-    runtime: tokio::runtime::Handle,
 }
 
 use umbra_proto::v1::volume_server::Volume as _;
@@ -96,9 +95,8 @@ impl VolumeFiles {
         service: std::sync::Arc<crate::volume_service::VolumeService>,
         opens: std::sync::Arc<crate::gateway_opens::GatewayOpens>,
         meta: MetaReader,
-        runtime: tokio::runtime::Handle,
     ) -> Self {
-        VolumeFiles { node, store, service, opens, meta, runtime }
+        VolumeFiles { node, store, service, opens, meta }
     }
 
     /// The share's volume and view when this node owns it: data calls then go straight to
@@ -123,8 +121,14 @@ impl VolumeFiles {
         Ok((VolumeTarget { volume: volume.to_string(), snapshot, clone, route: true }, path))
     }
 
+    /// Waits for `f` on this thread's own runtime ([`crate::dedicated`]): the gateway runs
+    /// each request on a blocking-pool thread, which makes its calls to other nodes itself.
+    fn wait<T>(&self, f: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, FsError> {
+        crate::dedicated::block_on(f).map_err(|e| FsError::Other(format!("cannot start the thread's runtime: {e}")))?
+    }
+
     fn call<T>(&self, f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, FsError> {
-        self.runtime.block_on(f).map(tonic::Response::into_inner).map_err(|s| fs_error(&s))
+        self.wait(async { f.await.map(tonic::Response::into_inner).map_err(|s| fs_error(&s)) })
     }
 }
 
@@ -207,7 +211,7 @@ impl Files for VolumeFiles {
         let name = path.rsplit('\\').next().unwrap_or("");
         let mut req = ResolveRequest { target: Some(target.clone()), path: full, with_parent: true, create: create.map(|n| CreateIfMissing { directory: n.directory, now: n.now, open: None }) };
         let (reply, registration) = match create.and_then(|n| n.mode.map(|m| (m, n.delete_at_close))) {
-            Some((mode, delete_at_close)) => self.runtime.block_on(self.opens.open_new(&target, mode, delete_at_close, |open| {
+            Some((mode, delete_at_close)) => self.wait(self.opens.open_new(&target, mode, delete_at_close, |open| {
                 if let Some(c) = req.create.as_mut() {
                     c.open = Some(open);
                 }
@@ -259,7 +263,7 @@ impl Files for VolumeFiles {
         }
         let (target, _) = self.target(share)?;
         let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len) };
-        self.runtime.block_on(async {
+        self.wait(async {
             let mut stream = self.service.read(tonic::Request::new(req)).await.map_err(|s| fs_error(&s))?.into_inner();
             let mut out = Vec::with_capacity(room + len as usize);
             out.resize(room, 0);
@@ -282,7 +286,7 @@ impl Files for VolumeFiles {
         let (target, _) = self.target(share)?;
         // One whole write through the service's owner routing (a peer, or the local store).
         let msg = WriteChunk { target: Some(target), ino: id, offset, data: bytes::Bytes::copy_from_slice(data), now };
-        self.runtime.block_on(self.service.write_one(msg)).map_err(|s| fs_error(&s))
+        self.wait(async { self.service.write_one(msg).await.map_err(|s| fs_error(&s)) })
     }
 
     fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError> {
@@ -315,17 +319,17 @@ impl Files for VolumeFiles {
     fn register_open(&self, share: &str, id: u64, mode: umbra_smb_gateway::share_modes::Mode, delete_at_close: Option<(u64, &str)>) -> Result<u64, FsError> {
         let (target, _) = self.target(share)?;
         let delete = delete_at_close.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
-        self.runtime.block_on(self.opens.register(&self.service, target, id, mode, delete))
+        self.wait(self.opens.register(&self.service, target, id, mode, delete))
     }
 
     fn release_open(&self, registration: u64) {
-        if let Err(e) = self.runtime.block_on(self.opens.release(&self.service, registration, None, 0)) {
+        if let Err(e) = self.wait(self.opens.release(&self.service, registration, None, 0)) {
             tracing::warn!(registration, error = %e, "releasing an open");
         }
     }
 
     fn close_open(&self, _share: &str, registration: u64, delete: Option<(u64, &str)>, now: u64) -> Result<(), FsError> {
         let delete = delete.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
-        self.runtime.block_on(self.opens.release(&self.service, registration, delete, now))
+        self.wait(self.opens.release(&self.service, registration, delete, now))
     }
 }

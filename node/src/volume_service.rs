@@ -2,7 +2,9 @@
 //!
 //! A node serves only the volumes Raft says it owns. With `route` set in the target, a node
 //! that is not the owner forwards the call to the owner (in-process when it is the owner):
-//! this is the data path of design.md section 4. Store calls run on the blocking pool; reads
+//! this is the data path of design.md section 4. Store calls run inline on a dedicated thread
+//! (a gRPC connection's, a gateway caller's: [`crate::dedicated`]) and on the blocking pool
+//! elsewhere; forwarded calls from a caller thread take that thread's own connection. Reads
 //! stream in 1 MiB messages; each write message is one whole store write, so a fence never sees
 //! half of one. Errors follow the one table in [`status_of`].
 
@@ -11,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
+use crate::direct_channel::{DirectChannel, PeerChannel};
 use tonic::{Request, Response, Status, Streaming};
 use umbra_proto::v1::volume_client::VolumeClient;
 use umbra_proto::v1::volume_server::Volume as VolumeRpc;
@@ -48,7 +50,7 @@ pub fn status_of(e: VolumeError) -> Status {
         VolumeError::TooLarge { .. } | VolumeError::Invalid(_) => (Code::InvalidArgument, "invalid"),
         VolumeError::TooManySnapshots { .. } => (Code::ResourceExhausted, "too_many_snapshots"),
         VolumeError::DiskFull(_) => (Code::ResourceExhausted, "disk_full"),
-        VolumeError::Busy(_) => (Code::Unavailable, "busy"),
+        VolumeError::Busy(_) | VolumeError::AtFence => (Code::Unavailable, "busy"),
         VolumeError::StaleToken { .. } => (Code::FailedPrecondition, "stale_token"),
         VolumeError::WrongOwner { .. } => (Code::FailedPrecondition, "wrong_owner"),
         VolumeError::Storage(_) => (Code::Internal, "storage"),
@@ -134,7 +136,9 @@ fn link_of(d: Option<&DeleteAtClose>) -> Option<Link> {
 /// Where the service runs the store's (synchronous) calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreCalls {
-    /// On tokio's blocking pool (production: a call may wait for the disk or at a fence).
+    /// On tokio's blocking pool (production: a call may wait for the disk or at a fence),
+    /// except on a dedicated thread ([`crate::dedicated`]), where all but slow calls run
+    /// inline (see [`Call`]).
     Blocking,
     /// Inline on the runtime (the simulation: one thread, virtual time, no blocking pool). A
     /// mutation first waits out any fence asynchronously, so it never blocks at the gate.
@@ -151,12 +155,12 @@ enum Owner {
 /// the bulk calls take (see [`crate::volume_wire`]).
 #[derive(Clone)]
 struct Peer {
-    client: VolumeClient<Channel>,
-    channel: Channel,
+    client: VolumeClient<PeerChannel>,
+    channel: PeerChannel,
 }
 
 impl std::ops::Deref for Peer {
-    type Target = VolumeClient<Channel>;
+    type Target = VolumeClient<PeerChannel>;
     fn deref(&self) -> &Self::Target {
         &self.client
     }
@@ -166,6 +170,25 @@ impl std::ops::DerefMut for Peer {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.client
     }
+}
+
+thread_local! {
+    /// A caller thread's own clients of other nodes, by address: their connections run on the
+    /// thread's runtime ([`crate::dedicated::block_on`]).
+    static THREAD_PEERS: std::cell::RefCell<HashMap<String, Peer>> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// The client of the volume service at `addr` in `peers`, made with `connect` (which connects
+/// lazily) if absent.
+fn cached_peer(peers: &mut HashMap<String, Peer>, addr: String, connect: impl FnOnce(&str) -> Result<PeerChannel, tonic::transport::Error>) -> Result<Peer, Status> {
+    if let Some(c) = peers.get(&addr) {
+        return Ok(c.clone());
+    }
+    let ch = connect(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+    let client = VolumeClient::new(ch.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
+    let peer = Peer { client, channel: ch };
+    peers.insert(addr, peer.clone());
+    Ok(peer)
 }
 
 /// A snapshot or clone id from a request.
@@ -249,22 +272,21 @@ impl VolumeService {
     }
 
     /// A client of node `node`'s volume service (cached per address).
-    pub fn peer(&self, node: NodeId) -> Result<VolumeClient<Channel>, Status> {
+    pub fn peer(&self, node: NodeId) -> Result<VolumeClient<PeerChannel>, Status> {
         self.peer_of(node).map(|p| p.client)
     }
 
+    /// Node `node`'s volume service, through a connection this node keeps (one per address),
+    /// or on a caller thread through one of the thread's own ([`crate::dedicated`]).
     fn peer_of(&self, node: NodeId) -> Result<Peer, Status> {
         let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.grpc_addr.clone());
         let addr = addr.ok_or_else(|| Status::unavailable(format!("node {node} is not a member")))?;
-        let mut peers = self.peers.lock().expect("peer cache lock");
-        if let Some(c) = peers.get(&addr) {
-            return Ok(c.clone());
+        // A caller thread's own connections are plain TCP: under simulation (another transport)
+        // the node's channels are used.
+        if crate::dedicated::kind() == crate::dedicated::Kind::Caller && !umbra_raft::network::has_transport() {
+            return THREAD_PEERS.with(|peers| Ok(cached_peer(&mut peers.borrow_mut(), addr, |a| Ok(DirectChannel::new(a).into()))?));
         }
-        let ch = umbra_raft::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-        let client = VolumeClient::new(ch.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
-        let peer = Peer { client, channel: ch };
-        peers.insert(addr, peer.clone());
-        Ok(peer)
+        cached_peer(&mut self.peers.lock().expect("peer cache lock"), addr, |a| Ok(umbra_raft::network::channel(a)?.into()))
     }
 
     /// The other members of the cluster.
@@ -345,41 +367,58 @@ impl VolumeService {
         self.opens.lock().expect("open table lock")
     }
 
-    /// Runs a store call on the blocking pool, or inline (see [`StoreCalls`]).
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
-        self.run_for(None, f).await
+    /// Runs a quick store call (a read of metadata) on the blocking pool, or inline (see
+    /// [`StoreCalls`]).
+    async fn run<T: Send + 'static>(&self, f: impl Fn(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
+        self.run_for(Call::Quick, f).await
     }
 
-    /// A mutation of `vol`: inline, it waits out a fence first (without blocking the thread).
-    async fn run_gated<T: Send + 'static>(&self, vol: Uuid, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
-        self.run_for(Some(vol), f).await
+    /// A mutation of `vol`: it never blocks a thread at a fence.
+    async fn run_gated<T: Send + 'static>(&self, vol: Uuid, f: impl Fn(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
+        self.run_for(Call::Mutation(vol), f).await
     }
 
-    /// [`Self::run`], for a mutation of `gate`'s volume when given.
-    async fn run_for<T: Send + 'static>(&self, gate: Option<Uuid>, f: impl FnOnce(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
+    /// Runs a store call as `call` says. Inline under simulation, or on a dedicated thread
+    /// ([`crate::dedicated`]) unless it is slow; a mutation run inline never blocks the thread
+    /// at a fence ([`VolumeStore::run_unblocked`]).
+    async fn run_for<T: Send + 'static>(&self, call: Call, f: impl Fn(&VolumeStore) -> Result<T, VolumeError> + Send + 'static) -> Result<T, Status> {
         let store = self.store.clone();
-        match self.calls {
-            StoreCalls::Blocking => tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(format!("store task: {e}")))?.map_err(status_of),
-            StoreCalls::Inline => {
-                if let Some(vol) = gate {
-                    store.wait_open(vol).await;
-                }
-                f(&store).map_err(status_of)
-            }
+        if self.calls == StoreCalls::Blocking && (call == Call::Slow || !crate::dedicated::may_block()) {
+            return tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(format!("store task: {e}")))?.map_err(status_of);
+        }
+        match call {
+            Call::Mutation(vol) => store.run_unblocked(vol, f).await.map_err(status_of),
+            Call::Quick | Call::Slow => f(&store).map_err(status_of),
         }
     }
 }
 
-/// One unary method: local store call, or the same call forwarded to the owner.
+/// What kind of store call a handler makes, for where it runs ([`VolumeService::run_for`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// A read of metadata: runs inline on a dedicated thread.
+    Quick,
+    /// A mutation of the volume (passes its gate): inline on a dedicated thread, waiting out
+    /// a fence without blocking it.
+    Mutation(Uuid),
+    /// One that may take long (a fence draining writes, a sync, a snapshot or clone): always on
+    /// the blocking pool, so the other calls of the same connection go on meanwhile.
+    Slow,
+}
+
 macro_rules! unary {
     ($self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {
-        unary!(@gate None, $self, $req, $method, |$store, $vol, $view, $r| $local)
+        unary!(@call Quick, $self, $req, $method, |$store, $vol, $view, $r| $local)
     };
     // A mutation that passes the volume's gate.
     (gated $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {
-        unary!(@gate Some, $self, $req, $method, |$store, $vol, $view, $r| $local)
+        unary!(@call Mutation, $self, $req, $method, |$store, $vol, $view, $r| $local)
     };
-    (@gate $gate:ident, $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {{
+    // One that may take long (see `Call::Slow`).
+    (slow $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {
+        unary!(@call Slow, $self, $req, $method, |$store, $vol, $view, $r| $local)
+    };
+    (@call $call:ident, $self:ident, $req:ident, $method:ident, |$store:ident, $vol:ident, $view:ident, $r:ident| $local:expr) => {{
         let mut $r = $req.into_inner();
         let ($vol, $view, route) = target_of($r.target.as_ref())?;
         match $self.owner($vol, route)? {
@@ -387,11 +426,12 @@ macro_rules! unary {
                 unrouted(&mut $r.target);
                 peer.$method($r).await
             }
-            Owner::Here => $self.run_for(unary!(@vol $gate $vol), move |$store| $local).await.map(Response::new),
+            Owner::Here => $self.run_for(unary!(@kind $call $vol), move |$store| $local).await.map(Response::new),
         }
     }};
-    (@vol None $vol:ident) => { None };
-    (@vol Some $vol:ident) => { Some($vol) };
+    (@kind Quick $vol:ident) => { Call::Quick };
+    (@kind Mutation $vol:ident) => { Call::Mutation($vol) };
+    (@kind Slow $vol:ident) => { Call::Slow };
 }
 
 #[tonic::async_trait]
@@ -511,26 +551,26 @@ impl VolumeRpc for VolumeService {
                 r.route = false;
                 peer.sync(r).await
             }
-            Owner::Here => self.run(|s| s.sync()).await.map(|_| Response::new(Done {})),
+            Owner::Here => self.run_for(Call::Slow, |s| s.sync()).await.map(|_| Response::new(Done {})),
         }
     }
 
     async fn snapshot_create(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotReply>, Status> {
-        unary!(self, req, snapshot_create, |s, vol, _view, r| {
+        unary!(slow self, req, snapshot_create, |s, vol, _view, r| {
             let id = id_of(&r.id, "snapshot")?;
             s.snapshot_create(vol, id, r.now).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
         })
     }
 
     async fn snapshot_commit(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotReply>, Status> {
-        unary!(self, req, snapshot_commit, |s, vol, _view, r| {
+        unary!(slow self, req, snapshot_commit, |s, vol, _view, r| {
             let id = id_of(&r.id, "snapshot")?;
             s.snapshot_commit(vol, id).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
         })
     }
 
     async fn snapshot_delete(&self, req: Request<SnapshotRequest>) -> Result<Response<Done>, Status> {
-        unary!(self, req, snapshot_delete, |s, vol, _view, r| {
+        unary!(slow self, req, snapshot_delete, |s, vol, _view, r| {
             let id = id_of(&r.id, "snapshot")?;
             s.snapshot_delete(vol, id).map(|_| Done {})
         })
@@ -549,7 +589,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn fence(&self, req: Request<FenceRequest>) -> Result<Response<SnapshotReply>, Status> {
-        unary!(self, req, fence, |s, vol, _view, r| {
+        unary!(slow self, req, fence, |s, vol, _view, r| {
             let id = id_of(&r.snapshot, "snapshot")?;
             let ttl = std::time::Duration::from_millis(r.ttl_ms);
             s.fence(vol, r.token, ttl, id, r.now).map(|i| SnapshotReply { snapshot: Some(snapshot(i)) })
@@ -557,7 +597,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
-        unary!(self, req, release, |s, vol, _view, r| s
+        unary!(slow self, req, release, |s, vol, _view, r| s
             .release(vol, r.token)
             .map(|(held, hold)| ReleaseReply { held: held == crate::volume::Released::Held, held_us: hold.as_micros() as u64 }))
     }
@@ -578,7 +618,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn clone_create(&self, req: Request<CloneRequest>) -> Result<Response<CloneReply>, Status> {
-        unary!(self, req, clone_create, |s, vol, view, r| {
+        unary!(slow self, req, clone_create, |s, vol, view, r| {
             let View::Snapshot(snap) = view else { return Err(VolumeError::Invalid("a clone is made of a snapshot: name it in the target".into())) };
             let id = id_of(&r.id, "clone")?;
             s.clone_create(vol, snap, id).map(clone_reply)
@@ -586,7 +626,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn clone_seal(&self, req: Request<CloneRequest>) -> Result<Response<CloneReply>, Status> {
-        unary!(self, req, clone_seal, |s, vol, _view, r| {
+        unary!(slow self, req, clone_seal, |s, vol, _view, r| {
             let id = id_of(&r.id, "clone")?;
             s.clone_seal(vol, id).map(clone_reply)
         })
@@ -615,7 +655,7 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn clone_delete(&self, req: Request<CloneRequest>) -> Result<Response<Done>, Status> {
-        unary!(self, req, clone_delete, |s, vol, _view, r| {
+        unary!(slow self, req, clone_delete, |s, vol, _view, r| {
             let id = id_of(&r.id, "clone")?;
             s.clone_delete(vol, id).map(|_| Done {})
         })

@@ -25,7 +25,7 @@ use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tonic::transport::Channel;
+use crate::direct_channel::PeerChannel;
 use tonic::{Code, Status};
 use tower_service::Service;
 use umbra_proto::frames::{frame, frame_with_data, FrameError, MessageReader, DATA_CHUNK_DATA_FIELD, WRITE_CHUNK_DATA_FIELD};
@@ -116,26 +116,26 @@ fn write_chunk_pieces(mut c: WriteChunk) -> Result<[Bytes; 2], Status> {
 }
 
 /// Reads `length` bytes at `offset` from the node behind `channel`, as the messages arrive.
-pub async fn read(channel: Channel, request: ReadRequest) -> Result<Messages<DataChunk>, Status> {
-    call(channel, READ_PATH, Framed::request(one_message(&request))).await
+pub async fn read(channel: impl Into<PeerChannel>, request: ReadRequest) -> Result<Messages<DataChunk>, Status> {
+    call(channel.into(), READ_PATH, Framed::request(one_message(&request))).await
 }
 
 /// Sends `chunks` to the node behind `channel` as one Write call (each chunk one store write).
 /// An error in `chunks` resets the call, so the node fails it rather than taking the chunks
 /// before it as the whole write.
-pub async fn write(channel: Channel, chunks: impl Stream<Item = Result<WriteChunk, Status>> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
+pub async fn write(channel: impl Into<PeerChannel>, chunks: impl Stream<Item = Result<WriteChunk, Status>> + Send + Unpin + 'static) -> Result<WrittenReply, Status> {
     let body = Framed::request(chunks.map(|c| c.and_then(write_chunk_pieces)));
-    only_message(call::<WrittenReply>(channel, WRITE_PATH, body).await?).await
+    only_message(call::<WrittenReply>(channel.into(), WRITE_PATH, body).await?).await
 }
 
-async fn call<M: Message + Default>(mut channel: Channel, path: &'static str, body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> Result<Messages<M>, Status> {
+async fn call<M: Message + Default>(mut channel: PeerChannel, path: &'static str, body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> Result<Messages<M>, Status> {
     let mut req = http::Request::new(Body::new(body));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = http::Uri::from_static(path);
     req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     req.headers_mut().insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-    futures::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(e.into()))?;
-    let response = channel.call(req).await.map_err(|e| Status::from_error(e.into()))?;
+    futures::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(Status::from_error)?;
+    let response = channel.call(req).await.map_err(Status::from_error)?;
     if response.status() != http::StatusCode::OK {
         return Err(Status::new(code_of_http(response.status()), format!("the volume service answered HTTP {}", response.status())));
     }

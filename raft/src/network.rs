@@ -49,7 +49,37 @@ pub fn install_transport(t: Box<dyn Transport>) -> bool {
     TRANSPORT.set(t).is_ok()
 }
 
-/// A lazily connected gRPC channel to `addr` (`host:port`).
+/// The process's main runtime, where connections' tasks live (set by the node at start).
+static HOME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Names the runtime that channels and background tasks belong to. A node serves each gRPC
+/// connection on a runtime of its own that ends with the connection; a channel made lazily
+/// while handling a call, and kept, must not die with it. Without a home (tests, the
+/// simulation) the current runtime is used.
+pub fn set_home(runtime: tokio::runtime::Handle) -> bool {
+    HOME.set(runtime).is_ok()
+}
+
+/// Spawns `task` on the home runtime (or the current one without a home): for work that must
+/// outlive the call that starts it.
+pub fn spawn_at_home<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match HOME.get() {
+        Some(home) => home.spawn(task),
+        None => tokio::spawn(task),
+    }
+}
+
+/// Whether a transport other than TCP is installed (the simulation's).
+pub fn has_transport() -> bool {
+    TRANSPORT.get().is_some()
+}
+
+/// A lazily connected gRPC channel to `addr` (`host:port`), whose tasks run on the home
+/// runtime ([`set_home`]).
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -60,6 +90,8 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
+    // The channel's worker and connection tasks go to the home runtime.
+    let _home = HOME.get().map(|h| h.enter());
     Ok(match TRANSPORT.get() {
         Some(t) => t.connect(endpoint),
         None => endpoint.connect_lazy(),

@@ -88,10 +88,11 @@ impl Coordinator {
         let decision = self.decide(set, attempt.token, want).await?;
         tracing::info!(?decision, participants = attempt.participants.len(), fence_ms = last_answer.as_millis() as u64, held_us = hold.as_micros() as u64, total_us = begun.elapsed().as_micros() as u64, "commit decided");
         // Owners promote (or drop) their snapshots in the background: Expose and the owners'
-        // reconcile both finish it, so the client need not wait for it.
+        // reconcile both finish it, so the client need not wait for it. (On the node's runtime:
+        // the call may run on a gRPC connection's, which ends with the connection.)
         let coordinator = self.clone();
         let done = attempt.clone();
-        tokio::spawn(async move { coordinator.after_decision(&done, decision).await });
+        umbra_raft::network::spawn_at_home(async move { coordinator.after_decision(&done, decision).await });
         match decision {
             Decision::Committed => Ok(()),
             Decision::Aborted if begun.elapsed() >= timeout => Err(FsrvpError::Timeout),
@@ -145,7 +146,7 @@ impl Coordinator {
         let decision = self.decide(set, attempt.token, want).await?;
         let coordinator = self.clone();
         let done = attempt.clone();
-        tokio::spawn(async move { coordinator.after_decision(&done, decision).await });
+        umbra_raft::network::spawn_at_home(async move { coordinator.after_decision(&done, decision).await });
         match decision {
             Decision::Committed => Ok(()),
             Decision::Aborted => Err(FsrvpError::Failed("aborted".into())),

@@ -33,6 +33,10 @@ pub enum VolumeError {
     TooManySnapshots { max: usize },
     #[error("busy: {0}")]
     Busy(&'static str),
+    /// A mutation that was asked not to wait met a fence (`gate::refusing_at_fence`); the
+    /// volume service waits the fence out and tries again, so this never reaches a client.
+    #[error("a fence holds the volume")]
+    AtFence,
     #[error("fence token {token} refused: {why}")]
     StaleToken { token: u64, why: &'static str },
     #[error("volume {volume} is owned by node {owner}")]

@@ -10,6 +10,7 @@
 //! virtual one under simulation). Async callers wait out a fence with [`Gate::wait_open`]
 //! before their synchronous mutation, so a single-threaded runtime never blocks on the gate.
 
+use std::cell::Cell;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,6 +22,29 @@ use super::error::{Result, VolumeError};
 pub const MAX_HELD_MUTATIONS: usize = 4096;
 /// The longest TTL a fence may ask for.
 pub const MAX_FENCE_TTL: Duration = Duration::from_secs(60);
+
+thread_local! {
+    /// Set while [`refusing_at_fence`] runs a call, until its first mutation is admitted.
+    static REFUSE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (one store call) so that its first mutation, if a fence holds, fails with
+/// [`VolumeError::AtFence`] before it changes anything, instead of blocking the thread until
+/// the fence ends. For a thread that serves others and must not stop at a gate (a gRPC
+/// connection's thread: the fence's release may be queued behind it); the caller waits out the
+/// fence asynchronously ([`Gate::wait_open`]) and runs `f` again. Mutations after the first
+/// (a call that makes several) wait as usual: the call is under way.
+pub fn refusing_at_fence<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REFUSE.with(|r| r.set(false));
+        }
+    }
+    REFUSE.with(|r| r.set(true));
+    let _reset = Reset;
+    f()
+}
 
 #[derive(Default)]
 struct GateState {
@@ -96,6 +120,9 @@ impl Gate {
     /// nothing: the caller takes the volume lock and then asks [`Gate::admit`].
     pub fn wait_open_blocking(&self) -> Result<()> {
         let mut st = self.lock();
+        if REFUSE.with(Cell::get) && st.holding(Instant::now()).is_some() {
+            return Err(VolumeError::AtFence);
+        }
         while let Some(f) = st.holding(Instant::now()) {
             if st.held >= MAX_HELD_MUTATIONS {
                 return Err(VolumeError::Busy("too many writes are waiting at a fence"));
@@ -117,6 +144,7 @@ impl Gate {
             return None;
         }
         st.in_flight += 1;
+        REFUSE.with(|r| r.set(false));
         Some(Pass { gate: self })
     }
 

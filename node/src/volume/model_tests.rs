@@ -583,6 +583,52 @@ fn a_fence_left_by_its_caller_expires_and_its_release_says_so() {
 }
 
 #[test]
+fn a_mutation_asked_not_to_wait_is_refused_at_a_fence_and_changes_nothing() {
+    use std::time::Duration;
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    s.fence(v, 1, Duration::from_secs(30), Uuid::new_v4(), 2).unwrap();
+    let refused = super::gate::refusing_at_fence(|| s.write(v, View::Live, ino, 0, b"held", 3));
+    assert!(matches!(refused, Err(VolumeError::AtFence)), "{refused:?}");
+    assert!(matches!(super::gate::refusing_at_fence(|| s.create(v, View::Live, ROOT_INO, "g", Kind::File, 3)), Err(VolumeError::AtFence)));
+    assert_eq!(s.stat(v, View::Live, ino).unwrap().size, 0);
+    assert!(s.lookup(v, View::Live, ROOT_INO, "g").unwrap().is_none(), "nothing was created");
+    assert_eq!(s.release(v, 1).unwrap().0, Released::Held);
+    // With no fence the same call goes through, and the flag does not outlive it.
+    super::gate::refusing_at_fence(|| s.write(v, View::Live, ino, 0, b"free", 4)).unwrap();
+    assert_eq!(s.read(v, View::Live, ino, 0, 4).unwrap(), b"free");
+}
+
+/// A thread that serves a connection runs a gated write while a fence holds: the write waits
+/// without blocking the thread, so the fence's release (queued behind it on the same thread)
+/// still runs, and then the write lands after the cut.
+#[test]
+fn a_write_on_a_serving_thread_waits_out_a_fence_without_blocking_the_thread() {
+    use std::time::Duration;
+    let (_dir, w) = world();
+    let store = std::sync::Arc::new(w.store);
+    let v = w.vol;
+    let ino = store.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    let snap = Uuid::new_v4();
+    store.fence(v, 7, Duration::from_secs(30), snap, 2).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let s = store.clone();
+        let write = tokio::spawn(async move { s.run_unblocked(v, |s| s.write(v, View::Live, ino, 0, b"after", 3)).await });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!write.is_finished(), "the write is held by the fence");
+        assert_eq!(store.release(v, 7).unwrap().0, Released::Held, "the release ran on the same thread");
+        tokio::time::timeout(Duration::from_secs(5), write).await.expect("the write went on after the release").unwrap().unwrap();
+    });
+    store.snapshot_commit(v, snap).unwrap();
+    assert_eq!(store.stat(v, View::Snapshot(snap), ino).unwrap().size, 0, "the cut is before the write");
+    assert_eq!(store.read(v, View::Live, ino, 0, 5).unwrap(), b"after");
+}
+
+#[test]
 fn concurrent_syncs_are_group_committed() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();

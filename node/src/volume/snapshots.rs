@@ -108,6 +108,21 @@ impl VolumeStore {
         }
     }
 
+    /// Runs `f`, a store call that mutates `vol`, without ever blocking the thread at a fence:
+    /// it waits a fence out asynchronously first, and if one goes up before `f`'s first mutation
+    /// is admitted, `f` is refused before it changes anything ([`super::gate::refusing_at_fence`])
+    /// and runs again once that fence is down. For threads that serve others (a gRPC
+    /// connection's thread, where the fence's own release may be queued behind `f`).
+    pub async fn run_unblocked<T>(&self, vol: Uuid, f: impl Fn(&VolumeStore) -> Result<T>) -> Result<T> {
+        loop {
+            self.wait_open(vol).await;
+            match super::gate::refusing_at_fence(|| f(self)) {
+                Err(VolumeError::AtFence) => continue,
+                done => return done,
+            }
+        }
+    }
+
     /// Makes a tentative snapshot committed (the set's decision was Committed).
     pub fn snapshot_commit(&self, vol: Uuid, id: Uuid) -> Result<SnapshotInfo> {
         let entry = self.volume(vol)?;

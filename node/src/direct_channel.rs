@@ -1,0 +1,275 @@
+//! A caller thread's gRPC channel to one node: one HTTP/2 connection (the h2 crate, under
+//! tonic's generated clients and [`crate::volume_wire`]), driven by the thread that waits for
+//! its calls ([`crate::dedicated::block_on`]).
+//!
+//! Why not tonic's `Channel` (hyper): hyper sends a request's headers at once but its body from
+//! a task that first waits for send capacity, so a unary call left in two writes, HEADERS and
+//! then DATA. On loopback each write runs the receiver's TCP path and may wake the receiver,
+//! which then reads the headers alone, sleeps again, and wakes for the message. Here the first
+//! message is queued with the headers before the connection runs, so both leave in one write
+//! and the owner wakes once. Later messages of a streamed call wait for send capacity, as in
+//! hyper, so no more than one message is buffered beyond the peer's window.
+//!
+//! The connection is made on the first call and again after it is found closed; a call under
+//! way when the connection breaks, or while the peer stops answering pings, fails with
+//! UNAVAILABLE, as with tonic's channel. Between calls nothing runs the connection (the peer's
+//! keepalive then closes an idle one within seconds), so each call first lets it take in what
+//! arrived meanwhile (a GOAWAY, a close).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame};
+use umbra_raft::network::{CONNECTION_WINDOW_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone)]
+pub struct DirectChannel {
+    addr: Arc<str>,
+    connection: Arc<Mutex<Option<Connection>>>,
+}
+
+/// One HTTP/2 connection: where requests go, and the handle that pings the peer.
+#[derive(Clone)]
+struct Connection {
+    sender: h2::client::SendRequest<Bytes>,
+    pings: Arc<tokio::sync::Mutex<h2::PingPong>>,
+}
+
+/// A call's failure as the status tonic gives to the caller: the peer is unreachable.
+fn unavailable(what: impl std::fmt::Display) -> BoxError {
+    Box::new(tonic::Status::unavailable(what.to_string()))
+}
+
+impl DirectChannel {
+    /// A channel to `addr` (`host:port`); it connects on its first call.
+    pub fn new(addr: &str) -> Self {
+        DirectChannel { addr: addr.into(), connection: Arc::new(Mutex::new(None)) }
+    }
+
+    /// A connection ready for one more request: the current one, or a new one if there is none
+    /// or it has closed.
+    async fn ready(&self) -> Result<(h2::client::SendRequest<Bytes>, Arc<tokio::sync::Mutex<h2::PingPong>>), BoxError> {
+        let current = self.connection.lock().expect("channel lock").clone();
+        if let Some(c) = current {
+            // Let the connection's task take in what arrived while no call ran (a GOAWAY, the
+            // peer's close): on a current-thread runtime the first yield polls the sockets,
+            // which schedules that task, and the second lets it run before this call goes on.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            match c.sender.ready().await {
+                Ok(s) => return Ok((s, c.pings)),
+                Err(e) => tracing::debug!(addr = %self.addr, error = %e, "connection closed: reconnecting"),
+            }
+        }
+        let c = self.connect().await.map_err(|e| unavailable(format!("cannot reach {}: {e}", self.addr)))?;
+        *self.connection.lock().expect("channel lock") = Some(c.clone());
+        let sender = c.sender.ready().await.map_err(|e| unavailable(format!("{}: {e}", self.addr)))?;
+        Ok((sender, c.pings))
+    }
+
+    async fn connect(&self) -> Result<Connection, BoxError> {
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&*self.addr)).await.map_err(|_| "the connection timed out")??;
+        io.set_nodelay(true)?;
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
+            .handshake::<_, Bytes>(io)
+            .await?;
+        let pings = connection.ping_pong().ok_or("the connection gave no ping handle")?;
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "connection ended");
+            }
+        });
+        Ok(Connection { sender, pings: Arc::new(tokio::sync::Mutex::new(pings)) })
+    }
+
+    /// Makes one call; a peer that stops answering pings meanwhile fails it (as tonic's
+    /// channel does with its keepalive), and the next call connects again.
+    async fn send(self, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        let (sender, pings) = self.ready().await?;
+        tokio::select! {
+            done = self.call(sender, request) => done,
+            silent = keepalive(&pings) => {
+                self.connection.lock().expect("channel lock").take();
+                Err(unavailable(format!("{} stopped answering: {silent}", self.addr)))
+            }
+        }
+    }
+
+    async fn call(&self, mut sender: h2::client::SendRequest<Bytes>, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        let (mut parts, mut body) = request.into_parts();
+        // tonic gives a path; HTTP/2 wants the scheme and authority too.
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("http://{}{path}", self.addr).parse()?;
+        let (response, mut stream) = sender.send_request(http::Request::from_parts(parts, ()), false).map_err(|e| unavailable(format!("{}: {e}", self.addr)))?;
+        let send_failed = match send_body(&mut stream, &mut body).await {
+            Ok(()) => None,
+            Err(Failed::Send(e)) => Some(e),
+            Err(Failed::Body(e)) => {
+                // The request's own messages failed: the call fails, whatever the peer made of it.
+                stream.send_reset(h2::Reason::CANCEL);
+                return Err(e);
+            }
+        };
+        // The peer may have answered (and cut the request short) before the body was all sent:
+        // its answer is the call's.
+        let (parts, recv) = match response.await {
+            Ok(r) => r.into_parts(),
+            Err(e) => return Err(unavailable(format!("{}: {}", self.addr, send_failed.unwrap_or(e)))),
+        };
+        Ok(http::Response::from_parts(parts, tonic::body::Body::new(Received { stream: recv, data_done: false })))
+    }
+}
+
+enum Failed {
+    Body(BoxError),
+    Send(h2::Error),
+}
+
+/// Sends `body`'s messages on `stream`: the first at once (it leaves with the headers), each
+/// later one once the one before has left; then the end of the stream.
+async fn send_body(stream: &mut h2::SendStream<Bytes>, body: &mut tonic::body::Body) -> Result<(), Failed> {
+    let mut first = true;
+    loop {
+        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            None => return stream.send_data(Bytes::new(), true).map_err(Failed::Send),
+            Some(Err(e)) => return Err(Failed::Body(e.into())),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue }; // gRPC requests carry no trailers
+                if !first {
+                    wait_for_capacity(stream).await.map_err(Failed::Send)?;
+                }
+                first = false;
+                stream.send_data(data, false).map_err(Failed::Send)?;
+            }
+        }
+    }
+}
+
+/// Pings the peer every [`KEEPALIVE_INTERVAL`] while a call waits; returns (ending the call)
+/// when a ping gets no answer within [`KEEPALIVE_TIMEOUT`].
+async fn keepalive(pings: &tokio::sync::Mutex<h2::PingPong>) -> String {
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        let mut pings = pings.lock().await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return format!("no answer to a ping within {} s", KEEPALIVE_TIMEOUT.as_secs()),
+        }
+    }
+}
+
+/// Waits until the stream may send at least one more byte without buffering it: what was sent
+/// before has left (or fits in the peer's window).
+async fn wait_for_capacity(stream: &mut h2::SendStream<Bytes>) -> Result<(), h2::Error> {
+    stream.reserve_capacity(1);
+    while stream.capacity() == 0 {
+        match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        }
+    }
+    Ok(())
+}
+
+/// A response's body: its DATA frames (each given back to the flow-control window as it is
+/// taken), then its trailers.
+struct Received {
+    stream: h2::RecvStream,
+    data_done: bool,
+}
+
+impl HttpBody for Received {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match self.stream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => self.data_done = true,
+            }
+        }
+        match self.stream.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for DirectChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.clone().send(request))
+    }
+}
+
+/// A channel to another node: tonic's (shared by the node's tasks), or a caller thread's own.
+#[derive(Clone)]
+pub enum PeerChannel {
+    Shared(tonic::transport::Channel),
+    Direct(DirectChannel),
+}
+
+impl From<tonic::transport::Channel> for PeerChannel {
+    fn from(c: tonic::transport::Channel) -> Self {
+        PeerChannel::Shared(c)
+    }
+}
+
+impl From<DirectChannel> for PeerChannel {
+    fn from(c: DirectChannel) -> Self {
+        PeerChannel::Direct(c)
+    }
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for PeerChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            PeerChannel::Shared(c) => c.poll_ready(cx).map_err(Into::into),
+            PeerChannel::Direct(c) => c.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        match self {
+            PeerChannel::Shared(c) => {
+                let f = c.call(request);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            PeerChannel::Direct(c) => c.call(request),
+        }
+    }
+}

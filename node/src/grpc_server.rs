@@ -1,0 +1,168 @@
+//! The node's gRPC server: a thread for each incoming connection.
+//!
+//! The accept loop runs on the node's runtime and hands each connection to a thread of its own
+//! ([`crate::dedicated`]), which serves it with tonic's server (every layer tonic puts in front
+//! of the services: gRPC timeouts, error recovery) on a current-thread runtime. The volume
+//! service runs store calls inline there, so a small call wakes one thread on this node: the
+//! one that reads the request, answers it and writes the reply. A call that waits on the disk
+//! holds up only the streams of its own connection: Raft's calls and each gateway thread's come
+//! over connections of their own, and the volume service keeps slow calls (fences, syncs,
+//! snapshots) on the blocking pool, so those of one connection still run side by side.
+//!
+//! At stop, each connection is asked to finish (HTTP/2 GOAWAY: streams under way complete, no
+//! new ones start); one still open after [`STOP_GRACE`] is dropped with its thread's runtime.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tonic::transport::server::{Connected, Router, TcpConnectInfo};
+
+/// Connections served at once; one more is closed as soon as it is accepted. Each is a thread
+/// (its stack mostly untouched); idle ones end within seconds (HTTP/2 keepalive: a peer that
+/// does not answer a ping is dropped), so the count follows the calls under way.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a stopping node lets each connection finish its streams.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Pause after a failed accept (out of file descriptors, say) before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// A connection's socket. Dropping it (tonic does when the connection is done) ends its thread.
+struct Watched {
+    io: TcpStream,
+    _closed: tokio::sync::oneshot::Sender<()>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Watched {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// Serves `listener` until `stop` turns true, each connection on its own thread with the
+/// services `router` makes; returns once every connection's thread has ended.
+pub async fn serve<R>(listener: TcpListener, router: R, mut stop: watch::Receiver<bool>) -> io::Result<()>
+where
+    R: Fn() -> Router + Send + Sync + 'static,
+{
+    let router = Arc::new(router);
+    // Each connection's thread holds a clone; the count of clones is the count of connections,
+    // and the channel closes once the last thread has ended.
+    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            a = listener.accept() => a,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "gRPC accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        // The accept loop's own sender is one of the clones.
+        if alive.strong_count() > MAX_CONNECTIONS {
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "too many gRPC connections: closing a new one");
+            continue;
+        }
+        if let Err(e) = start_connection(socket, router.clone(), stop.clone(), alive.clone()) {
+            tracing::warn!(%peer, error = %e, "cannot start a thread for a gRPC connection");
+        }
+    }
+    drop(listener);
+    drop(alive);
+    let _ = all_ended.recv().await;
+    Ok(())
+}
+
+fn start_connection<R>(socket: TcpStream, router: Arc<R>, stop: watch::Receiver<bool>, alive: tokio::sync::mpsc::Sender<()>) -> io::Result<()>
+where
+    R: Fn() -> Router + Send + Sync + 'static,
+{
+    socket.set_nodelay(true)?;
+    let peer = socket.peer_addr()?;
+    // Off this runtime's reactor; the connection's thread registers it with its own.
+    let socket = socket.into_std()?;
+    let span = tracing::info_span!("grpc_connection", %peer);
+    std::thread::Builder::new().name("umbra-grpc".into()).spawn(move || {
+        let entered = span.enter();
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => {
+                crate::dedicated::mark_connection();
+                runtime.block_on(serve_one(socket, router.as_ref(), stop));
+                // Dropping the runtime drops whatever of the connection is left (after
+                // STOP_GRACE).
+                drop(runtime);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot make a runtime for a gRPC connection"),
+        }
+        drop(entered);
+        // The services (and the stores behind them) are let go before the thread says it has
+        // ended: a stopping node closes its databases once the last connection has ended.
+        drop(router);
+        drop(alive);
+    })?;
+    Ok(())
+}
+
+async fn serve_one<R: Fn() -> Router>(socket: std::net::TcpStream, router: &R, mut stop: watch::Receiver<bool>) {
+    let io = match TcpStream::from_std(socket) {
+        Ok(io) => io,
+        Err(e) => return tracing::warn!(error = %e, "cannot take a gRPC connection"),
+    };
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+    // tonic's server takes a stream of connections: this one, then none (without ending, which
+    // would shut the connection down at once).
+    let incoming = tokio_stream::StreamExt::chain(tokio_stream::once(Ok::<_, io::Error>(Watched { io, _closed: closed_tx })), tokio_stream::pending());
+    let mut stopping = stop.clone();
+    let finish = async move {
+        tokio::select! {
+            _ = closed => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    };
+    let served = router().serve_with_incoming_shutdown(incoming, finish);
+    tokio::select! {
+        r = served => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "gRPC connection ended with an error");
+            }
+        }
+        _ = async {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => tracing::debug!("gRPC connection still busy at stop: dropped"),
+    }
+}
