@@ -82,8 +82,8 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
                 .initial_connection_window_size(umbra_raft::network::CONNECTION_WINDOW_BYTES)
                 .max_frame_size(Some(umbra_raft::network::MAX_FRAME_BYTES))
                 // A connection whose peer stops answering pings ends, and its thread with it.
-                .http2_keepalive_interval(Some(umbra_raft::network::KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(umbra_raft::network::KEEPALIVE_TIMEOUT))
+                .http2_keepalive_interval(Some(crate::grpc_server::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(crate::grpc_server::KEEPALIVE_TIMEOUT))
                 .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
                 .add_service(AdminServer::new(AdminService::new(meta.clone())))
                 .add_service(crate::volume_wire::VolumeWire::new(volume_service.clone()))

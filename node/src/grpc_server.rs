@@ -24,11 +24,17 @@ use tokio::sync::watch;
 use tonic::transport::server::{Connected, Router, TcpConnectInfo};
 
 /// Connections served at once; one more is closed as soon as it is accepted. Each is a thread
-/// (its stack mostly untouched); idle ones end within seconds (HTTP/2 keepalive: a peer that
+/// (its stack mostly untouched); idle ones end within half a minute (HTTP/2 keepalive: a peer that
 /// does not answer a ping is dropped), so the count follows the calls under way.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// How long a stopping node lets each connection finish its streams.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The server pings each connection this often, and drops one whose peer has not answered
+/// within [`KEEPALIVE_TIMEOUT`] (a peer gone with the network, an idle caller thread's
+/// connection). Longer than the clients' own keepalive: a connection's thread runs store calls
+/// inline, and a disk stall must not look like a dead peer.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after a failed accept (out of file descriptors, say) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
