@@ -42,16 +42,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("opening the Raft store in {}", config.raft_dir().display()))?;
         let volume_dir = config.data_dir.join("volumes");
         let volumes = Arc::new(VolumeStore::open(&volume_dir).with_context(|| format!("opening the volume store in {}", volume_dir.display()))?);
-        let volumes_closed = Arc::downgrade(&volumes);
+        let volumes_closed = volumes.close_watch().context("the volume store's close watch")?;
         let result = serve(&config, log, sm, volumes).await;
         if !closing.closed(CLOSE_TIMEOUT).await {
             tracing::warn!("the Raft database was still in use {} s after shutdown", CLOSE_TIMEOUT.as_secs());
         }
-        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-        while volumes_closed.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if volumes_closed.strong_count() > 0 {
+        // Whichever thread lets go of the store last closes it; the process waits for that.
+        let closed = tokio::task::spawn_blocking(move || volumes_closed.wait(CLOSE_TIMEOUT)).await.unwrap_or(false);
+        if !closed {
             tracing::warn!("the volume database was still in use {} s after shutdown", CLOSE_TIMEOUT.as_secs());
         }
         tracing::info!("stopped");

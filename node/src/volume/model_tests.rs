@@ -629,6 +629,24 @@ fn a_write_on_a_serving_thread_waits_out_a_fence_without_blocking_the_thread() {
 }
 
 #[test]
+fn the_close_watch_sees_the_store_closed_by_whichever_thread_drops_it_last() {
+    use std::time::Duration;
+    let (_dir, w) = world();
+    let open = w.store.close_watch().unwrap();
+    assert!(w.store.close_watch().is_none(), "one watch per store");
+    assert!(!open.wait(Duration::from_millis(50)), "still open");
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(VolumeStore::open(dir.path()).unwrap());
+    let watch = store.close_watch().unwrap();
+    let held = store.clone();
+    drop(store);
+    let last = std::thread::spawn(move || drop(held));
+    assert!(watch.wait(Duration::from_secs(30)), "closed on the other thread");
+    last.join().unwrap();
+    VolumeStore::open(dir.path()).expect("the database was closed cleanly and opens again");
+}
+
+#[test]
 fn concurrent_syncs_are_group_committed() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();

@@ -126,6 +126,21 @@ pub struct VolumeStore {
     pub(super) kv: Arc<dyn Kv>,
     volumes: Mutex<HashMap<Uuid, Arc<VolumeEntry>>>,
     pub(super) syncs: SyncGroup,
+    /// Dropped last (fields drop in order), once the database above is closed: see
+    /// [`VolumeStore::close_watch`].
+    _closed: std::sync::mpsc::Sender<()>,
+    close_watch: Mutex<Option<CloseWatch>>,
+}
+
+/// Tells when a store has been dropped and its database closed, whichever thread let go of it
+/// last (a process must not exit while another thread is still closing RocksDB).
+pub struct CloseWatch(std::sync::mpsc::Receiver<()>);
+
+impl CloseWatch {
+    /// Waits (blocking) until the store is closed, or `limit` passes; returns whether it closed.
+    pub fn wait(self, limit: std::time::Duration) -> bool {
+        matches!(self.0.recv_timeout(limit), Err(std::sync::mpsc::RecvTimeoutError::Disconnected))
+    }
 }
 
 /// A found version: its full key and its value.
@@ -141,9 +156,15 @@ impl VolumeStore {
     /// Opens the store on any engine (the simulation's is in memory) and loads every volume's
     /// state.
     pub fn open_on(kv: Arc<dyn Kv>) -> Result<VolumeStore> {
-        let store = VolumeStore { kv, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default() };
+        let (closed, watch) = std::sync::mpsc::channel();
+        let store = VolumeStore { kv, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default(), _closed: closed, close_watch: Mutex::new(Some(CloseWatch(watch))) };
         store.load()?;
         Ok(store)
+    }
+
+    /// The watch on this store's closing (once: later calls get none).
+    pub fn close_watch(&self) -> Option<CloseWatch> {
+        self.close_watch.lock().expect("close watch lock").take()
     }
 
     pub(super) fn load(&self) -> Result<()> {
