@@ -30,8 +30,14 @@ use umbra_raft::network::{CONNECTION_WINDOW_BYTES, CONNECT_TIMEOUT, MAX_FRAME_BY
 /// answer within [`KEEPALIVE_TIMEOUT`]. Slower than tonic's channels between nodes (1 s, 2 s): the
 /// peer answers pings on the thread that also runs its store calls, which a disk stall can hold.
 /// A peer whose process died closes the connection at once; this is for a peer gone silent.
+#[cfg(not(test))]
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+#[cfg(not(test))]
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+#[cfg(test)]
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(100);
+#[cfg(test)]
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(200);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -99,20 +105,27 @@ impl DirectChannel {
         Ok(Connection { sender, pings: Arc::new(tokio::sync::Mutex::new(pings)) })
     }
 
-    /// Makes one call; a peer that stops answering pings meanwhile fails it (as tonic's
-    /// channel does with its keepalive), and the next call connects again.
+    /// Makes one call; a peer that stops answering pings while the call waits for the answer
+    /// or reads its body fails it (as tonic's channel does with its keepalive), and the next
+    /// call connects again.
     async fn send(self, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
         let (sender, pings) = self.ready().await?;
-        tokio::select! {
-            done = self.call(sender, request) => done,
-            silent = keepalive(&pings) => {
-                self.connection.lock().expect("channel lock").take();
-                Err(unavailable(format!("{} stopped answering: {silent}", self.addr)))
-            }
-        }
+        let mut watchdog: Watchdog = Box::pin(keepalive(pings));
+        let response = tokio::select! {
+            done = self.call(sender, request) => done?,
+            silent = &mut watchdog => return Err(self.gone_silent(silent)),
+        };
+        let (parts, stream) = response.into_parts();
+        Ok(http::Response::from_parts(parts, tonic::body::Body::new(Received { stream, data_done: false, watchdog: Some(watchdog), channel: self })))
     }
 
-    async fn call(&self, mut sender: h2::client::SendRequest<Bytes>, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
+    /// Forgets the connection whose peer stopped answering pings (`why`): the call's error.
+    fn gone_silent(&self, why: String) -> BoxError {
+        self.connection.lock().expect("channel lock").take();
+        unavailable(format!("{} stopped answering: {why}", self.addr))
+    }
+
+    async fn call(&self, mut sender: h2::client::SendRequest<Bytes>, request: http::Request<tonic::body::Body>) -> Result<http::Response<h2::RecvStream>, BoxError> {
         let (mut parts, mut body) = request.into_parts();
         // tonic gives a path; HTTP/2 wants the scheme and authority too.
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -129,11 +142,7 @@ impl DirectChannel {
         };
         // The peer may have answered (and cut the request short) before the body was all sent:
         // its answer is the call's.
-        let (parts, recv) = match response.await {
-            Ok(r) => r.into_parts(),
-            Err(e) => return Err(unavailable(format!("{}: {}", self.addr, send_failed.unwrap_or(e)))),
-        };
-        Ok(http::Response::from_parts(parts, tonic::body::Body::new(Received { stream: recv, data_done: false })))
+        response.await.map_err(|e| unavailable(format!("{}: {}", self.addr, send_failed.unwrap_or(e))))
     }
 }
 
@@ -162,16 +171,19 @@ async fn send_body(stream: &mut h2::SendStream<Bytes>, body: &mut tonic::body::B
     }
 }
 
+/// A call's keepalive: done (with why) when the peer stops answering pings.
+type Watchdog = Pin<Box<dyn Future<Output = String> + Send>>;
+
 /// Pings the peer every [`KEEPALIVE_INTERVAL`] while a call waits; returns (ending the call)
 /// when a ping gets no answer within [`KEEPALIVE_TIMEOUT`].
-async fn keepalive(pings: &tokio::sync::Mutex<h2::PingPong>) -> String {
+async fn keepalive(pings: Arc<tokio::sync::Mutex<h2::PingPong>>) -> String {
     loop {
         tokio::time::sleep(KEEPALIVE_INTERVAL).await;
         let mut pings = pings.lock().await;
         match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return e.to_string(),
-            Err(_) => return format!("no answer to a ping within {} s", KEEPALIVE_TIMEOUT.as_secs()),
+            Err(_) => return format!("no answer to a ping within {} ms", KEEPALIVE_TIMEOUT.as_millis()),
         }
     }
 }
@@ -191,17 +203,25 @@ async fn wait_for_capacity(stream: &mut h2::SendStream<Bytes>) -> Result<(), h2:
 }
 
 /// A response's body: its DATA frames (each given back to the flow-control window as it is
-/// taken), then its trailers.
+/// taken), then its trailers; the call's keepalive goes on while it is read.
 struct Received {
     stream: h2::RecvStream,
     data_done: bool,
+    /// None once it has fired (the body then ends after its error).
+    watchdog: Option<Watchdog>,
+    channel: DirectChannel,
 }
 
 impl HttpBody for Received {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(watchdog) = self.watchdog.as_mut() else { return Poll::Ready(None) };
+        if let Poll::Ready(why) = watchdog.as_mut().poll(cx) {
+            self.watchdog = None;
+            return Poll::Ready(Some(Err(self.channel.gone_silent(why))));
+        }
         if !self.data_done {
             match self.stream.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -209,7 +229,7 @@ impl HttpBody for Received {
                     let _ = self.stream.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => self.data_done = true,
             }
         }
@@ -217,7 +237,7 @@ impl HttpBody for Received {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Poll::Ready(Ok(None)) => Poll::Ready(None),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
         }
     }
 
@@ -279,5 +299,51 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for PeerChannel {
             }
             PeerChannel::Direct(c) => c.call(request),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that answers a call's headers and then goes silent (it stops reading, so it
+    /// answers no ping): the call's body ends with UNAVAILABLE, and the next call connects anew.
+    #[test]
+    fn a_peer_gone_silent_mid_answer_fails_the_call() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let mut held = Vec::new();
+                loop {
+                    let (socket, _) = listener.accept().await.unwrap();
+                    let mut conn = h2::server::handshake(socket).await.unwrap();
+                    let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
+                    let mut headers = http::Response::new(());
+                    headers.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+                    let stream = respond.send_response(headers, false).unwrap();
+                    // Long enough to send the headers; then nothing more is read or written.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), conn.accept()).await;
+                    held.push((conn, stream));
+                }
+            });
+        });
+        let channel = DirectChannel::new(&addr);
+        let read = umbra_proto::v1::ReadRequest { target: None, ino: 1, offset: 0, length: 10 };
+        let started = std::time::Instant::now();
+        let first = crate::dedicated::block_on(async {
+            use tokio_stream::StreamExt;
+            let mut messages = crate::volume_wire::read(channel.clone(), read.clone()).await?;
+            messages.next().await.expect("an error, not the end")
+        })
+        .unwrap();
+        let e = first.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("stopped answering"), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "ended by the keepalive, {:?}", started.elapsed());
+        assert!(channel.connection.lock().unwrap().is_none(), "the silent connection is forgotten");
     }
 }

@@ -284,7 +284,7 @@ impl VolumeService {
         // A caller thread's own connections are plain TCP: under simulation (another transport)
         // the node's channels are used.
         if crate::dedicated::kind() == crate::dedicated::Kind::Caller && !umbra_raft::network::has_transport() {
-            return THREAD_PEERS.with(|peers| Ok(cached_peer(&mut peers.borrow_mut(), addr, |a| Ok(DirectChannel::new(a).into()))?));
+            return THREAD_PEERS.with(|peers| cached_peer(&mut peers.borrow_mut(), addr, |a| Ok(DirectChannel::new(a).into())));
         }
         cached_peer(&mut self.peers.lock().expect("peer cache lock"), addr, |a| Ok(umbra_raft::network::channel(a)?.into()))
     }

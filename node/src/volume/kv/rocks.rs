@@ -426,11 +426,17 @@ impl Engine {
         }
     }
 
+    /// How much of a chunk value goes to the log's data area (its tail stays in the pointer), or
+    /// none if the value is stored inline.
+    fn logged_len(&self, value: &[u8]) -> Option<usize> {
+        (value.len() > self.inline_max).then(|| value.len() - log::tail_len(value.len()))
+    }
+
     /// The CRC32C of each large chunk value's logged part, in batch order: computed before the
     /// writer lock is taken, as it depends on nothing the lock guards.
     fn data_crcs(&self, batch: &Batch) -> Vec<u32> {
         batch.ops.iter().filter_map(|op| match op {
-            Op::Put { cf: Cf::Chunks, value, .. } if value.len() > self.inline_max => Some(crc32c::crc32c(&value[..value.len() - log::tail_len(value.len())])),
+            Op::Put { cf: Cf::Chunks, value, .. } => self.logged_len(value).map(|head| crc32c::crc32c(&value[..head])),
             _ => None,
         }).collect()
     }
@@ -448,8 +454,7 @@ impl Engine {
             match op {
                 Op::Put { cf: Cf::Chunks, key, mut value } => {
                     rec.freed.extend(self.current_extent(&key, &changed, &ranges)?);
-                    let (stored, extent) = if value.len() > self.inline_max {
-                        let head = value.len() - log::tail_len(value.len());
+                    let (stored, extent) = if let Some(head) = self.logged_len(&value) {
                         let crc = crcs.next().expect("a CRC for every large value (data_crcs)");
                         let e = Extent { lsn: at, len: head as u32, crc };
                         at += e.span();
@@ -504,11 +509,13 @@ impl Engine {
         let (mut data, mut ops) = (0, 0);
         for op in &batch.ops {
             match op {
-                Op::Put { cf: Cf::Chunks, key, value } if value.len() > self.inline_max => {
-                    data += pages((value.len() - log::tail_len(value.len())) as u64);
-                    ops += 2 + 8 + key.len() + log::POINTER_BYTES + log::tail_len(value.len());
-                }
-                Op::Put { cf: Cf::Chunks, key, value } => ops += 2 + 8 + key.len() + if value.is_empty() { 0 } else { 1 + value.len() },
+                Op::Put { cf: Cf::Chunks, key, value } => match self.logged_len(value) {
+                    Some(head) => {
+                        data += pages(head as u64);
+                        ops += 2 + 8 + key.len() + log::POINTER_BYTES + (value.len() - head);
+                    }
+                    None => ops += 2 + 8 + key.len() + if value.is_empty() { 0 } else { 1 + value.len() },
+                },
                 op => ops += log::encoded_len(op),
             }
         }
