@@ -121,12 +121,12 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     started.and(stopped)
 }
 
-async fn stop(raft: Raft, stop_tx: tokio::sync::watch::Sender<bool>, server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+async fn stop(raft: Raft, stop_tx: tokio::sync::watch::Sender<bool>, server: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     match tokio::time::timeout(crate::grpc_server::STOP_GRACE + Duration::from_secs(2), server).await {
-        Ok(joined) => joined.context("gRPC server task")?.context("gRPC server")?,
+        Ok(joined) => joined.context("gRPC server task")?,
         Err(_) => tracing::warn!("gRPC connections did not stop in time; exiting anyway"),
     }
     Ok(())

@@ -77,7 +77,7 @@ impl Connected for Watched {
 
 /// Serves `listener` until `stop` turns true, each connection on its own thread with the
 /// services `router` makes; returns once every connection's thread has ended.
-pub async fn serve<R>(listener: TcpListener, router: R, mut stop: watch::Receiver<bool>) -> io::Result<()>
+pub async fn serve<R>(listener: TcpListener, router: R, mut stop: watch::Receiver<bool>)
 where
     R: Fn() -> Router + Send + Sync + 'static,
 {
@@ -110,7 +110,6 @@ where
     drop(listener);
     drop(alive);
     let _ = all_ended.recv().await;
-    Ok(())
 }
 
 fn start_connection<R>(socket: TcpStream, router: Arc<R>, stop: watch::Receiver<bool>, alive: tokio::sync::mpsc::Sender<()>) -> io::Result<()>
