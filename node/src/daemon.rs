@@ -38,7 +38,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let span = tracing::info_span!("node", id = config.id);
     async {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let (log, sm, closing) = umbra_raft::store::open_watched(&config.raft_dir())
+        let (log, sm, mut closing) = umbra_raft::store::open_watched(&config.raft_dir())
             .with_context(|| format!("opening the Raft store in {}", config.raft_dir().display()))?;
         let volume_dir = config.data_dir.join("volumes");
         let volumes = Arc::new(VolumeStore::open(&volume_dir).with_context(|| format!("opening the volume store in {}", volume_dir.display()))?);

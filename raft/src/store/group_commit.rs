@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use openraft::storage::LogFlushed;
-use rocksdb::DB;
 
 use crate::types::TypeConfig;
 
@@ -30,7 +29,7 @@ pub type SyncThread = Arc<Mutex<Option<JoinHandle<()>>>>;
 
 impl GroupCommit {
     /// Starts the syncing thread; it ends when every handle is dropped.
-    pub fn start(db: Arc<DB>) -> std::io::Result<GroupCommit> {
+    pub fn start(db: Arc<super::Db>) -> std::io::Result<GroupCommit> {
         let (tx, rx) = sync_channel(MAX_PENDING_FLUSHES);
         let handle = std::thread::Builder::new().name("raft-wal-sync".into()).spawn(move || sync_loop(db, rx))?;
         Ok(GroupCommit { tx, thread: Arc::new(Mutex::new(Some(handle))) })
@@ -48,7 +47,7 @@ impl GroupCommit {
     }
 }
 
-fn sync_loop(db: Arc<DB>, rx: Receiver<LogFlushed<TypeConfig>>) {
+fn sync_loop(db: Arc<super::Db>, rx: Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());

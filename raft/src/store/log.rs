@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
-use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -20,7 +20,7 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// Log store handle; clones share the database and the committed index.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    db: Arc<super::Db>,
     committed: Arc<Mutex<Option<LogId>>>,
     syncer: GroupCommit,
 }
@@ -30,13 +30,9 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<DB>) -> std::io::Result<Self> {
+    pub(super) fn new(db: Arc<super::Db>) -> std::io::Result<Self> {
         let syncer = GroupCommit::start(db.clone())?;
         Ok(LogStore { db, committed: Arc::new(Mutex::new(None)), syncer })
-    }
-
-    pub(super) fn db(&self) -> &Arc<DB> {
-        &self.db
     }
 
     pub(super) fn sync_thread(&self) -> super::group_commit::SyncThread {

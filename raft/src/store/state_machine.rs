@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use rocksdb::{IteratorMode, WriteBatch, DB};
+use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::{cf, io_err, synced, CF_META, CF_SM};
@@ -56,7 +56,7 @@ impl MetaReader {
 
 #[derive(Clone)]
 pub struct StateMachineStore {
-    db: Arc<DB>,
+    db: Arc<super::Db>,
     data: Arc<RwLock<AppliedState>>,
     snapshots_built: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -81,7 +81,7 @@ fn key_of(k: &StateKey) -> Vec<u8> {
 }
 
 impl StateMachineStore {
-    pub(super) fn load(db: Arc<DB>) -> Result<Self, StorageError> {
+    pub(super) fn load(db: Arc<super::Db>) -> Result<Self, StorageError> {
         let mut data = AppliedState::default();
         for item in db.iterator_cf(cf(&db, CF_SM), IteratorMode::Start) {
             let (key, value) = item.map_err(read_err)?;
