@@ -211,15 +211,36 @@ impl Gate {
     /// Waits, without blocking the thread, until no fence holds (at most until its TTL). A
     /// mutation that then runs without yielding to the runtime passes [`Gate::enter`] at once
     /// on a single-threaded runtime; elsewhere `enter` still waits out a fence raised since.
-    pub async fn wait_open(&self) {
+    /// Counts as held while it waits (also when the waiting future is dropped midway), so
+    /// async and blocking writers together stay within [`MAX_HELD_MUTATIONS`].
+    pub async fn wait_open(&self) -> Result<()> {
+        /// One held writer, let go when the wait ends or is abandoned.
+        struct Counted<'a>(&'a Gate);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.lock().held -= 1;
+            }
+        }
+        let mut counted = None;
         loop {
             let opened = self.opened.notified();
             tokio::pin!(opened);
             opened.as_mut().enable();
-            let Some(f) = self.lock().holding(Instant::now()) else { return };
+            let until = {
+                let mut st = self.lock();
+                let Some(f) = st.holding(Instant::now()) else { return Ok(()) };
+                if counted.is_none() {
+                    if st.held >= MAX_HELD_MUTATIONS {
+                        return Err(VolumeError::Busy("too many writes are waiting at a fence"));
+                    }
+                    st.held += 1;
+                    counted = Some(Counted(self));
+                }
+                f.until
+            };
             tokio::select! {
                 _ = opened => {}
-                _ = tokio::time::sleep_until(f.until) => {}
+                _ = tokio::time::sleep_until(until) => {}
             }
         }
     }
@@ -299,7 +320,7 @@ mod tests {
         let start = Instant::now();
         let g = gate.clone();
         let waiter = tokio::spawn(async move {
-            g.wait_open().await;
+            g.wait_open().await.unwrap();
             drop(g.enter().unwrap());
             Instant::now()
         });
@@ -311,8 +332,41 @@ mod tests {
 
         gate.raise(2, Duration::from_millis(300), || Ok(())).unwrap();
         let start = Instant::now();
-        gate.wait_open().await;
+        gate.wait_open().await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_millis(300), "an unreleased fence ends at its TTL");
         assert_eq!(gate.release(2).0, Released::Expired);
+    }
+
+    /// Writers that wait out a fence asynchronously count against the same bound as blocking
+    /// ones: past it, one more is refused as busy at once; an abandoned wait lets go of its
+    /// place; and release lets every waiter through.
+    #[tokio::test(start_paused = true)]
+    async fn async_waiters_count_against_the_held_bound_and_an_abandoned_wait_lets_go() {
+        let gate = Arc::new(Gate::default());
+        gate.raise(1, Duration::from_secs(30), || Ok(())).unwrap();
+        let waiters: Vec<_> = (0..MAX_HELD_MUTATIONS)
+            .map(|_| {
+                let g = gate.clone();
+                tokio::spawn(async move { g.wait_open().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(gate.lock().held, MAX_HELD_MUTATIONS);
+        assert!(matches!(gate.wait_open().await, Err(VolumeError::Busy(_))), "one past the bound is refused");
+        assert!(matches!(gate.wait_open_blocking(), Err(VolumeError::Busy(_))), "blocking writers share the bound");
+        let mut waiters = waiters.into_iter();
+        let first = waiters.next().unwrap();
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(gate.lock().held, MAX_HELD_MUTATIONS - 1, "the abandoned wait let go of its place");
+        let g = gate.clone();
+        let late = tokio::spawn(async move { g.wait_open().await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!late.is_finished(), "a new writer waits again");
+        assert_eq!(gate.release(1).0, Released::Held);
+        for w in waiters.chain([late]) {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(gate.lock().held, 0);
     }
 }

@@ -101,10 +101,13 @@ impl VolumeStore {
         Ok(self.volume(vol)?.gate.fenced())
     }
 
-    /// Waits (asynchronously) until no fence holds `vol`: see [`super::gate::Gate::wait_open`].
-    pub async fn wait_open(&self, vol: Uuid) {
-        if let Ok(entry) = self.volume(vol) {
-            entry.gate.wait_open().await;
+    /// Waits (asynchronously) until no fence holds `vol`: see [`super::gate::Gate::wait_open`]
+    /// (busy when too many writes wait already). An unknown volume does not wait: the
+    /// mutation then fails on its own.
+    pub async fn wait_open(&self, vol: Uuid) -> Result<()> {
+        match self.volume(vol) {
+            Ok(entry) => entry.gate.wait_open().await,
+            Err(_) => Ok(()),
         }
     }
 
@@ -115,7 +118,7 @@ impl VolumeStore {
     /// connection's thread, where the fence's own release may be queued behind `f`).
     pub async fn run_unblocked<T>(&self, vol: Uuid, f: impl Fn(&VolumeStore) -> Result<T>) -> Result<T> {
         loop {
-            self.wait_open(vol).await;
+            self.wait_open(vol).await?;
             match super::gate::refusing_at_fence(|| f(self)) {
                 Err(VolumeError::AtFence) => continue,
                 done => return done,
