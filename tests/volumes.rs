@@ -301,3 +301,23 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     });
     assert_eq!(after.unwrap().into_inner().entry.unwrap().attributes.unwrap().size, 3 * PART as u64);
 }
+
+/// A node's gRPC server bounds the calls one connection may have under way (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS): a peer learns the bound when it connects.
+#[test]
+fn a_nodes_grpc_server_bounds_the_calls_one_connection_has_under_way() {
+    let c = Cluster::start(1, "");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let advertised = rt.block_on(async {
+        let io = tokio::net::TcpStream::connect(c.addr(1)).await.unwrap();
+        let (sender, mut connection) = h2::client::handshake(io).await.unwrap();
+        let mut pings = connection.ping_pong().unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        // The server's SETTINGS come before its answer to a ping.
+        pings.ping(h2::Ping::opaque()).await.unwrap();
+        sender.current_max_send_streams()
+    });
+    assert_eq!(advertised, umbra_node::grpc_server::MAX_STREAMS_PER_CONNECTION as usize);
+}

@@ -79,6 +79,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
                 .initial_stream_window_size(umbra_raft::network::STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(umbra_raft::network::CONNECTION_WINDOW_BYTES)
                 .max_frame_size(Some(umbra_raft::network::MAX_FRAME_BYTES))
+                .max_concurrent_streams(Some(crate::grpc_server::MAX_STREAMS_PER_CONNECTION))
                 // A connection whose peer stops answering pings ends, and its thread with it.
                 .http2_keepalive_interval(Some(crate::grpc_server::KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(crate::grpc_server::KEEPALIVE_TIMEOUT))

@@ -27,6 +27,14 @@ use tonic::transport::server::{Connected, Router, TcpConnectInfo};
 /// (its stack mostly untouched); idle ones end within half a minute (HTTP/2 keepalive: a peer that
 /// does not answer a ping is dropped), so the count follows the calls under way.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Streams (calls) one connection may have under way; a peer's further calls wait for one to
+/// end (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; tonic's server otherwise sets no limit). Every
+/// call between nodes is finite, so a waiting call always gets its turn.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Threads of a connection's runtime that may block at once (a read's read-ahead, a slow
+/// store call); more such work waits for one of them. Bounds the threads one connection can
+/// make, whatever its peer sends.
+pub const MAX_BLOCKING_THREADS_PER_CONNECTION: usize = 64;
 /// How long a stopping node lets each connection finish its streams.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// The server pings each connection this often, and drops one whose peer has not answered
@@ -123,7 +131,7 @@ where
     let span = tracing::info_span!("grpc_connection", %peer);
     std::thread::Builder::new().name("umbra-grpc".into()).spawn(move || {
         let entered = span.enter();
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(MAX_BLOCKING_THREADS_PER_CONNECTION).build() {
             Ok(runtime) => {
                 crate::dedicated::mark_connection();
                 runtime.block_on(serve_one(socket, router.as_ref(), stop));
