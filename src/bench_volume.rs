@@ -1,6 +1,7 @@
 //! `umbra bench volume`: the volume store's speed and space, each figure beside a peer measured
 //! in the same run: a plain file on the same filesystem (std::fs) for data, and the local store
-//! for the gRPC path.
+//! for the gRPC path; plain TCP on loopback (two threads, std sockets) is also measured, as the
+//! floor under any call and the ceiling over any stream between two nodes on this machine.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -120,21 +121,25 @@ async fn benches(args: &VolumeBenchArgs, scratch: &Path) -> anyhow::Result<()> {
             // Rounds of the local store then gRPC, one after the other, so both see the same
             // state of this machine; the ratios are each round's, and their median.
             let mut grpc = GrpcFile::start(&scratch.join("seq-cluster")).await?;
-            let mut ratios = (Vec::new(), Vec::new());
+            let mut ratios = (Vec::new(), Vec::new(), Vec::new());
             let rounds = async {
                 for round in 1..=args.rounds {
                     let (lw, lr) = local_pass(&store, vol, ino, size)?;
-                    let (gw, gr) = grpc.pass(size).await?;
-                    let (rw, rr) = (lw.as_secs_f64() / gw.as_secs_f64(), lr.as_secs_f64() / gr.as_secs_f64());
-                    println!("  round {round}: volume store write {:.2} GB/s read {:.2} GB/s; through gRPC write {:.2} GB/s read {:.2} GB/s (ratio to local: write {rw:.2}, read {rr:.2})", gbps(size, lw), gbps(size, lr), gbps(size, gw), gbps(size, gr));
+                    let (gw, gr, cr) = grpc.pass(size).await?;
+                    let ratio = |local: Duration, remote: Duration| local.as_secs_f64() / remote.as_secs_f64();
+                    let (rw, rr, rc) = (ratio(lw, gw), ratio(lr, gr), ratio(lr, cr));
+                    println!("  round {round}: volume store write {:.2} GB/s read {:.2} GB/s; through gRPC write {:.2} GB/s read {:.2} GB/s, from a caller thread {:.2} GB/s (ratio to local: write {rw:.2}, read {rr:.2}, {rc:.2})", gbps(size, lw), gbps(size, lr), gbps(size, gw), gbps(size, gr), gbps(size, cr));
                     ratios.0.push(rw);
                     ratios.1.push(rr);
+                    ratios.2.push(rc);
                 }
                 anyhow::Ok(())
             }
             .await;
             grpc.stop_after(rounds).await?;
-            println!("  gRPC/local, median of {} rounds: write {:.2}, read {:.2}", args.rounds, median(&mut ratios.0), median(&mut ratios.1));
+            println!("  gRPC/local, median of {} rounds: write {:.2}, read {:.2}, read from a caller thread {:.2}", args.rounds, median(&mut ratios.0), median(&mut ratios.1), median(&mut ratios.2));
+            let tcp = tokio::task::spawn_blocking(move || tcp_stream_time(size)).await??;
+            println!("  plain TCP on loopback, {} MiB in 1 MiB writes, one thread to another: {:.2} GB/s", args.size_mib, gbps(size, tcp));
         } else {
             local_pass(&store, vol, ino, size)?;
         }
@@ -256,26 +261,38 @@ impl GrpcFile {
     }
 
     /// Like [`local_pass`]: one Write call streams the file (each message made as it goes out),
-    /// a Sync call, then one Read call streams it back.
-    async fn pass(&mut self, size: u64) -> anyhow::Result<(Duration, Duration)> {
-        use tokio_stream::StreamExt;
+    /// a Sync call, then one Read call streams it back; then the same Read from a caller thread,
+    /// as an SMB gateway reads a file another node owns (its own runtime and HTTP/2 connection:
+    /// `umbra_node::dedicated`). Returns the write's time and both reads'.
+    async fn pass(&mut self, size: u64) -> anyhow::Result<(Duration, Duration, Duration)> {
         let t = Instant::now();
         let (target, ino) = (self.target.clone(), self.ino);
         let msgs = tokio_stream::iter((0..size / MIB).map(move |i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2 })));
         umbra_node::volume_wire::write(self.channel.clone(), msgs).await?;
         self.client.sync(self.target.clone()).await?;
         let w = t.elapsed();
-        let t = Instant::now();
         let req = ReadRequest { target: Some(self.target.clone()), ino, offset: 0, length: size };
-        let mut stream = umbra_node::volume_wire::read(self.channel.clone(), req).await?;
-        let mut i = 0;
-        while let Some(c) = stream.next().await {
-            check_mib(i, &c?.data)?;
-            i += 1;
-        }
-        anyhow::ensure!(i == size / MIB, "read {i} MiB of {}", size / MIB);
-        Ok((w, t.elapsed()))
+        let t = Instant::now();
+        read_all(self.channel.clone(), req.clone(), size).await?;
+        let r = t.elapsed();
+        let addr = self.cluster.first_addr().to_string();
+        let t = Instant::now();
+        tokio::task::spawn_blocking(move || umbra_node::dedicated::block_on(read_all(umbra_node::direct_channel::DirectChannel::new(&addr), req, size))).await???;
+        Ok((w, r, t.elapsed()))
     }
+}
+
+/// Reads `size` bytes with one Read call on `channel`, checking each MiB.
+async fn read_all(channel: impl Into<umbra_node::direct_channel::PeerChannel>, req: ReadRequest, size: u64) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    let mut stream = umbra_node::volume_wire::read(channel, req).await?;
+    let mut i = 0;
+    while let Some(c) = stream.next().await {
+        check_mib(i, &c?.data)?;
+        i += 1;
+    }
+    anyhow::ensure!(i == size / MIB, "read {i} MiB of {}", size / MIB);
+    Ok(())
 }
 
 /// One small call after another: a stat of a file, in the store and through gRPC (one node
@@ -318,12 +335,73 @@ async fn calls(scratch: &Path) -> anyhow::Result<()> {
     }
     .await;
     let from_caller = grpc.stop_after(measured).await?;
+    let tcp = tokio::task::spawn_blocking(|| tcp_round_trips(CALLS)).await??;
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!("small calls, {CALLS} stats of a file one after another");
     println!("  volume store                p50 {:.1} us  p99 {:.1} us", us(&local, 0.5), us(&local, 0.99));
     println!("  through gRPC, async caller  p50 {:.1} us  p99 {:.1} us", us(&remote, 0.5), us(&remote, 0.99));
     println!("  through gRPC, caller thread p50 {:.1} us  p99 {:.1} us", us(&from_caller, 0.5), us(&from_caller, 0.99));
+    println!("  plain TCP round trip        p50 {:.1} us  p99 {:.1} us  ({TCP_MESSAGE_BYTES} bytes each way, one thread to another)", us(&tcp, 0.5), us(&tcp, 0.99));
     Ok(())
+}
+
+/// A small call's size on the wire, roughly: for the plain TCP round trips.
+const TCP_MESSAGE_BYTES: usize = 200;
+
+/// Two connected sockets on loopback (std, blocking, no Nagle).
+fn tcp_pair() -> anyhow::Result<(std::net::TcpStream, std::net::TcpStream)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let a = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (b, _) = listener.accept()?;
+    a.set_nodelay(true)?;
+    b.set_nodelay(true)?;
+    Ok((a, b))
+}
+
+/// `n` round trips of [`TCP_MESSAGE_BYTES`] each way between two threads: the transport's own
+/// cost of a call, with no HTTP/2, gRPC or runtime on top.
+fn tcp_round_trips(n: u64) -> anyhow::Result<Histogram<u64>> {
+    let (mut client, mut server) = tcp_pair()?;
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; TCP_MESSAGE_BYTES];
+        while server.read_exact(&mut buf).is_ok() && server.write_all(&buf).is_ok() {}
+    });
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut buf = [7u8; TCP_MESSAGE_BYTES];
+    for _ in 0..n {
+        let t = Instant::now();
+        client.write_all(&buf)?;
+        client.read_exact(&mut buf)?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    drop(client);
+    echo.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
+    Ok(h)
+}
+
+/// The time to send `size` bytes in 1 MiB writes from one thread to another over loopback TCP,
+/// the receiver reading into one 1 MiB buffer: what any stream between two processes here
+/// costs before a byte of it is produced or used.
+fn tcp_stream_time(size: u64) -> anyhow::Result<Duration> {
+    let (mut sender, mut receiver) = tcp_pair()?;
+    let send = std::thread::spawn(move || -> std::io::Result<()> {
+        let block = block(0);
+        for _ in 0..size / MIB {
+            sender.write_all(&block)?;
+        }
+        Ok(())
+    });
+    let mut buf = vec![0u8; MIB as usize];
+    let (t, mut got) = (Instant::now(), 0u64);
+    while got < size / MIB * MIB {
+        match receiver.read(&mut buf)? {
+            0 => anyhow::bail!("the sender stopped after {got} bytes"),
+            n => got += n as u64,
+        }
+    }
+    let took = t.elapsed();
+    send.join().map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
+    Ok(took)
 }
 
 fn random_4k(store: &VolumeStore, vol: Uuid, plain: &Path, size: u64) -> anyhow::Result<(f64, f64)> {
