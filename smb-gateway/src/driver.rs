@@ -150,7 +150,7 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
 
 /// Reads frames, runs them through the connection, queues what it answers; meanwhile takes the
 /// node's changes when the connection watches a directory.
-/// `conn` is absent only while a frame runs on the blocking pool (or if that task panicked).
+/// `conn` is absent only while a frame runs on the blocking pool.
 async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
     let mut changes: Option<broadcast::Receiver<Arc<ChangeBatch>>> = None;
     // Bytes read and not yet run; the socket is read straight into it.
@@ -170,7 +170,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             let (d, f, t) = (shared.directory.clone(), shared.files.clone(), shared.throttle.clone());
             let (c, outcome) = tokio::task::spawn_blocking(move || {
                 let mut c = c;
-                let outcome = c.on_frame(&frame_bytes[range], d.as_ref(), f.as_ref(), &mut Env(t));
+                let outcome = run_frame(&mut c, &frame_bytes[range], d.as_ref(), f.as_ref(), &mut Env(t));
                 (c, outcome)
             })
             .await
@@ -250,6 +250,13 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
     }
 }
 
+/// Runs one frame through the connection. A panic (a defect) ends this connection only, and
+/// the connection's state stays usable, so its opens are still closed and their share modes
+/// released at its end.
+fn run_frame(c: &mut Connection, frame: &[u8], directory: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.on_frame(frame, directory, files, env))).unwrap_or_else(|_| Outcome::Close("an internal error while handling a request".into()))
+}
+
 /// The next batch of the node's changes; never, when not listening.
 async fn next_changes(rx: &mut Option<broadcast::Receiver<Arc<ChangeBatch>>>) -> Result<Arc<ChangeBatch>, broadcast::error::RecvError> {
     match rx {
@@ -276,4 +283,76 @@ async fn write_frames(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>
         }
     }
     writer.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::files::{FileInfo, FsError};
+    use crate::server::testkit::{self, MemFiles};
+    use crate::smb2::header::Command;
+
+    /// Storage with a defect: a WRITE panics. Counts the opens released.
+    struct Panicking(MemFiles, std::sync::atomic::AtomicUsize);
+
+    impl Files for Panicking {
+        fn lookup(&self, s: &str, p: &str) -> Result<FileInfo, FsError> {
+            self.0.lookup(s, p)
+        }
+        fn stat(&self, s: &str, id: u64) -> Result<FileInfo, FsError> {
+            self.0.stat(s, id)
+        }
+        fn create(&self, s: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError> {
+            self.0.create(s, parent, name, directory, now)
+        }
+        fn list(&self, s: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError> {
+            self.0.list(s, dir, after, limit)
+        }
+        fn read(&self, s: &str, id: u64, offset: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError> {
+            self.0.read(s, id, offset, len, room)
+        }
+        fn is_remote(&self, _: &str) -> bool {
+            false
+        }
+        fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), FsError> {
+            panic!("a defect in storage")
+        }
+        fn set_size(&self, s: &str, id: u64, size: u64, now: u64) -> Result<(), FsError> {
+            self.0.set_size(s, id, size, now)
+        }
+        fn set_basic(&self, s: &str, id: u64, basic: crate::server::files::Basic) -> Result<(), FsError> {
+            self.0.set_basic(s, id, basic)
+        }
+        fn unlink(&self, s: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError> {
+            self.0.unlink(s, parent, name, now)
+        }
+        fn rename(&self, s: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError> {
+            self.0.rename(s, from_dir, from, to_dir, to, replace, now)
+        }
+        fn flush(&self, s: &str) -> Result<(), FsError> {
+            self.0.flush(s)
+        }
+        fn register_open(&self, _: &str, _: u64, _: crate::share_modes::Mode, _: Option<(u64, &str)>) -> Result<u64, FsError> {
+            Ok(1)
+        }
+        fn release_open(&self, _: u64) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A panic while a frame runs closes that connection (it is not lost with the task), and
+    /// the connection's end still releases its opens.
+    #[test]
+    fn a_panic_while_a_frame_runs_closes_the_connection_and_its_opens_are_still_released() {
+        let files = Panicking(MemFiles::with_dirs(&[]), std::sync::atomic::AtomicUsize::new(0));
+        let mut c = testkit::connection();
+        let mut env = testkit::Env::new();
+        let create = testkit::request(Command::Create, 1, testkit::TREE, &testkit::create("f.bin", false, 2));
+        let Outcome::Reply(reply) = run_frame(&mut c, &create, &testkit::Dir, &files, &mut env) else { panic!("a reply to CREATE") };
+        let volatile = u64::from_le_bytes(testkit::split(&reply)[0].1[72..80].try_into().unwrap());
+        let write = testkit::request(Command::Write, 2, testkit::TREE, &testkit::write(volatile, b"boom"));
+        assert!(matches!(run_frame(&mut c, &write, &testkit::Dir, &files, &mut env), Outcome::Close(_)), "the connection closes");
+        c.end(&files, 0);
+        assert_eq!(files.1.load(std::sync::atomic::Ordering::SeqCst), 1, "its open was released");
+    }
 }

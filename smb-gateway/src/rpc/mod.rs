@@ -179,10 +179,12 @@ impl Pipe {
             _ => return Ok(Some(pdu::fault(h, 0, pdu::ACCESS_DENIED))),
         };
         let (ctx, opnum) = pdu::request_ids(&pdu).ok_or(PduError::Malformed)?;
+        // An object UUID (flag 0x80) moves the stub past a PDU that may be too short for it.
+        let stub_len = stub_end.checked_sub(stub_at).ok_or(PduError::Malformed)?;
         if h.flags & pdu::PFC_FIRST != 0 {
             self.stub.clear();
         }
-        if self.stub.len() + (stub_end - stub_at) > MAX_STUB_BYTES {
+        if self.stub.len() + stub_len > MAX_STUB_BYTES {
             return Err(PduError::TooLarge);
         }
         self.stub.extend_from_slice(&pdu[stub_at..stub_end]);
@@ -316,6 +318,25 @@ mod tests {
         feed(&mut other, &request, &[]).unwrap();
         assert_eq!(other.read(4280)[2], pdu::FAULT);
         assert!(feed(&mut other, &request[..10], &[]).is_err(), "a truncated PDU is an error");
+    }
+
+    /// A request whose object-UUID flag puts its stub past the PDU's end (alone, or after a
+    /// first fragment left stub bytes waiting) is malformed: refused, never a panic.
+    #[test]
+    fn a_request_too_short_for_its_object_uuid_is_malformed() {
+        let bind = hex("05000b03100000004800000001000000b810b810000000000100000000000100c84f324b7016d30112785a47bf6ee18803000000045d888aeb1cc9119fe808002b10486002000000");
+        let mut pipe = Pipe::new("srvsvc", 1);
+        feed(&mut pipe, &bind, &[]).unwrap();
+        let _ = pipe.read(4280);
+        let mut whole = hex("05000003100000001c000000020000000400000000000f0000000000");
+        whole[3] = 0x83; // first, last, object UUID
+        assert!(matches!(feed(&mut pipe, &whole, &[]), Err(PduError::Malformed)));
+        // A first fragment with 16 stub bytes, then a short last one with the flag.
+        let first = hex(&format!("05000001100000002c00000002000000140000000000{}", "0f00".to_owned() + &"00".repeat(20)));
+        feed(&mut pipe, &first, &[]).unwrap();
+        let mut last = hex("05000002100000001c000000020000000400000000000f0000000000");
+        last[3] = 0x82;
+        assert!(matches!(feed(&mut pipe, &last, &[]), Err(PduError::Malformed)));
     }
 
     proptest::proptest! {

@@ -13,7 +13,7 @@ pub use ops::READ_ROOM;
 mod session;
 pub mod throttle;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 /// The Unix seconds an `@GMT-YYYY.MM.DD-HH.MM.SS` token names (Previous Versions).
 pub fn previous_token(token: &str) -> Option<u64> {
