@@ -415,6 +415,38 @@ mod connection_rules {
         assert!(h.flags & FLAG_SIGNED != 0 && signing::verify(KEY.0, &KEY.1, &finals[0]), "the final response is signed");
     }
 
+    /// One small frame asking for more response bytes than a frame carries (a compound of
+    /// 1 MiB READs) ends the connection once the responses reach the bound; one that fits is
+    /// answered.
+    #[test]
+    fn a_compound_whose_responses_pass_a_frame_ends_the_connection() {
+        let (mut c, mut files) = (connection(), MemFiles::with_dirs(&[]));
+        files.2 = true;
+        let f = open(&mut c, &files, 1, TREE, "f", false, 2);
+        let mib = 1u32 << 20;
+        let compound = |first_id: u64, n: u64| {
+            let mut frame = Vec::new();
+            for i in 0..n {
+                let mut m = request(Command::Read, first_id + i * 16, TREE, &read(f, mib));
+                m[6..8].copy_from_slice(&16u16.to_le_bytes()); // CreditCharge for 1 MiB
+                if i + 1 < n {
+                    m.resize(m.len().div_ceil(8) * 8, 0);
+                    let next = m.len() as u32;
+                    m[20..24].copy_from_slice(&next.to_le_bytes());
+                }
+                frame.extend_from_slice(&m);
+            }
+            frame
+        };
+        let (r, _) = exchange(&mut c, &files, &compound(2, 4));
+        assert_eq!(r.iter().map(|(h, _)| h.status).collect::<Vec<_>>(), vec![status::SUCCESS; 4], "four 1 MiB READs fit");
+        let many = (crate::server::connection::MAX_COMPOUND_RESPONSE_BYTES as u64 >> 20) + 1;
+        match c.on_frame(&compound(2 + 4 * 16, many), &Dir, &files, &mut Env::new()) {
+            crate::server::connection::Outcome::Close(why) => assert!(why.contains("compound"), "{why}"),
+            _ => panic!("{many} READs of 1 MiB in one compound must end the connection"),
+        }
+    }
+
     #[test]
     fn echo_needs_no_session() {
         let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));

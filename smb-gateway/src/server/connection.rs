@@ -31,6 +31,10 @@ const DIALECTS: [u16; 5] = [DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, 
 pub const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 /// Trees one session may connect.
 pub const MAX_TREES_PER_SESSION: usize = 64;
+/// The responses to one compound together: what one transport frame can carry. A compound
+/// whose responses would pass it (many large READs in one small frame) ends its connection
+/// once the responses made so far reach it, so no more than this plus one response is held.
+pub const MAX_COMPOUND_RESPONSE_BYTES: usize = crate::smb2::frame::MAX_TRANSPORT_FRAME_BYTES;
 
 const SECURITY_MODE_SIGNING_ENABLED: u16 = 0x1;
 const SECURITY_MODE_SIGNING_REQUIRED: u16 = 0x2;
@@ -244,6 +248,9 @@ impl Connection {
             }
             if count == 1 {
                 return Outcome::Reply(bytes); // the common case: no copy
+            }
+            if out.len() + bytes.len() > MAX_COMPOUND_RESPONSE_BYTES {
+                return Outcome::Close(format!("a compound whose responses pass {MAX_COMPOUND_RESPONSE_BYTES} bytes"));
             }
             out.extend_from_slice(&bytes);
         }

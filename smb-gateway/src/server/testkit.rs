@@ -74,10 +74,11 @@ impl Environment for Env {
     }
 }
 
-/// Files in memory, by lower-cased path; the root is id 1. The flag makes them served by
-/// another node ([`Files::is_remote`]).
+/// Files in memory, by lower-cased path; the root is id 1. The first flag makes them served by
+/// another node ([`Files::is_remote`]); the second makes every READ find all the bytes it asks
+/// for (zeros), where otherwise files are empty.
 #[derive(Default)]
-pub struct MemFiles(Mutex<(HashMap<String, FileInfo>, u64)>, pub bool);
+pub struct MemFiles(Mutex<(HashMap<String, FileInfo>, u64)>, pub bool, pub bool);
 
 fn info(id: u64, name: &str, directory: bool) -> FileInfo {
     FileInfo { id, name: name.into(), directory, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0 }
@@ -128,8 +129,8 @@ impl Files for MemFiles {
     fn list(&self, _: &str, _: u64, _: &str, _: u32) -> Result<Vec<FileInfo>, FsError> {
         Ok(Vec::new())
     }
-    fn read(&self, _: &str, _: u64, _: u64, _: u32, room: usize) -> Result<Vec<u8>, FsError> {
-        Ok(vec![0; room])
+    fn read(&self, _: &str, _: u64, _: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError> {
+        Ok(vec![0; room + if self.2 { len as usize } else { 0 }])
     }
     fn is_remote(&self, _: &str) -> bool {
         self.1
