@@ -1,13 +1,14 @@
 //! The credit window (MS-SMB2 3.3.1.1, 3.3.5.2.3): a client may use only message ids the server
-//! granted, each once. Every response grants credits; the ids granted but not yet used are
-//! bounded, and so is what the server remembers about them.
+//! granted, each once. Every response grants credits within a window of
+//! [`MAX_OUTSTANDING_CREDITS`] ids from the lowest one not used yet, so what the server
+//! remembers about used ids is bounded even when a client leaves one id unused forever.
 
 use std::collections::BTreeSet;
 
 use crate::smb2::header::Command;
 use crate::wire::u32_at;
 
-/// Credits (message ids) granted and not yet used, at most.
+/// The credit window: ids from the lowest one not used yet, granted or used, at most.
 pub const MAX_OUTSTANDING_CREDITS: u64 = 8192;
 /// Credits one response grants at most.
 pub const MAX_CREDITS_PER_RESPONSE: u16 = 512;
@@ -45,12 +46,12 @@ impl Credits {
         true
     }
 
-    /// Credits to grant for a response to a request asking for `requested`: at least one, so
-    /// the client never runs dry, within the outstanding bound.
+    /// Credits to grant for a response to a request asking for `requested`: at least one while
+    /// the window has room; none once it is full. The client never runs dry: a full window
+    /// holds at least one id granted and not used (the lowest).
     pub fn grant(&mut self, requested: u16) -> u16 {
-        let outstanding = self.next - self.low - self.used.len() as u64;
-        let room = MAX_OUTSTANDING_CREDITS.saturating_sub(outstanding);
-        let g = u64::from(requested.clamp(1, MAX_CREDITS_PER_RESPONSE)).min(room.max(1));
+        let room = MAX_OUTSTANDING_CREDITS.saturating_sub(self.next - self.low);
+        let g = u64::from(requested.clamp(1, MAX_CREDITS_PER_RESPONSE)).min(room);
         self.next += g;
         g as u16
     }
@@ -120,7 +121,32 @@ mod tests {
         for _ in 0..100 {
             total += u64::from(c.grant(u16::MAX));
         }
-        assert!(total <= MAX_OUTSTANDING_CREDITS + 100);
-        assert_eq!(c.grant(0), 1);
+        assert!(total <= MAX_OUTSTANDING_CREDITS);
+        assert!(c.consume(0, 1) && c.consume(1, 1));
+        assert_eq!(c.grant(0), 1, "used ids make room again");
+    }
+
+    /// A client that leaves one granted id unused and uses every later one gets no more ids
+    /// once the window is full: what the server remembers stays bounded, and the client still
+    /// holds the id it left.
+    #[test]
+    fn an_id_left_unused_forever_stops_the_window_not_the_memory() {
+        let mut c = Credits::default();
+        assert!(c.consume(0, 1));
+        let mut id = 2; // id 1 is never used
+        for _ in 0..10 * MAX_OUTSTANDING_CREDITS {
+            if c.grant(512) == 0 && id >= c.next {
+                break;
+            }
+            while id < c.next {
+                assert!(c.consume(id, 1));
+                id += 1;
+            }
+        }
+        assert_eq!(c.low, 1);
+        assert!(c.next - c.low <= MAX_OUTSTANDING_CREDITS && c.used.len() as u64 <= MAX_OUTSTANDING_CREDITS);
+        assert_eq!(c.grant(512), 0, "the window is full");
+        assert!(c.consume(1, 1), "the id left unused is still the client's");
+        assert!(c.used.is_empty() && c.grant(512) > 0, "and using it opens the window");
     }
 }
