@@ -253,6 +253,16 @@ mod connection_rules {
         m
     }
 
+    /// A READ of `len` bytes of file `f` with message id `id` and the CreditCharge it needs
+    /// (64 KiB a credit); `id` moves past the ids it used. Its (first) response's header.
+    fn charged_read(c: &mut Connection, files: &MemFiles, id: &mut u64, f: u64, len: u32) -> Header {
+        let mut m = request(Command::Read, *id, TREE, &read(f, len));
+        let charge = len.div_ceil(64 * 1024).max(1) as u16;
+        m[6..8].copy_from_slice(&charge.to_le_bytes());
+        *id += u64::from(charge);
+        exchange(c, files, &m).0[0].0.clone()
+    }
+
     /// A READ of the pipe that waits: its AsyncId.
     fn waiting_read(c: &mut Connection, files: &MemFiles, message_id: u64, pipe: u64) -> u64 {
         let (r, finals) = exchange(c, files, &request(Command::Read, message_id, IPC, &read(pipe, 4280)));
@@ -310,15 +320,33 @@ mod connection_rules {
         let (_, finals) = exchange(&mut c, &files, &request(Command::Echo, 6, TREE, &[4, 0, 0, 0]));
         assert_eq!(finals.iter().map(|(h, _)| (h.status, h.message_id)).collect::<Vec<_>>(), vec![(status::END_OF_FILE, 5)]);
         // The bytes in flight are bounded: past the bound a READ is served on the spot.
-        let max = 64 * 1024u32;
-        let fit = (crate::server::connection::MAX_FILE_READ_BYTES_IN_FLIGHT / u64::from(max)) as u64;
-        for m in 0..fit {
-            let (r, _) = exchange(&mut c, &files, &request(Command::Read, 10 + m, TREE, &read(f, max)));
-            assert_eq!(r[0].0.status, status::PENDING);
+        let max = 1u32 << 20;
+        let fit = crate::server::connection::MAX_FILE_READ_BYTES_IN_FLIGHT / u64::from(max);
+        let mut id = 10;
+        let mut read_of = |c: &mut Connection, f: u64, len: u32| charged_read(c, &files, &mut id, f, len);
+        for _ in 0..fit {
+            assert_eq!(read_of(&mut c, f, max).status, status::PENDING);
         }
-        let (r, _) = exchange(&mut c, &files, &request(Command::Read, 10 + fit, TREE, &read(f, max)));
-        assert_eq!((r[0].0.status, r[0].0.flags & FLAG_ASYNC_COMMAND), (status::END_OF_FILE, 0), "served at once");
-        assert_eq!(c.take_file_reads().len() as u64, 1 + fit);
+        let h = read_of(&mut c, f, max);
+        assert_eq!((h.status, h.flags & FLAG_ASYNC_COMMAND), (status::END_OF_FILE, 0), "served at once");
+        let started = c.take_file_reads();
+        assert_eq!(started.len() as u64, fit);
+        // A READ whose request no longer waits (its file closed, or a CANCEL) still counts until
+        // the driver gives its result back.
+        let (r, _) = exchange(&mut c, &files, &request(Command::Close, id, TREE, &close(f)));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        let f = open(&mut c, &files, id + 1, TREE, "f.txt", false, 1);
+        id += 2;
+        let mut read_of = |c: &mut Connection, len: u32| charged_read(c, &files, &mut id, f, len);
+        assert_eq!(read_of(&mut c, 1).flags & FLAG_ASYNC_COMMAND, 0, "still served at once");
+        for r in &started {
+            c.finish_file_read(r.async_id, Ok(after_room(b"late")));
+        }
+        // And however small, at most MAX_FILE_READS_IN_FLIGHT.
+        for _ in 0..crate::server::connection::MAX_FILE_READS_IN_FLIGHT {
+            assert_eq!(read_of(&mut c, 1).status, status::PENDING);
+        }
+        assert_eq!(read_of(&mut c, 1).flags & FLAG_ASYNC_COMMAND, 0, "one read more is served at once");
     }
 
     #[test]

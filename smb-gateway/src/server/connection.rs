@@ -83,6 +83,8 @@ pub struct Connection {
     pub(super) tracking: super::ops::notify::Tracking,
     /// READs of files another node serves, waiting to be started by the driver.
     file_reads: Vec<FileRead>,
+    /// The bytes of each READ handed to the driver whose result has not come back, by async id.
+    file_reads_started: HashMap<u64, u32>,
 }
 
 /// A READ of a file another node serves, for the driver to carry out off the connection's
@@ -98,8 +100,12 @@ pub struct FileRead {
 
 /// Bytes of READs of files on other nodes one connection has in flight at once (what their
 /// replies may hold in memory before they are sent); past this, a READ waits for its data on
-/// the connection's thread as a local one does.
+/// the connection's thread as a local one does. A read counts from the moment the driver is
+/// asked to start it until its result comes back, also when its request no longer waits for it
+/// (cancelled, or its file closed): the driver's work and memory go on until then.
 pub const MAX_FILE_READ_BYTES_IN_FLIGHT: u64 = 16 * 1024 * 1024;
+/// READs of files on other nodes one connection has in flight at once, however small.
+pub const MAX_FILE_READS_IN_FLIGHT: usize = 64;
 
 /// Finished READs of files on other nodes the driver holds for a connection before it takes
 /// them in (each already counted in [`MAX_FILE_READ_BYTES_IN_FLIGHT`]).
@@ -165,7 +171,7 @@ const FSCTL_SRV_ENUM_SNAPS: u32 = 0x0014_4064;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new() }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new(), file_reads_started: HashMap::new() }
     }
 
     /// The connection has ended (the client went away or was refused): every open it held is
@@ -263,13 +269,17 @@ impl Connection {
 
     /// READs of files on other nodes to carry out now (each already answered STATUS_PENDING).
     pub fn take_file_reads(&mut self) -> Vec<FileRead> {
-        std::mem::take(&mut self.file_reads)
+        let reads = std::mem::take(&mut self.file_reads);
+        self.file_reads_started.extend(reads.iter().map(|r| (r.async_id, r.len)));
+        reads
     }
 
     /// The data (or the error) of a READ from [`Connection::take_file_reads`]: its final
     /// response goes out with [`Connection::take_sends`]. Nothing if it was cancelled or its
     /// open closed meanwhile.
     pub fn finish_file_read(&mut self, async_id: u64, result: Result<Vec<u8>, super::files::FsError>) {
+        self.file_reads_started.remove(&async_id);
+        self.file_reads.retain(|r| r.async_id != async_id);
         let Some(&Waiting::FileRead { len, .. }) = self.waits.get(async_id).map(|op| &op.waiting) else { return };
         let reply = super::ops::read_reply(len, result);
         if reply.framed {
@@ -279,15 +289,13 @@ impl Connection {
         }
     }
 
-    /// Bytes asked by the READs of files on other nodes in flight now.
-    pub(super) fn file_read_bytes_in_flight(&self) -> u64 {
-        self.waits
-            .waiting()
-            .map(|w| match w {
-                Waiting::FileRead { len, .. } => u64::from(*len),
-                _ => 0,
-            })
-            .sum()
+    /// Whether one more READ of `len` bytes of a file on another node may be in flight (see
+    /// [`MAX_FILE_READ_BYTES_IN_FLIGHT`]): those queued for the driver, and those it has not
+    /// given back yet.
+    pub(super) fn file_read_fits(&self, len: u32) -> bool {
+        let queued = self.file_reads.iter().map(|r| u64::from(r.len));
+        let bytes: u64 = queued.chain(self.file_reads_started.values().map(|&l| u64::from(l))).sum();
+        self.file_reads.len() + self.file_reads_started.len() < MAX_FILE_READS_IN_FLIGHT && bytes + u64::from(len) <= MAX_FILE_READ_BYTES_IN_FLIGHT
     }
 
     /// Final responses to requests that waited, in order; send them before the reply to the

@@ -89,7 +89,7 @@ impl Connection {
         };
         // Another node serves the file: the READ waits for the data off this connection's
         // thread, so the client's next READs start meanwhile (only the last of a compound).
-        if h.next_command == 0 && files.is_remote(&share) && self.file_read_bytes_in_flight() + u64::from(len) <= super::super::connection::MAX_FILE_READ_BYTES_IN_FLIGHT {
+        if h.next_command == 0 && files.is_remote(&share) && self.file_read_fits(len) {
             return Reply::wait(crate::server::async_ops::Waiting::FileRead { volatile, offset, len });
         }
         read_reply(len, files.read(&share, id, offset, len, READ_ROOM))
