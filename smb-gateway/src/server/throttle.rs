@@ -1,9 +1,14 @@
 //! Failed-logon throttling: after [`MAX_FAILURES`] failures for one user name within
 //! [`FAILURE_WINDOW_TICKS`], further logons for that name are refused for
 //! [`LOCKOUT_TICKS`] whatever the password, which makes guessing slow. Times are FILETIME
-//! ticks from the caller; the table is bounded.
+//! ticks from the caller; the table is bounded in entries and in bytes: a name longer than any
+//! user's ([`MAX_USER_NAME_CHARS`]) is not tracked (no such user can log on), and when the
+//! table is full a locked name is the last to go, so a flood of other names cannot lift a
+//! lockout.
 
 use std::collections::HashMap;
+
+use umbra_raft::names::MAX_USER_NAME_CHARS;
 
 pub const MAX_FAILURES: u32 = 5;
 /// 60 s in FILETIME ticks (100 ns).
@@ -31,8 +36,12 @@ impl Throttle {
     }
 
     pub fn failed(&mut self, user: &str, now: u64) {
+        if user.chars().count() > MAX_USER_NAME_CHARS {
+            return;
+        }
         if self.names.len() >= MAX_TRACKED_NAMES && !self.names.contains_key(&user.to_lowercase()) {
-            if let Some(stalest) = self.names.iter().min_by_key(|(_, r)| r.since).map(|(k, _)| k.clone()) {
+            // The stalest name not locked now; only if all are, the stalest.
+            if let Some(stalest) = self.names.iter().min_by_key(|(_, r)| (now < r.locked_until, r.since)).map(|(k, _)| k.clone()) {
                 self.names.remove(&stalest);
             }
         }
@@ -77,5 +86,23 @@ mod tests {
             old.failed("dave", FAILURE_WINDOW_TICKS + 1);
         }
         assert!(old.allowed("dave", FAILURE_WINDOW_TICKS + 2), "failures outside the window do not add up");
+    }
+
+    /// A flood of failures for other names neither grows the table past its bound nor lifts
+    /// a lockout; names no user can have are not tracked at all.
+    #[test]
+    fn a_flood_of_names_is_bounded_and_cannot_lift_a_lockout() {
+        let mut t = Throttle::default();
+        for i in 0..MAX_FAILURES {
+            t.failed("bob", u64::from(i));
+        }
+        for i in 0..2 * MAX_TRACKED_NAMES as u64 {
+            t.failed(&format!("n{i}"), 10 + i);
+        }
+        assert_eq!(t.names.len(), MAX_TRACKED_NAMES);
+        assert!(!t.allowed("bob", 20), "still locked");
+        let long = "x".repeat(MAX_USER_NAME_CHARS + 1);
+        t.failed(&long, 20);
+        assert!(!t.names.contains_key(&long), "a name longer than any user's is not kept");
     }
 }
