@@ -113,7 +113,7 @@ fn gateway_of(g: Option<&GatewayIncarnation>) -> Result<Gateway, Status> {
 fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
     let t = VolumeTarget { volume: volume.to_string(), snapshot: h.snapshot.clone(), clone: h.clone.clone(), route: false };
     let (_, view, _) = target_of(Some(&t))?;
-    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close: link_of(h.delete_at_close.as_ref()) })
+    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close: link_of(h.delete_at_close.as_ref())? })
 }
 
 /// A resolve's answer with the parent: the entry when found, and its parent.
@@ -129,8 +129,14 @@ fn create_entry(s: &VolumeStore, vol: Uuid, view: View, parent: u64, name: &str,
     Ok((ino, EntryReply { entry: Some(entry(DirEntry { name: name.to_string(), ino, inode })), ..Default::default() }))
 }
 
-fn link_of(d: Option<&DeleteAtClose>) -> Option<Link> {
-    d.map(|d| Link { parent: d.parent, name: d.name.clone() })
+/// A delete-on-close link as the table keeps it; its name must be one a file can have (the
+/// table holds it for as long as the open lasts).
+fn link_of(d: Option<&DeleteAtClose>) -> Result<Option<Link>, Status> {
+    d.map(|d| {
+        umbra_raft::names::check_file_name(&d.name).map_err(|e| Status::invalid_argument(format!("delete-on-close: {e}")))?;
+        Ok(Link { parent: d.parent, name: d.name.clone() })
+    })
+    .transpose()
 }
 
 /// Where the service runs the store's (synchronous) calls.
@@ -671,7 +677,7 @@ impl VolumeService {
             return peer.open_register(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
-        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref()) };
+        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref())? };
         self.register_here(gw, r.lease_ms, record).await
     }
 
@@ -704,7 +710,8 @@ impl VolumeService {
             return peer.open_release(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
-        self.opens().release(gw, volume, r.id, link_of(r.delete_at_close.as_ref()));
+        let delete = link_of(r.delete_at_close.as_ref())?;
+        self.opens().release(gw, volume, r.id, delete);
         self.carry_out_deletes(r.now).await?;
         Ok(Done {})
     }
@@ -790,4 +797,21 @@ fn read_pieces(store: &VolumeStore, vol: Uuid, view: View, r: &ReadRequest, mut 
 
 fn clone_reply(c: crate::volume::CloneInfo) -> CloneReply {
     CloneReply { id: c.id.to_string(), base_snapshot: c.base_snapshot.to_string(), sealed: c.sealed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delete-on-close link is kept as long as its open lasts: its name must be one a file can
+    /// have, or the register, release or renewal that carries it is refused.
+    #[test]
+    fn a_delete_on_close_name_must_be_one_a_file_can_have() {
+        let link = |name: String| link_of(Some(&DeleteAtClose { parent: 1, name }));
+        assert_eq!(link("f.bin".into()).unwrap(), Some(Link { parent: 1, name: "f.bin".into() }));
+        assert_eq!(link_of(None).unwrap(), None);
+        for bad in ["x".repeat(256), String::new(), "a/b".into()] {
+            assert_eq!(link(bad).unwrap_err().code(), tonic::Code::InvalidArgument);
+        }
+    }
 }
