@@ -16,6 +16,10 @@ use super::keys::{self, dead, Lineage, LIVE};
 use super::store::*;
 use super::types::*;
 
+/// Ranges one allocated-ranges answer gives at most (16 bytes each on the wire: 1 MiB); the
+/// caller asks again for the rest.
+pub const MAX_ALLOCATED_RANGES: usize = 65_536;
+
 /// Bytes of the CRC32C after a chunk's data.
 pub(super) const CHUNK_CRC_BYTES: usize = 4;
 
@@ -186,7 +190,7 @@ impl VolumeStore {
                 inode.allocated = 0;
             } else if size < inode.size {
                 let first_dropped = size.div_ceil(CHUNK_BYTES);
-                for (index, key) in self.visible_chunks(st, scope, ino, inode.generation, first_dropped)? {
+                for (index, key) in self.visible_chunks(st, scope, ino, inode.generation, first_dropped, u64::MAX)? {
                     self.remove_version(st, scope, batch, CF_CHUNKS, Self::chunk_object(vol, ino, inode.generation, index), &key, b"")?;
                     inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES);
                 }
@@ -218,15 +222,17 @@ impl VolumeStore {
     }
 
     /// The ranges of `offset..offset+len` that hold data (FSCTL_QUERY_ALLOCATED_RANGES), in
-    /// whole chunks, merged where adjacent; holes are left out.
-    pub fn allocated_ranges(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+    /// whole chunks, merged where adjacent; holes are left out. Only the chunks of the range
+    /// asked are read, and at most [`MAX_ALLOCATED_RANGES`] ranges are given: `true` with them
+    /// says more follow (ask again from the end of the last).
+    pub fn allocated_ranges(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<(Vec<(u64, u64)>, bool)> {
         let entry = self.volume(vol)?;
         let st = Self::lock(&entry);
         let scope = Self::scope(&st, view)?;
         let (inode, _) = self.inode_req(vol, &scope, ino)?;
         let end = offset.saturating_add(len).min(inode.size);
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for (index, _) in self.visible_chunks(&st, &scope, ino, inode.generation, offset / CHUNK_BYTES)? {
+        for (index, _) in self.visible_chunks(&st, &scope, ino, inode.generation, offset / CHUNK_BYTES, end.div_ceil(CHUNK_BYTES))? {
             let start = (index * CHUNK_BYTES).max(offset);
             if start >= end {
                 break;
@@ -234,14 +240,20 @@ impl VolumeStore {
             let stop = ((index + 1) * CHUNK_BYTES).min(end);
             match out.last_mut() {
                 Some((s, l)) if *s + *l == start => *l += stop - start,
-                _ => out.push((start, stop - start)),
+                _ => {
+                    if out.len() == MAX_ALLOCATED_RANGES {
+                        return Ok((out, true));
+                    }
+                    out.push((start, stop - start));
+                }
             }
         }
-        Ok(out)
+        Ok((out, false))
     }
 
-    /// Chunks of a generation at or after `from` that hold data in the scope: (index, key).
-    pub(super) fn visible_chunks(&self, st: &VolState, scope: &Scope, ino: u64, generation: u64, from: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    /// Chunks of a generation from index `from` up to (not including) `until` that hold data in
+    /// the scope: (index, key).
+    pub(super) fn visible_chunks(&self, st: &VolState, scope: &Scope, ino: u64, generation: u64, from: u64, until: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut found: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
         let mut sources = vec![(scope.lineage, scope.max_epoch)];
         if let Some(base) = scope.base_epoch {
@@ -256,6 +268,9 @@ impl VolumeStore {
                     break;
                 }
                 let (Some(index), Some(epoch)) = (keys::chunk_index_of(&key), keys::epoch_of(&key)) else { continue };
+                if index >= until {
+                    break;
+                }
                 if epoch > max || found.contains_key(&index) && lin == scope.lineage {
                     continue;
                 }

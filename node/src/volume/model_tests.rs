@@ -681,14 +681,35 @@ fn sparse_files_report_allocated_ranges_and_set_info_changes_times_and_attribute
     s.write(v, View::Live, ino, 5 * c + 7, &[2u8; 10], 2).unwrap();
     s.write(v, View::Live, ino, 6 * c, &[3u8; 10], 2).unwrap();
     s.set_size(v, View::Live, ino, 100 * c, 3).unwrap();
-    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), vec![(0, c), (5 * c, 2 * c)]);
-    assert_eq!(s.allocated_ranges(v, View::Live, ino, 5 * c + 100, c).unwrap(), vec![(5 * c + 100, c)]);
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), (vec![(0, c), (5 * c, 2 * c)], false));
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 5 * c + 100, c).unwrap(), (vec![(5 * c + 100, c)], false));
     assert_eq!(s.stat(v, View::Live, ino).unwrap().allocated, 3 * c);
     s.write(v, View::Live, ino, 5 * c, &vec![0u8; c as usize], 4).unwrap();
-    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), vec![(0, c), (6 * c, c)], "zeroing a chunk makes it a hole");
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), (vec![(0, c), (6 * c, c)], false), "zeroing a chunk makes it a hole");
     let info = SetInfo { created: Some(11), written: None, changed: Some(13), attributes: Some(0x20) };
     let inode = s.set_info(v, View::Live, ino, info).unwrap();
     assert_eq!((inode.created, inode.written, inode.changed, inode.attributes), (11, 4, 13, 0x20));
+}
+
+/// An allocated-ranges query reads only the range asked, and gives at most
+/// MAX_ALLOCATED_RANGES ranges, saying when more follow.
+#[test]
+fn allocated_ranges_are_bounded_and_say_when_more_follow() {
+    let (_dir, w) = world_on(Engine::Mem);
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "holes", Kind::File, 1).unwrap();
+    let c = CHUNK_BYTES;
+    let n = super::data::MAX_ALLOCATED_RANGES as u64 + 1;
+    for i in 0..n {
+        s.write(v, View::Live, ino, 2 * i * c, &[1], 2).unwrap(); // every other chunk
+    }
+    let (first, more) = s.allocated_ranges(v, View::Live, ino, 0, c).unwrap();
+    assert_eq!((first, more), (vec![(0, c)], false), "only the range asked");
+    let (all, more) = s.allocated_ranges(v, View::Live, ino, 0, u64::MAX).unwrap();
+    assert_eq!((all.len(), more), (super::data::MAX_ALLOCATED_RANGES, true));
+    let (end, _) = all.last().copied().map(|(o, l)| (o + l, ())).unwrap();
+    let (rest, more) = s.allocated_ranges(v, View::Live, ino, end, u64::MAX).unwrap();
+    assert_eq!((rest, more), (vec![(2 * (n - 1) * c, 1)], false), "asked again from the end of the last");
 }
 
 #[test]
