@@ -321,3 +321,25 @@ fn a_nodes_grpc_server_bounds_the_calls_one_connection_has_under_way() {
     });
     assert_eq!(advertised, umbra_node::grpc_server::MAX_STREAMS_PER_CONNECTION as usize);
 }
+
+/// A create that carries its open makes the file, then registers the open; when the owner
+/// refuses the open (here: a stale gateway incarnation), the call fails and the file it made
+/// is gone again.
+#[test]
+fn a_create_whose_open_is_refused_leaves_no_file_behind() {
+    let c = Cluster::start(1, "");
+    assert!(c.ctl(1, &["volume", "create", "own", "--node", "1"]).ok);
+    let v = Vol::connect(c.addr(1), &volume_id(&c, 1, "own"));
+    let held = wait_for(Duration::from_secs(10), "the volume to exist", || v.create("held.bin").ok());
+    let target = Some(v.target.clone());
+    // Incarnation 200 of node 9's gateway holds an open: 100 is stale from now on.
+    let newer = OpenRegisterRequest { target: target.clone(), gateway: Some(GatewayIncarnation { node: 9, incarnation: 200 }), ino: held, id: 1, access: 1, share_access: 7, lease_ms: 15_000, delete_at_close: None };
+    v.rt.block_on(v.client.clone().open_register(newer)).unwrap();
+    let stale = OpenOnCreate { gateway: Some(GatewayIncarnation { node: 9, incarnation: 100 }), id: 2, access: 1, share_access: 7, lease_ms: 15_000, delete_at_close: false };
+    let create = ResolveRequest { target: target.clone(), path: "/new.bin".into(), with_parent: true, create: Some(CreateIfMissing { directory: false, now: 5, open: Some(stale) }) };
+    let e = v.rt.block_on(v.client.clone().resolve(create)).unwrap_err();
+    assert_eq!(e.metadata().get("umbra-error").unwrap(), "stale_incarnation", "{e:?}");
+    let look = ResolveRequest { target, path: "/new.bin".into(), with_parent: true, create: None };
+    let found = v.rt.block_on(v.client.clone().resolve(look)).unwrap().into_inner();
+    assert!(found.entry.is_none(), "the file the refused call made is gone: {:?}", found.entry);
+}

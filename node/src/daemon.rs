@@ -99,6 +99,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let gateway_opens = Arc::new(crate::gateway_opens::GatewayOpens::new(config.id));
     let renewals = tokio::spawn(gateway_opens.clone().run(volume_service.clone(), upkeep_stop.subscribe()));
     let relay = tokio::spawn(crate::notify_relay::run(config.id, notifier.clone(), volume_service.clone(), upkeep_stop.subscribe()));
+    let opens_upkeep = tokio::spawn(volume_service.clone().run_opens_upkeep(upkeep_stop.subscribe()));
     let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, gateway_opens, reader.clone()));
     let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files, notifier));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
@@ -118,6 +119,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let _ = reconcile.await;
     let _ = renewals.await;
     let _ = relay.await;
+    let _ = opens_upkeep.await;
     let stopped = stop(raft, stop_tx, server).await;
     started.and(stopped)
 }

@@ -26,7 +26,10 @@
 //! released with a delete disposition, makes its file delete-pending when it goes (closed, or
 //! dropped with its gateway's lease); new opens of a delete-pending file are refused
 //! (STATUS_DELETE_PENDING), and when the file's last open goes the table hands the deletion to
-//! the owner ([`OpenTable::take_due`]), which unlinks the name if it still names the file.
+//! the owner ([`OpenTable::take_due_on`]), which unlinks the name if it still names the file.
+//! The file stays delete-pending until the owner says the deletion is done
+//! ([`OpenTable::deleted`]); one that failed for a reason that may pass (a fence, a full disk)
+//! is due again ([`OpenTable::retry`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -116,6 +119,10 @@ pub enum Renewed {
 struct Lease {
     incarnation: u64,
     expires_ms: u64,
+    /// A renewal has listed the gateway's opens since this lease began. A lease a register
+    /// began (after an owner restart, or after the gateway's earlier lease expired) may lack
+    /// opens the gateway still holds: its first renewal reinstates them.
+    listed: bool,
     /// (view, ino) of each of this gateway's opens, by open id.
     opens: HashMap<u64, (View, u64)>,
 }
@@ -177,8 +184,13 @@ impl VolumeOpens {
                 }
             }
             if f.held.is_empty() {
-                if let Some(link) = self.files.remove(&file).and_then(|f| f.pending) {
-                    self.due.push(DueDelete { file: FileKey { volume, view: file.0, ino: file.1 }, link });
+                // A delete-pending file keeps its entry (new opens are refused) until the owner
+                // has deleted it.
+                match f.pending.clone() {
+                    Some(link) => self.due.push(DueDelete { file: FileKey { volume, view: file.0, ino: file.1 }, link }),
+                    None => {
+                        self.files.remove(&file);
+                    }
                 }
             }
         }
@@ -203,7 +215,7 @@ impl VolumeOpens {
         if !known && self.leases.len() >= MAX_GATEWAYS_PER_VOLUME {
             return Err(OpenError::TooManyGateways { volume, max: MAX_GATEWAYS_PER_VOLUME });
         }
-        let lease = self.leases.entry(gw.node).or_insert_with(|| Lease { incarnation: gw.incarnation, expires_ms: 0, opens: HashMap::new() });
+        let lease = self.leases.entry(gw.node).or_insert_with(|| Lease { incarnation: gw.incarnation, expires_ms: 0, listed: false, opens: HashMap::new() });
         lease.expires_ms = now_ms.saturating_add(lease_ms);
         Ok(known)
     }
@@ -265,9 +277,30 @@ impl OpenTable {
         }
     }
 
-    /// Deletions that became due (the owner carries them out).
+    /// Deletions that became due, on every volume (the owner carries them out, then says so
+    /// with [`OpenTable::deleted`] or [`OpenTable::retry`]).
     pub fn take_due(&mut self) -> Vec<DueDelete> {
         self.volumes.values_mut().flat_map(|v| std::mem::take(&mut v.due)).collect()
+    }
+
+    /// Deletions that became due on `volume`.
+    pub fn take_due_on(&mut self, volume: Uuid) -> Vec<DueDelete> {
+        self.volumes.get_mut(&volume).map(|v| std::mem::take(&mut v.due)).unwrap_or_default()
+    }
+
+    /// A due deletion is over (the file is gone, or its name no longer names it): the file is
+    /// no longer delete-pending.
+    pub fn deleted(&mut self, file: FileKey) {
+        let Some(v) = self.volumes.get_mut(&file.volume) else { return };
+        if v.files.get(&(file.view, file.ino)).is_some_and(|f| f.held.is_empty()) {
+            v.files.remove(&(file.view, file.ino));
+        }
+    }
+
+    /// A due deletion failed for a reason that may pass: it is due again, and the file stays
+    /// delete-pending meanwhile.
+    pub fn retry(&mut self, d: DueDelete) {
+        self.volumes.entry(d.file.volume).or_default().due.push(d);
     }
 
     /// A gateway's renewal for one volume, listing every open it holds there that it
@@ -276,24 +309,37 @@ impl OpenTable {
         let v = self.volumes.entry(volume).or_default();
         v.expire(volume, now_ms);
         let known = v.admit(volume, gw, now_ms, lease_ms)?;
+        let lease = v.leases.get_mut(&gw.node).expect("admitted");
+        let listed_before = std::mem::replace(&mut lease.listed, true);
+        let mut dropped = 0;
         if known {
             let listed: HashSet<u64> = opens.iter().map(|r| r.id).collect();
-            let lease = &v.leases[&gw.node];
             let lost: Vec<(u64, (View, u64))> = lease.opens.iter().filter(|(id, _)| **id < up_to && !listed.contains(id)).map(|(id, f)| (*id, *f)).collect();
             for (id, file) in &lost {
                 v.leases.get_mut(&gw.node).expect("known").opens.remove(id);
                 v.unhold(volume, *file, gw.node, *id);
             }
-            return Ok(Renewed::Known { dropped: lost.len() });
+            if listed_before {
+                return Ok(Renewed::Known { dropped: lost.len() });
+            }
+            dropped = lost.len();
         }
+        // A lease new to this renewal, or begun by a register: what the gateway lists and this
+        // owner does not hold is reinstated (held ones are kept as they are).
         let (mut held, mut refused) = (0, 0);
         for r in opens.iter().filter(|r| r.file.volume == volume) {
+            if v.leases[&gw.node].opens.contains_key(&r.id) {
+                continue;
+            }
             match v.hold(volume, gw.node, r) {
                 Ok(()) => held += 1,
                 Err(_) => refused += 1,
             }
         }
-        Ok(Renewed::Reinstated { held, refused })
+        Ok(match known && held == 0 && refused == 0 {
+            true => Renewed::Known { dropped },
+            false => Renewed::Reinstated { held, refused },
+        })
     }
 
     /// Drops every expired lease (the service calls it now and then; register and renew expire
@@ -302,7 +348,12 @@ impl OpenTable {
         for (volume, v) in self.volumes.iter_mut() {
             v.expire(*volume, now_ms);
         }
-        self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty());
+        self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty() || !v.files.is_empty());
+    }
+
+    /// Whether any gateway holds an open of `file`.
+    pub fn has_opens(&self, file: FileKey) -> bool {
+        self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino))).is_some_and(|f| !f.held.is_empty())
     }
 
     /// Opens held on `volume`, from every gateway.
@@ -432,6 +483,19 @@ mod tests {
         assert_eq!(t.renew(5_000, A, LEASE_MS, VOL, 3, &listed).unwrap(), Renewed::Known { dropped: 0 });
     }
 
+    /// A gateway cut off past its lease whose first call after is a register (not a renewal):
+    /// its next renewal still reinstates the opens it kept, and they conflict again.
+    #[test]
+    fn a_register_before_the_first_renewal_does_not_stop_the_kept_opens_coming_back() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        t.register(LEASE_MS + 1, A, LEASE_MS, reader(6, 2)).unwrap(); // the old lease expired first
+        assert_eq!(t.count(VOL), 1, "only the new open is held");
+        assert_eq!(t.renew(LEASE_MS + 2, A, LEASE_MS, VOL, 3, &[reader(5, 1), reader(6, 2)]).unwrap(), Renewed::Reinstated { held: 1, refused: 0 });
+        assert!(matches!(t.register(LEASE_MS + 3, B, LEASE_MS, writer(5, 1)), Err(OpenError::SharingViolation { .. })));
+        assert_eq!(t.renew(LEASE_MS + 4, A, LEASE_MS, VOL, 3, &[reader(5, 1), reader(6, 2)]).unwrap(), Renewed::Known { dropped: 0 });
+    }
+
     #[test]
     fn a_renewal_drops_opens_the_gateway_no_longer_lists_below_up_to_only() {
         let mut t = OpenTable::default();
@@ -497,8 +561,15 @@ mod tests {
         assert!(t.take_due().is_empty(), "another open holds the file");
         assert_eq!(t.register(1, A, LEASE_MS, reader(5, 2)), Err(OpenError::DeletePending));
         t.release(B, VOL, 1, None);
-        assert_eq!(t.take_due(), vec![DueDelete { file: file(5), link: Link { parent: 1, name: "f5".into() } }]);
+        let due = t.take_due_on(VOL);
+        assert_eq!(due, vec![DueDelete { file: file(5), link: Link { parent: 1, name: "f5".into() } }]);
         assert!(t.take_due().is_empty(), "handed out once");
+        assert_eq!(t.register(2, A, LEASE_MS, reader(5, 3)), Err(OpenError::DeletePending), "pending until the owner has deleted it");
+        // A deletion that failed for a while is due again, the file still pending.
+        t.retry(due[0].clone());
+        assert_eq!(t.register(2, A, LEASE_MS, reader(5, 3)), Err(OpenError::DeletePending));
+        assert_eq!(t.take_due_on(VOL), due);
+        t.deleted(file(5));
         t.register(2, A, LEASE_MS, reader(5, 3)).unwrap();
     }
 

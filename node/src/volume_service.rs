@@ -22,7 +22,7 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
-use crate::opens::{FileKey, Gateway, Link, OpenError, OpenRecord, OpenTable, Renewed};
+use crate::opens::{DueDelete, FileKey, Gateway, Link, OpenError, OpenRecord, OpenTable, Renewed};
 use umbra_smb_gateway::share_modes::Mode;
 use crate::volume::{DirEntry, Inode, Kind, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
 
@@ -460,6 +460,7 @@ impl VolumeRpc for VolumeService {
         };
         // The open's gateway is checked before anything changes.
         let open = create.open.take().map(|o| Ok::<_, Status>((gateway_of(o.gateway.as_ref())?, o))).transpose()?;
+        let created_at = create.now;
         let path = r.path;
         let (reply, created) = self
             .run_gated(vol, move |s| {
@@ -479,9 +480,20 @@ impl VolumeRpc for VolumeService {
             })
             .await?;
         if let (Some((parent, name, ino)), Some((gw, o))) = (created, open) {
-            let delete_at_close = o.delete_at_close.then_some(Link { parent, name });
-            let record = OpenRecord { file: FileKey { volume: vol, view, ino }, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
-            self.register_here(gw, o.lease_ms, record).await?;
+            let file = FileKey { volume: vol, view, ino };
+            let delete_at_close = o.delete_at_close.then(|| Link { parent, name: name.clone() });
+            let record = OpenRecord { file, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
+            if let Err(e) = self.register_here(gw, o.lease_ms, record).await {
+                // The open was refused after this call made the file: the file goes again (if
+                // its name still names it), unless another open found it meanwhile.
+                if !self.opens().has_opens(file) {
+                    let undo = self.run_gated(vol, move |s| s.unlink_if(vol, view, parent, &name, ino, created_at)).await;
+                    if let Err(u) = undo {
+                        tracing::warn!(volume = %vol, ino, error = %u, "removing a file whose open was refused failed");
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(Response::new(reply))
     }
@@ -618,8 +630,8 @@ impl VolumeRpc for VolumeService {
 
     async fn allocated_ranges(&self, req: Request<RangesRequest>) -> Result<Response<RangesReply>, Status> {
         unary!(self, req, allocated_ranges, |s, vol, view, r| {
-            let ranges = s.allocated_ranges(vol, view, r.ino, r.offset, r.length)?;
-            Ok(RangesReply { ranges: ranges.into_iter().map(|(offset, length)| Range { offset, length }).collect() })
+            let (ranges, more) = s.allocated_ranges(vol, view, r.ino, r.offset, r.length)?;
+            Ok(RangesReply { ranges: ranges.into_iter().map(|(offset, length)| Range { offset, length }).collect(), more })
         })
     }
 
@@ -696,10 +708,10 @@ impl VolumeService {
         if let Err(e) = &result {
             tracing::debug!(node = gw.node, ino, error = %e, "open refused");
         }
-        // The register expired leases: their files may be due for deletion.
-        if let Err(e) = self.carry_out_deletes(crate::filetime_now()).await {
-            tracing::warn!(error = %e, "a deletion at last close failed during a register");
-        }
+        // The register expired leases: their files may be due for deletion (never waited for
+        // here: the rest are the upkeep's).
+        let due = self.opens().take_due_on(volume);
+        let _ = self.carry_out_deletes(due, false, crate::filetime_now()).await;
         result.map(|_| Done {}).map_err(open_status)
     }
 
@@ -711,30 +723,50 @@ impl VolumeService {
         }
         let gw = gateway_of(r.gateway.as_ref())?;
         let delete = link_of(r.delete_at_close.as_ref())?;
-        self.opens().release(gw, volume, r.id, delete);
-        self.carry_out_deletes(r.now).await?;
+        let due = {
+            let mut table = self.opens();
+            table.release(gw, volume, r.id, delete);
+            table.take_due_on(volume)
+        };
+        self.carry_out_deletes(due, true, r.now).await?;
         Ok(Done {})
     }
 
-    /// Deletes the files whose last open went while they were delete-pending: each name is
-    /// unlinked if it still names the file. Returns the first failure (the others are logged),
-    /// so a CLOSE that made its file's deletion due hears why it failed.
-    async fn carry_out_deletes(&self, now: u64) -> Result<(), Status> {
-        let due = self.opens().take_due();
+    /// Deletes the files whose last open went while they were delete-pending, as `due` lists
+    /// them: each name is unlinked if it still names the file (in one mutation). With
+    /// `wait_at_fence`, a deletion waits out a fence on its volume (a CLOSE waits for its own
+    /// deletion); without, it is left due for later (a register or renewal never waits on one).
+    /// One that failed for a reason that may pass is due again. Returns the first failure (the
+    /// others are logged), so a CLOSE that made its file's deletion due hears why it failed.
+    async fn carry_out_deletes(&self, due: Vec<DueDelete>, wait_at_fence: bool, now: u64) -> Result<(), Status> {
         let mut first = Ok(());
         for d in due {
-            let (vol, view, link) = (d.file.volume, d.file.view, d.link.clone());
-            let ino = d.file.ino;
-            let result = self
-                .run_gated(vol, move |s| match s.lookup(vol, view, link.parent, &link.name)? {
-                    Some(e) if e.ino == ino => s.unlink(vol, view, link.parent, &link.name, now),
-                    _ => Ok(()), // renamed or deleted meanwhile: nothing of this file to delete
-                })
-                .await;
+            let (vol, view, link, ino) = (d.file.volume, d.file.view, d.link.clone(), d.file.ino);
+            let unlink = move |s: &VolumeStore| s.unlink_if(vol, view, link.parent, &link.name, ino, now);
+            let result = match wait_at_fence {
+                true => self.run_gated(vol, unlink).await,
+                false => self.run(move |s| crate::volume::gate::refusing_at_fence(|| unlink(s))).await,
+            };
+            let kind = match &result {
+                Err(status) => status.metadata().get("umbra-error").and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+                Ok(_) => String::new(),
+            };
             match result {
-                Ok(()) => tracing::debug!(volume = %vol, ino, name = %d.link.name, "deleted at its last close"),
+                Ok(done) => {
+                    tracing::debug!(volume = %vol, ino, name = %d.link.name, renamed_or_gone = !done, "deleted at its last close");
+                    self.opens().deleted(d.file);
+                }
+                // Gone or renamed meanwhile, or a directory that is not empty: nothing to retry.
+                Err(e) if kind == "not_found" || kind == "not_empty" => {
+                    tracing::info!(volume = %vol, ino, name = %d.link.name, error = %e, "a deletion at last close did not happen");
+                    self.opens().deleted(d.file);
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
                 Err(e) => {
-                    tracing::warn!(volume = %vol, ino, name = %d.link.name, error = %e, "deleting a file at its last close failed");
+                    tracing::warn!(volume = %vol, ino, name = %d.link.name, error = %e, "deleting a file at its last close failed: it stays due");
+                    self.opens().retry(d);
                     if first.is_ok() {
                         first = Err(e);
                     }
@@ -742,6 +774,34 @@ impl VolumeService {
             }
         }
         first
+    }
+
+    /// Upkeep of the open table, now and then: drops expired leases, and carries out every
+    /// deletion due (one a fence holds up waits for the next round).
+    pub async fn opens_upkeep(&self) {
+        let due = {
+            let mut table = self.opens();
+            table.expire(self.now_ms());
+            table.take_due()
+        };
+        let _ = self.carry_out_deletes(due, false, crate::filetime_now()).await;
+    }
+
+    /// [`VolumeService::opens_upkeep`] every [`RENEW_INTERVAL_MS`](crate::opens::RENEW_INTERVAL_MS)
+    /// until `stop` turns true: deletions a fence held up, or due on a volume no gateway calls
+    /// about any more (its last one died), happen within that.
+    pub async fn run_opens_upkeep(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(crate::opens::RENEW_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.opens_upkeep().await,
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
     }
 
     pub async fn open_renew(&self, mut r: OpenRenewRequest) -> Result<OpenRenewReply, Status> {
@@ -761,10 +821,10 @@ impl VolumeService {
             table.expire(now);
             table.renew(now, gw, r.lease_ms.min(MAX_LEASE_MS), volume, r.up_to, &records).map_err(open_status)
         };
-        // Expired leases and lost releases may have made deletions due.
-        if let Err(e) = self.carry_out_deletes(crate::filetime_now()).await {
-            tracing::warn!(error = %e, "a deletion at last close failed during a renewal");
-        }
+        // Expired leases and lost releases may have made deletions due (never waited for here:
+        // a renewal late by a fence could cost the gateway its leases elsewhere).
+        let due = self.opens().take_due_on(volume);
+        let _ = self.carry_out_deletes(due, false, crate::filetime_now()).await;
         let renewed = renewed?;
         Ok(match renewed {
             Renewed::Known { dropped } => OpenRenewReply { known: true, dropped: dropped as u64, ..Default::default() },

@@ -691,6 +691,23 @@ fn sparse_files_report_allocated_ranges_and_set_info_changes_times_and_attribute
     assert_eq!((inode.created, inode.written, inode.changed, inode.attributes), (11, 4, 13, 0x20));
 }
 
+/// A deletion at last close unlinks a name only if it still names the file it was for: after
+/// a rename put another file under the name, that file stays; the file's own name goes.
+#[test]
+fn unlink_if_deletes_a_name_only_while_it_names_the_file() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let doomed = s.create(v, View::Live, ROOT_INO, "doomed", Kind::File, 1).unwrap();
+    let other = s.create(v, View::Live, ROOT_INO, "other", Kind::File, 1).unwrap();
+    s.rename(v, View::Live, ROOT_INO, "doomed", ROOT_INO, "moved", false, 2).unwrap();
+    s.rename(v, View::Live, ROOT_INO, "other", ROOT_INO, "doomed", false, 2).unwrap();
+    assert!(!s.unlink_if(v, View::Live, ROOT_INO, "doomed", doomed, 3).unwrap(), "the name now names another file");
+    assert_eq!(s.lookup(v, View::Live, ROOT_INO, "doomed").unwrap().unwrap().ino, other);
+    assert!(s.unlink_if(v, View::Live, ROOT_INO, "moved", doomed, 3).unwrap());
+    assert!(s.lookup(v, View::Live, ROOT_INO, "moved").unwrap().is_none());
+    assert!(!s.unlink_if(v, View::Live, ROOT_INO, "moved", doomed, 4).unwrap(), "already gone: nothing to do");
+}
+
 /// An allocated-ranges query reads only the range asked, and gives at most
 /// MAX_ALLOCATED_RANGES ranges, saying when more follow.
 #[test]

@@ -168,10 +168,26 @@ impl VolumeStore {
 
     /// Removes `name` from `parent`; a directory must be empty.
     pub fn unlink(&self, vol: Uuid, view: View, parent: u64, name: &str, now: u64) -> Result<()> {
+        self.unlink_where(vol, view, parent, name, None, now).map(|_| ())
+    }
+
+    /// Unlinks `name` only if it still names `ino`, in one mutation (a rename between a lookup
+    /// and an unlink cannot make it delete another file); false when it names something else
+    /// or nothing.
+    pub fn unlink_if(&self, vol: Uuid, view: View, parent: u64, name: &str, ino: u64, now: u64) -> Result<bool> {
+        self.unlink_where(vol, view, parent, name, Some(ino), now)
+    }
+
+    fn unlink_where(&self, vol: Uuid, view: View, parent: u64, name: &str, expect: Option<u64>, now: u64) -> Result<bool> {
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
-        let entry = self.lookup_in(&st, &scope, parent, name)?.ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
+        let found = self.lookup_in(&st, &scope, parent, name)?;
+        let entry = match (found, expect) {
+            (Some(e), Some(ino)) if e.ino != ino => return Ok(false),
+            (None, Some(_)) => return Ok(false),
+            (found, _) => found.ok_or_else(|| VolumeError::NotFound(name.to_string()))?,
+        };
         if entry.inode.kind == Kind::Dir && !self.list_in(&st, &scope, entry.ino, None, 1)?.is_empty() {
             return Err(VolumeError::NotEmpty);
         }
@@ -182,7 +198,7 @@ impl VolumeStore {
         dir.changed = now;
         self.put_inode(&st, &scope, &mut batch, parent, &dir, dir_key.as_deref())?;
         self.kv.write(batch, Durability::Buffered)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Removes a directory entry, its inode and (for a file) its data.
