@@ -144,19 +144,22 @@ impl GatewayOpens {
         }
     }
 
-    /// One renewal per volume where this gateway holds opens.
+    /// One renewal per volume where this gateway holds opens, all at once, each given at
+    /// most [`RENEW_INTERVAL_MS`]: an owner that is slow or gone holds up no other volume's.
     pub async fn renew(&self, service: &VolumeService) {
         let (up_to, by_volume) = renewals(&self.held());
-        for (volume, opens) in by_volume {
+        let each = by_volume.into_iter().map(|(volume, opens)| async move {
             let target = VolumeTarget { volume: volume.clone(), snapshot: String::new(), clone: String::new(), route: true };
             let req = OpenRenewRequest { target: Some(target), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
-            match service.open_renew(req).await {
-                Ok(r) if !r.known => tracing::info!(%volume, reinstated = r.reinstated, refused = r.refused, "the volume's owner did not know this gateway: opens reinstated"),
-                Ok(r) if r.dropped > 0 => tracing::info!(%volume, dropped = r.dropped, "the owner dropped opens whose release was lost"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(%volume, error = %e, "renewing this gateway's opens failed"),
+            match tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), service.open_renew(req)).await {
+                Ok(Ok(r)) if !r.known => tracing::info!(%volume, reinstated = r.reinstated, refused = r.refused, "the volume's owner did not know this gateway: opens reinstated"),
+                Ok(Ok(r)) if r.dropped > 0 => tracing::info!(%volume, dropped = r.dropped, "the owner dropped opens whose release was lost"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(%volume, error = %e, "renewing this gateway's opens failed"),
+                Err(_) => tracing::warn!(%volume, "renewing this gateway's opens took longer than the renewal interval: given up until the next"),
             }
-        }
+        });
+        futures::future::join_all(each).await;
     }
 
     /// Renews until `stop` turns true.

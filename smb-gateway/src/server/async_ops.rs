@@ -475,6 +475,23 @@ mod connection_rules {
         }
     }
 
+    /// Re-authenticating an established session is refused, and the session goes on with its
+    /// opens (it was dropped, its opens left out of the client's reach).
+    #[test]
+    fn a_session_setup_on_an_established_session_leaves_it_as_it_is() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let f = open(&mut c, &files, 1, TREE, "f.txt", false, 2);
+        let mut body = vec![25, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&(HEADER_BYTES as u16 + 24).to_le_bytes());
+        body.extend_from_slice(&2u16.to_le_bytes());
+        body.extend_from_slice(&[0; 8]);
+        body.extend_from_slice(&[0x30, 0]);
+        let (r, _) = exchange(&mut c, &files, &request(Command::SessionSetup, 2, 0, &body));
+        assert_eq!(r[0].0.status, status::NOT_SUPPORTED);
+        let (r, _) = exchange(&mut c, &files, &request(Command::Read, 3, TREE, &read(f, 10)));
+        assert_eq!(r[0].0.status, status::END_OF_FILE, "the session and its open are still there");
+    }
+
     #[test]
     fn echo_needs_no_session() {
         let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));

@@ -585,8 +585,15 @@ impl Connection {
         if h.session_id == 0 {
             return self.start_session(message, token, dialect, env);
         }
-        let Some(Session::Pending(mut pending)) = self.sessions.remove(&h.session_id) else {
-            return Reply::error(status::USER_SESSION_DELETED);
+        // Re-authenticating an established session is not offered: the session stays as it
+        // is (removing it here left its opens and waits behind, out of the client's reach).
+        let mut pending = match self.sessions.remove(&h.session_id) {
+            Some(Session::Pending(p)) => p,
+            Some(established) => {
+                self.sessions.insert(h.session_id, established);
+                return Reply { session_id: Some(h.session_id), ..Reply::error(status::NOT_SUPPORTED) };
+            }
+            None => return Reply::error(status::USER_SESSION_DELETED),
         };
         pending.preauth.update(message);
         match self.authenticate(h.session_id, &pending, token, dialect, dir, env) {
