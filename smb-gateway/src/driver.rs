@@ -29,6 +29,20 @@ pub const NOTIFIER_QUEUE_BATCHES: usize = 1024;
 
 /// Replies queued for a connection's writer; past this the reader waits for the writer.
 pub const WRITE_QUEUE_FRAMES: usize = 64;
+/// Bytes of replies queued for a connection's writer; past this the reader waits for the
+/// writer (64 large READ replies would otherwise be held for a client that does not read).
+pub const WRITE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// A reply the client does not take within this ends its connection.
+#[cfg(not(test))]
+pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+#[cfg(test)]
+pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_millis(300);
+/// A connection with no established session this long after it began is closed (one that
+/// never logs on would hold one of [`MAX_CONNECTIONS`] for ever).
+#[cfg(not(test))]
+pub const LOGON_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+#[cfg(test)]
+pub const LOGON_WITHIN: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Changes one frame made (or a peer node relayed); `lost`: changes before these were dropped
 /// on the way (watches answer STATUS_NOTIFY_ENUM_DIR).
@@ -131,6 +145,7 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
     stream.set_nodelay(true)?;
     let (reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
+    let tx = Queue { tx, budget: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES / 1024)) };
     let writer = tokio::spawn(write_frames(writer, rx).in_current_span());
     let max = max_frame_bytes(&config);
     let mut conn = Connection::new(config);
@@ -151,12 +166,13 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
 /// Reads frames, runs them through the connection, queues what it answers; meanwhile takes the
 /// node's changes when the connection watches a directory.
 /// `conn` is absent only while a frame runs on the blocking pool.
-async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: mpsc::Sender<Vec<u8>>) -> std::io::Result<()> {
+async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: Queue) -> std::io::Result<()> {
     let mut changes: Option<broadcast::Receiver<Arc<ChangeBatch>>> = None;
     // Bytes read and not yet run; the socket is read straight into it.
     let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
     // READs of files on other nodes, carried out off the connection's thread, come back here.
     let (read_tx, mut read_rx) = mpsc::channel::<(u64, Result<Vec<u8>, FsError>)>(crate::server::connection::FILE_READ_RESULTS_QUEUED);
+    let logon_by = tokio::time::Instant::now() + LOGON_WITHIN;
     loop {
         loop {
             let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -199,10 +215,10 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                 });
             }
             for f in c.take_sends() {
-                queue(&tx, f).await?;
+                tx.send(f).await?;
             }
             match outcome {
-                Outcome::Reply(reply) => queue(&tx, reply).await?,
+                Outcome::Reply(reply) => tx.send(reply).await?,
                 Outcome::NoReply => {}
                 Outcome::Close(why) => {
                     tracing::info!(%why, "closing the connection");
@@ -214,7 +230,13 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
         // for the next read.
         let want = frame::announced_bytes(&buf).map_or(READ_CHUNK_BYTES, |n| n.saturating_sub(buf.len()).max(READ_CHUNK_BYTES));
         buf.reserve(want);
+        let logged_on = conn.as_ref().is_some_and(Connection::logged_on);
         tokio::select! {
+            _ = tokio::time::sleep_until(logon_by), if !logged_on => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no session established within {} s", LOGON_WITHIN.as_secs())));
+            }
+            // The writer ended (the client stopped taking replies): so does the connection.
+            _ = tx.tx.closed() => return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection's writer ended")),
             n = reader.read_buf(&mut buf) => {
                 if n? == 0 {
                     return Ok(());
@@ -224,7 +246,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
                 c.finish_file_read(async_id, result);
                 for f in c.take_sends() {
-                    queue(&tx, f).await?;
+                    tx.send(f).await?;
                 }
             }
             got = next_changes(&mut changes) => {
@@ -243,7 +265,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                     Err(broadcast::error::RecvError::Closed) => changes = None,
                 }
                 for f in c.take_sends() {
-                    queue(&tx, f).await?;
+                    tx.send(f).await?;
                 }
             }
         }
@@ -265,21 +287,40 @@ async fn next_changes(rx: &mut Option<broadcast::Receiver<Arc<ChangeBatch>>>) ->
     }
 }
 
-async fn queue(tx: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) -> std::io::Result<()> {
-    tx.send(frame).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection's writer ended"))
+/// A connection's replies on their way to its writer, bounded in frames and in bytes.
+struct Queue {
+    tx: mpsc::Sender<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>,
+    /// [`WRITE_QUEUE_BYTES`] in KiB.
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Queue {
+    async fn send(&self, frame: Vec<u8>) -> std::io::Result<()> {
+        let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection's writer ended");
+        // A reply larger than the whole budget waits for all of it.
+        let kib = frame.len().div_ceil(1024).min(WRITE_QUEUE_BYTES / 1024) as u32;
+        let permit = self.budget.clone().acquire_many_owned(kib).await.map_err(|_| gone())?;
+        self.tx.send((frame, permit)).await.map_err(|_| gone())
+    }
 }
 
 /// Writes queued replies, each with its transport header, in order.
-async fn write_frames(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> {
-    while let Some(reply) = rx.recv().await {
+async fn write_frames(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>) -> std::io::Result<()> {
+    while let Some((reply, _queued)) = rx.recv().await {
         let head = frame::frame_header(reply.len()).map_err(|e| std::io::Error::other(e.to_string()))?;
-        if reply.len() <= SMALL_REPLY_BYTES {
-            // One segment for small replies.
-            writer.write_all(&[head.as_slice(), &reply].concat()).await?;
-        } else {
-            // Large ones go as they are: no copy of the body.
-            writer.write_all(&head).await?;
-            writer.write_all(&reply).await?;
+        let written = async {
+            if reply.len() <= SMALL_REPLY_BYTES {
+                // One segment for small replies.
+                writer.write_all(&[head.as_slice(), &reply].concat()).await
+            } else {
+                // Large ones go as they are: no copy of the body.
+                writer.write_all(&head).await?;
+                writer.write_all(&reply).await
+            }
+        };
+        match tokio::time::timeout(WRITE_STALL, written).await {
+            Ok(done) => done?,
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the client took no reply for {} s", WRITE_STALL.as_secs()))),
         }
     }
     writer.shutdown().await
@@ -338,6 +379,47 @@ mod tests {
         fn release_open(&self, _: u64) {
             self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// A connection that never logs on is closed after LOGON_WITHIN.
+    #[tokio::test]
+    async fn a_connection_that_never_logs_on_is_closed() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, testkit::config(), Arc::new(testkit::Dir), Arc::new(MemFiles::with_dirs(&[])), notifier()));
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(LOGON_WITHIN * 10, client.read(&mut byte)).await.expect("closed in time");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        server.abort();
+    }
+
+    /// Replies wait for room in the writer's byte budget, and a client that takes no reply
+    /// for WRITE_STALL ends the writer.
+    #[tokio::test]
+    async fn the_write_queue_is_bounded_in_bytes_and_a_stalled_client_ends_the_writer() {
+        let (tx, mut rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
+        let queue = Queue { tx, budget: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES / 1024)) };
+        queue.send(vec![0; WRITE_QUEUE_BYTES]).await.unwrap();
+        let second = queue.send(vec![0; 1024]);
+        tokio::pin!(second);
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(100), &mut second).await.is_err(), "no room until the first is written");
+        let first = rx.recv().await.unwrap();
+        drop(first);
+        second.await.unwrap();
+        // A client that reads nothing: the writer gives up.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let (_, writer) = socket.into_split();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
+        let queue = Queue { tx, budget: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES / 1024)) };
+        queue.send(vec![0; 15 << 20]).await.unwrap();
+        queue.send(vec![0; 15 << 20]).await.unwrap();
+        drop(queue);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), write_frames(writer, rx)).await.expect("the writer gave up");
+        assert_eq!(ended.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
     }
 
     /// A panic while a frame runs closes that connection (it is not lost with the task), and

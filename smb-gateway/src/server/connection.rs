@@ -181,6 +181,11 @@ impl Connection {
         self.sessions.clear();
     }
 
+    /// Whether a session has been established (a user logged on).
+    pub fn logged_on(&self) -> bool {
+        self.sessions.values().any(|s| matches!(s, Session::Established(_)))
+    }
+
     /// Records the client's address (IP without the port).
     pub fn set_peer(&mut self, peer: &str) {
         self.peer = peer.to_string();
