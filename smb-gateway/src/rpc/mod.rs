@@ -17,8 +17,9 @@ use umbra_raft::fsrvp::FsrvpError;
 
 /// Bytes one pipe buffers for the client at most; beyond, the connection is refused the call.
 pub const MAX_PIPE_OUTPUT_BYTES: usize = 1 << 20;
-/// Largest request stub reassembled from fragments.
-pub const MAX_STUB_BYTES: usize = 4 << 20;
+/// Largest request stub reassembled from fragments (srvsvc's and FSRVP's requests are a few
+/// hundred bytes).
+pub const MAX_STUB_BYTES: usize = 1 << 20;
 /// The fragment size this server offers and accepts.
 pub const MAX_FRAGMENT_BYTES: u16 = 5840;
 

@@ -492,6 +492,20 @@ mod connection_rules {
         assert_eq!(r[0].0.status, status::END_OF_FILE, "the session and its open are still there");
     }
 
+    /// Named pipes per connection are bounded (each may buffer a stub and replies); a closed
+    /// one makes room.
+    #[test]
+    fn pipes_per_connection_are_bounded() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let max = crate::server::ops::MAX_PIPES_PER_CONNECTION as u64;
+        let pipes: Vec<u64> = (0..max).map(|i| open(&mut c, &files, 1 + i, IPC, "srvsvc", false, 1)).collect();
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 1 + max, IPC, &create("srvsvc", false, 1)));
+        assert_eq!(r[0].0.status, status::REQUEST_NOT_ACCEPTED);
+        let (r, _) = exchange(&mut c, &files, &request(Command::Close, 2 + max, IPC, &close(pipes[0])));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        open(&mut c, &files, 3 + max, IPC, "srvsvc", false, 1);
+    }
+
     #[test]
     fn echo_needs_no_session() {
         let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));

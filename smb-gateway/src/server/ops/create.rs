@@ -51,6 +51,9 @@ impl Connection {
             return Reply::error(status::REQUEST_NOT_ACCEPTED);
         }
         if ipc {
+            if self.opens.values().filter(|o| o.pipe.is_some()).count() >= super::MAX_PIPES_PER_CONNECTION {
+                return Reply::error(status::REQUEST_NOT_ACCEPTED);
+            }
             return self.open_pipe(h, &path, access, dir);
         }
         // Previous Versions: an @GMT path component or a TWrp context opens a shadow copy.

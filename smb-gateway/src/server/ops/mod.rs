@@ -20,6 +20,10 @@ use crate::smb2::status;
 
 /// Opens one connection may hold.
 pub const MAX_OPENS_PER_CONNECTION: usize = 4096;
+/// Named-pipe opens per connection, within [`MAX_OPENS_PER_CONNECTION`]: each may buffer a
+/// request stub and replies ([`crate::rpc::MAX_STUB_BYTES`], [`crate::rpc::MAX_PIPE_OUTPUT_BYTES`]),
+/// so this bounds what one connection's pipes hold (32 × 2 MiB).
+pub const MAX_PIPES_PER_CONNECTION: usize = 32;
 /// Entries one directory listing round asks storage for.
 const LIST_BATCH: u32 = 256;
 
