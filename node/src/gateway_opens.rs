@@ -150,9 +150,28 @@ impl GatewayOpens {
         let (up_to, by_volume) = renewals(&self.held());
         let each = by_volume.into_iter().map(|(volume, opens)| async move {
             let target = VolumeTarget { volume: volume.clone(), snapshot: String::new(), clone: String::new(), route: true };
-            let req = OpenRenewRequest { target: Some(target), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
+            let listed: Vec<u64> = opens.iter().map(|h| h.id).collect();
+            let req = OpenRenewRequest { target: Some(target.clone()), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
             match tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), service.open_renew(req)).await {
-                Ok(Ok(r)) if !r.known => tracing::info!(%volume, reinstated = r.reinstated, refused = r.refused, "the volume's owner did not know this gateway: opens reinstated"),
+                Ok(Ok(r)) if !r.known => {
+                    tracing::info!(%volume, reinstated = r.reinstated, refused = r.refused, "the volume's owner did not know this gateway: opens reinstated");
+                    // An open closed after the list was taken may have been released before
+                    // this renewal reinstated it: release it again.
+                    let gone: Vec<u64> = {
+                        let held = self.held();
+                        listed.into_iter().filter(|id| !held.opens.contains_key(id)).collect()
+                    };
+                    let again = async {
+                        for id in gone {
+                            let req = OpenReleaseRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, delete_at_close: None, now: crate::filetime_now() };
+                            if let Err(e) = service.open_release(req).await {
+                                tracing::debug!(%volume, id, error = %e, "releasing again an open closed during a renewal");
+                            }
+                        }
+                    };
+                    // Whatever is left goes at the next renewal, which no longer lists it.
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), again).await;
+                }
                 Ok(Ok(r)) if r.dropped > 0 => tracing::info!(%volume, dropped = r.dropped, "the owner dropped opens whose release was lost"),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(%volume, error = %e, "renewing this gateway's opens failed"),

@@ -26,7 +26,8 @@
 //! released with a delete disposition, makes its file delete-pending when it goes (closed, or
 //! dropped with its gateway's lease); new opens of a delete-pending file are refused
 //! (STATUS_DELETE_PENDING), and when the file's last open goes the table hands the deletion to
-//! the owner ([`OpenTable::take_due_on`]), which unlinks the name if it still names the file.
+//! the owner ([`OpenTable::take_due`], [`OpenTable::take_due_of`]), which unlinks the name if it
+//! still names the file.
 //! The file stays delete-pending until the owner says the deletion is done
 //! ([`OpenTable::deleted`]); one that failed for a reason that may pass (a fence, a full disk)
 //! is due again ([`OpenTable::retry`]).
@@ -264,28 +265,45 @@ impl OpenTable {
     /// Releases one open (a CLOSE); unknown opens and other incarnations are ignored.
     /// `delete`: the open's disposition asks for the file's deletion (the file becomes
     /// delete-pending; due at once if this was its last open).
-    pub fn release(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) {
-        let Some(v) = self.volumes.get_mut(&volume) else { return };
-        let Some(lease) = v.leases.get_mut(&gw.node).filter(|l| l.incarnation == gw.incarnation) else { return };
-        if let Some(file) = lease.opens.remove(&id) {
-            if let Some(link) = delete {
-                if let Some(h) = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
-                    h.delete_at_close = Some(link);
-                }
+    /// Returns the file of the open released (None when it was not held).
+    pub fn release(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) -> Option<FileKey> {
+        let v = self.volumes.get_mut(&volume)?;
+        let lease = v.leases.get_mut(&gw.node).filter(|l| l.incarnation == gw.incarnation)?;
+        let file = lease.opens.remove(&id)?;
+        if let Some(link) = delete {
+            if let Some(h) = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
+                h.delete_at_close = Some(link);
             }
-            v.unhold(volume, file, gw.node, id);
         }
+        v.unhold(volume, file, gw.node, id);
+        Some(FileKey { volume, view: file.0, ino: file.1 })
+    }
+
+    /// The deletion due of `file`, if any (a CLOSE carries out its own file's deletion).
+    pub fn take_due_of(&mut self, file: FileKey) -> Vec<DueDelete> {
+        let Some(v) = self.volumes.get_mut(&file.volume) else { return Vec::new() };
+        let (mine, rest) = std::mem::take(&mut v.due).into_iter().partition(|d| d.file == file);
+        v.due = rest;
+        mine
+    }
+
+    /// A file this owner just made whose open was refused: unless another open holds it
+    /// already, it becomes delete-pending now (new opens are refused) and its deletion due.
+    /// Returns that deletion.
+    pub fn doom(&mut self, file: FileKey, link: Link) -> Option<DueDelete> {
+        let v = self.volumes.entry(file.volume).or_default();
+        let f = v.files.entry((file.view, file.ino)).or_default();
+        if !f.held.is_empty() {
+            return None;
+        }
+        f.pending = Some(link.clone());
+        Some(DueDelete { file, link })
     }
 
     /// Deletions that became due, on every volume (the owner carries them out, then says so
     /// with [`OpenTable::deleted`] or [`OpenTable::retry`]).
     pub fn take_due(&mut self) -> Vec<DueDelete> {
         self.volumes.values_mut().flat_map(|v| std::mem::take(&mut v.due)).collect()
-    }
-
-    /// Deletions that became due on `volume`.
-    pub fn take_due_on(&mut self, volume: Uuid) -> Vec<DueDelete> {
-        self.volumes.get_mut(&volume).map(|v| std::mem::take(&mut v.due)).unwrap_or_default()
     }
 
     /// A due deletion is over (the file is gone, or its name no longer names it): the file is
@@ -349,11 +367,6 @@ impl OpenTable {
             v.expire(*volume, now_ms);
         }
         self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty() || !v.files.is_empty());
-    }
-
-    /// Whether any gateway holds an open of `file`.
-    pub fn has_opens(&self, file: FileKey) -> bool {
-        self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino))).is_some_and(|f| !f.held.is_empty())
     }
 
     /// Opens held on `volume`, from every gateway.
@@ -561,16 +574,35 @@ mod tests {
         assert!(t.take_due().is_empty(), "another open holds the file");
         assert_eq!(t.register(1, A, LEASE_MS, reader(5, 2)), Err(OpenError::DeletePending));
         t.release(B, VOL, 1, None);
-        let due = t.take_due_on(VOL);
+        let due = t.take_due_of(file(5));
         assert_eq!(due, vec![DueDelete { file: file(5), link: Link { parent: 1, name: "f5".into() } }]);
         assert!(t.take_due().is_empty(), "handed out once");
         assert_eq!(t.register(2, A, LEASE_MS, reader(5, 3)), Err(OpenError::DeletePending), "pending until the owner has deleted it");
         // A deletion that failed for a while is due again, the file still pending.
         t.retry(due[0].clone());
         assert_eq!(t.register(2, A, LEASE_MS, reader(5, 3)), Err(OpenError::DeletePending));
-        assert_eq!(t.take_due_on(VOL), due);
+        assert_eq!(t.take_due_of(file(5)), due);
         t.deleted(file(5));
         t.register(2, A, LEASE_MS, reader(5, 3)).unwrap();
+    }
+
+    /// A file the owner made for an open it then refused is doomed: new opens are refused until
+    /// it is deleted, unless another open got it first. A CLOSE takes only its own file's
+    /// deletion; others stay due.
+    #[test]
+    fn a_doomed_file_refuses_new_opens_and_a_close_takes_only_its_own_deletion() {
+        let mut t = OpenTable::default();
+        let d = t.doom(file(5), Link { parent: 1, name: "f5".into() }).unwrap();
+        assert_eq!(t.register(0, A, LEASE_MS, reader(5, 1)), Err(OpenError::DeletePending));
+        t.deleted(d.file);
+        t.register(0, A, LEASE_MS, reader(5, 1)).unwrap();
+        assert!(t.doom(file(5), Link { parent: 1, name: "f5".into() }).is_none(), "held by an open: not doomed");
+        t.register(0, B, LEASE_MS, doomed(6, 1)).unwrap();
+        t.expire(LEASE_MS + 1); // B's lease goes: file 6 is due
+        t.register(LEASE_MS + 1, A, LEASE_MS, open(7, 2, DELETE, SHARE_ALL)).unwrap();
+        let released = t.release(A, VOL, 2, Some(Link { parent: 1, name: "f7".into() })).unwrap();
+        assert_eq!(t.take_due_of(released).iter().map(|d| d.file.ino).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(t.take_due().iter().map(|d| d.file.ino).collect::<Vec<_>>(), vec![6], "the other deletion stays due");
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl Files for VolumeFiles {
     fn lookup(&self, share: &str, path: &str) -> Result<FileInfo, FsError> {
         let (target, root) = self.target(share)?;
         let full = in_volume(&root, path);
-        let name = path.rsplit('\\').next().unwrap_or("").to_string();
+        let name = path.rsplit(['\\', '/']).next().unwrap_or("").to_string();
         let reply = self.call(self.service.resolve(tonic::Request::new(ResolveRequest { target: Some(target), path: full, ..Default::default() })))?;
         info(reply.entry, &name)
     }
@@ -208,7 +208,7 @@ impl Files for VolumeFiles {
     fn open_path(&self, share: &str, path: &str, create: Option<NewFile>) -> Result<Looked, FsError> {
         let (target, root) = self.target(share)?;
         let full = in_volume(&root, path);
-        let name = path.rsplit('\\').next().unwrap_or("");
+        let name = path.rsplit(['\\', '/']).next().unwrap_or("");
         let mut req = ResolveRequest { target: Some(target.clone()), path: full, with_parent: true, create: create.map(|n| CreateIfMissing { directory: n.directory, now: n.now, open: None }) };
         let (reply, registration) = match create.and_then(|n| n.mode.map(|m| (m, n.delete_at_close))) {
             Some((mode, delete_at_close)) => self.wait(self.opens.open_new(&target, mode, delete_at_close, |open| {

@@ -113,7 +113,13 @@ fn gateway_of(g: Option<&GatewayIncarnation>) -> Result<Gateway, Status> {
 fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
     let t = VolumeTarget { volume: volume.to_string(), snapshot: h.snapshot.clone(), clone: h.clone.clone(), route: false };
     let (_, view, _) = target_of(Some(&t))?;
-    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close: link_of(h.delete_at_close.as_ref())? })
+    // A link no file can have is left out rather than refusing the whole renewal (which
+    // would cost the gateway every open it holds on the volume).
+    let delete_at_close = link_of(h.delete_at_close.as_ref()).unwrap_or_else(|e| {
+        tracing::warn!(%volume, ino = h.ino, error = %e.message(), "a renewal lists an open whose delete-on-close link is not a file name: kept without it");
+        None
+    });
+    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close })
 }
 
 /// A resolve's answer with the parent: the entry when found, and its parent.
@@ -485,10 +491,11 @@ impl VolumeRpc for VolumeService {
             let record = OpenRecord { file, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
             if let Err(e) = self.register_here(gw, o.lease_ms, record).await {
                 // The open was refused after this call made the file: the file goes again (if
-                // its name still names it), unless another open found it meanwhile.
-                if !self.opens().has_opens(file) {
-                    let undo = self.run_gated(vol, move |s| s.unlink_if(vol, view, parent, &name, ino, created_at)).await;
-                    if let Err(u) = undo {
+                // its name still names it), unless another open holds it already; meanwhile it
+                // is delete-pending, so no new open gets it.
+                let doomed = self.opens().doom(file, Link { parent, name });
+                if let Some(d) = doomed {
+                    if let Err(u) = self.carry_out_deletes(vec![d], true, created_at).await {
                         tracing::warn!(volume = %vol, ino, error = %u, "removing a file whose open was refused failed");
                     }
                 }
@@ -708,10 +715,6 @@ impl VolumeService {
         if let Err(e) = &result {
             tracing::debug!(node = gw.node, ino, error = %e, "open refused");
         }
-        // The register expired leases: their files may be due for deletion (never waited for
-        // here: the rest are the upkeep's).
-        let due = self.opens().take_due_on(volume);
-        let _ = self.carry_out_deletes(due, false, crate::filetime_now()).await;
         result.map(|_| Done {}).map_err(open_status)
     }
 
@@ -723,10 +726,12 @@ impl VolumeService {
         }
         let gw = gateway_of(r.gateway.as_ref())?;
         let delete = link_of(r.delete_at_close.as_ref())?;
+        // The CLOSE carries out its own file's deletion, if this was its last open; any other
+        // due on the volume is the upkeep's.
         let due = {
             let mut table = self.opens();
-            table.release(gw, volume, r.id, delete);
-            table.take_due_on(volume)
+            let file = table.release(gw, volume, r.id, delete);
+            file.map(|f| table.take_due_of(f)).unwrap_or_default()
         };
         self.carry_out_deletes(due, true, r.now).await?;
         Ok(Done {})
@@ -735,38 +740,50 @@ impl VolumeService {
     /// Deletes the files whose last open went while they were delete-pending, as `due` lists
     /// them: each name is unlinked if it still names the file (in one mutation). With
     /// `wait_at_fence`, a deletion waits out a fence on its volume (a CLOSE waits for its own
-    /// deletion); without, it is left due for later (a register or renewal never waits on one).
-    /// One that failed for a reason that may pass is due again. Returns the first failure (the
-    /// others are logged), so a CLOSE that made its file's deletion due hears why it failed.
+    /// deletion); without, it is left due for later. One that failed for a reason that may pass
+    /// (a fence, busy, a full disk) is due again, and so is any not carried out when the call is
+    /// dropped midway (a CLOSE whose gateway went away while it waited at a fence). Returns the
+    /// first failure (the others are logged), so a CLOSE hears why its file's deletion failed.
     async fn carry_out_deletes(&self, due: Vec<DueDelete>, wait_at_fence: bool, now: u64) -> Result<(), Status> {
+        /// Deletions not settled yet: due again if the call ends before they are.
+        struct Unsettled<'a>(&'a VolumeService, Vec<DueDelete>);
+        impl Drop for Unsettled<'_> {
+            fn drop(&mut self) {
+                let left = std::mem::take(&mut self.1);
+                if !left.is_empty() {
+                    let mut table = self.0.opens();
+                    left.into_iter().for_each(|d| table.retry(d));
+                }
+            }
+        }
+        let mut left = Unsettled(self, due);
         let mut first = Ok(());
-        for d in due {
+        while let Some(d) = left.1.last().cloned() {
             let (vol, view, link, ino) = (d.file.volume, d.file.view, d.link.clone(), d.file.ino);
             let unlink = move |s: &VolumeStore| s.unlink_if(vol, view, link.parent, &link.name, ino, now);
             let result = match wait_at_fence {
                 true => self.run_gated(vol, unlink).await,
                 false => self.run(move |s| crate::volume::gate::refusing_at_fence(|| unlink(s))).await,
             };
-            let kind = match &result {
-                Err(status) => status.metadata().get("umbra-error").and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
-                Ok(_) => String::new(),
-            };
+            left.1.pop();
+            let transient = result.as_ref().err().and_then(|e| e.metadata().get("umbra-error")).is_some_and(|k| k == "busy" || k == "disk_full");
             match result {
                 Ok(done) => {
                     tracing::debug!(volume = %vol, ino, name = %d.link.name, renamed_or_gone = !done, "deleted at its last close");
                     self.opens().deleted(d.file);
                 }
-                // Gone or renamed meanwhile, or a directory that is not empty: nothing to retry.
-                Err(e) if kind == "not_found" || kind == "not_empty" => {
-                    tracing::info!(volume = %vol, ino, name = %d.link.name, error = %e, "a deletion at last close did not happen");
-                    self.opens().deleted(d.file);
+                Err(e) if transient => {
+                    tracing::warn!(volume = %vol, ino, name = %d.link.name, error = %e, "deleting a file at its last close failed for now: it stays due");
+                    self.opens().retry(d);
                     if first.is_ok() {
                         first = Err(e);
                     }
                 }
+                // Anything else will not pass by trying again (a directory not empty, a sealed
+                // clone, the file gone): the deletion is over.
                 Err(e) => {
-                    tracing::warn!(volume = %vol, ino, name = %d.link.name, error = %e, "deleting a file at its last close failed: it stays due");
-                    self.opens().retry(d);
+                    tracing::warn!(volume = %vol, ino, name = %d.link.name, error = %e, "a deletion at last close did not happen");
+                    self.opens().deleted(d.file);
                     if first.is_ok() {
                         first = Err(e);
                     }
@@ -821,10 +838,6 @@ impl VolumeService {
             table.expire(now);
             table.renew(now, gw, r.lease_ms.min(MAX_LEASE_MS), volume, r.up_to, &records).map_err(open_status)
         };
-        // Expired leases and lost releases may have made deletions due (never waited for here:
-        // a renewal late by a fence could cost the gateway its leases elsewhere).
-        let due = self.opens().take_due_on(volume);
-        let _ = self.carry_out_deletes(due, false, crate::filetime_now()).await;
         let renewed = renewed?;
         Ok(match renewed {
             Renewed::Known { dropped } => OpenRenewReply { known: true, dropped: dropped as u64, ..Default::default() },

@@ -32,11 +32,15 @@ pub const WRITE_QUEUE_FRAMES: usize = 64;
 /// Bytes of replies queued for a connection's writer; past this the reader waits for the
 /// writer (64 large READ replies would otherwise be held for a client that does not read).
 pub const WRITE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
-/// A reply the client does not take within this ends its connection.
+/// A client that takes no part of a reply for this long ends its connection (replies go out
+/// in pieces of [`WRITE_PIECE_BYTES`], each given this long: a slow client that keeps reading
+/// is not cut off).
 #[cfg(not(test))]
 pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 #[cfg(test)]
 pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_millis(300);
+/// What one write of a large reply hands the socket at most.
+const WRITE_PIECE_BYTES: usize = 1 << 20;
 /// A connection with no established session this long after it began is closed (one that
 /// never logs on would hold one of [`MAX_CONNECTIONS`] for ever).
 #[cfg(not(test))]
@@ -173,6 +177,9 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
     // READs of files on other nodes, carried out off the connection's thread, come back here.
     let (read_tx, mut read_rx) = mpsc::channel::<(u64, Result<Vec<u8>, FsError>)>(crate::server::connection::FILE_READ_RESULTS_QUEUED);
     let logon_by = tokio::time::Instant::now() + LOGON_WITHIN;
+    // Once a session was established, the deadline is over (a later LOGOFF and logon again
+    // are the client's business).
+    let mut logged_on_once = false;
     loop {
         loop {
             let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -230,9 +237,9 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
         // for the next read.
         let want = frame::announced_bytes(&buf).map_or(READ_CHUNK_BYTES, |n| n.saturating_sub(buf.len()).max(READ_CHUNK_BYTES));
         buf.reserve(want);
-        let logged_on = conn.as_ref().is_some_and(Connection::logged_on);
+        logged_on_once = logged_on_once || conn.as_ref().is_some_and(Connection::logged_on);
         tokio::select! {
-            _ = tokio::time::sleep_until(logon_by), if !logged_on => {
+            _ = tokio::time::sleep_until(logon_by), if !logged_on_once => {
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no session established within {} s", LOGON_WITHIN.as_secs())));
             }
             // The writer ended (the client stopped taking replies): so does the connection.
@@ -308,19 +315,16 @@ impl Queue {
 async fn write_frames(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>) -> std::io::Result<()> {
     while let Some((reply, _queued)) = rx.recv().await {
         let head = frame::frame_header(reply.len()).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let written = async {
-            if reply.len() <= SMALL_REPLY_BYTES {
-                // One segment for small replies.
-                writer.write_all(&[head.as_slice(), &reply].concat()).await
-            } else {
-                // Large ones go as they are: no copy of the body.
-                writer.write_all(&head).await?;
-                writer.write_all(&reply).await
+        let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the client took nothing for {} s", WRITE_STALL.as_secs()));
+        if reply.len() <= SMALL_REPLY_BYTES {
+            // One segment for small replies.
+            tokio::time::timeout(WRITE_STALL, writer.write_all(&[head.as_slice(), &reply].concat())).await.map_err(|_| stalled())??;
+        } else {
+            // Large ones go as they are (no copy of the body), a piece at a time.
+            tokio::time::timeout(WRITE_STALL, writer.write_all(&head)).await.map_err(|_| stalled())??;
+            for piece in reply.chunks(WRITE_PIECE_BYTES) {
+                tokio::time::timeout(WRITE_STALL, writer.write_all(piece)).await.map_err(|_| stalled())??;
             }
-        };
-        match tokio::time::timeout(WRITE_STALL, written).await {
-            Ok(done) => done?,
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the client took no reply for {} s", WRITE_STALL.as_secs()))),
         }
     }
     writer.shutdown().await
