@@ -637,8 +637,8 @@ impl VolumeRpc for VolumeService {
 
     async fn allocated_ranges(&self, req: Request<RangesRequest>) -> Result<Response<RangesReply>, Status> {
         unary!(self, req, allocated_ranges, |s, vol, view, r| {
-            let (ranges, more) = s.allocated_ranges(vol, view, r.ino, r.offset, r.length)?;
-            Ok(RangesReply { ranges: ranges.into_iter().map(|(offset, length)| Range { offset, length }).collect(), more })
+            let (ranges, more_from) = s.allocated_ranges(vol, view, r.ino, r.offset, r.length)?;
+            Ok(RangesReply { ranges: ranges.into_iter().map(|(offset, length)| Range { offset, length }).collect(), more_from: more_from.unwrap_or(0) })
         })
     }
 

@@ -42,8 +42,11 @@ fn upkeep(node: NodeId, store: &VolumeStore, meta: &MetaReader, step_entries: us
         tracing::info!(volume = %vol, "created volume");
     }
     for vol in store.volumes() {
-        // One bounded step per volume per round, so no volume starves the others.
-        store.reclaim_step(vol, step_entries)?;
+        // One bounded step per volume per round, so no volume starves the others; one whose
+        // step fails holds up no other.
+        if let Err(e) = store.reclaim_step(vol, step_entries) {
+            tracing::error!(volume = %vol, error = %e, "a reclaim step failed; retried next round");
+        }
     }
     Ok(())
 }

@@ -16,9 +16,10 @@ use super::keys::{self, dead, Lineage, LIVE};
 use super::store::*;
 use super::types::*;
 
-/// Ranges one allocated-ranges answer gives at most (16 bytes each on the wire: 1 MiB); the
-/// caller asks again for the rest.
-pub const MAX_ALLOCATED_RANGES: usize = 65_536;
+/// Chunks one allocated-ranges answer looks at, at most (4 GiB of file): what it collects
+/// under the volume lock, and the ranges it gives (half as many at most, 16 bytes each on the
+/// wire), stay bounded whatever range is asked.
+pub const MAX_ALLOCATED_SCAN_CHUNKS: u64 = 65_536;
 
 /// Bytes of the CRC32C after a chunk's data.
 pub(super) const CHUNK_CRC_BYTES: usize = 4;
@@ -222,17 +223,24 @@ impl VolumeStore {
     }
 
     /// The ranges of `offset..offset+len` that hold data (FSCTL_QUERY_ALLOCATED_RANGES), in
-    /// whole chunks, merged where adjacent; holes are left out. Only the chunks of the range
-    /// asked are read, and at most [`MAX_ALLOCATED_RANGES`] ranges are given: `true` with them
-    /// says more follow (ask again from the end of the last).
-    pub fn allocated_ranges(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<(Vec<(u64, u64)>, bool)> {
+    /// whole chunks, merged where adjacent; holes are left out. One answer looks at no more
+    /// than [`MAX_ALLOCATED_SCAN_CHUNKS`] chunks; with less than the whole range answered, it
+    /// also gives the offset to ask again from.
+    pub fn allocated_ranges(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<(Vec<(u64, u64)>, Option<u64>)> {
         let entry = self.volume(vol)?;
         let st = Self::lock(&entry);
         let scope = Self::scope(&st, view)?;
         let (inode, _) = self.inode_req(vol, &scope, ino)?;
-        let end = offset.saturating_add(len).min(inode.size);
+        let mut end = offset.saturating_add(len).min(inode.size);
+        let first = offset / CHUNK_BYTES;
+        let until = end.div_ceil(CHUNK_BYTES).min(first.saturating_add(MAX_ALLOCATED_SCAN_CHUNKS));
+        let mut resume = None;
+        if until.saturating_mul(CHUNK_BYTES) < end {
+            end = until * CHUNK_BYTES;
+            resume = Some(end);
+        }
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for (index, _) in self.visible_chunks(&st, &scope, ino, inode.generation, offset / CHUNK_BYTES, end.div_ceil(CHUNK_BYTES))? {
+        for (index, _) in self.visible_chunks(&st, &scope, ino, inode.generation, first, until)? {
             let start = (index * CHUNK_BYTES).max(offset);
             if start >= end {
                 break;
@@ -240,15 +248,10 @@ impl VolumeStore {
             let stop = ((index + 1) * CHUNK_BYTES).min(end);
             match out.last_mut() {
                 Some((s, l)) if *s + *l == start => *l += stop - start,
-                _ => {
-                    if out.len() == MAX_ALLOCATED_RANGES {
-                        return Ok((out, true));
-                    }
-                    out.push((start, stop - start));
-                }
+                _ => out.push((start, stop - start)),
             }
         }
-        Ok((out, false))
+        Ok((out, resume))
     }
 
     /// Chunks of a generation from index `from` up to (not including) `until` that hold data in

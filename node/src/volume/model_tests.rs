@@ -582,6 +582,76 @@ fn a_fence_left_by_its_caller_expires_and_its_release_says_so() {
     assert_eq!(s.release(v, 1).unwrap().0, Released::Expired);
 }
 
+/// In a writable clone, a base name the clone deleted neither takes a place in a listing's page
+/// nor makes a directory look empty.
+#[test]
+fn a_clone_lists_page_by_page_past_names_it_deleted_and_keeps_a_directory_with_base_names() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    for name in ["a", "b", "c"] {
+        s.create(v, View::Live, ROOT_INO, name, Kind::File, 1).unwrap();
+    }
+    let d = s.create(v, View::Live, ROOT_INO, "d", Kind::Dir, 1).unwrap();
+    s.create(v, View::Live, d, "x", Kind::File, 1).unwrap();
+    s.create(v, View::Live, d, "y", Kind::File, 1).unwrap();
+    let snap = Uuid::new_v4();
+    s.snapshot_create(v, snap, 2).unwrap();
+    let clone = Uuid::new_v4();
+    s.clone_create(v, snap, clone).unwrap();
+    let c = View::Clone(clone);
+    s.unlink(v, c, ROOT_INO, "a", 3).unwrap();
+    s.create(v, c, ROOT_INO, "z", Kind::File, 3).unwrap();
+    let names = |after: Option<&str>| s.list(v, c, ROOT_INO, after, 2).unwrap().into_iter().map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(names(None), vec!["b", "c"]);
+    assert_eq!(names(Some("c")), vec!["d", "z"]);
+    s.unlink(v, c, d, "x", 4).unwrap();
+    assert!(matches!(s.unlink(v, c, ROOT_INO, "d", 4), Err(VolumeError::NotEmpty)), "y is still in it");
+}
+
+/// A snapshot or clone deletion whose write fails changes nothing, in memory either: the
+/// snapshot still pins what it reads (a later write must not retire its versions), and the
+/// deletion can be tried again.
+#[test]
+fn a_snapshot_or_clone_deletion_whose_write_fails_changes_nothing() {
+    let (_dir, w) = world_on(Engine::Mem);
+    let (s, v, mem) = (&w.store, w.vol, w.mem.clone().unwrap());
+    let ino = s.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    s.write(v, View::Live, ino, 0, b"before", 2).unwrap();
+    let snap = Uuid::new_v4();
+    s.snapshot_create(v, snap, 3).unwrap();
+    let clone = Uuid::new_v4();
+    s.clone_create(v, snap, clone).unwrap();
+    mem.fail_writes_for_tests(1);
+    assert!(matches!(s.snapshot_delete(v, snap), Err(VolumeError::DiskFull(_))));
+    mem.fail_writes_for_tests(1);
+    assert!(matches!(s.clone_delete(v, clone), Err(VolumeError::DiskFull(_))));
+    assert_eq!(s.snapshots(v).unwrap().iter().find(|i| i.id == snap).unwrap().state, SnapshotState::Committed);
+    assert!(s.clones(v).unwrap().iter().any(|c| c.id == clone));
+    // A later live write keeps what the snapshot and the clone read.
+    s.write(v, View::Live, ino, 0, b"after!", 4).unwrap();
+    assert_eq!(s.read(v, View::Snapshot(snap), ino, 0, 6).unwrap(), b"before");
+    assert_eq!(s.read(v, View::Clone(clone), ino, 0, 6).unwrap(), b"before");
+    s.clone_delete(v, clone).unwrap();
+    s.snapshot_delete(v, snap).unwrap();
+    assert_eq!(s.snapshots(v).unwrap().iter().find(|i| i.id == snap).unwrap().state, SnapshotState::Deleting);
+}
+
+/// A release for a token no fence was raised with (the fence call failed on its way) is
+/// refused, and the fence, if it arrives after, is refused too: no orphan fence holds the
+/// volume for a TTL. A retried release gets the recorded answer.
+#[test]
+fn a_fence_that_arrives_after_its_release_is_refused() {
+    use std::time::Duration;
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    assert!(matches!(s.release(v, 7), Err(VolumeError::StaleToken { .. })));
+    assert!(matches!(s.fence(v, 7, Duration::from_secs(5), Uuid::new_v4(), 2), Err(VolumeError::StaleToken { .. })));
+    assert!(!s.fenced(v).unwrap());
+    s.fence(v, 8, Duration::from_secs(5), Uuid::new_v4(), 3).unwrap();
+    assert_eq!(s.release(v, 8).unwrap().0, Released::Held);
+    assert_eq!(s.release(v, 8).unwrap().0, Released::Held, "a retry gets the recorded answer");
+}
+
 #[test]
 fn a_mutation_asked_not_to_wait_is_refused_at_a_fence_and_changes_nothing() {
     use std::time::Duration;
@@ -681,11 +751,11 @@ fn sparse_files_report_allocated_ranges_and_set_info_changes_times_and_attribute
     s.write(v, View::Live, ino, 5 * c + 7, &[2u8; 10], 2).unwrap();
     s.write(v, View::Live, ino, 6 * c, &[3u8; 10], 2).unwrap();
     s.set_size(v, View::Live, ino, 100 * c, 3).unwrap();
-    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), (vec![(0, c), (5 * c, 2 * c)], false));
-    assert_eq!(s.allocated_ranges(v, View::Live, ino, 5 * c + 100, c).unwrap(), (vec![(5 * c + 100, c)], false));
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), (vec![(0, c), (5 * c, 2 * c)], None));
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 5 * c + 100, c).unwrap(), (vec![(5 * c + 100, c)], None));
     assert_eq!(s.stat(v, View::Live, ino).unwrap().allocated, 3 * c);
     s.write(v, View::Live, ino, 5 * c, &vec![0u8; c as usize], 4).unwrap();
-    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), (vec![(0, c), (6 * c, c)], false), "zeroing a chunk makes it a hole");
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), (vec![(0, c), (6 * c, c)], None), "zeroing a chunk makes it a hole");
     let info = SetInfo { created: Some(11), written: None, changed: Some(13), attributes: Some(0x20) };
     let inode = s.set_info(v, View::Live, ino, info).unwrap();
     assert_eq!((inode.created, inode.written, inode.changed, inode.attributes), (11, 4, 13, 0x20));
@@ -708,25 +778,25 @@ fn unlink_if_deletes_a_name_only_while_it_names_the_file() {
     assert!(!s.unlink_if(v, View::Live, ROOT_INO, "moved", doomed, 4).unwrap(), "already gone: nothing to do");
 }
 
-/// An allocated-ranges query reads only the range asked, and gives at most
-/// MAX_ALLOCATED_RANGES ranges, saying when more follow.
+/// An allocated-ranges answer looks at a bounded part of the file and gives a bounded number
+/// of ranges, saying where to ask again; asking again from there gives the rest.
 #[test]
-fn allocated_ranges_are_bounded_and_say_when_more_follow() {
+fn allocated_ranges_are_bounded_and_say_where_to_ask_again() {
     let (_dir, w) = world_on(Engine::Mem);
     let (s, v) = (&w.store, w.vol);
     let ino = s.create(v, View::Live, ROOT_INO, "holes", Kind::File, 1).unwrap();
     let c = CHUNK_BYTES;
-    let n = super::data::MAX_ALLOCATED_RANGES as u64 + 1;
+    let n = super::data::MAX_ALLOCATED_SCAN_CHUNKS / 2 + 1;
     for i in 0..n {
         s.write(v, View::Live, ino, 2 * i * c, &[1], 2).unwrap(); // every other chunk
     }
     let (first, more) = s.allocated_ranges(v, View::Live, ino, 0, c).unwrap();
-    assert_eq!((first, more), (vec![(0, c)], false), "only the range asked");
+    assert_eq!((first, more), (vec![(0, c)], None), "only the range asked");
     let (all, more) = s.allocated_ranges(v, View::Live, ino, 0, u64::MAX).unwrap();
-    assert_eq!((all.len(), more), (super::data::MAX_ALLOCATED_RANGES, true));
-    let (end, _) = all.last().copied().map(|(o, l)| (o + l, ())).unwrap();
-    let (rest, more) = s.allocated_ranges(v, View::Live, ino, end, u64::MAX).unwrap();
-    assert_eq!((rest, more), (vec![(2 * (n - 1) * c, 1)], false), "asked again from the end of the last");
+    let window = super::data::MAX_ALLOCATED_SCAN_CHUNKS * c;
+    assert_eq!((all.len() as u64, more), (n - 1, Some(window)), "one window of chunks");
+    let (rest, more) = s.allocated_ranges(v, View::Live, ino, window, u64::MAX).unwrap();
+    assert_eq!((rest, more), (vec![(2 * (n - 1) * c, 1)], None), "asked again from there");
 }
 
 #[test]

@@ -132,7 +132,7 @@ impl VolumeStore {
     }
 
     /// Adds to `names` each name's visible version in one lineage (keeping what an earlier
-    /// lineage already decided), stopping after `limit` live names.
+    /// lineage already decided), stopping after `limit` names live once merged.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn scan_names(&self, vol: Uuid, lin: Lineage, dir: u64, max: Epoch, after: Option<&str>, limit: usize, names: &mut BTreeMap<String, Option<(String, u64)>>) -> Result<()> {
         let prefix = keys::dir(vol, lin, dir);
@@ -160,8 +160,9 @@ impl VolumeStore {
                 DirentValue::Live { name, ino } => Some((name, ino)),
                 DirentValue::Deleted => None,
             };
-            live += usize::from(entry.is_some());
-            names.entry(folded.to_string()).or_insert(entry);
+            // Counted as the merge decides it: a base name a clone deleted is not live.
+            let merged = names.entry(folded.to_string()).or_insert(entry);
+            live += usize::from(merged.is_some());
         }
         Ok(())
     }

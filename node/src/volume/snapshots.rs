@@ -81,8 +81,23 @@ impl VolumeStore {
     pub fn release(&self, vol: Uuid, token: u64) -> Result<(Released, std::time::Duration)> {
         let entry = self.volume(vol)?;
         let mut book = entry.fences.lock().expect("fence book lock");
-        let record = book.records.get(&token).cloned().ok_or(VolumeError::StaleToken { token, why: "no fence was raised with it" })?;
+        let Some(record) = book.records.get(&token).cloned() else {
+            // A fence for this token may still be on its way (its call failed on the
+            // coordinator, which released and decided): it is refused when it comes.
+            if token >= book.highest {
+                let mut fences = book.clone();
+                fences.record(token, Uuid::nil());
+                fences.records.insert(token, FenceRecord { snapshot: Uuid::nil(), released: Some(Released::Expired) });
+                self.put_one(CF_META, meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?, Durability::Buffered)?;
+                *book = fences;
+            }
+            return Err(VolumeError::StaleToken { token, why: "no fence was raised with it" });
+        };
         if let Some(answer) = record.released {
+            // The first release may still be syncing (or its sync failed): answer once the
+            // fence point is durable.
+            drop(book);
+            self.sync()?;
             return Ok((answer, std::time::Duration::ZERO));
         }
         let (answer, hold) = entry.gate.release(token);
@@ -158,14 +173,20 @@ impl VolumeStore {
         if info.state == SnapshotState::Deleting {
             return Ok(());
         }
+        // What memory held, put back if the write fails: memory must never stop pinning what
+        // the disk still says is a snapshot.
+        let (before, meta_before) = (info.clone(), st.meta.clone());
         info.state = SnapshotState::Deleting;
         st.snapshots.insert(id, info.clone());
         let upto = st.next_pin_after(info.epoch).unwrap_or(st.meta.epoch);
         let mut batch = Batch::default();
         batch.put(CF_META, meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
-        self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.epoch, upto, cursor: None, snapshot: Some(id) })?;
-        self.kv.write(batch, Durability::Synced)?;
-        Ok(())
+        let written = self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.epoch, upto, cursor: None, snapshot: Some(id) }).and_then(|_| self.kv.write(batch, Durability::Synced));
+        if written.is_err() {
+            st.snapshots.insert(id, before);
+            st.meta = meta_before;
+        }
+        written
     }
 
     pub(super) fn enqueue_reclaim(&self, st: &mut VolState, batch: &mut Batch, item: ReclaimItem) -> Result<()> {
@@ -214,6 +235,7 @@ impl VolumeStore {
         let st = self.volume(vol)?;
         let mut st = Self::lock(&st);
         let info = st.clones.remove(&id).ok_or(VolumeError::NoSuchClone(id))?;
+        let meta_before = st.meta.clone();
         let mut batch = Batch::default();
         let (lo, hi) = keys::lineage_range(vol, info.lineage);
         for cf in VERSIONED {
@@ -221,9 +243,13 @@ impl VolumeStore {
         }
         batch.delete(CF_META, meta_key(vol, META_CLONE, id.as_bytes()));
         let upto = st.next_pin_after(info.base_epoch).unwrap_or(st.meta.epoch);
-        self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.base_epoch, upto, cursor: None, snapshot: None })?;
-        self.kv.write(batch, Durability::Synced)?;
-        Ok(())
+        let written = self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.base_epoch, upto, cursor: None, snapshot: None }).and_then(|_| self.kv.write(batch, Durability::Synced));
+        if written.is_err() {
+            // The clone is still on disk: it stays in memory too (and keeps its base pinned).
+            st.clones.insert(id, info);
+            st.meta = meta_before;
+        }
+        written
     }
 
     pub fn clones(&self, vol: Uuid) -> Result<Vec<CloneInfo>> {

@@ -43,6 +43,8 @@ struct Disk {
     /// Syncs that made something durable.
     syncs: u64,
     skip_sync: bool,
+    /// Test-only: this many writes to come fail (a full disk), changing nothing.
+    failing_writes: usize,
 }
 
 fn apply(tables: &mut Tables, ops: &[MemOp]) {
@@ -119,6 +121,11 @@ impl MemKv {
     pub fn break_syncs_for_tests(&self) {
         self.disk().skip_sync = true;
     }
+
+    /// Test-only: the next `n` writes fail as on a full disk, changing nothing.
+    pub fn fail_writes_for_tests(&self, n: usize) {
+        self.disk().failing_writes = n;
+    }
 }
 
 /// A scan over a snapshot of one table (an O(1) copy), one seek per item.
@@ -165,6 +172,13 @@ impl Kv for MemKv {
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        {
+            let mut d = self.disk();
+            if d.failing_writes > 0 {
+                d.failing_writes -= 1;
+                return Err(super::super::VolumeError::DiskFull("no space left on the device (a test's)".into()));
+            }
+        }
         let ops: Arc<[MemOp]> = batch
             .ops
             .into_iter()
