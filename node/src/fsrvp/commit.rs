@@ -1,6 +1,7 @@
 //! CommitShadowCopySet: the fenced two-phase protocol of design.md section 5.
 //!
-//! 1. Raft: the set goes CreationInProgress; the entry's index is the attempt token.
+//! 1. Raft: the set goes CreationInProgress; the entry's index is the attempt token, and the
+//!    call's seed names its snapshots (so the call knows the attempt is its own).
 //! 2. Every participant volume is fenced in parallel with the token; each owner drains its
 //!    writes and takes a tentative snapshot at the fence point in one synced batch.
 //! 3. All fences are released; each owner says whether its fence held the whole time.
@@ -29,6 +30,12 @@ const ATTEMPT_TTLS: u32 = 3;
 /// Tries at resolving an unknown decision before giving up (the reconcile then finishes it).
 const DECIDE_TRIES: usize = 20;
 
+/// Whether `attempt` is the one a BeginCommit with `seed` began: its snapshots are named from
+/// the seed (raft/src/fsrvp.rs, `begin_commit`).
+fn own_attempt(attempt: &Attempt, seed: Uuid) -> bool {
+    attempt.participants.iter().all(|p| p.snapshot == Uuid::from_u128(seed.as_u128() ^ p.copy.as_u128()))
+}
+
 impl Coordinator {
     #[tracing::instrument(level = "info", skip(self), fields(token))]
     pub async fn commit(&self, set: Uuid, timeout_ms: u32) -> Result<(), FsrvpError> {
@@ -38,10 +45,14 @@ impl Coordinator {
         // its snapshots): the client's timeout, but never much past the fences' TTL, so a dead
         // coordinator's attempt is cleaned up in seconds whatever timeout the client gave.
         let deadline = timeout.min(self.settings.fence_ttl * ATTEMPT_TTLS);
-        let (answer, index) = self.write_at(FsrvpCommand::BeginCommit { set, seed: self.settings.ids.next(), timeout_ms: deadline.as_millis() as u64 }).await?;
+        let seed = self.settings.ids.next();
+        let answer = self.write(FsrvpCommand::BeginCommit { set, seed, timeout_ms: deadline.as_millis() as u64 }).await?;
         let FsrvpAnswer::Attempt(attempt) = answer else { return Err(FsrvpError::Failed(format!("unexpected answer {answer:?}"))) };
         tracing::Span::current().record("token", attempt.token);
-        if attempt.token != index {
+        // This call's own attempt is the one whose snapshot ids come from its seed (not the
+        // entry's index: a retried proposal answered from the dedupe table lands at another
+        // index, and two Commits batched in one entry share it).
+        if !own_attempt(&attempt, seed) {
             // Another Commit of this set is under way: wait for its decision, never start a second.
             return self.await_decision(&attempt, begun + timeout).await;
         }
@@ -163,5 +174,23 @@ impl Coordinator {
                 None => tokio::time::sleep(DECISION_POLL).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umbra_raft::fsrvp::Participant;
+
+    /// A Commit knows its own attempt by the seed it sent, whatever log index answered it (a
+    /// retried proposal, or two Commits in one entry), and another Commit's attempt is not its.
+    #[test]
+    fn a_commit_knows_its_own_attempt_by_its_seed() {
+        let (seed, other) = (Uuid::from_u128(0xA5), Uuid::from_u128(0x5A));
+        let copy = Uuid::from_u128(7);
+        let participant = |seed: Uuid| Participant { copy, volume: Uuid::from_u128(1), owner: 1, snapshot: Uuid::from_u128(seed.as_u128() ^ copy.as_u128()) };
+        let attempt = Attempt { set: Uuid::from_u128(9), token: 40, deadline_ms: 0, participants: vec![participant(seed)], decision: None };
+        assert!(own_attempt(&attempt, seed));
+        assert!(!own_attempt(&attempt, other));
     }
 }

@@ -213,14 +213,9 @@ impl Coordinator {
 
     /// Proposes one FSRVP command; refusals come back as the state machine's FSRVP error.
     pub(crate) async fn write(&self, cmd: FsrvpCommand) -> FsResult<FsrvpAnswer> {
-        self.write_at(cmd).await.map(|(a, _)| a)
-    }
-
-    /// As [`Self::write`], with the log index it was applied at.
-    pub(crate) async fn write_at(&self, cmd: FsrvpCommand) -> FsResult<(FsrvpAnswer, u64)> {
-        let (response, index) = self.meta.write(Request::new(Command::Fsrvp(cmd)), false).await.map_err(|e| FsrvpError::Failed(e.to_string()))?;
+        let (response, _) = self.meta.write(Request::new(Command::Fsrvp(cmd)), false).await.map_err(|e| FsrvpError::Failed(e.to_string()))?;
         match response {
-            Ok(Applied::Fsrvp(answer)) => Ok((answer, index)),
+            Ok(Applied::Fsrvp(answer)) => Ok(answer),
             Ok(other) => Err(FsrvpError::Failed(format!("unexpected answer {other:?}"))),
             Err(MetaError::Fsrvp(e)) => Err(e),
             Err(e) => Err(FsrvpError::Failed(e.to_string())),
