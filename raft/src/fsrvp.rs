@@ -55,6 +55,12 @@ impl SetState {
     fn in_creation(self) -> bool {
         matches!(self, SetState::Started | SetState::Added | SetState::CreationInProgress | SetState::Committed)
     }
+
+    /// A set in these states is dropped when its sequence timer fires (Samba: not once exposed;
+    /// during a commit the attempt's deadline rules instead).
+    fn timed(self) -> bool {
+        matches!(self, SetState::Started | SetState::Added | SetState::Committed)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +76,12 @@ pub struct ShadowSet {
     /// Leader time of the commit (ms), unique to the second among sets.
     pub committed_ms: u64,
     pub started_ms: u64,
+    /// This set's own sequence timer (leader time, ms): a set Started, Added or Committed is
+    /// dropped when it passes, whatever its client's timer was armed for since (the client's
+    /// timer follows its last call, which may be about another set, and goes with
+    /// RecoveryComplete).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 impl ShadowSet {
@@ -94,6 +106,11 @@ pub struct Mapping {
     /// `share@{copy-guid}` (with a trailing `$` for hidden shares).
     pub exposed: String,
     pub is_exposed: bool,
+    /// The base share's folder in its volume and whether it was read-only, when it was added:
+    /// what the exposed share serves, even if the base share is deleted or changed meanwhile.
+    /// (None in state written before these were kept: the base share as it is now.)
+    #[serde(default)]
+    pub base: Option<(String, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,8 +308,9 @@ impl FsrvpState {
     /// deadline): the leader proposes `Expire` then.
     pub fn next_due_ms(&self) -> Option<u64> {
         let timers = self.clients.values().filter_map(|c| c.deadline_ms);
+        let sets = self.sets.values().filter(|s| s.state.timed()).filter_map(|s| s.deadline_ms);
         let attempts = self.attempts.values().filter(|a| a.decision.is_none()).map(|a| a.deadline_ms);
-        timers.chain(attempts).min()
+        timers.chain(sets).chain(attempts).min()
     }
 
     /// Sequence timers and commit deadlines that have passed at the entry's stamp.
@@ -313,10 +331,15 @@ impl FsrvpState {
             let Some(ctx) = self.clients.remove(&client) else { continue };
             // Samba: only the set the timer was armed for, and only before it is exposed.
             if let Some(set) = ctx.set {
-                if self.sets.get(&set).is_some_and(|s| matches!(s.state, SetState::Started | SetState::Added | SetState::Committed)) {
+                if self.sets.get(&set).is_some_and(|s| s.state.timed()) {
                     self.remove_set(set, env);
                 }
             }
+        }
+        // And every set whose own timer passed, whoever's timer moved elsewhere since.
+        let lapsed: Vec<Uuid> = self.sets.values().filter(|s| s.state.timed() && s.deadline_ms.is_some_and(|d| d <= now)).map(|s| s.id).collect();
+        for set in lapsed {
+            self.remove_set(set, env);
         }
     }
 
@@ -330,6 +353,9 @@ impl FsrvpState {
 
     fn arm(&mut self, client: &str, set: Uuid, protocol_ms: u64, env: &Env) {
         let deadline = self.timer_ms(protocol_ms).map(|ms| env.clock_ms + ms);
+        if let Some(s) = self.sets.get_mut(&set) {
+            s.deadline_ms = deadline;
+        }
         if let Some(c) = self.clients.get_mut(client) {
             c.deadline_ms = deadline;
             c.set = Some(set);
@@ -374,7 +400,7 @@ impl FsrvpState {
         if id.is_nil() || self.sets.contains_key(&id) {
             return Err(invalid("set id"));
         }
-        let set = ShadowSet { id, client: client.into(), context: ctx.context, state: SetState::Started, copies: Vec::new(), attempt: None, committed_ms: 0, started_ms: env.clock_ms };
+        let set = ShadowSet { id, client: client.into(), context: ctx.context, state: SetState::Started, copies: Vec::new(), attempt: None, committed_ms: 0, started_ms: env.clock_ms, deadline_ms: None };
         self.sets.insert(id, set.clone());
         self.arm(client, id, SHORT_TIMEOUT_MS, env);
         Ok(FsrvpAnswer::Set(set))
@@ -397,7 +423,7 @@ impl FsrvpState {
         if !matches!(set.state, SetState::Started | SetState::Added) {
             return Err(bad_state(set.state));
         }
-        let (name, volume) = (base.name.clone(), base.volume);
+        let (name, volume, kept) = (base.name.clone(), base.volume, Some((base.path.clone(), base.read_only)));
         let client = set.client.clone();
         if set.copies.iter().flat_map(|c| &c.mappings).any(|m| fold(&m.share) == fold(&name)) {
             self.arm(&client, id, SHORT_TIMEOUT_MS, env);
@@ -410,7 +436,7 @@ impl FsrvpState {
                 if copy.mappings.len() >= MAX_MAPPINGS_PER_COPY {
                     return Err(invalid("too many shares on one volume in a set"));
                 }
-                copy.mappings.push(Mapping { exposed: exposed_name(&name, copy.id), share: name, is_exposed: false });
+                copy.mappings.push(Mapping { exposed: exposed_name(&name, copy.id), share: name, is_exposed: false, base: kept });
                 copy.id
             }
             None => {
@@ -420,7 +446,7 @@ impl FsrvpState {
                 if copy_id.is_nil() || set.copies.iter().any(|c| c.id == copy_id) {
                     return Err(invalid("copy id"));
                 }
-                let mapping = Mapping { exposed: exposed_name(&name, copy_id), share: name, is_exposed: false };
+                let mapping = Mapping { exposed: exposed_name(&name, copy_id), share: name, is_exposed: false, base: kept };
                 set.copies.push(ShadowCopy { id: copy_id, volume, snapshot: None, mappings: vec![mapping] });
                 copy_id
             }
@@ -450,6 +476,7 @@ impl FsrvpState {
         let set = self.sets.get_mut(&id).expect("checked above");
         set.state = SetState::CreationInProgress;
         set.attempt = Some(env.index);
+        set.deadline_ms = None;
         self.stop_timer(&client);
         Ok(FsrvpAnswer::Attempt(attempt))
     }
@@ -501,8 +528,8 @@ impl FsrvpState {
         for copy in &set.copies {
             let snapshot = copy.snapshot.ok_or_else(|| bad_state(set.state))?;
             for m in &copy.mappings {
-                let base = env.shares.get(&fold(&m.share));
-                let (path, base_ro) = base.map(|b| (b.path.clone(), b.read_only)).unwrap_or(("/".into(), true));
+                let now = || env.shares.get(&fold(&m.share)).map(|b| (b.path.clone(), b.read_only));
+                let (path, base_ro) = m.base.clone().or_else(now).unwrap_or(("/".into(), true));
                 let snap = ShareSnapshot { set: id, copy: copy.id, snapshot, clone: writable.then_some(copy.id), base: m.share.clone() };
                 let share = Share { name: m.exposed.clone(), volume: copy.volume, path, read_only: base_ro || !writable, created_ms: set.committed_ms, snapshot: Some(snap) };
                 env.shares.insert(fold(&m.exposed), share);

@@ -495,3 +495,44 @@ fn every_answer_and_refusal_serialises_as_the_log_and_dedupe_table_store_it() {
         assert_eq!(serde_json::from_slice::<Request>(&json).unwrap(), r);
     }
 }
+
+/// A set in creation keeps its own timer when its client's later calls concern an exposed set
+/// (GetShareMapping re-arms the client's timer for that one; RecoveryComplete drops the
+/// client's context): the set left in creation still expires, and no longer blocks Start.
+#[test]
+fn a_set_left_in_creation_expires_whatever_its_clients_later_calls_touch() {
+    for last_call in ["mapping", "recovery"] {
+        let mut w = World::new();
+        let exposed = w.start(0);
+        let copy = w.add(exposed, "s1").unwrap();
+        w.commit(exposed);
+        w.fs(FsrvpCommand::Expose { set: exposed }).unwrap();
+        let left = w.start(0);
+        w.add(left, "s2").unwrap();
+        match last_call {
+            "mapping" => drop(w.fs(FsrvpCommand::GetMapping { set: exposed, copy, share: "s1".into(), level: 1 }).unwrap()),
+            _ => drop(w.fs(FsrvpCommand::RecoveryComplete { set: exposed }).unwrap()),
+        }
+        w.now_ms += LONG_TIMEOUT_MS + 1; // an Added set's timer
+        w.fs(FsrvpCommand::Expire).unwrap();
+        assert_eq!(w.state_of(left), None, "after {last_call}: the set left in creation expired");
+        assert_eq!(w.state_of(exposed), Some(if last_call == "mapping" { SetState::Exposed } else { SetState::Recovered }));
+        w.fs(FsrvpCommand::SetContext { client: CLIENT.into(), context: 0 }).unwrap();
+        w.fs(FsrvpCommand::Start { client: CLIENT.into(), set: Uuid::new_v4() }).unwrap();
+    }
+}
+
+/// The exposed share serves the folder its base share had when it was added, even if the base
+/// share is deleted before Expose.
+#[test]
+fn expose_serves_the_folder_the_base_share_had_when_added() {
+    let mut w = World::new();
+    w.run(Command::CreateShare { name: "vms".into(), volume: "vol1".into(), path: "/vms".into(), read_only: false }).unwrap();
+    let set = w.start(0);
+    let copy = w.add(set, "vms").unwrap();
+    w.run(Command::DeleteShare { name: "vms".into() }).unwrap();
+    w.commit(set);
+    w.fs(FsrvpCommand::Expose { set }).unwrap();
+    let exposed = &w.state.shares[&format!("vms@{{{copy}}}")];
+    assert_eq!((exposed.path.as_str(), exposed.volume), ("/vms", v(1)));
+}
