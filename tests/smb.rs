@@ -209,6 +209,23 @@ fn rpcclient_binds_with_ntlmssp_at_integrity_and_privacy_levels() {
     assert!(log.contains("DCE/RPC bind authenticated") && log.contains("level=5") && log.contains("level=6"), "both levels were used");
 }
 
+/// A signed or sealed answer longer than one fragment (the list of 120 shares) goes out as
+/// fragments, each padded, trailed and signed on its own: rpcclient checks every signature.
+#[test]
+fn rpcclient_reads_a_share_list_of_many_fragments_signed_and_sealed() {
+    let c = cluster_with_admin();
+    for i in 0..120 {
+        assert!(c.ctl(1, &["share", "create", &format!("Share{i:03}"), "--volume", "vol"]).ok);
+    }
+    let port = c.node(1).smb.rsplit(':').next().unwrap().to_string();
+    for binding in ["ncacn_np:127.0.0.1[sign]", "ncacn_np:127.0.0.1[seal]"] {
+        let out = Command::new("rpcclient").args(["-p", &port, "-U", "admin%S3cret-pw", binding, "-c", "netshareenumall"]).output().expect("rpcclient runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let listed = (0..120).filter(|i| text.contains(&format!("netname: Share{i:03}"))).count();
+        assert!(out.status.success() && listed == 120, "{binding}: {listed} of 120 shares listed: {text}");
+    }
+}
+
 /// smbprotocol's FileSystemWatcher: a CHANGE_NOTIFY that waits (interim STATUS_PENDING) and
 /// completes when another connection of the node creates a file, WATCH_TREE, and a watch the
 /// client cancels (STATUS_CANCELLED), through a node that does not own the volume.

@@ -249,26 +249,36 @@ impl Pipe {
         if trailer.level < auth::LEVEL_INTEGRITY {
             return pdu::response(h, ctx, stub, MAX_FRAGMENT_BYTES);
         }
-        let pad = (16 - stub.len() % 16) % 16;
-        let mut body = stub.to_vec();
-        body.extend(std::iter::repeat_n(0, pad));
-        let mut p = pdu::response(h, ctx, &body, u16::MAX);
-        p.extend_from_slice(&Trailer { pad: pad as u8, ..trailer }.encode());
-        let signed_len = p.len();
-        p.extend_from_slice(&[0; SIGNATURE_BYTES]);
-        let len = p.len() as u16;
-        p[8..10].copy_from_slice(&len.to_le_bytes());
-        p[10..12].copy_from_slice(&(SIGNATURE_BYTES as u16).to_le_bytes());
-        // alloc_hint counts the stub only.
-        p[16..20].copy_from_slice(&(stub.len() as u32).to_le_bytes());
-        let plain = p[..signed_len].to_vec();
-        let sig = if trailer.level == LEVEL_PRIVACY {
-            to_client.seal(&plain, &mut p[24..24 + body.len()])
-        } else {
-            to_client.mac(&plain)
-        };
-        p[signed_len..].copy_from_slice(&sig);
-        p
+        // Fragments of at most MAX_FRAGMENT_BYTES, each with its own padding, trailer and
+        // signature (a stub of any size: srvsvc's share list can pass 64 KiB).
+        let room = (usize::from(MAX_FRAGMENT_BYTES) - 24 - 8 - SIGNATURE_BYTES) / 16 * 16;
+        let pieces: Vec<&[u8]> = if stub.is_empty() { vec![&[]] } else { stub.chunks(room).collect() };
+        let (count, mut remaining, mut out) = (pieces.len(), stub.len(), Vec::new());
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let pad = (16 - piece.len() % 16) % 16;
+            let mut body = piece.to_vec();
+            body.extend(std::iter::repeat_n(0, pad));
+            let mut p = pdu::response(h, ctx, &body, u16::MAX);
+            p[3] = (p[3] & !(pdu::PFC_FIRST | pdu::PFC_LAST)) | if i == 0 { pdu::PFC_FIRST } else { 0 } | if i + 1 == count { pdu::PFC_LAST } else { 0 };
+            p.extend_from_slice(&Trailer { pad: pad as u8, ..trailer }.encode());
+            let signed_len = p.len();
+            p.extend_from_slice(&[0; SIGNATURE_BYTES]);
+            let len = p.len() as u16;
+            p[8..10].copy_from_slice(&len.to_le_bytes());
+            p[10..12].copy_from_slice(&(SIGNATURE_BYTES as u16).to_le_bytes());
+            // alloc_hint counts the stub bytes from this fragment on.
+            p[16..20].copy_from_slice(&(remaining as u32).to_le_bytes());
+            remaining -= piece.len();
+            let plain = p[..signed_len].to_vec();
+            let sig = if trailer.level == LEVEL_PRIVACY {
+                to_client.seal(&plain, &mut p[24..24 + body.len()])
+            } else {
+                to_client.mac(&plain)
+            };
+            p[signed_len..].copy_from_slice(&sig);
+            out.extend_from_slice(&p);
+        }
+        out
     }
 
     /// Up to `max` bytes of queued replies.
