@@ -115,8 +115,10 @@ impl VolumeStore {
         if let Some(base) = scope.base_epoch {
             sources.push((LIVE, base));
         }
-        for (lin, max) in sources {
-            self.scan_names(st.id, lin, dir, max, after, limit, &mut names)?;
+        let passes = sources.len();
+        for (i, (lin, max)) in sources.into_iter().enumerate() {
+            // Deleted names matter only while a later lineage could still show them.
+            self.scan_names(st.id, lin, dir, max, after, limit, i + 1 < passes, &mut names)?;
         }
         let mut out = Vec::new();
         for (_, entry) in names {
@@ -132,9 +134,11 @@ impl VolumeStore {
     }
 
     /// Adds to `names` each name's visible version in one lineage (keeping what an earlier
-    /// lineage already decided), stopping after `limit` names live once merged.
+    /// lineage already decided), stopping after `limit` names live once merged. Deleted names
+    /// are kept only with `keep_deleted` (a later lineage's pass needs them to hide its own), so
+    /// a page of a directory full of deleted names holds no more than its live ones.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn scan_names(&self, vol: Uuid, lin: Lineage, dir: u64, max: Epoch, after: Option<&str>, limit: usize, names: &mut BTreeMap<String, Option<(String, u64)>>) -> Result<()> {
+    pub(super) fn scan_names(&self, vol: Uuid, lin: Lineage, dir: u64, max: Epoch, after: Option<&str>, limit: usize, keep_deleted: bool, names: &mut BTreeMap<String, Option<(String, u64)>>) -> Result<()> {
         let prefix = keys::dir(vol, lin, dir);
         let start = match after {
             Some(a) => keys::prefix_end(&keys::dirent(vol, lin, dir, a)),
@@ -160,6 +164,9 @@ impl VolumeStore {
                 DirentValue::Live { name, ino } => Some((name, ino)),
                 DirentValue::Deleted => None,
             };
+            if entry.is_none() && !keep_deleted && !names.contains_key(folded) {
+                continue;
+            }
             // Counted as the merge decides it: a base name a clone deleted is not live.
             let merged = names.entry(folded.to_string()).or_insert(entry);
             live += usize::from(merged.is_some());
