@@ -18,7 +18,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7101";
 /// How long `status` waits for each member.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest password accepted on stdin.
-const MAX_PASSWORD_CHARS: usize = 256;
+pub(crate) const MAX_PASSWORD_CHARS: usize = 256;
 
 #[derive(Args)]
 pub struct CtlArgs {

@@ -34,6 +34,10 @@ impl LocalCluster {
     /// Node 1 starts the cluster, the others join through it. gRPC ports are
     /// `base_port + id`, SMB ports `base_port + 10 + id`.
     pub fn prepare(data: &Path, count: u64, base_port: u16, extra_toml: &str) -> anyhow::Result<LocalCluster> {
+        let top = u64::from(base_port) + 10 + count;
+        if top > u64::from(u16::MAX) {
+            anyhow::bail!("base port {base_port} leaves no room for {count} nodes: their ports would reach {top} (at most {})", u16::MAX);
+        }
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let data = data.canonicalize()?;
         let grpc = |id: u64| format!("127.0.0.1:{}", u64::from(base_port) + id);
@@ -41,14 +45,26 @@ impl LocalCluster {
         for id in 1..=count {
             let config = data.join(format!("node{id}.toml"));
             let spec = NodeSpec { id, grpc_addr: grpc(id), smb_addr: format!("127.0.0.1:{}", u64::from(base_port) + 10 + id), config, log: data.join(format!("node{id}.log")) };
-            if !spec.config.exists() {
-                let start = if id == 1 { "bootstrap = true".to_string() } else { format!("join = [\"{}\"]", grpc(1)) };
-                let text = format!(
-                    "id = {id}\ndata_dir = \"{}\"\ngrpc_addr = \"{}\"\nsmb_addr = \"{}\"\n{start}\n{extra_toml}",
-                    data.join(format!("node{id}")).display(),
-                    spec.grpc_addr,
-                    spec.smb_addr
-                );
+            if spec.config.exists() {
+                // A data directory made with other ports keeps them: say so rather than wait for
+                // nodes on ports they do not use.
+                let table = umbra_node::config::NodeConfig::load_table(Some(&spec.config))?;
+                let kept = |key: &str| table.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                if kept("grpc_addr") != spec.grpc_addr || kept("smb_addr") != spec.smb_addr {
+                    anyhow::bail!("{} was made for other ports (gRPC {}, SMB {}): use the base port it was made with, or another data directory", data.display(), kept("grpc_addr"), kept("smb_addr"));
+                }
+            } else {
+                let mut t = toml::Table::new();
+                t.insert("id".into(), toml::Value::Integer(id as i64));
+                t.insert("data_dir".into(), toml::Value::String(data.join(format!("node{id}")).to_string_lossy().into_owned()));
+                t.insert("grpc_addr".into(), toml::Value::String(spec.grpc_addr.clone()));
+                t.insert("smb_addr".into(), toml::Value::String(spec.smb_addr.clone()));
+                match id {
+                    1 => t.insert("bootstrap".into(), toml::Value::Boolean(true)),
+                    _ => t.insert("join".into(), toml::Value::Array(vec![toml::Value::String(grpc(1))])),
+                };
+                // Written by the serializer: a data path with quotes or backslashes stays itself.
+                let text = format!("{}{extra_toml}", toml::to_string(&t).context("writing a node config")?);
                 std::fs::write(&spec.config, text).with_context(|| format!("writing {}", spec.config.display()))?;
             }
             nodes.push(spec);
@@ -181,4 +197,27 @@ pub fn free_base_port() -> anyhow::Result<u16> {
         }
     }
     bail!("no free range of loopback ports found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports that do not fit are refused before anything is written; a data path with a quote
+    /// and a backslash reads back as itself; a data directory made for other ports says so.
+    #[test]
+    fn prepare_refuses_ports_past_the_range_keeps_odd_paths_and_names_a_port_mismatch() {
+        let root = tempfile::tempdir().unwrap();
+        let odd = root.path().join("a\\b \"c\"");
+        let e = LocalCluster::prepare(&odd, 3, 65530, "").err().unwrap().to_string();
+        assert!(e.contains("no room"), "{e}");
+        assert!(!odd.exists(), "nothing written");
+        let c = LocalCluster::prepare(&odd, 3, 27000, "").unwrap();
+        let table = umbra_node::config::NodeConfig::load_table(Some(&c.nodes[1].config)).unwrap();
+        let config = umbra_node::config::NodeConfig::from_table(table, &c.nodes[1].config).unwrap();
+        assert_eq!(config.data_dir, odd.canonicalize().unwrap().join("node2"));
+        let e = LocalCluster::prepare(&odd, 3, 28000, "").err().unwrap().to_string();
+        assert!(e.contains("other ports"), "{e}");
+        LocalCluster::prepare(&odd, 3, 27000, "").unwrap();
+    }
 }

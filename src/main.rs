@@ -48,7 +48,7 @@ struct NodeArgs {
     /// TOML config file (see docs/cli.md for its keys).
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
     id: Option<u64>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -72,7 +72,7 @@ impl NodeArgs {
             table.insert(key.into(), v);
         };
         if let Some(id) = self.id {
-            set("id", Value::Integer(i64::try_from(id).unwrap_or(i64::MAX)));
+            set("id", Value::Integer(i64::try_from(id).map_err(|_| umbra_node::config::ConfigError::Invalid(format!("id {id} is too large")))?));
         }
         if let Some(d) = self.data_dir {
             set("data_dir", Value::String(d.to_string_lossy().into_owned()));

@@ -95,9 +95,15 @@ fn admin_password(data: &Path, given: Option<&str>) -> anyhow::Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = data.join(PASSWORD_FILE);
     let password = match given {
-        Some(p) => p.to_string(),
+        Some(p) => {
+            // Kept one per line and read back without its line end: it must survive that.
+            if p.is_empty() || p.contains(['\n', '\r']) || p.chars().count() > crate::ctl::MAX_PASSWORD_CHARS {
+                anyhow::bail!("--password must be 1 to {} characters on one line", crate::ctl::MAX_PASSWORD_CHARS);
+            }
+            p.to_string()
+        }
         None => match std::fs::read_to_string(&file) {
-            Ok(p) => return Ok(p.trim().to_string()),
+            Ok(p) => return Ok(p.trim_end_matches(['\r', '\n']).to_string()),
             Err(_) => uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
         },
     };

@@ -102,7 +102,13 @@ impl NodeConfig {
         if bytes > MAX_CONFIG_BYTES {
             return Err(ConfigError::TooLarge { path: path.into(), bytes });
         }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        // Read no more than the bound whatever the size said (a device or a growing file).
+        let mut text = String::new();
+        use std::io::Read as _;
+        std::fs::File::open(path).map_err(read)?.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(read)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.into(), bytes: text.len() as u64 });
+        }
         text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
     }
 
@@ -121,8 +127,12 @@ impl NodeConfig {
             return bad("id must be at least 1".into());
         }
         for (field, addr) in [("grpc_addr", &self.grpc_addr), ("smb_addr", &self.smb_addr)] {
-            if addr.parse::<SocketAddr>().is_err() {
-                return bad(format!("{field} {addr:?} is not an IP:port address"));
+            match addr.parse::<SocketAddr>() {
+                Err(_) => return bad(format!("{field} {addr:?} is not an IP:port address")),
+                // The gRPC address is also what peers dial: it must name one host and port.
+                Ok(a) if a.port() == 0 => return bad(format!("{field} {addr:?}: port 0 is not a port peers or clients can reach")),
+                Ok(a) if field == "grpc_addr" && a.ip().is_unspecified() => return bad(format!("grpc_addr {addr:?}: other nodes dial this address; give one they can reach, not {}", a.ip())),
+                Ok(_) => {}
             }
         }
         for addr in &self.join {
@@ -182,6 +192,14 @@ mod tests {
         assert!(c.openraft_config().validate().is_ok());
     }
 
+    /// A config file is read up to its bound whatever its size claims (a device, a file that
+    /// grows), and one past it is refused.
+    #[test]
+    fn a_config_larger_than_the_bound_is_refused_without_reading_it_all() {
+        let e = NodeConfig::load_table(Some(Path::new("/dev/zero"))).unwrap_err();
+        assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+    }
+
     #[test]
     fn bad_configs_say_what_is_wrong() {
         let cases = [
@@ -192,6 +210,8 @@ mod tests {
             (GOOD.replace("id = 1", "id = \"one\""), "invalid type"),
             (GOOD.replace("id = 1\n", ""), "missing field `id`"),
             (format!("{GOOD}[raft]\nheartbeat_ms = 900\n"), "raft timing"),
+            (GOOD.replace("127.0.0.1:7101", "127.0.0.1:0"), "port 0"),
+            (GOOD.replace("127.0.0.1:7101", "0.0.0.0:7101"), "other nodes dial"),
         ];
         for (text, expect) in cases {
             let err = parse(&text).unwrap_err().to_string();
