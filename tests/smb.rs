@@ -94,6 +94,14 @@ fn a_write_to_a_read_only_share_is_refused_and_changes_nothing() {
     assert!(out.contains("NT_STATUS_MEDIA_WRITE_PROTECTED") || out.contains("NT_STATUS_ACCESS_DENIED"), "{out}");
     let (ok, out) = smbclient(&c.node(1).smb, "frozen", "admin", "S3cret-pw", None, "ls");
     assert!(ok && !out.contains("x.bin"), "{out}");
+    // A file and a folder made through the writable share over the same folder of the volume
+    // cannot be deleted through the read-only one (a delete is an open for DELETE).
+    let (ok, out) = smbclient(&c.node(1).smb, "data", "admin", "S3cret-pw", None, &format!("{cmds}; mkdir keep"));
+    assert!(ok, "{out}");
+    let (_, out) = smbclient(&c.node(1).smb, "frozen", "admin", "S3cret-pw", None, "rm x.bin; rmdir keep");
+    assert!(out.contains("NT_STATUS_ACCESS_DENIED"), "{out}");
+    let (ok, out) = smbclient(&c.node(1).smb, "data", "admin", "S3cret-pw", None, "ls");
+    assert!(ok && out.contains("x.bin") && out.contains("keep"), "both are still there: {out}");
 }
 
 #[test]

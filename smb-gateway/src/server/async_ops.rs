@@ -492,6 +492,36 @@ mod connection_rules {
         assert_eq!(r[0].0.status, status::END_OF_FILE, "the session and its open are still there");
     }
 
+    /// An overwrite checks its open as a writer for share access, but the handle gets only the
+    /// rights granted: with read access alone, a WRITE is refused.
+    #[test]
+    fn an_overwrite_grants_no_write_right_the_client_did_not_ask_for() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 1, TREE, &create_with_access("f.txt", false, 5, crate::share_modes::FILE_READ_DATA)));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        let f = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
+        let (r, _) = exchange(&mut c, &files, &request(Command::Write, 2, TREE, &write(f, b"no")));
+        assert_eq!(r[0].0.status, status::ACCESS_DENIED);
+    }
+
+    /// CREATE's parameter checks (MS-FSA 2.1.5.1): an unknown disposition, both directory
+    /// options, or a directory superseded or overwritten is INVALID_PARAMETER.
+    #[test]
+    fn create_refuses_an_unknown_disposition_and_directory_option_conflicts() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&["d"]));
+        let mut id = 1;
+        for (directory, disposition, extra) in [(false, 6, 0), (true, 1, 0x40), (true, 0, 0), (true, 4, 0), (true, 5, 0)] {
+            let mut body = create("d", directory, disposition);
+            let options = u32::from_le_bytes(body[40..44].try_into().unwrap()) | extra;
+            body[40..44].copy_from_slice(&options.to_le_bytes());
+            let (r, _) = exchange(&mut c, &files, &request(Command::Create, id, TREE, &body));
+            assert_eq!(r[0].0.status, status::INVALID_PARAMETER, "directory {directory}, disposition {disposition}, options {options:#x}");
+            id += 1;
+        }
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, id, TREE, &create("d", true, 3)));
+        assert_eq!(r[0].0.status, status::SUCCESS, "open-if of a directory is fine");
+    }
+
     /// Named pipes per connection are bounded (each may buffer a stub and replies); a closed
     /// one makes room.
     #[test]

@@ -43,6 +43,12 @@ impl Connection {
         let Some(path) = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16) else {
             return Reply::error(status::OBJECT_NAME_INVALID);
         };
+        // MS-FSA 2.1.5.1 parameter checks: a known disposition; not both directory options; a
+        // directory is never superseded or overwritten.
+        let directory_only = options & FILE_DIRECTORY_FILE != 0;
+        if disposition > 5 || directory_only && options & FILE_NON_DIRECTORY_FILE != 0 || directory_only && matches!(disposition, 0 | 4 | 5) {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
         let (mut share, mut read_only, ipc) = match self.tree(h) {
             Ok(t) => t,
             Err(s) => return Reply::error(s),
@@ -71,6 +77,11 @@ impl Connection {
         let writes = access & WRITE_ACCESS != 0 || disposition != 1 || options & FILE_DELETE_ON_CLOSE != 0;
         if read_only && writes && disposition != 1 {
             return Reply::error(status::MEDIA_WRITE_PROTECTED);
+        }
+        // An open of an existing file on a read-only share gets no right to change it: not to
+        // write, nor to delete (a DELETE or delete-on-close open is how clients delete).
+        if read_only && writes {
+            return Reply::error(status::ACCESS_DENIED);
         }
         let granted = share_modes::granted(access, if read_only { share_modes::READ_ONLY_ACCESS } else { share_modes::FILE_ALL_ACCESS });
         // MS-FSA 2.1.5.1: delete-on-close needs DELETE access on the open.
@@ -156,7 +167,9 @@ impl Connection {
         r.push(0);
         let delete_on_close = options & FILE_DELETE_ON_CLOSE != 0;
         let registration = held.keep();
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, delete_on_close, listing: None, pipe: None, access: mode.access, registration });
+        // The open holds what was granted: the write right an overwrite implies counts in the
+        // share-access check only, not as a right of the handle.
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, delete_on_close, listing: None, pipe: None, access: granted, registration });
         Reply::ok(r)
     }
 
