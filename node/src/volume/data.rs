@@ -16,6 +16,8 @@ use super::keys::{self, dead, Lineage, LIVE};
 use super::store::*;
 use super::types::*;
 
+/// A write's offset that means "at the end of the file" (MS-FSA: -1).
+pub const WRITE_AT_END: u64 = u64::MAX;
 /// Chunks one allocated-ranges answer looks at, at most (4 GiB of file): what it collects
 /// under the volume lock, and the ranges it gives (half as many at most, 16 bytes each on the
 /// wire), stay bounded whatever range is asked.
@@ -103,14 +105,21 @@ impl VolumeStore {
         Ok(buffer)
     }
 
-    /// Writes `data` at `offset`, extending the file as needed. One write batch.
+    /// Writes `data` at `offset`, extending the file as needed; at [`WRITE_AT_END`], at the
+    /// file's end as it is when the write holds the volume (MS-FSA's FILE_WRITE_TO_END_OF_FILE:
+    /// concurrent appends never overlap). One write batch.
     pub fn write(&self, vol: Uuid, view: View, ino: u64, offset: u64, data: &[u8], now: u64) -> Result<()> {
         let len = data.len() as u64;
         if len > MAX_IO_BYTES {
             return Err(VolumeError::TooLarge { what: "a write", got: len, max: MAX_IO_BYTES });
         }
-        let end = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(VolumeError::TooLarge { what: "the file end", got: offset.saturating_add(len), max: MAX_FILE_BYTES })?;
+        let end_of = |offset: u64| offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES).ok_or(VolumeError::TooLarge { what: "the file end", got: offset.saturating_add(len), max: MAX_FILE_BYTES });
+        if offset != WRITE_AT_END {
+            end_of(offset)?;
+        }
         self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
+            let offset = if offset == WRITE_AT_END { inode.size } else { offset };
+            let end = end_of(offset)?;
             let mut pos = offset;
             while pos < end {
                 let index = pos / CHUNK_BYTES;

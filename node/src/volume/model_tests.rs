@@ -636,6 +636,20 @@ fn a_snapshot_or_clone_deletion_whose_write_fails_changes_nothing() {
     assert_eq!(s.snapshots(v).unwrap().iter().find(|i| i.id == snap).unwrap().state, SnapshotState::Deleting);
 }
 
+/// A write at offset u64::MAX (MS-FSA's write to end of file) lands at the file's end as it is
+/// then; other writes past the largest file are refused.
+#[test]
+fn a_write_at_the_end_offset_appends() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "log", Kind::File, 1).unwrap();
+    s.write(v, View::Live, ino, 0, b"one,", 2).unwrap();
+    s.write(v, View::Live, ino, super::data::WRITE_AT_END, b"two,", 3).unwrap();
+    s.write(v, View::Live, ino, super::data::WRITE_AT_END, b"three", 4).unwrap();
+    assert_eq!(s.read(v, View::Live, ino, 0, 100).unwrap(), b"one,two,three");
+    assert!(matches!(s.write(v, View::Live, ino, u64::MAX - 2, b"x", 5), Err(VolumeError::TooLarge { .. })));
+}
+
 /// A release for a token no fence was raised with (the fence call failed on its way) is
 /// refused, and the fence, if it arrives after, is refused too: no orphan fence holds the
 /// volume for a TTL. A retried release gets the recorded answer.
