@@ -33,14 +33,21 @@ impl Connection {
             },
             _ => return Reply::error(status::NOT_SUPPORTED),
         };
-        if data.len() > out_len as usize {
-            return Reply::error(status::INFO_LENGTH_MISMATCH);
+        // A buffer too small for a class's fixed part is a mismatch; one that holds the fixed
+        // part of a class ending in a name gets what fits, with STATUS_BUFFER_OVERFLOW.
+        let mut data = data;
+        let overflow = data.len() > out_len as usize;
+        if overflow {
+            match fixed_part(kind, class) {
+                Some(fixed) if out_len as usize >= fixed => data.truncate(out_len as usize),
+                _ => return Reply::error(status::INFO_LENGTH_MISMATCH),
+            }
         }
         let mut r = vec![9, 0];
         r.extend_from_slice(&((HEADER_BYTES + 8) as u16).to_le_bytes());
         r.extend_from_slice(&(data.len() as u32).to_le_bytes());
         r.extend_from_slice(&data);
-        Reply::ok(r)
+        Reply::ok(r).overflowing(overflow)
     }
 
     pub(in crate::server) fn set_info(&mut self, h: &Header, message: &[u8], files: &dyn Files, now: u64) -> Reply {
@@ -238,6 +245,18 @@ fn file_info(class: u8, f: &FileInfo, name: &str, delete_pending: bool, access: 
     })
 }
 
+/// The fixed part of a class whose answer ends in a variable-length name (MS-FSCC): what a
+/// buffer must hold to get a partial answer; None for fixed-size classes.
+fn fixed_part(kind: u8, class: u8) -> Option<usize> {
+    match (kind, class) {
+        (1, 18) => Some(100), // FileAllInformation
+        (1, 22) => Some(24),  // FileStreamInformation
+        (2, 1) => Some(18),   // FileFsVolumeInformation
+        (2, 5) => Some(12),   // FileFsAttributeInformation
+        _ => None,
+    }
+}
+
 /// FS_INFORMATION classes (MS-FSCC 2.5); sizes are nominal until volumes report capacity.
 fn fs_info(class: u8, label: &str) -> Option<Vec<u8>> {
     const UNITS: u64 = 1 << 30; // 4 TiB in 4 KiB units
@@ -296,6 +315,31 @@ mod tests {
         let (r, _) = exchange(c, files, &request(Command::Create, id, TREE, &create_with_access("f.txt", false, disposition, access)));
         assert_eq!(r[0].0.status, status::SUCCESS);
         u64::from_le_bytes(r[0].1[72..80].try_into().unwrap())
+    }
+
+    fn query(volatile: u64, kind: u8, class: u8, out_len: u32) -> Vec<u8> {
+        let mut b = vec![41, 0, kind, class];
+        b.extend_from_slice(&out_len.to_le_bytes());
+        b.extend_from_slice(&[0; 16]);
+        b.extend_from_slice(&volatile.to_le_bytes());
+        b.extend_from_slice(&volatile.to_le_bytes());
+        b
+    }
+
+    /// A buffer that holds a class's fixed part but not its whole name gets what fits with
+    /// STATUS_BUFFER_OVERFLOW; one smaller than the fixed part, or too small for a fixed-size
+    /// class, INFO_LENGTH_MISMATCH.
+    #[test]
+    fn a_buffer_short_of_the_name_overflows_and_one_short_of_the_fixed_part_mismatches() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let f = open_for(&mut c, &files, 1, FILE_CREATE, FILE_READ_DATA | FILE_READ_ATTRIBUTES);
+        for (id, kind, class, out_len, want) in [(2, 1, 18, 100, status::BUFFER_OVERFLOW), (3, 1, 18, 99, status::INFO_LENGTH_MISMATCH), (4, 2, 1, 18, status::BUFFER_OVERFLOW), (5, 1, 4, 39, status::INFO_LENGTH_MISMATCH), (6, 1, 18, 4096, status::SUCCESS)] {
+            let (r, _) = exchange(&mut c, &files, &request(Command::QueryInfo, id, TREE, &query(f, kind, class, out_len)));
+            assert_eq!(r[0].0.status, want, "kind {kind} class {class} buffer {out_len}");
+            if want == status::BUFFER_OVERFLOW {
+                assert_eq!(u32::from_le_bytes(r[0].1[4..8].try_into().unwrap()), out_len, "what fits");
+            }
+        }
     }
 
     fn basic(created: u64, attributes: u32) -> Vec<u8> {
