@@ -369,6 +369,11 @@ impl OpenTable {
         self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty() || !v.files.is_empty());
     }
 
+    /// Whether any gateway holds an open of `file`.
+    pub fn has_opens(&self, file: FileKey) -> bool {
+        self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino))).is_some_and(|f| !f.held.is_empty())
+    }
+
     /// Opens held on `volume`, from every gateway.
     pub fn count(&self, volume: Uuid) -> usize {
         self.volumes.get(&volume).map_or(0, |v| v.count)

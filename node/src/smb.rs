@@ -173,6 +173,7 @@ pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
         Some("not_a_directory") => FsError::NotADirectory,
         Some("is_a_directory") => FsError::IsADirectory,
         Some("read_only") => FsError::ReadOnly,
+        Some("access_denied") => FsError::AccessDenied,
         Some("invalid_name" | "invalid") => FsError::Invalid,
         Some("disk_full") => FsError::DiskFull,
         Some("busy") => FsError::Busy,

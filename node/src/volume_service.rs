@@ -46,6 +46,7 @@ pub fn status_of(e: VolumeError) -> Status {
         VolumeError::NotADirectory => (Code::FailedPrecondition, "not_a_directory"),
         VolumeError::IsADirectory => (Code::FailedPrecondition, "is_a_directory"),
         VolumeError::ReadOnly(_) => (Code::PermissionDenied, "read_only"),
+        VolumeError::AccessDenied(_) => (Code::PermissionDenied, "access_denied"),
         VolumeError::InvalidName(_) => (Code::InvalidArgument, "invalid_name"),
         VolumeError::TooLarge { .. } | VolumeError::Invalid(_) => (Code::InvalidArgument, "invalid"),
         VolumeError::TooManySnapshots { .. } => (Code::ResourceExhausted, "too_many_snapshots"),
@@ -70,7 +71,7 @@ pub struct VolumeService {
     meta: MetaReader,
     peers: Mutex<HashMap<String, Peer>>,
     /// Opens of the volumes this node owns, from every gateway (share modes); in memory only.
-    opens: Mutex<OpenTable>,
+    opens: Arc<Mutex<OpenTable>>,
     /// The clock leases are judged by (this node's, monotonic).
     started: tokio::time::Instant,
     /// Volumes this node held when it started: gateways may hold opens on them from before a
@@ -262,7 +263,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
         let held_at_start = store.volumes().into_iter().collect();
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Mutex::new(OpenTable::default()), started: tokio::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None }
     }
 
     /// The same service running store calls as `calls` says.
@@ -565,7 +566,12 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Done>, Status> {
-        unary!(gated self, req, rename, |s, vol, view, r| s.rename(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now).map(|_| Done {}))
+        // A rename never replaces a file some open holds (MS-FSA 2.1.5.14.11: ACCESS_DENIED).
+        let opens = self.opens.clone();
+        unary!(gated self, req, rename, |s, vol, view, r| {
+            let in_use = |ino: u64| opens.lock().expect("open table lock").has_opens(FileKey { volume: vol, view, ino });
+            s.rename_unless(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now, &in_use).map(|_| Done {})
+        })
     }
 
     async fn sync(&self, req: Request<VolumeTarget>) -> Result<Response<Done>, Status> {

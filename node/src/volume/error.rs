@@ -25,6 +25,9 @@ pub enum VolumeError {
     IsADirectory,
     #[error("read-only: {0}")]
     ReadOnly(&'static str),
+    /// The caller may not do this to that file now (a rename over a file some open holds).
+    #[error("access denied: {0}")]
+    AccessDenied(&'static str),
     #[error(transparent)]
     InvalidName(#[from] NameError),
     #[error("{what} is {got}; at most {max} allowed")]

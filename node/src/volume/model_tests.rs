@@ -636,6 +636,26 @@ fn a_snapshot_or_clone_deletion_whose_write_fails_changes_nothing() {
     assert_eq!(s.snapshots(v).unwrap().iter().find(|i| i.id == snap).unwrap().state, SnapshotState::Deleting);
 }
 
+/// A rename with replace refuses a target some open holds, and a directory target, with
+/// access denied, changing nothing; a target nobody holds is replaced.
+#[test]
+fn a_rename_does_not_replace_an_open_file_or_a_directory() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let from = s.create(v, View::Live, ROOT_INO, "new", Kind::File, 1).unwrap();
+    let held = s.create(v, View::Live, ROOT_INO, "held", Kind::File, 1).unwrap();
+    s.create(v, View::Live, ROOT_INO, "dir", Kind::Dir, 1).unwrap();
+    let in_use = |ino: u64| ino == held;
+    for to in ["held", "dir"] {
+        let e = s.rename_unless(v, View::Live, ROOT_INO, "new", ROOT_INO, to, true, 2, &in_use).unwrap_err();
+        assert!(matches!(e, VolumeError::AccessDenied(_)), "{to}: {e:?}");
+    }
+    assert_eq!(s.lookup(v, View::Live, ROOT_INO, "held").unwrap().unwrap().ino, held, "unchanged");
+    assert_eq!(s.lookup(v, View::Live, ROOT_INO, "new").unwrap().unwrap().ino, from);
+    s.rename_unless(v, View::Live, ROOT_INO, "new", ROOT_INO, "held", true, 3, &|_| false).unwrap();
+    assert_eq!(s.lookup(v, View::Live, ROOT_INO, "held").unwrap().unwrap().ino, from, "replaced once nobody holds it");
+}
+
 /// A write at offset u64::MAX (MS-FSA's write to end of file) lands at the file's end as it is
 /// then; other writes past the largest file are refused.
 #[test]

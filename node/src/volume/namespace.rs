@@ -230,6 +230,14 @@ impl VolumeStore {
     /// Renames within a volume; `replace` allows replacing an existing file (never a directory).
     #[allow(clippy::too_many_arguments)]
     pub fn rename(&self, vol: Uuid, view: View, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<()> {
+        self.rename_unless(vol, view, from_dir, from, to_dir, to, replace, now, &|_| false)
+    }
+
+    /// As [`VolumeStore::rename`], refusing to replace a target for which `in_use` says true
+    /// (some open holds it), and a directory target (MS-FSA 2.1.5.14.11: ACCESS_DENIED for
+    /// both), decided under the volume lock.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename_unless(&self, vol: Uuid, view: View, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64, in_use: &dyn Fn(u64) -> bool) -> Result<()> {
         check_file_name(to)?;
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
@@ -250,7 +258,10 @@ impl VolumeStore {
                     return Err(VolumeError::Exists(target.name));
                 }
                 if target.inode.kind == Kind::Dir {
-                    return Err(VolumeError::IsADirectory);
+                    return Err(VolumeError::AccessDenied("a rename does not replace a directory"));
+                }
+                if in_use(target.ino) {
+                    return Err(VolumeError::AccessDenied("a rename does not replace a file that is open"));
                 }
                 self.drop_entry(&st, &scope, &mut batch, to_dir, &target)?;
             }

@@ -42,6 +42,9 @@ pub enum FsError {
     IsADirectory,
     #[error("read-only")]
     ReadOnly,
+    /// Not allowed to this file now (a rename over a file some open holds).
+    #[error("access denied")]
+    AccessDenied,
     #[error("invalid name or request")]
     Invalid,
     #[error("disk full")]
@@ -74,6 +77,7 @@ impl FsError {
             FsError::NotADirectory => NOT_A_DIRECTORY,
             FsError::IsADirectory => FILE_IS_A_DIRECTORY,
             FsError::ReadOnly => MEDIA_WRITE_PROTECTED,
+            FsError::AccessDenied => ACCESS_DENIED,
             FsError::Invalid => OBJECT_NAME_INVALID,
             FsError::DiskFull => DISK_FULL,
             FsError::Busy => SHARING_VIOLATION,
