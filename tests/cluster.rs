@@ -228,6 +228,10 @@ fn malformed_raft_and_admin_payloads_get_invalid_argument() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // A request past the admin service's bound is refused before it is read whole.
+        let huge = format!("{{\"CreateShare\":{{\"name\":\"{}\"}}}}", "x".repeat(umbra_node::admin::MAX_ADMIN_REQUEST_BYTES));
+        let e = admin.write(umbra_proto::v1::WriteRequest { json: huge.into_bytes(), forwarded: false }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
     });
     assert_eq!(c.status(1).unwrap()["asked"]["members"].as_array().unwrap().len(), 1);
 }

@@ -30,6 +30,11 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(value).map_err(|e| Status::internal(format!("encoding reply: {e}")))
 }
 
+/// The largest request the admin service takes (a command's JSON: names and paths are a few
+/// hundred bytes). Bounds what one proposal adds to the log, so a Raft entry of
+/// [`crate::batcher::MAX_REQUESTS_PER_PROPOSAL`] requests stays within a Raft message.
+pub const MAX_ADMIN_REQUEST_BYTES: usize = 64 * 1024;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {

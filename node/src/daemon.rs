@@ -84,7 +84,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
                 .http2_keepalive_interval(Some(crate::grpc_server::KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(crate::grpc_server::KEEPALIVE_TIMEOUT))
                 .add_service(RaftServer::new(RaftService::new(raft.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
-                .add_service(AdminServer::new(AdminService::new(meta.clone())))
+                .add_service(AdminServer::new(AdminService::new(meta.clone())).max_decoding_message_size(crate::admin::MAX_ADMIN_REQUEST_BYTES))
                 .add_service(crate::volume_wire::VolumeWire::new(volume_service.clone()))
         }
     };

@@ -218,6 +218,6 @@ pub enum MetaError {
 
 impl MetaError {
     pub(crate) fn not_found(kind: &str, name: &str) -> Self {
-        MetaError::NotFound { kind: kind.into(), name: name.into() }
+        MetaError::NotFound { kind: kind.into(), name: crate::names::shown(name) }
     }
 }

@@ -34,7 +34,20 @@ pub struct NameError {
 }
 
 fn refuse(kind: &str, name: &str, reason: impl Into<String>) -> NameError {
-    NameError { kind: kind.into(), name: name.into(), reason: reason.into() }
+    NameError { kind: kind.into(), name: shown(name), reason: reason.into() }
+}
+
+/// Characters of a name an error repeats at most: a refused answer is remembered (the dedupe
+/// table, every snapshot), so it never holds a client's whole input.
+pub const MAX_SHOWN_NAME_CHARS: usize = 64;
+
+/// `name` as an error shows it: its first [`MAX_SHOWN_NAME_CHARS`] characters, and "..." when
+/// there were more.
+pub fn shown(name: &str) -> String {
+    match name.char_indices().nth(MAX_SHOWN_NAME_CHARS) {
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+        None => name.to_string(),
+    }
 }
 
 /// The key a name is looked up by: Unicode lowercase, so `Share`, `SHARE` and `share` are one.
@@ -126,6 +139,16 @@ pub fn normalize_share_path(path: &str) -> Result<String, NameError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A refused name is repeated in its error only in part: errors are remembered.
+    #[test]
+    fn an_error_repeats_a_long_name_only_in_part() {
+        let long = "x".repeat(100_000);
+        let e = check_share_name(&long).unwrap_err();
+        assert_eq!(e.name.chars().count(), MAX_SHOWN_NAME_CHARS + 3);
+        assert_eq!(shown("short"), "short");
+        assert_eq!(shown(&"é".repeat(70)), format!("{}...", "é".repeat(MAX_SHOWN_NAME_CHARS)));
+    }
 
     #[test]
     fn share_names_follow_windows_rules() {

@@ -203,7 +203,7 @@ impl MetaState {
 }
 
 fn limit(name: &str, max: usize, what: &str) -> MetaError {
-    MetaError::LimitReached { limit: name.into(), max, what: what.into() }
+    MetaError::LimitReached { limit: name.into(), max, what: crate::names::shown(what) }
 }
 
 #[cfg(test)]
