@@ -120,6 +120,16 @@ impl Connection {
                 if truncate && read_only {
                     return Reply::error(status::MEDIA_WRITE_PROTECTED);
                 }
+                // MS-FSA 2.1.5.1.2.1: a file with the READONLY attribute is neither deleted nor
+                // opened to change its data.
+                if info.attributes & FILE_ATTRIBUTE_READONLY != 0 {
+                    if options & FILE_DELETE_ON_CLOSE != 0 {
+                        return Reply::error(status::CANNOT_DELETE);
+                    }
+                    if !info.directory && (truncate || granted & (share_modes::FILE_WRITE_DATA | share_modes::FILE_APPEND_DATA) != 0) {
+                        return Reply::error(status::ACCESS_DENIED);
+                    }
+                }
                 let parent = parent.id;
                 // The share-access check comes before the open changes anything.
                 let doc = (options & FILE_DELETE_ON_CLOSE != 0 && !name.is_empty()).then_some((parent, name.as_str()));

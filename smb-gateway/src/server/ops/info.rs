@@ -114,6 +114,10 @@ impl Connection {
                 if delete && !may_delete {
                     return Reply::error(status::ACCESS_DENIED);
                 }
+                // A file or directory marked READONLY (now, not when it was opened) is not deleted.
+                if delete && files.stat(&share, info.id).is_ok_and(|now| now.attributes & super::FILE_ATTRIBUTE_READONLY != 0) {
+                    return Reply::error(status::CANNOT_DELETE);
+                }
                 if delete && info.directory && files.list(&share, info.id, "", 1).map(|l| !l.is_empty()).unwrap_or(false) {
                     return Reply::error(status::DIRECTORY_NOT_EMPTY);
                 }
@@ -376,5 +380,25 @@ mod tests {
         let f = files.lookup("", "f.txt").unwrap();
         assert_eq!((f.created, f.attributes), (1234, 0), "a zero time is left as it is; NORMAL clears the attributes");
         assert_eq!(status_of(&mut c, 13, set_info(attributes, 4, &[0; 8]), Command::SetInfo), status::INFO_LENGTH_MISMATCH);
+    }
+
+    /// A file marked READONLY (MS-FSA 2.1.5.1.2.1) is not opened to change its data, nor
+    /// deleted, by delete-on-close or by a disposition set on an open made before the mark;
+    /// reading it is fine.
+    #[test]
+    fn a_readonly_file_is_neither_written_nor_deleted() {
+        use crate::share_modes::DELETE;
+        let files = MemFiles::with_dirs(&[]);
+        let mut c = connection();
+        let status_of = |c: &mut _, id, body: Vec<u8>, command| exchange(c, &files, &request(command, id, TREE, &body)).0[0].0.status;
+        let early = open_for(&mut c, &files, 1, FILE_CREATE, FILE_READ_DATA | DELETE | FILE_WRITE_ATTRIBUTES);
+        assert_eq!(status_of(&mut c, 2, set_info(early, 4, &basic(0, 0x1)), Command::SetInfo), status::SUCCESS, "marked READONLY");
+        assert_eq!(status_of(&mut c, 3, create_with_access("f.txt", false, FILE_OPEN, FILE_WRITE_DATA), Command::Create), status::ACCESS_DENIED);
+        assert_eq!(status_of(&mut c, 4, create_with_access("f.txt", false, 5, FILE_READ_DATA), Command::Create), status::ACCESS_DENIED, "no overwrite");
+        let mut doomed = create_with_access("f.txt", false, FILE_OPEN, DELETE);
+        doomed[40..44].copy_from_slice(&0x1000u32.to_le_bytes()); // FILE_DELETE_ON_CLOSE
+        assert_eq!(status_of(&mut c, 5, doomed, Command::Create), status::CANNOT_DELETE);
+        assert_eq!(status_of(&mut c, 6, set_info(early, 13, &[1]), Command::SetInfo), status::CANNOT_DELETE, "the open predates the mark");
+        assert_eq!(status_of(&mut c, 7, create_with_access("f.txt", false, FILE_OPEN, FILE_READ_DATA), Command::Create), status::SUCCESS);
     }
 }

@@ -30,6 +30,8 @@ const LIST_BATCH: u32 = 256;
 const FILE_DIRECTORY_FILE: u32 = 0x0000_0001;
 const FILE_NON_DIRECTORY_FILE: u32 = 0x0000_0040;
 const FILE_DELETE_ON_CLOSE: u32 = 0x0000_1000;
+/// FILE_ATTRIBUTE_READONLY (MS-FSCC 2.6).
+const FILE_ATTRIBUTE_READONLY: u32 = 0x0000_0001;
 const ATTR_DIRECTORY: u32 = 0x10;
 const ATTR_ARCHIVE: u32 = 0x20;
 /// Access rights that change a file or its directory.
