@@ -316,6 +316,9 @@ fn nodes_are_added_as_learners_promoted_to_voters_and_removed() {
         v["members"].as_array().unwrap().iter().map(|m| (m["id"].as_u64().unwrap(), m["role"].as_str().unwrap().to_string())).collect()
     };
     assert!(roles(&learner.json()).contains(&(4, "learner".into())));
+    // The same node with other addresses is refused: Raft would keep the first ones.
+    let other = c.ctl(2, &["node", "add", "4", "--grpc", "127.0.0.1:1", "--smb", &smb, "--learner"]);
+    assert!(!other.ok && other.stderr.contains("already a member"), "{}", other.stderr);
     let voter = c.ctl(3, &["node", "add", "4", "--grpc", &grpc, "--smb", &smb]);
     assert!(voter.ok, "{}", voter.stderr);
     assert!(roles(&voter.json()).contains(&(4, "voter".into())));

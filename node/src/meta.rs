@@ -240,6 +240,12 @@ impl Meta {
         if id == 0 {
             return Err(NodeError::BadRequest("node id 0 is not allowed".into()));
         }
+        // Raft keeps a member's first address: adding it again with another would report
+        // success and change nothing.
+        let known = self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned();
+        if let Some(existing) = known.filter(|k| *k != info) {
+            return Err(NodeError::BadRequest(format!("node {id} is already a member at {} (SMB {}): remove it first to give it other addresses", existing.grpc_addr, existing.smb_addr)));
+        }
         let req = AddNodeRequest { node_id: id, grpc_addr: info.grpc_addr.clone(), smb_addr: info.smb_addr.clone(), voter, forwarded: true };
         self.membership_call(forwarded, |raft| async move {
             let learner = raft.add_learner(id, info, true).await?;
