@@ -138,7 +138,9 @@ impl Files for MemFiles {
     fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), FsError> {
         Ok(())
     }
-    fn set_size(&self, _: &str, _: u64, _: u64, _: u64) -> Result<(), FsError> {
+    fn set_size(&self, _: &str, id: u64, size: u64, _: u64) -> Result<(), FsError> {
+        let mut g = self.0.lock().unwrap();
+        g.0.values_mut().find(|i| i.id == id).ok_or(FsError::NotFound)?.size = size;
         Ok(())
     }
     fn set_basic(&self, _: &str, id: u64, basic: crate::server::files::Basic) -> Result<(), FsError> {

@@ -120,10 +120,17 @@ impl Connection {
 
     pub(in crate::server) fn flush(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
         let Some(volatile) = Self::file_id(&message[HEADER_BYTES..], 8) else { return Reply::error(status::INVALID_PARAMETER) };
-        let share = match self.open_of(h, volatile) {
-            Ok(o) => o.share.clone(),
+        let (share, access, pipe) = match self.open_of(h, volatile) {
+            Ok(o) => (o.share.clone(), o.access, o.pipe.is_some()),
             Err(s) => return Reply::error(s),
         };
+        // MS-SMB2 3.3.5.11: a flush needs write or append access; a pipe has nothing to flush.
+        if access & (share_modes::FILE_WRITE_DATA | share_modes::FILE_APPEND_DATA) == 0 {
+            return Reply::error(status::ACCESS_DENIED);
+        }
+        if pipe {
+            return Reply::ok(vec![4, 0, 0, 0]);
+        }
         match files.flush(&share) {
             Ok(()) => Reply::ok(vec![4, 0, 0, 0]),
             Err(e) => fs(e),

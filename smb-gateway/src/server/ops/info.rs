@@ -136,8 +136,16 @@ impl Connection {
                 Ok(basic) => done(files.set_basic(&share, info.id, basic)),
                 Err(s) => Reply::error(s),
             },
-            // FileAllocationInformation: space is allocated as data is written; accepted.
-            19 => Reply::ok(vec![2, 0]),
+            // FileAllocationInformation: space is allocated as data is written, so a larger size
+            // changes nothing; a size below the end of file truncates it there (MS-FSA 2.1.5.14.1).
+            19 => match u64_at(data, 0) {
+                Some(size) => match files.stat(&share, info.id) {
+                    Ok(now_info) if size < now_info.size => done(files.set_size(&share, info.id, size, now)),
+                    Ok(_) => Reply::ok(vec![2, 0]),
+                    Err(e) => fs(e),
+                },
+                None => Reply::error(status::INVALID_PARAMETER),
+            },
             _ => Reply::error(status::INVALID_INFO_CLASS),
         }
     }
@@ -380,6 +388,25 @@ mod tests {
         let f = files.lookup("", "f.txt").unwrap();
         assert_eq!((f.created, f.attributes), (1234, 0), "a zero time is left as it is; NORMAL clears the attributes");
         assert_eq!(status_of(&mut c, 13, set_info(attributes, 4, &[0; 8]), Command::SetInfo), status::INFO_LENGTH_MISMATCH);
+    }
+
+    /// An allocation size below the end of file truncates the file there (a larger one changes
+    /// nothing); FLUSH needs write or append access.
+    #[test]
+    fn a_smaller_allocation_truncates_and_flush_needs_write_access() {
+        let files = MemFiles::with_dirs(&[]);
+        let mut c = connection();
+        let status_of = |c: &mut _, id, body: Vec<u8>, command| exchange(c, &files, &request(command, id, TREE, &body)).0[0].0.status;
+        let w = open_for(&mut c, &files, 1, FILE_CREATE, FILE_WRITE_DATA | FILE_READ_DATA);
+        assert_eq!(status_of(&mut c, 2, set_info(w, 20, &1000u64.to_le_bytes()), Command::SetInfo), status::SUCCESS);
+        assert_eq!(status_of(&mut c, 3, set_info(w, 19, &4096u64.to_le_bytes()), Command::SetInfo), status::SUCCESS);
+        assert_eq!(files.lookup("", "f.txt").unwrap().size, 1000, "a larger allocation changes nothing");
+        assert_eq!(status_of(&mut c, 4, set_info(w, 19, &10u64.to_le_bytes()), Command::SetInfo), status::SUCCESS);
+        assert_eq!(files.lookup("", "f.txt").unwrap().size, 10, "a smaller one truncates");
+        let flush = |v: u64| [vec![24, 0, 0, 0, 0, 0, 0, 0], v.to_le_bytes().to_vec(), v.to_le_bytes().to_vec()].concat();
+        assert_eq!(status_of(&mut c, 5, flush(w), Command::Flush), status::SUCCESS);
+        let r = open_for(&mut c, &files, 6, FILE_OPEN, FILE_READ_DATA);
+        assert_eq!(status_of(&mut c, 7, flush(r), Command::Flush), status::ACCESS_DENIED);
     }
 
     /// A file marked READONLY (MS-FSA 2.1.5.1.2.1) is not opened to change its data, nor
