@@ -154,4 +154,21 @@ mod tests {
         assert!(matches("<.txt", "x.txt"));
         assert!(matches("*", "."));
     }
+
+    /// DOS wildcards as MS-FSA 2.1.4.4 defines them (what Windows clients send for `?`, `*`
+    /// and `.` in a search).
+    #[test]
+    fn dos_wildcards_follow_ms_fsa() {
+        assert!(matches("file>.txt", "file.txt"), "> matches nothing before a period");
+        assert!(matches("file>.txt", "file1.txt"));
+        assert!(!matches("file>.txt", "file12.txt"));
+        assert!(matches("<.do>", "x.do"), "> matches nothing at the end");
+        assert!(matches("<.do>", "x.doc"));
+        assert!(matches("a<\"<", "abc"), "\" matches nothing at the end (a*.*)");
+        assert!(matches("a<\"<", "abc.txt"));
+        assert!(matches("<\"", "abc"), "*. : names without an extension");
+        assert!(!matches("<\"", "abc.txt"));
+        assert!(matches("<.txt", "a.b.txt"), "< may pass periods before the last");
+        assert!(!matches(&"*".repeat(super::super::MAX_PATTERN_CHARS + 1), "a"), "an overlong pattern names nothing");
+    }
 }

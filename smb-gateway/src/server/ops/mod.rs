@@ -78,29 +78,44 @@ fn attributes(f: &FileInfo) -> u32 {
     }
 }
 
-/// `*` and `?` wildcards, case-insensitive (DOS wildcards `<`, `>`, `"` as `*`, `?`, `.`).
+/// Whether `name` is in the expression `pattern`, case-insensitive (MS-FSA 2.1.4.4): `*` any
+/// run of characters, `?` one character, and the DOS wildcards clients send for them: `<` any
+/// run that does not pass the name's last period, `>` one character, or none at a period or at
+/// the end, `"` a period, or nothing at the end. A pattern longer than
+/// [`MAX_PATTERN_CHARS`] matches nothing (the work is pattern x name).
 pub fn matches(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().map(|c| match c { '<' => '*', '>' => '?', '"' => '.', c => c }).collect();
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
     let n: Vec<char> = name.to_lowercase().chars().collect();
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
+    if p.len() > MAX_PATTERN_CHARS {
+        return false;
+    }
+    let last_dot = n.iter().rposition(|&c| c == '.');
+    // at[pi][ni]: the pattern from pi matches the name from ni; filled from the ends.
+    let width = n.len() + 1;
+    let mut at = vec![false; (p.len() + 1) * width];
+    at[p.len() * width + n.len()] = true;
+    for pi in (0..p.len()).rev() {
+        for ni in (0..=n.len()).rev() {
+            let next = |pj: usize, nj: usize| at[pj * width + nj];
+            let here = ni < n.len();
+            at[pi * width + ni] = match p[pi] {
+                '*' => next(pi + 1, ni) || here && next(pi, ni + 1),
+                '?' => here && next(pi + 1, ni + 1),
+                '<' => next(pi + 1, ni) || here && Some(ni) != last_dot && next(pi, ni + 1),
+                '>' if here && n[ni] != '.' => next(pi + 1, ni + 1),
+                '>' => next(pi + 1, ni),
+                '"' if here => n[ni] == '.' && next(pi + 1, ni + 1),
+                '"' => next(pi + 1, ni),
+                c => here && n[ni] == c && next(pi + 1, ni + 1),
+            };
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    at[0]
 }
+
+/// The longest search pattern matched (a name is at most 255 characters; longer patterns name
+/// nothing).
+pub const MAX_PATTERN_CHARS: usize = 1024;
 
 fn fs(e: FsError) -> Reply {
     Reply::error(e.status())
