@@ -28,7 +28,7 @@ impl Connection {
         let restart = flags & (0x01 | 0x10) != 0 || open.listing.is_none();
         if restart {
             let pattern = if pattern.is_empty() { "*".to_string() } else { pattern };
-            open.listing = Some(Listing { pattern, after: String::new(), dots_sent: false, done: false });
+            open.listing = Some(Listing { pattern, after: String::new(), dots: 0, done: false });
         }
         let listing = open.listing.as_mut().expect("set above");
         if listing.done {
@@ -54,16 +54,17 @@ impl Connection {
             true
         };
         let mut any = false;
-        if !listing.dots_sent && matches(&listing.pattern, ".") {
-            for dot in [".", ".."] {
-                if !push(&mut out, &dir, dot) {
-                    break;
-                }
-                any = true;
-            }
-            listing.dots_sent = true;
+        if !matches(&listing.pattern, ".") {
+            listing.dots = 2;
         }
-        listing.dots_sent = true;
+        // `.` then `..`, one at a time when the client asked for a single entry.
+        while listing.dots < 2 && !(single && any) {
+            if !push(&mut out, &dir, if listing.dots == 0 { "." } else { ".." }) {
+                break;
+            }
+            listing.dots += 1;
+            any = true;
+        }
         'outer: while !(single && any) {
             let batch = match files.list(&share, dir.id, &listing.after, LIST_BATCH) {
                 Ok(b) => b,
@@ -153,6 +154,39 @@ mod tests {
         assert!(!matches("g.txt", "h.txt"));
         assert!(matches("<.txt", "x.txt"));
         assert!(matches("*", "."));
+    }
+
+    /// With RETURN_SINGLE_ENTRY, `.` and `..` come one per call, like any other entry.
+    #[test]
+    fn a_single_entry_listing_gives_the_dot_entries_one_at_a_time() {
+        use crate::server::testkit::*;
+        use crate::smb2::header::Command;
+        use crate::smb2::status;
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&["d"]));
+        let d = open(&mut c, &files, 1, TREE, "d", true, 1);
+        let query = |flags: u8| {
+            let mut b = vec![33, 0, 12, flags, 0, 0, 0, 0];
+            b.extend_from_slice(&d.to_le_bytes());
+            b.extend_from_slice(&d.to_le_bytes());
+            b.extend_from_slice(&96u16.to_le_bytes());
+            b.extend_from_slice(&2u16.to_le_bytes());
+            b.extend_from_slice(&4096u32.to_le_bytes());
+            b.extend_from_slice(&[b'*', 0]);
+            b
+        };
+        let mut names = Vec::new();
+        for (id, flags) in [(2, 0x02 | 0x01), (3, 0x02), (4, 0x02)] {
+            let (r, _) = exchange(&mut c, &files, &request(Command::QueryDirectory, id, TREE, &query(flags)));
+            if r[0].0.status != status::SUCCESS {
+                names.push(format!("{:#x}", r[0].0.status));
+                continue;
+            }
+            let body = &r[0].1;
+            assert_eq!(u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize, 12 + 2 * (names.len() + 1), "one entry");
+            let len = u32::from_le_bytes(body[16..20].try_into().unwrap()) as usize;
+            names.push(String::from_utf16_lossy(&body[20..20 + len].chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>()));
+        }
+        assert_eq!(names, [".", "..", &format!("{:#x}", status::NO_MORE_FILES)]);
     }
 
     /// DOS wildcards as MS-FSA 2.1.4.4 defines them (what Windows clients send for `?`, `*`

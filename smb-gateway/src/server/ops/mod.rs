@@ -60,7 +60,8 @@ pub struct Open {
 pub struct Listing {
     pattern: String,
     after: String,
-    dots_sent: bool,
+    /// Of `.` and `..`, how many were sent (2 also when the pattern names neither).
+    dots: u8,
     done: bool,
 }
 
