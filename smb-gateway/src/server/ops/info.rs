@@ -13,7 +13,7 @@ impl Connection {
             return Reply::error(status::INVALID_PARAMETER);
         };
         let (share, id, name, delete_pending, access) = match self.open_of(h, volatile) {
-            Ok(o) => (o.share.clone(), o.info.id, o.name.clone(), o.delete_on_close, o.access),
+            Ok(o) => (o.share.clone(), o.info.id, o.path.clone(), o.delete_on_close, o.access),
             Err(s) => return Reply::error(s),
         };
         let info = match files.stat(&share, id) {
@@ -104,6 +104,7 @@ impl Connection {
                     if let Some(o) = self.opens.get_mut(&volatile) {
                         o.parent = to_dir;
                         o.name = to_name;
+                        o.path = target.clone();
                     }
                 }
                 done(result)
@@ -388,6 +389,30 @@ mod tests {
         let f = files.lookup("", "f.txt").unwrap();
         assert_eq!((f.created, f.attributes), (1234, 0), "a zero time is left as it is; NORMAL clears the attributes");
         assert_eq!(status_of(&mut c, 13, set_info(attributes, 4, &[0; 8]), Command::SetInfo), status::INFO_LENGTH_MISMATCH);
+    }
+
+    /// FileAllInformation names the file by its path from the share root, also after a rename.
+    #[test]
+    fn file_all_information_names_the_path_from_the_share_root() {
+        let files = MemFiles::with_dirs(&["d"]);
+        let mut c = connection();
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 1, TREE, &create_with_access("d\\f.txt", false, FILE_CREATE, FILE_READ_ATTRIBUTES | crate::share_modes::DELETE)));
+        let f = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
+        let name_of = |c: &mut _, id| {
+            let (r, _) = exchange(c, &files, &request(Command::QueryInfo, id, TREE, &query(f, 1, 18, 4096)));
+            let d = &r[0].1[8..];
+            let len = u32::from_le_bytes(d[96..100].try_into().unwrap()) as usize;
+            String::from_utf16_lossy(&d[100..100 + len].chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>())
+        };
+        assert_eq!(name_of(&mut c, 2), "\\d\\f.txt");
+        let mut rename = vec![0u8; 20];
+        let mut to = Vec::new();
+        crate::wire::put_utf16(&mut to, "g.txt");
+        rename[16..20].copy_from_slice(&(to.len() as u32).to_le_bytes());
+        rename.extend(to);
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 3, TREE, &set_info(f, 10, &rename)));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        assert_eq!(name_of(&mut c, 4), "\\g.txt");
     }
 
     /// An allocation size below the end of file truncates the file there (a larger one changes

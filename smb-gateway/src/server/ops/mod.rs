@@ -45,6 +45,9 @@ pub struct Open {
     pub info: FileInfo,
     pub parent: u64,
     pub name: String,
+    /// Its path from the share root, `\`-separated, as opened or last renamed (what
+    /// FileAllInformation names).
+    pub path: String,
     pub delete_on_close: bool,
     pub listing: Option<Listing>,
     /// A named pipe on IPC$ (then `info` is a placeholder).
