@@ -144,8 +144,11 @@ mod tests {
         assert!(watch.closed(std::time::Duration::from_secs(10)).await, "closed on the other thread");
         assert!(watch.closed(short).await, "and stays closed");
         last.join().expect("the thread that closed it");
-        let (log, _sm) = open(dir.path()).expect("opens again: RocksDB's lock was released");
-        drop(log);
+        let (log, sm, mut again) = open_watched(dir.path()).expect("opens again: RocksDB's lock was released");
+        drop((log, sm));
+        // Closed, and its WAL sync thread joined, before the test process may exit (a thread
+        // still in RocksDB code as the process tears RocksDB down crashes it).
+        assert!(again.closed(std::time::Duration::from_secs(10)).await);
     }
 
     /// openraft's storage conformance suite (log, vote, state machine, snapshots) against RocksDB.
