@@ -175,6 +175,7 @@ pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
         Some("read_only") => FsError::ReadOnly,
         Some("access_denied") => FsError::AccessDenied,
         Some("invalid_name" | "invalid") => FsError::Invalid,
+        Some("too_large") => FsError::TooLarge,
         Some("disk_full") => FsError::DiskFull,
         Some("busy") => FsError::Busy,
         Some("sharing_violation") => FsError::SharingViolation(s.message().to_string()),

@@ -48,7 +48,8 @@ pub fn status_of(e: VolumeError) -> Status {
         VolumeError::ReadOnly(_) => (Code::PermissionDenied, "read_only"),
         VolumeError::AccessDenied(_) => (Code::PermissionDenied, "access_denied"),
         VolumeError::InvalidName(_) => (Code::InvalidArgument, "invalid_name"),
-        VolumeError::TooLarge { .. } | VolumeError::Invalid(_) => (Code::InvalidArgument, "invalid"),
+        VolumeError::TooLarge { .. } => (Code::OutOfRange, "too_large"),
+        VolumeError::Invalid(_) => (Code::InvalidArgument, "invalid"),
         VolumeError::TooManySnapshots { .. } => (Code::ResourceExhausted, "too_many_snapshots"),
         VolumeError::DiskFull(_) => (Code::ResourceExhausted, "disk_full"),
         VolumeError::Busy(_) | VolumeError::AtFence => (Code::Unavailable, "busy"),
@@ -881,6 +882,17 @@ fn clone_reply(c: crate::volume::CloneInfo) -> CloneReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A size or offset past what the store keeps reaches the gateway as such (SMB answers
+    /// INVALID_PARAMETER), not as an invalid name.
+    #[test]
+    fn too_large_keeps_its_kind_through_to_the_gateway() {
+        use umbra_smb_gateway::server::files::FsError;
+        let s = status_of(VolumeError::TooLarge { what: "the file end", got: 1 << 50, max: 1 << 44 });
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert!(matches!(crate::smb::fs_error(&s), FsError::TooLarge));
+        assert_eq!(FsError::TooLarge.status(), umbra_smb_gateway::smb2::status::INVALID_PARAMETER);
+    }
 
     /// A delete-on-close link is kept as long as its open lasts: its name must be one a file can
     /// have, or the register, release or renewal that carries it is refused.

@@ -87,7 +87,9 @@ impl VolumeStore {
             if token >= book.highest {
                 let mut fences = book.clone();
                 fences.record(token, Uuid::nil());
-                fences.records.insert(token, FenceRecord { snapshot: Uuid::nil(), released: Some(Released::Expired) });
+                if let Some(r) = fences.records.get_mut(&token) {
+                    r.released = Some(Released::Expired);
+                }
                 self.put_one(CF_META, meta_key(vol, META_FENCES, &[]), serde_json::to_vec(&fences)?, Durability::Buffered)?;
                 *book = fences;
             }

@@ -47,6 +47,9 @@ pub enum FsError {
     AccessDenied,
     #[error("invalid name or request")]
     Invalid,
+    /// An offset or size past what storage keeps (a write past the largest file).
+    #[error("offset or size too large")]
+    TooLarge,
     #[error("disk full")]
     DiskFull,
     #[error("busy")]
@@ -79,6 +82,7 @@ impl FsError {
             FsError::ReadOnly => MEDIA_WRITE_PROTECTED,
             FsError::AccessDenied => ACCESS_DENIED,
             FsError::Invalid => OBJECT_NAME_INVALID,
+            FsError::TooLarge => INVALID_PARAMETER,
             FsError::DiskFull => DISK_FULL,
             FsError::Busy => SHARING_VIOLATION,
             FsError::SharingViolation(_) => SHARING_VIOLATION,

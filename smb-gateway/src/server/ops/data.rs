@@ -55,11 +55,8 @@ impl Connection {
         // A zero-length WRITE succeeds and changes nothing (MS-FSA 2.1.5.3), wherever it points.
         // Offset 0xFFFFFFFFFFFFFFFF writes at the end of the file, as the store resolves it.
         if !data.is_empty() {
-            match files.write(&share, id, offset, data, now) {
-                Ok(()) => {}
-                // Past the largest file the store keeps: a bad offset, not a bad name.
-                Err(FsError::Invalid) => return Reply::error(status::INVALID_PARAMETER),
-                Err(e) => return fs(e),
+            if let Err(e) = files.write(&share, id, offset, data, now) {
+                return fs(e);
             }
         }
         let mut r = vec![17, 0, 0, 0];
