@@ -429,6 +429,52 @@ fn truncate_to_zero_after_a_snapshot_then_extend_reads_zeros_while_the_snapshot_
     assert_eq!(s.read(v, View::Snapshot(snap), ino, 0, old.len() as u64).unwrap(), old);
 }
 
+/// A dead generation larger than a reclaim step is freed over several steps, each deleting at
+/// most the step's budget, and a power loss between steps loses at most the progress since
+/// the last sync: the reclaim goes on from where the disk says and frees everything.
+#[test]
+fn a_large_dead_generation_is_reclaimed_in_bounded_steps_that_survive_a_power_loss() {
+    const CHUNKS: u64 = 40;
+    const STEP: usize = 8;
+    for lost_after in [1usize, 3] {
+        let (_dir, mut w) = world_on(Engine::Mem);
+        let kv = w.mem.clone().expect("the in-memory engine");
+        let v = w.vol;
+        let big = w.store.create(v, View::Live, ROOT_INO, "disk.vhdx", Kind::File, 1).unwrap();
+        let kept = w.store.create(v, View::Live, ROOT_INO, "kept.txt", Kind::File, 1).unwrap();
+        w.store.write(v, View::Live, big, 0, &vec![0x5A; (CHUNKS * CHUNK_BYTES) as usize], 2).unwrap();
+        w.store.write(v, View::Live, kept, 0, b"still here", 2).unwrap();
+        let a = Uuid::new_v4();
+        w.store.snapshot_create(v, a, 3).unwrap();
+        w.store.set_size(v, View::Live, big, 0, 4).unwrap(); // the generation dies, pinned by `a`
+        let b = Uuid::new_v4();
+        w.store.snapshot_create(v, b, 5).unwrap();
+        w.store.snapshot_delete(v, a).unwrap();
+        w.store.sync().unwrap();
+        let chunks = |w: &World| count(&w.store, super::store::CF_CHUNKS);
+        assert_eq!(chunks(&w), CHUNKS as usize + 1);
+        let mut steps = 0;
+        let mut before = chunks(&w);
+        while w.store.reclaim_step(v, STEP).unwrap() {
+            steps += 1;
+            let now = chunks(&w);
+            assert!(before - now <= STEP, "one step deleted {} chunks, more than its budget {STEP}", before - now);
+            before = now;
+            if steps == lost_after {
+                kv.power_loss(0); // every step so far was buffered: all of it is lost
+                w.store = VolumeStore::open_on(std::sync::Arc::new(kv.clone())).unwrap();
+                before = chunks(&w);
+            }
+        }
+        assert!(steps as u64 >= CHUNKS / STEP as u64, "{steps} steps for {CHUNKS} chunks in steps of {STEP}");
+        assert_eq!(chunks(&w), 1, "only the kept file's chunk is left");
+        assert_eq!(count(&w.store, super::store::CF_DEAD), 0);
+        assert!(w.store.snapshots(v).unwrap().iter().all(|s| s.id != a), "the deleted snapshot's record went last");
+        assert_eq!(w.store.read(v, View::Snapshot(b), kept, 0, 100).unwrap(), b"still here");
+        assert_eq!(w.store.stat(v, View::Snapshot(b), big).unwrap().size, 0);
+    }
+}
+
 #[test]
 fn snapshots_are_capped_and_snapshot_views_refuse_writes() {
     let (_dir, w) = world();

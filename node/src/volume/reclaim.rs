@@ -6,46 +6,88 @@
 //! (e, next pin above e]; so deleting a snapshot queues exactly that range, and the reclaimer
 //! walks it in bounded steps, each one write batch with its cursor (a crash resumes there). A
 //! deleted snapshot's record goes last. A whole chunk generation (truncate to 0, delete) is
-//! one deadlist entry whose chunks are checked one by one.
+//! one deadlist entry whose chunks are checked one by one, each counting against the step's
+//! budget like an entry: a step that runs out inside a generation records the last chunk it
+//! handled, so a file of any size is reclaimed in steps of bounded size.
 
 use super::kv::{Batch, Durability};
 use uuid::Uuid;
 
 use super::error::Result;
-use super::keys::{self, dead, Epoch};
+use super::keys::{self, dead};
 use super::store::{cf_of, meta_key, VolState, VolumeStore, CF_CHUNKS, CF_DEAD, CF_DIRENTS, CF_INODES, CF_META, META_RECLAIM};
-use super::types::{DirentValue, InodeValue, ReclaimItem, SnapshotState};
+use super::types::{DirentValue, InodeValue, ReclaimItem, SnapshotState, WithinGeneration};
 
-/// Deadlist entries one reclaim step handles at most.
+/// Work one reclaim step does at most: deadlist entries, and chunks of a dead generation,
+/// each counting one.
 pub const RECLAIM_STEP_ENTRIES: usize = 1024;
 
 impl VolumeStore {
-    /// Handles at most `budget` deadlist entries of the oldest pending reclaim work of `vol`.
-    /// Returns whether work remains.
+    /// Does at most `budget` units of the oldest pending reclaim work of `vol` (a deadlist entry,
+    /// or one chunk of a dead generation, is one unit), under the volume lock, in write batches
+    /// of at most that many deletions, each with the cursor it reached. Returns whether work
+    /// remains.
     pub fn reclaim_step(&self, vol: Uuid, budget: usize) -> Result<bool> {
         let st = self.volume(vol)?;
         let mut st = Self::lock(&st);
         let Some((item_key, item)) = self.first_reclaim_item(vol)? else { return Ok(false) };
-        let ReclaimItem::Range { after, upto, cursor, snapshot } = item;
+        let ReclaimItem::Range { after, upto, mut cursor, snapshot, within } = item;
+        let mut budget = budget.max(1);
+        let save = |batch: &mut Batch, cursor: &Option<Vec<u8>>, within: Option<WithinGeneration>| -> Result<()> {
+            let progress = ReclaimItem::Range { after, upto, cursor: cursor.clone(), snapshot, within };
+            batch.put(CF_META, item_key.as_slice(), serde_json::to_vec(&progress)?);
+            Ok(())
+        };
+        if let Some(w) = within {
+            // A generation an earlier step left part-way: go on from its last chunk.
+            let mut batch = Batch::default();
+            let left = self.reclaim_generation(&st, &w.entry, w.after_chunk.as_deref(), w.kept, &mut budget, &mut batch)?;
+            if left.is_none() {
+                cursor = Some(w.entry.clone());
+            }
+            let unfinished = left.is_some();
+            save(&mut batch, &cursor, left)?;
+            self.kv.write(batch, Durability::Buffered)?;
+            if unfinished {
+                return Ok(true);
+            }
+        }
         let start = match &cursor {
             Some(c) => keys::prefix_end(c),
             None => dead::epoch_prefix(vol, after.saturating_add(1)),
         };
         let end = dead::epoch_prefix(vol, upto.saturating_add(1));
+        let wanted = budget;
         let entries: Vec<Vec<u8>> = self
             .kv
             .scan(CF_DEAD, &start)
             .map(|item| item.map(|(k, _)| k.to_vec()))
             .take_while(|k| k.as_ref().map_or(true, |k| k.as_slice() < end.as_slice() && k.starts_with(vol.as_bytes())))
-            .take(budget.max(1))
+            .take(wanted)
             .collect::<Result<_>>()?;
-        let finished = entries.len() < budget.max(1);
+        let finished = entries.len() < wanted;
         for key in &entries {
+            if budget == 0 {
+                return Ok(true); // the rest of these entries are the next step's
+            }
+            budget -= 1;
             let mut batch = Batch::default();
-            self.reclaim_entry(&st, key, &mut batch)?;
-            let progress = ReclaimItem::Range { after, upto, cursor: Some(key.clone()), snapshot };
-            batch.put(CF_META, item_key.as_slice(), serde_json::to_vec(&progress)?);
+            let left = match dead::parse(key) {
+                Some((_, dead::GENERATION, _)) => self.reclaim_generation(&st, key, None, false, &mut budget, &mut batch)?,
+                _ => {
+                    self.reclaim_entry(&st, key, &mut batch)?;
+                    None
+                }
+            };
+            let unfinished = left.is_some();
+            if !unfinished {
+                cursor = Some(key.clone());
+            }
+            save(&mut batch, &cursor, left)?;
             self.kv.write(batch, Durability::Buffered)?;
+            if unfinished {
+                return Ok(true);
+            }
             self.drop_lone_tombstone(key)?;
         }
         if finished {
@@ -95,9 +137,6 @@ impl VolumeStore {
             batch.delete(CF_DEAD, key);
             return Ok(());
         };
-        if tag == dead::GENERATION {
-            return self.reclaim_generation(st, key, died, payload, batch);
-        }
         let Some(cf) = cf_of(tag) else {
             batch.delete(CF_DEAD, key);
             return Ok(());
@@ -110,16 +149,30 @@ impl VolumeStore {
         Ok(())
     }
 
-    fn reclaim_generation(&self, st: &VolState, key: &[u8], died: Epoch, payload: &[u8], batch: &mut Batch) -> Result<()> {
+    /// Frees the chunks of the dead generation `key` names that no pin reads, from the one
+    /// after `after_chunk` (or the first), one unit of `budget` each; `kept` says whether a
+    /// chunk before that was kept. The deadlist entry goes when the last chunk is handled and
+    /// none was kept. Returns where to go on when the budget ran out first.
+    fn reclaim_generation(&self, st: &VolState, key: &[u8], after_chunk: Option<&[u8]>, mut kept: bool, budget: &mut usize, batch: &mut Batch) -> Result<Option<WithinGeneration>> {
+        let Some((died, _, payload)) = dead::parse(key) else {
+            batch.delete(CF_DEAD, key);
+            return Ok(None);
+        };
         let mut prefix = st.id.as_bytes().to_vec();
         prefix.extend_from_slice(payload);
-        let mut kept = false;
-        let mut last_index = None;
-        for item in self.kv.scan_presence(CF_CHUNKS, &prefix) {
+        let from = after_chunk.map_or_else(|| prefix.clone(), keys::prefix_end);
+        let mut last_index = after_chunk.and_then(keys::chunk_index_of);
+        let mut handled = after_chunk.map(<[u8]>::to_vec);
+        for item in self.kv.scan_presence(CF_CHUNKS, &from) {
             let (k, _) = item?;
             if !k.starts_with(&prefix) {
                 break;
             }
+            if *budget == 0 {
+                return Ok(Some(WithinGeneration { entry: key.to_vec(), after_chunk: handled, kept }));
+            }
+            *budget -= 1;
+            handled = Some(k.to_vec());
             let index = keys::chunk_index_of(&k);
             if index == last_index {
                 continue; // an older version: it has a deadlist entry of its own
@@ -135,7 +188,7 @@ impl VolumeStore {
         if !kept {
             batch.delete(CF_DEAD, key);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// After a version is freed, its object may be left with only a tombstone over nothing:

@@ -183,7 +183,7 @@ impl VolumeStore {
         let upto = st.next_pin_after(info.epoch).unwrap_or(st.meta.epoch);
         let mut batch = Batch::default();
         batch.put(CF_META, meta_key(vol, META_SNAPSHOT, id.as_bytes()), serde_json::to_vec(&info)?);
-        let written = self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.epoch, upto, cursor: None, snapshot: Some(id) }).and_then(|_| self.kv.write(batch, Durability::Synced));
+        let written = self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.epoch, upto, cursor: None, snapshot: Some(id), within: None }).and_then(|_| self.kv.write(batch, Durability::Synced));
         if written.is_err() {
             st.snapshots.insert(id, before);
             st.meta = meta_before;
@@ -245,7 +245,7 @@ impl VolumeStore {
         }
         batch.delete(CF_META, meta_key(vol, META_CLONE, id.as_bytes()));
         let upto = st.next_pin_after(info.base_epoch).unwrap_or(st.meta.epoch);
-        let written = self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.base_epoch, upto, cursor: None, snapshot: None }).and_then(|_| self.kv.write(batch, Durability::Synced));
+        let written = self.enqueue_reclaim(&mut st, &mut batch, ReclaimItem::Range { after: info.base_epoch, upto, cursor: None, snapshot: None, within: None }).and_then(|_| self.kv.write(batch, Durability::Synced));
         if written.is_err() {
             // The clone is still on disk: it stays in memory too (and keeps its base pinned).
             st.clones.insert(id, info);

@@ -134,7 +134,24 @@ pub(crate) struct VolumeMeta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ReclaimItem {
     /// Walk deadlists for dead epochs in (after, upto]; then drop `snapshot`'s record, if any.
-    Range { after: Epoch, upto: Epoch, cursor: Option<Vec<u8>>, snapshot: Option<Uuid> },
+    /// `within`: a generation entry (the one after `cursor`) a step left part-way.
+    Range {
+        after: Epoch,
+        upto: Epoch,
+        cursor: Option<Vec<u8>>,
+        snapshot: Option<Uuid>,
+        #[serde(default)]
+        within: Option<WithinGeneration>,
+    },
+}
+
+/// How far reclaim went through one dead generation's chunks: the deadlist entry, the last
+/// chunk key handled (none yet: None), and whether a pin still read any chunk before it (then the entry stays).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WithinGeneration {
+    pub entry: Vec<u8>,
+    pub after_chunk: Option<Vec<u8>>,
+    pub kept: bool,
 }
 
 /// Fence tokens seen on a volume, with the answers given (retries get them again).
