@@ -175,9 +175,9 @@ fn kill9_during_a_write_load_loses_no_acknowledged_write_and_no_snapshot_changes
 
 #[test]
 fn kill9_during_snapshot_reclaim_keeps_every_other_snapshot_and_finishes_after_restart() {
-    // Small reclaim steps, so reclaiming 32 MiB of versions spans many steps and the kill
-    // lands in the middle.
-    let mut c = Cluster::start(1, "[volumes]\nreclaim_step_entries = 32\n");
+    // Small reclaim steps, one per round, so reclaiming 32 MiB of versions spans many steps
+    // and the kill lands in the middle.
+    let mut c = Cluster::start(1, "[volumes]\nreclaim_step_entries = 32\nreclaim_slice_ms = 0\n");
     assert!(c.ctl(1, &["volume", "create", "v", "--node", "1"]).ok);
     let vol = volume_id(&c, 1, "v");
     let client = Vol::connect(c.addr(1), &vol);

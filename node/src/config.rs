@@ -36,14 +36,15 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VolumeTuning {
-    /// Deadlist entries one reclaim step handles (one write batch each; a step per volume
-    /// every 200 ms).
+    /// Work one reclaim step does: deadlist entries or chunks (one write batch each).
     pub reclaim_step_entries: usize,
+    /// Reclaim steps run for this long per volume every 200 ms (at least one step).
+    pub reclaim_slice_ms: u64,
 }
 
 impl Default for VolumeTuning {
     fn default() -> Self {
-        VolumeTuning { reclaim_step_entries: crate::volume::reclaim::RECLAIM_STEP_ENTRIES }
+        VolumeTuning { reclaim_step_entries: crate::volume::reclaim::RECLAIM_STEP_ENTRIES, reclaim_slice_ms: crate::volumes_task::RECLAIM_SLICE.as_millis() as u64 }
     }
 }
 
@@ -149,6 +150,9 @@ impl NodeConfig {
         }
         if self.volumes.reclaim_step_entries == 0 || self.volumes.reclaim_step_entries > 1_000_000 {
             return bad("volumes.reclaim_step_entries must be between 1 and 1000000".into());
+        }
+        if self.volumes.reclaim_slice_ms > crate::volumes_task::UPKEEP_PERIOD.as_millis() as u64 {
+            return bad(format!("volumes.reclaim_slice_ms must be at most {} (the upkeep period)", crate::volumes_task::UPKEEP_PERIOD.as_millis()));
         }
         if r.snapshot_every_entries == 0 || r.request_timeout_ms == 0 {
             return bad("raft.snapshot_every_entries and raft.request_timeout_ms must be positive".into());

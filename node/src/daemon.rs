@@ -65,7 +65,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let raft = Raft::new(config.id, raft_config, Network, log.clone(), sm).await.context("starting raft")?;
     let meta = Arc::new(Meta::new(config.id, raft.clone(), reader.clone(), Some(log), config.raft.request_timeout()));
     let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
-    let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.reclaim_step_entries, crate::volume_service::StoreCalls::Blocking, upkeep_stopped));
+    let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.clone(), crate::volume_service::StoreCalls::Blocking, upkeep_stopped));
     // The SMB gateway's change notifier; the volume service publishes other nodes' changes to it.
     let notifier = umbra_smb_gateway::driver::notifier();
     let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()).with_notifier(notifier.clone()));

@@ -231,7 +231,7 @@ fn attributes(ino: u64, i: &Inode) -> Attributes {
         ino,
         directory: i.kind == Kind::Dir,
         size: i.size,
-        allocated: i.allocated,
+        allocated: i.allocation(),
         created: i.created,
         written: i.written,
         changed: i.changed,

@@ -119,7 +119,7 @@ pub async fn run(env: NodeEnv) -> turmoil::Result {
     let volumes = Arc::new(VolumeStore::open_on(Arc::new(env.volume_disk.clone()))?);
     env.stores.lock().expect("stores").insert(id, Arc::downgrade(&volumes));
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(umbra_node::volumes_task::run(id, volumes.clone(), reader.clone(), 256, StoreCalls::Inline, stopped.clone()));
+    tokio::spawn(umbra_node::volumes_task::run(id, volumes.clone(), reader.clone(), umbra_node::config::VolumeTuning { reclaim_step_entries: 256, ..Default::default() }, StoreCalls::Inline, stopped.clone()));
     let service = Arc::new(VolumeService::new(id, volumes.clone(), raft.clone(), reader.clone()).with_calls(StoreCalls::Inline));
     let mut settings = Settings::new("UMBRA");
     settings.fence_ttl = FENCE_TTL;

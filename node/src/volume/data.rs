@@ -117,9 +117,12 @@ impl VolumeStore {
         if offset != WRITE_AT_END {
             end_of(offset)?;
         }
-        self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
+        self.growing_file(vol, view, ino, now, |st, scope, batch, inode| {
             let offset = if offset == WRITE_AT_END { inode.size } else { offset };
             let end = end_of(offset)?;
+            if reaches_cut(inode, end) {
+                return Ok(false);
+            }
             let mut pos = offset;
             while pos < end {
                 let index = pos / CHUNK_BYTES;
@@ -130,14 +133,25 @@ impl VolumeStore {
                 pos = piece_end;
             }
             inode.size = inode.size.max(end);
-            Ok(())
+            Ok(true)
         })
+    }
+
+    /// [`Self::update_file`] for a change that may make the file larger: when `change` says the
+    /// file would grow over chunks a truncate has not yet removed (it returns false, having
+    /// changed nothing), those are removed first, in bounded steps, and `change` runs again.
+    fn growing_file(&self, vol: Uuid, view: View, ino: u64, now: u64, mut change: impl FnMut(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<bool>) -> Result<()> {
+        while !self.update_file(vol, view, ino, now, &mut change)? {
+            while self.cut_step(vol, view, ino, CUT_STEP_CHUNKS, true)? {}
+        }
+        Ok(())
     }
 
     /// One gated mutation of a regular file: the gate passed, the volume locked, the view
     /// writable and the inode loaded; `change` adds to the batch, which lands with the inode
-    /// (its times set to `now`) in one write.
-    fn update_file(&self, vol: Uuid, view: View, ino: u64, now: u64, change: impl FnOnce(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<()>) -> Result<()> {
+    /// (its times set to `now`) in one write. When `change` returns false nothing is written
+    /// (nor must it have changed anything) and neither is returned.
+    fn update_file(&self, vol: Uuid, view: View, ino: u64, now: u64, change: impl FnOnce(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<bool>) -> Result<bool> {
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
@@ -146,12 +160,14 @@ impl VolumeStore {
             return Err(VolumeError::IsADirectory);
         }
         let mut batch = Batch::default();
-        change(&st, &scope, &mut batch, &mut inode)?;
+        if !change(&st, &scope, &mut batch, &mut inode)? {
+            return Ok(false);
+        }
         inode.written = now;
         inode.changed = now;
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
         self.kv.write(batch, Durability::Buffered)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Replaces bytes `at..at+piece.len()` of chunk `index` (read-modify-write when partial).
@@ -189,20 +205,36 @@ impl VolumeStore {
 
     /// Sets the file size: truncating never deletes what a snapshot reads (a new generation for
     /// size 0, holes for dropped chunks, a zeroed tail), extending reads as zeros.
+    ///
+    /// A truncate to a non-zero size changes the size (and zeroes the tail of its last chunk)
+    /// in one batch and notes the chunks past the new end as the inode's [`Cut`], with a
+    /// reclaim item for it: the reclaimer removes them in bounded steps
+    /// ([`Self::cut_step`]), so a truncate costs the same whatever the file held. Reads stop at
+    /// the size, so they never see those chunks; a write or extend that would reach them
+    /// removes them first.
     pub fn set_size(&self, vol: Uuid, view: View, ino: u64, size: u64, now: u64) -> Result<()> {
         if size > MAX_FILE_BYTES {
             return Err(VolumeError::TooLarge { what: "the file size", got: size, max: MAX_FILE_BYTES });
         }
-        self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
+        self.growing_file(vol, view, ino, now, |st, scope, batch, inode| {
+            if size > inode.size && reaches_cut(inode, size) {
+                return Ok(false);
+            }
             if size == 0 && inode.size > 0 {
                 self.retire_generation(st, scope, batch, ino, inode.generation)?;
                 inode.generation += 1;
                 inode.allocated = 0;
+                inode.cut = None;
             } else if size < inode.size {
                 let first_dropped = size.div_ceil(CHUNK_BYTES);
-                for (index, key) in self.visible_chunks(st, scope, ino, inode.generation, first_dropped, u64::MAX)? {
-                    self.remove_version(st, scope, batch, CF_CHUNKS, Self::chunk_object(vol, ino, inode.generation, index), &key, b"")?;
-                    inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES);
+                let old_end = inode.size.div_ceil(CHUNK_BYTES);
+                if first_dropped < old_end {
+                    inode.cut = Some(match inode.cut {
+                        Some(c) => Cut { from: c.from.min(first_dropped), upto: c.upto.max(old_end) },
+                        None => Cut { from: first_dropped, upto: old_end },
+                    });
+                    let item = ReclaimItem::Cut { clone: clone_of(view), ino };
+                    batch.put(CF_META, cut_item_key(vol, view, ino), serde_json::to_vec(&item)?);
                 }
                 if size % CHUNK_BYTES != 0 {
                     let index = size / CHUNK_BYTES;
@@ -211,8 +243,76 @@ impl VolumeStore {
                 }
             }
             inode.size = size;
-            Ok(())
+            Ok(true)
         })
+    }
+
+    /// Removes up to `budget` chunk indexes' worth of a file's [`Cut`] (from its start, skipping
+    /// the empty space before the next stored chunk) in one batch, as a truncate would have:
+    /// tombstones and deadlist entries where a snapshot still reads a chunk. `wait`: wait at a
+    /// fence like any mutation (a growing write does); otherwise a fence means "not now". The
+    /// cut's reclaim item goes when the cut is gone, or when there is nothing left to cut (the
+    /// file, its clone or the cut itself gone). Returns whether any of it is left.
+    pub(super) fn cut_step(&self, vol: Uuid, view: View, ino: u64, budget: u64, wait: bool) -> Result<bool> {
+        let entry = self.volume(vol)?;
+        let (_pass, st) = if wait {
+            entry.mutation()?
+        } else {
+            let st = Self::lock(&entry);
+            match entry.gate.admit() {
+                Some(pass) => (pass, st),
+                None => return Ok(true),
+            }
+        };
+        let item_key = cut_item_key(vol, view, ino);
+        let mut batch = Batch::default();
+        let found = match Self::writable(&st, view) {
+            Ok(scope) => self.inode_at(vol, &scope, ino)?.and_then(|(inode, key)| inode.cut.map(|cut| (scope, inode, key, cut))),
+            Err(e) if wait => return Err(e),
+            Err(_) => None, // a deleted or sealed clone: nothing will grow over the cut
+        };
+        let Some((scope, mut inode, inode_key, cut)) = found else {
+            batch.delete(CF_META, item_key);
+            self.kv.write(batch, Durability::Buffered)?;
+            return Ok(false);
+        };
+        let window_end = match self.next_chunk_index(&st, &scope, ino, inode.generation, cut.from)? {
+            Some(next) if next < cut.upto => next.saturating_add(budget.max(1)).min(cut.upto),
+            _ => cut.upto,
+        };
+        for (index, key) in self.visible_chunks(&st, &scope, ino, inode.generation, cut.from, window_end)? {
+            self.remove_version(&st, &scope, &mut batch, CF_CHUNKS, Self::chunk_object(vol, ino, inode.generation, index), &key, b"")?;
+            inode.allocated = inode.allocated.saturating_sub(CHUNK_BYTES);
+        }
+        inode.cut = (window_end < cut.upto).then_some(Cut { from: window_end, upto: cut.upto });
+        if inode.cut.is_none() {
+            batch.delete(CF_META, item_key);
+        }
+        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
+        self.kv.write(batch, Durability::Buffered)?;
+        Ok(inode.cut.is_some())
+    }
+
+    /// The index of the first chunk key of `generation` at or after `from` in the places the
+    /// scope looks (its lineage; a clone's base too), whatever its epoch: one seek per place.
+    fn next_chunk_index(&self, st: &VolState, scope: &Scope, ino: u64, generation: u64, from: u64) -> Result<Option<u64>> {
+        let mut lineages = vec![scope.lineage];
+        if scope.base_epoch.is_some() {
+            lineages.push(LIVE);
+        }
+        let mut next: Option<u64> = None;
+        for lin in lineages {
+            let prefix = keys::generation_prefix(st.id, lin, ino, generation);
+            if let Some(item) = self.kv.scan_presence(CF_CHUNKS, &keys::chunk(st.id, lin, ino, generation, from)).next() {
+                let (key, _) = item?;
+                if key.starts_with(&prefix) {
+                    if let Some(index) = keys::chunk_index_of(&key) {
+                        next = Some(next.map_or(index, |n| n.min(index)));
+                    }
+                }
+            }
+        }
+        Ok(next)
     }
 
     /// Sets times and DOS attributes (SMB SET_INFO); `None` leaves a field as it is.
@@ -293,12 +393,15 @@ impl VolumeStore {
     }
 
     /// A file's generation of chunks is dead (truncate to 0 or delete). In a clone, or when no
-    /// snapshot or clone base exists, it goes at once (one range delete); otherwise it is noted
-    /// in the deadlist and the reclaimer frees whatever no snapshot reads.
+    /// snapshot or clone base exists, all of it goes (a reclaim item for its key range);
+    /// otherwise it is noted in the deadlist and the reclaimer frees whatever no snapshot reads.
     pub(super) fn retire_generation(&self, st: &VolState, scope: &Scope, batch: &mut Batch, ino: u64, generation: u64) -> Result<()> {
         let prefix = keys::generation_prefix(st.id, scope.lineage, ino, generation);
         if scope.lineage != LIVE || st.pins().next().is_none() {
-            batch.delete_range(CF_CHUNKS, prefix.as_slice(), keys::prefix_end(&prefix));
+            // Nothing can read these chunks any more (inode numbers and generations are never
+            // used again): the reclaimer deletes them in bounded steps.
+            let to = keys::prefix_end(&prefix);
+            unreachable_chunks(st.id, batch, prefix, to);
             return Ok(());
         }
         let payload = &prefix[16..];
@@ -306,3 +409,41 @@ impl VolumeStore {
         Ok(())
     }
 }
+
+/// Chunks a truncate's cut removes per step at most (in tests, few, so cuts take several).
+pub(super) const CUT_STEP_CHUNKS: u64 = if cfg!(test) { 2 } else { 1024 };
+
+/// Whether a file growing to `end` would reach chunks its pending cut has not yet removed.
+fn reaches_cut(inode: &Inode, end: u64) -> bool {
+    inode.cut.is_some_and(|c| end > c.from.saturating_mul(CHUNK_BYTES))
+}
+
+fn clone_of(view: View) -> Option<Uuid> {
+    match view {
+        View::Clone(id) => Some(id),
+        _ => None,
+    }
+}
+
+/// The reclaim item of a pending cut of file `ino` in the live volume or a clone (one per
+/// file and view; a later truncate of the same file writes it again). After every sequence
+/// number of the reclaim queue.
+pub(super) fn cut_item_key(vol: Uuid, view: View, ino: u64) -> Vec<u8> {
+    let mut rest = vec![RECLAIM_CUT];
+    rest.extend_from_slice(clone_of(view).unwrap_or(Uuid::nil()).as_bytes());
+    rest.extend_from_slice(&ino.to_be_bytes());
+    meta_key(vol, META_RECLAIM, &rest)
+}
+
+/// Queues the chunk keys `from..to`, which nothing can read any more, for the reclaimer.
+pub(super) fn unreachable_chunks(vol: Uuid, batch: &mut Batch, from: Vec<u8>, to: Vec<u8>) {
+    let mut rest = vec![RECLAIM_CHUNKS];
+    rest.extend_from_slice(&from);
+    let item = serde_json::to_vec(&ReclaimItem::Chunks { from, to }).expect("byte strings always serialize");
+    batch.put(CF_META, meta_key(vol, META_RECLAIM, &rest), item);
+}
+
+/// Reclaim queue keys of the two kinds not numbered in sequence (sequence numbers start
+/// with a byte below 0x80, so these come after them).
+const RECLAIM_CUT: u8 = 0xFE;
+const RECLAIM_CHUNKS: u8 = 0xFF;

@@ -475,6 +475,108 @@ fn a_large_dead_generation_is_reclaimed_in_bounded_steps_that_survive_a_power_lo
     }
 }
 
+/// A truncate of a large file to a non-zero size costs one batch whatever the file held: the
+/// chunks past the end go in bounded reclaim steps, or before a write or extend that would
+/// reach them; reads never see them meanwhile, and a snapshot keeps its data throughout.
+#[test]
+fn a_truncate_leaves_the_chunks_past_the_end_to_bounded_steps() {
+    const CHUNKS: u64 = 40;
+    const STEP: usize = 8;
+    let (_dir, w) = world_on(Engine::Mem);
+    let (s, v) = (&w.store, w.vol);
+    let chunks = || count(s, super::store::CF_CHUNKS);
+    let old = vec![0x77u8; (CHUNKS * CHUNK_BYTES) as usize];
+    let a = s.create(v, View::Live, ROOT_INO, "a.vhdx", Kind::File, 1).unwrap();
+    let b = s.create(v, View::Live, ROOT_INO, "b.vhdx", Kind::File, 1).unwrap();
+    s.write(v, View::Live, a, 0, &old, 2).unwrap();
+    s.write(v, View::Live, b, 0, &old, 2).unwrap();
+    let snap = Uuid::new_v4();
+    s.snapshot_create(v, snap, 3).unwrap();
+    let size = CHUNK_BYTES + 100;
+
+    // `a`: truncated, then left to the reclaimer.
+    let before = chunks();
+    s.set_size(v, View::Live, a, size, 4).unwrap();
+    assert!(chunks() <= before + 1, "the truncate itself wrote at most the zeroed tail's chunk");
+    let st = s.stat(v, View::Live, a).unwrap();
+    assert_eq!((st.size, st.allocation()), (size, 2 * CHUNK_BYTES), "the allocation counts what is within the file");
+    assert_eq!(s.read(v, View::Live, a, 0, u64::MAX >> 40).unwrap(), old[..size as usize]);
+    let mut steps = 0;
+    let mut last = chunks();
+    while s.reclaim_step(v, STEP).unwrap() {
+        steps += 1;
+        assert!(chunks() <= last + STEP, "a step writes at most its budget of tombstones");
+        last = chunks();
+    }
+    assert!(steps as u64 >= (CHUNKS - 2) / STEP as u64, "{steps} steps");
+    assert_eq!(s.stat(v, View::Live, a).unwrap().cut, None, "the cut is done");
+    assert_eq!(s.stat(v, View::Live, a).unwrap().allocated, 2 * CHUNK_BYTES);
+
+    // `b`: truncated, then extended at once: the extend removes the cut first.
+    s.set_size(v, View::Live, b, size, 5).unwrap();
+    s.set_size(v, View::Live, b, old.len() as u64, 6).unwrap();
+    let mut expect = vec![0u8; old.len()];
+    expect[..size as usize].copy_from_slice(&old[..size as usize]);
+    assert_eq!(s.read(v, View::Live, b, 0, old.len() as u64).unwrap(), expect, "the extended range reads as zeros");
+    assert_eq!(s.stat(v, View::Live, b).unwrap().cut, None);
+    // And a write past the end after another truncate.
+    s.set_size(v, View::Live, b, 10, 7).unwrap();
+    s.write(v, View::Live, b, 5 * CHUNK_BYTES, b"x", 8).unwrap();
+    let got = s.read(v, View::Live, b, 0, 5 * CHUNK_BYTES + 1).unwrap();
+    assert_eq!(&got[..10], &old[..10]);
+    assert!(got[10..5 * CHUNK_BYTES as usize].iter().all(|&x| x == 0), "nothing from before the truncate shows");
+    assert_eq!(got[5 * CHUNK_BYTES as usize], b'x');
+
+    for f in [a, b] {
+        assert_eq!(s.read(v, View::Snapshot(snap), f, 0, old.len() as u64).unwrap(), old, "the snapshot reads as it was");
+    }
+    s.snapshot_delete(v, snap).unwrap();
+    s.reclaim_all(v).unwrap();
+    assert_eq!(count(s, super::store::CF_DEAD), 0);
+    assert_eq!(chunks(), 2 + 2, "a's two chunks, b's first and the one written at 5 chunks");
+}
+
+/// A file deleted with no snapshot, and a deleted clone, leave their chunks to the reclaimer,
+/// which deletes them in steps of at most its budget.
+#[test]
+fn deleted_files_and_clones_free_their_chunks_in_bounded_steps() {
+    const CHUNKS: u64 = 30;
+    const STEP: usize = 8;
+    let (_dir, w) = world_on(Engine::Mem);
+    let (s, v) = (&w.store, w.vol);
+    let chunks = || count(s, super::store::CF_CHUNKS);
+    let f = s.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    s.write(v, View::Live, f, 0, &vec![1u8; (CHUNKS * CHUNK_BYTES) as usize], 2).unwrap();
+    s.unlink(v, View::Live, ROOT_INO, "f", 3).unwrap();
+    assert_eq!(chunks(), CHUNKS as usize, "the unlink itself deletes no chunk");
+    reclaim_deleting_at_most(s, v, STEP);
+    assert_eq!(chunks(), 0);
+
+    let g = s.create(v, View::Live, ROOT_INO, "g", Kind::File, 4).unwrap();
+    s.write(v, View::Live, g, 0, b"base", 5).unwrap();
+    let snap = Uuid::new_v4();
+    s.snapshot_create(v, snap, 6).unwrap();
+    s.snapshot_commit(v, snap).ok();
+    let c = Uuid::new_v4();
+    s.clone_create(v, snap, c).unwrap();
+    s.write(v, View::Clone(c), g, 0, &vec![2u8; (CHUNKS * CHUNK_BYTES) as usize], 7).unwrap();
+    assert_eq!(chunks(), CHUNKS as usize + 1);
+    s.clone_delete(v, c).unwrap();
+    reclaim_deleting_at_most(s, v, STEP);
+    assert_eq!(chunks(), 1, "only the live file's chunk is left");
+    assert_eq!(s.read(v, View::Live, g, 0, 10).unwrap(), b"base");
+}
+
+/// Runs reclaim steps of `step` until none is left, each deleting at most `step` chunks.
+fn reclaim_deleting_at_most(s: &VolumeStore, v: Uuid, step: usize) {
+    let mut last = count(s, super::store::CF_CHUNKS);
+    while s.reclaim_step(v, step).unwrap() {
+        let now = count(s, super::store::CF_CHUNKS);
+        assert!(last - now <= step, "one step deleted {} chunks", last - now);
+        last = now;
+    }
+}
+
 #[test]
 fn snapshots_are_capped_and_snapshot_views_refuse_writes() {
     let (_dir, w) = world();

@@ -13,6 +13,8 @@
 use super::kv::{Batch, Durability};
 use uuid::Uuid;
 
+use super::types::View;
+
 use super::error::Result;
 use super::keys::{self, dead};
 use super::store::{cf_of, meta_key, VolState, VolumeStore, CF_CHUNKS, CF_DEAD, CF_DIRENTS, CF_INODES, CF_META, META_RECLAIM};
@@ -28,10 +30,26 @@ impl VolumeStore {
     /// of at most that many deletions, each with the cursor it reached. Returns whether work
     /// remains.
     pub fn reclaim_step(&self, vol: Uuid, budget: usize) -> Result<bool> {
-        let st = self.volume(vol)?;
-        let mut st = Self::lock(&st);
+        let entry = self.volume(vol)?;
+        let mut st = Self::lock(&entry);
         let Some((item_key, item)) = self.first_reclaim_item(vol)? else { return Ok(false) };
-        let ReclaimItem::Range { after, upto, mut cursor, snapshot, within } = item;
+        let (after, upto, mut cursor, snapshot, within) = match item {
+            ReclaimItem::Range { after, upto, cursor, snapshot, within } => (after, upto, cursor, snapshot, within),
+            ReclaimItem::Chunks { from, to } => {
+                if self.chunks_step(&item_key, from, to, budget)? {
+                    return Ok(true);
+                }
+                drop(st);
+                return Ok(self.first_reclaim_item(vol)?.is_some());
+            }
+            ReclaimItem::Cut { clone, ino } => {
+                drop(st); // a cut step is a mutation: it takes the gate, then the lock
+                if self.cut_step(vol, clone.map_or(View::Live, View::Clone), ino, budget as u64, false)? {
+                    return Ok(true);
+                }
+                return Ok(self.first_reclaim_item(vol)?.is_some());
+            }
+        };
         let mut budget = budget.max(1);
         let save = |batch: &mut Batch, cursor: &Option<Vec<u8>>, within: Option<WithinGeneration>| -> Result<()> {
             let progress = ReclaimItem::Range { after, upto, cursor: cursor.clone(), snapshot, within };
@@ -103,6 +121,35 @@ impl VolumeStore {
             return Ok(self.first_reclaim_item(vol)?.is_some());
         }
         Ok(true)
+    }
+
+    /// Deletes up to `budget` of the chunk keys in `from..to` (which nothing reads), in one
+    /// batch with the item's progress, or with the item's removal once none is left. Returns
+    /// whether any may be left.
+    fn chunks_step(&self, item_key: &[u8], from: Vec<u8>, to: Vec<u8>, budget: usize) -> Result<bool> {
+        let budget = budget.max(1);
+        let found: Vec<Box<[u8]>> = self
+            .kv
+            .scan_presence(CF_CHUNKS, &from)
+            .map(|item| item.map(|(k, _)| k))
+            .take_while(|k| k.as_ref().map_or(true, |k| **k < *to))
+            .take(budget)
+            .collect::<Result<_>>()?;
+        let mut batch = Batch::default();
+        for k in &found {
+            batch.delete(CF_CHUNKS, &**k);
+        }
+        let more = found.len() == budget;
+        match found.last() {
+            Some(last) if more => {
+                let mut next = last.to_vec();
+                next.push(0); // the key right after `last`
+                batch.put(CF_META, item_key, serde_json::to_vec(&ReclaimItem::Chunks { from: next, to })?);
+            }
+            _ => batch.delete(CF_META, item_key),
+        }
+        self.kv.write(batch, Durability::Buffered)?;
+        Ok(more)
     }
 
     /// Runs reclaim steps until `vol` has no pending work.

@@ -231,8 +231,8 @@ impl VolumeStore {
         Ok(info)
     }
 
-    /// Deletes a clone: its own keys go at once (range deletes); what its base pinned is
-    /// reclaimed like a deleted snapshot's.
+    /// Deletes a clone: its own inodes and entries go at once (range deletes), its chunks in
+    /// bounded reclaim steps; what its base pinned is reclaimed like a deleted snapshot's.
     pub fn clone_delete(&self, vol: Uuid, id: Uuid) -> Result<()> {
         let st = self.volume(vol)?;
         let mut st = Self::lock(&st);
@@ -241,7 +241,13 @@ impl VolumeStore {
         let mut batch = Batch::default();
         let (lo, hi) = keys::lineage_range(vol, info.lineage);
         for cf in VERSIONED {
-            batch.delete_range(cf, lo.as_slice(), hi.as_slice());
+            if cf == CF_CHUNKS {
+                // Deleting each chunk frees its extent in the engine: the reclaimer does that
+                // in bounded steps (lineages are never used again, so nothing reads them).
+                super::data::unreachable_chunks(vol, &mut batch, lo.clone(), hi.clone());
+            } else {
+                batch.delete_range(cf, lo.as_slice(), hi.as_slice());
+            }
         }
         batch.delete(CF_META, meta_key(vol, META_CLONE, id.as_bytes()));
         let upto = st.next_pin_after(info.base_epoch).unwrap_or(st.meta.epoch);

@@ -9,6 +9,9 @@
 //! superseded version is deleted at once when no snapshot or clone base needs it, else noted in
 //! the deadlist of the superseding epoch for [`super::reclaim`]. Truncate and delete write
 //! versions (a new chunk generation, tombstones), never remove what a snapshot still reads.
+//! Work proportional to a file's size never lands in one batch: a dead generation, a deleted
+//! clone's chunks and the chunks a truncate leaves past the end (the inode's `cut`) are
+//! queued for the reclaimer, which handles them in bounded steps.
 //!
 //! Each volume's mutations are serialised by its lock and land as one write batch each.
 //!
@@ -225,7 +228,7 @@ impl VolumeStore {
             return Err(VolumeError::VolumeExists(vol));
         }
         let meta = VolumeMeta { epoch: 1, next_ino: ROOT_INO + 1, next_lineage: 1, next_reclaim: 0 };
-        let root = Inode { kind: Kind::Dir, parent: ROOT_INO, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0 };
+        let root = Inode { kind: Kind::Dir, parent: ROOT_INO, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0, cut: None };
         let mut batch = Batch::default();
         batch.put(CF_META, meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
         batch.put(CF_INODES, keys::versioned(keys::inode(vol, LIVE, ROOT_INO), meta.epoch), serde_json::to_vec(&InodeValue::Live(root))?);

@@ -45,6 +45,26 @@ pub struct Inode {
     pub changed: u64,
     /// DOS attributes (FILE_ATTRIBUTE_*), besides DIRECTORY which `kind` gives.
     pub attributes: u32,
+    /// Chunks of this generation past the end that a truncate has not yet removed; the file
+    /// never grows over them until they are gone (see `VolumeStore::set_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Cut>,
+}
+
+impl Inode {
+    /// Bytes allocated to the file as a client sees it: chunks holding data, within the file
+    /// (chunks past the end that a truncate has not yet removed are not counted).
+    pub fn allocation(&self) -> u64 {
+        self.allocated.min(self.size.div_ceil(CHUNK_BYTES).saturating_mul(CHUNK_BYTES))
+    }
+}
+
+/// Chunk indexes `from..upto` of a file's generation, past its end, that may still hold data
+/// from before a truncate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cut {
+    pub from: u64,
+    pub upto: u64,
 }
 
 /// What SET_INFO may change; `None` keeps the current value.
@@ -143,6 +163,13 @@ pub(crate) enum ReclaimItem {
         #[serde(default)]
         within: Option<WithinGeneration>,
     },
+    /// Delete every chunk key in `from..to`: chunks nothing can read any more (a dead
+    /// generation no pin reads, a deleted clone's), deleted in bounded steps rather than in
+    /// the one batch that made them unreachable (the engine frees each one's extent).
+    Chunks { from: Vec<u8>, to: Vec<u8> },
+    /// Remove the chunks a truncate left past the end of file `ino` (its inode's `cut`) in the
+    /// live volume, or in clone `clone`.
+    Cut { clone: Option<Uuid>, ino: u64 },
 }
 
 /// How far reclaim went through one dead generation's chunks: the deadlist entry, the last
