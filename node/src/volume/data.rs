@@ -140,9 +140,20 @@ impl VolumeStore {
     /// [`Self::update_file`] for a change that may make the file larger: when `change` says the
     /// file would grow over chunks a truncate has not yet removed (it returns false, having
     /// changed nothing), those are removed first, in bounded steps, and `change` runs again.
+    ///
+    /// Until `change` has run, the call is not under way: a caller that refuses to wait at a
+    /// fence ([`super::gate::refusing_at_fence`]) gets AtFence from any of the cut's steps
+    /// (each whole, so running the call again after the fence goes on where they stopped).
     fn growing_file(&self, vol: Uuid, view: View, ino: u64, now: u64, mut change: impl FnMut(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<bool>) -> Result<()> {
+        let refusing = super::gate::refusing();
         while !self.update_file(vol, view, ino, now, &mut change)? {
-            while self.cut_step(vol, view, ino, CUT_STEP_CHUNKS, true)? {}
+            loop {
+                super::gate::set_refusing(refusing);
+                if !self.cut_step(vol, view, ino, CUT_STEP_CHUNKS, true)? {
+                    break;
+                }
+            }
+            super::gate::set_refusing(refusing);
         }
         Ok(())
     }

@@ -46,6 +46,18 @@ pub fn refusing_at_fence<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether this thread's call refuses to wait at a fence (see [`refusing_at_fence`]) and has
+/// not yet had a mutation admitted.
+pub(super) fn refusing() -> bool {
+    REFUSE.with(Cell::get)
+}
+
+/// Arms refusal again (or not) for a call whose admitted mutation turned out to change
+/// nothing, so that the call is still not under way.
+pub(super) fn set_refusing(on: bool) {
+    REFUSE.with(|r| r.set(on));
+}
+
 #[derive(Default)]
 struct GateState {
     in_flight: usize,

@@ -154,7 +154,12 @@ impl VolumeStore {
 
     /// Runs reclaim steps until `vol` has no pending work.
     pub fn reclaim_all(&self, vol: Uuid) -> Result<()> {
-        while self.reclaim_step(vol, super::reclaim::RECLAIM_STEP_ENTRIES)? {}
+        while self.reclaim_step(vol, super::reclaim::RECLAIM_STEP_ENTRIES)? {
+            if self.fenced(vol)? {
+                // A cut's steps wait for the fence to end; do not spin meanwhile.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         Ok(())
     }
 

@@ -204,6 +204,9 @@ impl VolumeStore {
         let st = self.volume(vol)?;
         let mut st = Self::lock(&st);
         let base = st.snapshots.get(&snapshot).filter(|s| s.state == SnapshotState::Committed).ok_or(VolumeError::NoSuchSnapshot(snapshot))?.epoch;
+        if id.is_nil() {
+            return Err(VolumeError::Invalid("a clone's id must not be the nil UUID (it stands for the live volume)".into()));
+        }
         if st.clones.contains_key(&id) {
             return Err(VolumeError::Exists(id.to_string()));
         }

@@ -52,8 +52,10 @@ pub struct Inode {
 }
 
 impl Inode {
-    /// Bytes allocated to the file as a client sees it: chunks holding data, within the file
-    /// (chunks past the end that a truncate has not yet removed are not counted).
+    /// Bytes allocated to the file as a client sees it: chunks holding data, at most what the
+    /// file's size spans. While a truncate's cut is pending (and for good in a snapshot taken
+    /// meanwhile) this is an upper bound: chunks past the end still count where holes within
+    /// the file leave room for them.
     pub fn allocation(&self) -> u64 {
         self.allocated.min(self.size.div_ceil(CHUNK_BYTES).saturating_mul(CHUNK_BYTES))
     }
