@@ -126,8 +126,22 @@ impl Files for MemFiles {
         g.0.insert(join(&dir, name), i.clone());
         Ok(i)
     }
-    fn list(&self, _: &str, _: u64, _: &str, _: u32) -> Result<Vec<FileInfo>, FsError> {
-        Ok(Vec::new())
+    /// The entries of directory `dir` (by lower-cased name) after `after`, named by their last
+    /// path component.
+    fn list(&self, _: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError> {
+        let g = self.0.lock().unwrap();
+        let dir_path = g.0.iter().find(|(_, i)| i.id == dir).map(|(p, _)| p.clone()).ok_or(FsError::NotFound)?;
+        let mut out: Vec<FileInfo> = g
+            .0
+            .iter()
+            .filter_map(|(p, i)| {
+                let (parent, name) = p.rsplit_once('\\').unwrap_or(("", p));
+                (!p.is_empty() && parent == dir_path && name > after).then(|| FileInfo { name: i.name.rsplit('\\').next().unwrap_or_default().to_string(), ..i.clone() })
+            })
+            .collect();
+        out.sort_by_key(|i| i.name.to_lowercase());
+        out.truncate(limit as usize);
+        Ok(out)
     }
     fn read(&self, _: &str, _: u64, _: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError> {
         Ok(vec![0; room + if self.2 { len as usize } else { 0 }])

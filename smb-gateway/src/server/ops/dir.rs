@@ -16,6 +16,12 @@ impl Connection {
         if !matches!(class, 1 | 2 | 3 | 12 | 37 | 38) {
             return Reply::error(status::INVALID_INFO_CLASS);
         }
+        // MS-FSA 2.1.5.6.3: a buffer that cannot hold one entry's fixed part is refused, and
+        // the listing stays where it was.
+        let limit = (out_len as usize).min(self.config.max_io_bytes as usize);
+        if limit < entry_fixed_bytes(class) {
+            return Reply::error(status::INFO_LENGTH_MISMATCH);
+        }
         let pattern = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16).unwrap_or_default();
         let (share, dir, is_dir) = match self.open_of(h, volatile) {
             Ok(o) => (o.share.clone(), o.info.clone(), o.info.directory),
@@ -35,14 +41,24 @@ impl Connection {
             return Reply::error(status::NO_MORE_FILES);
         }
         let single = flags & 0x02 != 0;
-        let limit = (out_len as usize).min(self.config.max_io_bytes as usize);
         let mut out: Vec<u8> = Vec::new();
         let mut last_entry_at: Option<usize> = None;
+        // The first entry always goes in, its name cut to what fits (BUFFER_OVERFLOW, as
+        // MS-FSA has it): the listing moves past it, so a small buffer never ends it early.
+        let mut overflow = false;
         let mut push = |out: &mut Vec<u8>, f: &FileInfo, name: &str| -> bool {
-            let entry = dir_entry(class, f, name);
+            if overflow {
+                return false;
+            }
+            let mut entry = dir_entry(class, f, name);
             let start = out.len().div_ceil(8) * 8;
             if start + entry.len() > limit {
-                return false;
+                if last_entry_at.is_some() {
+                    return false;
+                }
+                let fixed = entry_fixed_bytes(class);
+                entry.truncate(fixed + (limit - fixed) / 2 * 2);
+                overflow = true;
             }
             if let Some(prev) = last_entry_at {
                 let next = (start - prev) as u32;
@@ -94,7 +110,20 @@ impl Connection {
         r.extend_from_slice(&((HEADER_BYTES + 8) as u16).to_le_bytes());
         r.extend_from_slice(&(out.len() as u32).to_le_bytes());
         r.extend_from_slice(&out);
-        Reply::ok(r)
+        Reply::ok(r).overflowing(overflow)
+    }
+}
+
+/// Bytes of an entry of information class `class` before its name (what [`dir_entry`] puts
+/// there).
+fn entry_fixed_bytes(class: u8) -> usize {
+    match class {
+        1 => 64,
+        2 => 68,
+        3 => 94,
+        12 => 12,
+        37 => 104,
+        _ => 80, // 38
     }
 }
 
@@ -187,6 +216,46 @@ mod tests {
             names.push(String::from_utf16_lossy(&body[20..20 + len].chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>()));
         }
         assert_eq!(names, [".", "..", &format!("{:#x}", status::NO_MORE_FILES)]);
+    }
+
+    /// A buffer too small for one entry's fixed part is refused and the listing stays; one
+    /// that holds the fixed part but not the name gets the entry with its name cut
+    /// (BUFFER_OVERFLOW), and the listing goes on past it to every other entry.
+    #[test]
+    fn a_small_buffer_never_ends_a_listing_early() {
+        use crate::server::testkit::*;
+        use crate::smb2::header::Command;
+        use crate::smb2::status;
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&["d", "d\\a-long-name.txt", "d\\b"]));
+        let d = open(&mut c, &files, 1, TREE, "d", true, 1);
+        let query = |flags: u8, out_len: u32| {
+            let mut b = vec![33, 0, 12, flags, 0, 0, 0, 0];
+            b.extend_from_slice(&d.to_le_bytes());
+            b.extend_from_slice(&d.to_le_bytes());
+            b.extend_from_slice(&96u16.to_le_bytes());
+            b.extend_from_slice(&2u16.to_le_bytes());
+            b.extend_from_slice(&out_len.to_le_bytes());
+            b.extend_from_slice(&[b'*', 0]);
+            b
+        };
+        let (r, _) = exchange(&mut c, &files, &request(Command::QueryDirectory, 2, TREE, &query(0x01, 11)));
+        assert_eq!(r[0].0.status, status::INFO_LENGTH_MISMATCH, "below FileNamesInformation's 12 fixed bytes");
+        let mut seen = Vec::new();
+        for id in 3..20 {
+            let (r, _) = exchange(&mut c, &files, &request(Command::QueryDirectory, id, TREE, &query(if id == 3 { 0x01 } else { 0 }, 16)));
+            let st = r[0].0.status;
+            if st == status::NO_MORE_FILES {
+                break;
+            }
+            assert!(st == status::SUCCESS || st == status::BUFFER_OVERFLOW, "{st:#x}");
+            let body = &r[0].1;
+            let out = u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize;
+            assert!(out <= 16);
+            let full = u32::from_le_bytes(body[16..20].try_into().unwrap()) as usize;
+            assert_eq!(st == status::BUFFER_OVERFLOW, full > 4, "the name's full length, {full}, with what fits of it");
+            seen.push(String::from_utf16_lossy(&body[20..8 + out].chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>()));
+        }
+        assert_eq!(seen, [".", "..", "a-", "b"], "every entry once, the long name cut to 4 bytes");
     }
 
     /// DOS wildcards as MS-FSA 2.1.4.4 defines them (what Windows clients send for `?`, `*`
