@@ -98,6 +98,11 @@ impl MemFiles {
         f
     }
 
+    /// What is kept at `path` (lower-cased, `\\`-separated).
+    pub fn info_at(&self, path: &str) -> Option<FileInfo> {
+        self.0.lock().unwrap().0.get(&path.to_lowercase()).cloned()
+    }
+
     fn path_of(&self, id: u64) -> Option<String> {
         self.0.lock().unwrap().0.iter().find(|(_, i)| i.id == id).map(|(p, _)| p.clone())
     }

@@ -2,7 +2,7 @@
 
 use super::{Open, MAX_OPENS_PER_CONNECTION};
 use super::super::connection::{Connection, Reply};
-use super::super::files::{FileInfo, Files, FsError, Looked, NewFile};
+use super::super::files::{Basic, FileInfo, Files, FsError, Looked, NewFile};
 use super::*;
 use crate::smb2::header::{Header, Target, HEADER_BYTES};
 use crate::share_modes;
@@ -89,6 +89,9 @@ impl Connection {
             return Reply::error(status::ACCESS_DENIED);
         }
         let share_access = u32_at(b, 32).unwrap_or(0) & share_modes::SHARE_ALL;
+        // The attributes a created, superseded or overwritten file gets (MS-FSA 2.1.5.1.1 and
+        // 2.1.5.1.2.1); ARCHIVE alone is what a file without any reports already.
+        let asked = u32_at(b, 28).unwrap_or(0) & SETTABLE_ATTRIBUTES;
         // Overwrite and supersede change the data: they are checked as writers.
         let implied = if matches!(disposition, 0 | 4 | 5) { share_modes::FILE_WRITE_DATA } else { 0 };
         let mode = share_modes::Mode { access: granted | implied, share: share_access };
@@ -120,6 +123,10 @@ impl Connection {
                 if truncate && read_only {
                     return Reply::error(status::MEDIA_WRITE_PROTECTED);
                 }
+                // A hidden or system file is replaced only by a caller that keeps it so.
+                if truncate && info.attributes & (ATTR_HIDDEN | ATTR_SYSTEM) & !asked != 0 {
+                    return Reply::error(status::ACCESS_DENIED);
+                }
                 // MS-FSA 2.1.5.1.2.1: a file with the READONLY attribute is neither deleted nor
                 // opened to change its data.
                 if info.attributes & FILE_ATTRIBUTE_READONLY != 0 {
@@ -143,6 +150,12 @@ impl Connection {
                     if let Err(e) = files.set_size(&share, info.id, 0, now) {
                         return fs(e);
                     }
+                    let replaced = asked | ATTR_ARCHIVE;
+                    if info.attributes & SETTABLE_ATTRIBUTES & !ATTR_ARCHIVE != asked & !ATTR_ARCHIVE {
+                        if let Err(e) = files.set_basic(&share, info.id, Basic { attributes: Some(replaced), ..Basic::default() }) {
+                            return fs(e);
+                        }
+                    }
                     let info = match files.stat(&share, info.id) {
                         Ok(i) => i,
                         Err(e) => return fs(e),
@@ -150,7 +163,19 @@ impl Connection {
                     (info, if disposition == 0 { 0 } else { 3 }, parent, held)
                 }
             }
-            Looked::Created { file, parent, registration } => (file, 2, parent.id, Held { files, registration }),
+            Looked::Created { mut file, parent, registration } => {
+                let held = Held { files, registration };
+                // Attributes other than ARCHIVE cost one more call to the owner; a new file
+                // without any reports ARCHIVE already.
+                if asked & !ATTR_ARCHIVE != 0 {
+                    let attributes = if want_dir { asked } else { asked | ATTR_ARCHIVE };
+                    if let Err(e) = files.set_basic(&share, file.id, Basic { attributes: Some(attributes), ..Basic::default() }) {
+                        return fs(e);
+                    }
+                    file.attributes = attributes;
+                }
+                (file, 2, parent.id, held)
+            }
             Looked::Missing { .. } if !creates => return Reply::error(status::OBJECT_NAME_NOT_FOUND),
             Looked::Missing { .. } if read_only => return Reply::error(status::MEDIA_WRITE_PROTECTED),
             Looked::Missing { parent } if !parent.directory => return Reply::error(status::OBJECT_PATH_NOT_FOUND),
@@ -257,5 +282,41 @@ impl Connection {
             None => r.extend_from_slice(&[0; 52]),
         }
         Reply::ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::server::testkit::*;
+    use crate::smb2::header::Command;
+    use crate::smb2::status;
+
+    /// CREATE of `path` with `disposition`, asking for the DOS attributes `attributes`.
+    fn create_with_attributes(path: &str, disposition: u32, attributes: u32) -> Vec<u8> {
+        let mut b = create(path, false, disposition);
+        b[28..32].copy_from_slice(&attributes.to_le_bytes());
+        b
+    }
+
+    /// A created file gets the attributes its CREATE asks for (and ARCHIVE); an overwrite
+    /// replaces them, and is refused when it would drop HIDDEN or SYSTEM (MS-FSA 2.1.5.1.2.1).
+    #[test]
+    fn create_applies_the_attributes_asked_for_and_an_overwrite_keeps_hidden_files_hidden() {
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let mut id = 1;
+        let mut send = |path: &str, disposition: u32, attributes: u32| {
+            id += 1;
+            let (r, _) = exchange(&mut c, &files, &request(Command::Create, id, TREE, &create_with_attributes(path, disposition, attributes)));
+            let got = (r[0].0.status == status::SUCCESS).then(|| u32::from_le_bytes(r[0].1[56..60].try_into().unwrap()));
+            (r[0].0.status, got)
+        };
+        assert_eq!(send("h.txt", 2, 0x2), (status::SUCCESS, Some(0x22)), "HIDDEN, and ARCHIVE as a new file has");
+        assert_eq!(send("plain.txt", 2, 0x80), (status::SUCCESS, Some(0x20)), "NORMAL: nothing but ARCHIVE");
+        assert_eq!(send("h.txt", 5, 0), (status::ACCESS_DENIED, None), "an overwrite that would drop HIDDEN");
+        assert_eq!(send("h.txt", 4, 0x4), (status::ACCESS_DENIED, None), "nor with SYSTEM instead");
+        assert_eq!(send("h.txt", 5, 0x6), (status::SUCCESS, Some(0x26)), "one that keeps it replaces the attributes");
+        assert_eq!(send("plain.txt", 5, 0x1), (status::SUCCESS, Some(0x21)), "READONLY set by an overwrite");
+        let stored: Vec<u32> = ["h.txt", "plain.txt"].iter().map(|p| files.info_at(p).unwrap().attributes).collect();
+        assert_eq!(stored, [0x26, 0x21], "as stored");
     }
 }

@@ -154,8 +154,7 @@ impl Connection {
 
 const FILE_ALTERNATE_NAME_INFORMATION: u8 = 21;
 
-/// DOS attributes a client may set (MS-FSCC 2.6); FILE_ATTRIBUTE_NORMAL alone clears them all.
-const SETTABLE_ATTRIBUTES: u32 = 0x1 | 0x2 | 0x4 | 0x20 | 0x100 | 0x1000 | 0x2000;
+use super::SETTABLE_ATTRIBUTES;
 const ATTRIBUTE_NORMAL: u32 = 0x80;
 
 /// FileBasicInformation for SET_INFO (MS-FSCC 2.4.7, MS-FSA 2.1.5.14.2): four FILETIMEs, where
