@@ -243,9 +243,15 @@ fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens(
     assert!(a.open("again", "d.txt", READ, SHARE_ALL, OPEN).starts_with(DELETE_PENDING));
     assert_eq!(b.cmd("close r"), "OK");
     assert!(!listed(&c, 2, "d.txt"), "gone at its last close");
-    // A delete disposition (FileDispositionInformation) works the same way.
+    // A delete disposition (FileDispositionInformation) works the same way, and the file is
+    // delete-pending on every node as soon as it is set, until it is cleared.
     assert_eq!(a.open("s", "s.txt", READ | WRITE | DELETE, SHARE_ALL, OVERWRITE_IF), "OK");
     assert_eq!(b.open("r", "s.txt", READ, SHARE_ALL, OPEN), "OK");
+    assert_eq!(a.cmd("delete s"), "OK");
+    assert!(b.open("r2", "s.txt", READ, SHARE_ALL, OPEN).starts_with(DELETE_PENDING), "pending before the disposed open closes");
+    assert_eq!(a.cmd("undelete s"), "OK");
+    assert_eq!(b.open("r2", "s.txt", READ, SHARE_ALL, OPEN), "OK", "cleared");
+    assert_eq!(b.cmd("close r2"), "OK");
     assert_eq!(a.cmd("delete s"), "OK");
     assert_eq!(a.cmd("close s"), "OK");
     assert!(listed(&c, 1, "s.txt"));

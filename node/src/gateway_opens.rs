@@ -144,6 +144,16 @@ impl GatewayOpens {
         }
     }
 
+    /// Sets (`Some`) or clears an open's delete disposition with the owner: while set, new
+    /// opens of the file from any gateway are refused (delete pending). An open this gateway
+    /// does not hold (not registered: its mode takes no part in share checks) has nothing to
+    /// tell; its CLOSE carries the deletion, as before.
+    pub async fn dispose(&self, service: &VolumeService, id: u64, delete: Option<DeleteAtClose>) -> Result<(), FsError> {
+        let Some(target) = self.held().opens.get(&id).map(|r| r.target.clone()) else { return Ok(()) };
+        let req = OpenDisposeRequest { target: Some(target), gateway: Some(self.gateway), id, delete_at_close: delete };
+        service.open_dispose(req).await.map(|_| ()).map_err(|e| crate::smb::fs_error(&e))
+    }
+
     /// One renewal per volume where this gateway holds opens, all at once, each given at
     /// most [`RENEW_INTERVAL_MS`]: an owner that is slow or gone holds up no other volume's.
     pub async fn renew(&self, service: &VolumeService) {

@@ -133,6 +133,9 @@ struct Held {
     id: u64,
     mode: Mode,
     delete_at_close: Option<Link>,
+    /// A delete disposition set on the open while it is held: its file is delete-pending
+    /// from then on (not only once the open goes), until the disposition is cleared.
+    disposed: Option<Link>,
 }
 
 /// One file's opens, and whether it is delete-pending (and where it is linked).
@@ -181,7 +184,7 @@ impl VolumeOpens {
             if let Some(i) = f.held.iter().position(|h| h.node == node && h.id == id) {
                 let gone = f.held.swap_remove(i);
                 if f.pending.is_none() {
-                    f.pending = gone.delete_at_close;
+                    f.pending = gone.delete_at_close.or(gone.disposed);
                 }
             }
             if f.held.is_empty() {
@@ -234,7 +237,7 @@ impl VolumeOpens {
             return Err(OpenError::TooManyForGateway { node, volume, max: MAX_OPENS_PER_GATEWAY });
         }
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
-        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone() });
+        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: None });
         self.count += 1;
         Ok(())
     }
@@ -250,7 +253,7 @@ impl OpenTable {
             return Ok(()); // a retry of a register that succeeded
         }
         if let Some(f) = v.files.get(&(r.file.view, r.file.ino)) {
-            if f.pending.is_some() {
+            if f.pending.is_some() || f.held.iter().any(|h| h.disposed.is_some()) {
                 return Err(OpenError::DeletePending);
             }
             let modes: Vec<Mode> = f.held.iter().map(|h| h.mode).collect();
@@ -277,6 +280,18 @@ impl OpenTable {
         }
         v.unhold(volume, file, gw.node, id);
         Some(FileKey { volume, view: file.0, ino: file.1 })
+    }
+
+    /// Sets (`Some`, where the file is linked) or clears the delete disposition of one held
+    /// open (SET_INFO FileDispositionInformation): while any open's is set, its file is
+    /// delete-pending to new opens, and the open going makes the deletion pending for good.
+    /// Unknown opens and other incarnations are ignored, as by [`OpenTable::release`].
+    pub fn dispose(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) {
+        let Some(v) = self.volumes.get_mut(&volume) else { return };
+        let Some(file) = v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)) else { return };
+        if let Some(h) = v.files.get_mut(file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
+            h.disposed = delete;
+        }
     }
 
     /// The deletion due of `file`, if any (a CLOSE carries out its own file's deletion).
@@ -620,6 +635,31 @@ mod tests {
         t.register(0, A, LEASE_MS, open(7, 2, DELETE, SHARE_ALL)).unwrap();
         t.release(A, VOL, 2, None);
         assert!(t.take_due().is_empty());
+    }
+
+    /// A disposition set on an open makes its file delete-pending to every gateway at once,
+    /// not at that open's close; cleared, it no longer is; the disposed open going leaves the
+    /// file to be deleted at its last close.
+    #[test]
+    fn a_delete_disposition_makes_the_file_delete_pending_at_once_until_cleared() {
+        let mut t = OpenTable::default();
+        let link = Link { parent: 3, name: "x".into() };
+        let sharing_reader = |ino, id| open(ino, id, FILE_READ_DATA, SHARE_ALL);
+        t.register(0, A, LEASE_MS, open(6, 1, DELETE, SHARE_ALL)).unwrap();
+        t.register(0, B, LEASE_MS, sharing_reader(6, 1)).unwrap();
+        t.dispose(A, VOL, 1, Some(link.clone()));
+        assert!(matches!(t.register(0, B, LEASE_MS, sharing_reader(6, 2)), Err(OpenError::DeletePending)), "pending before any close");
+        t.dispose(B, VOL, 1, None); // another gateway's open of the same id changes nothing
+        assert!(matches!(t.register(0, B, LEASE_MS, sharing_reader(6, 2)), Err(OpenError::DeletePending)));
+        t.dispose(A, VOL, 1, None);
+        t.register(0, B, LEASE_MS, sharing_reader(6, 2)).unwrap();
+        t.release(B, VOL, 2, None);
+        t.dispose(A, VOL, 1, Some(link.clone()));
+        t.release(A, VOL, 1, None);
+        assert!(t.take_due().is_empty(), "node B's open still holds the file");
+        assert!(matches!(t.register(0, B, LEASE_MS, sharing_reader(6, 3)), Err(OpenError::DeletePending)), "pending for good once the disposed open went");
+        t.release(B, VOL, 1, None);
+        assert_eq!(t.take_due(), vec![DueDelete { file: file(6), link }]);
     }
 
     #[test]

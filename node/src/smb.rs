@@ -334,4 +334,9 @@ impl Files for VolumeFiles {
         let delete = delete.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
         self.wait(self.opens.release(&self.service, registration, delete, now))
     }
+
+    fn dispose_open(&self, registration: u64, delete: Option<(u64, &str)>) -> Result<(), FsError> {
+        let delete = delete.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
+        self.wait(self.opens.dispose(&self.service, registration, delete))
+    }
 }

@@ -672,6 +672,10 @@ impl VolumeRpc for VolumeService {
         VolumeService::open_release(self, req.into_inner()).await.map(Response::new)
     }
 
+    async fn open_dispose(&self, req: Request<OpenDisposeRequest>) -> Result<Response<Done>, Status> {
+        VolumeService::open_dispose(self, req.into_inner()).await.map(Response::new)
+    }
+
     async fn open_renew(&self, req: Request<OpenRenewRequest>) -> Result<Response<OpenRenewReply>, Status> {
         VolumeService::open_renew(self, req.into_inner()).await.map(Response::new)
     }
@@ -741,6 +745,18 @@ impl VolumeService {
             file.map(|f| table.take_due_of(f)).unwrap_or_default()
         };
         self.carry_out_deletes(due, true, r.now).await?;
+        Ok(Done {})
+    }
+
+    pub async fn open_dispose(&self, mut r: OpenDisposeRequest) -> Result<Done, Status> {
+        let (volume, _, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(volume, route)? {
+            unrouted(&mut r.target);
+            return peer.open_dispose(r).await.map(Response::into_inner);
+        }
+        let gw = gateway_of(r.gateway.as_ref())?;
+        let delete = link_of(r.delete_at_close.as_ref())?;
+        self.opens().dispose(gw, volume, r.id, delete);
         Ok(Done {})
     }
 

@@ -52,8 +52,8 @@ def main():
                 req["FileName"] = args[1].encode("utf-16le")
                 req["FileNameLength"] = len(req["FileName"])
                 smb.setInfo(tid, handles[args[0]], req, infoType=s3.SMB2_0_INFO_FILE, fileInfoClass=s3.SMB2_FILE_RENAME_INFO)
-            elif cmd == "delete":
-                smb.setInfo(tid, handles[args[0]], struct.pack("<B", 1), infoType=s3.SMB2_0_INFO_FILE,
+            elif cmd in ("delete", "undelete"):
+                smb.setInfo(tid, handles[args[0]], struct.pack("<B", int(cmd == "delete")), infoType=s3.SMB2_0_INFO_FILE,
                             fileInfoClass=s3.SMB2_FILE_DISPOSITION_INFO)
             elif cmd == "close":
                 try:

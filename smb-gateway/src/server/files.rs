@@ -177,6 +177,13 @@ pub trait Files: Send + Sync {
     /// the connection). Never fails: an owner that misses it drops the open when this gateway
     /// next renews its lease.
     fn release_open(&self, _registration: u64) {}
+    /// Sets (with its directory and name) or clears the delete disposition of a registered
+    /// open (SET_INFO FileDispositionInformation): while set, the file is delete-pending to
+    /// every new open, on every node. Without share-mode registrations (this default) the
+    /// disposition takes effect at the open's CLOSE only.
+    fn dispose_open(&self, _registration: u64, _delete: Option<(u64, &str)>) -> Result<(), FsError> {
+        Ok(())
+    }
     /// Closes a registered open (CLOSE, and the opens LOGOFF, TREE_DISCONNECT or the end of the
     /// connection drop). With `delete` (its directory and name: the open's disposition asks for
     /// the file's deletion), the file is deleted now if this was its last open, else at its

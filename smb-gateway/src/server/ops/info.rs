@@ -122,9 +122,14 @@ impl Connection {
                 if delete && info.directory && files.list(&share, info.id, "", 1).map(|l| !l.is_empty()).unwrap_or(false) {
                     return Reply::error(status::DIRECTORY_NOT_EMPTY);
                 }
-                if let Some(o) = self.opens.get_mut(&volatile) {
-                    o.delete_on_close = delete;
+                let Some(o) = self.opens.get_mut(&volatile) else { return Reply::error(status::FILE_CLOSED) };
+                // The owner refuses new opens of the file from now on, not from this CLOSE.
+                if let Some(registration) = o.registration {
+                    if let Err(e) = files.dispose_open(registration, delete.then_some((o.parent, o.name.as_str()))) {
+                        return fs(e);
+                    }
                 }
+                o.delete_on_close = delete;
                 Reply::ok(vec![2, 0])
             }
             // FileEndOfFileInformation.
