@@ -26,6 +26,7 @@ const SHARE_RW: u32 = 3;
 const SHARE_ALL: u32 = 7;
 const OPEN: u32 = 1;
 const OVERWRITE_IF: u32 = 5;
+const OPEN_IF: u32 = 3;
 
 /// A 3-node cluster with share `data` on a volume that node 2 owns.
 fn cluster() -> Cluster {
@@ -253,10 +254,20 @@ fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens(
     assert_eq!(b.open("r2", "s.txt", READ, SHARE_ALL, OPEN), "OK", "cleared");
     assert_eq!(b.cmd("close r2"), "OK");
     assert_eq!(a.cmd("delete s"), "OK");
+    // Renamed after its disposition was set: the owner knows the new name.
+    assert_eq!(a.cmd("rename s s2.txt"), "OK");
+    assert!(b.open("r2", "s2.txt", READ, SHARE_ALL, OPEN).starts_with(DELETE_PENDING));
     assert_eq!(a.cmd("close s"), "OK");
-    assert!(listed(&c, 1, "s.txt"));
+    assert!(listed(&c, 1, "s2.txt"));
     assert_eq!(b.cmd("close r"), "OK");
-    assert!(!listed(&c, 1, "s.txt"));
+    assert!(!listed(&c, 1, "s2.txt"));
+    // A directory whose disposition is set takes nothing new, from any node.
+    let dir = format!("open dd dd {:#x} {SHARE_ALL:#x} {OPEN_IF} 0x1", READ | DELETE);
+    assert_eq!(a.cmd(&dir), "OK");
+    assert_eq!(a.cmd("delete dd"), "OK");
+    assert!(b.open("x", "dd\\x.txt", READ | WRITE, SHARE_ALL, OVERWRITE_IF).starts_with(DELETE_PENDING));
+    assert_eq!(a.cmd("close dd"), "OK");
+    assert!(!listed(&c, 3, "dd"), "the empty directory went at its close");
     // A client whose connection ends holding a delete-on-close open: the file goes with it.
     let mut k = Client::connect(&c.node(1).smb);
     let doc = format!("open k k.txt {:#x} {SHARE_ALL:#x} {OVERWRITE_IF} {DELETE_ON_CLOSE:#x}", READ | WRITE | DELETE);

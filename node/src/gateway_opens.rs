@@ -24,6 +24,8 @@ struct Registered {
     mode: Mode,
     /// Opened with delete-on-close (listed in renewals, so a restarted owner knows).
     delete_at_close: Option<DeleteAtClose>,
+    /// A delete disposition set on it (listed in renewals too).
+    disposed: Option<DeleteAtClose>,
     /// The owner accepted it. Renewals list only confirmed opens (an owner reinstates what a
     /// renewal lists without a share check) and never name an unconfirmed one as lost.
     confirmed: bool,
@@ -101,7 +103,7 @@ impl GatewayOpens {
         }
         let id = held.next_id;
         held.next_id += 1;
-        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, confirmed: false });
+        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false });
         Ok(id)
     }
 
@@ -148,10 +150,26 @@ impl GatewayOpens {
     /// opens of the file from any gateway are refused (delete pending). An open this gateway
     /// does not hold (not registered: its mode takes no part in share checks) has nothing to
     /// tell; its CLOSE carries the deletion, as before.
+    ///
+    /// The disposition is kept here first and listed in every renewal, so an owner that
+    /// restarts (or misses this call) learns it within a renewal. If the call fails, the
+    /// disposition is taken back here; the CLOSE's release, which carries none, then clears it
+    /// at the owner too.
     pub async fn dispose(&self, service: &VolumeService, id: u64, delete: Option<DeleteAtClose>) -> Result<(), FsError> {
-        let Some(target) = self.held().opens.get(&id).map(|r| r.target.clone()) else { return Ok(()) };
+        let (target, before) = {
+            let mut held = self.held();
+            let Some(r) = held.opens.get_mut(&id) else { return Ok(()) };
+            let before = std::mem::replace(&mut r.disposed, delete.clone());
+            (r.target.clone(), before)
+        };
         let req = OpenDisposeRequest { target: Some(target), gateway: Some(self.gateway), id, delete_at_close: delete };
-        service.open_dispose(req).await.map(|_| ()).map_err(|e| crate::smb::fs_error(&e))
+        let answer = service.open_dispose(req).await;
+        if answer.is_err() {
+            if let Some(r) = self.held().opens.get_mut(&id) {
+                r.disposed = before;
+            }
+        }
+        answer.map(|_| ()).map_err(|e| crate::smb::fs_error(&e))
     }
 
     /// One renewal per volume where this gateway holds opens, all at once, each given at
@@ -160,20 +178,21 @@ impl GatewayOpens {
         let (up_to, by_volume) = renewals(&self.held());
         let each = by_volume.into_iter().map(|(volume, opens)| async move {
             let target = VolumeTarget { volume: volume.clone(), snapshot: String::new(), clone: String::new(), route: true };
-            let listed: Vec<u64> = opens.iter().map(|h| h.id).collect();
+            // With the deletion each listed open would ask at its close, for a release sent again.
+            let listed: Vec<(u64, Option<DeleteAtClose>)> = opens.iter().map(|h| (h.id, h.disposed.clone().or_else(|| h.delete_at_close.clone()))).collect();
             let req = OpenRenewRequest { target: Some(target.clone()), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
             match tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), service.open_renew(req)).await {
                 Ok(Ok(r)) if !r.known => {
                     tracing::info!(%volume, reinstated = r.reinstated, refused = r.refused, "the volume's owner did not know this gateway: opens reinstated");
                     // An open closed after the list was taken may have been released before
                     // this renewal reinstated it: release it again.
-                    let gone: Vec<u64> = {
+                    let gone: Vec<(u64, Option<DeleteAtClose>)> = {
                         let held = self.held();
-                        listed.into_iter().filter(|id| !held.opens.contains_key(id)).collect()
+                        listed.into_iter().filter(|(id, _)| !held.opens.contains_key(id)).collect()
                     };
                     let again = async {
-                        for id in gone {
-                            let req = OpenReleaseRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, delete_at_close: None, now: crate::filetime_now() };
+                        for (id, delete) in gone {
+                            let req = OpenReleaseRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, delete_at_close: delete, now: crate::filetime_now() };
                             if let Err(e) = service.open_release(req).await {
                                 tracing::debug!(%volume, id, error = %e, "releasing again an open closed during a renewal");
                             }
@@ -220,7 +239,7 @@ fn renewals(held: &Held) -> (u64, HashMap<String, Vec<HeldOpen>>) {
     let up_to = held.opens.iter().filter(|(_, r)| !r.confirmed).map(|(id, _)| *id).min().unwrap_or(held.next_id);
     let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
     for (id, r) in held.opens.iter().filter(|(_, r)| r.confirmed) {
-        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone() };
+        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone() };
         by_volume.entry(r.target.volume.clone()).or_default().push(h);
     }
     (up_to, by_volume)
@@ -232,7 +251,7 @@ mod tests {
 
     fn registered(volume: &str, confirmed: bool) -> Registered {
         let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
-        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, confirmed }
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed }
     }
 
     #[test]

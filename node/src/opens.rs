@@ -81,6 +81,8 @@ pub struct OpenRecord {
     pub mode: Mode,
     /// Opened with delete-on-close: the file goes when this open and every other one have.
     pub delete_at_close: Option<Link>,
+    /// A delete disposition set on it (a renewal lists it; a new open has none).
+    pub disposed: Option<Link>,
 }
 
 /// A file whose last open went while it was delete-pending: the owner deletes `link` if it
@@ -237,7 +239,7 @@ impl VolumeOpens {
             return Err(OpenError::TooManyForGateway { node, volume, max: MAX_OPENS_PER_GATEWAY });
         }
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
-        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: None });
+        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone() });
         self.count += 1;
         Ok(())
     }
@@ -252,10 +254,11 @@ impl OpenTable {
         if v.leases[&gw.node].opens.contains_key(&r.id) {
             return Ok(()); // a retry of a register that succeeded
         }
+        if self.delete_pending(r.file) {
+            return Err(OpenError::DeletePending);
+        }
+        let v = self.volumes.get_mut(&r.file.volume).expect("made above");
         if let Some(f) = v.files.get(&(r.file.view, r.file.ino)) {
-            if f.pending.is_some() || f.held.iter().any(|h| h.disposed.is_some()) {
-                return Err(OpenError::DeletePending);
-            }
             let modes: Vec<Mode> = f.held.iter().map(|h| h.mode).collect();
             if let Err(i) = share_modes::check(&modes, &r.mode) {
                 let h = &f.held[i];
@@ -267,16 +270,17 @@ impl OpenTable {
 
     /// Releases one open (a CLOSE); unknown opens and other incarnations are ignored.
     /// `delete`: the open's disposition asks for the file's deletion (the file becomes
-    /// delete-pending; due at once if this was its last open).
+    /// delete-pending; due at once if this was its last open). It is the gateway's last word:
+    /// without it, neither the open's delete-on-close nor a disposition it set deletes the file
+    /// (the client cleared them, or never heard that they were set).
     /// Returns the file of the open released (None when it was not held).
     pub fn release(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) -> Option<FileKey> {
         let v = self.volumes.get_mut(&volume)?;
         let lease = v.leases.get_mut(&gw.node).filter(|l| l.incarnation == gw.incarnation)?;
         let file = lease.opens.remove(&id)?;
-        if let Some(link) = delete {
-            if let Some(h) = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
-                h.delete_at_close = Some(link);
-            }
+        if let Some(h) = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
+            h.delete_at_close = delete;
+            h.disposed = None;
         }
         v.unhold(volume, file, gw.node, id);
         Some(FileKey { volume, view: file.0, ino: file.1 })
@@ -292,6 +296,13 @@ impl OpenTable {
         if let Some(h) = v.files.get_mut(file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
             h.disposed = delete;
         }
+    }
+
+    /// Whether `file` is to be deleted: a deletion pending at its last close, or a disposition
+    /// set on one of its opens.
+    pub fn delete_pending(&self, file: FileKey) -> bool {
+        let f = self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino)));
+        f.is_some_and(|f| f.pending.is_some() || f.held.iter().any(|h| h.disposed.is_some()))
     }
 
     /// The deletion due of `file`, if any (a CLOSE carries out its own file's deletion).
@@ -409,7 +420,7 @@ mod tests {
     }
 
     fn open(ino: u64, id: u64, access: u32, share: u32) -> OpenRecord {
-        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None }
+        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None, disposed: None }
     }
 
     fn reader(ino: u64, id: u64) -> OpenRecord {
@@ -590,7 +601,8 @@ mod tests {
         let mut t = OpenTable::default();
         t.register(0, A, LEASE_MS, doomed(5, 1)).unwrap();
         t.register(0, B, LEASE_MS, open(5, 1, FILE_READ_DATA, SHARE_ALL)).unwrap();
-        t.release(A, VOL, 1, None);
+        // The gateway's CLOSE of a delete-on-close open carries the deletion.
+        t.release(A, VOL, 1, Some(Link { parent: 1, name: "f5".into() }));
         assert!(t.take_due().is_empty(), "another open holds the file");
         assert_eq!(t.register(1, A, LEASE_MS, reader(5, 2)), Err(OpenError::DeletePending));
         t.release(B, VOL, 1, None);
@@ -655,11 +667,24 @@ mod tests {
         t.register(0, B, LEASE_MS, sharing_reader(6, 2)).unwrap();
         t.release(B, VOL, 2, None);
         t.dispose(A, VOL, 1, Some(link.clone()));
-        t.release(A, VOL, 1, None);
+        t.release(A, VOL, 1, Some(link.clone()));
         assert!(t.take_due().is_empty(), "node B's open still holds the file");
         assert!(matches!(t.register(0, B, LEASE_MS, sharing_reader(6, 3)), Err(OpenError::DeletePending)), "pending for good once the disposed open went");
+        assert!(t.delete_pending(file(6)));
         t.release(B, VOL, 1, None);
-        assert_eq!(t.take_due(), vec![DueDelete { file: file(6), link }]);
+        assert_eq!(t.take_due(), vec![DueDelete { file: file(6), link: link.clone() }]);
+        // The CLOSE's release is the gateway's last word: one without a deletion clears a
+        // disposition the owner holds (the client was told setting it failed).
+        t.register(0, A, LEASE_MS, open(7, 4, DELETE, SHARE_ALL)).unwrap();
+        t.dispose(A, VOL, 4, Some(link.clone()));
+        t.release(A, VOL, 4, None);
+        assert!(t.take_due().is_empty() && !t.delete_pending(file(7)));
+        // A renewal that reinstates a disposed open (the owner restarted) makes the file
+        // delete-pending again.
+        let mut fresh = OpenTable::default();
+        let listed = OpenRecord { disposed: Some(link.clone()), ..open(8, 5, DELETE, SHARE_ALL) };
+        fresh.renew(0, A, LEASE_MS, VOL, 6, &[listed]).unwrap();
+        assert!(matches!(fresh.register(0, B, LEASE_MS, sharing_reader(8, 1)), Err(OpenError::DeletePending)));
     }
 
     #[test]

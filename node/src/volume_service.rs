@@ -121,7 +121,11 @@ fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
         tracing::warn!(%volume, ino = h.ino, error = %e.message(), "a renewal lists an open whose delete-on-close link is not a file name: kept without it");
         None
     });
-    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close })
+    let disposed = link_of(h.disposed.as_ref()).unwrap_or_else(|e| {
+        tracing::warn!(%volume, ino = h.ino, error = %e.message(), "a renewal lists an open whose disposition's link is not a file name: kept without it");
+        None
+    });
+    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close, disposed })
 }
 
 /// A resolve's answer with the parent: the entry when found, and its parent.
@@ -470,27 +474,33 @@ impl VolumeRpc for VolumeService {
         let open = create.open.take().map(|o| Ok::<_, Status>((gateway_of(o.gateway.as_ref())?, o))).transpose()?;
         let created_at = create.now;
         let path = r.path;
-        let (reply, created) = self
+        let opens = self.opens.clone();
+        let made = self
             .run_gated(vol, move |s| {
                 let (found, parent) = s.resolve_with_parent(vol, view, &path)?;
                 let name = path.rsplit(['/', '\\']).find(|p| !p.is_empty()).unwrap_or("").to_string();
                 if found.is_some() || parent.inode.kind != Kind::Dir {
-                    return Ok((found_reply((found, parent)), None));
+                    return Ok(Some((found_reply((found, parent)), None)));
+                }
+                // Nothing new goes into a directory that is to be deleted (MS-FSA 2.1.5.1).
+                if opens.lock().expect("open table lock").delete_pending(FileKey { volume: vol, view, ino: parent.ino }) {
+                    return Ok(None);
                 }
                 let (ino, mut reply) = match create_entry(s, vol, view, parent.ino, &name, create.directory, create.now) {
                     // Another gateway created it meanwhile: it is found after all.
-                    Err(VolumeError::Exists(_)) => return s.resolve_with_parent(vol, view, &path).map(|found| (found_reply(found), None)),
+                    Err(VolumeError::Exists(_)) => return s.resolve_with_parent(vol, view, &path).map(|found| Some((found_reply(found), None))),
                     other => other?,
                 };
                 reply.parent = Some(entry(parent.clone()));
                 reply.created = true;
-                Ok((reply, Some((parent.ino, name, ino))))
+                Ok(Some((reply, Some((parent.ino, name, ino)))))
             })
             .await?;
+        let Some((reply, created)) = made else { return Err(open_status(OpenError::DeletePending)) };
         if let (Some((parent, name, ino)), Some((gw, o))) = (created, open) {
             let file = FileKey { volume: vol, view, ino };
             let delete_at_close = o.delete_at_close.then(|| Link { parent, name: name.clone() });
-            let record = OpenRecord { file, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close };
+            let record = OpenRecord { file, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close, disposed: None };
             if let Err(e) = self.register_here(gw, o.lease_ms, record).await {
                 // The open was refused after this call made the file: the file goes again (if
                 // its name still names it), unless another open holds it already; meanwhile it
@@ -707,7 +717,7 @@ impl VolumeService {
             return peer.open_register(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
-        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref())? };
+        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref())?, disposed: None };
         self.register_here(gw, r.lease_ms, record).await
     }
 

@@ -92,6 +92,14 @@ impl Connection {
         // The attributes a created, superseded or overwritten file gets (MS-FSA 2.1.5.1.1 and
         // 2.1.5.1.2.1); ARCHIVE alone is what a file without any reports already.
         let asked = u32_at(b, 28).unwrap_or(0) & SETTABLE_ATTRIBUTES;
+        // MS-FSA 2.1.5.1: a read-only file is never deleted, so never made to be at its close;
+        // a directory is never temporary.
+        if asked & FILE_ATTRIBUTE_READONLY != 0 && options & FILE_DELETE_ON_CLOSE != 0 {
+            return Reply::error(status::CANNOT_DELETE);
+        }
+        if asked & ATTR_TEMPORARY != 0 && options & FILE_DIRECTORY_FILE != 0 {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
         // Overwrite and supersede change the data: they are checked as writers.
         let implied = if matches!(disposition, 0 | 4 | 5) { share_modes::FILE_WRITE_DATA } else { 0 };
         let mode = share_modes::Mode { access: granted | implied, share: share_access };
@@ -150,8 +158,13 @@ impl Connection {
                     if let Err(e) = files.set_size(&share, info.id, 0, now) {
                         return fs(e);
                     }
+                    // A file without attributes reports ARCHIVE: no call when that is all.
                     let replaced = asked | ATTR_ARCHIVE;
-                    if info.attributes & SETTABLE_ATTRIBUTES & !ATTR_ARCHIVE != asked & !ATTR_ARCHIVE {
+                    let reported = match info.attributes & SETTABLE_ATTRIBUTES {
+                        0 => ATTR_ARCHIVE,
+                        a => a,
+                    };
+                    if reported != replaced {
                         if let Err(e) = files.set_basic(&share, info.id, Basic { attributes: Some(replaced), ..Basic::default() }) {
                             return fs(e);
                         }
@@ -170,6 +183,9 @@ impl Connection {
                 if asked & !ATTR_ARCHIVE != 0 {
                     let attributes = if want_dir { asked } else { asked | ATTR_ARCHIVE };
                     if let Err(e) = files.set_basic(&share, file.id, Basic { attributes: Some(attributes), ..Basic::default() }) {
+                        // The CREATE fails: the file it made goes too (best effort), so that a
+                        // retry finds no name taken.
+                        let _ = files.unlink(&share, parent.id, &name, now);
                         return fs(e);
                     }
                     file.attributes = attributes;
@@ -204,7 +220,7 @@ impl Connection {
         let registration = held.keep();
         // The open holds what was granted: the write right an overwrite implies counts in the
         // share-access check only, not as a right of the handle.
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, path, delete_on_close, listing: None, pipe: None, access: granted, registration });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, path, delete_on_close, listing: None, pipe: None, access: granted, registration, disposed: false });
         Reply::ok(r)
     }
 
@@ -244,7 +260,7 @@ impl Connection {
         r.extend_from_slice(&[0; 8]);
         r.push(0);
         let pipe = crate::rpc::Pipe::new(name, (volatile as u32) | 0x1000);
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), path: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe), access, registration: None });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), path: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe), access, registration: None, disposed: false });
         Reply::ok(r)
     }
 
@@ -287,6 +303,7 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
+    use crate::server::files::{Basic, Files};
     use crate::server::testkit::*;
     use crate::smb2::header::Command;
     use crate::smb2::status;
@@ -316,7 +333,22 @@ mod tests {
         assert_eq!(send("h.txt", 4, 0x4), (status::ACCESS_DENIED, None), "nor with SYSTEM instead");
         assert_eq!(send("h.txt", 5, 0x6), (status::SUCCESS, Some(0x26)), "one that keeps it replaces the attributes");
         assert_eq!(send("plain.txt", 5, 0x1), (status::SUCCESS, Some(0x21)), "READONLY set by an overwrite");
+        files.set_basic("", files.info_at("h.txt").unwrap().id, Basic { attributes: Some(0x2), ..Basic::default() }).unwrap();
+        assert_eq!(send("h.txt", 5, 0x2), (status::SUCCESS, Some(0x22)), "an overwrite adds ARCHIVE to attributes that lacked it");
         let stored: Vec<u32> = ["h.txt", "plain.txt"].iter().map(|p| files.info_at(p).unwrap().attributes).collect();
-        assert_eq!(stored, [0x26, 0x21], "as stored");
+        assert_eq!(stored, [0x22, 0x21], "as stored");
+        let mut doc = create_with_attributes("ro.txt", 2, 0x1);
+        doc[40..44].copy_from_slice(&0x1040u32.to_le_bytes()); // non-directory, delete-on-close
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 50, TREE, &doc));
+        assert_eq!(r[0].0.status, status::CANNOT_DELETE, "read-only and delete-on-close");
+        assert!(files.info_at("ro.txt").is_none());
+        let mut tmp_dir = create("d", true, 2);
+        tmp_dir[28..32].copy_from_slice(&0x100u32.to_le_bytes());
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 51, TREE, &tmp_dir));
+        assert_eq!(r[0].0.status, status::INVALID_PARAMETER, "a temporary directory");
+        let mut hidden_dir = create("hd", true, 2);
+        hidden_dir[28..32].copy_from_slice(&0x2u32.to_le_bytes());
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 52, TREE, &hidden_dir));
+        assert_eq!(u32::from_le_bytes(r[0].1[56..60].try_into().unwrap()), 0x12, "a directory gets what it asks, without ARCHIVE");
     }
 }

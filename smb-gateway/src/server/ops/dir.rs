@@ -16,12 +16,6 @@ impl Connection {
         if !matches!(class, 1 | 2 | 3 | 12 | 37 | 38) {
             return Reply::error(status::INVALID_INFO_CLASS);
         }
-        // MS-FSA 2.1.5.6.3: a buffer that cannot hold one entry's fixed part is refused, and
-        // the listing stays where it was.
-        let limit = (out_len as usize).min(self.config.max_io_bytes as usize);
-        if limit < entry_fixed_bytes(class) {
-            return Reply::error(status::INFO_LENGTH_MISMATCH);
-        }
         let pattern = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16).unwrap_or_default();
         let (share, dir, is_dir) = match self.open_of(h, volatile) {
             Ok(o) => (o.share.clone(), o.info.clone(), o.info.directory),
@@ -29,6 +23,12 @@ impl Connection {
         };
         if !is_dir {
             return Reply::error(status::INVALID_PARAMETER);
+        }
+        // MS-FSA 2.1.5.6.3: a buffer that cannot hold one entry's fixed part is refused, and
+        // the listing stays where it was.
+        let limit = (out_len as usize).min(self.config.max_io_bytes as usize);
+        if limit < entry_fixed_bytes(class) {
+            return Reply::error(status::INFO_LENGTH_MISMATCH);
         }
         let open = self.opens.get_mut(&volatile).expect("checked above");
         let restart = flags & (0x01 | 0x10) != 0 || open.listing.is_none();
@@ -45,9 +45,9 @@ impl Connection {
         let mut last_entry_at: Option<usize> = None;
         // The first entry always goes in, its name cut to what fits (BUFFER_OVERFLOW, as
         // MS-FSA has it): the listing moves past it, so a small buffer never ends it early.
-        let mut overflow = false;
+        let overflow = std::cell::Cell::new(false);
         let mut push = |out: &mut Vec<u8>, f: &FileInfo, name: &str| -> bool {
-            if overflow {
+            if overflow.get() {
                 return false;
             }
             let mut entry = dir_entry(class, f, name);
@@ -58,7 +58,7 @@ impl Connection {
                 }
                 let fixed = entry_fixed_bytes(class);
                 entry.truncate(fixed + (limit - fixed) / 2 * 2);
-                overflow = true;
+                overflow.set(true);
             }
             if let Some(prev) = last_entry_at {
                 let next = (start - prev) as u32;
@@ -81,7 +81,7 @@ impl Connection {
             listing.dots += 1;
             any = true;
         }
-        'outer: while !(single && any) {
+        'outer: while !(single && any) && !overflow.get() {
             let batch = match files.list(&share, dir.id, &listing.after, LIST_BATCH) {
                 Ok(b) => b,
                 Err(e) => return fs(e),
@@ -110,7 +110,7 @@ impl Connection {
         r.extend_from_slice(&((HEADER_BYTES + 8) as u16).to_le_bytes());
         r.extend_from_slice(&(out.len() as u32).to_le_bytes());
         r.extend_from_slice(&out);
-        Reply::ok(r).overflowing(overflow)
+        Reply::ok(r).overflowing(overflow.get())
     }
 }
 

@@ -105,18 +105,33 @@ impl Connection {
                         o.parent = to_dir;
                         o.name = to_name;
                         o.path = target.clone();
+                        // The owner deletes by name if this gateway goes: give it the new one.
+                        if let (true, Some(registration)) = (o.disposed, o.registration) {
+                            if let Err(e) = files.dispose_open(registration, Some((o.parent, o.name.as_str()))) {
+                                tracing::warn!(name = %o.name, error = %e, "telling the owner a disposed file's new name failed; the CLOSE carries it");
+                            }
+                        }
                     }
                 }
                 done(result)
             }
-            // FileDispositionInformation / Ex: delete when the last handle closes.
+            // FileDispositionInformation (a byte) / Ex (MS-FSCC 2.4.12: u32 flags): delete when
+            // the last handle closes. Ex's ON_CLOSE sets or clears only this handle's
+            // delete-on-close; IGNORE_READONLY_ATTRIBUTE deletes a read-only file; POSIX
+            // semantics are taken as the ordinary ones (the name goes at the last close).
             13 | 64 => {
-                let delete = data.first().is_some_and(|&d| d & 1 != 0);
+                let flags = match (class, data.first(), u32_at(data, 0)) {
+                    (13, Some(&d), _) => u32::from(d & 1),
+                    (64, _, Some(f)) => f,
+                    _ => return Reply::error(status::INFO_LENGTH_MISMATCH),
+                };
+                let delete = flags & DISPOSITION_DELETE != 0;
+                let on_close = flags & DISPOSITION_ON_CLOSE != 0;
                 if delete && !may_delete {
                     return Reply::error(status::ACCESS_DENIED);
                 }
                 // A file or directory marked READONLY (now, not when it was opened) is not deleted.
-                if delete && files.stat(&share, info.id).is_ok_and(|now| now.attributes & super::FILE_ATTRIBUTE_READONLY != 0) {
+                if delete && flags & DISPOSITION_IGNORE_READONLY == 0 && files.stat(&share, info.id).is_ok_and(|now| now.attributes & super::FILE_ATTRIBUTE_READONLY != 0) {
                     return Reply::error(status::CANNOT_DELETE);
                 }
                 if delete && info.directory && files.list(&share, info.id, "", 1).map(|l| !l.is_empty()).unwrap_or(false) {
@@ -124,9 +139,12 @@ impl Connection {
                 }
                 let Some(o) = self.opens.get_mut(&volatile) else { return Reply::error(status::FILE_CLOSED) };
                 // The owner refuses new opens of the file from now on, not from this CLOSE.
-                if let Some(registration) = o.registration {
-                    if let Err(e) = files.dispose_open(registration, delete.then_some((o.parent, o.name.as_str()))) {
-                        return fs(e);
+                if let (false, Some(registration)) = (on_close, o.registration) {
+                    if delete || o.disposed {
+                        if let Err(e) = files.dispose_open(registration, delete.then_some((o.parent, o.name.as_str()))) {
+                            return fs(e);
+                        }
+                        o.disposed = delete;
                     }
                 }
                 o.delete_on_close = delete;
@@ -160,6 +178,11 @@ impl Connection {
 const FILE_ALTERNATE_NAME_INFORMATION: u8 = 21;
 
 use super::SETTABLE_ATTRIBUTES;
+
+/// FILE_DISPOSITION_INFORMATION_EX flags (MS-FSCC 2.4.12).
+const DISPOSITION_DELETE: u32 = 0x1;
+const DISPOSITION_ON_CLOSE: u32 = 0x8;
+const DISPOSITION_IGNORE_READONLY: u32 = 0x10;
 const ATTRIBUTE_NORMAL: u32 = 0x80;
 
 /// FileBasicInformation for SET_INFO (MS-FSCC 2.4.7, MS-FSA 2.1.5.14.2): four FILETIMEs, where
@@ -436,6 +459,27 @@ mod tests {
         assert_eq!(status_of(&mut c, 5, flush(w), Command::Flush), status::SUCCESS);
         let r = open_for(&mut c, &files, 6, FILE_OPEN, FILE_READ_DATA);
         assert_eq!(status_of(&mut c, 7, flush(r), Command::Flush), status::ACCESS_DENIED);
+    }
+
+    /// FileDispositionInformation needs its byte and the Ex class its four bytes of flags;
+    /// Ex's IGNORE_READONLY_ATTRIBUTE deletes a read-only file, and ON_CLOSE sets the handle's
+    /// delete-on-close (the file goes at its close).
+    #[test]
+    fn disposition_ex_flags_and_lengths() {
+        use crate::share_modes::DELETE;
+        let files = MemFiles::with_dirs(&[]);
+        let mut c = connection();
+        let status_of = |c: &mut _, id, body: Vec<u8>| exchange(c, &files, &request(Command::SetInfo, id, TREE, &body)).0[0].0.status;
+        let f = open_for(&mut c, &files, 1, FILE_CREATE, FILE_READ_DATA | DELETE);
+        assert_eq!(status_of(&mut c, 2, set_info(f, 13, &[])), status::INFO_LENGTH_MISMATCH);
+        assert_eq!(status_of(&mut c, 3, set_info(f, 64, &[1, 0])), status::INFO_LENGTH_MISMATCH);
+        let id = files.lookup("", "f.txt").unwrap().id;
+        files.set_basic("", id, crate::server::files::Basic { attributes: Some(0x1), ..Default::default() }).unwrap();
+        assert_eq!(status_of(&mut c, 4, set_info(f, 64, &1u32.to_le_bytes())), status::CANNOT_DELETE);
+        assert_eq!(status_of(&mut c, 5, set_info(f, 64, &(0x1u32 | 0x10 | 0x8).to_le_bytes())), status::SUCCESS);
+        let close = [vec![24, 0, 0, 0, 0, 0, 0, 0], f.to_le_bytes().to_vec(), f.to_le_bytes().to_vec()].concat();
+        exchange(&mut c, &files, &request(Command::Close, 6, TREE, &close));
+        assert!(files.lookup("", "f.txt").is_err(), "deleted at its close");
     }
 
     /// A file marked READONLY (MS-FSA 2.1.5.1.2.1) is not opened to change its data, nor

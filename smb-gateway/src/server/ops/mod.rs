@@ -35,9 +35,10 @@ const FILE_ATTRIBUTE_READONLY: u32 = 0x0000_0001;
 const ATTR_DIRECTORY: u32 = 0x10;
 const ATTR_ARCHIVE: u32 = 0x20;
 const ATTR_HIDDEN: u32 = 0x2;
+const ATTR_TEMPORARY: u32 = 0x100;
 const ATTR_SYSTEM: u32 = 0x4;
 /// DOS attributes a client may set (MS-FSCC 2.6); FILE_ATTRIBUTE_NORMAL alone clears them all.
-const SETTABLE_ATTRIBUTES: u32 = 0x1 | ATTR_HIDDEN | ATTR_SYSTEM | ATTR_ARCHIVE | 0x100 | 0x1000 | 0x2000;
+const SETTABLE_ATTRIBUTES: u32 = FILE_ATTRIBUTE_READONLY | ATTR_HIDDEN | ATTR_SYSTEM | ATTR_ARCHIVE | ATTR_TEMPORARY | 0x1000 | 0x2000;
 /// Access rights that change a file or its directory.
 const WRITE_ACCESS: u32 = 0x0001_0000 | 0x0000_0002 | 0x0000_0004 | 0x0000_0100 | 0x0000_0010 | 0x4000_0000 | 0x1000_0000;
 
@@ -61,6 +62,9 @@ pub struct Open {
     /// The open's registration with the volume's owner for share-access checks, when its
     /// access takes part in them ([`crate::share_modes::Mode::counts`]).
     pub registration: Option<u64>,
+    /// A delete disposition set on it and told to the owner (the file is delete-pending on
+    /// every node): a rename through it tells the owner the new name.
+    pub disposed: bool,
 }
 
 /// Where a QUERY_DIRECTORY enumeration stands.
