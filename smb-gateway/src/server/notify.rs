@@ -14,6 +14,10 @@ use crate::wire::put_utf16;
 
 /// Records one watch keeps between two CHANGE_NOTIFY requests; more overflow to NOTIFY_ENUM_DIR.
 pub const MAX_QUEUED_CHANGES_PER_WATCH: usize = 256;
+/// Bytes of records (as FILE_NOTIFY_INFORMATION) all of one connection's watches keep at
+/// once; a watch whose record would pass it overflows instead. One watch keeps no more than
+/// its client's output buffer takes either (more would be answered NOTIFY_ENUM_DIR anyway).
+pub const MAX_QUEUED_NOTIFY_BYTES_PER_CONNECTION: usize = 1024 * 1024;
 
 /// CHANGE_NOTIFY Flags: report changes anywhere below the directory.
 pub const WATCH_TREE: u16 = 0x0001;
@@ -60,23 +64,35 @@ pub struct Watch {
     tree: bool,
     filter: u32,
     queue: Vec<(u32, String)>,
+    /// The queue's size as FILE_NOTIFY_INFORMATION records.
+    queued_bytes: usize,
+    /// The output buffer the latest CHANGE_NOTIFY offered.
+    max_bytes: usize,
     overflowed: bool,
 }
 
 impl Watch {
     /// A watch on `dir` (share-relative; empty for the root) of `share`.
     pub fn new(share: &str, dir: &str) -> Watch {
-        Watch { share: share.to_string(), dir: dir.to_string(), tree: false, filter: 0, queue: Vec::new(), overflowed: false }
+        Watch { share: share.to_string(), dir: dir.to_string(), tree: false, filter: 0, queue: Vec::new(), queued_bytes: 0, max_bytes: 0, overflowed: false }
     }
 
-    /// What the latest CHANGE_NOTIFY asked for.
-    pub fn arm(&mut self, filter: u32, tree: bool) {
+    /// What the latest CHANGE_NOTIFY asked for, and the output buffer it offered.
+    pub fn arm(&mut self, filter: u32, tree: bool, max_bytes: usize) {
         self.filter = filter;
         self.tree = tree;
+        self.max_bytes = max_bytes;
     }
 
-    /// Queues what `change` means to this watch (nothing when it is elsewhere or filtered out).
-    pub fn record(&mut self, change: &Change) {
+    /// Bytes its queued records take.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Queues what `change` means to this watch (nothing when it is elsewhere or filtered out),
+    /// taking the records' bytes from `budget` (the connection's); it overflows instead when
+    /// they would pass the budget or its client's output buffer.
+    pub fn record(&mut self, change: &Change, budget: &mut usize) {
         if !change.share.eq_ignore_ascii_case(&self.share) {
             return;
         }
@@ -95,18 +111,25 @@ impl Watch {
             _ => Vec::new(),
         };
         for r in records {
-            self.push(r);
+            self.push(r, budget);
         }
     }
 
-    fn push(&mut self, record: (u32, String)) {
+    fn push(&mut self, record: (u32, String), budget: &mut usize) {
         if self.overflowed {
             return;
         }
-        if self.queue.len() >= MAX_QUEUED_CHANGES_PER_WATCH {
+        // The records' length as `encode` lays them out: each after the previous one's
+        // padding to 4 bytes, 12 bytes and the name in UTF-16.
+        let after = self.queued_bytes.div_ceil(4) * 4 + 12 + record.1.encode_utf16().count() * 2;
+        let bytes = after - self.queued_bytes;
+        if self.queue.len() >= MAX_QUEUED_CHANGES_PER_WATCH || bytes > *budget || after > self.max_bytes {
+            *budget += self.queued_bytes;
             self.overflow();
             return;
         }
+        *budget -= bytes;
+        self.queued_bytes = after;
         self.queue.push(record);
     }
 
@@ -123,7 +146,8 @@ impl Watch {
     /// Changes were lost (the node's notifier dropped some for this connection).
     pub fn overflow(&mut self) {
         self.overflowed = true;
-        self.queue.clear();
+        self.queue = Vec::new();
+        self.queued_bytes = 0;
     }
 
     /// A CHANGE_NOTIFY would complete now.
@@ -136,6 +160,7 @@ impl Watch {
     pub fn take(&mut self, max_bytes: usize) -> Result<Vec<u8>, u32> {
         let overflowed = std::mem::take(&mut self.overflowed);
         let queue = std::mem::take(&mut self.queue);
+        self.queued_bytes = 0;
         if overflowed {
             return Err(status::NOTIFY_ENUM_DIR);
         }
@@ -290,14 +315,14 @@ mod tests {
     #[test]
     fn a_watch_keeps_what_its_filter_and_scope_select_and_renames_across_its_edge_become_add_or_remove() {
         let mut w = Watch::new("data", "d");
-        w.arm(FILTER_FILE_NAME, false);
-        w.record(&change("d\\new.txt", ChangeKind::Added));
-        w.record(&change("d\\new.txt", ChangeKind::Modified)); // filtered out
-        w.record(&change("e\\x.txt", ChangeKind::Added)); // elsewhere
-        w.record(&Change { share: "other".into(), ..change("d\\x.txt", ChangeKind::Added) });
-        w.record(&Change { directory: true, ..change("d\\sub", ChangeKind::Added) }); // a directory: DIR_NAME not asked
-        w.record(&change("d\\b.txt", ChangeKind::Renamed { from: "d\\a.txt".into() }));
-        w.record(&change("e\\b.txt", ChangeKind::Renamed { from: "d\\c.txt".into() }));
+        w.arm(FILTER_FILE_NAME, false, 4096);
+        w.record(&change("d\\new.txt", ChangeKind::Added), &mut (1 << 20));
+        w.record(&change("d\\new.txt", ChangeKind::Modified), &mut (1 << 20)); // filtered out
+        w.record(&change("e\\x.txt", ChangeKind::Added), &mut (1 << 20)); // elsewhere
+        w.record(&Change { share: "other".into(), ..change("d\\x.txt", ChangeKind::Added) }, &mut (1 << 20));
+        w.record(&Change { directory: true, ..change("d\\sub", ChangeKind::Added) }, &mut (1 << 20)); // a directory: DIR_NAME not asked
+        w.record(&change("d\\b.txt", ChangeKind::Renamed { from: "d\\a.txt".into() }), &mut (1 << 20));
+        w.record(&change("e\\b.txt", ChangeKind::Renamed { from: "d\\c.txt".into() }), &mut (1 << 20));
         assert_eq!(
             w.queue,
             vec![(ACTION_ADDED, "new.txt".into()), (ACTION_RENAMED_OLD_NAME, "a.txt".into()), (ACTION_RENAMED_NEW_NAME, "b.txt".into()), (ACTION_REMOVED, "c.txt".into())]
@@ -314,27 +339,48 @@ mod tests {
         assert_eq!(rebase("a\\bc", "a\\b", "x"), None);
         assert_eq!(rebase("a", "", "x"), None, "the root is never renamed");
         let mut w = Watch::new("data", "a\\b");
-        w.arm(FILTER_FILE_NAME, false);
+        w.arm(FILTER_FILE_NAME, false, 4096);
         w.moved("other", "a", "y");
         w.moved("DATA", "a", "z");
-        w.record(&change("z\\b\\f", ChangeKind::Added));
+        w.record(&change("z\\b\\f", ChangeKind::Added), &mut (1 << 20));
         assert_eq!(w.queue, vec![(ACTION_ADDED, "f".into())]);
     }
 
     #[test]
     fn overflow_and_a_small_buffer_answer_notify_enum_dir() {
         let mut w = Watch::new("data", "");
-        w.arm(FILTER_FILE_NAME | FILTER_MODIFIED, true);
+        w.arm(FILTER_FILE_NAME | FILTER_MODIFIED, true, 1 << 20);
         for i in 0..=MAX_QUEUED_CHANGES_PER_WATCH {
-            w.record(&change(&format!("f{i}"), ChangeKind::Added));
+            w.record(&change(&format!("f{i}"), ChangeKind::Added), &mut (1 << 20));
         }
         assert!(w.is_ready());
         assert_eq!(w.take(1 << 20), Err(status::NOTIFY_ENUM_DIR), "one record past the bound");
-        w.record(&change("f", ChangeKind::Modified));
+        w.record(&change("f", ChangeKind::Modified), &mut (1 << 20));
         assert_eq!(w.take(4), Err(status::NOTIFY_ENUM_DIR), "does not fit 4 bytes");
-        w.record(&change("f", ChangeKind::Modified));
+        w.record(&change("f", ChangeKind::Modified), &mut (1 << 20));
         assert_eq!(w.take(0), Err(status::NOTIFY_ENUM_DIR), "an empty buffer only learns that something changed");
-        w.record(&change("f", ChangeKind::Modified));
+        w.record(&change("f", ChangeKind::Modified), &mut (1 << 20));
         assert_eq!(w.take(64), Ok(encode(&[(ACTION_MODIFIED, "f".into())])));
+    }
+
+    /// What a watch keeps is bounded in bytes: by its client's output buffer (records past it
+    /// would be answered NOTIFY_ENUM_DIR anyway) and by the connection's budget, which a watch
+    /// that overflows gives back.
+    #[test]
+    fn queued_records_are_bounded_in_bytes() {
+        let mut w = Watch::new("data", "");
+        w.arm(FILTER_FILE_NAME, true, 40);
+        let mut budget = 1 << 20;
+        w.record(&change("ab", ChangeKind::Added), &mut budget); // 12 + 4 bytes
+        w.record(&change("cd", ChangeKind::Added), &mut budget); // 16 + 16 = 32
+        assert_eq!((w.queued_bytes(), budget), (32, (1 << 20) - 32));
+        assert_eq!(w.queued_bytes(), encode(&[(ACTION_ADDED, "ab".into()), (ACTION_ADDED, "cd".into())]).len(), "counted as encoded");
+        w.record(&change("ef", ChangeKind::Added), &mut budget); // 48 > 40: overflows
+        assert_eq!((w.queued_bytes(), budget), (0, 1 << 20), "the overflowed watch gave its bytes back");
+        assert_eq!(w.take(40), Err(status::NOTIFY_ENUM_DIR));
+        let mut small = 20;
+        w.record(&change("ab", ChangeKind::Added), &mut small);
+        w.record(&change("cd", ChangeKind::Added), &mut small); // the connection's budget runs out
+        assert_eq!((w.take(40), small), (Err(status::NOTIFY_ENUM_DIR), 20));
     }
 }

@@ -40,7 +40,8 @@ impl Connection {
         let (Some(access), Some(disposition), Some(options), Some(name_off), Some(name_len)) = (u32_at(b, 24), u32_at(b, 36), u32_at(b, 40), u16_at(b, 44), u16_at(b, 46)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
-        let Some(path) = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16) else {
+        // A name never holds `/` (MS-FSCC 2.1.5.2); storage would take it as a separator.
+        let Some(path) = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16).filter(|p| !p.contains('/')) else {
             return Reply::error(status::OBJECT_NAME_INVALID);
         };
         // MS-FSA 2.1.5.1 parameter checks: a known disposition; not both directory options; a
@@ -64,7 +65,8 @@ impl Connection {
         }
         // Previous Versions: an @GMT path component or a TWrp context opens a shadow copy.
         let (path, at) = super::previous::strip_token(&path);
-        if let Some(at) = at.or_else(|| super::previous::timewarp(b, message)) {
+        let Ok(warp) = super::previous::timewarp(b, message) else { return Reply::error(status::INVALID_PARAMETER) };
+        if let Some(at) = at.or(warp) {
             if !dir.snapshot_times(&share).contains(&at) {
                 return Reply::error(status::OBJECT_NAME_NOT_FOUND);
             }

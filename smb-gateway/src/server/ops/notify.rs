@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::super::async_ops::{Waiting, ERROR_BODY};
 use super::super::connection::{Connection, Reply};
-use super::super::notify::{Change, ChangeKind, Watch, WATCH_TREE};
+use super::super::notify::{Change, ChangeKind, Watch, MAX_QUEUED_NOTIFY_BYTES_PER_CONNECTION, WATCH_TREE};
 use super::*;
 use crate::smb2::header::{Command, Header, HEADER_BYTES};
 use crate::smb2::status;
@@ -53,7 +53,8 @@ impl Connection {
         let (Some(flags), Some(max_out), Some(volatile), Some(filter)) = (u16_at(b, 2), u32_at(b, 4), Self::file_id(b, 8), u32_at(b, 24)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
-        if max_out > self.config.max_io_bytes {
+        // MS-SMB2 3.3.5.19: a filter that asks for nothing is refused.
+        if max_out > self.config.max_io_bytes || filter == 0 {
             return Reply::error(status::INVALID_PARAMETER);
         }
         match self.open_of(h, volatile) {
@@ -63,7 +64,7 @@ impl Connection {
         }
         let Some(at) = self.tracking.paths.get(&volatile) else { return Reply::error(status::INVALID_PARAMETER) };
         let watch = self.tracking.watches.entry(volatile).or_insert_with(|| Watch::new(&at.share, &at.path));
-        watch.arm(filter, flags & WATCH_TREE != 0);
+        watch.arm(filter, flags & WATCH_TREE != 0, max_out as usize);
         if watch.is_ready() {
             return notify_reply(watch.take(max_out as usize));
         }
@@ -76,9 +77,24 @@ impl Connection {
         if self.tracking.watches.is_empty() {
             return;
         }
-        for watch in self.tracking.watches.values_mut() {
-            for c in changes {
-                watch.record(c);
+        let queued: usize = self.tracking.watches.values().map(Watch::queued_bytes).sum();
+        let mut budget = MAX_QUEUED_NOTIFY_BYTES_PER_CONNECTION.saturating_sub(queued);
+        for c in changes {
+            for watch in self.tracking.watches.values_mut() {
+                watch.record(c, &mut budget);
+            }
+            // A directory renamed through another connection (or node): opens and watches
+            // below it move with it here too (a no-op for this connection's own renames,
+            // which moved them already).
+            if let (ChangeKind::Renamed { from }, true) = (&c.kind, c.directory) {
+                for q in self.tracking.paths.values_mut().filter(|q| q.share.eq_ignore_ascii_case(&c.share)) {
+                    if let Some(path) = super::super::notify::rebase(&q.path, from, &c.path) {
+                        q.path = path;
+                    }
+                }
+                for w in self.tracking.watches.values_mut() {
+                    w.moved(&c.share, from, &c.path);
+                }
             }
         }
         self.complete_notifies();
@@ -107,7 +123,9 @@ impl Connection {
         let ready = self.waits.matching(|w| matches!(w, Waiting::Notify { volatile, .. } if self.tracking.watches.get(volatile).is_some_and(Watch::is_ready)));
         for id in ready {
             let Some(&Waiting::Notify { volatile, max_out }) = self.waits.get(id).map(|op| &op.waiting) else { continue };
-            let Some(watch) = self.tracking.watches.get_mut(&volatile) else { continue };
+            // Two CHANGE_NOTIFYs waiting on one watch: the first takes what is queued, the
+            // second waits for more.
+            let Some(watch) = self.tracking.watches.get_mut(&volatile).filter(|w| w.is_ready()) else { continue };
             let reply = notify_reply(watch.take(max_out as usize));
             self.waits.finish(id, reply.status, reply.body());
         }
@@ -324,6 +342,33 @@ mod tests {
         let (r, _) = exchange(&mut c, &files, &request(Command::ChangeNotify, 8, TREE, &change_notify(root, filter, crate::server::notify::WATCH_TREE, 4096)));
         assert_eq!((r[0].0.status, r[0].0.target), (status::SUCCESS, Target::Sync { process_id: 0, tree_id: TREE }), "answered at once");
         assert_eq!(records(&r[0].1), vec![(4, "d\\sub\\f.txt".to_string()), (5, "d\\g.txt".to_string())]);
+    }
+
+    /// A directory renamed through another connection moves this connection's watch below it
+    /// too; of two CHANGE_NOTIFYs waiting on one watch, the first takes the change and the
+    /// second goes on waiting; a filter of nothing is refused.
+    #[test]
+    fn a_rename_elsewhere_moves_watches_and_a_second_waiting_notify_waits_on() {
+        use crate::server::notify::{Change, ChangeKind};
+        let files = MemFiles::with_dirs(&["a", "a\\b"]);
+        let mut c = connection();
+        let b = open(&mut c, &files, 1, TREE, "a\\b", true, 1);
+        let (r, _) = exchange(&mut c, &files, &request(Command::ChangeNotify, 2, TREE, &change_notify(b, 0, 0, 1024)));
+        assert_eq!(r[0].0.status, status::INVALID_PARAMETER, "a filter of nothing");
+        for id in [3, 4] {
+            let (r, _) = exchange(&mut c, &files, &request(Command::ChangeNotify, id, TREE, &change_notify(b, FILTER_FILE_NAME, 0, 1024)));
+            assert_eq!(r[0].0.status, status::PENDING);
+        }
+        let change = |path: &str, kind| Change { share: "data".into(), path: path.into(), directory: false, kind };
+        // Another node renames `a` to `z`, then creates a file in `z\b` and one in a new `a\b`.
+        c.on_changes(&[Change { directory: true, ..change("z", ChangeKind::Renamed { from: "a".into() }) }]);
+        c.on_changes(&[change("a\\b\\stale.txt", ChangeKind::Added), change("z\\b\\x.txt", ChangeKind::Added)]);
+        let finals: Vec<_> = c.take_sends().iter().flat_map(|f| split(f)).collect();
+        assert_eq!(finals.len(), 1, "one of the two waiting requests completes");
+        assert_eq!((finals[0].0.message_id, records(&finals[0].1)), (3, vec![(1, "x.txt".to_string())]));
+        c.on_changes(&[change("z\\b\\y.txt", ChangeKind::Added)]);
+        let finals: Vec<_> = c.take_sends().iter().flat_map(|f| split(f)).collect();
+        assert_eq!((finals[0].0.message_id, records(&finals[0].1)), (4, vec![(1, "y.txt".to_string())]));
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub fn parse_token(s: &str) -> Option<u64> {
         return None;
     }
     let days = days_of(i64::from(y), mo, d);
-    Some(days as u64 * 86_400 + u64::from(h) * 3600 + u64::from(mi) * 60 + u64::from(sec))
+    let secs = days as u64 * 86_400 + u64::from(h) * 3600 + u64::from(mi) * 60 + u64::from(sec);
+    // A day the month does not have (2026.02.31) names no time.
+    (token(secs) == s).then_some(secs)
 }
 
 /// Takes an `@GMT-...` component out of a path: (the path without it, the time it names).
@@ -79,8 +81,19 @@ pub fn strip_token(path: &str) -> (String, Option<u64>) {
 }
 
 /// The TWrp create context's time (Unix seconds), from a CREATE request body `b` (after the
-/// SMB2 header) within `message` (offsets count from the header).
-pub fn timewarp(b: &[u8], message: &[u8]) -> Option<u64> {
+/// SMB2 header) within `message` (offsets count from the header): `Ok(None)` without one,
+/// `Err(())` for one that names no time this server can have (not 8 bytes, before 1970), so
+/// that the CREATE fails rather than open the live file.
+pub fn timewarp(b: &[u8], message: &[u8]) -> Result<Option<u64>, ()> {
+    match timewarp_context(b, message) {
+        None => Ok(None),
+        Some(None) => Err(()),
+        Some(Some(t)) => Ok(Some(t)),
+    }
+}
+
+/// The TWrp context's data as a time: None without a context, Some(None) for one unusable.
+fn timewarp_context(b: &[u8], message: &[u8]) -> Option<Option<u64>> {
     let (offset, length) = (u32_at(b, 48)? as usize, u32_at(b, 52)? as usize);
     if offset == 0 || length == 0 {
         return None;
@@ -91,9 +104,9 @@ pub fn timewarp(b: &[u8], message: &[u8]) -> Option<u64> {
         let ctx = all.get(at..)?;
         let (next, name_off, name_len, data_off, data_len) = (u32_at(ctx, 0)? as usize, usize::from(u16_at(ctx, 4)?), usize::from(u16_at(ctx, 6)?), usize::from(u16_at(ctx, 10)?), u32_at(ctx, 12)? as usize);
         let name = ctx.get(name_off..name_off.checked_add(name_len)?)?;
-        if name == b"TWrp" && data_len == 8 {
-            let ft = u64_at(ctx.get(data_off..data_off + 8)?, 0)?;
-            return ft.checked_sub(UNIX_EPOCH_AS_FILETIME).map(|t| t / 10_000_000);
+        if name == b"TWrp" {
+            let ft = ctx.get(data_off..data_off.saturating_add(8)).filter(|_| data_len == 8).and_then(|d| u64_at(d, 0));
+            return Some(ft.and_then(|ft| ft.checked_sub(UNIX_EPOCH_AS_FILETIME)).map(|t| t / 10_000_000));
         }
         if next == 0 {
             return None;
@@ -173,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn a_timewarp_context_gives_its_time_and_bad_contexts_give_none() {
+    fn a_timewarp_context_gives_its_time_and_bad_contexts_give_none_or_an_error() {
         // A CREATE body with one TWrp context at offset 120 of the message.
         let mut message = vec![0u8; 64 + 56];
         let ft = UNIX_EPOCH_AS_FILETIME + 1_795_000_000 * 10_000_000;
@@ -190,13 +203,27 @@ mod tests {
         message.extend_from_slice(&ctx);
         message[64 + 48..64 + 52].copy_from_slice(&offset.to_le_bytes());
         message[64 + 52..64 + 56].copy_from_slice(&(ctx.len() as u32).to_le_bytes());
-        assert_eq!(timewarp(&message[64..], &message), Some(1_795_000_000));
+        assert_eq!(timewarp(&message[64..], &message), Ok(Some(1_795_000_000)));
         let mut bad = message.clone();
         bad[64 + 52..64 + 56].copy_from_slice(&10_000u32.to_le_bytes());
-        assert_eq!(timewarp(&bad[64..], &bad), None, "a context beyond the message");
-        let mut looped = message.clone();
-        looped[offset as usize..offset as usize + 4].copy_from_slice(&0u32.to_le_bytes());
-        looped[offset as usize + 16..offset as usize + 20].copy_from_slice(b"Nope");
-        assert_eq!(timewarp(&looped[64..], &looped), None);
+        assert_eq!(timewarp(&bad[64..], &bad), Ok(None), "a context beyond the message");
+        let mut other = message.clone();
+        other[offset as usize + 16..offset as usize + 20].copy_from_slice(b"Nope");
+        assert_eq!(timewarp(&other[64..], &other), Ok(None), "another context");
+        // A TWrp that names no time this server can have fails the CREATE (it must not open
+        // the live file instead).
+        let mut early = message.clone();
+        early[offset as usize + 24..offset as usize + 32].copy_from_slice(&1000u64.to_le_bytes());
+        assert_eq!(timewarp(&early[64..], &early), Err(()), "before 1970");
+        let mut short = message.clone();
+        short[offset as usize + 12..offset as usize + 16].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(timewarp(&short[64..], &short), Err(()), "not 8 bytes");
+    }
+
+    #[test]
+    fn a_token_for_a_day_the_month_does_not_have_names_nothing() {
+        assert_eq!(parse_token("@GMT-2026.02.31-10.00.00"), None);
+        assert_eq!(parse_token("@GMT-2024.02.29-10.00.00").map(token).as_deref(), Some("@GMT-2024.02.29-10.00.00"), "a leap day");
+        assert_eq!(parse_token("@GMT-2026.04.31-00.00.00"), None);
     }
 }
