@@ -180,6 +180,11 @@ struct Writer {
 impl Writer {
     /// A sync's outcome; a failed one breaks the writer (see [`Engine::sync_log`]).
     fn check_sync(&mut self, synced: std::io::Result<()>) -> Result<()> {
+        // Once broken, no sync succeeds: a retried fsync returns 0 after the kernel dropped
+        // the pages the failed one could not write, and the caller would be told they are safe.
+        if let Some(why) = &self.broken {
+            return Err(VolumeError::Storage(format!("the data log is broken ({why}): nothing more is made durable")));
+        }
         synced.map_err(|e| {
             self.broken = Some(format!("a data log sync failed: {e}"));
             log::io_error("sync the data log", e)
@@ -341,7 +346,7 @@ impl Engine {
         // checkpoint below syncs them before `applied` moves past them.
         let rolled = (applied / SEGMENT_BYTES..end / SEGMENT_BYTES).filter_map(|seg| segments.get(seg)).collect();
         let writer = Writer { file, next: end, rolled, writeback_from: end, log_bytes: end - applied, ops_bytes: 0, freed: Vec::new(), freed_bytes: 0, headers: Vec::new(), broken: None };
-        let kv = Engine {
+        let mut kv = Engine {
             db: ManuallyDrop::new(db),
             segments,
             writer: Mutex::new(writer),
@@ -350,12 +355,15 @@ impl Engine {
             live: Mutex::new(BTreeMap::new()),
             leaked: AtomicBool::new(false),
             inline_max,
-            crash_on_drop,
+            // Until the open has finished, dropping the engine (an error below) must not
+            // checkpoint: without the live counts a checkpoint would remove every segment.
+            crash_on_drop: true,
             wake: Wake::default(),
         };
         // Live counts before the checkpoint (which removes old segments that have none); the
-        // checkpoint only if the replay applied records (a clean close leaves none).
-        let extents = match counted {
+        // checkpoint only if the replay applied records (a clean close leaves none). The clean
+        // marker's counts hold only if the replay applied nothing after them.
+        let extents = match counted.filter(|_| end == applied) {
             Some(counts) => {
                 *kv.live.lock().expect("live extents lock") = counts;
                 None
@@ -372,6 +380,7 @@ impl Engine {
         if let Some(extents) = extents {
             kv.scrub(extents)?;
         }
+        kv.crash_on_drop = crash_on_drop;
         Ok(kv)
     }
 
