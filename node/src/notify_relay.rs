@@ -57,7 +57,7 @@ pub fn batch_of(r: &NotifyRequest) -> Result<ChangeBatch, Status> {
         };
         changes.push(Change { share: c.share.clone(), path: c.path.clone(), directory: c.directory, kind });
     }
-    Ok(ChangeBatch { from_peer: true, lost: r.lost, changes })
+    Ok(ChangeBatch { from_peer: true, lost: r.lost, changes }.bounded())
 }
 
 /// Relays this node's changes until `stop` changes.

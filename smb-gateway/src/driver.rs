@@ -58,6 +58,27 @@ pub struct ChangeBatch {
     pub changes: Vec<Change>,
 }
 
+/// Bytes of names one batch carries at most: the notifier holds up to
+/// [`NOTIFIER_QUEUE_BATCHES`] for a connection that lags, so this bounds what it holds (64 MiB).
+/// A larger batch goes as `lost` without its changes (watches answer NOTIFY_ENUM_DIR).
+pub const MAX_CHANGE_BATCH_BYTES: usize = 64 * 1024;
+
+impl ChangeBatch {
+    /// This batch, or, past [`MAX_CHANGE_BATCH_BYTES`] of names, one that only says changes
+    /// were lost.
+    pub fn bounded(self) -> ChangeBatch {
+        let bytes: usize = self
+            .changes
+            .iter()
+            .map(|c| c.share.len() + c.path.len() + if let crate::server::notify::ChangeKind::Renamed { from } = &c.kind { from.len() } else { 0 })
+            .sum();
+        if bytes <= MAX_CHANGE_BATCH_BYTES {
+            return self;
+        }
+        ChangeBatch { from_peer: self.from_peer, lost: true, changes: Vec::new() }
+    }
+}
+
 /// The node's change notifier: every connection of the node publishes to it, and so does the
 /// relay from other nodes.
 pub type Notifier = broadcast::Sender<Arc<ChangeBatch>>;
@@ -205,7 +226,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                 let also = crate::server::notify::through_other_shares(&made, &shared.directory.share_roots());
                 made.extend(also);
                 // No receiver (nobody watches) is not an error.
-                let _ = shared.notifier.send(Arc::new(ChangeBatch { from_peer: false, lost: false, changes: made }));
+                let _ = shared.notifier.send(Arc::new(ChangeBatch { from_peer: false, lost: false, changes: made }.bounded()));
             }
             // Listen to the node's changes from before the client can learn its watch is set.
             match (c.watching(), changes.is_some()) {
@@ -336,6 +357,17 @@ mod tests {
     use crate::server::files::{FileInfo, FsError};
     use crate::server::testkit::{self, MemFiles};
     use crate::smb2::header::Command;
+
+    /// A batch carrying more names than the notifier should hold goes as `lost`, empty.
+    #[test]
+    fn a_batch_past_its_byte_bound_goes_as_lost() {
+        use crate::server::notify::ChangeKind;
+        let change = |path: String| Change { share: "data".into(), path, directory: false, kind: ChangeKind::Added };
+        let small = ChangeBatch { from_peer: false, lost: false, changes: vec![change("a.txt".into())] }.bounded();
+        assert_eq!((small.lost, small.changes.len()), (false, 1));
+        let big = ChangeBatch { from_peer: true, lost: false, changes: (0..40).map(|i| change(format!("{i}{}", "x".repeat(2000)))).collect() }.bounded();
+        assert_eq!((big.from_peer, big.lost, big.changes.len()), (true, true, 0));
+    }
 
     /// Storage with a defect: a WRITE panics. Counts the opens released.
     struct Panicking(MemFiles, std::sync::atomic::AtomicUsize);

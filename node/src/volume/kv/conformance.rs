@@ -57,6 +57,53 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// After a failed sync no later sync succeeds (a retried fsync may return 0 for pages the
+/// kernel dropped), and the engine does not close as if clean.
+#[test]
+fn a_broken_data_log_makes_no_later_sync_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = RocksKv::open_with(dir.path(), 0, false).unwrap();
+    let mut b = Batch::default();
+    b.put(Cf::Chunks, b"k".to_vec(), vec![7u8; 10_000]);
+    kv.write(b, Durability::Synced).unwrap();
+    kv.break_writer();
+    assert!(kv.sync_wal().is_err(), "a sync after the writer broke");
+    let mut b = Batch::default();
+    b.put(Cf::Chunks, b"j".to_vec(), vec![7u8; 10]);
+    assert!(kv.write(b, Durability::Synced).is_err());
+    drop(kv);
+    assert!(!dir.path().join("datalog").join("clean").exists(), "no clean marker for a broken log");
+}
+
+/// An open that fails after the replay (here on a chunk value of no known form) writes no
+/// clean marker and removes nothing on its way out: without the live counts its checkpoint
+/// would have taken every old segment for empty.
+#[test]
+fn an_open_that_fails_leaves_the_data_log_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, lost) = (dir.path().join("live"), dir.path().join("lost"));
+    let kv = RocksKv::open_with(&live, 0, true).unwrap();
+    let mut b = Batch::default();
+    b.put(Cf::Chunks, b"k".to_vec(), vec![9u8; 100_000]);
+    kv.write(b, Durability::Synced).unwrap();
+    drop(kv); // a crash: no clean marker, so the next open counts the live extents
+    copy_dir(&live, &lost);
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, &lost, Cf::ALL.iter().map(|c| c.name())).unwrap();
+        db.put_cf(db.cf_handle(Cf::Chunks.name()).unwrap(), b"bad", [0xEE, 1, 2, 3]).unwrap();
+    }
+    let listing = |p: &std::path::Path| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(p.join("datalog")).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())).collect();
+        v.sort();
+        v
+    };
+    let before = listing(&lost);
+    assert!(RocksKv::open_with(&lost, 0, false).is_err(), "a chunk value of no known form");
+    assert_eq!(listing(&lost), before, "the data log as it was, and no clean marker");
+}
+
 fn mem() -> Subject {
     let disk = MemKv::new();
     Subject { reopen: Box::new(move || Box::new(disk.clone())), _dir: None }

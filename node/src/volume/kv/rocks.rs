@@ -307,6 +307,12 @@ impl RocksKv {
     pub(crate) fn log_end(&self) -> u64 {
         self.engine.writer().next
     }
+
+    /// Test-only: breaks the writer as a failed fsync does.
+    #[cfg(test)]
+    pub(crate) fn break_writer(&self) {
+        self.engine.writer().broken = Some("a test broke it".into());
+    }
 }
 
 impl Drop for RocksKv {
