@@ -27,6 +27,9 @@ use crate::smb2::frame;
 /// answer STATUS_NOTIFY_ENUM_DIR.
 pub const NOTIFIER_QUEUE_BATCHES: usize = 1024;
 
+/// The largest frame a connection may send before it has established a session.
+pub const PRE_LOGON_FRAME_BYTES: usize = 64 * 1024;
+
 /// Replies queued for a connection's writer; past this the reader waits for the writer.
 pub const WRITE_QUEUE_FRAMES: usize = 64;
 /// Bytes of replies queued for a connection's writer; past this the reader waits for the
@@ -109,11 +112,11 @@ impl Environment for Env {
         self.0.lock().expect("throttle lock")
     }
 
+    /// From the operating system's generator through aws-lc (a version 4 UUID fixes 6 of its
+    /// 128 bits, so server challenges built from them had 60 random bits of 64).
     fn random(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(16) {
-            let r = uuid::Uuid::new_v4();
-            chunk.copy_from_slice(&r.as_bytes()[..chunk.len()]);
-        }
+        use aws_lc_rs::rand::SecureRandom;
+        aws_lc_rs::rand::SystemRandom::new().fill(out).expect("the system's random generator");
     }
 
     fn now(&self) -> u64 {
@@ -203,7 +206,10 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
     let mut logged_on_once = false;
     loop {
         loop {
-            let found = frame::next_frame(&buf, max).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            // Until a session is established a client sends only NEGOTIATE and SESSION_SETUP,
+            // which are small: a large frame is not held for a client nobody knows yet.
+            let limit = if logged_on_once { max } else { max.min(PRE_LOGON_FRAME_BYTES) };
+            let found = frame::next_frame(&buf, limit).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             let Some((used, range)) = found else { break };
             // The frame leaves with the buffer it was read into (no copy); what follows it
             // stays. Storage calls may block (or wait on another node): run the frame on the
@@ -220,6 +226,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
             let c = conn.insert(c);
+            logged_on_once = logged_on_once || c.logged_on();
             let mut made = c.take_changes();
             if !made.is_empty() {
                 // Watches on other shares over the same files hear of them too.

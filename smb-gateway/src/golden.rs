@@ -219,7 +219,7 @@ fn check_signatures(name: &str, expect: Algorithm) {
     let (challenges, auths) = ntlmssp(name);
     let (c, a) = (&challenges[0], &auths[0]);
     let base = verify_ntlmv2(&NtHash::from_password("Passw0rd!"), &a.user, &a.domain, &c.server_challenge, &a.nt_response).unwrap();
-    let session_key = exported_session_key(&base, a.flags, &a.encrypted_session_key);
+    let session_key = exported_session_key(&base, a.flags, &a.encrypted_session_key).expect("a 16-byte key with KEY_EXCH");
     let algorithm = Algorithm::for_dialect(resp.dialect, resp.signing_algorithm());
     assert_eq!(algorithm, expect, "{name}: dialect {:#06x}", resp.dialect);
     let key = signing::signing_key(resp.dialect, &session_key, &preauth.0);
@@ -303,7 +303,7 @@ fn spnego_mech_list_mics_verify_both_ways_with_ntlm_session_security() {
         let (challenges, auths) = ntlmssp(name);
         let (c, a) = (&challenges[0], &auths[0]);
         let base = verify_ntlmv2(&NtHash::from_password("Passw0rd!"), &a.user, &a.domain, &c.server_challenge, &a.nt_response).unwrap();
-        let exported = exported_session_key(&base, a.flags, &a.encrypted_session_key);
+        let exported = exported_session_key(&base, a.flags, &a.encrypted_session_key).expect("a 16-byte key with KEY_EXCH");
         let (mut to_server, mut to_client) = directions(&exported, a.flags);
         assert_eq!(to_server.mac(&init.mech_list_der).to_vec(), client.mech_list_mic.unwrap(), "{name}: the client's mechListMIC");
         assert_eq!(to_client.mac(&init.mech_list_der).to_vec(), server.mech_list_mic.unwrap(), "{name}: the server's mechListMIC");

@@ -70,17 +70,18 @@ pub fn verify_ntlmv2(nt_hash: &NtHash, user: &str, domain: &str, server_challeng
 pub const NEGOTIATE_KEY_EXCH: u32 = 0x4000_0000;
 
 /// The session key both sides end with (MS-NLMP 3.2.5.1.2): for NTLMv2 the key exchange key is
-/// the session base key; with KEY_EXCH the client's random key, decrypted with it.
-pub fn exported_session_key(session_base_key: &[u8; 16], flags: u32, encrypted_random_key: &[u8]) -> [u8; 16] {
+/// the session base key; with KEY_EXCH the client's random key, decrypted with it. None when
+/// KEY_EXCH was negotiated but the client sent no 16-byte key (the logon fails: the two sides
+/// would not share a key).
+pub fn exported_session_key(session_base_key: &[u8; 16], flags: u32, encrypted_random_key: &[u8]) -> Option<[u8; 16]> {
     use rc4::{KeyInit, Rc4, StreamCipher};
-    match <[u8; 16]>::try_from(encrypted_random_key) {
-        Ok(mut key) if flags & NEGOTIATE_KEY_EXCH != 0 => {
-            let mut rc4 = Rc4::new(session_base_key.into());
-            rc4.apply_keystream(&mut key);
-            key
-        }
-        _ => *session_base_key,
+    if flags & NEGOTIATE_KEY_EXCH == 0 {
+        return Some(*session_base_key);
     }
+    let mut key = <[u8; 16]>::try_from(encrypted_random_key).ok()?;
+    let mut rc4 = Rc4::new(session_base_key.into());
+    rc4.apply_keystream(&mut key);
+    Some(key)
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ impl Auth {
         let Some(hash) = (ctx.user)(&a.user) else { return false };
         let Ok(base) = verify_ntlmv2(&hash, &a.user, &a.domain, &self.challenge, &a.nt_response) else { return false };
         let flags = a.flags & self.flags;
-        let exported = exported_session_key(&base, flags, &a.encrypted_session_key);
+        let Some(exported) = exported_session_key(&base, flags, &a.encrypted_session_key) else { return false };
         self.keys = Some(directions(&exported, flags));
         tracing::info!(user = %a.user, level = self.trailer.level, "DCE/RPC bind authenticated");
         self.user = Some(a.user);

@@ -423,6 +423,26 @@ mod connection_rules {
         assert_eq!(r.iter().map(|(h, _)| h.status).collect::<Vec<_>>(), vec![status::SUCCESS, status::INTERNAL_ERROR, status::SUCCESS]);
     }
 
+    /// The LOGOFF response is signed with the session it ends (MS-SMB2 3.3.4.1.1).
+    #[test]
+    fn a_logoff_response_is_signed_with_the_session_it_ends() {
+        let (mut c, files) = (signing_connection(), MemFiles::with_dirs(&[]));
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Logoff, 1, 0, &[4, 0, 0, 0])));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        let reply = match c.on_frame(&signed(request(Command::Echo, 2, 0, &[4, 0, 0, 0])), &Dir, &files, &mut Env::new()) {
+            crate::server::connection::Outcome::Reply(r) => r,
+            _ => panic!("an ECHO reply"),
+        };
+        assert_eq!(Header::parse(&reply).unwrap().flags & FLAG_SIGNED, 0, "the session is gone: nothing signs the next reply");
+        let mut again = signing_connection();
+        let frame = match again.on_frame(&signed(request(Command::Logoff, 1, 0, &[4, 0, 0, 0])), &Dir, &files, &mut Env::new()) {
+            crate::server::connection::Outcome::Reply(r) => r,
+            _ => panic!("a LOGOFF reply"),
+        };
+        let h = Header::parse(&frame).unwrap();
+        assert!(h.flags & FLAG_SIGNED != 0 && signing::verify(KEY.0, &KEY.1, &frame), "the LOGOFF response is signed");
+    }
+
     #[test]
     fn with_signing_required_an_unsigned_cancel_still_cancels_a_badly_signed_one_is_ignored_and_the_final_response_is_signed() {
         let (mut c, files) = (signing_connection(), MemFiles::with_dirs(&[]));

@@ -85,6 +85,9 @@ pub struct Connection {
     file_reads: Vec<FileRead>,
     /// The bytes of each READ handed to the driver whose result has not come back, by async id.
     file_reads_started: HashMap<u64, u32>,
+    /// A session LOGOFF removed in the frame being answered: its response is still signed
+    /// with it (MS-SMB2 3.3.4.1.1), then it goes.
+    logged_off: Option<(u64, Session)>,
 }
 
 /// A READ of a file another node serves, for the driver to carry out off the connection's
@@ -171,7 +174,7 @@ const FSCTL_SRV_ENUM_SNAPS: u32 = 0x0014_4064;
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new(), file_reads_started: HashMap::new() }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new(), file_reads_started: HashMap::new(), logged_off: None }
     }
 
     /// The connection has ended (the client went away or was refused): every open it held is
@@ -201,6 +204,7 @@ impl Connection {
 
     /// Handles one frame from the client.
     pub fn on_frame(&mut self, frame: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
+        self.logged_off = None;
         if frame.starts_with(b"\xffSMB") {
             return self.smb1_negotiate(frame, env);
         }
@@ -407,7 +411,8 @@ impl Connection {
             Command::Negotiate => self.negotiate(message, env),
             Command::SessionSetup => self.session_setup(h, message, dir, env),
             Command::Logoff => match self.sessions.remove(&h.session_id) {
-                Some(_) => {
+                Some(session) => {
+                    self.logged_off = Some((h.session_id, session));
                     self.drop_opens(files, env.now(), |o| o.session == h.session_id);
                     Reply::ok(vec![4, 0, 0, 0])
                 }
@@ -652,18 +657,22 @@ impl Connection {
                 return Err(status);
             }
         };
-        env.throttle().succeeded(&auth.user);
-        let exported = exported_session_key(&base, auth.flags & p.challenge_flags, &auth.encrypted_session_key);
+        let Some(exported) = exported_session_key(&base, auth.flags & p.challenge_flags, &auth.encrypted_session_key) else {
+            env.throttle().failed(&auth.user, now);
+            return Err(status::LOGON_FAILURE);
+        };
         let (mut to_server, mut to_client) = directions(&exported, auth.flags & p.challenge_flags);
         let mic = match resp.mech_list_mic {
             Some(theirs) => {
-                if to_server.mac(&p.mech_list_der).as_slice() != theirs.as_slice() {
+                if !crate::smb2::signing::same_bytes(to_server.mac(&p.mech_list_der).as_slice(), theirs.as_slice()) {
+                    env.throttle().failed(&auth.user, now);
                     return Err(status::LOGON_FAILURE);
                 }
                 Some(to_client.mac(&p.mech_list_der).to_vec())
             }
             None => None,
         };
+        env.throttle().succeeded(&auth.user);
         let algorithm = Algorithm::for_dialect(dialect, self.signing_algorithm);
         let signing_key = signing::signing_key(dialect, &exported, &p.preauth.0);
         let body = setup_body(0, &spnego::encode_resp(&NegTokenResp { state: Some(0), mech_list_mic: mic, ..Default::default() }));
@@ -821,7 +830,8 @@ impl Connection {
     /// Signs a response of an established session (every one while signing is required).
     fn resign(&self, req: &Header, out: &mut [u8]) {
         let session_id = u64::from_le_bytes(out[40..48].try_into().expect("8 bytes"));
-        let Some(Session::Established(s)) = self.sessions.get(&session_id) else { return };
+        let logged_off = self.logged_off.as_ref().filter(|(id, _)| *id == session_id).map(|(_, s)| s);
+        let Some(Session::Established(s)) = self.sessions.get(&session_id).or(logged_off) else { return };
         if !(self.config.signing_required || req.flags & FLAG_SIGNED != 0) {
             return;
         }

@@ -2,7 +2,7 @@
 //! [`FAILURE_WINDOW_TICKS`], further logons for that name are refused for
 //! [`LOCKOUT_TICKS`] whatever the password, which makes guessing slow. Times are FILETIME
 //! ticks from the caller; the table is bounded in entries and in bytes: a name longer than any
-//! user's ([`MAX_USER_NAME_CHARS`]) is not tracked (no such user can log on), and when the
+//! user's ([`MAX_USER_NAME_CHARS`], three times that lower-cased) is not tracked (no such user can log on), and when the
 //! table is full a locked name is the last to go, so a flood of other names cannot lift a
 //! lockout.
 
@@ -36,7 +36,10 @@ impl Throttle {
     }
 
     pub fn failed(&mut self, user: &str, now: u64) {
-        if user.chars().count() > MAX_USER_NAME_CHARS {
+        // Bounded on the lower-cased name, as it is kept and as users are looked up: one
+        // character may lower-case to up to three (İ to i and a combining dot), so a spelling
+        // longer than any user's name may still name one, and must still count.
+        if user.to_lowercase().chars().count() > MAX_USER_NAME_CHARS * 3 {
             return;
         }
         if self.names.len() >= MAX_TRACKED_NAMES && !self.names.contains_key(&user.to_lowercase()) {
@@ -101,8 +104,22 @@ mod tests {
         }
         assert_eq!(t.names.len(), MAX_TRACKED_NAMES);
         assert!(!t.allowed("bob", 20), "still locked");
-        let long = "x".repeat(MAX_USER_NAME_CHARS + 1);
+        let long = "x".repeat(3 * MAX_USER_NAME_CHARS + 1);
         t.failed(&long, 20);
-        assert!(!t.names.contains_key(&long), "a name longer than any user's is not kept");
+        assert!(!t.names.contains_key(&long), "a name longer than any user's (in any spelling) is not kept");
+    }
+
+    /// A spelling longer than a user's name may still name the user (İ lower-cases to two
+    /// characters): its failures count, under the name's lower-cased form.
+    #[test]
+    fn a_long_spelling_of_a_users_name_is_still_throttled() {
+        let mut t = Throttle::default();
+        let spelled = "i\u{307}".repeat(MAX_USER_NAME_CHARS / 2 + 1);
+        assert!(spelled.chars().count() > MAX_USER_NAME_CHARS);
+        for i in 0..MAX_FAILURES {
+            t.failed(&spelled, u64::from(i));
+        }
+        assert!(!t.allowed(&spelled, 10));
+        assert!(!t.allowed(&"İ".repeat(MAX_USER_NAME_CHARS / 2 + 1), 10), "nor in the spelling that lower-cases to it");
     }
 }

@@ -113,12 +113,14 @@ fn compute(algorithm: Algorithm, key: &[u8; 16], m: &mut [u8]) -> [u8; 16] {
 /// Whether `message` carries the right signature.
 pub fn verify(algorithm: Algorithm, key: &[u8; 16], message: &[u8]) -> bool {
     match signature(algorithm, key, message) {
-        Some(expected) => {
-            let got = &message[SIGNATURE_AT];
-            expected.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        }
+        Some(expected) => same_bytes(&expected, &message[SIGNATURE_AT]),
         None => false,
     }
+}
+
+/// Whether two MACs are equal, in a time that does not depend on where they differ.
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The 3.1.1 preauth integrity hash: SHA-512 chained over whole messages.
