@@ -2,8 +2,8 @@
 //! (routed to the owner), to one file on each of two volumes owned by nodes 1 and 2, with
 //! flushes (the volume service's Sync, as an SMB FLUSH does).
 //!
-//! Write `k` puts `k + 1` (8 bytes, little-endian) at offset `8 k` of the file on the volume
-//! drawn for it. Writes go one at a time, so each acknowledged write was acknowledged before
+//! Write `k` puts `k + 1` (8 bytes, little-endian) in a slot of its own of the file on the
+//! volume drawn for it, the writes spread over 64 chunks ([`offset_of`]). Writes go one at a time, so each acknowledged write was acknowledged before
 //! the next one started: what the one-cut checker needs. A write not acknowledged (the client
 //! gave up) may or may not have landed.
 
@@ -123,9 +123,21 @@ async fn create_file(i: usize, nodes: u64, via: &mut NodeId) -> Option<u64> {
     None
 }
 
+/// Chunks the writes are spread over: write `k` goes to chunk `k % SPREAD_CHUNKS`, after the
+/// earlier writes there, so most chunks are unchanged between two snapshots (a single chunk
+/// would get a new version at every snapshot, and a reclaim freeing a version a snapshot still
+/// reads would never show). Files stay within 64 chunks (4 MiB).
+const SPREAD_CHUNKS: u64 = 64;
+const SLOTS_PER_CHUNK: u64 = umbra_node::volume::CHUNK_BYTES / 8;
+
+/// Where write `k`'s 8 bytes go.
+fn offset_of(k: u64) -> u64 {
+    8 * ((k % SPREAD_CHUNKS) * SLOTS_PER_CHUNK + (k / SPREAD_CHUNKS) % SLOTS_PER_CHUNK)
+}
+
 async fn write_once(via: NodeId, i: usize, ino: u64, k: u64) -> bool {
     let Some(mut c) = client(via) else { return false };
-    let msg = WriteChunk { target: target(i), ino, offset: 8 * k, data: (k + 1).to_le_bytes().to_vec().into(), now: 0 };
+    let msg = WriteChunk { target: target(i), ino, offset: offset_of(k), data: (k + 1).to_le_bytes().to_vec().into(), now: 0 };
     matches!(tokio::time::timeout(Duration::from_secs(2), c.write(futures::stream::iter(vec![msg]))).await, Ok(Ok(_)))
 }
 

@@ -61,6 +61,8 @@ pub struct NodeEnv {
     /// Whether the node runs its volumes, coordinator and backup client (off: metadata only).
     pub volumes: bool,
     pub broken_commit: Option<BrokenCommit>,
+    /// The volume store's reclaim frees what snapshots still read (a broken variant).
+    pub broken_reclaim: bool,
     /// Starts of this node so far (each start draws its ids from a different stream).
     pub boots: Arc<Mutex<u64>>,
 }
@@ -117,6 +119,9 @@ pub async fn run(env: NodeEnv) -> turmoil::Result {
         return serve(vec![], raft, meta, None).await;
     }
     let volumes = Arc::new(VolumeStore::open_on(Arc::new(env.volume_disk.clone()))?);
+    if env.broken_reclaim {
+        volumes.break_reclaim_for_tests();
+    }
     env.stores.lock().expect("stores").insert(id, Arc::downgrade(&volumes));
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     // One reclaim step per volume per round: a time slice would make the steps a round takes
@@ -125,6 +130,7 @@ pub async fn run(env: NodeEnv) -> turmoil::Result {
     let service = Arc::new(VolumeService::new(id, volumes.clone(), raft.clone(), reader.clone()).with_calls(StoreCalls::Inline));
     let mut settings = Settings::new("UMBRA");
     settings.fence_ttl = FENCE_TTL;
+    settings.pause = None; // a test hook read from the environment: a seed must not depend on it
     settings.ids = seeded_ids(&env);
     settings.broken = env.broken_commit;
     settings.phases = Some(env.board.phase_hook(id));

@@ -110,6 +110,13 @@ fn skipping_the_volume_store_sync_is_caught_by_file_writes_survive() {
     assert!(out.violations.iter().any(|v| v.contains("file writes survive") && v.contains("flushed")), "{:?}", out.violations);
 }
 
+#[test]
+fn a_reclaim_that_frees_what_snapshots_read_is_caught_by_reading_them_again_at_the_end() {
+    let seed = caught_within(Broken::ReclaimTooMuch, Profile::All, 30);
+    let out = run(opts(seed, Profile::All, Some(Broken::ReclaimTooMuch)));
+    assert!(out.violations.iter().any(|v| v.contains("at the end, ") || v.contains("cannot be read at the end")), "{:?}", out.violations);
+}
+
 /// The power-loss profile drops unflushed file writes (as allowed) and nothing else: the
 /// in-memory volume engine's power loss is exercised, not just present.
 #[test]

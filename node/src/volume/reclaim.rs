@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::types::View;
 
 use super::error::Result;
-use super::keys::{self, dead};
+use super::keys::{self, dead, Epoch};
 use super::store::{cf_of, meta_key, VolState, VolumeStore, CF_CHUNKS, CF_DEAD, CF_DIRENTS, CF_INODES, CF_META, META_RECLAIM};
 use super::types::{DirentValue, InodeValue, ReclaimItem, SnapshotState, WithinGeneration};
 
@@ -152,6 +152,18 @@ impl VolumeStore {
         Ok(more)
     }
 
+    /// Whether a version born at `born` and superseded at `died` is still read by a snapshot or
+    /// clone base (never, in the broken variant the simulation runs to test its checkers).
+    fn needed_by_pins(&self, st: &VolState, born: Epoch, died: Epoch) -> bool {
+        st.needed(born, died) && !self.reclaims_needed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A deliberately broken store, for the simulation to show its checkers catch it: reclaim
+    /// frees what snapshots still read.
+    pub fn break_reclaim_for_tests(&self) {
+        self.reclaims_needed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Runs reclaim steps until `vol` has no pending work.
     pub fn reclaim_all(&self, vol: Uuid) -> Result<()> {
         while self.reclaim_step(vol, super::reclaim::RECLAIM_STEP_ENTRIES)? {
@@ -194,7 +206,7 @@ impl VolumeStore {
             return Ok(());
         };
         let born = keys::epoch_of(payload).unwrap_or(0);
-        if !st.needed(born, died) {
+        if !self.needed_by_pins(st, born, died) {
             batch.delete(cf, payload);
             batch.delete(CF_DEAD, key);
         }
@@ -231,7 +243,7 @@ impl VolumeStore {
             }
             last_index = index;
             let born = keys::epoch_of(&k).unwrap_or(0);
-            if st.needed(born, died) {
+            if self.needed_by_pins(st, born, died) {
                 kept = true;
             } else {
                 batch.delete(CF_CHUNKS, &*k);

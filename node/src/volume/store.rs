@@ -133,6 +133,9 @@ pub struct VolumeStore {
     /// [`VolumeStore::close_watch`].
     _closed: std::sync::mpsc::Sender<()>,
     close_watch: Mutex<Option<CloseWatch>>,
+    /// A deliberately broken variant for the simulation's checkers: reclaim frees versions
+    /// snapshots still read ([`VolumeStore::break_reclaim_for_tests`]).
+    pub(super) reclaims_needed: std::sync::atomic::AtomicBool,
 }
 
 /// Tells when a store has been dropped and its database closed, whichever thread let go of it
@@ -160,7 +163,7 @@ impl VolumeStore {
     /// state.
     pub fn open_on(kv: Arc<dyn Kv>) -> Result<VolumeStore> {
         let (closed, watch) = std::sync::mpsc::channel();
-        let store = VolumeStore { kv, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default(), _closed: closed, close_watch: Mutex::new(Some(CloseWatch(watch))) };
+        let store = VolumeStore { kv, volumes: Mutex::new(HashMap::new()), syncs: SyncGroup::default(), _closed: closed, close_watch: Mutex::new(Some(CloseWatch(watch))), reclaims_needed: std::sync::atomic::AtomicBool::new(false) };
         store.load()?;
         Ok(store)
     }
