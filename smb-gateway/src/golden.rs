@@ -402,6 +402,22 @@ fn the_server_answers_smbclients_captured_negotiate_with_3_1_1_and_its_contexts(
     assert!(matches!(conn.on_frame(first, &TestDir, &NoFiles, &mut TestEnv(1, Default::default())), Outcome::Close(_)));
 }
 
+/// MS-SMB2 3.3.5.4: a 3.1.1 NEGOTIATE whose preauth integrity context offers no SHA-512 is
+/// refused (the same captured request, its one hash algorithm changed from 1).
+#[test]
+fn a_3_1_1_negotiate_without_sha512_preauth_is_refused() {
+    use crate::server::connection::{Connection, Outcome};
+    let (up, _) = streams("smbclient-3.1.1-basic.pcap");
+    let mut first = frames(&up)[0].clone();
+    // ContextType 1, DataLength 38, Reserved, HashAlgorithmCount 1, SaltLength 32, SHA-512.
+    let pattern = [1u8, 0, 38, 0, 0, 0, 0, 0, 1, 0, 32, 0, 1, 0];
+    let at = first.windows(pattern.len()).position(|w| w == pattern).expect("smbclient's preauth context") + 12;
+    first[at] = 2;
+    let mut conn = Connection::new(test_config());
+    let Outcome::Reply(reply) = conn.on_frame(&first, &TestDir, &NoFiles, &mut TestEnv(1, Default::default())) else { panic!("a reply") };
+    assert_eq!(Header::parse(&reply).unwrap().status, crate::smb2::status::INVALID_PARAMETER);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
 

@@ -511,6 +511,11 @@ impl Connection {
     }
 
     fn negotiated_as(&mut self, req: &negotiate::Request, message: &[u8], dialect: u16, env: &mut dyn Environment) -> Reply {
+        // MS-SMB2 3.3.5.4: 3.1.1 needs a preauth integrity context that offers SHA-512 (1).
+        let sha512 = |c: &negotiate::Context| c.kind == negotiate::CONTEXT_PREAUTH_INTEGRITY && c.data.get(4..).unwrap_or(&[]).chunks_exact(2).take(u16_at(&c.data, 0).unwrap_or(0).into()).any(|a| a == [1, 0]);
+        if dialect == DIALECT_311 && !req.contexts.iter().any(sha512) {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
         if dialect == DIALECT_WILDCARD {
             // Not negotiated yet: the SMB2 NEGOTIATE that follows decides.
             self.dialect = None;

@@ -61,14 +61,16 @@ impl Credits {
 pub const BYTES_PER_CREDIT: u64 = 65536;
 
 /// MS-SMB2 3.3.5.2.5, for a multi-credit connection: whether a request's CreditCharge pays for
-/// its payload or largest response. Checked for READ, WRITE, IOCTL and QUERY_DIRECTORY, whose
-/// charge clients compute (every other request is charged 1 whatever its size). `body` is the
+/// its payload or largest response. Checked for READ, WRITE, IOCTL, QUERY_DIRECTORY and
+/// CHANGE_NOTIFY, whose charge clients compute (every other request is charged 1 whatever its
+/// size). `body` is the
 /// message after its header; a body too short to say passes here and fails in its handler.
 pub fn charge_covers(command: Command, charge: u16, body: &[u8]) -> bool {
     let size = match command {
         Command::Read | Command::Write => u32_at(body, 4),
         Command::Ioctl => u32_at(body, 28).zip(u32_at(body, 44)).map(|(input, output)| input.max(output)),
         Command::QueryDirectory => u32_at(body, 28),
+        Command::ChangeNotify => u32_at(body, 4),
         _ => None,
     };
     let Some(size) = size.map(u64::from) else { return true };
@@ -91,6 +93,9 @@ mod tests {
         assert!(charge_covers(Command::Read, 0, &read(65536)), "0 counts as 1");
         assert!(!charge_covers(Command::Read, 0, &read(65537)));
         assert!(charge_covers(Command::Read, 1, &read(0)));
+        let notify = |len: u32| [vec![32, 0, 0, 0], len.to_le_bytes().to_vec(), vec![0; 24]].concat();
+        assert!(charge_covers(Command::ChangeNotify, 1, &notify(65536)));
+        assert!(!charge_covers(Command::ChangeNotify, 1, &notify(8 << 20)), "a CHANGE_NOTIFY's output buffer is charged too");
         let mut ioctl = vec![0u8; 56];
         ioctl[44..48].copy_from_slice(&(200_000u32).to_le_bytes());
         assert!(!charge_covers(Command::Ioctl, 3, &ioctl) && charge_covers(Command::Ioctl, 4, &ioctl), "MaxOutputResponse counts");
