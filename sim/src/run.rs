@@ -329,6 +329,12 @@ pub fn run(opts: Options) -> Outcome {
         acked_writes_survive::check(*id, &acked, users, &mut violations);
     }
     converges::check(&states, &mut violations);
+    // Whole state machines, not only users: nodes that applied the same log index hold the
+    // same state (shares, volumes, shadow-copy sets and their decisions, the dedupe table).
+    let whole: Vec<(u64, Option<u64>, umbra_raft::state::MetaState)> =
+        d.registry.lock().expect("registry").iter().map(|(id, (raft, reader))| (*id, raft.metrics().borrow().last_applied.map(|l| l.index), reader.read().state.clone())).collect();
+    let compared = converges::check_whole(&whole, &mut violations);
+    log(&trace, sim.elapsed(), format!("whole state machines compared: {compared} pairs of nodes at the same applied index"));
     let (sets_tried, sets_committed, file_writes_lost) = if d.opts.volumes { d.check_volumes(&written.borrow(), sim.elapsed(), &mut violations) } else { (0, 0, 0) };
     for (at, line) in std::mem::take(&mut d.board.lock().trace) {
         log(&trace, at, line);

@@ -13,3 +13,20 @@ pub fn check(states: &[(u64, BTreeSet<String>)], violations: &mut Vec<String>) {
         }
     }
 }
+
+/// Every two nodes that applied the log up to the same index hold the same whole state (a
+/// node behind the others is compared with those at its index only).
+/// Returns how many pairs were compared.
+pub fn check_whole(states: &[(u64, Option<u64>, umbra_raft::state::MetaState)], violations: &mut Vec<String>) -> usize {
+    let mut compared = 0;
+    for (i, (a, at, sa)) in states.iter().enumerate() {
+        for (b, bt, sb) in &states[i + 1..] {
+            compared += usize::from(at == bt);
+            if at == bt && sa != sb {
+                let what = if sa.fsrvp != sb.fsrvp { "shadow-copy sets" } else if sa.shares != sb.shares { "shares" } else if sa.volumes != sb.volumes { "volumes" } else { "state" };
+                violations.push(format!("state machines differ at applied index {at:?}: nodes {a} and {b} hold different {what}"));
+            }
+        }
+    }
+    compared
+}
