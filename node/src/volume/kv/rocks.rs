@@ -57,6 +57,14 @@ pub(crate) const CHECKPOINT_LOG_BYTES: u64 = 1 << 30;
 /// a memtable that points into log pages not yet synced.
 const CHECKPOINT_OPS_BYTES: u64 = 32 << 20;
 
+/// Operation bytes since the last checkpoint past which a write syncs the log before RocksDB
+/// takes its batch. The checkpoint thresholds keep the memtables below the size at which
+/// RocksDB flushes on its own only if the checkpoints keep up and the operations take the
+/// memtable bytes assumed: past this (1.5 times the checkpoint's threshold, the memtables then
+/// still well below [`MEMTABLE_BYTES`] even at 2 bytes per operation byte), whatever RocksDB
+/// might flush points only at synced pages. One sync per write, and only then.
+const SYNC_BEFORE_APPLY_OPS_BYTES: u64 = CHECKPOINT_OPS_BYTES * 3 / 2;
+
 /// Freed extents waiting for a checkpoint, past which a write wakes the thread (16 bytes each).
 const CHECKPOINT_FREES: usize = 1 << 20;
 
@@ -1068,6 +1076,11 @@ impl Kv for Engine {
         }
         self.append_or_undo(&mut w, &parts)?;
         drop(parts);
+        if w.ops_bytes + ops_len > SYNC_BEFORE_APPLY_OPS_BYTES {
+            // Not applied yet: after a failed sync the record is in the log only, and the
+            // writer is broken (a restart's replay decides).
+            self.sync_locked(&mut w)?;
+        }
         let mut wb = WriteBatch::default();
         for op in &rec.ops {
             add_op(&self.db, &mut wb, op_ref(op));
