@@ -117,14 +117,13 @@ fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
     let (_, view, _) = target_of(Some(&t))?;
     // A link no file can have is left out rather than refusing the whole renewal (which
     // would cost the gateway every open it holds on the volume).
-    let delete_at_close = link_of(h.delete_at_close.as_ref()).unwrap_or_else(|e| {
-        tracing::warn!(%volume, ino = h.ino, error = %e.message(), "a renewal lists an open whose delete-on-close link is not a file name: kept without it");
-        None
-    });
-    let disposed = link_of(h.disposed.as_ref()).unwrap_or_else(|e| {
-        tracing::warn!(%volume, ino = h.ino, error = %e.message(), "a renewal lists an open whose disposition's link is not a file name: kept without it");
-        None
-    });
+    let lenient = |d: Option<&DeleteAtClose>, what: &str| {
+        link_of(d).unwrap_or_else(|e| {
+            tracing::warn!(%volume, ino = h.ino, error = %e.message(), "a renewal lists an open whose {what} link is not a file name: kept without it");
+            None
+        })
+    };
+    let (delete_at_close, disposed) = (lenient(h.delete_at_close.as_ref(), "delete-on-close"), lenient(h.disposed.as_ref(), "disposition's"));
     Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close, disposed })
 }
 

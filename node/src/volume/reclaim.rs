@@ -59,7 +59,13 @@ impl VolumeStore {
         if let Some(w) = within {
             // A generation an earlier step left part-way: go on from its last chunk.
             let mut batch = Batch::default();
-            let left = self.reclaim_generation(&st, &w.entry, w.after_chunk.as_deref(), w.kept, &mut budget, &mut batch)?;
+            let left = match dead::parse(&w.entry) {
+                Some((died, _, payload)) => self.reclaim_generation(&st, &w.entry, died, payload, w.after_chunk.as_deref(), w.kept, &mut budget, &mut batch)?,
+                None => {
+                    batch.delete(CF_DEAD, w.entry.as_slice());
+                    None
+                }
+            };
             if left.is_none() {
                 cursor = Some(w.entry.clone());
             }
@@ -90,13 +96,7 @@ impl VolumeStore {
             }
             budget -= 1;
             let mut batch = Batch::default();
-            let left = match dead::parse(key) {
-                Some((_, dead::GENERATION, _)) => self.reclaim_generation(&st, key, None, false, &mut budget, &mut batch)?,
-                _ => {
-                    self.reclaim_entry(&st, key, &mut batch)?;
-                    None
-                }
-            };
+            let left = self.reclaim_entry(&st, key, &mut budget, &mut batch)?;
             let unfinished = left.is_some();
             if !unfinished {
                 cursor = Some(key.clone());
@@ -195,33 +195,34 @@ impl VolumeStore {
         }
     }
 
-    /// Frees what one deadlist entry names, if no pin reads it any more.
-    fn reclaim_entry(&self, st: &VolState, key: &[u8], batch: &mut Batch) -> Result<()> {
+    /// Frees what one deadlist entry names, if no pin reads it any more. A dead generation's
+    /// chunks each take one unit of `budget`; returns where to go on when it ran out first.
+    fn reclaim_entry(&self, st: &VolState, key: &[u8], budget: &mut usize, batch: &mut Batch) -> Result<Option<WithinGeneration>> {
         let Some((died, tag, payload)) = dead::parse(key) else {
             batch.delete(CF_DEAD, key);
-            return Ok(());
+            return Ok(None);
         };
+        if tag == dead::GENERATION {
+            return self.reclaim_generation(st, key, died, payload, None, false, budget, batch);
+        }
         let Some(cf) = cf_of(tag) else {
             batch.delete(CF_DEAD, key);
-            return Ok(());
+            return Ok(None);
         };
         let born = keys::epoch_of(payload).unwrap_or(0);
         if !self.needed_by_pins(st, born, died) {
             batch.delete(cf, payload);
             batch.delete(CF_DEAD, key);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Frees the chunks of the dead generation `key` names that no pin reads, from the one
     /// after `after_chunk` (or the first), one unit of `budget` each; `kept` says whether a
     /// chunk before that was kept. The deadlist entry goes when the last chunk is handled and
     /// none was kept. Returns where to go on when the budget ran out first.
-    fn reclaim_generation(&self, st: &VolState, key: &[u8], after_chunk: Option<&[u8]>, mut kept: bool, budget: &mut usize, batch: &mut Batch) -> Result<Option<WithinGeneration>> {
-        let Some((died, _, payload)) = dead::parse(key) else {
-            batch.delete(CF_DEAD, key);
-            return Ok(None);
-        };
+    #[allow(clippy::too_many_arguments)]
+    fn reclaim_generation(&self, st: &VolState, key: &[u8], died: Epoch, payload: &[u8], after_chunk: Option<&[u8]>, mut kept: bool, budget: &mut usize, batch: &mut Batch) -> Result<Option<WithinGeneration>> {
         let mut prefix = st.id.as_bytes().to_vec();
         prefix.extend_from_slice(payload);
         let from = after_chunk.map_or_else(|| prefix.clone(), keys::prefix_end);

@@ -40,8 +40,7 @@ impl Connection {
         let (Some(access), Some(disposition), Some(options), Some(name_off), Some(name_len)) = (u32_at(b, 24), u32_at(b, 36), u32_at(b, 40), u16_at(b, 44), u16_at(b, 46)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
-        // A name never holds `/` (MS-FSCC 2.1.5.2); storage would take it as a separator.
-        let Some(path) = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16).filter(|p| !p.contains('/')) else {
+        let Some(path) = message.get(usize::from(name_off)..usize::from(name_off) + usize::from(name_len)).and_then(utf16).filter(|p| client_path_ok(p)) else {
             return Reply::error(status::OBJECT_NAME_INVALID);
         };
         // MS-FSA 2.1.5.1 parameter checks: a known disposition; not both directory options; a
@@ -311,8 +310,8 @@ mod tests {
     use crate::smb2::status;
 
     /// CREATE of `path` with `disposition`, asking for the DOS attributes `attributes`.
-    fn create_with_attributes(path: &str, disposition: u32, attributes: u32) -> Vec<u8> {
-        let mut b = create(path, false, disposition);
+    fn create_with_attributes(path: &str, directory: bool, disposition: u32, attributes: u32) -> Vec<u8> {
+        let mut b = create(path, directory, disposition);
         b[28..32].copy_from_slice(&attributes.to_le_bytes());
         b
     }
@@ -325,7 +324,7 @@ mod tests {
         let mut id = 1;
         let mut send = |path: &str, disposition: u32, attributes: u32| {
             id += 1;
-            let (r, _) = exchange(&mut c, &files, &request(Command::Create, id, TREE, &create_with_attributes(path, disposition, attributes)));
+            let (r, _) = exchange(&mut c, &files, &request(Command::Create, id, TREE, &create_with_attributes(path, false, disposition, attributes)));
             let got = (r[0].0.status == status::SUCCESS).then(|| u32::from_le_bytes(r[0].1[56..60].try_into().unwrap()));
             (r[0].0.status, got)
         };
@@ -339,18 +338,14 @@ mod tests {
         assert_eq!(send("h.txt", 5, 0x2), (status::SUCCESS, Some(0x22)), "an overwrite adds ARCHIVE to attributes that lacked it");
         let stored: Vec<u32> = ["h.txt", "plain.txt"].iter().map(|p| files.info_at(p).unwrap().attributes).collect();
         assert_eq!(stored, [0x22, 0x21], "as stored");
-        let mut doc = create_with_attributes("ro.txt", 2, 0x1);
+        let mut doc = create_with_attributes("ro.txt", false, 2, 0x1);
         doc[40..44].copy_from_slice(&0x1040u32.to_le_bytes()); // non-directory, delete-on-close
         let (r, _) = exchange(&mut c, &files, &request(Command::Create, 50, TREE, &doc));
         assert_eq!(r[0].0.status, status::CANNOT_DELETE, "read-only and delete-on-close");
         assert!(files.info_at("ro.txt").is_none());
-        let mut tmp_dir = create("d", true, 2);
-        tmp_dir[28..32].copy_from_slice(&0x100u32.to_le_bytes());
-        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 51, TREE, &tmp_dir));
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 51, TREE, &create_with_attributes("d", true, 2, 0x100)));
         assert_eq!(r[0].0.status, status::INVALID_PARAMETER, "a temporary directory");
-        let mut hidden_dir = create("hd", true, 2);
-        hidden_dir[28..32].copy_from_slice(&0x2u32.to_le_bytes());
-        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 52, TREE, &hidden_dir));
+        let (r, _) = exchange(&mut c, &files, &request(Command::Create, 52, TREE, &create_with_attributes("hd", true, 2, 0x2)));
         assert_eq!(u32::from_le_bytes(r[0].1[56..60].try_into().unwrap()), 0x12, "a directory gets what it asks, without ARCHIVE");
     }
 }

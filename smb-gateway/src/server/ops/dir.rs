@@ -27,7 +27,9 @@ impl Connection {
         // MS-FSA 2.1.5.6.3: a buffer that cannot hold one entry's fixed part is refused, and
         // the listing stays where it was.
         let limit = (out_len as usize).min(self.config.max_io_bytes as usize);
-        if limit < entry_fixed_bytes(class) {
+        // An entry's fixed part: the entry with an empty name.
+        let fixed = dir_entry(class, &dir, "").len();
+        if limit < fixed {
             return Reply::error(status::INFO_LENGTH_MISMATCH);
         }
         let open = self.opens.get_mut(&volatile).expect("checked above");
@@ -56,7 +58,6 @@ impl Connection {
                 if last_entry_at.is_some() {
                     return false;
                 }
-                let fixed = entry_fixed_bytes(class);
                 entry.truncate(fixed + (limit - fixed) / 2 * 2);
                 overflow.set(true);
             }
@@ -111,19 +112,6 @@ impl Connection {
         r.extend_from_slice(&(out.len() as u32).to_le_bytes());
         r.extend_from_slice(&out);
         Reply::ok(r).overflowing(overflow.get())
-    }
-}
-
-/// Bytes of an entry of information class `class` before its name (what [`dir_entry`] puts
-/// there).
-fn entry_fixed_bytes(class: u8) -> usize {
-    match class {
-        1 => 64,
-        2 => 68,
-        3 => 94,
-        12 => 12,
-        37 => 104,
-        _ => 80, // 38
     }
 }
 

@@ -90,8 +90,8 @@ impl Connection {
                 }
                 let (Some(&replace), Some(name_len)) = (data.first(), u32_at(data, 16)) else { return Reply::error(status::INVALID_PARAMETER) };
                 let Some(target) = data.get(20..20 + name_len as usize).and_then(utf16) else { return Reply::error(status::INVALID_PARAMETER) };
-                if target.contains('/') {
-                    return Reply::error(status::OBJECT_NAME_INVALID); // never in a name (MS-FSCC 2.1.5.2)
+                if !super::client_path_ok(&target) {
+                    return Reply::error(status::OBJECT_NAME_INVALID);
                 }
                 let target = target.trim_matches('\\').to_string();
                 let (to_parent_path, to_name) = match target.rsplit_once('\\') {

@@ -79,6 +79,12 @@ pub struct Listing {
 
 
 
+/// Whether a path a client names (CREATE, a rename's target) can name anything: no name holds
+/// a `/` (MS-FSCC 2.1.5.2), and storage would take one for a separator.
+fn client_path_ok(path: &str) -> bool {
+    !path.contains('/')
+}
+
 fn attributes(f: &FileInfo) -> u32 {
     let base = f.attributes & !ATTR_DIRECTORY;
     if f.directory {
