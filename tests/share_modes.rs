@@ -1,17 +1,15 @@
-//! Share modes across nodes: impacket clients (tests/clients/share_modes.py) on different
+//! Share modes across nodes: impacket clients (tests/clients/driven.py) on different
 //! nodes' gateways open one file on a volume that a third node owns, and get
 //! STATUS_SHARING_VIOLATION as on one Windows server; closing, a killed client and a dead
 //! gateway node release the opens.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
-const PASSWORD: &str = "S3cret-pw";
+const PASSWORD: &str = DRIVEN_PASSWORD;
 const SHARING_VIOLATION: &str = "ERR 0xc0000043";
 const ACCESS_DENIED: &str = "ERR 0xc0000022";
 
@@ -39,68 +37,11 @@ fn cluster() -> Cluster {
     c
 }
 
-/// One impacket client process with its own SMB connection to one node's gateway.
-struct Client {
-    child: Child,
-    stdin: ChildStdin,
-    out: BufReader<ChildStdout>,
-}
-
-impl Client {
-    fn connect(smb_addr: &str) -> Client {
-        Client::connect_to(smb_addr, "data")
-    }
-
-    fn connect_to(smb_addr: &str, share: &str) -> Client {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/share_modes.py");
-        let port = smb_addr.rsplit(':').next().unwrap();
-        let mut child = Command::new(venv_python())
-            .args([script, port, share, "admin", PASSWORD])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the test venv (scripts/setup.sh)");
-        let stdin = child.stdin.take().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let mut c = Client { child, stdin, out };
-        assert_eq!(c.line(), "READY");
-        c
-    }
-
-    fn line(&mut self) -> String {
-        let mut s = String::new();
-        self.out.read_line(&mut s).expect("the client answers");
-        s.trim().to_string()
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").expect("the client reads");
-        self.line()
-    }
-
-    fn open(&mut self, handle: &str, path: &str, access: u32, share: u32, disposition: u32) -> String {
-        self.cmd(&format!("open {handle} {path} {access:#x} {share:#x} {disposition}"))
-    }
-
-    /// SIGKILL: the client's TCP connection just ends, with no CLOSE or LOGOFF.
-    fn kill(mut self) {
-        self.child.kill().expect("kill the client");
-        self.child.wait().expect("reap the client");
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_closes() {
     let c = cluster(); // the volume lives on node 2
-    let mut a = Client::connect(&c.node(1).smb);
-    let mut b = Client::connect(&c.node(3).smb);
+    let mut a = DrivenClient::connect(&c.node(1).smb);
+    let mut b = DrivenClient::connect(&c.node(3).smb);
     assert_eq!(a.open("f", "f.txt", READ | WRITE, SHARE_READ, OVERWRITE_IF), "OK");
     assert_eq!(a.cmd("write f hello"), "OK");
     // A writes and shares only read: B may not write, nor read without sharing write.
@@ -112,7 +53,7 @@ fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_cl
     assert_eq!(b.open("attr", "f.txt", READ_ATTRIBUTES, SHARE_NONE, OPEN), "OK");
     assert_eq!(b.cmd("close attr"), "OK");
     // Through the owner's own gateway (node 2: the in-process path) the same holds.
-    let mut owner = Client::connect(&c.node(2).smb);
+    let mut owner = DrivenClient::connect(&c.node(2).smb);
     assert!(owner.open("w", "f.txt", WRITE, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "A shares only read");
     // Closing releases: once A and B close, an exclusive writer gets in from node 2.
     assert_eq!(a.cmd("close f"), "OK");
@@ -127,7 +68,7 @@ fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_cl
 #[test]
 fn rename_and_delete_need_delete_access_on_the_open() {
     let c = cluster();
-    let mut a = Client::connect(&c.node(1).smb);
+    let mut a = DrivenClient::connect(&c.node(1).smb);
     assert_eq!(a.open("g", "g.txt", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
     assert!(a.cmd("rename g g2.txt").starts_with(ACCESS_DENIED), "rename without DELETE");
     assert!(a.cmd("delete g").starts_with(ACCESS_DENIED), "delete-on-close disposition without DELETE");
@@ -146,14 +87,14 @@ fn rename_and_delete_need_delete_access_on_the_open() {
 fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
     let mut c = cluster();
     // A client whose connection just ends: its gateway closes its opens at once.
-    let mut a = Client::connect(&c.node(1).smb);
-    let mut b = Client::connect(&c.node(3).smb);
+    let mut a = DrivenClient::connect(&c.node(1).smb);
+    let mut b = DrivenClient::connect(&c.node(3).smb);
     assert_eq!(a.open("x", "x.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
     assert!(b.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
     a.kill();
     wait_for(Duration::from_secs(5), "the killed client's open to be released", || (b.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN) == "OK").then_some(()));
     // TREE_DISCONNECT and LOGOFF without a CLOSE release the tree's and the session's opens.
-    let mut d = Client::connect(&c.node(1).smb);
+    let mut d = DrivenClient::connect(&c.node(1).smb);
     assert_eq!(b.cmd("close x"), "OK");
     assert_eq!(d.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN), "OK");
     assert!(b.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
@@ -167,7 +108,7 @@ fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
     assert_eq!(b.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN), "OK", "released by LOGOFF");
     // A gateway node that dies (kill -9) holding an open: the owner drops it when the
     // gateway's lease (15 s) expires.
-    let mut held = Client::connect(&c.node(1).smb);
+    let mut held = DrivenClient::connect(&c.node(1).smb);
     assert_eq!(b.cmd("close x"), "OK");
     assert_eq!(held.open("x", "x.txt", READ | WRITE, SHARE_NONE, OPEN), "OK");
     assert!(b.open("x", "x.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION));
@@ -179,7 +120,7 @@ fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
     // The restarted node's gateway is a new incarnation that holds nothing.
     c.start_node(1);
     c.wait_up(1);
-    let mut again = Client::connect(&c.node(1).smb);
+    let mut again = DrivenClient::connect(&c.node(1).smb);
     assert_eq!(again.open("x", "x.txt", READ, SHARE_ALL, OPEN), "OK");
     assert_eq!(b.cmd("close x"), "OK");
     assert_eq!(again.cmd("close x"), "OK");
@@ -188,7 +129,7 @@ fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
 #[test]
 fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewal() {
     let mut c = cluster(); // the volume lives on node 2
-    let mut a = Client::connect(&c.node(1).smb);
+    let mut a = DrivenClient::connect(&c.node(1).smb);
     assert_eq!(a.open("y", "y.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
     c.kill9(2);
     c.start_node(2);
@@ -196,7 +137,7 @@ fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewa
     // The owner starts with an empty table; node 1's gateway renews within 5 s and the owner
     // reinstates its open. An open asked meanwhile waits out the owner's grace period, so it
     // is checked against the reinstated open, not granted in the gap.
-    let mut b = Client::connect(&c.node(3).smb);
+    let mut b = DrivenClient::connect(&c.node(3).smb);
     assert!(b.open("y", "y.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "the reinstated open still excludes");
     assert!(c.log(2).contains("reinstated a gateway's opens"));
     assert_eq!(a.cmd("close y"), "OK");
@@ -207,8 +148,8 @@ fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewa
 fn a_deleted_share_releases_the_opens_made_through_it() {
     let c = cluster();
     assert!(c.ctl(1, &["share", "create", "Other", "--volume", "vol"]).ok);
-    let mut a = Client::connect_to(&c.node(1).smb, "other");
-    let mut b = Client::connect(&c.node(3).smb);
+    let mut a = DrivenClient::connect_to(&c.node(1).smb, "other");
+    let mut b = DrivenClient::connect(&c.node(3).smb);
     assert_eq!(a.open("z", "z.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
     assert!(b.open("z", "z.txt", READ, SHARE_ALL, OPEN).starts_with(SHARING_VIOLATION), "one volume, one file, two shares");
     assert!(c.ctl(1, &["share", "delete", "Other"]).ok);
@@ -231,8 +172,8 @@ fn listed(c: &Cluster, node: u64, name: &str) -> bool {
 #[test]
 fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens() {
     let c = cluster(); // the volume lives on node 2
-    let mut a = Client::connect(&c.node(1).smb);
-    let mut b = Client::connect(&c.node(3).smb);
+    let mut a = DrivenClient::connect(&c.node(1).smb);
+    let mut b = DrivenClient::connect(&c.node(3).smb);
     // Delete-on-close while another node's client holds the file open: it stays until that
     // open closes, refusing new opens meanwhile (delete pending).
     let doc = format!("open d d.txt {:#x} {SHARE_ALL:#x} {OVERWRITE_IF} {DELETE_ON_CLOSE:#x}", READ | WRITE | DELETE);
@@ -269,7 +210,7 @@ fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens(
     assert_eq!(a.cmd("close dd"), "OK");
     assert!(!listed(&c, 3, "dd"), "the empty directory went at its close");
     // A client whose connection ends holding a delete-on-close open: the file goes with it.
-    let mut k = Client::connect(&c.node(1).smb);
+    let mut k = DrivenClient::connect(&c.node(1).smb);
     let doc = format!("open k k.txt {:#x} {SHARE_ALL:#x} {OVERWRITE_IF} {DELETE_ON_CLOSE:#x}", READ | WRITE | DELETE);
     assert_eq!(k.cmd(&doc), "OK");
     assert!(listed(&c, 3, "k.txt"));

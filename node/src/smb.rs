@@ -298,8 +298,21 @@ impl Files for VolumeFiles {
 
     fn set_basic(&self, share: &str, id: u64, basic: umbra_smb_gateway::server::files::Basic) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
-        let req = SetInfoRequest { target: Some(target), ino: id, created: basic.created, written: basic.written, changed: basic.changed, attributes: basic.attributes };
+        let req = SetInfoRequest { target: Some(target), ino: id, created: basic.created, written: basic.written, changed: basic.changed, attributes: basic.attributes, sparse: basic.sparse };
         self.call(self.service.set_info(tonic::Request::new(req))).map(|_| ())
+    }
+
+    fn allocated_ranges(&self, share: &str, id: u64, offset: u64, length: u64) -> Result<(Vec<(u64, u64)>, Option<u64>), FsError> {
+        let (target, _) = self.target(share)?;
+        let reply = self.call(self.service.allocated_ranges(tonic::Request::new(RangesRequest { target: Some(target), ino: id, offset, length })))?;
+        // Bounded by the owner (`MAX_ALLOCATED_SCAN_CHUNKS`), whose answer this takes as it is.
+        Ok((reply.ranges.into_iter().map(|r| (r.offset, r.length)).collect(), (reply.more_from != 0).then_some(reply.more_from)))
+    }
+
+    fn zero_range(&self, share: &str, id: u64, offset: u64, length: u64, now: u64) -> Result<Option<u64>, FsError> {
+        let (target, _) = self.target(share)?;
+        let reply = self.call(self.service.zero_range(tonic::Request::new(ZeroRangeRequest { target: Some(target), ino: id, offset, length, now })))?;
+        Ok((reply.more_from != 0).then_some(reply.more_from))
     }
 
     fn unlink(&self, share: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError> {

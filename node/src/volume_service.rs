@@ -645,7 +645,7 @@ impl VolumeRpc for VolumeService {
 
     async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_info, |s, vol, view, r| {
-            let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes };
+            let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes, sparse: r.sparse };
             let inode = s.set_info(vol, view, r.ino, info)?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
@@ -655,6 +655,13 @@ impl VolumeRpc for VolumeService {
         unary!(self, req, allocated_ranges, |s, vol, view, r| {
             let (ranges, more_from) = s.allocated_ranges(vol, view, r.ino, r.offset, r.length)?;
             Ok(RangesReply { ranges: ranges.into_iter().map(|(offset, length)| Range { offset, length }).collect(), more_from: more_from.unwrap_or(0) })
+        })
+    }
+
+    async fn zero_range(&self, req: Request<ZeroRangeRequest>) -> Result<Response<ZeroRangeReply>, Status> {
+        unary!(gated self, req, zero_range, |s, vol, view, r| {
+            let more_from = s.zero_range(vol, view, r.ino, r.offset, r.length, r.now)?;
+            Ok(ZeroRangeReply { more_from: more_from.unwrap_or(0) })
         })
     }
 

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -300,4 +301,66 @@ pub fn rpcclient(smb_addr: &str, user: &str, password: &str, cmd: &str) -> (bool
 pub fn venv_python() -> PathBuf {
     let venv = std::env::var("UMBRA_VENV").unwrap_or_else(|_| format!("{}/.cache/umbra-venv", std::env::var("HOME").expect("HOME")));
     PathBuf::from(venv).join("bin/python")
+}
+
+/// The password [`DrivenClient::connect`] logs on with.
+pub const DRIVEN_PASSWORD: &str = "S3cret-pw";
+
+/// One impacket client process (tests/clients/driven.py) with its own SMB connection to one
+/// node's gateway, driven a command a line.
+pub struct DrivenClient {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl DrivenClient {
+    /// A client of share `data` as user `admin` with password [`DRIVEN_PASSWORD`].
+    pub fn connect(smb_addr: &str) -> DrivenClient {
+        DrivenClient::connect_to(smb_addr, "data")
+    }
+
+    pub fn connect_to(smb_addr: &str, share: &str) -> DrivenClient {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/driven.py");
+        let port = smb_addr.rsplit(':').next().unwrap();
+        let mut child = Command::new(venv_python())
+            .args([script, port, share, "admin", DRIVEN_PASSWORD])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the test venv (scripts/setup.sh)");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut c = DrivenClient { child, stdin, out };
+        assert_eq!(c.line(), "READY");
+        c
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.out.read_line(&mut s).expect("the client answers");
+        s.trim().to_string()
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("the client reads");
+        self.line()
+    }
+
+    pub fn open(&mut self, handle: &str, path: &str, access: u32, share: u32, disposition: u32) -> String {
+        self.cmd(&format!("open {handle} {path} {access:#x} {share:#x} {disposition}"))
+    }
+
+    /// SIGKILL: the client's TCP connection just ends, with no CLOSE or LOGOFF.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill the client");
+        self.child.wait().expect("reap the client");
+    }
+}
+
+impl Drop for DrivenClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -22,6 +22,13 @@ pub const WRITE_AT_END: u64 = u64::MAX;
 /// under the volume lock, and the ranges it gives (half as many at most, 16 bytes each on the
 /// wire), stay bounded whatever range is asked.
 pub const MAX_ALLOCATED_SCAN_CHUNKS: u64 = 65_536;
+/// Chunks one [`VolumeStore::zero_range`] step covers, at most (256 MiB of file): the step's
+/// write batch and its time under the volume lock stay bounded.
+pub const MAX_ZERO_STEP_CHUNKS: u64 = 4_096;
+/// Windows of [`MAX_ZERO_STEP_CHUNKS`] holding no data that one zeroing step passes over
+/// before it returns (16 GiB of holes): zeroing a mostly empty 16 TiB file takes a thousand
+/// calls, not sixty thousand, and no call scans without bound.
+pub const MAX_ZERO_SKIP_WINDOWS: u32 = 64;
 
 /// Bytes of the CRC32C after a chunk's data.
 pub(super) const CHUNK_CRC_BYTES: usize = 4;
@@ -326,7 +333,8 @@ impl VolumeStore {
         Ok(next)
     }
 
-    /// Sets times and DOS attributes (SMB SET_INFO); `None` leaves a field as it is.
+    /// Sets times and DOS attributes (SMB SET_INFO), and whether the file is sparse; `None`
+    /// leaves a field as it is.
     pub fn set_info(&self, vol: Uuid, view: View, ino: u64, info: SetInfo) -> Result<Inode> {
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
@@ -335,7 +343,14 @@ impl VolumeStore {
         inode.created = info.created.unwrap_or(inode.created);
         inode.written = info.written.unwrap_or(inode.written);
         inode.changed = info.changed.unwrap_or(inode.changed);
-        inode.attributes = info.attributes.unwrap_or(inode.attributes);
+        if let Some(a) = info.attributes {
+            inode.attributes = a & !ATTRIBUTE_SPARSE_FILE | inode.attributes & ATTRIBUTE_SPARSE_FILE;
+        }
+        match info.sparse {
+            Some(true) => inode.attributes |= ATTRIBUTE_SPARSE_FILE,
+            Some(false) => inode.attributes &= !ATTRIBUTE_SPARSE_FILE,
+            None => {}
+        }
         let mut batch = Batch::default();
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
         self.kv.write(batch, Durability::Buffered)?;
@@ -372,6 +387,47 @@ impl VolumeStore {
             }
         }
         Ok((out, resume))
+    }
+
+    /// Zeroes `offset..offset+len` of a file, up to its size (FSCTL_SET_ZERO_DATA,
+    /// FILE_LEVEL_TRIM): chunks the range covers whole become holes (a snapshot or clone base
+    /// keeps what it reads), the chunks at its ends are rewritten with zeros. The size stays.
+    ///
+    /// One call is one write batch over at most [`MAX_ZERO_STEP_CHUNKS`] chunks of the range
+    /// (windows of that many that hold no data are passed over, up to
+    /// [`MAX_ZERO_SKIP_WINDOWS`]); when the range goes on past them, it returns the offset to
+    /// call again from, so a caller zeroing a terabyte never holds the volume for long and a
+    /// crash leaves a prefix of the range zeroed.
+    pub fn zero_range(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64, now: u64) -> Result<Option<u64>> {
+        let mut resume = None;
+        self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
+            let end = offset.saturating_add(len).min(inode.size);
+            if offset >= end {
+                return Ok(false);
+            }
+            // Windows of holes are skipped under the same lock, up to MAX_ZERO_SKIP_WINDOWS.
+            let last = end.div_ceil(CHUNK_BYTES);
+            let (mut first, mut skipped) = (offset / CHUNK_BYTES, 0);
+            let (until, holding) = loop {
+                let until = last.min(first + MAX_ZERO_STEP_CHUNKS);
+                let holding = self.visible_chunks(st, scope, ino, inode.generation, first, until)?;
+                if !holding.is_empty() || until == last || skipped == MAX_ZERO_SKIP_WINDOWS {
+                    break (until, holding);
+                }
+                (first, skipped) = (until, skipped + 1);
+            };
+            resume = (until < last).then(|| until * CHUNK_BYTES);
+            let stop = end.min(until * CHUNK_BYTES);
+            let zeros = vec![0u8; CHUNK_BYTES as usize];
+            for (index, _) in &holding {
+                let chunk_start = index * CHUNK_BYTES;
+                let from = offset.max(chunk_start);
+                let to = stop.min(chunk_start + CHUNK_BYTES);
+                self.write_chunk(st, scope, batch, inode, ino, *index, (from - chunk_start) as usize, &zeros[..(to - from) as usize])?;
+            }
+            Ok(!holding.is_empty())
+        })?;
+        Ok(resume)
     }
 
     /// Chunks of a generation from index `from` up to (not including) `until` that hold data in

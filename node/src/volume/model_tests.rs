@@ -21,6 +21,7 @@ enum Op {
     Mkdir { view: usize },
     Write { file: usize, offset: u64, len: usize, byte: u8, view: usize },
     SetSize { file: usize, size: u64, view: usize },
+    Zero { file: usize, offset: u64, len: u64, view: usize },
     Unlink { file: usize, view: usize },
     RemoveDir { view: usize },
     Rename { from: usize, to: usize, to_dir: bool, replace: bool, view: usize },
@@ -40,6 +41,9 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (file.clone(), prop_oneof![0u64..(3 * CHUNK_BYTES), (0u64..3).prop_map(|i| i * CHUNK_BYTES)], prop_oneof![0usize..(CHUNK_BYTES as usize + 300), Just(CHUNK_BYTES as usize)], any::<u8>(), view.clone())
             .prop_map(|(file, offset, len, byte, view)| Op::Write { file, offset, len, byte, view }),
         3 => (file.clone(), prop_oneof![Just(0u64), 0u64..(3 * CHUNK_BYTES)], view.clone()).prop_map(|(file, size, view)| Op::SetSize { file, size, view }),
+        // Ranges inside one chunk, across chunks, and past the end.
+        2 => (file.clone(), 0u64..(3 * CHUNK_BYTES), prop_oneof![0u64..300, 0u64..(3 * CHUNK_BYTES), Just(u64::MAX)], view.clone())
+            .prop_map(|(file, offset, len, view)| Op::Zero { file, offset, len, view }),
         2 => (file.clone(), view.clone()).prop_map(|(file, view)| Op::Unlink { file, view }),
         1 => view.clone().prop_map(|view| Op::RemoveDir { view }),
         2 => (file.clone(), 0usize..4, any::<bool>(), any::<bool>(), view).prop_map(|(from, to, to_dir, replace, view)| Op::Rename { from, to, to_dir, replace, view }),
@@ -140,6 +144,22 @@ impl World {
                 assert_eq!(got.is_ok(), writable, "{got:?}");
                 if writable {
                     self.target(view).2.get_mut(&key(in_dir, name)).unwrap().2.resize(size as usize, 0);
+                }
+            }
+            Op::Zero { file, offset, len, view } => {
+                let (in_dir, name) = path_of(file);
+                let (v, writable, tree) = self.target(view);
+                let Some((_, Kind::File, _)) = tree.get(&key(in_dir, name)) else { return };
+                let entry = self.store.resolve(vol, v, &key(in_dir, name)).unwrap();
+                let got = self.store.zero_range(vol, v, entry.ino, offset, len, now);
+                assert_eq!(got.is_ok(), writable, "{got:?}");
+                if writable {
+                    assert_eq!(got.unwrap(), None, "a range this small is zeroed in one step");
+                    let content = &mut self.target(view).2.get_mut(&key(in_dir, name)).unwrap().2;
+                    let end = offset.saturating_add(len).min(content.len() as u64) as usize;
+                    if (offset as usize) < end {
+                        content[offset as usize..end].fill(0);
+                    }
                 }
             }
             Op::Unlink { file, view } => {
@@ -257,6 +277,8 @@ fn dump(store: &VolumeStore, vol: Uuid, view: View) -> Tree {
                 Kind::File => {
                     let data = store.read(vol, view, e.ino, 0, e.inode.size).unwrap();
                     assert_eq!(data.len() as u64, e.inode.size);
+                    let (ranges, more) = store.allocated_ranges(vol, view, e.ino, 0, u64::MAX).unwrap();
+                    assert_eq!((ranges, more), (allocated_in(&data), None), "{path}: allocated ranges are the chunks holding a non-zero byte");
                     data
                 }
                 Kind::Dir => {
@@ -265,6 +287,23 @@ fn dump(store: &VolumeStore, vol: Uuid, view: View) -> Tree {
                 }
             };
             out.insert(path, (e.name, e.inode.kind, content));
+        }
+    }
+    out
+}
+
+/// The ranges of whole chunks (the last cut at the end) holding a non-zero byte of `data`,
+/// merged where adjacent: what the store keeps, as it stores no chunk of zeros.
+fn allocated_in(data: &[u8]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, chunk) in data.chunks(CHUNK_BYTES as usize).enumerate() {
+        if chunk.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let start = i as u64 * CHUNK_BYTES;
+        match out.last_mut() {
+            Some((s, l)) if *s + *l == start => *l += chunk.len() as u64,
+            _ => out.push((start, chunk.len() as u64)),
         }
     }
     out
@@ -1015,9 +1054,70 @@ fn sparse_files_report_allocated_ranges_and_set_info_changes_times_and_attribute
     assert_eq!(s.stat(v, View::Live, ino).unwrap().allocated, 3 * c);
     s.write(v, View::Live, ino, 5 * c, &vec![0u8; c as usize], 4).unwrap();
     assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, 100 * c).unwrap(), (vec![(0, c), (6 * c, c)], None), "zeroing a chunk makes it a hole");
-    let info = SetInfo { created: Some(11), written: None, changed: Some(13), attributes: Some(0x20) };
+    let info = SetInfo { created: Some(11), written: None, changed: Some(13), attributes: Some(0x20), sparse: None };
     let inode = s.set_info(v, View::Live, ino, info).unwrap();
     assert_eq!((inode.created, inode.written, inode.changed, inode.attributes), (11, 4, 13, 0x20));
+    let sparse = SetInfo { sparse: Some(true), ..SetInfo::default() };
+    assert_eq!(s.set_info(v, View::Live, ino, sparse).unwrap().attributes, 0x220);
+    let attributes = SetInfo { attributes: Some(0x1 | ATTRIBUTE_SPARSE_FILE), ..SetInfo::default() };
+    assert_eq!(s.set_info(v, View::Live, ino, attributes).unwrap().attributes, 0x201, "attributes keep the sparse bit as it is");
+    let attributes = SetInfo { attributes: Some(0x20), ..SetInfo::default() };
+    assert_eq!(s.set_info(v, View::Live, ino, attributes).unwrap().attributes, 0x220);
+    let cleared = SetInfo { sparse: Some(false), ..SetInfo::default() };
+    assert_eq!(s.set_info(v, View::Live, ino, cleared).unwrap().attributes, 0x20);
+}
+
+/// Zeroing a range larger than one step goes in steps, each saying where to go on; whole
+/// chunks become holes, the ends are zeroed in place, the size stays, and a snapshot taken
+/// before still reads the old data.
+#[test]
+fn zeroing_a_range_goes_in_bounded_steps_and_leaves_snapshots_as_they_were() {
+    let (_dir, w) = world_on(Engine::Mem);
+    let (s, v) = (&w.store, w.vol);
+    let c = CHUNK_BYTES;
+    let step = super::data::MAX_ZERO_STEP_CHUNKS;
+    let ino = s.create(v, View::Live, ROOT_INO, "disk", Kind::File, 1).unwrap();
+    let chunks = step + 3;
+    for i in 0..chunks {
+        s.write(v, View::Live, ino, i * c + 5, &[7u8; 3], 2).unwrap();
+    }
+    s.write(v, View::Live, ino, chunks * c, &[9u8; 10], 2).unwrap();
+    let snap = uuid::Uuid::new_v4();
+    s.snapshot_create(v, snap, 3).unwrap();
+    let size = chunks * c + 10;
+    // From inside chunk 0 to inside the last chunk, then past the end.
+    let (from, len) = (6, chunks * c + 2 - 6);
+    assert_eq!(s.zero_range(v, View::Live, ino, from, len, 4).unwrap(), Some(step * c), "one step, then where to go on");
+    assert_eq!(s.zero_range(v, View::Live, ino, step * c, from + len - step * c, 4).unwrap(), None);
+    assert_eq!(s.zero_range(v, View::Live, ino, size - 1, 100, 4).unwrap(), None, "past the end: up to the size only");
+    let inode = s.stat(v, View::Live, ino).unwrap();
+    assert_eq!(inode.size, size, "the size stays");
+    let mut first = vec![0u8; c as usize];
+    first[5] = 7;
+    assert_eq!(s.read(v, View::Live, ino, 0, c).unwrap(), first, "zeroed from byte 6 on");
+    for i in [1, step - 1, step, chunks - 1] {
+        assert_eq!(s.read(v, View::Live, ino, i * c, c).unwrap(), vec![0u8; c as usize], "chunk {i}");
+    }
+    assert_eq!(s.read(v, View::Live, ino, chunks * c, c).unwrap(), [0, 0, 9, 9, 9, 9, 9, 9, 9, 0], "the last chunk zeroed up to the range's end, its last byte by the call past the end");
+    assert_eq!(s.allocated_ranges(v, View::Live, ino, 0, u64::MAX).unwrap(), (vec![(0, c), (chunks * c, 10)], None), "whole chunks zeroed are holes");
+    assert_eq!(inode.allocated, 2 * c);
+    for i in [0, 1, step, chunks - 1] {
+        assert_eq!(s.read(v, View::Snapshot(snap), ino, i * c + 5, 3).unwrap(), [7, 7, 7], "the snapshot reads the old data");
+    }
+    assert_eq!(s.read(v, View::Snapshot(snap), ino, chunks * c, 10).unwrap(), [9u8; 10]);
+    assert!(matches!(s.zero_range(v, View::Snapshot(snap), ino, 0, 10, 5), Err(VolumeError::ReadOnly(_))), "a snapshot is read-only");
+    assert!(matches!(s.zero_range(v, View::Live, ROOT_INO, 0, 10, 5), Err(VolumeError::IsADirectory)));
+
+    // Windows that hold nothing are passed over in the same call, up to a bound.
+    let far = s.create(v, View::Live, ROOT_INO, "far", Kind::File, 1).unwrap();
+    s.write(v, View::Live, far, (2 * step + 1) * c, &[1], 2).unwrap();
+    assert_eq!(s.zero_range(v, View::Live, far, 0, u64::MAX, 3).unwrap(), None, "two empty windows, then the data");
+    assert_eq!(s.stat(v, View::Live, far).unwrap().allocated, 0);
+    let skip = super::data::MAX_ZERO_SKIP_WINDOWS as u64;
+    s.write(v, View::Live, far, (skip + 2) * step * c, &[1], 4).unwrap();
+    assert_eq!(s.zero_range(v, View::Live, far, 0, u64::MAX, 5).unwrap(), Some((skip + 1) * step * c), "at most the bound of empty windows");
+    assert_eq!(s.zero_range(v, View::Live, far, (skip + 1) * step * c, u64::MAX, 5).unwrap(), None);
+    assert_eq!(s.stat(v, View::Live, far).unwrap().allocated, 0);
 }
 
 /// A deletion at last close unlinks a name only if it still names the file it was for: after

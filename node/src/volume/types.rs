@@ -75,8 +75,16 @@ pub struct SetInfo {
     pub created: Option<u64>,
     pub written: Option<u64>,
     pub changed: Option<u64>,
+    /// The DOS attributes, but for [`ATTRIBUTE_SPARSE_FILE`], which they never change.
     pub attributes: Option<u32>,
+    /// Sets or clears [`ATTRIBUTE_SPARSE_FILE`] (FSCTL_SET_SPARSE).
+    pub sparse: Option<bool>,
 }
+
+/// The DOS attribute of a sparse file (MS-FSCC 2.6): set by FSCTL_SET_SPARSE alone, never by
+/// the attributes a SET_INFO or CREATE gives. The store keeps holes in every file whatever it
+/// says; it tells clients (and backup software) that asking for allocated ranges pays off.
+pub const ATTRIBUTE_SPARSE_FILE: u32 = 0x200;
 
 /// One version of an inode key.
 #[derive(Clone, Debug, Serialize, Deserialize)]

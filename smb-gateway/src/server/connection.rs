@@ -171,6 +171,7 @@ const FSCTL_DFS_GET_REFERRALS: u32 = 0x0006_0194;
 const FSCTL_PIPE_TRANSCEIVE: u32 = 0x0011_C017;
 const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 const FSCTL_SRV_ENUM_SNAPS: u32 = 0x0014_4064;
+use super::ops::sparse::{FSCTL_FILE_LEVEL_TRIM, FSCTL_QUERY_ALLOCATED_RANGES, FSCTL_SET_SPARSE, FSCTL_SET_ZERO_DATA};
 
 impl Connection {
     pub fn new(config: Config) -> Self {
@@ -421,7 +422,7 @@ impl Connection {
             Command::Echo => Reply::ok(vec![4, 0, 0, 0]),
             Command::TreeConnect => self.tree_connect(h, message, dir),
             Command::TreeDisconnect => self.tree_disconnect(h, files, env.now()),
-            Command::Ioctl => self.ioctl(h, message, dir, env),
+            Command::Ioctl => self.ioctl(h, message, files, dir, env),
             Command::Create => self.create(h, message, files, dir, env.now()),
             Command::Close => self.close(h, message, files, env.now()),
             Command::Read => self.read(h, message, files),
@@ -728,9 +729,9 @@ impl Connection {
         }
     }
 
-    /// IOCTLs answered without a file: FSCTL_VALIDATE_NEGOTIATE_INFO, and DFS referrals (this
-    /// server has no DFS namespace).
-    fn ioctl(&mut self, h: &Header, message: &[u8], dir: &dyn Directory, env: &mut dyn Environment) -> Reply {
+    /// IOCTLs: FSCTL_VALIDATE_NEGOTIATE_INFO, DFS referrals (this server has no DFS
+    /// namespace), pipe transceives, previous versions and the FSCTLs on a file's holes.
+    fn ioctl(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn Directory, env: &mut dyn Environment) -> Reply {
         let b = &message[HEADER_BYTES.min(message.len())..];
         let (Some(code), Some(input_offset), Some(input_len), Some(max_out)) = (u32_at(b, 4), u32_at(b, 24), u32_at(b, 28), u32_at(b, 44)) else {
             return Reply::error(status::INVALID_PARAMETER);
@@ -746,6 +747,11 @@ impl Connection {
             }
             FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Reply::error(status::NOT_FOUND),
             FSCTL_SRV_ENUM_SNAPS => self.enum_snaps(h, b, max_out, dir),
+            FSCTL_SET_SPARSE | FSCTL_QUERY_ALLOCATED_RANGES | FSCTL_SET_ZERO_DATA | FSCTL_FILE_LEVEL_TRIM => {
+                let input = input.to_vec();
+                let b = b.to_vec();
+                self.sparse_fsctl(h, &b, code, &input, max_out, files, env.now())
+            }
             _ => Reply::error(status::NOT_SUPPORTED),
         }
     }

@@ -23,7 +23,10 @@ pub struct Basic {
     pub created: Option<u64>,
     pub written: Option<u64>,
     pub changed: Option<u64>,
+    /// The DOS attributes but FILE_ATTRIBUTE_SPARSE_FILE, which storage keeps as it is.
     pub attributes: Option<u32>,
+    /// Sets or clears FILE_ATTRIBUTE_SPARSE_FILE (FSCTL_SET_SPARSE).
+    pub sparse: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +117,9 @@ pub enum Looked {
     Missing { parent: FileInfo },
 }
 
+/// Bytes of zeros [`Files::zero_range`]'s default writes in one step.
+pub const ZERO_WRITE_BYTES: u64 = 1 << 20;
+
 /// Storage operations on a share; paths are relative to the share's root, `\`-separated.
 pub trait Files: Send + Sync {
     fn lookup(&self, share: &str, path: &str) -> Result<FileInfo, FsError>;
@@ -164,6 +170,27 @@ pub trait Files: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn rename(&self, share: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError>;
     fn flush(&self, share: &str) -> Result<(), FsError>;
+    /// The ranges of `offset..offset+len` that hold data, up to the file's size, merged where
+    /// adjacent (FSCTL_QUERY_ALLOCATED_RANGES), and the offset to ask again from when the
+    /// answer covers less than the range. This default is for storage that keeps no holes:
+    /// everything up to the size.
+    fn allocated_ranges(&self, share: &str, id: u64, offset: u64, len: u64) -> Result<(Vec<(u64, u64)>, Option<u64>), FsError> {
+        let end = offset.saturating_add(len).min(self.stat(share, id)?.size);
+        Ok((if offset < end { vec![(offset, end - offset)] } else { Vec::new() }, None))
+    }
+    /// Zeroes `offset..offset+len` of a file up to its size, which stays (FSCTL_SET_ZERO_DATA,
+    /// FILE_LEVEL_TRIM); storage that keeps holes frees what it covers. One call is a bounded
+    /// step: it returns the offset to go on from while the range is not done. This default
+    /// writes zeros, [`ZERO_WRITE_BYTES`] at a time.
+    fn zero_range(&self, share: &str, id: u64, offset: u64, len: u64, now: u64) -> Result<Option<u64>, FsError> {
+        let end = offset.saturating_add(len).min(self.stat(share, id)?.size);
+        if offset >= end {
+            return Ok(None);
+        }
+        let stop = end.min(offset + ZERO_WRITE_BYTES);
+        self.write(share, id, offset, &vec![0; (stop - offset) as usize], now)?;
+        Ok((stop < end).then_some(stop))
+    }
     /// Registers an open of file `id` with the owner of the share's volume, which checks it
     /// against every other open of the file from any gateway (MS-FSA 2.1.5.1.2) and refuses it
     /// with [`FsError::SharingViolation`]. Returns the registration to release on close. Only

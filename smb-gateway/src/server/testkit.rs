@@ -168,7 +168,13 @@ impl Files for MemFiles {
         i.created = basic.created.unwrap_or(i.created);
         i.written = basic.written.unwrap_or(i.written);
         i.changed = basic.changed.unwrap_or(i.changed);
-        i.attributes = basic.attributes.unwrap_or(i.attributes);
+        const SPARSE: u32 = 0x200;
+        i.attributes = basic.attributes.map_or(i.attributes, |a| a & !SPARSE | i.attributes & SPARSE);
+        match basic.sparse {
+            Some(true) => i.attributes |= SPARSE,
+            Some(false) => i.attributes &= !SPARSE,
+            None => {}
+        }
         Ok(())
     }
     fn unlink(&self, _: &str, parent: u64, name: &str, _: u64) -> Result<(), FsError> {

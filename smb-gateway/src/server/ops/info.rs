@@ -207,7 +207,7 @@ fn basic_info(data: &[u8], directory: bool) -> Result<crate::server::files::Basi
         ATTRIBUTE_NORMAL => Some(0),
         a => Some(a & SETTABLE_ATTRIBUTES),
     };
-    Ok(crate::server::files::Basic { created, written, changed, attributes })
+    Ok(crate::server::files::Basic { created, written, changed, attributes, sparse: None })
 }
 
 fn basic(f: &FileInfo) -> Vec<u8> {
@@ -327,7 +327,8 @@ fn fs_info(class: u8, label: &str) -> Option<Vec<u8>> {
             d
         }
         7 => [UNITS, UNITS, UNITS].iter().flat_map(|u| u.to_le_bytes()).chain(8u32.to_le_bytes()).chain(512u32.to_le_bytes()).collect(),
-        11 => [512u32, 4096, 4096, 4096, 0x0000_0003, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        // Aligned device and partition; trims are taken (FSCTL_FILE_LEVEL_TRIM frees what they cover).
+        11 => [512u32, 4096, 4096, 4096, 0x0000_0003 | 0x0000_0008, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect(),
         _ => return None,
     })
 }

@@ -10,6 +10,7 @@ mod dir;
 mod info;
 pub(in crate::server) mod notify;
 pub(in crate::server) mod previous;
+pub(in crate::server) mod sparse;
 
 pub(in crate::server) use crate::wire::{put_utf16, u16_at, u32_at, u64_at, utf16_decode as utf16};
 use super::connection::{Connection, Reply};
@@ -89,8 +90,9 @@ fn attributes(f: &FileInfo) -> u32 {
     let base = f.attributes & !ATTR_DIRECTORY;
     if f.directory {
         base | ATTR_DIRECTORY
-    } else if base == 0 {
-        ATTR_ARCHIVE
+    } else if base & SETTABLE_ATTRIBUTES == 0 {
+        // A file that was given no attributes reports ARCHIVE, beside SPARSE_FILE if it is.
+        base | ATTR_ARCHIVE
     } else {
         base
     }

@@ -1,12 +1,18 @@
-"""An impacket client that holds opens for share-mode tests, driven line by line on stdin.
+"""An impacket client driven line by line on stdin (share modes, dispositions, FSCTLs).
 
-usage: share_modes.py PORT SHARE USER PASSWORD
+usage: driven.py PORT SHARE USER PASSWORD
 Commands (one a line; one answer line each, "OK" or "ERR 0x........ NAME"):
   open HANDLE PATH ACCESS SHAREMODE DISPOSITION [OPTIONS]   numbers in hex or decimal
   write HANDLE TEXT          write TEXT at offset 0
   rename HANDLE NEWPATH      FileRenameInformation on the open
   delete HANDLE              FileDispositionInformation (delete on close) on the open
   close HANDLE
+  pwrite HANDLE OFFSET BYTE COUNT   COUNT bytes of BYTE at OFFSET (1 MiB WRITEs)
+  read HANDLE OFFSET LEN     answers "OK LENGTH NONZERO HEX": bytes read, how many are not
+                             zero, and the first 64 in hex
+  fsctl HANDLE CODE INPUTHEX MAXOUT   an IOCTL with SMB2_0_IOCTL_IS_FSCTL; answers "OK OUTPUTHEX"
+  info HANDLE                answers "OK SIZE ALLOCATION ATTRIBUTES" (standard and basic
+                             information)
   tdis                       TREE_DISCONNECT (without closing the handles), then connect again
   logoff                     LOGOFF (without closing the handles); the client is done after it
   quit
@@ -61,6 +67,35 @@ def main():
                 except KeyError:
                     pass  # impacket's own table keeps one entry per name; the CLOSE was answered
 
+            elif cmd == "pwrite":
+                offset, byte, count = int(args[1], 0), int(args[2], 0), int(args[3], 0)
+                done = 0
+                while done < count:
+                    n = min(count - done, 1 << 20)
+                    smb.write(tid, handles[args[0]], bytes([byte]) * n, offset + done, n)
+                    done += n
+            elif cmd == "read":
+                offset, length = int(args[1], 0), int(args[2], 0)
+                data = b""
+                while len(data) < length:
+                    piece = smb.read(tid, handles[args[0]], offset + len(data), min(length - len(data), 1 << 20))
+                    if not piece:
+                        break
+                    data += piece
+                answer("OK %d %d %s" % (len(data), sum(1 for b in data if b), data[:64].hex() or "-"))
+                continue
+            elif cmd == "fsctl":
+                out = smb.ioctl(tid, handles[args[0]], ctlCode=int(args[1], 0), flags=s3.SMB2_0_IOCTL_IS_FSCTL,
+                                inputBlob=bytes.fromhex(args[2] if args[2] != "-" else ""), maxInputResponse=0, maxOutputResponse=int(args[3], 0))
+                answer("OK %s" % (bytes(out).hex() or "-"))
+                continue
+            elif cmd == "info":
+                std = smb.queryInfo(tid, handles[args[0]], infoType=s3.SMB2_0_INFO_FILE, fileInfoClass=s3.SMB2_FILE_STANDARD_INFO)
+                basic = smb.queryInfo(tid, handles[args[0]], infoType=s3.SMB2_0_INFO_FILE, fileInfoClass=s3.SMB2_FILE_BASIC_INFO)
+                allocation, size = struct.unpack_from("<qq", std, 0)
+                attributes = struct.unpack_from("<I", basic, 32)[0]
+                answer("OK %d %d 0x%x" % (size, allocation, attributes))
+                continue
             elif cmd == "tdis":
                 conn.disconnectTree(tid)
                 tid = conn.connectTree(share)
