@@ -310,6 +310,123 @@ fn spnego_mech_list_mics_verify_both_ways_with_ntlm_session_security() {
     }
 }
 
+/// smbclient sends a MIC in its AUTHENTICATE (MsvAvFlags 0x2): it verifies under the session
+/// key over the three messages as captured, and fails if any byte of them changed.
+#[test]
+fn smbclients_authenticate_mic_verifies_over_the_messages_as_sent() {
+    use crate::ntlm::verify::{exported_session_key, mic_present, mic_verifies};
+    for name in ["smbclient-3.1.1-basic.pcap", "smbclient-2.1-basic.pcap", "smbclient-3.0.2-basic.pcap", "smbclient-list.pcap"] {
+        let (up, down) = streams(name);
+        let (requests, responses) = (direction(&up), direction(&down));
+        let setups = first_of(&requests, Command::SessionSetup);
+        let replies = first_of(&responses, Command::SessionSetup);
+        let negotiate = crate::spnego::parse_init(security_buffer(setups[0])).unwrap().mech_token.unwrap();
+        let challenge = crate::spnego::parse_resp(security_buffer(replies[0])).unwrap().response_token.unwrap();
+        let authenticate = crate::spnego::parse_resp(security_buffer(setups[1])).unwrap().response_token.unwrap();
+        let (c, a) = (Challenge::parse(&challenge).unwrap(), Authenticate::parse(&authenticate).unwrap());
+        assert!(mic_present(&a.nt_response), "{name}: smbclient says it sent a MIC");
+        let base = verify_ntlmv2(&NtHash::from_password("Passw0rd!"), &a.user, &a.domain, &c.server_challenge, &a.nt_response).unwrap();
+        let exported = exported_session_key(&base, a.flags, &a.encrypted_session_key).unwrap();
+        assert!(mic_verifies(&exported, &negotiate, &challenge, &authenticate), "{name}");
+        for (which, at) in [(0, 12), (1, 20), (2, 80), (2, authenticate.len() - 1)] {
+            let mut msgs = [negotiate.clone(), challenge.clone(), authenticate.clone()];
+            msgs[which][at] ^= 1;
+            assert!(!mic_verifies(&exported, &msgs[0], &msgs[1], &msgs[2]), "{name}: message {which} byte {at} changed");
+        }
+        assert!(!mic_verifies(&[0; 16], &negotiate, &challenge, &authenticate), "{name}: another key");
+    }
+}
+
+/// A live logon whose AUTHENTICATE says it carries a MIC: refused when the MIC is wrong (and
+/// counted against the user), accepted when it is right. The client side is built here from
+/// MS-NLMP: an NTLMv2 response with MsvAvFlags 0x2, no key exchange.
+#[test]
+fn a_logon_whose_authenticate_mic_fails_is_refused_and_counted() {
+    use crate::ntlm::verify::ntowf_v2;
+    use crate::server::connection::{Connection, Outcome};
+    use crate::smb2::header::Target;
+    use hmac::{Hmac, Mac};
+    let hmac = |key: &[u8], parts: &[&[u8]]| -> Vec<u8> {
+        let mut m = Hmac::<md5::Md5>::new_from_slice(key).unwrap();
+        parts.iter().for_each(|p| m.update(p));
+        m.finalize().into_bytes().to_vec()
+    };
+    let setup = |session_id: u64, message_id: u64, token: &[u8]| {
+        let h = Header { credit_charge: 1, status: 0, command: Command::SessionSetup, credits: 8, flags: 0, next_command: 0, message_id, target: Target::Sync { process_id: 0, tree_id: 0 }, session_id, signature: [0; 16] };
+        let mut out = Vec::new();
+        h.encode(&mut out);
+        out.extend_from_slice(&[25, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&88u16.to_le_bytes());
+        out.extend_from_slice(&(token.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(token);
+        out
+    };
+    let (up, down) = streams("smbclient-2.1-basic.pcap");
+    let negotiate_frame = frames(&up)[0].clone();
+    let init_token = security_buffer(first_of(&direction(&up), Command::SessionSetup)[0]).to_vec();
+    let negotiate_msg = crate::spnego::parse_init(&init_token).unwrap().mech_token.unwrap();
+    let _ = down;
+    let logon = |e: &mut TestEnv, mic_flip: Option<usize>| -> u32 {
+        let mut conn = Connection::new(test_config());
+        let reply = |conn: &mut Connection, frame: &[u8], e: &mut TestEnv| match conn.on_frame(frame, &TestDir, &NoFiles, e) {
+            Outcome::Reply(r) => r,
+            _ => panic!("a reply"),
+        };
+        reply(&mut conn, &negotiate_frame, e);
+        let r = reply(&mut conn, &setup(0, 1, &init_token), e);
+        let h = Header::parse(&r).unwrap();
+        let challenge_msg = crate::spnego::parse_resp(security_buffer(&r)).unwrap().response_token.unwrap();
+        let c = Challenge::parse(&challenge_msg).unwrap();
+        // NTLMv2 response: the blob's fixed part, MsvAvFlags = MIC present, MsvAvEOL.
+        let mut blob = vec![1, 1, 0, 0, 0, 0, 0, 0];
+        blob.extend_from_slice(&[0x11; 8]); // time stamp
+        blob.extend_from_slice(&[0x22; 8]); // client challenge
+        blob.extend_from_slice(&[0; 4]);
+        blob.extend_from_slice(&[6, 0, 4, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        blob.extend_from_slice(&[0; 4]);
+        let key = ntowf_v2(&NtHash::from_password("Passw0rd!"), "fsuser", "");
+        let proof = hmac(&key, &[&c.server_challenge, &blob]);
+        let exported = hmac(&key, &[&proof]);
+        let nt_response = [proof, blob].concat();
+        let user: Vec<u8> = "fsuser".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let flags = c.flags & !crate::ntlm::verify::NEGOTIATE_KEY_EXCH;
+        let mut auth = SIGNATURE.to_vec();
+        auth.extend_from_slice(&3u32.to_le_bytes());
+        let field = |auth: &mut Vec<u8>, len: usize, at: usize| {
+            auth.extend_from_slice(&(len as u16).to_le_bytes());
+            auth.extend_from_slice(&(len as u16).to_le_bytes());
+            auth.extend_from_slice(&(at as u32).to_le_bytes());
+        };
+        field(&mut auth, 0, 88); // LM
+        field(&mut auth, nt_response.len(), 88);
+        field(&mut auth, 0, 88 + nt_response.len()); // domain
+        field(&mut auth, user.len(), 88 + nt_response.len());
+        field(&mut auth, 0, 88 + nt_response.len() + user.len()); // workstation
+        field(&mut auth, 0, 88 + nt_response.len() + user.len()); // session key
+        auth.extend_from_slice(&flags.to_le_bytes());
+        auth.extend_from_slice(&[6, 1, 0, 0, 0, 0, 0, 15]); // version
+        auth.extend_from_slice(&[0; 16]); // MIC, filled below
+        auth.extend_from_slice(&nt_response);
+        auth.extend_from_slice(&user);
+        let mut mic = hmac(&exported, &[&negotiate_msg, &challenge_msg, &auth]);
+        if let Some(at) = mic_flip {
+            mic[at] ^= 1;
+        }
+        auth[72..88].copy_from_slice(&mic);
+        let token = crate::spnego::encode_resp(&crate::spnego::NegTokenResp { response_token: Some(auth), ..Default::default() });
+        let r = reply(&mut conn, &setup(h.session_id, 2, &token), e);
+        Header::parse(&r).unwrap().status
+    };
+    let mut fresh = TestEnv(1, Default::default());
+    assert_eq!(logon(&mut fresh, None), crate::smb2::status::SUCCESS, "the right MIC");
+    let mut e = TestEnv(1, Default::default());
+    for i in 0..crate::server::throttle::MAX_FAILURES as usize {
+        assert_eq!(logon(&mut e, Some(i % 16)), crate::smb2::status::LOGON_FAILURE, "a MIC one bit off");
+    }
+    assert_eq!(logon(&mut e, None), crate::smb2::status::LOGON_FAILURE, "each failure counted: the user is locked out");
+}
+
 struct TestDir;
 
 impl crate::server::Directory for TestDir {

@@ -84,6 +84,55 @@ pub fn exported_session_key(session_base_key: &[u8; 16], flags: u32, encrypted_r
     Some(key)
 }
 
+/// MsvAvFlags (MS-NLMP 2.2.2.1, AvId 6): bit 0x2 says the AUTHENTICATE message carries a MIC.
+const AV_FLAGS: u16 = 6;
+const AV_FLAGS_MIC: u32 = 0x2;
+/// Where the AV pairs start in an NTLMv2 response: NTProofStr (16), then the blob's fixed
+/// part (MS-NLMP 2.2.2.7: versions, reserved, time stamp, client challenge, reserved).
+const AV_PAIRS_AT: usize = 16 + 28;
+/// Where the MIC lies in an AUTHENTICATE message (after the Version field), and its length.
+const MIC_AT: usize = 72;
+const MIC_BYTES: usize = 16;
+
+/// Whether an NTLMv2 response says its AUTHENTICATE message carries a MIC: its AV pairs (which
+/// NTProofStr covers, so nobody between can remove the flag) hold MsvAvFlags with bit 0x2. The
+/// walk stops at MsvAvEOL or at the first pair that would run past the response.
+pub fn mic_present(nt_response: &[u8]) -> bool {
+    let mut at = AV_PAIRS_AT;
+    while let (Some(id), Some(len)) = (crate::wire::u16_at(nt_response, at), crate::wire::u16_at(nt_response, at + 2)) {
+        let Some(value) = nt_response.get(at + 4..at + 4 + usize::from(len)) else { return false };
+        match id {
+            0 => return false,
+            AV_FLAGS => return value.len() == 4 && u32::from_le_bytes(value.try_into().expect("4 bytes")) & AV_FLAGS_MIC != 0,
+            _ => at += 4 + usize::from(len),
+        }
+    }
+    false
+}
+
+/// Checks an AUTHENTICATE message's MIC (MS-NLMP 3.2.5.1.2): HMAC-MD5 under the exported
+/// session key of the three messages as sent, the MIC's own 16 bytes taken as zeros. It binds
+/// the NEGOTIATE and CHALLENGE to the logon, so a relay cannot change their flags (for example
+/// to drop signing) unseen. Compared in constant time.
+pub fn mic_verifies(exported_session_key: &[u8; 16], negotiate: &[u8], challenge: &[u8], authenticate: &[u8]) -> bool {
+    let Some(theirs) = authenticate.get(MIC_AT..MIC_AT + MIC_BYTES) else { return false };
+    let zeros = [0u8; MIC_BYTES];
+    let ours = hmac_md5(exported_session_key, &[negotiate, challenge, &authenticate[..MIC_AT], &zeros, &authenticate[MIC_AT + MIC_BYTES..]]);
+    ours.iter().zip(theirs).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// The last step of an NTLMv2 logon that every acceptor shares: the session key exported from
+/// the session base key, and the MIC checked when the response says there is one. None when
+/// the logon must fail.
+pub fn finish_logon(base: &[u8; 16], flags: u32, authenticate: &super::messages::Authenticate, raw: (&[u8], &[u8], &[u8])) -> Option<[u8; 16]> {
+    let exported = exported_session_key(base, flags, &authenticate.encrypted_session_key)?;
+    let (negotiate, challenge, authenticate_raw) = raw;
+    if mic_present(&authenticate.nt_response) && !mic_verifies(&exported, negotiate, challenge, authenticate_raw) {
+        return None;
+    }
+    Some(exported)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use umbra_raft::command::NtHash;
 use crate::ntlm::challenge;
 use crate::ntlm::messages::{Authenticate, SIGNATURE};
 use crate::ntlm::session::{directions, Direction};
-use crate::ntlm::verify::{exported_session_key, verify_ntlmv2};
+use crate::ntlm::verify::{finish_logon, verify_ntlmv2};
 
 pub const AUTH_TYPE_NTLMSSP: u8 = 10;
 pub const LEVEL_CONNECT: u8 = 2;
@@ -58,6 +58,8 @@ pub struct Auth {
     /// (client to server, server to client) once auth3 has verified the client.
     pub keys: Option<(Direction, Direction)>,
     pub user: Option<String>,
+    /// The NEGOTIATE and CHALLENGE messages as they went (the AUTHENTICATE's MIC covers them).
+    sent: (Vec<u8>, Vec<u8>),
 }
 
 impl Auth {
@@ -69,7 +71,8 @@ impl Auth {
         let client_flags = u32::from_le_bytes(negotiate[12..16].try_into().ok()?);
         let flags = challenge::flags_for(client_flags);
         let msg = challenge::build(flags, &ctx.server_challenge, ctx.netbios_name, &ctx.netbios_name.to_lowercase(), ctx.now);
-        Some((Auth { trailer, challenge: ctx.server_challenge, flags, keys: None, user: None }, msg))
+        let sent = (negotiate.to_vec(), msg.clone());
+        Some((Auth { trailer, challenge: ctx.server_challenge, flags, keys: None, user: None, sent }, msg))
     }
 
     /// auth3's AUTHENTICATE: on success the keys for the calls that follow.
@@ -78,7 +81,7 @@ impl Auth {
         let Some(hash) = (ctx.user)(&a.user) else { return false };
         let Ok(base) = verify_ntlmv2(&hash, &a.user, &a.domain, &self.challenge, &a.nt_response) else { return false };
         let flags = a.flags & self.flags;
-        let Some(exported) = exported_session_key(&base, flags, &a.encrypted_session_key) else { return false };
+        let Some(exported) = finish_logon(&base, flags, &a, (&self.sent.0, &self.sent.1, authenticate)) else { return false };
         self.keys = Some(directions(&exported, flags));
         tracing::info!(user = %a.user, level = self.trailer.level, "DCE/RPC bind authenticated");
         self.user = Some(a.user);

@@ -16,7 +16,7 @@ use super::ops::Open;
 use super::session::{Established, Pending, Session, Tree};
 use super::{Config, Directory, Environment};
 use crate::ntlm::messages::{Authenticate, SIGNATURE};
-use crate::ntlm::verify::{exported_session_key, verify_ntlmv2};
+use crate::ntlm::verify::{finish_logon, verify_ntlmv2};
 use crate::ntlm::{challenge, session::directions};
 use crate::smb2::header::{Command, Header, Target, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, FLAG_SIGNED, HEADER_BYTES};
 use crate::smb2::negotiate::{self, DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, DIALECT_311};
@@ -623,7 +623,7 @@ impl Connection {
             return Reply::error(status::REQUEST_NOT_ACCEPTED);
         }
         let Ok(init) = spnego::parse_init(token) else { return Reply::error(status::INVALID_PARAMETER) };
-        let Some(negotiate_msg) = init.mech_token.filter(|t| t.starts_with(SIGNATURE) && t.get(8) == Some(&1) && t.len() >= 16) else {
+        let Some(negotiate_msg) = init.mech_token.clone().filter(|t| t.starts_with(SIGNATURE) && t.get(8) == Some(&1) && t.len() >= 16) else {
             return Reply::error(status::LOGON_FAILURE); // only NTLMSSP is offered
         };
         let client_flags = u32::from_le_bytes(negotiate_msg[12..16].try_into().expect("4 bytes"));
@@ -638,16 +638,17 @@ impl Connection {
         if dialect == DIALECT_311 {
             preauth.update(message);
         }
-        let resp = NegTokenResp { state: Some(1), supported_mech: Some(OID_NTLMSSP.to_vec()), response_token: Some(challenge_msg), mech_list_mic: None };
+        let resp = NegTokenResp { state: Some(1), supported_mech: Some(OID_NTLMSSP.to_vec()), response_token: Some(challenge_msg.clone()), mech_list_mic: None };
         let body = setup_body(0, &spnego::encode_resp(&resp));
-        let pending = Pending { server_challenge, challenge_flags: flags, mech_list_der: init.mech_list_der, preauth };
+        let pending = Pending { server_challenge, challenge_flags: flags, mech_list_der: init.mech_list_der, preauth, negotiate_msg, challenge_msg };
         self.sessions.insert(session_id, Session::Pending(pending));
         Reply { status: status::MORE_PROCESSING_REQUIRED, body, framed: false, session_id: Some(session_id), tree_id: None, wait: None }
     }
 
     fn authenticate(&mut self, session_id: u64, p: &Pending, token: &[u8], dialect: u16, dir: &dyn Directory, env: &mut dyn Environment) -> Result<Reply, u32> {
         let resp = spnego::parse_resp(token).map_err(|_| status::INVALID_PARAMETER)?;
-        let auth = Authenticate::parse(resp.response_token.as_deref().unwrap_or(&[])).map_err(|_| status::INVALID_PARAMETER)?;
+        let raw = resp.response_token.as_deref().unwrap_or(&[]);
+        let auth = Authenticate::parse(raw).map_err(|_| status::INVALID_PARAMETER)?;
         let now = env.now();
         if !env.throttle().allowed(&auth.user, now) {
             tracing::warn!(user = %auth.user, "logon refused: too many recent failures");
@@ -663,7 +664,9 @@ impl Connection {
                 return Err(status);
             }
         };
-        let Some(exported) = exported_session_key(&base, auth.flags & p.challenge_flags, &auth.encrypted_session_key) else {
+        // A MIC that fails counts as a failed logon: only the password's holder computes it.
+        let Some(exported) = finish_logon(&base, auth.flags & p.challenge_flags, &auth, (&p.negotiate_msg, &p.challenge_msg, raw)) else {
+            tracing::warn!(user = %auth.user, "logon refused: no shared session key, or the AUTHENTICATE's MIC fails");
             env.throttle().failed(&auth.user, now);
             return Err(status::LOGON_FAILURE);
         };

@@ -11,6 +11,10 @@ pub struct Pending {
     /// The client's MechTypeList, which both mechListMICs sign.
     pub mech_list_der: Vec<u8>,
     pub preauth: Preauth,
+    /// The NTLMSSP NEGOTIATE and CHALLENGE messages as they went, which the AUTHENTICATE's
+    /// MIC covers (bounded by the 64 KiB frames allowed before a session is established).
+    pub negotiate_msg: Vec<u8>,
+    pub challenge_msg: Vec<u8>,
 }
 
 /// An authenticated session.
