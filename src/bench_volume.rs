@@ -267,11 +267,11 @@ impl GrpcFile {
     async fn pass(&mut self, size: u64) -> anyhow::Result<(Duration, Duration, Duration)> {
         let t = Instant::now();
         let (target, ino) = (self.target.clone(), self.ino);
-        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2 })));
+        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2, open: None })));
         umbra_node::volume_wire::write(self.channel.clone(), msgs).await?;
         self.client.sync(self.target.clone()).await?;
         let w = t.elapsed();
-        let req = ReadRequest { target: Some(self.target.clone()), ino, offset: 0, length: size };
+        let req = ReadRequest { target: Some(self.target.clone()), ino, offset: 0, length: size, open: None };
         let t = Instant::now();
         read_all(self.channel.clone(), req.clone(), size).await?;
         let r = t.elapsed();

@@ -179,7 +179,7 @@ async fn put(node: &Node, volume: &str, path: &str, from: Option<PathBuf>) -> an
                 return anyhow::Ok(offset);
             }
             buf.truncate(filled);
-            let msg = WriteChunk { target: target.clone(), ino, offset, data: buf.into(), now: now() };
+            let msg = WriteChunk { target: target.clone(), ino, offset, data: buf.into(), now: now(), open: None };
             offset += filled as u64;
             if tx.send(msg).await.is_err() {
                 return Ok(offset);
@@ -207,7 +207,7 @@ async fn get(node: &Node, volume: &str, path: &str, to: Option<PathBuf>) -> anyh
         Some(p) => Box::new(tokio::fs::File::create(p).await.with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(tokio::io::stdout()),
     };
-    let mut stream = f.client.clone().read(ReadRequest { target: f.target(), ino: a.ino, offset: 0, length: a.size }).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
+    let mut stream = f.client.clone().read(ReadRequest { target: f.target(), ino: a.ino, offset: 0, length: a.size, open: None }).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
     while let Some(chunk) = stream.message().await.map_err(|s| anyhow!("{}", s.message()))? {
         out.write_all(&chunk.data).await?;
     }

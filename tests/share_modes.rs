@@ -26,20 +26,9 @@ const OPEN: u32 = 1;
 const OVERWRITE_IF: u32 = 5;
 const OPEN_IF: u32 = 3;
 
-/// A 3-node cluster with share `data` on a volume that node 2 owns.
-fn cluster() -> Cluster {
-    let c = Cluster::start(3, "");
-    assert!(ctl_at(c.addr(1), &["user", "add", "admin", "--role", "admin"], Some(&format!("{PASSWORD}\n"))).ok);
-    assert!(c.ctl(1, &["volume", "create", "vol", "--node", "2"]).ok);
-    assert!(c.ctl(1, &["share", "create", "Data", "--volume", "vol"]).ok);
-    let smb = c.node(1).smb.clone();
-    wait_for(Duration::from_secs(10), "the share's volume to exist", || smbclient(&smb, "data", "admin", PASSWORD, None, "ls").0.then_some(()));
-    c
-}
-
 #[test]
 fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_closes() {
-    let c = cluster(); // the volume lives on node 2
+    let c = data_cluster(); // the volume lives on node 2
     let mut a = DrivenClient::connect(&c.node(1).smb);
     let mut b = DrivenClient::connect(&c.node(3).smb);
     assert_eq!(a.open("f", "f.txt", READ | WRITE, SHARE_READ, OVERWRITE_IF), "OK");
@@ -67,7 +56,7 @@ fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_cl
 
 #[test]
 fn rename_and_delete_need_delete_access_on_the_open() {
-    let c = cluster();
+    let c = data_cluster();
     let mut a = DrivenClient::connect(&c.node(1).smb);
     assert_eq!(a.open("g", "g.txt", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
     assert!(a.cmd("rename g g2.txt").starts_with(ACCESS_DENIED), "rename without DELETE");
@@ -85,7 +74,7 @@ fn rename_and_delete_need_delete_access_on_the_open() {
 
 #[test]
 fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
-    let mut c = cluster();
+    let mut c = data_cluster();
     // A client whose connection just ends: its gateway closes its opens at once.
     let mut a = DrivenClient::connect(&c.node(1).smb);
     let mut b = DrivenClient::connect(&c.node(3).smb);
@@ -128,7 +117,7 @@ fn a_killed_client_and_a_dead_gateway_node_release_their_opens() {
 
 #[test]
 fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewal() {
-    let mut c = cluster(); // the volume lives on node 2
+    let mut c = data_cluster(); // the volume lives on node 2
     let mut a = DrivenClient::connect(&c.node(1).smb);
     assert_eq!(a.open("y", "y.txt", READ | WRITE, SHARE_NONE, OVERWRITE_IF), "OK");
     c.kill9(2);
@@ -146,7 +135,7 @@ fn an_owner_that_restarts_gets_the_live_gateways_opens_back_at_their_next_renewa
 
 #[test]
 fn a_deleted_share_releases_the_opens_made_through_it() {
-    let c = cluster();
+    let c = data_cluster();
     assert!(c.ctl(1, &["share", "create", "Other", "--volume", "vol"]).ok);
     let mut a = DrivenClient::connect_to(&c.node(1).smb, "other");
     let mut b = DrivenClient::connect(&c.node(3).smb);
@@ -171,7 +160,7 @@ fn listed(c: &Cluster, node: u64, name: &str) -> bool {
 
 #[test]
 fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens() {
-    let c = cluster(); // the volume lives on node 2
+    let c = data_cluster(); // the volume lives on node 2
     let mut a = DrivenClient::connect(&c.node(1).smb);
     let mut b = DrivenClient::connect(&c.node(3).smb);
     // Delete-on-close while another node's client holds the file open: it stays until that

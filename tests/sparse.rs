@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 const READ: u32 = 0x1;
@@ -46,15 +44,10 @@ fn qar(c: &mut DrivenClient, handle: &str, offset: u64, len: u64, max_out: u32) 
     c.cmd(&format!("fsctl {handle} {QUERY_ALLOCATED_RANGES:#x} {} {max_out}", pair(offset, len)))
 }
 
-/// A 3-node cluster with share `data` (and a read-only `frozen`) on a volume node 2 owns.
+/// [`data_cluster`] with a read-only share `frozen` of the same volume.
 fn cluster() -> Cluster {
-    let c = Cluster::start(3, "");
-    assert!(ctl_at(c.addr(1), &["user", "add", "admin", "--role", "admin"], Some(&format!("{DRIVEN_PASSWORD}\n"))).ok);
-    assert!(c.ctl(1, &["volume", "create", "vol", "--node", "2"]).ok);
-    assert!(c.ctl(1, &["share", "create", "Data", "--volume", "vol"]).ok);
+    let c = data_cluster();
     assert!(c.ctl(1, &["share", "create", "Frozen", "--volume", "vol", "--read-only"]).ok);
-    let smb = c.node(1).smb.clone();
-    wait_for(Duration::from_secs(10), "the share's volume to exist", || smbclient(&smb, "data", "admin", DRIVEN_PASSWORD, None, "ls").0.then_some(()));
     c
 }
 

@@ -332,7 +332,7 @@ mod tests {
             });
         });
         let channel = DirectChannel::new(&addr);
-        let read = umbra_proto::v1::ReadRequest { target: None, ino: 1, offset: 0, length: 10 };
+        let read = umbra_proto::v1::ReadRequest { target: None, ino: 1, offset: 0, length: 10, open: None };
         let started = std::time::Instant::now();
         let first = crate::dedicated::block_on(async {
             use tokio_stream::StreamExt;

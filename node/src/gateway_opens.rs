@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use umbra_proto::v1::*;
 use umbra_smb_gateway::server::files::FsError;
+use umbra_smb_gateway::byte_locks::{self, ByteLock};
 use umbra_smb_gateway::share_modes::Mode;
 
 use crate::opens::{LEASE_MS, MAX_OPENS_PER_GATEWAY, RENEW_INTERVAL_MS};
@@ -29,6 +30,8 @@ struct Registered {
     /// The owner accepted it. Renewals list only confirmed opens (an owner reinstates what a
     /// renewal lists without a share check) and never name an unconfirmed one as lost.
     confirmed: bool,
+    /// Its byte-range locks as the owner granted them (listed in renewals).
+    locks: Vec<ByteLock>,
 }
 
 #[derive(Default)]
@@ -103,7 +106,7 @@ impl GatewayOpens {
         }
         let id = held.next_id;
         held.next_id += 1;
-        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false });
+        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false, locks: Vec::new() });
         Ok(id)
     }
 
@@ -172,6 +175,40 @@ impl GatewayOpens {
         answer.map(|_| ()).map_err(|e| crate::smb::fs_error(&e))
     }
 
+    /// The open a READ or WRITE comes through, as the owner knows it (byte-range lock checks).
+    pub fn open_ref(&self, id: u64) -> OpenRef {
+        OpenRef { gateway: Some(self.gateway), id }
+    }
+
+    /// Takes byte-range locks for an open (all or none), or lets go of them, with the owner;
+    /// kept here as the owner granted them, for renewals. An unlock the owner cannot place (it
+    /// restarted and has not had this gateway's renewal yet) is done here alone: the renewal
+    /// that reinstates the open no longer lists the lock. A lock it cannot place is not granted.
+    pub async fn lock(&self, service: &VolumeService, id: u64, locks: &[ByteLock], unlock: bool) -> Result<(), FsError> {
+        let Some(target) = self.held().opens.get(&id).map(|r| r.target.clone()) else { return Err(FsError::NotSupported) };
+        let ranges = locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect();
+        let req = OpenLockRequest { target: Some(target), gateway: Some(self.gateway), id, locks: ranges, unlock };
+        let answer = service.open_lock(req).await;
+        let unknown = matches!(&answer, Err(s) if s.metadata().get("umbra-error").is_some_and(|v| v == "unknown_open"));
+        let mut held = self.held();
+        let Some(r) = held.opens.get_mut(&id) else { return answer.map(|_| ()).map_err(|e| crate::smb::fs_error(&e)) };
+        match (answer, unlock) {
+            (Ok(_), false) => r.locks.extend_from_slice(locks),
+            (Ok(_), true) => unlock_here(&mut r.locks, locks),
+            (Err(_), true) if unknown => unlock_here(&mut r.locks, locks),
+            (Err(_), false) if unknown => return Err(FsError::LockNotGranted),
+            (Err(e), _) => {
+                // An unlock that stopped partway: the owner let go of those before the range it
+                // did not know; so does this list.
+                if unlock {
+                    unlock_here(&mut r.locks, locks);
+                }
+                return Err(crate::smb::fs_error(&e));
+            }
+        }
+        Ok(())
+    }
+
     /// One renewal per volume where this gateway holds opens, all at once, each given at
     /// most [`RENEW_INTERVAL_MS`]: an owner that is slow or gone holds up no other volume's.
     pub async fn renew(&self, service: &VolumeService) {
@@ -232,6 +269,15 @@ impl GatewayOpens {
     }
 }
 
+/// Lets go of `ranges` in `own` in order as the owner does (byte_locks::unlock_index), up to
+/// the first that names none.
+fn unlock_here(own: &mut Vec<ByteLock>, ranges: &[ByteLock]) {
+    for l in ranges {
+        let Some(i) = byte_locks::unlock_index(own, l.offset, l.length) else { return };
+        own.remove(i);
+    }
+}
+
 /// What to renew: `up_to` and, per volume, the confirmed opens. `up_to` stops below the first
 /// open still waiting for its owner's answer, so that open is neither reinstated unchecked nor
 /// dropped as lost.
@@ -239,7 +285,7 @@ fn renewals(held: &Held) -> (u64, HashMap<String, Vec<HeldOpen>>) {
     let up_to = held.opens.iter().filter(|(_, r)| !r.confirmed).map(|(id, _)| *id).min().unwrap_or(held.next_id);
     let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
     for (id, r) in held.opens.iter().filter(|(_, r)| r.confirmed) {
-        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone() };
+        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks: r.locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect() };
         by_volume.entry(r.target.volume.clone()).or_default().push(h);
     }
     (up_to, by_volume)
@@ -251,7 +297,7 @@ mod tests {
 
     fn registered(volume: &str, confirmed: bool) -> Registered {
         let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
-        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed }
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed, locks: Vec::new() }
     }
 
     #[test]

@@ -31,9 +31,16 @@
 //! The file stays delete-pending until the owner says the deletion is done
 //! ([`OpenTable::deleted`]); one that failed for a reason that may pass (a fence, a full disk)
 //! is due again ([`OpenTable::retry`]).
+//!
+//! Byte-range locks (MS-FSA 2.1.5.8): each held open keeps its locks here, so a LOCK through
+//! any gateway is checked against every open's ([`OpenTable::lock`]), and so is each READ and
+//! WRITE of a file that has any ([`OpenTable::io_conflict`]); the rules are
+//! [`umbra_smb_gateway::byte_locks`]. They go with their open (a CLOSE, an expired lease), and
+//! renewals list them, so an owner that restarted gets them back with the opens.
 
 use std::collections::{HashMap, HashSet};
 
+use umbra_smb_gateway::byte_locks::{self, ByteLock, Intent};
 use umbra_smb_gateway::share_modes::{self, Mode};
 use uuid::Uuid;
 
@@ -49,6 +56,11 @@ pub const MAX_GATEWAYS_PER_VOLUME: usize = 1_024;
 pub const LEASE_MS: u64 = 15_000;
 /// How often a gateway renews its leases (a third of the lease: two renewals may be lost).
 pub const RENEW_INTERVAL_MS: u64 = 5_000;
+/// Byte-range locks one open may hold.
+pub const MAX_LOCKS_PER_OPEN: usize = 4_096;
+/// Byte-range locks the owner keeps per volume, from all opens (each is 24 bytes; a READ or
+/// WRITE of a locked file looks at that file's locks).
+pub const MAX_LOCKS_PER_VOLUME: usize = 65_536;
 
 /// One start of one node's gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,6 +95,8 @@ pub struct OpenRecord {
     pub delete_at_close: Option<Link>,
     /// A delete disposition set on it (a renewal lists it; a new open has none).
     pub disposed: Option<Link>,
+    /// Its byte-range locks (a renewal lists them; a new open has none).
+    pub locks: Vec<ByteLock>,
 }
 
 /// A file whose last open went while it was delete-pending: the owner deletes `link` if it
@@ -107,6 +121,21 @@ pub enum OpenError {
     StaleIncarnation { node: u64, incarnation: u64, newer: u64 },
     #[error("the file is being deleted: it goes when its last open closes")]
     DeletePending,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    /// Another lock (of this open or another, through any gateway) is in the way.
+    #[error("the range is locked (an open from node {holder_node} holds a conflicting lock)")]
+    NotGranted { holder_node: u64 },
+    #[error("this open holds no lock of exactly that offset and length")]
+    RangeNotLocked,
+    #[error("the lock's last byte lies past 2^64 - 1")]
+    InvalidRange,
+    #[error("this owner holds no such open (closed, or not yet listed again after a restart)")]
+    UnknownOpen,
+    #[error("{what} holds {max} byte-range locks ({name}): unlock some and retry")]
+    TooMany { what: &'static str, max: usize, name: &'static str },
 }
 
 /// What a renewal found.
@@ -138,6 +167,7 @@ struct Held {
     /// A delete disposition set on the open while it is held: its file is delete-pending
     /// from then on (not only once the open goes), until the disposition is cleared.
     disposed: Option<Link>,
+    locks: Vec<ByteLock>,
 }
 
 /// One file's opens, and whether it is delete-pending (and where it is linked).
@@ -154,6 +184,8 @@ struct VolumeOpens {
     leases: HashMap<u64, Lease>,
     files: HashMap<(View, u64), FileOpens>,
     count: usize,
+    /// Byte-range locks held by all of the volume's opens.
+    locks: usize,
     /// Deletions due (a delete-pending file's last open went), for the owner to carry out.
     due: Vec<DueDelete>,
 }
@@ -185,6 +217,7 @@ impl VolumeOpens {
         if let Some(f) = self.files.get_mut(&file) {
             if let Some(i) = f.held.iter().position(|h| h.node == node && h.id == id) {
                 let gone = f.held.swap_remove(i);
+                self.locks -= gone.locks.len();
                 if f.pending.is_none() {
                     f.pending = gone.delete_at_close.or(gone.disposed);
                 }
@@ -238,8 +271,12 @@ impl VolumeOpens {
         if lease.opens.len() >= MAX_OPENS_PER_GATEWAY {
             return Err(OpenError::TooManyForGateway { node, volume, max: MAX_OPENS_PER_GATEWAY });
         }
+        // Locks listed by a renewal come back as they were, within the bounds.
+        let room = MAX_LOCKS_PER_VOLUME.saturating_sub(self.locks).min(MAX_LOCKS_PER_OPEN);
+        let locks: Vec<ByteLock> = r.locks.iter().take(room).copied().collect();
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
-        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone() });
+        self.locks += locks.len();
+        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks });
         self.count += 1;
         Ok(())
     }
@@ -395,6 +432,70 @@ impl OpenTable {
         self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty() || !v.files.is_empty());
     }
 
+    /// Takes byte-range locks for a held open (one LOCK request's elements, in order): all of
+    /// them, or, when one conflicts with a lock of any open (this one's included, by the
+    /// rules of [`byte_locks`]), none (those taken before it in the request are let go).
+    pub fn lock(&mut self, gw: Gateway, volume: Uuid, id: u64, locks: &[ByteLock]) -> Result<(), LockError> {
+        if locks.iter().any(|l| !byte_locks::valid_range(l.offset, l.length)) {
+            return Err(LockError::InvalidRange);
+        }
+        let v = self.volumes.get_mut(&volume).ok_or(LockError::UnknownOpen)?;
+        let file = *v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)).ok_or(LockError::UnknownOpen)?;
+        let total = v.locks;
+        let f = v.files.get_mut(&file).ok_or(LockError::UnknownOpen)?;
+        let me = f.held.iter().position(|h| h.node == gw.node && h.id == id).ok_or(LockError::UnknownOpen)?;
+        if total + locks.len() > MAX_LOCKS_PER_VOLUME {
+            return Err(LockError::TooMany { what: "the volume", max: MAX_LOCKS_PER_VOLUME, name: "max_locks_per_volume" });
+        }
+        if f.held[me].locks.len() + locks.len() > MAX_LOCKS_PER_OPEN {
+            return Err(LockError::TooMany { what: "this open", max: MAX_LOCKS_PER_OPEN, name: "max_locks_per_open" });
+        }
+        let before = f.held[me].locks.len();
+        for l in locks {
+            let intent = Intent::Lock { exclusive: l.exclusive };
+            let holder = f.held.iter().enumerate().find(|(i, h)| h.locks.iter().any(|held| byte_locks::conflicts(held, *i == me, l.offset, l.length, intent))).map(|(_, h)| h.node);
+            if let Some(holder_node) = holder {
+                f.held[me].locks.truncate(before);
+                return Err(LockError::NotGranted { holder_node });
+            }
+            f.held[me].locks.push(*l);
+        }
+        v.locks += locks.len();
+        Ok(())
+    }
+
+    /// Lets go of byte-range locks of a held open, each named by its exact offset and length,
+    /// in order: at the first that names none, [`LockError::RangeNotLocked`] (those before it
+    /// stay unlocked, as on Windows).
+    pub fn unlock(&mut self, gw: Gateway, volume: Uuid, id: u64, ranges: &[(u64, u64)]) -> Result<(), LockError> {
+        let v = self.volumes.get_mut(&volume).ok_or(LockError::UnknownOpen)?;
+        let file = *v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)).ok_or(LockError::UnknownOpen)?;
+        let h = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)).ok_or(LockError::UnknownOpen)?;
+        for &(offset, length) in ranges {
+            let i = byte_locks::unlock_index(&h.locks, offset, length).ok_or(LockError::RangeNotLocked)?;
+            h.locks.remove(i);
+            v.locks -= 1;
+        }
+        Ok(())
+    }
+
+    /// Whether a READ or WRITE of `offset..offset+length` through `open` (the gateway node and
+    /// open id it came through, when known) is blocked by a byte-range lock of the file
+    /// (STATUS_FILE_LOCK_CONFLICT). Nothing of zero length is.
+    pub fn io_conflict(&self, file: FileKey, open: Option<(u64, u64)>, offset: u64, length: u64, write: bool) -> bool {
+        let Some(v) = self.volumes.get(&file.volume).filter(|v| v.locks > 0) else { return false };
+        let Some(f) = v.files.get(&(file.view, file.ino)) else { return false };
+        let intent = if write { Intent::Write } else { Intent::Read };
+        length > 0 && f.held.iter().any(|h| h.locks.iter().any(|l| byte_locks::conflicts(l, open == Some((h.node, h.id)), offset, length, intent)))
+    }
+
+    /// The byte-range locks a held open has (what its gateway lists in renewals).
+    pub fn locks_of(&self, gw: Gateway, volume: Uuid, id: u64) -> Vec<ByteLock> {
+        let Some(v) = self.volumes.get(&volume) else { return Vec::new() };
+        let Some(file) = v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)) else { return Vec::new() };
+        v.files.get(file).and_then(|f| f.held.iter().find(|h| h.node == gw.node && h.id == id)).map_or_else(Vec::new, |h| h.locks.clone())
+    }
+
     /// Whether any gateway holds an open of `file`.
     pub fn has_opens(&self, file: FileKey) -> bool {
         self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino))).is_some_and(|f| !f.held.is_empty())
@@ -420,7 +521,7 @@ mod tests {
     }
 
     fn open(ino: u64, id: u64, access: u32, share: u32) -> OpenRecord {
-        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None, disposed: None }
+        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None, disposed: None, locks: Vec::new() }
     }
 
     fn reader(ino: u64, id: u64) -> OpenRecord {
@@ -697,5 +798,86 @@ mod tests {
         t.register(0, A, LEASE_MS, doomed(9, 1)).unwrap();
         t.register(1, Gateway { node: 1, incarnation: 101 }, LEASE_MS, reader(10, 1)).unwrap();
         assert_eq!(t.take_due().iter().map(|d| d.file.ino).collect::<Vec<_>>(), vec![9]);
+    }
+
+    fn x(offset: u64, length: u64) -> ByteLock {
+        ByteLock { offset, length, exclusive: true }
+    }
+
+    fn sh(offset: u64, length: u64) -> ByteLock {
+        ByteLock { offset, length, exclusive: false }
+    }
+
+    /// Two opens of one file through two gateways: locks meet as on one server.
+    fn two_opens() -> OpenTable {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, open(5, 1, FILE_READ_DATA | FILE_WRITE_DATA, SHARE_ALL)).unwrap();
+        t.register(0, B, LEASE_MS, open(5, 7, FILE_READ_DATA | FILE_WRITE_DATA, SHARE_ALL)).unwrap();
+        t
+    }
+
+    #[test]
+    fn locks_through_two_gateways_conflict_and_reads_and_writes_are_checked_against_them() {
+        let mut t = two_opens();
+        t.lock(A, VOL, 1, &[x(0, 10)]).unwrap();
+        assert_eq!(t.lock(B, VOL, 7, &[sh(5, 10)]), Err(LockError::NotGranted { holder_node: 1 }));
+        assert!(t.io_conflict(file(5), Some((2, 7)), 0, 10, false), "B may not read under A's exclusive lock");
+        assert!(!t.io_conflict(file(5), Some((1, 1)), 0, 10, true), "A may write under its own");
+        assert!(t.io_conflict(file(5), None, 9, 1, false), "an I/O through no known open is another open's");
+        assert!(!t.io_conflict(file(5), Some((2, 7)), 10, 10, true), "past the lock");
+        assert!(!t.io_conflict(file(6), Some((2, 7)), 0, 10, true), "another file");
+        assert!(!t.io_conflict(file(5), Some((2, 7)), 0, 0, true), "nothing of zero length");
+        t.lock(A, VOL, 1, &[sh(0, 10)]).unwrap();
+        t.unlock(A, VOL, 1, &[(0, 10)]).unwrap();
+        assert!(!t.io_conflict(file(5), Some((2, 7)), 0, 10, false), "the exclusive one went first; a shared lock lets B read");
+        assert!(t.io_conflict(file(5), Some((2, 7)), 0, 10, true), "but not write");
+        assert!(t.io_conflict(file(5), Some((1, 1)), 0, 10, true), "nor A, whose own shared lock it is");
+        t.unlock(A, VOL, 1, &[(0, 10)]).unwrap();
+        assert_eq!(t.unlock(A, VOL, 1, &[(0, 10)]), Err(LockError::RangeNotLocked));
+        assert!(!t.io_conflict(file(5), Some((2, 7)), 0, 10, true));
+    }
+
+    #[test]
+    fn a_lock_request_is_all_or_nothing_and_an_unlock_list_stops_at_the_first_it_cannot_place() {
+        let mut t = two_opens();
+        t.lock(B, VOL, 7, &[sh(2, 1)]).unwrap();
+        assert_eq!(t.lock(A, VOL, 1, &[x(20, 5), x(0, 5)]), Err(LockError::NotGranted { holder_node: 2 }));
+        t.lock(B, VOL, 7, &[x(20, 5)]).expect("A's first lock was let go");
+        assert_eq!(t.lock(A, VOL, 1, &[x(30, 5), x(32, 5)]), Err(LockError::NotGranted { holder_node: 1 }), "a request's own locks count");
+        assert!(t.locks_of(A, VOL, 1).is_empty());
+        t.lock(B, VOL, 7, &[x(40, 1), x(41, 1)]).unwrap();
+        assert_eq!(t.unlock(B, VOL, 7, &[(40, 1), (99, 1), (41, 1)]), Err(LockError::RangeNotLocked));
+        assert_eq!(t.locks_of(B, VOL, 7), vec![sh(2, 1), x(20, 5), x(41, 1)], "the first went, the third stayed");
+        assert_eq!(t.lock(A, VOL, 1, &[x(u64::MAX, 2)]), Err(LockError::InvalidRange));
+        assert_eq!(t.lock(A, VOL, 99, &[x(0, 1)]), Err(LockError::UnknownOpen));
+        assert_eq!(t.lock(Gateway { node: 1, incarnation: 99 }, VOL, 1, &[x(0, 1)]), Err(LockError::UnknownOpen), "another incarnation");
+    }
+
+    #[test]
+    fn locks_go_with_their_open_and_come_back_with_a_renewal_after_an_owner_restart() {
+        let mut t = two_opens();
+        t.lock(A, VOL, 1, &[x(0, 10)]).unwrap();
+        t.release(A, VOL, 1, None);
+        t.lock(B, VOL, 7, &[x(0, 10)]).expect("A's close let go of its lock");
+        // B's lease runs out: its locks go too.
+        t.expire(LEASE_MS + 1);
+        // An owner that restarted knows nothing; B's renewal lists its open with its lock.
+        let mut restarted = OpenTable::default();
+        let listed = OpenRecord { locks: vec![x(50, 5), sh(60, 1)], ..open(5, 7, FILE_READ_DATA | FILE_WRITE_DATA, SHARE_ALL) };
+        assert!(matches!(restarted.renew(0, B, LEASE_MS, VOL, 8, &[listed]), Ok(Renewed::Reinstated { held: 1, .. })));
+        assert_eq!(restarted.locks_of(B, VOL, 7), vec![x(50, 5), sh(60, 1)]);
+        assert!(restarted.io_conflict(file(5), None, 52, 1, false));
+        assert!(t.locks_of(B, VOL, 7).is_empty(), "expired");
+        assert_eq!(t.lock(B, VOL, 7, &[x(0, 1)]), Err(LockError::UnknownOpen));
+    }
+
+    #[test]
+    fn locks_are_bounded_per_open() {
+        let mut t = two_opens();
+        let many: Vec<ByteLock> = (0..MAX_LOCKS_PER_OPEN as u64).map(|i| x(i * 2, 1)).collect();
+        t.lock(A, VOL, 1, &many).unwrap();
+        assert!(matches!(t.lock(A, VOL, 1, &[x(1, 1)]), Err(LockError::TooMany { .. })));
+        t.unlock(A, VOL, 1, &[(0, 1)]).unwrap();
+        t.lock(A, VOL, 1, &[x(1, 1)]).expect("room again");
     }
 }

@@ -181,6 +181,11 @@ pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
         Some("sharing_violation") => FsError::SharingViolation(s.message().to_string()),
         Some("too_many_opens") => FsError::TooManyOpens(s.message().to_string()),
         Some("delete_pending") => FsError::DeletePending,
+        Some("lock_not_granted") => FsError::LockNotGranted,
+        Some("range_not_locked") => FsError::RangeNotLocked,
+        Some("invalid_lock_range") => FsError::InvalidLockRange,
+        Some("file_lock_conflict") => FsError::FileLockConflict,
+        Some("too_many_locks") => FsError::TooManyLocks(s.message().to_string()),
         _ => FsError::Other(s.message().to_string()),
     }
 }
@@ -259,12 +264,14 @@ impl Files for VolumeFiles {
         reply.entries.into_iter().map(|e| { let n = e.name.clone(); info(Some(e), &n) }).collect()
     }
 
-    fn read(&self, share: &str, id: u64, offset: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError> {
+    fn read(&self, share: &str, id: u64, offset: u64, len: u32, room: usize, open: Option<u64>) -> Result<Vec<u8>, FsError> {
+        let open = open.map(|o| self.opens.open_ref(o));
         if let Some((vol, view)) = self.local(share) {
+            self.service.check_io(crate::opens::FileKey { volume: vol, view, ino: id }, open.as_ref(), offset, u64::from(len), false).map_err(|s| fs_error(&s))?;
             return self.store.read_after(room, vol, view, id, offset, u64::from(len)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
-        let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len) };
+        let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len), open };
         self.wait(async {
             let mut stream = self.service.read(tonic::Request::new(req)).await.map_err(|s| fs_error(&s))?.into_inner();
             let mut out = Vec::with_capacity(room + len as usize);
@@ -281,13 +288,15 @@ impl Files for VolumeFiles {
         self.local(share).is_none()
     }
 
-    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError> {
+    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64, open: Option<u64>) -> Result<(), FsError> {
+        let open = open.map(|o| self.opens.open_ref(o));
         if let Some((vol, view)) = self.local(share) {
+            self.service.check_io(crate::opens::FileKey { volume: vol, view, ino: id }, open.as_ref(), offset, data.len() as u64, true).map_err(|s| fs_error(&s))?;
             return self.store.write(vol, view, id, offset, data, now).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
         // One whole write through the service's owner routing (a peer, or the local store).
-        let msg = WriteChunk { target: Some(target), ino: id, offset, data: bytes::Bytes::copy_from_slice(data), now };
+        let msg = WriteChunk { target: Some(target), ino: id, offset, data: bytes::Bytes::copy_from_slice(data), now, open };
         self.wait(async { self.service.write_one(msg).await.map_err(|s| fs_error(&s)) })
     }
 
@@ -351,5 +360,9 @@ impl Files for VolumeFiles {
     fn dispose_open(&self, registration: u64, delete: Option<(u64, &str)>) -> Result<(), FsError> {
         let delete = delete.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });
         self.wait(self.opens.dispose(&self.service, registration, delete))
+    }
+
+    fn lock(&self, registration: u64, locks: &[umbra_smb_gateway::byte_locks::ByteLock], unlock: bool) -> Result<(), FsError> {
+        self.wait(self.opens.lock(&self.service, registration, locks, unlock))
     }
 }

@@ -22,7 +22,8 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
-use crate::opens::{DueDelete, FileKey, Gateway, Link, OpenError, OpenRecord, OpenTable, Renewed};
+use crate::opens::{DueDelete, FileKey, Gateway, Link, LockError, OpenError, OpenRecord, OpenTable, Renewed};
+use umbra_smb_gateway::byte_locks::ByteLock;
 use umbra_smb_gateway::share_modes::Mode;
 use crate::volume::{DirEntry, Inode, Kind, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
 
@@ -106,6 +107,32 @@ fn open_status(e: OpenError) -> Status {
     status
 }
 
+/// Byte-range lock errors, by kind: what the gateway maps back to NTSTATUS.
+fn lock_status(e: LockError) -> Status {
+    let (code, kind) = match &e {
+        LockError::NotGranted { .. } => (tonic::Code::FailedPrecondition, "lock_not_granted"),
+        LockError::RangeNotLocked => (tonic::Code::FailedPrecondition, "range_not_locked"),
+        LockError::InvalidRange => (tonic::Code::InvalidArgument, "invalid_lock_range"),
+        LockError::UnknownOpen => (tonic::Code::NotFound, "unknown_open"),
+        LockError::TooMany { .. } => (tonic::Code::ResourceExhausted, "too_many_locks"),
+    };
+    let mut status = Status::new(code, e.to_string());
+    status.metadata_mut().insert("umbra-error", kind.parse().expect("ascii kind"));
+    status
+}
+
+/// A READ or WRITE that a byte-range lock of another open (or, for a write, a shared lock of
+/// its own) is in the way of.
+fn lock_conflict() -> Status {
+    let mut status = Status::new(tonic::Code::FailedPrecondition, "a byte-range lock is in the way of this read or write");
+    status.metadata_mut().insert("umbra-error", "file_lock_conflict".parse().expect("ascii kind"));
+    status
+}
+
+fn lock_of(l: &LockRange) -> ByteLock {
+    ByteLock { offset: l.offset, length: l.length, exclusive: l.exclusive }
+}
+
 fn gateway_of(g: Option<&GatewayIncarnation>) -> Result<Gateway, Status> {
     let g = g.ok_or_else(|| Status::invalid_argument("the request names no gateway"))?;
     Ok(Gateway { node: g.node, incarnation: g.incarnation })
@@ -124,7 +151,8 @@ fn held_record(volume: Uuid, h: &HeldOpen) -> Result<OpenRecord, Status> {
         })
     };
     let (delete_at_close, disposed) = (lenient(h.delete_at_close.as_ref(), "delete-on-close"), lenient(h.disposed.as_ref(), "disposition's"));
-    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close, disposed })
+    let locks = h.locks.iter().map(lock_of).collect();
+    Ok(OpenRecord { file: FileKey { volume, view, ino: h.ino }, id: h.id, mode: Mode { access: h.access, share: h.share_access }, delete_at_close, disposed, locks })
 }
 
 /// A resolve's answer with the parent: the entry when found, and its parent.
@@ -326,7 +354,10 @@ impl VolumeService {
                 unrouted(&mut msg.target);
                 crate::volume_wire::write(peer.channel, tokio_stream::once(Ok(msg))).await.map(|_| ())
             }
-            Owner::Here => self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await,
+            Owner::Here => {
+                self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, msg.data.len() as u64, true)?;
+                self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await
+            }
         }
     }
 
@@ -359,6 +390,7 @@ impl VolumeService {
         let mut current = Some(first);
         while let Some(msg) = current.take() {
             let len = msg.data.len() as u64;
+            self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, len, true)?;
             let mut write = std::pin::pin!(self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)));
             let next = tokio::select! {
                 done = &mut write => {
@@ -499,7 +531,7 @@ impl VolumeRpc for VolumeService {
         if let (Some((parent, name, ino)), Some((gw, o))) = (created, open) {
             let file = FileKey { volume: vol, view, ino };
             let delete_at_close = o.delete_at_close.then(|| Link { parent, name: name.clone() });
-            let record = OpenRecord { file, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close, disposed: None };
+            let record = OpenRecord { file, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close, disposed: None, locks: Vec::new() };
             if let Err(e) = self.register_here(gw, o.lease_ms, record).await {
                 // The open was refused after this call made the file: the file goes again (if
                 // its name still names it), unless another open holds it already; meanwhile it
@@ -545,6 +577,7 @@ impl VolumeRpc for VolumeService {
             let stream = crate::volume_wire::read(peer.channel, r).await?;
             return Ok(Response::new(Box::pin(stream)));
         }
+        self.check_io(FileKey { volume: vol, view, ino: r.ino }, r.open.as_ref(), r.offset, r.length, false)?;
         if self.calls == StoreCalls::Inline {
             let mut all = Vec::new();
             read_pieces(&self.store, vol, view, &r, |piece| {
@@ -692,6 +725,10 @@ impl VolumeRpc for VolumeService {
         VolumeService::open_dispose(self, req.into_inner()).await.map(Response::new)
     }
 
+    async fn open_lock(&self, req: Request<OpenLockRequest>) -> Result<Response<Done>, Status> {
+        VolumeService::open_lock(self, req.into_inner()).await.map(Response::new)
+    }
+
     async fn open_renew(&self, req: Request<OpenRenewRequest>) -> Result<Response<OpenRenewReply>, Status> {
         VolumeService::open_renew(self, req.into_inner()).await.map(Response::new)
     }
@@ -723,7 +760,7 @@ impl VolumeService {
             return peer.open_register(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
-        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref())?, disposed: None };
+        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref())?, disposed: None, locks: Vec::new() };
         self.register_here(gw, r.lease_ms, record).await
     }
 
@@ -762,6 +799,32 @@ impl VolumeService {
         };
         self.carry_out_deletes(due, true, r.now).await?;
         Ok(Done {})
+    }
+
+    pub async fn open_lock(&self, mut r: OpenLockRequest) -> Result<Done, Status> {
+        let (volume, _, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(mut peer) = self.owner(volume, route)? {
+            unrouted(&mut r.target);
+            return peer.open_lock(r).await.map(Response::into_inner);
+        }
+        let gw = gateway_of(r.gateway.as_ref())?;
+        let mut table = self.opens();
+        let result = match r.unlock {
+            true => table.unlock(gw, volume, r.id, &r.locks.iter().map(|l| (l.offset, l.length)).collect::<Vec<_>>()),
+            false => table.lock(gw, volume, r.id, &r.locks.iter().map(lock_of).collect::<Vec<_>>()),
+        };
+        result.map(|()| Done {}).map_err(lock_status)
+    }
+
+    /// Refuses a READ or WRITE of a file on a volume this node owns that a byte-range lock is in
+    /// the way of (the lock is taken under the table's lock, the I/O after it: a lock granted
+    /// in between does not stop an I/O already checked).
+    pub fn check_io(&self, file: FileKey, open: Option<&OpenRef>, offset: u64, length: u64, write: bool) -> Result<(), Status> {
+        let open = open.and_then(|o| Some((o.gateway.as_ref()?.node, o.id)));
+        match self.opens().io_conflict(file, open, offset, length, write) {
+            true => Err(lock_conflict()),
+            false => Ok(()),
+        }
     }
 
     pub async fn open_dispose(&self, mut r: OpenDisposeRequest) -> Result<Done, Status> {

@@ -204,6 +204,9 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
     // Once a session was established, the deadline is over (a later LOGOFF and logon again
     // are the client's business).
     let mut logged_on_once = false;
+    // Locks that wait for their range are asked for again at this pace.
+    let mut lock_retry = tokio::time::interval(crate::server::LOCK_RETRY_INTERVAL);
+    lock_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         loop {
             // Until a session is established a client sends only NEGOTIATE and SESSION_SETUP,
@@ -244,7 +247,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             for r in c.take_file_reads() {
                 let (files, done) = (shared.files.clone(), read_tx.clone());
                 tokio::spawn(async move {
-                    let result = tokio::task::spawn_blocking(move || files.read(&r.share, r.id, r.offset, r.len, crate::server::READ_ROOM)).await.unwrap_or_else(|e| Err(FsError::Other(format!("read task: {e}"))));
+                    let result = tokio::task::spawn_blocking(move || files.read(&r.share, r.id, r.offset, r.len, crate::server::READ_ROOM, r.open)).await.unwrap_or_else(|e| Err(FsError::Other(format!("read task: {e}"))));
                     // The connection may have ended meanwhile: then nobody waits for it.
                     let _ = done.send((r.async_id, result)).await;
                 });
@@ -275,6 +278,19 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             n = reader.read_buf(&mut buf) => {
                 if n? == 0 {
                     return Ok(());
+                }
+            }
+            _ = lock_retry.tick(), if conn.as_ref().is_some_and(Connection::locks_waiting) => {
+                let Some(mut c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
+                let files = shared.files.clone();
+                let c = conn.insert(tokio::task::spawn_blocking(move || {
+                    c.retry_locks(files.as_ref());
+                    c
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?);
+                for f in c.take_sends() {
+                    tx.send(f).await?;
                 }
             }
             Some((async_id, result)) = read_rx.recv() => {
@@ -392,13 +408,13 @@ mod tests {
         fn list(&self, s: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError> {
             self.0.list(s, dir, after, limit)
         }
-        fn read(&self, s: &str, id: u64, offset: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError> {
-            self.0.read(s, id, offset, len, room)
+        fn read(&self, s: &str, id: u64, offset: u64, len: u32, room: usize, open: Option<u64>) -> Result<Vec<u8>, FsError> {
+            self.0.read(s, id, offset, len, room, open)
         }
         fn is_remote(&self, _: &str) -> bool {
             false
         }
-        fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), FsError> {
+        fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64, _: Option<u64>) -> Result<(), FsError> {
             panic!("a defect in storage")
         }
         fn set_size(&self, s: &str, id: u64, size: u64, now: u64) -> Result<(), FsError> {

@@ -457,10 +457,10 @@ impl crate::server::files::Files for NoFiles {
     fn list(&self, _: &str, _: u64, _: &str, _: u32) -> Result<Vec<crate::server::files::FileInfo>, crate::server::files::FsError> {
         Ok(Vec::new())
     }
-    fn read(&self, _: &str, _: u64, _: u64, _: u32, _: usize) -> Result<Vec<u8>, crate::server::files::FsError> {
+    fn read(&self, _: &str, _: u64, _: u64, _: u32, _: usize, _: Option<u64>) -> Result<Vec<u8>, crate::server::files::FsError> {
         Err(crate::server::files::FsError::NotFound)
     }
-    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), crate::server::files::FsError> {
+    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64, _: Option<u64>) -> Result<(), crate::server::files::FsError> {
         Err(crate::server::files::FsError::ReadOnly)
     }
     fn set_basic(&self, _: &str, _: u64, _: crate::server::files::Basic) -> Result<(), crate::server::files::FsError> {

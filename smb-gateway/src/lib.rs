@@ -9,8 +9,10 @@
 //! sans-IO: functions over bytes, no sockets, no clocks; the tokio server, SPNEGO, sessions,
 //! trees, opens, named pipes and DCE/RPC come next. [`share_modes`] holds the share-access
 //! rule (MS-FSA 2.1.5.1.2) that each volume's owner applies to the opens every gateway registers
-//! through [`server::files::Files::register_open`].
+//! through [`server::files::Files::register_open`], and [`byte_locks`] the byte-range lock
+//! rules (MS-FSA 2.1.4.10) it applies to every gateway's LOCKs, READs and WRITEs.
 
+pub mod byte_locks;
 pub mod der;
 pub mod driver;
 pub mod ntlm;

@@ -13,6 +13,8 @@ Commands (one a line; one answer line each, "OK" or "ERR 0x........ NAME"):
   fsctl HANDLE CODE INPUTHEX MAXOUT   an IOCTL with SMB2_0_IOCTL_IS_FSCTL; answers "OK OUTPUTHEX"
   info HANDLE                answers "OK SIZE ALLOCATION ATTRIBUTES" (standard and basic
                              information)
+  lock HANDLE OFFSET LENGTH FLAGS [OFFSET LENGTH FLAGS ...]   one LOCK with these elements
+                             (a lock that waits answers when it is granted)
   tdis                       TREE_DISCONNECT (without closing the handles), then connect again
   logoff                     LOGOFF (without closing the handles); the client is done after it
   quit
@@ -96,6 +98,23 @@ def main():
                 attributes = struct.unpack_from("<I", basic, 32)[0]
                 answer("OK %d %d 0x%x" % (size, allocation, attributes))
                 continue
+            elif cmd == "lock":
+                # impacket's own lock() joins the elements as text; this sends them as bytes.
+                elements = b""
+                for i in range(1, len(args), 3):
+                    e = s3.SMB2_LOCK_ELEMENT()
+                    e["Offset"], e["Length"], e["Flags"] = int(args[i], 0), int(args[i + 1], 0), int(args[i + 2], 0)
+                    elements += e.getData()
+                packet = smb.SMB_PACKET()
+                packet["Command"] = s3.SMB2_LOCK
+                packet["TreeID"] = tid
+                body = s3.SMB2Lock()
+                body["FileID"] = handles[args[0]]
+                body["LockCount"] = (len(args) - 1) // 3
+                body["Locks"] = elements
+                packet["Data"] = body
+                reply = smb.recvSMB(smb.sendSMB(packet))
+                reply.isValidAnswer(0)  # STATUS_SUCCESS; raises SessionError otherwise
             elif cmd == "tdis":
                 conn.disconnectTree(tid)
                 tid = conn.connectTree(share)

@@ -306,6 +306,18 @@ pub fn venv_python() -> PathBuf {
 /// The password [`DrivenClient::connect`] logs on with.
 pub const DRIVEN_PASSWORD: &str = "S3cret-pw";
 
+/// A 3-node cluster with user `admin` (password [`DRIVEN_PASSWORD`]) and share `data` on a
+/// volume node 2 owns, ready for [`DrivenClient`]s.
+pub fn data_cluster() -> Cluster {
+    let c = Cluster::start(3, "");
+    assert!(ctl_at(c.addr(1), &["user", "add", "admin", "--role", "admin"], Some(&format!("{DRIVEN_PASSWORD}\n"))).ok);
+    assert!(c.ctl(1, &["volume", "create", "vol", "--node", "2"]).ok);
+    assert!(c.ctl(1, &["share", "create", "Data", "--volume", "vol"]).ok);
+    let smb = c.node(1).smb.clone();
+    wait_for(Duration::from_secs(10), "the share's volume to exist", || smbclient(&smb, "data", "admin", DRIVEN_PASSWORD, None, "ls").0.then_some(()));
+    c
+}
+
 /// One impacket client process (tests/clients/driven.py) with its own SMB connection to one
 /// node's gateway, driven a command a line.
 pub struct DrivenClient {
@@ -340,6 +352,11 @@ impl DrivenClient {
         let mut s = String::new();
         self.out.read_line(&mut s).expect("the client answers");
         s.trim().to_string()
+    }
+
+    /// Sends a command without waiting for its answer (read it later with [`Self::line`]).
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("the client reads");
     }
 
     pub fn cmd(&mut self, line: &str) -> String {

@@ -1,5 +1,6 @@
 //! Requests that wait (MS-SMB2 3.3.4.2, 3.3.4.3, 3.3.5.16): a named-pipe READ with nothing to
-//! read yet, a CHANGE_NOTIFY with nothing to report yet, a READ of a file another node serves.
+//! read yet, a CHANGE_NOTIFY with nothing to report yet, a READ of a file another node serves,
+//! a LOCK whose range another lock holds.
 //! Such a request is answered at once with an interim response (STATUS_PENDING,
 //! SMB2_FLAGS_ASYNC_COMMAND, a fresh AsyncId, the credits it asked for, unsigned), and later
 //! with its final response: the same AsyncId, CreditResponse 0, signed as its request would
@@ -27,13 +28,16 @@ pub enum Waiting {
     /// A file READ served by another node: completes when the owner's data arrives, so that
     /// the connection goes on with the client's next requests meanwhile.
     FileRead { volatile: u64, offset: u64, len: u32 },
+    /// A byte-range lock that waits for its range (LOCK without FAIL_IMMEDIATELY): asked for
+    /// again now and then until granted.
+    Lock { volatile: u64, lock: crate::byte_locks::ByteLock },
 }
 
 impl Waiting {
     /// The open it waits on.
     pub fn volatile(&self) -> u64 {
         match *self {
-            Waiting::PipeRead { volatile, .. } | Waiting::Notify { volatile, .. } | Waiting::FileRead { volatile, .. } => volatile,
+            Waiting::PipeRead { volatile, .. } | Waiting::Notify { volatile, .. } | Waiting::FileRead { volatile, .. } | Waiting::Lock { volatile, .. } => volatile,
         }
     }
 }

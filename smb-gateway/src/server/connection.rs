@@ -99,6 +99,8 @@ pub struct FileRead {
     pub id: u64,
     pub offset: u64,
     pub len: u32,
+    /// The open's registration (byte-range locks are checked against it).
+    pub open: Option<u64>,
 }
 
 /// Bytes of READs of files on other nodes one connection has in flight at once (what their
@@ -345,7 +347,7 @@ impl Connection {
                 tracing::debug!(async_id, command = ?h.command, message_id = h.message_id, "request waits");
                 if let Waiting::FileRead { volatile, offset, len } = waiting {
                     match self.opens.get(&volatile) {
-                        Some(o) => self.file_reads.push(FileRead { async_id, share: o.share.clone(), id: o.info.id, offset, len }),
+                        Some(o) => self.file_reads.push(FileRead { async_id, share: o.share.clone(), id: o.info.id, offset, len, open: o.registration }),
                         None => {
                             self.waits.finish(async_id, status::FILE_CLOSED, &async_ops::ERROR_BODY);
                         }
@@ -432,6 +434,7 @@ impl Connection {
             Command::QueryInfo => self.query_info(h, message, files),
             Command::SetInfo => self.set_info(h, message, files, env.now()),
             Command::ChangeNotify => self.change_notify(h, message),
+            Command::Lock => self.lock(h, message, files),
             _ => Reply::error(status::NOT_SUPPORTED),
         }
     }

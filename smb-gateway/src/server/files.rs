@@ -67,6 +67,24 @@ pub enum FsError {
     /// The file is delete-pending: it goes when its last open closes (MS-FSA 2.1.5.1.2).
     #[error("delete pending")]
     DeletePending,
+    /// A byte-range lock of some open is in the way of a new lock (MS-FSA 2.1.5.8).
+    #[error("lock not granted")]
+    LockNotGranted,
+    /// An unlock names no lock the open holds (MS-FSA 2.1.5.9).
+    #[error("range not locked")]
+    RangeNotLocked,
+    /// A lock whose last byte lies past 2^64 - 1.
+    #[error("invalid lock range")]
+    InvalidLockRange,
+    /// A byte-range lock is in the way of a READ or WRITE (MS-FSA 2.1.5.3, 2.1.5.4).
+    #[error("file lock conflict")]
+    FileLockConflict,
+    /// A named bound on byte-range locks is reached.
+    #[error("too many locks: {0}")]
+    TooManyLocks(String),
+    /// Storage that keeps no byte-range locks.
+    #[error("not supported")]
+    NotSupported,
     #[error("{0}")]
     Other(String),
 }
@@ -91,6 +109,12 @@ impl FsError {
             FsError::SharingViolation(_) => SHARING_VIOLATION,
             FsError::TooManyOpens(_) => INSUFFICIENT_RESOURCES,
             FsError::DeletePending => DELETE_PENDING,
+            FsError::LockNotGranted => LOCK_NOT_GRANTED,
+            FsError::RangeNotLocked => RANGE_NOT_LOCKED,
+            FsError::InvalidLockRange => INVALID_LOCK_RANGE,
+            FsError::FileLockConflict => FILE_LOCK_CONFLICT,
+            FsError::TooManyLocks(_) => INSUFFICIENT_RESOURCES,
+            FsError::NotSupported => NOT_SUPPORTED,
             FsError::Other(_) => UNEXPECTED_IO_ERROR,
         }
     }
@@ -157,13 +181,16 @@ pub trait Files: Send + Sync {
     fn list(&self, share: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError>;
     /// Up to `len` bytes at `offset`, after `room` bytes of zeros the caller fills (a READ
     /// response's headers), so the data is read once, into the response it goes out in.
-    fn read(&self, share: &str, id: u64, offset: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError>;
+    /// `open`: the registration of the open it comes through, for byte-range lock checks
+    /// ([`FsError::FileLockConflict`]).
+    fn read(&self, share: &str, id: u64, offset: u64, len: u32, room: usize, open: Option<u64>) -> Result<Vec<u8>, FsError>;
     /// Whether the share's files are served by another node: its READs then complete
     /// asynchronously ([`crate::server::async_ops::Waiting::FileRead`]), several at once.
     fn is_remote(&self, _share: &str) -> bool {
         false
     }
-    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64) -> Result<(), FsError>;
+    /// `open` as for [`Files::read`].
+    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64, open: Option<u64>) -> Result<(), FsError>;
     fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError>;
     fn set_basic(&self, share: &str, id: u64, basic: Basic) -> Result<(), FsError>;
     fn unlink(&self, share: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError>;
@@ -188,7 +215,7 @@ pub trait Files: Send + Sync {
             return Ok(None);
         }
         let stop = end.min(offset + ZERO_WRITE_BYTES);
-        self.write(share, id, offset, &vec![0; (stop - offset) as usize], now)?;
+        self.write(share, id, offset, &vec![0; (stop - offset) as usize], now, None)?;
         Ok((stop < end).then_some(stop))
     }
     /// Registers an open of file `id` with the owner of the share's volume, which checks it
@@ -210,6 +237,14 @@ pub trait Files: Send + Sync {
     /// disposition takes effect at the open's CLOSE only.
     fn dispose_open(&self, _registration: u64, _delete: Option<(u64, &str)>) -> Result<(), FsError> {
         Ok(())
+    }
+    /// Takes byte-range locks for a registered open (all or none: [`FsError::LockNotGranted`]
+    /// when one is in the way), or with `unlock` lets go of each listed range exactly as it was
+    /// locked, in order ([`FsError::RangeNotLocked`] at the first that was not). The rules are
+    /// [`crate::byte_locks`], applied by whoever keeps every open of the file. This default is
+    /// for storage without registrations, which keeps no locks.
+    fn lock(&self, _registration: u64, _locks: &[crate::byte_locks::ByteLock], _unlock: bool) -> Result<(), FsError> {
+        Err(FsError::NotSupported)
     }
     /// Closes a registered open (CLOSE, and the opens LOGOFF, TREE_DISCONNECT or the end of the
     /// connection drop). With `delete` (its directory and name: the open's disposition asks for

@@ -148,13 +148,13 @@ impl Files for MemFiles {
         out.truncate(limit as usize);
         Ok(out)
     }
-    fn read(&self, _: &str, _: u64, _: u64, len: u32, room: usize) -> Result<Vec<u8>, FsError> {
+    fn read(&self, _: &str, _: u64, _: u64, len: u32, room: usize, _: Option<u64>) -> Result<Vec<u8>, FsError> {
         Ok(vec![0; room + if self.2 { len as usize } else { 0 }])
     }
     fn is_remote(&self, _: &str) -> bool {
         self.1
     }
-    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64) -> Result<(), FsError> {
+    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64, _: Option<u64>) -> Result<(), FsError> {
         Ok(())
     }
     fn set_size(&self, _: &str, id: u64, size: u64, _: u64) -> Result<(), FsError> {

@@ -42,11 +42,11 @@ impl Connection {
             r.extend_from_slice(&[0; 9]);
             return Reply::ok(r);
         }
-        let (share, id) = match self.open_of(h, volatile) {
+        let (share, id, registration) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::FILE_IS_A_DIRECTORY),
             // MS-SMB2 3.3.5.13: the open must have been granted write or append access.
             Ok(o) if o.access & (share_modes::FILE_WRITE_DATA | share_modes::FILE_APPEND_DATA) == 0 => return Reply::error(status::ACCESS_DENIED),
-            Ok(o) => (o.share.clone(), o.info.id),
+            Ok(o) => (o.share.clone(), o.info.id, o.registration),
             Err(s) => return Reply::error(s),
         };
         if matches!(self.tree(h), Ok((_, true, _))) {
@@ -55,7 +55,7 @@ impl Connection {
         // A zero-length WRITE succeeds and changes nothing (MS-FSA 2.1.5.3), wherever it points.
         // Offset 0xFFFFFFFFFFFFFFFF writes at the end of the file, as the store resolves it.
         if !data.is_empty() {
-            if let Err(e) = files.write(&share, id, offset, data, now) {
+            if let Err(e) = files.write(&share, id, offset, data, now, registration) {
                 return fs(e);
             }
         }
@@ -84,11 +84,11 @@ impl Connection {
             }
             return Reply::ok(read_body(&data)).overflowing(pipe.pending() > 0);
         }
-        let (share, id) = match self.open_of(h, volatile) {
+        let (share, id, registration) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
             // MS-SMB2 3.3.5.12: the open must have been granted read or execute access.
             Ok(o) if o.access & (share_modes::FILE_READ_DATA | share_modes::FILE_EXECUTE) == 0 => return Reply::error(status::ACCESS_DENIED),
-            Ok(o) => (o.share.clone(), o.info.id),
+            Ok(o) => (o.share.clone(), o.info.id, o.registration),
             Err(s) => return Reply::error(s),
         };
         // Another node serves the file: the READ waits for the data off this connection's
@@ -96,7 +96,7 @@ impl Connection {
         if h.next_command == 0 && files.is_remote(&share) && self.file_read_fits(len) {
             return Reply::wait(crate::server::async_ops::Waiting::FileRead { volatile, offset, len });
         }
-        read_reply(len, files.read(&share, id, offset, len, READ_ROOM))
+        read_reply(len, files.read(&share, id, offset, len, READ_ROOM, registration))
     }
 
     /// One PDU into a pipe, with what its calls may use: the shares, the NTLM context, the

@@ -1,4 +1,4 @@
-//! File commands: CREATE, CLOSE, READ, WRITE, FLUSH, QUERY_DIRECTORY, QUERY_INFO, SET_INFO,
+//! File commands: CREATE, CLOSE, READ, WRITE, FLUSH, LOCK, QUERY_DIRECTORY, QUERY_INFO, SET_INFO,
 //! each checked against its session, tree and open, and carried out through [`super::files::Files`]; named
 //! pipes on IPC$ go to the DCE/RPC layer. One file per group of commands.
 
@@ -8,6 +8,8 @@ pub use data::READ_ROOM;
 pub(in crate::server) use data::{ioctl_body, read_body, read_reply};
 mod dir;
 mod info;
+mod lock;
+pub use lock::LOCK_RETRY_INTERVAL;
 pub(in crate::server) mod notify;
 pub(in crate::server) mod previous;
 pub(in crate::server) mod sparse;

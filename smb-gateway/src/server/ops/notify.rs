@@ -140,6 +140,8 @@ impl Connection {
         for id in self.waits.matching(|w| !opens.contains_key(&w.volatile())) {
             let status = match self.waits.get(id).map(|op| op.waiting) {
                 Some(Waiting::Notify { .. }) => status::NOTIFY_CLEANUP,
+                // A lock that waited on a handle since closed (smbtorture smb2.lock.cancel).
+                Some(Waiting::Lock { .. }) => status::RANGE_NOT_LOCKED,
                 _ => status::CANCELLED,
             };
             self.waits.finish(id, status, &ERROR_BODY);

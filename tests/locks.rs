@@ -1,0 +1,109 @@
+//! Byte-range locks across nodes: impacket clients (tests/clients/driven.py) on different
+//! nodes' gateways lock one file on a volume a third node owns, and see each other's locks as
+//! on one Windows server: LOCK conflicts, READs and WRITEs refused under another open's lock,
+//! a lock that waits until its range is free, and locks that go with their open.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const READ: u32 = 0x1;
+const WRITE: u32 = 0x2;
+const SHARE_ALL: u32 = 7;
+const OPEN: u32 = 1;
+const OVERWRITE_IF: u32 = 5;
+
+// LOCK element flags.
+const SHARED: u32 = 0x1;
+const EXCLUSIVE: u32 = 0x2;
+const UNLOCK: u32 = 0x4;
+const FI: u32 = 0x10;
+
+const LOCK_NOT_GRANTED: &str = "ERR 0xc0000055";
+const FILE_LOCK_CONFLICT: &str = "ERR 0xc0000054";
+const RANGE_NOT_LOCKED: &str = "ERR 0xc000007e";
+const INVALID_PARAMETER: &str = "ERR 0xc000000d";
+const INVALID_LOCK_RANGE: &str = "ERR 0xc00001a1";
+
+fn lock(c: &mut DrivenClient, handle: &str, elements: &[(u64, u64, u32)]) -> String {
+    let list: Vec<String> = elements.iter().map(|(o, l, f)| format!("{o} {l} {f:#x}")).collect();
+    c.cmd(&format!("lock {handle} {}", list.join(" ")))
+}
+
+/// Two clients through nodes 1 and 3 with the same file open for reading and writing.
+fn two_clients(c: &Cluster) -> (DrivenClient, DrivenClient) {
+    let mut a = DrivenClient::connect(&c.node(1).smb);
+    let mut b = DrivenClient::connect(&c.node(3).smb);
+    assert_eq!(a.open("f", "locked.bin", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(a.cmd("pwrite f 0 0x41 100"), "OK");
+    assert_eq!(b.open("f", "locked.bin", READ | WRITE, SHARE_ALL, OPEN), "OK");
+    (a, b)
+}
+
+#[test]
+fn locks_through_two_nodes_conflict_and_guard_reads_and_writes_as_on_one_windows_server() {
+    let c = data_cluster(); // the volume lives on node 2
+    let (mut a, mut b) = two_clients(&c);
+    assert_eq!(lock(&mut a, "f", &[(0, 10, EXCLUSIVE | FI)]), "OK");
+    assert!(lock(&mut b, "f", &[(5, 10, SHARED | FI)]).starts_with(LOCK_NOT_GRANTED));
+    assert!(b.cmd("read f 0 10").starts_with(FILE_LOCK_CONFLICT), "B may not read under A's exclusive lock");
+    assert!(b.cmd("pwrite f 5 0x42 1").starts_with(FILE_LOCK_CONFLICT));
+    assert_eq!(b.cmd("read f 10 10"), format!("OK 10 10 {}", "41".repeat(10)), "past the lock");
+    assert_eq!(a.cmd("pwrite f 0 0x43 1"), "OK", "A writes under its own exclusive lock");
+    // Through the owner's own gateway (the in-process path) the same holds.
+    let mut owner = DrivenClient::connect(&c.node(2).smb);
+    assert_eq!(owner.open("f", "locked.bin", READ, SHARE_ALL, OPEN), "OK");
+    assert!(owner.cmd("read f 9 1").starts_with(FILE_LOCK_CONFLICT));
+    assert!(lock(&mut owner, "f", &[(9, 1, SHARED | FI)]).starts_with(LOCK_NOT_GRANTED));
+
+    // Stacking on one's own locks: exclusive over exclusive no, shared over exclusive yes; an
+    // unlock takes the exclusive one first, and a shared lock blocks every write, its own too.
+    assert!(lock(&mut a, "f", &[(2, 4, EXCLUSIVE | FI)]).starts_with(LOCK_NOT_GRANTED));
+    assert_eq!(lock(&mut a, "f", &[(0, 10, SHARED | FI)]), "OK");
+    assert_eq!(lock(&mut a, "f", &[(0, 10, UNLOCK)]), "OK");
+    assert_eq!(b.cmd("read f 0 10"), format!("OK 10 10 43{}", "41".repeat(9)), "a shared lock lets others read");
+    assert!(b.cmd("pwrite f 5 0x42 1").starts_with(FILE_LOCK_CONFLICT));
+    assert!(a.cmd("pwrite f 5 0x42 1").starts_with(FILE_LOCK_CONFLICT), "the holder's own write too");
+    assert_eq!(lock(&mut a, "f", &[(0, 10, UNLOCK)]), "OK");
+    assert!(lock(&mut a, "f", &[(0, 10, UNLOCK)]).starts_with(RANGE_NOT_LOCKED));
+    assert_eq!(b.cmd("pwrite f 5 0x42 1"), "OK", "nothing locked now");
+
+    // A request is all or none: A's first lock is let go when its second is refused.
+    assert_eq!(lock(&mut b, "f", &[(2, 1, SHARED | FI)]), "OK");
+    assert!(lock(&mut a, "f", &[(20, 5, EXCLUSIVE | FI), (0, 5, EXCLUSIVE | FI)]).starts_with(LOCK_NOT_GRANTED));
+    assert_eq!(lock(&mut b, "f", &[(20, 5, EXCLUSIVE | FI)]), "OK");
+
+    // Malformed requests change nothing.
+    assert!(lock(&mut a, "f", &[(30, 1, 0)]).starts_with(INVALID_PARAMETER), "no flags");
+    assert!(lock(&mut a, "f", &[(30, 1, SHARED | FI), (40, 1, SHARED)]).starts_with(INVALID_PARAMETER), "a second lock that would wait");
+    assert!(lock(&mut a, "f", &[(u64::MAX, 2, EXCLUSIVE | FI)]).starts_with(INVALID_LOCK_RANGE));
+    assert_eq!(lock(&mut a, "f", &[(u64::MAX, 1, EXCLUSIVE | FI)]), "OK", "the last byte there is");
+    assert_eq!(lock(&mut b, "f", &[(30, 1, EXCLUSIVE | FI)]), "OK", "nothing was taken at 30");
+}
+
+#[test]
+fn a_lock_that_waits_is_granted_when_the_range_is_let_go_and_locks_go_with_their_open() {
+    let c = data_cluster();
+    let (mut a, mut b) = two_clients(&c);
+    assert_eq!(lock(&mut b, "f", &[(20, 5, EXCLUSIVE | FI)]), "OK");
+    // Without FAIL_IMMEDIATELY A's LOCK goes async (STATUS_PENDING) and waits.
+    a.send(&format!("lock f 20 5 {EXCLUSIVE:#x}"));
+    std::thread::sleep(Duration::from_millis(600));
+    let unlocked = Instant::now();
+    assert_eq!(lock(&mut b, "f", &[(20, 5, UNLOCK)]), "OK");
+    assert_eq!(a.line(), "OK", "granted once B let go");
+    assert!(unlocked.elapsed() < Duration::from_secs(5), "{:?}", unlocked.elapsed());
+    assert!(lock(&mut b, "f", &[(22, 1, SHARED | FI)]).starts_with(LOCK_NOT_GRANTED), "A holds it now");
+
+    // CLOSE lets go of an open's locks.
+    assert_eq!(a.cmd("close f"), "OK");
+    assert_eq!(lock(&mut b, "f", &[(22, 1, SHARED | FI)]), "OK");
+    // So does the end of a client's connection (killed: no CLOSE, no LOGOFF).
+    assert_eq!(lock(&mut b, "f", &[(60, 10, EXCLUSIVE | FI)]), "OK");
+    b.kill();
+    assert_eq!(a.open("g", "locked.bin", READ | WRITE, SHARE_ALL, OPEN), "OK");
+    wait_for(Duration::from_secs(5), "the killed client's locks to go", || (lock(&mut a, "g", &[(60, 10, EXCLUSIVE | FI)]) == "OK").then_some(()));
+    assert_eq!(a.cmd("pwrite g 60 0x44 10"), "OK");
+}
