@@ -81,6 +81,23 @@ fn locks_through_two_nodes_conflict_and_guard_reads_and_writes_as_on_one_windows
     assert!(lock(&mut a, "f", &[(u64::MAX, 2, EXCLUSIVE | FI)]).starts_with(INVALID_LOCK_RANGE));
     assert_eq!(lock(&mut a, "f", &[(u64::MAX, 1, EXCLUSIVE | FI)]), "OK", "the last byte there is");
     assert_eq!(lock(&mut b, "f", &[(30, 1, EXCLUSIVE | FI)]), "OK", "nothing was taken at 30");
+
+    // An append is checked where the file ends (a lock past the end, then appends: the usual
+    // pattern), and a zeroing is a write to its range.
+    assert_eq!(lock(&mut a, "f", &[(100, 10, EXCLUSIVE | FI)]), "OK");
+    assert!(b.cmd(&format!("pwrite f {} 0x45 5", u64::MAX)).starts_with(FILE_LOCK_CONFLICT), "B's append lands in A's lock");
+    assert_eq!(a.cmd(&format!("pwrite f {} 0x45 5", u64::MAX)), "OK", "A's own append does not");
+    assert_eq!(lock(&mut a, "f", &[(40, 10, EXCLUSIVE | FI)]), "OK");
+    let zero = |from: u64, to: u64| format!("fsctl f {SET_ZERO_DATA:#x} {}{} 0", hex(from), hex(to));
+    assert!(b.cmd(&zero(35, 45)).starts_with(FILE_LOCK_CONFLICT));
+    assert_eq!(a.cmd("read f 40 10"), format!("OK 10 10 {}", "41".repeat(10)), "nothing zeroed");
+    assert_eq!(b.cmd(&zero(50, 60)), "OK -");
+}
+
+const SET_ZERO_DATA: u32 = 0x0009_80C8;
+
+fn hex(v: u64) -> String {
+    v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

@@ -217,6 +217,7 @@ impl GatewayOpens {
             let target = VolumeTarget { volume: volume.clone(), snapshot: String::new(), clone: String::new(), route: true };
             // With the deletion each listed open would ask at its close, for a release sent again.
             let listed: Vec<(u64, Option<DeleteAtClose>)> = opens.iter().map(|h| (h.id, h.disposed.clone().or_else(|| h.delete_at_close.clone()))).collect();
+            let listed_locks: Vec<(u64, Vec<ByteLock>)> = opens.iter().map(|h| (h.id, h.locks.iter().map(|l| ByteLock { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect())).collect();
             let req = OpenRenewRequest { target: Some(target.clone()), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
             match tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), service.open_renew(req)).await {
                 Ok(Ok(r)) if !r.known => {
@@ -237,6 +238,19 @@ impl GatewayOpens {
                     };
                     // Whatever is left goes at the next renewal, which no longer lists it.
                     let _ = tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), again).await;
+                    // Likewise a lock let go of after the list was taken (the owner, not knowing
+                    // the open then, could not take the unlock): let go of it again.
+                    let unlocks: Vec<(u64, Vec<ByteLock>)> = {
+                        let held = self.held();
+                        listed_locks.into_iter().filter_map(|(id, listed)| Some((id, not_held(listed, &held.opens.get(&id)?.locks)))).filter(|(_, gone)| !gone.is_empty()).collect()
+                    };
+                    for (id, gone) in unlocks {
+                        let locks = gone.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect();
+                        let req = OpenLockRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, locks, unlock: true };
+                        if let Err(e) = service.open_lock(req).await {
+                            tracing::debug!(%volume, id, error = %e, "letting go again of locks let go of during a renewal");
+                        }
+                    }
                 }
                 Ok(Ok(r)) if r.dropped > 0 => tracing::info!(%volume, dropped = r.dropped, "the owner dropped opens whose release was lost"),
                 Ok(Ok(_)) => {}
@@ -267,6 +281,22 @@ impl GatewayOpens {
             }
         }
     }
+}
+
+/// The locks of `listed` (a renewal's list) that `now` no longer has, each counted as often as
+/// it was listed beyond what `now` still holds.
+fn not_held(listed: Vec<ByteLock>, now: &[ByteLock]) -> Vec<ByteLock> {
+    let mut left = now.to_vec();
+    listed
+        .into_iter()
+        .filter(|l| match left.iter().position(|h| h == l) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .collect()
 }
 
 /// Lets go of `ranges` in `own` in order as the owner does (byte_locks::unlock_index), up to
@@ -307,6 +337,13 @@ mod tests {
         assert_eq!(up_to, 4);
         assert_eq!(by_volume["a"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![1]);
         assert_eq!(by_volume["b"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn locks_let_go_of_since_a_renewal_listed_them_are_found_as_often_as_they_were_listed() {
+        let l = |offset, exclusive| ByteLock { offset, length: 1, exclusive };
+        assert_eq!(not_held(vec![l(0, true), l(5, false), l(5, false)], &[l(5, false), l(9, true)]), vec![l(0, true), l(5, false)]);
+        assert!(not_held(vec![l(1, true)], &[l(1, true)]).is_empty());
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub const LEASE_MS: u64 = 15_000;
 pub const RENEW_INTERVAL_MS: u64 = 5_000;
 /// Byte-range locks one open may hold.
 pub const MAX_LOCKS_PER_OPEN: usize = 4_096;
+/// Byte-range locks all the opens of one file may hold: a LOCK element, a READ and a WRITE of
+/// a locked file each look at them all, under the table's lock.
+pub const MAX_LOCKS_PER_FILE: usize = 4_096;
 /// Byte-range locks the owner keeps per volume, from all opens (each is 24 bytes; a READ or
 /// WRITE of a locked file looks at that file's locks).
 pub const MAX_LOCKS_PER_VOLUME: usize = 65_536;
@@ -450,6 +453,9 @@ impl OpenTable {
         if f.held[me].locks.len() + locks.len() > MAX_LOCKS_PER_OPEN {
             return Err(LockError::TooMany { what: "this open", max: MAX_LOCKS_PER_OPEN, name: "max_locks_per_open" });
         }
+        if f.held.iter().map(|h| h.locks.len()).sum::<usize>() + locks.len() > MAX_LOCKS_PER_FILE {
+            return Err(LockError::TooMany { what: "the file", max: MAX_LOCKS_PER_FILE, name: "max_locks_per_file" });
+        }
         let before = f.held[me].locks.len();
         for l in locks {
             let intent = Intent::Lock { exclusive: l.exclusive };
@@ -487,6 +493,11 @@ impl OpenTable {
         let Some(f) = v.files.get(&(file.view, file.ino)) else { return false };
         let intent = if write { Intent::Write } else { Intent::Read };
         length > 0 && f.held.iter().any(|h| h.locks.iter().any(|l| byte_locks::conflicts(l, open == Some((h.node, h.id)), offset, length, intent)))
+    }
+
+    /// Whether any open of `volume` holds a byte-range lock (else no I/O needs checking).
+    pub fn has_locks(&self, volume: Uuid) -> bool {
+        self.volumes.get(&volume).is_some_and(|v| v.locks > 0)
     }
 
     /// The byte-range locks a held open has (what its gateway lists in renewals).
@@ -872,12 +883,13 @@ mod tests {
     }
 
     #[test]
-    fn locks_are_bounded_per_open() {
+    fn locks_are_bounded_per_open_and_per_file() {
         let mut t = two_opens();
         let many: Vec<ByteLock> = (0..MAX_LOCKS_PER_OPEN as u64).map(|i| x(i * 2, 1)).collect();
         t.lock(A, VOL, 1, &many).unwrap();
-        assert!(matches!(t.lock(A, VOL, 1, &[x(1, 1)]), Err(LockError::TooMany { .. })));
+        assert!(matches!(t.lock(A, VOL, 1, &[x(1, 1)]), Err(LockError::TooMany { name: "max_locks_per_open", .. })));
+        assert!(matches!(t.lock(B, VOL, 7, &[x(1, 1)]), Err(LockError::TooMany { name: "max_locks_per_file", .. })), "B's open is of the same file");
         t.unlock(A, VOL, 1, &[(0, 1)]).unwrap();
-        t.lock(A, VOL, 1, &[x(1, 1)]).expect("room again");
+        t.lock(B, VOL, 7, &[x(1 << 40, 1)]).expect("room again");
     }
 }

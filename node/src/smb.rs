@@ -267,7 +267,7 @@ impl Files for VolumeFiles {
     fn read(&self, share: &str, id: u64, offset: u64, len: u32, room: usize, open: Option<u64>) -> Result<Vec<u8>, FsError> {
         let open = open.map(|o| self.opens.open_ref(o));
         if let Some((vol, view)) = self.local(share) {
-            self.service.check_io(crate::opens::FileKey { volume: vol, view, ino: id }, open.as_ref(), offset, u64::from(len), false).map_err(|s| fs_error(&s))?;
+            self.service.check_io(crate::opens::FileKey { volume: vol, view, ino: id }, open.as_ref(), offset, u64::from(len), false, false).map_err(|s| fs_error(&s))?;
             return self.store.read_after(room, vol, view, id, offset, u64::from(len)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
@@ -291,7 +291,7 @@ impl Files for VolumeFiles {
     fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64, open: Option<u64>) -> Result<(), FsError> {
         let open = open.map(|o| self.opens.open_ref(o));
         if let Some((vol, view)) = self.local(share) {
-            self.service.check_io(crate::opens::FileKey { volume: vol, view, ino: id }, open.as_ref(), offset, data.len() as u64, true).map_err(|s| fs_error(&s))?;
+            self.service.check_io(crate::opens::FileKey { volume: vol, view, ino: id }, open.as_ref(), offset, data.len() as u64, true, false).map_err(|s| fs_error(&s))?;
             return self.store.write(vol, view, id, offset, data, now).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
@@ -318,9 +318,10 @@ impl Files for VolumeFiles {
         Ok((reply.ranges.into_iter().map(|r| (r.offset, r.length)).collect(), (reply.more_from != 0).then_some(reply.more_from)))
     }
 
-    fn zero_range(&self, share: &str, id: u64, offset: u64, length: u64, now: u64) -> Result<Option<u64>, FsError> {
+    fn zero_range(&self, share: &str, id: u64, offset: u64, length: u64, now: u64, open: Option<u64>) -> Result<Option<u64>, FsError> {
         let (target, _) = self.target(share)?;
-        let reply = self.call(self.service.zero_range(tonic::Request::new(ZeroRangeRequest { target: Some(target), ino: id, offset, length, now })))?;
+        let open = open.map(|o| self.opens.open_ref(o));
+        let reply = self.call(self.service.zero_range(tonic::Request::new(ZeroRangeRequest { target: Some(target), ino: id, offset, length, now, open })))?;
         Ok((reply.more_from != 0).then_some(reply.more_from))
     }
 

@@ -355,7 +355,7 @@ impl VolumeService {
                 crate::volume_wire::write(peer.channel, tokio_stream::once(Ok(msg))).await.map(|_| ())
             }
             Owner::Here => {
-                self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, msg.data.len() as u64, true)?;
+                self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, msg.data.len() as u64, true, false)?;
                 self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await
             }
         }
@@ -390,7 +390,7 @@ impl VolumeService {
         let mut current = Some(first);
         while let Some(msg) = current.take() {
             let len = msg.data.len() as u64;
-            self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, len, true)?;
+            self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, len, true, false)?;
             let mut write = std::pin::pin!(self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)));
             let next = tokio::select! {
                 done = &mut write => {
@@ -577,7 +577,7 @@ impl VolumeRpc for VolumeService {
             let stream = crate::volume_wire::read(peer.channel, r).await?;
             return Ok(Response::new(Box::pin(stream)));
         }
-        self.check_io(FileKey { volume: vol, view, ino: r.ino }, r.open.as_ref(), r.offset, r.length, false)?;
+        self.check_io(FileKey { volume: vol, view, ino: r.ino }, r.open.as_ref(), r.offset, r.length, false, false)?;
         if self.calls == StoreCalls::Inline {
             let mut all = Vec::new();
             read_pieces(&self.store, vol, view, &r, |piece| {
@@ -692,6 +692,14 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn zero_range(&self, req: Request<ZeroRangeRequest>) -> Result<Response<ZeroRangeReply>, Status> {
+        // A zeroing is a write to every byte of the range up to the file's size (MS-FSA
+        // 2.1.5.10.39): no lock of another open may be in the way. Checked by the owner only.
+        let r = req.get_ref();
+        if let Ok((vol, view, route)) = target_of(r.target.as_ref()) {
+            if matches!(self.owner(vol, route), Ok(Owner::Here)) {
+                self.check_io(FileKey { volume: vol, view, ino: r.ino }, r.open.as_ref(), r.offset, r.length, true, true)?;
+            }
+        }
         unary!(gated self, req, zero_range, |s, vol, view, r| {
             let more_from = s.zero_range(vol, view, r.ino, r.offset, r.length, r.now)?;
             Ok(ZeroRangeReply { more_from: more_from.unwrap_or(0) })
@@ -818,10 +826,26 @@ impl VolumeService {
 
     /// Refuses a READ or WRITE of a file on a volume this node owns that a byte-range lock is in
     /// the way of (the lock is taken under the table's lock, the I/O after it: a lock granted
-    /// in between does not stop an I/O already checked).
-    pub fn check_io(&self, file: FileKey, open: Option<&OpenRef>, offset: u64, length: u64, write: bool) -> Result<(), Status> {
+    /// in between does not stop an I/O already checked). An append (offset
+    /// [`crate::volume::WRITE_AT_END`]) is checked where the file ends now; with `clip`, the
+    /// range stops at the file's size (a zeroing, which never extends the file). The file's
+    /// size is looked up only when the volume has locks at all.
+    pub fn check_io(&self, file: FileKey, open: Option<&OpenRef>, offset: u64, length: u64, write: bool, clip: bool) -> Result<(), Status> {
+        if !self.opens().has_locks(file.volume) {
+            return Ok(());
+        }
+        let mut range = (offset, length);
+        if offset == crate::volume::WRITE_AT_END || clip {
+            let size = self.store.stat(file.volume, file.view, file.ino).map_err(status_of)?.size;
+            if offset == crate::volume::WRITE_AT_END {
+                range.0 = size;
+            }
+            if clip {
+                range.1 = range.1.min(size.saturating_sub(range.0));
+            }
+        }
         let open = open.and_then(|o| Some((o.gateway.as_ref()?.node, o.id)));
-        match self.opens().io_conflict(file, open, offset, length, write) {
+        match self.opens().io_conflict(file, open, range.0, range.1, write) {
             true => Err(lock_conflict()),
             false => Ok(()),
         }

@@ -108,7 +108,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 struct Env(Arc<std::sync::Mutex<Throttle>>);
 
 impl Environment for Env {
-    fn throttle(&mut self) -> std::sync::MutexGuard<'_, Throttle> {
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
         self.0.lock().expect("throttle lock")
     }
 

@@ -427,6 +427,33 @@ fn a_logon_whose_authenticate_mic_fails_is_refused_and_counted() {
     assert_eq!(logon(&mut e, None), crate::smb2::status::LOGON_FAILURE, "each failure counted: the user is locked out");
 }
 
+/// An authenticated DCE/RPC bind whose AUTHENTICATE fails counts against its user in the
+/// same throttle as SESSION_SETUP, and a user locked out there cannot bind either (else binds
+/// would be a way to guess passwords without a lockout).
+#[test]
+fn failed_authenticated_binds_count_in_the_logon_throttle() {
+    use crate::rpc::auth::{Auth, AuthContext, Trailer, AUTH_TYPE_NTLMSSP};
+    use crate::server::Directory;
+    let (up, _) = streams("smbclient-2.1-basic.pcap");
+    let requests = direction(&up);
+    let setups = first_of(&requests, Command::SessionSetup);
+    let negotiate = crate::spnego::parse_init(security_buffer(setups[0])).unwrap().mech_token.unwrap();
+    // smbclient's AUTHENTICATE answers another challenge than the bind's: it fails.
+    let authenticate = crate::spnego::parse_resp(security_buffer(setups[1])).unwrap().response_token.unwrap();
+    let throttle = std::sync::Mutex::new(crate::server::throttle::Throttle::default());
+    let lock = |f: &mut dyn FnMut(&mut crate::server::throttle::Throttle)| f(&mut throttle.lock().unwrap());
+    let user = |name: &str| TestDir.user(name).map(|(hash, _)| hash);
+    let ctx = AuthContext { user: &user, server_challenge: [9; 8], now: 1, netbios_name: "UMBRA", throttle: &lock };
+    let trailer = Trailer { auth_type: AUTH_TYPE_NTLMSSP, level: 6, pad: 0, context_id: 0 };
+    for _ in 0..crate::server::throttle::MAX_FAILURES {
+        assert!(throttle.lock().unwrap().allowed("fsuser", 1));
+        let (mut auth, _) = Auth::start(trailer, &negotiate, &ctx).unwrap();
+        assert!(!auth.finish(&authenticate, &ctx), "a response to another challenge fails");
+    }
+    assert!(!throttle.lock().unwrap().allowed("fsuser", 1), "each failed bind was counted: the user is locked out");
+    assert!(!throttle.lock().unwrap().allowed("FSUSER", 1), "under any spelling");
+}
+
 struct TestDir;
 
 impl crate::server::Directory for TestDir {
@@ -483,7 +510,7 @@ impl crate::server::files::Files for NoFiles {
 struct TestEnv(u8, std::sync::Mutex<crate::server::throttle::Throttle>);
 
 impl crate::server::Environment for TestEnv {
-    fn throttle(&mut self) -> std::sync::MutexGuard<'_, crate::server::throttle::Throttle> {
+    fn throttle(&self) -> std::sync::MutexGuard<'_, crate::server::throttle::Throttle> {
         self.1.lock().unwrap()
     }
 

@@ -25,10 +25,6 @@ pub const MAX_ALLOCATED_SCAN_CHUNKS: u64 = 65_536;
 /// Chunks one [`VolumeStore::zero_range`] step covers, at most (256 MiB of file): the step's
 /// write batch and its time under the volume lock stay bounded.
 pub const MAX_ZERO_STEP_CHUNKS: u64 = 4_096;
-/// Windows of [`MAX_ZERO_STEP_CHUNKS`] holding no data that one zeroing step passes over
-/// before it returns (16 GiB of holes): zeroing a mostly empty 16 TiB file takes a thousand
-/// calls, not sixty thousand, and no call scans without bound.
-pub const MAX_ZERO_SKIP_WINDOWS: u32 = 64;
 
 /// Bytes of the CRC32C after a chunk's data.
 pub(super) const CHUNK_CRC_BYTES: usize = 4;
@@ -393,11 +389,11 @@ impl VolumeStore {
     /// FILE_LEVEL_TRIM): chunks the range covers whole become holes (a snapshot or clone base
     /// keeps what it reads), the chunks at its ends are rewritten with zeros. The size stays.
     ///
-    /// One call is one write batch over at most [`MAX_ZERO_STEP_CHUNKS`] chunks of the range
-    /// (windows of that many that hold no data are passed over, up to
-    /// [`MAX_ZERO_SKIP_WINDOWS`]); when the range goes on past them, it returns the offset to
-    /// call again from, so a caller zeroing a terabyte never holds the volume for long and a
-    /// crash leaves a prefix of the range zeroed.
+    /// One call is one write batch over at most [`MAX_ZERO_STEP_CHUNKS`] chunks of the range,
+    /// from the first chunk stored in it (holes before it are passed over in one seek); when
+    /// the range goes on past them, it returns the offset to call again from, so a caller
+    /// zeroing a terabyte never holds the volume for long, calls about once per
+    /// [`MAX_ZERO_STEP_CHUNKS`] chunks stored, and a crash leaves a prefix of the range zeroed.
     pub fn zero_range(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64, now: u64) -> Result<Option<u64>> {
         let mut resume = None;
         self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
@@ -405,17 +401,15 @@ impl VolumeStore {
             if offset >= end {
                 return Ok(false);
             }
-            // Windows of holes are skipped under the same lock, up to MAX_ZERO_SKIP_WINDOWS.
+            // Holes cost nothing: the step starts at the first chunk stored at or past the
+            // offset (one seek), so the work follows the data, not the range's size.
             let last = end.div_ceil(CHUNK_BYTES);
-            let (mut first, mut skipped) = (offset / CHUNK_BYTES, 0);
-            let (until, holding) = loop {
-                let until = last.min(first + MAX_ZERO_STEP_CHUNKS);
-                let holding = self.visible_chunks(st, scope, ino, inode.generation, first, until)?;
-                if !holding.is_empty() || until == last || skipped == MAX_ZERO_SKIP_WINDOWS {
-                    break (until, holding);
-                }
-                (first, skipped) = (until, skipped + 1);
+            let first = match self.next_chunk_index(st, scope, ino, inode.generation, offset / CHUNK_BYTES)? {
+                Some(next) if next < last => next.max(offset / CHUNK_BYTES),
+                _ => return Ok(false),
             };
+            let until = last.min(first + MAX_ZERO_STEP_CHUNKS);
+            let holding = self.visible_chunks(st, scope, ino, inode.generation, first, until)?;
             resume = (until < last).then(|| until * CHUNK_BYTES);
             let stop = end.min(until * CHUNK_BYTES);
             let zeros = vec![0u8; CHUNK_BYTES as usize];

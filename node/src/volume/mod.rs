@@ -22,6 +22,7 @@ mod types;
 pub use error::{Result, VolumeError};
 pub use gate::Released;
 pub use store::VolumeStore;
+pub use data::WRITE_AT_END;
 pub use types::*;
 
 #[cfg(test)]

@@ -22,6 +22,18 @@ pub struct AuthContext<'a> {
     pub server_challenge: [u8; 8],
     pub now: u64,
     pub netbios_name: &'a str,
+    /// The server's failed-logon throttle, which an authenticated bind counts in as a
+    /// SESSION_SETUP does (else it would be a way to guess passwords without a lockout).
+    /// Runs what it is given on the throttle, under its lock.
+    pub throttle: &'a dyn Fn(&mut dyn FnMut(&mut crate::server::throttle::Throttle)),
+}
+
+impl AuthContext<'_> {
+    fn with_throttle<T>(&self, f: impl FnOnce(&mut crate::server::throttle::Throttle) -> T) -> T {
+        let (mut f, mut out) = (Some(f), None);
+        (self.throttle)(&mut |t| out = f.take().map(|f| f(t)));
+        out.expect("the throttle callback runs what it is given")
+    }
 }
 
 /// The sec_trailer (8 bytes) that precedes an auth_value.
@@ -78,10 +90,20 @@ impl Auth {
     /// auth3's AUTHENTICATE: on success the keys for the calls that follow.
     pub fn finish(&mut self, authenticate: &[u8], ctx: &AuthContext) -> bool {
         let Ok(a) = Authenticate::parse(authenticate) else { return false };
-        let Some(hash) = (ctx.user)(&a.user) else { return false };
-        let Ok(base) = verify_ntlmv2(&hash, &a.user, &a.domain, &self.challenge, &a.nt_response) else { return false };
+        if !ctx.with_throttle(|t| t.allowed(&a.user, ctx.now)) {
+            tracing::warn!(user = %a.user, "DCE/RPC bind refused: too many recent failed logons");
+            return false;
+        }
         let flags = a.flags & self.flags;
-        let Some(exported) = finish_logon(&base, flags, &a, (&self.sent.0, &self.sent.1, authenticate)) else { return false };
+        let exported = (ctx.user)(&a.user).and_then(|hash| {
+            let base = verify_ntlmv2(&hash, &a.user, &a.domain, &self.challenge, &a.nt_response).ok()?;
+            finish_logon(&base, flags, &a, (&self.sent.0, &self.sent.1, authenticate))
+        });
+        let Some(exported) = exported else {
+            ctx.with_throttle(|t| t.failed(&a.user, ctx.now));
+            return false;
+        };
+        ctx.with_throttle(|t| t.succeeded(&a.user));
         self.keys = Some(directions(&exported, flags));
         tracing::info!(user = %a.user, level = self.trailer.level, "DCE/RPC bind authenticated");
         self.user = Some(a.user);

@@ -296,8 +296,10 @@ impl Pipe {
 mod tests {
     use super::*;
 
+    static THROTTLE: std::sync::LazyLock<std::sync::Mutex<crate::server::throttle::Throttle>> = std::sync::LazyLock::new(Default::default);
+
     fn ctx() -> AuthContext<'static> {
-        AuthContext { user: &|_| None, server_challenge: [1; 8], now: 0, netbios_name: "UMBRA" }
+        AuthContext { user: &|_| None, server_challenge: [1; 8], now: 0, netbios_name: "UMBRA", throttle: &|f| f(&mut THROTTLE.lock().unwrap()) }
     }
 
     fn caller() -> Caller {

@@ -745,6 +745,10 @@ impl Connection {
         let Some(input) = message.get(input_offset as usize..(input_offset as usize).saturating_add(input_len as usize)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
+        // MS-SMB2 3.3.5.15: no reply larger than the MaxTransactSize this server offered.
+        if max_out > self.config.max_io_bytes {
+            return Reply::error(status::INVALID_PARAMETER);
+        }
         match code {
             FSCTL_VALIDATE_NEGOTIATE_INFO => self.validate_negotiate(b, input, max_out),
             FSCTL_PIPE_TRANSCEIVE => {

@@ -208,14 +208,15 @@ pub trait Files: Send + Sync {
     /// Zeroes `offset..offset+len` of a file up to its size, which stays (FSCTL_SET_ZERO_DATA,
     /// FILE_LEVEL_TRIM); storage that keeps holes frees what it covers. One call is a bounded
     /// step: it returns the offset to go on from while the range is not done. This default
-    /// writes zeros, [`ZERO_WRITE_BYTES`] at a time.
-    fn zero_range(&self, share: &str, id: u64, offset: u64, len: u64, now: u64) -> Result<Option<u64>, FsError> {
+    /// writes zeros, [`ZERO_WRITE_BYTES`] at a time. `open` as for [`Files::read`] (a
+    /// zeroing is a write for byte-range locks).
+    fn zero_range(&self, share: &str, id: u64, offset: u64, len: u64, now: u64, open: Option<u64>) -> Result<Option<u64>, FsError> {
         let end = offset.saturating_add(len).min(self.stat(share, id)?.size);
         if offset >= end {
             return Ok(None);
         }
         let stop = end.min(offset + ZERO_WRITE_BYTES);
-        self.write(share, id, offset, &vec![0; (stop - offset) as usize], now, None)?;
+        self.write(share, id, offset, &vec![0; (stop - offset) as usize], now, open)?;
         Ok((stop < end).then_some(stop))
     }
     /// Registers an open of file `id` with the owner of the share's volume, which checks it

@@ -52,7 +52,7 @@ pub trait Environment {
     /// Now, as FILETIME (100 ns ticks since 1601).
     fn now(&self) -> u64;
     /// Failed-logon throttling, shared by the server's connections.
-    fn throttle(&mut self) -> std::sync::MutexGuard<'_, throttle::Throttle>;
+    fn throttle(&self) -> std::sync::MutexGuard<'_, throttle::Throttle>;
 }
 
 /// Server settings.

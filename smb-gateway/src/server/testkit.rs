@@ -69,7 +69,7 @@ impl Environment for Env {
     fn now(&self) -> u64 {
         133_000_000_000_000_000
     }
-    fn throttle(&mut self) -> std::sync::MutexGuard<'_, Throttle> {
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
         self.0.lock().expect("throttle")
     }
 }

@@ -108,7 +108,9 @@ impl Connection {
         let user = |name: &str| dir.user(name).map(|(hash, _)| hash);
         let role_of = |name: &str| dir.user(name).map(|(_, role)| role);
         let netbios = self.config.netbios_name.clone();
-        let auth = crate::rpc::auth::AuthContext { user: &user, server_challenge, now: env.now(), netbios_name: &netbios };
+        let env: &dyn crate::server::Environment = env;
+        let throttle = |f: &mut dyn FnMut(&mut crate::server::throttle::Throttle)| f(&mut env.throttle());
+        let auth = crate::rpc::auth::AuthContext { user: &user, server_challenge, now: env.now(), netbios_name: &netbios, throttle: &throttle };
         let caller = self.caller(session).ok_or(status::USER_SESSION_DELETED)?;
         let host = crate::rpc::Host { shares: &shares, auth: &auth, caller: &caller, role_of: &role_of, fsrvp: dir.shadow_copies() };
         let pipe = self.opens.get_mut(&volatile).and_then(|o| o.pipe.as_mut()).ok_or(status::FILE_CLOSED)?;

@@ -25,8 +25,9 @@ const UNLOCK: u32 = 0x4;
 const FAIL_IMMEDIATELY: u32 = 0x10;
 /// Bytes of one SMB2_LOCK_ELEMENT.
 const ELEMENT_BYTES: usize = 24;
-/// Elements one LOCK may carry (an open holds at most 4,096 locks at its owner anyway).
-pub const MAX_LOCK_ELEMENTS: usize = 1024;
+/// Elements one LOCK may carry (clients send one or a few): the owner checks each against
+/// every lock of the file under its table's lock, so this bounds that work.
+pub const MAX_LOCK_ELEMENTS: usize = 64;
 /// Locks one connection may have waiting at once; past this a lock that would wait is not
 /// granted. Each waiting lock costs a call to the owner every [`LOCK_RETRY_INTERVAL`].
 pub const MAX_WAITING_LOCKS_PER_CONNECTION: usize = 32;

@@ -30,13 +30,13 @@ pub const MAX_TRIM_RANGES: usize = 4096;
 /// The largest offset or length a file range may name (MAXLONGLONG).
 const MAX_OFFSET: u64 = i64::MAX as u64;
 
-/// What one of these FSCTLs is carried out on: the open's share, file id and granted access,
-/// and whether the file is sparse as the open last saw it.
+/// What one of these FSCTLs is carried out on: the open's share, file id, granted access and
+/// registration (byte-range locks are checked against it).
 struct Target {
     share: String,
     id: u64,
     access: u32,
-    sparse: bool,
+    open: Option<u64>,
 }
 
 impl Connection {
@@ -47,7 +47,7 @@ impl Connection {
             Ok(o) if o.pipe.is_some() => return Reply::error(status::INVALID_DEVICE_REQUEST),
             // MS-FSA 2.1.5.10: these act on a data file; a directory has no data to act on.
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
-            Ok(o) => Target { share: o.share.clone(), id: o.info.id, access: o.access, sparse: o.info.attributes & ATTR_SPARSE != 0 },
+            Ok(o) => Target { share: o.share.clone(), id: o.info.id, access: o.access, open: o.registration },
             Err(s) => return Reply::error(s),
         };
         let read_only = matches!(self.tree(h), Ok((_, true, _)));
@@ -105,10 +105,15 @@ fn query_allocated_ranges(t: &Target, input: &[u8], max_out: u32, files: &dyn Fi
     let room = max_out as usize / RANGE_BYTES;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     let mut more = false;
-    if t.sparse {
+    if len == 0 {
+        return Ok((Vec::new(), false));
+    }
+    // Whether the file is sparse now (another open may have said so since this one opened).
+    let file = files.stat(&t.share, t.id).map_err(|e| e.status())?;
+    if file.attributes & ATTR_SPARSE != 0 {
         more = collect_ranges(offset, end, room.max(1), &mut ranges, |from, len| files.allocated_ranges(&t.share, t.id, from, len).map_err(|e| e.status()))?;
-    } else if len > 0 {
-        let end = end.min(files.stat(&t.share, t.id).map_err(|e| e.status())?.size);
+    } else {
+        let end = end.min(file.size);
         if offset < end {
             ranges.push((offset, end - offset));
         }
@@ -154,7 +159,7 @@ fn collect_ranges(offset: u64, end: u64, room: usize, ranges: &mut Vec<(u64, u64
 fn zero(t: &Target, offset: u64, end: u64, files: &dyn Files, now: u64) -> Result<(), u32> {
     let mut from = offset;
     while from < end {
-        match files.zero_range(&t.share, t.id, from, end - from, now).map_err(|e| e.status())? {
+        match files.zero_range(&t.share, t.id, from, end - from, now, t.open).map_err(|e| e.status())? {
             Some(next) if next > from => from = next,
             _ => break,
         }
@@ -193,12 +198,27 @@ fn file_level_trim(t: &Target, input: &[u8], max_out: u32, files: &dyn Files, no
         return Err(status::INVALID_PARAMETER);
     }
     let ranges = (0..count).map(|i| range_at(input, 8 + i * RANGE_BYTES)).collect::<Result<Vec<_>, u32>>()?;
+    // Each range taken inward to whole pages and cut at the file's size; then sorted and
+    // merged, so a request naming one range many times does the work once.
+    let size = files.stat(&t.share, t.id).map_err(|e| e.status())?.size;
+    let mut pages = Vec::with_capacity(ranges.len());
     for &(offset, len) in &ranges {
         let end = offset.checked_add(len).filter(|&e| e <= MAX_OFFSET).ok_or(status::INTEGER_OVERFLOW)?;
-        let (first, stop) = (offset.div_ceil(TRIM_PAGE_BYTES) * TRIM_PAGE_BYTES, end / TRIM_PAGE_BYTES * TRIM_PAGE_BYTES);
+        let (first, stop) = (offset.div_ceil(TRIM_PAGE_BYTES) * TRIM_PAGE_BYTES, (end / TRIM_PAGE_BYTES * TRIM_PAGE_BYTES).min(size));
         if first < stop {
-            zero(t, first, stop, files, now)?;
+            pages.push((first, stop));
         }
+    }
+    pages.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(pages.len());
+    for (first, stop) in pages {
+        match merged.last_mut() {
+            Some((_, e)) if first <= *e => *e = (*e).max(stop),
+            _ => merged.push((first, stop)),
+        }
+    }
+    for (first, stop) in merged {
+        zero(t, first, stop, files, now)?;
     }
     let out = if max_out >= 4 { (count as u32).to_le_bytes().to_vec() } else { Vec::new() };
     Ok((out, false))
