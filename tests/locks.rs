@@ -7,13 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::wire::*;
 use common::*;
-
-const READ: u32 = 0x1;
-const WRITE: u32 = 0x2;
-const SHARE_ALL: u32 = 7;
-const OPEN: u32 = 1;
-const OVERWRITE_IF: u32 = 5;
 
 // LOCK element flags.
 const SHARED: u32 = 0x1;
@@ -88,16 +83,10 @@ fn locks_through_two_nodes_conflict_and_guard_reads_and_writes_as_on_one_windows
     assert!(b.cmd(&format!("pwrite f {} 0x45 5", u64::MAX)).starts_with(FILE_LOCK_CONFLICT), "B's append lands in A's lock");
     assert_eq!(a.cmd(&format!("pwrite f {} 0x45 5", u64::MAX)), "OK", "A's own append does not");
     assert_eq!(lock(&mut a, "f", &[(40, 10, EXCLUSIVE | FI)]), "OK");
-    let zero = |from: u64, to: u64| format!("fsctl f {SET_ZERO_DATA:#x} {}{} 0", hex(from), hex(to));
+    let zero = |from: u64, to: u64| format!("fsctl f {SET_ZERO_DATA:#x} {}{} 0", hex(&from.to_le_bytes()), hex(&to.to_le_bytes()));
     assert!(b.cmd(&zero(35, 45)).starts_with(FILE_LOCK_CONFLICT));
     assert_eq!(a.cmd("read f 40 10"), format!("OK 10 10 {}", "41".repeat(10)), "nothing zeroed");
     assert_eq!(b.cmd(&zero(50, 60)), "OK -");
-}
-
-const SET_ZERO_DATA: u32 = 0x0009_80C8;
-
-fn hex(v: u64) -> String {
-    v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

@@ -7,24 +7,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::wire::*;
 use common::*;
 
 const PASSWORD: &str = DRIVEN_PASSWORD;
 const SHARING_VIOLATION: &str = "ERR 0xc0000043";
 const ACCESS_DENIED: &str = "ERR 0xc0000022";
-
-// DesiredAccess and ShareAccess bits, CreateDisposition values.
-const READ: u32 = 0x1;
-const WRITE: u32 = 0x2;
-const READ_ATTRIBUTES: u32 = 0x80;
-const DELETE: u32 = 0x1_0000;
-const SHARE_NONE: u32 = 0;
-const SHARE_READ: u32 = 1;
-const SHARE_RW: u32 = 3;
-const SHARE_ALL: u32 = 7;
-const OPEN: u32 = 1;
-const OVERWRITE_IF: u32 = 5;
-const OPEN_IF: u32 = 3;
 
 #[test]
 fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_closes() {

@@ -5,21 +5,8 @@
 
 mod common;
 
+use common::wire::*;
 use common::*;
-
-const READ: u32 = 0x1;
-const WRITE: u32 = 0x2;
-const READ_ATTRIBUTES: u32 = 0x80;
-const WRITE_ATTRIBUTES: u32 = 0x100;
-const SHARE_ALL: u32 = 7;
-const OPEN: u32 = 1;
-const OPEN_IF: u32 = 3;
-const OVERWRITE_IF: u32 = 5;
-
-const SET_SPARSE: u32 = 0x0009_00C4;
-const QUERY_ALLOCATED_RANGES: u32 = 0x0009_40CF;
-const SET_ZERO_DATA: u32 = 0x0009_80C8;
-const FILE_LEVEL_TRIM: u32 = 0x0009_8208;
 
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 64 * 1024;
@@ -28,10 +15,6 @@ const CHUNK: u64 = 64 * 1024;
 /// FILE_ZERO_DATA_INFORMATION.
 fn pair(a: u64, b: u64) -> String {
     format!("{}{}", hex(&a.to_le_bytes()), hex(&b.to_le_bytes()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The answer to a QUERY_ALLOCATED_RANGES that found `ranges`.

@@ -706,6 +706,27 @@ impl VolumeRpc for VolumeService {
         })
     }
 
+    async fn copy_range(&self, req: Request<CopyRangeRequest>) -> Result<Response<CopyRangeReply>, Status> {
+        let r = req.get_ref();
+        if r.length > umbra_smb_gateway::server::MAX_COPY_CHUNK_BYTES {
+            return Err(status_of(VolumeError::TooLarge { what: "a copied range", got: u64::from(r.length), max: u64::from(umbra_smb_gateway::server::MAX_COPY_CHUNK_BYTES) }));
+        }
+        // Byte-range locks, as for a READ of the source and a WRITE of the target (owner only).
+        if let Ok((vol, view, route)) = target_of(r.target.as_ref()) {
+            if matches!(self.owner(vol, route), Ok(Owner::Here)) {
+                self.check_io(FileKey { volume: vol, view, ino: r.source_ino }, r.source_open.as_ref(), r.source_offset, u64::from(r.length), false, false)?;
+                self.check_io(FileKey { volume: vol, view, ino: r.target_ino }, r.target_open.as_ref(), r.target_offset, u64::from(r.length), true, false)?;
+            }
+        }
+        unary!(gated self, req, copy_range, |s, vol, view, r| {
+            let data = s.read(vol, view, r.source_ino, r.source_offset, u64::from(r.length))?;
+            if data.len() == r.length as usize {
+                s.write(vol, view, r.target_ino, r.target_offset, &data, r.now)?;
+            }
+            Ok(CopyRangeReply { copied: data.len() as u32 })
+        })
+    }
+
     async fn clone_create(&self, req: Request<CloneRequest>) -> Result<Response<CloneReply>, Status> {
         unary!(slow self, req, clone_create, |s, vol, view, r| {
             let View::Snapshot(snap) = view else { return Err(VolumeError::Invalid("a clone is made of a snapshot: name it in the target".into())) };

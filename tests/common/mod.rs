@@ -303,6 +303,34 @@ pub fn venv_python() -> PathBuf {
     PathBuf::from(venv).join("bin/python")
 }
 
+/// DesiredAccess and ShareAccess bits, CreateDisposition values and FSCTL codes the driven
+/// client tests send (MS-SMB2 2.2.13, MS-FSCC 2.3).
+pub mod wire {
+    pub const READ: u32 = 0x1;
+    pub const WRITE: u32 = 0x2;
+    pub const READ_ATTRIBUTES: u32 = 0x80;
+    pub const WRITE_ATTRIBUTES: u32 = 0x100;
+    pub const DELETE: u32 = 0x1_0000;
+    pub const SHARE_NONE: u32 = 0;
+    pub const SHARE_READ: u32 = 1;
+    pub const SHARE_RW: u32 = 3;
+    pub const SHARE_ALL: u32 = 7;
+    pub const OPEN: u32 = 1;
+    pub const OPEN_IF: u32 = 3;
+    pub const OVERWRITE_IF: u32 = 5;
+    pub const SET_SPARSE: u32 = 0x0009_00C4;
+    pub const QUERY_ALLOCATED_RANGES: u32 = 0x0009_40CF;
+    pub const SET_ZERO_DATA: u32 = 0x0009_80C8;
+    pub const FILE_LEVEL_TRIM: u32 = 0x0009_8208;
+    pub const REQUEST_RESUME_KEY: u32 = 0x0014_0078;
+    pub const COPYCHUNK_WRITE: u32 = 0x0014_80F2;
+}
+
+/// Bytes as lower-case hex (what tests/clients/driven.py takes and gives).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// The password [`DrivenClient::connect`] logs on with.
 pub const DRIVEN_PASSWORD: &str = "S3cret-pw";
 

@@ -161,6 +161,12 @@ impl Reply {
         }
     }
 
+    /// This reply's body with another status: a failure that still carries its body (a
+    /// server-side copy says how far it got).
+    pub(super) fn with_status(self, status: u32) -> Reply {
+        Reply { status, ..self }
+    }
+
     pub(super) fn error(status: u32) -> Reply {
         Reply { status, body: async_ops::ERROR_BODY.to_vec(), framed: false, session_id: None, tree_id: None, wait: None }
     }
@@ -173,6 +179,7 @@ const FSCTL_DFS_GET_REFERRALS: u32 = 0x0006_0194;
 const FSCTL_PIPE_TRANSCEIVE: u32 = 0x0011_C017;
 const FSCTL_DFS_GET_REFERRALS_EX: u32 = 0x0006_01B0;
 const FSCTL_SRV_ENUM_SNAPS: u32 = 0x0014_4064;
+use super::ops::copy::{FSCTL_SRV_COPYCHUNK, FSCTL_SRV_COPYCHUNK_WRITE, FSCTL_SRV_REQUEST_RESUME_KEY};
 use super::ops::sparse::{FSCTL_FILE_LEVEL_TRIM, FSCTL_QUERY_ALLOCATED_RANGES, FSCTL_SET_SPARSE, FSCTL_SET_ZERO_DATA};
 
 impl Connection {
@@ -736,7 +743,8 @@ impl Connection {
     }
 
     /// IOCTLs: FSCTL_VALIDATE_NEGOTIATE_INFO, DFS referrals (this server has no DFS
-    /// namespace), pipe transceives, previous versions and the FSCTLs on a file's holes.
+    /// namespace), pipe transceives, previous versions, server-side copy and the FSCTLs on a
+    /// file's holes.
     fn ioctl(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn Directory, env: &mut dyn Environment) -> Reply {
         let b = &message[HEADER_BYTES.min(message.len())..];
         let (Some(code), Some(input_offset), Some(input_len), Some(max_out)) = (u32_at(b, 4), u32_at(b, 24), u32_at(b, 28), u32_at(b, 44)) else {
@@ -757,6 +765,14 @@ impl Connection {
             }
             FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Reply::error(status::NOT_FOUND),
             FSCTL_SRV_ENUM_SNAPS => self.enum_snaps(h, b, max_out, dir),
+            FSCTL_SRV_REQUEST_RESUME_KEY => {
+                let b = b.to_vec();
+                self.resume_key(h, &b, max_out, &mut |out| env.random(out))
+            }
+            FSCTL_SRV_COPYCHUNK | FSCTL_SRV_COPYCHUNK_WRITE => {
+                let (input, b) = (input.to_vec(), b.to_vec());
+                self.copy_chunks(h, &b, code, &input, max_out, files, env.now())
+            }
             FSCTL_SET_SPARSE | FSCTL_QUERY_ALLOCATED_RANGES | FSCTL_SET_ZERO_DATA | FSCTL_FILE_LEVEL_TRIM => {
                 let input = input.to_vec();
                 let b = b.to_vec();

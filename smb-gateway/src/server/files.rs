@@ -141,6 +141,25 @@ pub enum Looked {
     Missing { parent: FileInfo },
 }
 
+/// One side of a [`Files::copy_range`]: the file, the offset, and the open it goes through
+/// (its registration, for byte-range lock checks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopySide {
+    pub id: u64,
+    pub offset: u64,
+    pub open: Option<u64>,
+}
+
+/// [`Files::copy_range`] as a READ of the source and a WRITE of the target.
+pub fn copy_by_read_and_write(files: &(impl Files + ?Sized), share: &str, from: CopySide, to: CopySide, len: u32, now: u64) -> Result<u32, FsError> {
+    let data = files.read(share, from.id, from.offset, len, 0, from.open)?;
+    if data.len() < len as usize {
+        return Ok(data.len() as u32);
+    }
+    files.write(share, to.id, to.offset, &data, now, to.open)?;
+    Ok(len)
+}
+
 /// Bytes of zeros [`Files::zero_range`]'s default writes in one step.
 pub const ZERO_WRITE_BYTES: u64 = 1 << 20;
 
@@ -238,6 +257,15 @@ pub trait Files: Send + Sync {
     /// disposition takes effect at the open's CLOSE only.
     fn dispose_open(&self, _registration: u64, _delete: Option<(u64, &str)>) -> Result<(), FsError> {
         Ok(())
+    }
+    /// Copies `len` bytes (at most [`crate::server::MAX_COPY_CHUNK_BYTES`]) from one file
+    /// to another of the same share (a server-side copy's chunk): the source is read and the
+    /// target written as a READ and a WRITE through their opens would. Returns the bytes
+    /// copied: fewer than `len` when the source ends first (then nothing is written). This
+    /// default reads and writes through [`Files::read`] and [`Files::write`]; storage on
+    /// another node does both there, so the data does not cross the network.
+    fn copy_range(&self, share: &str, from: CopySide, to: CopySide, len: u32, now: u64) -> Result<u32, FsError> {
+        copy_by_read_and_write(self, share, from, to, len, now)
     }
     /// Takes byte-range locks for a registered open (all or none: [`FsError::LockNotGranted`]
     /// when one is in the way), or with `unlock` lets go of each listed range exactly as it was

@@ -9,7 +9,7 @@ pub mod credits;
 pub mod files;
 pub mod notify;
 mod ops;
-pub use ops::{LOCK_RETRY_INTERVAL, READ_ROOM};
+pub use ops::{LOCK_RETRY_INTERVAL, MAX_COPY_CHUNK_BYTES, READ_ROOM};
 mod session;
 pub mod throttle;
 #[cfg(test)]

@@ -9,9 +9,11 @@ pub(in crate::server) use data::{ioctl_body, read_body, read_reply};
 mod dir;
 mod info;
 mod lock;
+pub use copy::MAX_COPY_CHUNK_BYTES;
 pub use lock::LOCK_RETRY_INTERVAL;
 pub(in crate::server) mod notify;
 pub(in crate::server) mod previous;
+pub(in crate::server) mod copy;
 pub(in crate::server) mod sparse;
 
 pub(in crate::server) use crate::wire::{put_utf16, u16_at, u32_at, u64_at, utf16_decode as utf16};
@@ -68,6 +70,9 @@ pub struct Open {
     /// A delete disposition set on it and told to the owner (the file is delete-pending on
     /// every node): a rename through it tells the owner the new name.
     pub disposed: bool,
+    /// Its resume key, once a client asked for one (FSCTL_SRV_REQUEST_RESUME_KEY): a
+    /// server-side copy names its source by it.
+    pub resume_key: Option<[u8; copy::RESUME_KEY_BYTES]>,
 }
 
 /// Where a QUERY_DIRECTORY enumeration stands.
