@@ -13,8 +13,8 @@ const MIB: u64 = 1 << 20;
 fn resume_key(c: &mut DrivenClient, handle: &str) -> String {
     let out = c.cmd(&format!("fsctl {handle} {REQUEST_RESUME_KEY:#x} - 32"));
     let hex = out.strip_prefix("OK ").unwrap_or_else(|| panic!("a resume key: {out}"));
-    assert_eq!(hex.len(), 2 * 28, "the key and ContextLength 0: {hex}");
-    assert!(hex.ends_with("00000000"));
+    assert_eq!(hex.len(), 2 * 32, "the key, ContextLength 0 and 4 bytes of Context: {hex}");
+    assert!(hex.ends_with(&"00".repeat(8)));
     hex[..48].to_string()
 }
 
@@ -55,6 +55,8 @@ fn a_server_side_copy_through_another_node_copies_every_chunk_and_refuses_what_i
 
     // A chunk past the source's end stops the copy there (as on Windows), saying how far it got.
     assert!(a.cmd(&copy(&key, &[(0, 0, 10), (3 * MIB + 50, 0, 100)])).starts_with("ERR 0xc0000319"));
+    // A negative offset.
+    assert!(a.cmd(&copy(&key, &[(1 << 63, 0, 10)])).starts_with("ERR 0xc000000d"));
     // Past the limits: 257 chunks, a chunk over 1 MiB, more than 16 MiB, a chunk of nothing.
     for bad in [vec![(0, 0, 1); 257], vec![(0, 0, MIB as u32 + 1)], vec![(0, 0, MIB as u32); 17], vec![(0, 0, 0)]] {
         assert!(a.cmd(&copy(&key, &bad)).starts_with("ERR 0xc000000d"), "{} chunks", bad.len());

@@ -56,8 +56,8 @@ pub const MAX_GATEWAYS_PER_VOLUME: usize = 1_024;
 pub const LEASE_MS: u64 = 15_000;
 /// How often a gateway renews its leases (a third of the lease: two renewals may be lost).
 pub const RENEW_INTERVAL_MS: u64 = 5_000;
-/// Byte-range locks one open may hold.
-pub const MAX_LOCKS_PER_OPEN: usize = 4_096;
+/// Byte-range locks one open may hold (a quarter of a file's: one open cannot take them all).
+pub const MAX_LOCKS_PER_OPEN: usize = 1_024;
 /// Byte-range locks all the opens of one file may hold: a LOCK element, a READ and a WRITE of
 /// a locked file each look at them all, under the table's lock.
 pub const MAX_LOCKS_PER_FILE: usize = 4_096;
@@ -275,7 +275,8 @@ impl VolumeOpens {
             return Err(OpenError::TooManyForGateway { node, volume, max: MAX_OPENS_PER_GATEWAY });
         }
         // Locks listed by a renewal come back as they were, within the bounds.
-        let room = MAX_LOCKS_PER_VOLUME.saturating_sub(self.locks).min(MAX_LOCKS_PER_OPEN);
+        let on_file = self.files.get(&(r.file.view, r.file.ino)).map_or(0, |f| f.held.iter().map(|h| h.locks.len()).sum::<usize>());
+        let room = MAX_LOCKS_PER_VOLUME.saturating_sub(self.locks).min(MAX_LOCKS_PER_OPEN).min(MAX_LOCKS_PER_FILE.saturating_sub(on_file));
         let locks: Vec<ByteLock> = r.locks.iter().take(room).copied().collect();
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
         self.locks += locks.len();
@@ -884,12 +885,28 @@ mod tests {
 
     #[test]
     fn locks_are_bounded_per_open_and_per_file() {
-        let mut t = two_opens();
-        let many: Vec<ByteLock> = (0..MAX_LOCKS_PER_OPEN as u64).map(|i| x(i * 2, 1)).collect();
-        t.lock(A, VOL, 1, &many).unwrap();
-        assert!(matches!(t.lock(A, VOL, 1, &[x(1, 1)]), Err(LockError::TooMany { name: "max_locks_per_open", .. })));
-        assert!(matches!(t.lock(B, VOL, 7, &[x(1, 1)]), Err(LockError::TooMany { name: "max_locks_per_file", .. })), "B's open is of the same file");
-        t.unlock(A, VOL, 1, &[(0, 1)]).unwrap();
-        t.lock(B, VOL, 7, &[x(1 << 40, 1)]).expect("room again");
+        let mut t = OpenTable::default();
+        let per_open = MAX_LOCKS_PER_OPEN as u64;
+        let opens = (MAX_LOCKS_PER_FILE / MAX_LOCKS_PER_OPEN) as u64;
+        for id in 1..=opens + 1 {
+            t.register(0, A, LEASE_MS, open(5, id, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        }
+        for id in 1..=opens {
+            let many: Vec<ByteLock> = (0..per_open).map(|i| sh(id << 32 | i, 1)).collect();
+            t.lock(A, VOL, id, &many).unwrap();
+        }
+        assert!(matches!(t.lock(A, VOL, 1, &[sh(1 << 40, 1)]), Err(LockError::TooMany { name: "max_locks_per_open", .. })));
+        assert!(matches!(t.lock(A, VOL, opens + 1, &[sh(1 << 40, 1)]), Err(LockError::TooMany { name: "max_locks_per_file", .. })), "the file is full");
+        t.unlock(A, VOL, 1, &[(1 << 32, 1)]).unwrap();
+        t.lock(A, VOL, opens + 1, &[sh(1 << 40, 1)]).expect("room again");
+        // A renewal reinstating more than the file has room for keeps what fits.
+        let mut restarted = OpenTable::default();
+        for id in 1..=opens {
+            let listed = OpenRecord { locks: (0..per_open).map(|i| sh(id << 32 | i, 1)).collect(), ..open(5, id, FILE_READ_DATA, SHARE_ALL) };
+            restarted.renew(0, A, LEASE_MS, VOL, 99, &[listed]).unwrap();
+        }
+        let extra = OpenRecord { locks: vec![sh(1 << 40, 1)], ..open(5, opens + 1, FILE_READ_DATA, SHARE_ALL) };
+        restarted.renew(0, A, LEASE_MS, VOL, 99, &[extra]).unwrap();
+        assert!(restarted.locks_of(A, VOL, opens + 1).is_empty(), "no room on the file");
     }
 }

@@ -856,9 +856,10 @@ impl VolumeService {
             return Ok(());
         }
         let mut range = (offset, length);
-        if offset == crate::volume::WRITE_AT_END || clip {
+        let append = write && offset == crate::volume::WRITE_AT_END;
+        if append || clip {
             let size = self.store.stat(file.volume, file.view, file.ino).map_err(status_of)?.size;
-            if offset == crate::volume::WRITE_AT_END {
+            if append {
                 range.0 = size;
             }
             if clip {

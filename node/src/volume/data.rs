@@ -25,6 +25,8 @@ pub const MAX_ALLOCATED_SCAN_CHUNKS: u64 = 65_536;
 /// Chunks one [`VolumeStore::zero_range`] step covers, at most (256 MiB of file): the step's
 /// write batch and its time under the volume lock stay bounded.
 pub const MAX_ZERO_STEP_CHUNKS: u64 = 4_096;
+/// Windows of stored chunks holding no data one zeroing step passes over before it returns.
+pub const MAX_ZERO_EMPTY_WINDOWS: u32 = 64;
 
 /// Bytes of the CRC32C after a chunk's data.
 pub(super) const CHUNK_CRC_BYTES: usize = 4;
@@ -402,14 +404,23 @@ impl VolumeStore {
                 return Ok(false);
             }
             // Holes cost nothing: the step starts at the first chunk stored at or past the
-            // offset (one seek), so the work follows the data, not the range's size.
+            // offset (one seek), so the work follows the data, not the range's size. A window
+            // whose stored chunks hold no data here (versions a snapshot keeps, holes a
+            // snapshot's data needs) is passed over in the same call, up to a bound.
             let last = end.div_ceil(CHUNK_BYTES);
-            let first = match self.next_chunk_index(st, scope, ino, inode.generation, offset / CHUNK_BYTES)? {
-                Some(next) if next < last => next.max(offset / CHUNK_BYTES),
-                _ => return Ok(false),
+            let (mut from, mut skipped) = (offset / CHUNK_BYTES, 0);
+            let (until, holding) = loop {
+                let first = match self.next_chunk_index(st, scope, ino, inode.generation, from)? {
+                    Some(next) if next < last => next.max(from),
+                    _ => return Ok(false),
+                };
+                let until = last.min(first + MAX_ZERO_STEP_CHUNKS);
+                let holding = self.visible_chunks(st, scope, ino, inode.generation, first, until)?;
+                if !holding.is_empty() || until == last || skipped == MAX_ZERO_EMPTY_WINDOWS {
+                    break (until, holding);
+                }
+                (from, skipped) = (until, skipped + 1);
             };
-            let until = last.min(first + MAX_ZERO_STEP_CHUNKS);
-            let holding = self.visible_chunks(st, scope, ino, inode.generation, first, until)?;
             resume = (until < last).then(|| until * CHUNK_BYTES);
             let stop = end.min(until * CHUNK_BYTES);
             let zeros = vec![0u8; CHUNK_BYTES as usize];

@@ -1116,6 +1116,16 @@ fn zeroing_a_range_goes_in_bounded_steps_and_leaves_snapshots_as_they_were() {
     let next = (1u64 << 40) + step * c;
     assert_eq!(s.zero_range(v, View::Live, far, 0, u64::MAX, 3).unwrap(), Some(next), "the data's step");
     assert_eq!(s.zero_range(v, View::Live, far, next, u64::MAX, 3).unwrap(), None, "then nothing stored");
+
+    // A window whose stored chunks hold no data here (a version a snapshot keeps under a hole)
+    // is passed over in the same call.
+    let kept = s.create(v, View::Live, ROOT_INO, "kept", Kind::File, 1).unwrap();
+    s.write(v, View::Live, kept, 0, &[1], 2).unwrap();
+    s.write(v, View::Live, kept, 10 * step * c, &[1], 2).unwrap();
+    s.snapshot_create(v, uuid::Uuid::new_v4(), 3).unwrap();
+    assert_eq!(s.zero_range(v, View::Live, kept, 0, 1, 4).unwrap(), None);
+    assert_eq!(s.zero_range(v, View::Live, kept, 0, u64::MAX, 5).unwrap(), None, "past the kept version's window to the data, in one call");
+    assert_eq!(s.stat(v, View::Live, kept).unwrap().allocated, 0);
     assert_eq!(s.stat(v, View::Live, far).unwrap().allocated, 0);
     assert_eq!(s.zero_range(v, View::Live, far, 0, u64::MAX, 3).unwrap(), None, "nothing stored: one seek");
 }

@@ -5,13 +5,13 @@
 //! WRITE of the two opens would be (byte-range locks and all).
 //!
 //! A resume key is this open's volatile id and 16 bytes from the server's generator, made at
-//! the first request and kept with the open: a key from another connection, or guessed, names
-//! nothing (STATUS_OBJECT_NAME_NOT_FOUND).
+//! the first request and kept with the open: a key from another connection or session, or
+//! guessed, names nothing (STATUS_OBJECT_NAME_NOT_FOUND).
 
 use super::super::connection::{Connection, Reply};
 use super::super::files::{CopySide, Files};
 use super::{ioctl_body, u32_at, u64_at};
-use crate::share_modes::{FILE_READ_DATA, FILE_WRITE_DATA};
+use crate::share_modes::{FILE_APPEND_DATA, FILE_READ_DATA, FILE_WRITE_DATA};
 use crate::smb2::header::Header;
 use crate::smb2::status;
 
@@ -27,12 +27,16 @@ pub const MAX_COPY_CHUNK_BYTES: u32 = 1 << 20;
 pub const MAX_COPY_BYTES: u32 = 16 << 20;
 /// A resume key's bytes.
 pub const RESUME_KEY_BYTES: usize = 24;
+/// SRV_REQUEST_RESUME_KEY as sent: the key, ContextLength, and 4 bytes of Context.
+const RESUME_KEY_REPLY_BYTES: u32 = 32;
 /// SRV_COPYCHUNK_COPY's fixed part: SourceKey, ChunkCount, Reserved.
 const COPY_HEADER_BYTES: usize = RESUME_KEY_BYTES + 8;
 /// One SRV_COPYCHUNK: SourceOffset, TargetOffset, Length, Reserved.
 const CHUNK_BYTES: usize = 24;
 /// SRV_COPYCHUNK_RESPONSE: ChunksWritten, ChunkBytesWritten, TotalBytesWritten.
 const RESPONSE_BYTES: u32 = 12;
+/// The largest offset a copy may reach (MAXLONGLONG).
+const MAX_OFFSET: u64 = i64::MAX as u64;
 /// STATUS_INVALID_VIEW_SIZE: a chunk reaches past the source's end (as Windows answers).
 const INVALID_VIEW_SIZE: u32 = 0xC000_0319;
 
@@ -51,7 +55,7 @@ impl Connection {
             Ok(_) => {}
             Err(s) => return Reply::error(s),
         }
-        if max_out < RESUME_KEY_BYTES as u32 + 4 {
+        if max_out < RESUME_KEY_REPLY_BYTES {
             return Reply::error(status::INVALID_PARAMETER);
         }
         let Some(open) = self.opens.get_mut(&volatile) else { return Reply::error(status::FILE_CLOSED) };
@@ -61,48 +65,55 @@ impl Connection {
             random(&mut k[8..]);
             k
         });
+        // ContextLength 0, and the 4 bytes of Context the reply always has (MS-SMB2 3.3.5.15.5:
+        // OutputCount 32).
         let mut out = key.to_vec();
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
         Reply::ok(ioctl_body(body, &out))
     }
 
     /// FSCTL_SRV_COPYCHUNK and FSCTL_SRV_COPYCHUNK_WRITE on the target open `body` names.
     pub(in crate::server) fn copy_chunks(&mut self, h: &Header, body: &[u8], code: u32, input: &[u8], max_out: u32, files: &dyn Files, now: u64) -> Reply {
         let Some(volatile) = Self::file_id(body, 8) else { return Reply::error(status::INVALID_PARAMETER) };
-        if max_out < RESPONSE_BYTES || input.len() < COPY_HEADER_BYTES {
+        // Past the server's limits, or not a request it can read: INVALID_PARAMETER, with the
+        // limits (MS-SMB2 3.3.5.15.6), which the client then keeps to.
+        let limits = || Reply::ok(ioctl_body(body, &response(MAX_COPY_CHUNKS, MAX_COPY_CHUNK_BYTES, MAX_COPY_BYTES))).with_status(status::INVALID_PARAMETER);
+        let count = u32_at(input, RESUME_KEY_BYTES).unwrap_or(0);
+        if count > MAX_COPY_CHUNKS {
+            return limits();
+        }
+        let Some(list) = input.get(COPY_HEADER_BYTES..COPY_HEADER_BYTES + count as usize * CHUNK_BYTES) else { return limits() };
+        // The source: the open the key names, in this session, open for reading.
+        let key = &input[..RESUME_KEY_BYTES];
+        let source = match self.opens.values().find(|o| o.session == h.session_id && o.resume_key.as_ref().is_some_and(|k| crate::smb2::signing::same_bytes(k, key))) {
+            None => return Reply::error(status::OBJECT_NAME_NOT_FOUND),
+            Some(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
+            Some(o) if o.access & FILE_READ_DATA == 0 => return Reply::error(status::ACCESS_DENIED),
+            Some(o) => (o.share.clone(), o.info.id, o.registration),
+        };
+        if max_out < RESPONSE_BYTES {
             return Reply::error(status::INVALID_PARAMETER);
         }
         // The target: a file open for writing (and, for COPYCHUNK, reading) on a writable tree.
-        let needs = if code == FSCTL_SRV_COPYCHUNK { FILE_WRITE_DATA | FILE_READ_DATA } else { FILE_WRITE_DATA };
+        let (writes, reads) = (FILE_WRITE_DATA | FILE_APPEND_DATA, if code == FSCTL_SRV_COPYCHUNK { FILE_READ_DATA } else { 0 });
         let target = match self.open_of(h, volatile) {
             Ok(o) if o.pipe.is_some() => return Reply::error(status::INVALID_DEVICE_REQUEST),
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
-            Ok(o) if o.access & needs != needs => return Reply::error(status::ACCESS_DENIED),
+            Ok(o) if o.access & writes == 0 || o.access & reads != reads => return Reply::error(status::ACCESS_DENIED),
             Ok(o) => (o.share.clone(), o.info.id, o.registration),
             Err(s) => return Reply::error(s),
         };
         if matches!(self.tree(h), Ok((_, true, _))) {
             return Reply::error(status::MEDIA_WRITE_PROTECTED);
         }
-        // The source: the open the key names, on this connection, open for reading.
-        let key = &input[..RESUME_KEY_BYTES];
-        let source = match self.opens.values().find(|o| o.resume_key.as_ref().is_some_and(|k| k[..] == *key)) {
-            None => return Reply::error(status::OBJECT_NAME_NOT_FOUND),
-            Some(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
-            Some(o) if o.access & FILE_READ_DATA == 0 => return Reply::error(status::ACCESS_DENIED),
-            Some(o) => (o.share.clone(), o.info.id, o.registration),
-        };
-        let count = u32_at(input, RESUME_KEY_BYTES).unwrap_or(0);
-        // Past the server's limits (or a chunk of nothing): INVALID_PARAMETER, with the limits.
-        let limits = || Reply::ok(ioctl_body(body, &response(MAX_COPY_CHUNKS, MAX_COPY_CHUNK_BYTES, MAX_COPY_BYTES))).with_status(status::INVALID_PARAMETER);
-        if count > MAX_COPY_CHUNKS {
-            return limits();
-        }
-        let Some(list) = input.get(COPY_HEADER_BYTES..COPY_HEADER_BYTES + count as usize * CHUNK_BYTES) else { return Reply::error(status::INVALID_PARAMETER) };
         let chunks: Vec<(u64, u64, u32)> = list.chunks_exact(CHUNK_BYTES).map(|c| (u64_at(c, 0).unwrap_or(0), u64_at(c, 8).unwrap_or(0), u32_at(c, 16).unwrap_or(0))).collect();
         let total: u64 = chunks.iter().map(|c| u64::from(c.2)).sum();
         if chunks.iter().any(|c| c.2 == 0 || c.2 > MAX_COPY_CHUNK_BYTES) || total > u64::from(MAX_COPY_BYTES) {
             return limits();
+        }
+        // Offsets are LARGE_INTEGERs: none may be negative, nor a range reach past the last.
+        if chunks.iter().any(|&(from, to, len)| from.max(to).checked_add(u64::from(len)).is_none_or(|end| end > MAX_OFFSET)) {
+            return Reply::error(status::INVALID_PARAMETER);
         }
         let (mut done, mut written) = (0u32, 0u32);
         for (from, to, len) in chunks {
@@ -123,6 +134,10 @@ impl Connection {
             };
             if let Err(s) = step {
                 tracing::debug!(chunk = done, status = format_args!("{s:#010x}"), "server-side copy stopped");
+                // INVALID_PARAMETER with a body would read as the server's limits.
+                if s == status::INVALID_PARAMETER {
+                    return Reply::error(s);
+                }
                 return Reply::ok(ioctl_body(body, &response(done, 0, written))).with_status(s);
             }
             done += 1;
