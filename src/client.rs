@@ -25,12 +25,13 @@ pub struct Node {
 impl Node {
     /// Connects to `addr` (`host:port`); an unreachable node is an error that says so.
     pub async fn connect(addr: &str) -> anyhow::Result<Node> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .with_context(|| format!("{addr:?} is not a host:port address"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| {
-            anyhow!("cannot reach node at {addr}: {} (is it running? set --addr or UMBRA_ADDR)", root_cause(&e))
+        Endpoint::from_shared(format!("http://{addr}")).with_context(|| format!("{addr:?} is not a host:port address"))?;
+        let channel = umbra_raft::network::connect_now(addr, CONNECT_TIMEOUT).await.map_err(|e| {
+            let hint = match umbra_raft::peer_auth::key() {
+                Some(_) => "is it running, and does it hold the same cluster key? set --addr or UMBRA_ADDR",
+                None => "is it running? set --addr or UMBRA_ADDR; a node with a cluster key needs --key-file or UMBRA_CLUSTER_KEY_FILE",
+            };
+            anyhow!("cannot reach node at {addr}: {} ({hint})", root_cause(&e))
         })?;
         Ok(Node { addr: addr.into(), client: AdminClient::new(channel) })
     }
@@ -47,6 +48,11 @@ impl Node {
                 anyhow!("cannot reach node at {}: {}", self.addr, s.message())
             }
             tonic::Code::DeadlineExceeded => anyhow!("node at {} did not answer within the deadline: {}", self.addr, s.message()),
+            // A node with a cluster key greets before HTTP/2, which a client without one reads
+            // as a protocol error.
+            _ if umbra_raft::peer_auth::key().is_none() && ["h2 protocol error", "operation was canceled", "connection reset", "broken pipe"].iter().any(|m| s.message().contains(m)) => {
+                anyhow!("node at {} speaks no plain gRPC: it holds a cluster key (give it with --key-file or UMBRA_CLUSTER_KEY_FILE): {}", self.addr, s.message())
+            }
             _ => anyhow!("{}", s.message()),
         }
     }

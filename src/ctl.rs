@@ -28,6 +28,10 @@ pub struct CtlArgs {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// A file holding the cluster key (64 hex digits; `umbra up` writes DATA/cluster.key): every
+    /// connection to a node with a key must prove it holds the same.
+    #[arg(long, env = "UMBRA_CLUSTER_KEY_FILE", global = true)]
+    key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -110,6 +114,12 @@ enum UserCmd {
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let json = args.json;
+    if let Some(path) = &args.key_file {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the cluster key from {}", path.display()))?;
+        let key = umbra_raft::peer_auth::ClusterKey::from_hex(&text).with_context(|| format!("the cluster key in {}", path.display()))?;
+        umbra_raft::peer_auth::install_key(key);
+    }
     let node = Node::connect(&args.addr).await?;
     match args.command {
         CtlCommand::Status => status(&node, json).await,

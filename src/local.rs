@@ -29,6 +29,17 @@ pub struct LocalCluster {
     running: Vec<bool>,
 }
 
+/// Where a local cluster's data directory keeps its cluster key (`umbra ctl --key-file`).
+pub const KEY_FILE: &str = "cluster.key";
+
+/// Writes `text` to a new file only its owner may read.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(format!("{text}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
 impl LocalCluster {
     /// Writes node configs under `data` (once; later runs reuse them and the data).
     /// Node 1 starts the cluster, the others join through it. gRPC ports are
@@ -40,6 +51,23 @@ impl LocalCluster {
         }
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let data = data.canonicalize()?;
+        // The cluster's key: made with the data directory, kept with it; this process (which
+        // talks to the nodes) holds it too. A data directory from before keys keeps none.
+        let key_file = data.join(KEY_FILE);
+        let fresh = !data.join("node1.toml").exists();
+        if fresh && !key_file.exists() {
+            write_private(&key_file, &umbra_raft::peer_auth::ClusterKey::generate().to_hex())?;
+        }
+        let key = match key_file.exists() {
+            true => {
+                let text = std::fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
+                Some(umbra_raft::peer_auth::ClusterKey::from_hex(&text).with_context(|| format!("the cluster key in {}", key_file.display()))?)
+            }
+            false => None,
+        };
+        if let Some(k) = &key {
+            umbra_raft::peer_auth::install_key(k.clone());
+        }
         let grpc = |id: u64| format!("127.0.0.1:{}", u64::from(base_port) + id);
         let mut nodes = Vec::new();
         for id in 1..=count {
@@ -63,6 +91,9 @@ impl LocalCluster {
                     1 => t.insert("bootstrap".into(), toml::Value::Boolean(true)),
                     _ => t.insert("join".into(), toml::Value::Array(vec![toml::Value::String(grpc(1))])),
                 };
+                if let Some(k) = &key {
+                    t.insert("cluster_key".into(), toml::Value::String(k.to_hex()));
+                }
                 // Written by the serializer: a data path with quotes or backslashes stays itself.
                 let text = format!("{}{extra_toml}", toml::to_string(&t).context("writing a node config")?);
                 std::fs::write(&spec.config, text).with_context(|| format!("writing {}", spec.config.display()))?;

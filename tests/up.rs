@@ -58,6 +58,11 @@ fn umbra_up_starts_a_seeded_three_node_cluster_stops_on_ctrl_c_and_reuses_its_da
     assert!(banner.contains("user admin, password Adm1n-pass"), "{banner}");
     assert!(banner.contains("ctl --addr"), "{banner}");
     assert!(banner.contains("smbclient //127.0.0.1/share"), "{banner}");
+    // The cluster holds a key of its own, kept with its data; `umbra ctl` needs it.
+    let key_file = data.join("cluster.key");
+    assert!(banner.contains(&format!("export UMBRA_CLUSTER_KEY_FILE={}", key_file.canonicalize().unwrap().display())), "{banner}");
+    assert!(!ctl_at(&addr, &["status"], None).ok, "no key, no answer");
+    std::env::set_var("UMBRA_CLUSTER_KEY_FILE", &key_file);
     let status = ctl_at(&addr, &["status"], None).json();
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
     assert!(status["members"].as_array().unwrap().iter().all(|m| m["answers"] == true && m["role"] == "voter"));

@@ -26,6 +26,11 @@ pub struct NodeConfig {
     /// gRPC addresses of existing members to join through (ignored once initialised).
     #[serde(default)]
     pub join: Vec<String>,
+    /// The cluster key (64 hex digits, `umbra up` makes one): every gRPC connection to or from
+    /// this node must prove it holds the same (umbra_raft::peer_auth). Without one, the node's
+    /// gRPC port is open to anyone who reaches it.
+    #[serde(default)]
+    pub cluster_key: Option<String>,
     #[serde(default)]
     pub raft: RaftTuning,
     #[serde(default)]
@@ -134,6 +139,11 @@ impl NodeConfig {
                 Ok(a) if a.port() == 0 => return bad(format!("{field} {addr:?}: port 0 is not a port peers or clients can reach")),
                 Ok(a) if field == "grpc_addr" && a.ip().is_unspecified() => return bad(format!("grpc_addr {addr:?}: other nodes dial this address; give one they can reach, not {}", a.ip())),
                 Ok(_) => {}
+            }
+        }
+        if let Some(k) = &self.cluster_key {
+            if let Err(e) = umbra_raft::peer_auth::ClusterKey::from_hex(k) {
+                return bad(format!("cluster_key: {e}"));
             }
         }
         for addr in &self.join {

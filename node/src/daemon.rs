@@ -35,6 +35,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // Channels and background tasks started while serving a call live on this runtime, not
     // on the call's connection thread (crate::grpc_server).
     umbra_raft::network::set_home(tokio::runtime::Handle::current());
+    match config.cluster_key.as_deref().map(umbra_raft::peer_auth::ClusterKey::from_hex) {
+        Some(Ok(key)) => {
+            umbra_raft::peer_auth::install_key(key);
+        }
+        Some(Err(e)) => anyhow::bail!("cluster_key: {e}"),
+        None => tracing::warn!("no cluster_key configured: this node's gRPC port (volumes, Raft, administration) is open to anyone who reaches it"),
+    }
     let span = tracing::info_span!("node", id = config.id);
     async {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;

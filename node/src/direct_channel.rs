@@ -87,8 +87,11 @@ impl DirectChannel {
     }
 
     async fn connect(&self) -> Result<Connection, BoxError> {
-        let io = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&*self.addr)).await.map_err(|_| "the connection timed out")??;
+        let mut io = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&*self.addr)).await.map_err(|_| "the connection timed out")??;
         io.set_nodelay(true)?;
+        if let Some(key) = umbra_raft::peer_auth::key() {
+            umbra_raft::peer_auth::client_side(&mut io, key).await?;
+        }
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

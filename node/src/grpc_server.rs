@@ -151,10 +151,16 @@ where
 }
 
 async fn serve_one<R: Fn() -> Router>(socket: std::net::TcpStream, router: &R, mut stop: watch::Receiver<bool>) {
-    let io = match TcpStream::from_std(socket) {
+    let mut io = match TcpStream::from_std(socket) {
         Ok(io) => io,
         Err(e) => return tracing::warn!(error = %e, "cannot take a gRPC connection"),
     };
+    // Only holders of the cluster key get to the services (umbra_raft::peer_auth).
+    if let Some(key) = umbra_raft::peer_auth::key() {
+        if let Err(e) = umbra_raft::peer_auth::server_side(&mut io, key).await {
+            return tracing::warn!(error = %e, "refused a gRPC connection: no cluster key");
+        }
+    }
     let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
     // tonic's server takes a stream of connections: this one, then none (without ending, which
     // would shut the connection down at once).

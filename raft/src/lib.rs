@@ -7,13 +7,15 @@
 //! peers' [`service::RaftService`]; once committed, every node's [`store::StateMachineStore`]
 //! runs the pure [`state::MetaState::apply`] and persists what changed with the applied index in
 //! one batch. Reads go to the in-memory copy behind [`store::MetaReader`] after a read-index
-//! check (see the node crate). Snapshots are the whole state as JSON.
+//! check (see the node crate). Snapshots are the whole state as JSON. Every gRPC connection
+//! between nodes (and from `umbra ctl`) starts with [`peer_auth`]'s cluster-key handshake.
 
 pub mod clock;
 pub mod command;
 pub mod fsrvp;
 pub mod names;
 pub mod network;
+pub mod peer_auth;
 pub mod query;
 pub mod service;
 pub mod state;

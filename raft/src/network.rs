@@ -92,9 +92,35 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .keep_alive_while_idle(true);
     // The channel's worker and connection tasks go to the home runtime.
     let _home = HOME.get().map(|h| h.enter());
-    Ok(match TRANSPORT.get() {
-        Some(t) => t.connect(endpoint),
-        None => endpoint.connect_lazy(),
+    Ok(match (TRANSPORT.get(), crate::peer_auth::key()) {
+        (Some(t), _) => t.connect(endpoint),
+        (None, Some(key)) => endpoint.connect_with_connector_lazy(keyed_connector(key)),
+        (None, None) => endpoint.connect_lazy(),
+    })
+}
+
+/// A channel to `addr` connected now (an unreachable node, or one refusing this process's
+/// cluster key, is an error at once): for `umbra ctl`, which should say so rather than wait.
+pub async fn connect_now(addr: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(timeout).tcp_nodelay(true);
+    match (TRANSPORT.get(), crate::peer_auth::key()) {
+        (None, Some(key)) => endpoint.connect_with_connector(keyed_connector(key)).await,
+        _ => endpoint.connect().await,
+    }
+}
+
+/// Connects over TCP and makes the cluster-key handshake ([`crate::peer_auth`]) before the
+/// channel's HTTP/2 starts.
+pub fn keyed_connector(key: &'static crate::peer_auth::ClusterKey) -> impl tower::Service<tonic::transport::Uri, Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>, Error = std::io::Error, Future = impl Send> + Clone + Send + 'static {
+    tower::service_fn(move |uri: tonic::transport::Uri| async move {
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {host}:{port} timed out")))??;
+        stream.set_nodelay(true)?;
+        crate::peer_auth::client_side(&mut stream, key).await?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
     })
 }
 
