@@ -51,7 +51,7 @@ impl Node {
             // A node with a cluster key greets before HTTP/2, which a client without one reads
             // as a protocol error.
             _ if umbra_raft::peer_auth::key().is_none() && ["h2 protocol error", "operation was canceled", "connection reset", "broken pipe"].iter().any(|m| s.message().contains(m)) => {
-                anyhow!("node at {} speaks no plain gRPC: it holds a cluster key (give it with --key-file or UMBRA_CLUSTER_KEY_FILE): {}", self.addr, s.message())
+                anyhow!("node at {} dropped the call; a node with a cluster key wants it (--key-file or UMBRA_CLUSTER_KEY_FILE): {}", self.addr, s.message())
             }
             _ => anyhow!("{}", s.message()),
         }

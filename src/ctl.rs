@@ -118,7 +118,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         use anyhow::Context as _;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading the cluster key from {}", path.display()))?;
         let key = umbra_raft::peer_auth::ClusterKey::from_hex(&text).with_context(|| format!("the cluster key in {}", path.display()))?;
-        umbra_raft::peer_auth::install_key(key);
+        umbra_raft::peer_auth::install_key(key, None);
     }
     let node = Node::connect(&args.addr).await?;
     match args.command {

@@ -50,6 +50,11 @@ impl LocalCluster {
             anyhow::bail!("base port {base_port} leaves no room for {count} nodes: their ports would reach {top} (at most {})", u16::MAX);
         }
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        // The configs hold the cluster key: only this user reads the data directory.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", data.display()))?;
+        }
         let data = data.canonicalize()?;
         // The cluster's key: made with the data directory, kept with it; this process (which
         // talks to the nodes) holds it too. A data directory from before keys keeps none.
@@ -66,7 +71,7 @@ impl LocalCluster {
             false => None,
         };
         if let Some(k) = &key {
-            umbra_raft::peer_auth::install_key(k.clone());
+            umbra_raft::peer_auth::install_key(k.clone(), None);
         }
         let grpc = |id: u64| format!("127.0.0.1:{}", u64::from(base_port) + id);
         let mut nodes = Vec::new();
@@ -96,7 +101,7 @@ impl LocalCluster {
                 }
                 // Written by the serializer: a data path with quotes or backslashes stays itself.
                 let text = format!("{}{extra_toml}", toml::to_string(&t).context("writing a node config")?);
-                std::fs::write(&spec.config, text).with_context(|| format!("writing {}", spec.config.display()))?;
+                write_private(&spec.config, text.trim_end())?;
             }
             nodes.push(spec);
         }

@@ -131,6 +131,8 @@ async fn print_banner(cluster: &LocalCluster, node: &Node, data: &Path, password
     if key_file.exists() {
         // The nodes take only connections that hold the cluster key.
         println!("  export UMBRA_CLUSTER_KEY_FILE={}", key_file.display());
+    } else {
+        println!("  (warning: {} was made before cluster keys: its nodes' gRPC ports are open to anyone who reaches them; a new data directory gets a key)", data.display());
     }
     println!("  {exe} ctl{addr_flag} status");
     println!("  {exe} ctl{addr_flag} share list");

@@ -62,6 +62,11 @@ fn umbra_up_starts_a_seeded_three_node_cluster_stops_on_ctrl_c_and_reuses_its_da
     let key_file = data.join("cluster.key");
     assert!(banner.contains(&format!("export UMBRA_CLUSTER_KEY_FILE={}", key_file.canonicalize().unwrap().display())), "{banner}");
     assert!(!ctl_at(&addr, &["status"], None).ok, "no key, no answer");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&data), mode(&key_file), mode(&data.join("node1.toml"))), (0o700, 0o600, 0o600), "only this user reads the key");
+    }
     std::env::set_var("UMBRA_CLUSTER_KEY_FILE", &key_file);
     let status = ctl_at(&addr, &["status"], None).json();
     assert_eq!(status["members"].as_array().unwrap().len(), 3);

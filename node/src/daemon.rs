@@ -37,7 +37,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     umbra_raft::network::set_home(tokio::runtime::Handle::current());
     match config.cluster_key.as_deref().map(umbra_raft::peer_auth::ClusterKey::from_hex) {
         Some(Ok(key)) => {
-            umbra_raft::peer_auth::install_key(key);
+            if !umbra_raft::peer_auth::install_key(key, Some(&config.grpc_addr)) {
+                anyhow::bail!("a cluster key was installed in this process already");
+            }
         }
         Some(Err(e)) => anyhow::bail!("cluster_key: {e}"),
         None => tracing::warn!("no cluster_key configured: this node's gRPC port (volumes, Raft, administration) is open to anyone who reaches it"),

@@ -90,7 +90,7 @@ impl DirectChannel {
         let mut io = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&*self.addr)).await.map_err(|_| "the connection timed out")??;
         io.set_nodelay(true)?;
         if let Some(key) = umbra_raft::peer_auth::key() {
-            umbra_raft::peer_auth::client_side(&mut io, key).await?;
+            umbra_raft::peer_auth::client_side(&mut io, key, &self.addr).await?;
         }
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)

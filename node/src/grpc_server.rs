@@ -111,9 +111,21 @@ where
             tracing::warn!(%peer, max = MAX_CONNECTIONS, "too many gRPC connections: closing a new one");
             continue;
         }
-        if let Err(e) = start_connection(socket, router.clone(), stop.clone(), alive.clone()) {
-            tracing::warn!(%peer, error = %e, "cannot start a thread for a gRPC connection");
-        }
+        // Only holders of the cluster key get a thread and the services (umbra_raft::peer_auth);
+        // the handshake runs here, bounded in time, its connection counted meanwhile.
+        let (router, stop, alive) = (router.clone(), stop.clone(), alive.clone());
+        tokio::spawn(async move {
+            let mut socket = socket;
+            if let Some(key) = umbra_raft::peer_auth::key() {
+                let own = umbra_raft::peer_auth::own_addr().unwrap_or_default();
+                if let Err(e) = umbra_raft::peer_auth::server_side(&mut socket, key, own).await {
+                    return tracing::warn!(%peer, error = %e, "refused a gRPC connection: no cluster key");
+                }
+            }
+            if let Err(e) = start_connection(socket, router, stop, alive) {
+                tracing::warn!(%peer, error = %e, "cannot start a thread for a gRPC connection");
+            }
+        });
     }
     drop(listener);
     drop(alive);
@@ -151,16 +163,10 @@ where
 }
 
 async fn serve_one<R: Fn() -> Router>(socket: std::net::TcpStream, router: &R, mut stop: watch::Receiver<bool>) {
-    let mut io = match TcpStream::from_std(socket) {
+    let io = match TcpStream::from_std(socket) {
         Ok(io) => io,
         Err(e) => return tracing::warn!(error = %e, "cannot take a gRPC connection"),
     };
-    // Only holders of the cluster key get to the services (umbra_raft::peer_auth).
-    if let Some(key) = umbra_raft::peer_auth::key() {
-        if let Err(e) = umbra_raft::peer_auth::server_side(&mut io, key).await {
-            return tracing::warn!(error = %e, "refused a gRPC connection: no cluster key");
-        }
-    }
     let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
     // tonic's server takes a stream of connections: this one, then none (without ending, which
     // would shut the connection down at once).

@@ -115,11 +115,12 @@ pub fn keyed_connector(key: &'static crate::peer_auth::ClusterKey) -> impl tower
     tower::service_fn(move |uri: tonic::transport::Uri| async move {
         let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = uri.port_u16().unwrap_or(80);
+        let dialed = uri.authority().map_or_else(|| format!("{host}:{port}"), |a| a.as_str().to_string());
         let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port)))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {host}:{port} timed out")))??;
         stream.set_nodelay(true)?;
-        crate::peer_auth::client_side(&mut stream, key).await?;
+        crate::peer_auth::client_side(&mut stream, key, &dialed).await?;
         Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
     })
 }
