@@ -58,6 +58,9 @@ struct Negotiated {
     client_security_mode: u16,
     server_capabilities: u32,
     server_security_mode: u16,
+    /// The dialects the client's NEGOTIATE offered, in its order (VALIDATE_NEGOTIATE_INFO
+    /// must repeat them).
+    client_dialects: Vec<u16>,
 }
 
 pub struct Connection {
@@ -578,6 +581,7 @@ impl Connection {
             client_security_mode: req.security_mode,
             server_capabilities: caps,
             server_security_mode: mode,
+            client_dialects: req.dialects.clone(),
         });
         Reply::ok(b)
     }
@@ -797,17 +801,21 @@ impl Connection {
     }
 
     /// MS-SMB2 3.3.5.15.12: the client checks that nobody tampered with NEGOTIATE. Any
-    /// difference from what was negotiated ends the connection.
+    /// difference from what was negotiated ends the connection, as does the request on a 3.1.1
+    /// connection (whose preauth integrity hash protects NEGOTIATE instead) or one that leaves
+    /// no room for the answer.
     fn validate_negotiate(&mut self, body: &[u8], input: &[u8], max_out: u32) -> Reply {
         let (Some(n), Some(dialect)) = (&self.negotiated, self.dialect) else { return Reply::error(status::INVALID_PARAMETER) };
         let count = usize::from(u16_at(input, 22).unwrap_or(0));
         let Some(list) = input.get(24..24 + 2 * count).filter(|_| input.len() >= 24) else { return Reply::error(status::INVALID_PARAMETER) };
-        if max_out < 24 {
-            return Reply::error(status::BUFFER_TOO_SMALL);
+        if dialect == DIALECT_311 || max_out < 24 {
+            self.tampered = true;
+            return Reply::error(status::ACCESS_DENIED);
         }
         let offered: Vec<u16> = list.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         let best = DIALECTS.iter().rev().copied().find(|d| offered.contains(d));
-        let same = u32_at(input, 0) == Some(n.client_capabilities) && input[4..20] == n.client_guid && u16_at(input, 20) == Some(n.client_security_mode) && best == Some(dialect);
+        // This server implements 3.1.1: the list must be the one NEGOTIATE offered.
+        let same = u32_at(input, 0) == Some(n.client_capabilities) && input[4..20] == n.client_guid && u16_at(input, 20) == Some(n.client_security_mode) && offered == n.client_dialects && best == Some(dialect);
         if !same {
             self.tampered = true;
             return Reply::error(status::ACCESS_DENIED);
