@@ -127,7 +127,9 @@ async fn print_banner(cluster: &LocalCluster, node: &Node, data: &Path, password
     println!("Try (in another terminal):");
     let addr_flag = if first == crate::ctl::DEFAULT_ADDR { String::new() } else { format!(" --addr {first}") };
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "umbra".into());
+    // Absolute, so the export works from any directory.
     let key_file = data.join(crate::local::KEY_FILE);
+    let key_file = key_file.canonicalize().unwrap_or(key_file);
     if key_file.exists() {
         // The nodes take only connections that hold the cluster key.
         println!("  export UMBRA_CLUSTER_KEY_FILE={}", key_file.display());
