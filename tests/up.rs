@@ -8,8 +8,21 @@ use std::time::Duration;
 
 use common::*;
 
+/// A running `umbra up`: a test that fails before [`interrupt`] still stops it (and with it
+/// its nodes, which die with their parent), by its pid.
+struct Up(Option<std::process::Child>);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `umbra up` and returns it with the banner it printed once ready.
-fn up(data: &std::path::Path, base: u16, password: Option<&str>) -> (std::process::Child, String) {
+fn up(data: &std::path::Path, base: u16, password: Option<&str>) -> (Up, String) {
     let mut cmd = Command::new(UMBRA);
     cmd.args(["up", "--base-port", &base.to_string(), "--data"]).arg(data);
     if let Some(p) = password {
@@ -27,10 +40,11 @@ fn up(data: &std::path::Path, base: u16, password: Option<&str>) -> (std::proces
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    (child, banner)
+    (Up(Some(child)), banner)
 }
 
-fn interrupt(mut child: std::process::Child) {
+fn interrupt(mut up: Up) {
+    let mut child = up.0.take().expect("running");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let status = wait_for(Duration::from_secs(30), "umbra up to stop", || child.try_wait().unwrap());
     assert!(status.success(), "umbra up exits cleanly on Ctrl-C: {status}");
