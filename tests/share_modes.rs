@@ -168,6 +168,7 @@ fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens(
     assert_eq!(b.open("r", "s.txt", READ, SHARE_ALL, OPEN), "OK");
     assert_eq!(a.cmd("delete s"), "OK");
     assert!(b.open("r2", "s.txt", READ, SHARE_ALL, OPEN).starts_with(DELETE_PENDING), "pending before the disposed open closes");
+    assert!(b.open("r2", "s.txt", READ_ATTRIBUTES, SHARE_NONE, OPEN).starts_with(DELETE_PENDING), "an open for attributes only too");
     assert_eq!(a.cmd("undelete s"), "OK");
     assert_eq!(b.open("r2", "s.txt", READ, SHARE_ALL, OPEN), "OK", "cleared");
     assert_eq!(b.cmd("close r2"), "OK");

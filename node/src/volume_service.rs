@@ -493,13 +493,17 @@ impl VolumeRpc for VolumeService {
             return peer.resolve(r).await;
         }
         let Some(mut create) = r.create.take().filter(|_| r.with_parent) else {
-            return self
+            let with_parent = r.with_parent;
+            let reply = self
                 .run(move |s| match r.with_parent {
                     true => s.resolve_with_parent(vol, view, &r.path).map(found_reply),
                     false => s.resolve(vol, view, &r.path).map(|e| EntryReply { entry: Some(entry(e)), ..Default::default() }),
                 })
-                .await
-                .map(Response::new);
+                .await?;
+            if with_parent && self.found_delete_pending(vol, view, &reply) {
+                return Err(open_status(OpenError::DeletePending));
+            }
+            return Ok(Response::new(reply));
         };
         // The open's gateway is checked before anything changes.
         let open = create.open.take().map(|o| Ok::<_, Status>((gateway_of(o.gateway.as_ref())?, o))).transpose()?;
@@ -528,6 +532,9 @@ impl VolumeRpc for VolumeService {
             })
             .await?;
         let Some((reply, created)) = made else { return Err(open_status(OpenError::DeletePending)) };
+        if created.is_none() && self.found_delete_pending(vol, view, &reply) {
+            return Err(open_status(OpenError::DeletePending));
+        }
         if let (Some((parent, name, ino)), Some((gw, o))) = (created, open) {
             let file = FileKey { volume: vol, view, ino };
             let delete_at_close = o.delete_at_close.then(|| Link { parent, name: name.clone() });
@@ -828,6 +835,14 @@ impl VolumeService {
         };
         self.carry_out_deletes(due, true, r.now).await?;
         Ok(Done {})
+    }
+
+    /// Whether the file an open's resolve found (a CREATE's: `with_parent`) is delete-pending:
+    /// then no new open gets it, whatever its access (MS-FSA 2.1.5.1.2; opens that take part in
+    /// share modes are refused at registration too, attribute-only ones only here).
+    fn found_delete_pending(&self, vol: Uuid, view: View, reply: &EntryReply) -> bool {
+        let ino = reply.entry.as_ref().and_then(|e| e.attributes.as_ref()).map(|a| a.ino);
+        ino.is_some_and(|ino| self.opens().delete_pending(FileKey { volume: vol, view, ino }))
     }
 
     pub async fn open_lock(&self, mut r: OpenLockRequest) -> Result<Done, Status> {
