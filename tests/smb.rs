@@ -150,6 +150,25 @@ fn repeated_failed_logons_lock_the_name_for_a_while_even_with_the_right_password
     assert!(ok, "{out}");
 }
 
+/// Guesses spread over the nodes count as on one server: each node passes its failed logons on
+/// to the others, so five failures through three nodes lock the name on every node.
+#[test]
+fn failed_logons_through_different_nodes_count_together() {
+    let c = cluster_with_admin();
+    assert!(ctl_at(c.addr(1), &["user", "add", "victim", "--role", "user"], Some("Right-pw-1\n")).ok);
+    for (i, node) in [1, 2, 3, 1, 2].into_iter().enumerate() {
+        let (ok, out) = smbclient(&c.node(node).smb, "data", "victim", "guess", None, "exit");
+        assert!(!ok && out.contains("NT_STATUS_LOGON_FAILURE"), "guess {i} through node {node}: {out}");
+        // Each node passes its failures on within a quarter of a second.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    for node in 1..=3 {
+        let (ok, out) = smbclient(&c.node(node).smb, "data", "victim", "Right-pw-1", None, "exit");
+        assert!(!ok && out.contains("NT_STATUS_LOGON_FAILURE"), "locked out on node {node} (at most two failures there): {out}");
+    }
+    assert!(c.log(3).contains("too many recent failures"));
+}
+
 /// The test clients' Python (scripts/setup.sh makes the virtualenv).
 #[test]
 fn impacket_and_smbprotocol_round_trip_files_with_signing_required_in_2_1_3_0_2_and_3_1_1() {

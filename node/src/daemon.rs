@@ -77,7 +77,9 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let upkeep = tokio::spawn(crate::volumes_task::run(config.id, volumes.clone(), reader.clone(), config.volumes.clone(), crate::volume_service::StoreCalls::Blocking, upkeep_stopped));
     // The SMB gateway's change notifier; the volume service publishes other nodes' changes to it.
     let notifier = umbra_smb_gateway::driver::notifier();
-    let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()).with_notifier(notifier.clone()));
+    // Failed SMB logons, counted with those the other nodes pass on (notify_relay).
+    let throttle = Arc::new(std::sync::Mutex::new(umbra_smb_gateway::server::throttle::Throttle::default()));
+    let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()).with_notifier(notifier.clone()).with_throttle(throttle.clone()));
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -109,8 +111,9 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let renewals = tokio::spawn(gateway_opens.clone().run(volume_service.clone(), upkeep_stop.subscribe()));
     let relay = tokio::spawn(crate::notify_relay::run(config.id, notifier.clone(), volume_service.clone(), upkeep_stop.subscribe()));
     let opens_upkeep = tokio::spawn(volume_service.clone().run_opens_upkeep(upkeep_stop.subscribe()));
+    let logon_relay = tokio::spawn(crate::notify_relay::relay_logon_failures(config.id, throttle.clone(), volume_service.clone(), upkeep_stop.subscribe()));
     let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, gateway_opens, reader.clone()));
-    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files, notifier));
+    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files, notifier, throttle));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };
@@ -128,6 +131,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let _ = reconcile.await;
     let _ = renewals.await;
     let _ = relay.await;
+    let _ = logon_relay.await;
     let _ = opens_upkeep.await;
     let stopped = stop(raft, stop_tx, server).await;
     started.and(stopped)

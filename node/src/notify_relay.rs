@@ -148,3 +148,37 @@ mod tests {
         assert!(batch_of(&many).is_err());
     }
 }
+
+/// How often this node passes its failed logons on to the other nodes.
+pub const LOGON_RELAY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Passes the gateway's failed logons (their user names) to every other member until `stop`
+/// changes, best effort: a peer that misses some counts fewer.
+pub async fn relay_logon_failures(node: u64, throttle: Arc<std::sync::Mutex<umbra_smb_gateway::server::throttle::Throttle>>, service: Arc<VolumeService>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LOGON_RELAY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let users = throttle.lock().expect("throttle lock").take_to_relay();
+        if users.is_empty() {
+            continue;
+        }
+        let sends = service.other_nodes().into_iter().map(|peer| {
+            let req = umbra_proto::v1::LogonFailuresRequest { from_node: node, users: users.clone() };
+            let service = service.clone();
+            async move {
+                let sent = match service.peer(peer) {
+                    Ok(mut client) => matches!(tokio::time::timeout(RELAY_TIMEOUT, client.logon_failures(req)).await, Ok(Ok(_))),
+                    Err(_) => false,
+                };
+                if !sent {
+                    tracing::debug!(peer, "passing failed logons on failed");
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+}

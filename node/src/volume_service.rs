@@ -82,6 +82,8 @@ pub struct VolumeService {
     calls: StoreCalls,
     /// This node's SMB change notifier (relayed changes from other nodes go to it).
     notifier: Option<umbra_smb_gateway::driver::Notifier>,
+    /// The SMB gateway's failed-logon throttle, which other nodes' failures count in.
+    throttle: Option<Arc<Mutex<umbra_smb_gateway::server::throttle::Throttle>>>,
 }
 
 /// The longest lease a gateway may ask for.
@@ -295,7 +297,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
         let held_at_start = store.volumes().into_iter().collect();
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None, throttle: None }
     }
 
     /// The same service running store calls as `calls` says.
@@ -342,6 +344,12 @@ impl VolumeService {
     /// Publishes changes relayed from other nodes to this node's watches.
     pub fn with_notifier(mut self, notifier: umbra_smb_gateway::driver::Notifier) -> Self {
         self.notifier = Some(notifier);
+        self
+    }
+
+    /// The gateway's failed-logon throttle, for other nodes' failures (LogonFailures).
+    pub fn with_throttle(mut self, throttle: Arc<Mutex<umbra_smb_gateway::server::throttle::Throttle>>) -> Self {
+        self.throttle = Some(throttle);
         self
     }
 
@@ -775,6 +783,20 @@ impl VolumeRpc for VolumeService {
         if let Some(n) = &self.notifier {
             // Nobody watching on this node is not an error.
             let _ = n.send(std::sync::Arc::new(batch));
+        }
+        Ok(Response::new(Done {}))
+    }
+
+    async fn logon_failures(&self, req: Request<LogonFailuresRequest>) -> Result<Response<Done>, Status> {
+        let r = req.into_inner();
+        if r.users.len() > umbra_smb_gateway::server::throttle::MAX_NAMES_TO_RELAY {
+            return Err(Status::invalid_argument(format!("{} names (max {})", r.users.len(), umbra_smb_gateway::server::throttle::MAX_NAMES_TO_RELAY)));
+        }
+        if let Some(t) = &self.throttle {
+            let now = crate::filetime_now();
+            let mut t = t.lock().expect("throttle lock");
+            // The throttle bounds what it keeps (names past any user's length are not tracked).
+            r.users.iter().for_each(|u| t.failed_elsewhere(u, now));
         }
         Ok(Response::new(Done {}))
     }

@@ -130,10 +130,10 @@ fn filetime_now() -> u64 {
     crate::wire::UNIX_EPOCH_AS_FILETIME + (since.as_nanos() / 100) as u64
 }
 
-/// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>, notifier: Notifier) {
+/// Serves until the task is dropped; failed logons count in `throttle` (the node shares it
+/// with the other nodes: [`Throttle::take_to_relay`]).
+pub async fn serve(listener: TcpListener, config: Config, directory: Arc<dyn Directory + Send + Sync>, files: Arc<dyn Files>, notifier: Notifier, throttle: Arc<std::sync::Mutex<Throttle>>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let throttle = Arc::new(std::sync::Mutex::new(Throttle::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -446,7 +446,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, testkit::config(), Arc::new(testkit::Dir), Arc::new(MemFiles::with_dirs(&[])), notifier()));
+        let server = tokio::spawn(serve(listener, testkit::config(), Arc::new(testkit::Dir), Arc::new(MemFiles::with_dirs(&[])), notifier(), Default::default()));
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(LOGON_WITHIN * 10, client.read(&mut byte)).await.expect("closed in time");

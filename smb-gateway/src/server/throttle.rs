@@ -5,6 +5,11 @@
 //! user's ([`MAX_USER_NAME_CHARS`], three times that lower-cased) is not tracked (no such user can log on), and when the
 //! table is full a locked name is the last to go, so a flood of other names cannot lift a
 //! lockout.
+//!
+//! One server's throttle counts its own failures and those other servers of the cluster tell
+//! it of ([`Throttle::failed_elsewhere`]); the names of its own failures wait, bounded, for the
+//! node to pass them on ([`Throttle::take_to_relay`]), so guesses spread over the cluster's
+//! nodes count as on one server.
 
 use std::collections::HashMap;
 
@@ -17,6 +22,8 @@ pub const FAILURE_WINDOW_TICKS: u64 = 60 * 10_000_000;
 pub const LOCKOUT_TICKS: u64 = 30 * 10_000_000;
 /// User names tracked at once; the stalest entry goes first.
 pub const MAX_TRACKED_NAMES: usize = 10_000;
+/// Failed names waiting to be passed on to the other nodes; past this, the oldest go.
+pub const MAX_NAMES_TO_RELAY: usize = 1024;
 
 #[derive(Clone, Copy)]
 struct Record {
@@ -28,6 +35,8 @@ struct Record {
 #[derive(Default)]
 pub struct Throttle {
     names: HashMap<String, Record>,
+    /// This server's failures, lower-cased, for the other nodes.
+    to_relay: std::collections::VecDeque<String>,
 }
 
 impl Throttle {
@@ -35,12 +44,33 @@ impl Throttle {
         self.names.get(&user.to_lowercase()).is_none_or(|r| now >= r.locked_until)
     }
 
+    /// A failed logon here: counted, and kept to pass on to the other nodes.
     pub fn failed(&mut self, user: &str, now: u64) {
+        if self.count(user, now) {
+            if self.to_relay.len() >= MAX_NAMES_TO_RELAY {
+                self.to_relay.pop_front();
+            }
+            self.to_relay.push_back(user.to_lowercase());
+        }
+    }
+
+    /// A failed logon another node of the cluster told of: counted as one here.
+    pub fn failed_elsewhere(&mut self, user: &str, now: u64) {
+        self.count(user, now);
+    }
+
+    /// The names of this server's failures since the last call, to pass on.
+    pub fn take_to_relay(&mut self) -> Vec<String> {
+        self.to_relay.drain(..).collect()
+    }
+
+    /// Counts a failure; false for a name too long to be any user's (not tracked).
+    fn count(&mut self, user: &str, now: u64) -> bool {
         // Bounded on the lower-cased name, as it is kept and as users are looked up: one
         // character may lower-case to up to three (İ to i and a combining dot), so a spelling
         // longer than any user's name may still name one, and must still count.
         if user.to_lowercase().chars().count() > MAX_USER_NAME_CHARS * 3 {
-            return;
+            return false;
         }
         if self.names.len() >= MAX_TRACKED_NAMES && !self.names.contains_key(&user.to_lowercase()) {
             // The stalest name not locked now; only if all are, the stalest.
@@ -56,6 +86,7 @@ impl Throttle {
         if r.failures >= MAX_FAILURES {
             r.locked_until = now + LOCKOUT_TICKS;
         }
+        true
     }
 
     pub fn succeeded(&mut self, user: &str) {
@@ -66,6 +97,26 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_here_wait_to_be_passed_on_and_failures_elsewhere_count_without_being_passed_on() {
+        let mut t = Throttle::default();
+        t.failed("Bob", 10);
+        t.failed_elsewhere("bob", 11);
+        assert_eq!(t.take_to_relay(), vec!["bob".to_string()], "only this server's own failure");
+        assert!(t.take_to_relay().is_empty());
+        for i in 0..MAX_FAILURES - 2 {
+            t.failed_elsewhere("BOB", 12 + u64::from(i));
+        }
+        assert!(!t.allowed("bob", 20), "failures here and elsewhere count together");
+        for i in 0..MAX_NAMES_TO_RELAY + 5 {
+            t.failed(&format!("u{i}"), 30);
+        }
+        let relayed = t.take_to_relay();
+        assert_eq!((relayed.len(), relayed[0].as_str()), (MAX_NAMES_TO_RELAY, "u5"), "bounded: the oldest went");
+        t.failed(&"x".repeat(MAX_USER_NAME_CHARS * 3 + 1), 40);
+        assert!(t.take_to_relay().is_empty(), "a name no user has is not passed on");
+    }
 
     #[test]
     fn five_failures_lock_a_name_for_a_while_and_success_clears_it() {
