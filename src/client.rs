@@ -43,16 +43,19 @@ impl Node {
     }
 
     fn status_error(&self, s: tonic::Status) -> anyhow::Error {
+        // A node with a cluster key greets before HTTP/2 and drops a client that holds none,
+        // which the client sees as a transport or protocol failure.
+        let hint = match umbra_raft::peer_auth::key() {
+            None => " (a node with a cluster key wants it: --key-file or UMBRA_CLUSTER_KEY_FILE)",
+            Some(_) => "",
+        };
+        let dropped = ["transport", "h2 protocol error", "operation was canceled", "connection reset", "broken pipe"].iter().any(|m| s.message().contains(m));
         match s.code() {
             tonic::Code::Unavailable if s.message().starts_with("error trying to connect") || s.message().contains("transport") => {
-                anyhow!("cannot reach node at {}: {}", self.addr, s.message())
+                anyhow!("cannot reach node at {}: {}{hint}", self.addr, s.message())
             }
             tonic::Code::DeadlineExceeded => anyhow!("node at {} did not answer within the deadline: {}", self.addr, s.message()),
-            // A node with a cluster key greets before HTTP/2, which a client without one reads
-            // as a protocol error.
-            _ if umbra_raft::peer_auth::key().is_none() && ["h2 protocol error", "operation was canceled", "connection reset", "broken pipe"].iter().any(|m| s.message().contains(m)) => {
-                anyhow!("node at {} dropped the call; a node with a cluster key wants it (--key-file or UMBRA_CLUSTER_KEY_FILE): {}", self.addr, s.message())
-            }
+            _ if dropped => anyhow!("node at {} dropped the call: {}{hint}", self.addr, s.message()),
             _ => anyhow!("{}", s.message()),
         }
     }
