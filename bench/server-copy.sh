@@ -8,18 +8,9 @@
 # starts smbd with ../shared/tools/samba-ref.sh and a local Umbra cluster with `umbra up`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/env.sh
 size_mib=${1:-256}
-umbra="$CARGO_TARGET_DIR/release/umbra"
-ref=../shared/tools/samba-ref.sh
 py="${UMBRA_VENV:-$HOME/.cache/umbra-venv}/bin/python"
-work=$(mktemp -d)
-trap 'kill -INT "$up_pid" 2>/dev/null; wait "$up_pid" 2>/dev/null; bash "$ref" stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-
-bash "$ref" install >/dev/null && bash "$ref" setup >/dev/null && bash "$ref" start >/dev/null
-"$umbra" up --data "$work/umbra" --base-port 27600 --password Passw0rd! > "$work/up.log" 2>&1 &
-up_pid=$!
-for _ in $(seq 100); do grep -q "Ctrl-C stops" "$work/up.log" && break; sleep 0.2; done
+. bench/peers.sh 27600
 head -c $((size_mib << 20)) /dev/urandom > "$work/in.bin"
 smbclient //127.0.0.1/share2 -p 27612 -U 'admin%Passw0rd!' -c "lcd $work; put in.bin src.bin" >/dev/null
 smbclient //127.0.0.1/share -p 4450 -U 'fsuser%Passw0rd!' -c "lcd $work; put in.bin src.bin" >/dev/null

@@ -9,18 +9,9 @@
 # starts smbd with ../shared/tools/samba-ref.sh and a local Umbra cluster with `umbra up`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/env.sh
 size_mib=${1:-1024}
 small=${2:-1000}
-umbra="$CARGO_TARGET_DIR/release/umbra"
-ref=../shared/tools/samba-ref.sh
-work=$(mktemp -d)
-trap 'kill -INT "$up_pid" 2>/dev/null; wait "$up_pid" 2>/dev/null; bash "$ref" stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-
-bash "$ref" install >/dev/null && bash "$ref" setup >/dev/null && bash "$ref" start >/dev/null
-"$umbra" up --data "$work/umbra" --base-port 27500 --password Passw0rd! > "$work/up.log" 2>&1 &
-up_pid=$!
-for _ in $(seq 100); do grep -q "Ctrl-C stops" "$work/up.log" && break; sleep 0.2; done
+. bench/peers.sh 27500
 head -c $((size_mib << 20)) /dev/urandom > "$work/in.bin"
 mkdir "$work/small"
 for i in $(seq "$small"); do head -c 1024 /dev/urandom > "$work/small/f$i.bin"; done

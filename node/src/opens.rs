@@ -180,6 +180,13 @@ struct FileOpens {
     pending: Option<Link>,
 }
 
+impl FileOpens {
+    /// Byte-range locks all the file's opens hold.
+    fn locks(&self) -> usize {
+        self.held.iter().map(|h| h.locks.len()).sum()
+    }
+}
+
 /// One volume's opens.
 #[derive(Default)]
 struct VolumeOpens {
@@ -275,7 +282,7 @@ impl VolumeOpens {
             return Err(OpenError::TooManyForGateway { node, volume, max: MAX_OPENS_PER_GATEWAY });
         }
         // Locks listed by a renewal come back as they were, within the bounds.
-        let on_file = self.files.get(&(r.file.view, r.file.ino)).map_or(0, |f| f.held.iter().map(|h| h.locks.len()).sum::<usize>());
+        let on_file = self.files.get(&(r.file.view, r.file.ino)).map_or(0, FileOpens::locks);
         let room = MAX_LOCKS_PER_VOLUME.saturating_sub(self.locks).min(MAX_LOCKS_PER_OPEN).min(MAX_LOCKS_PER_FILE.saturating_sub(on_file));
         let locks: Vec<ByteLock> = r.locks.iter().take(room).copied().collect();
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
@@ -454,7 +461,7 @@ impl OpenTable {
         if f.held[me].locks.len() + locks.len() > MAX_LOCKS_PER_OPEN {
             return Err(LockError::TooMany { what: "this open", max: MAX_LOCKS_PER_OPEN, name: "max_locks_per_open" });
         }
-        if f.held.iter().map(|h| h.locks.len()).sum::<usize>() + locks.len() > MAX_LOCKS_PER_FILE {
+        if f.locks() + locks.len() > MAX_LOCKS_PER_FILE {
             return Err(LockError::TooMany { what: "the file", max: MAX_LOCKS_PER_FILE, name: "max_locks_per_file" });
         }
         let before = f.held[me].locks.len();

@@ -708,12 +708,10 @@ impl VolumeRpc for VolumeService {
 
     async fn zero_range(&self, req: Request<ZeroRangeRequest>) -> Result<Response<ZeroRangeReply>, Status> {
         // A zeroing is a write to every byte of the range up to the file's size (MS-FSA
-        // 2.1.5.10.39): no lock of another open may be in the way. Checked by the owner only.
+        // 2.1.5.10.39): no lock of another open may be in the way.
         let r = req.get_ref();
-        if let Ok((vol, view, route)) = target_of(r.target.as_ref()) {
-            if matches!(self.owner(vol, route), Ok(Owner::Here)) {
-                self.check_io(FileKey { volume: vol, view, ino: r.ino }, r.open.as_ref(), r.offset, r.length, true, true)?;
-            }
+        if let Some((vol, view)) = self.here(r.target.as_ref()) {
+            self.check_io(FileKey { volume: vol, view, ino: r.ino }, r.open.as_ref(), r.offset, r.length, true, true)?;
         }
         unary!(gated self, req, zero_range, |s, vol, view, r| {
             let more_from = s.zero_range(vol, view, r.ino, r.offset, r.length, r.now)?;
@@ -726,12 +724,10 @@ impl VolumeRpc for VolumeService {
         if r.length > umbra_smb_gateway::server::MAX_COPY_CHUNK_BYTES {
             return Err(status_of(VolumeError::TooLarge { what: "a copied range", got: u64::from(r.length), max: u64::from(umbra_smb_gateway::server::MAX_COPY_CHUNK_BYTES) }));
         }
-        // Byte-range locks, as for a READ of the source and a WRITE of the target (owner only).
-        if let Ok((vol, view, route)) = target_of(r.target.as_ref()) {
-            if matches!(self.owner(vol, route), Ok(Owner::Here)) {
-                self.check_io(FileKey { volume: vol, view, ino: r.source_ino }, r.source_open.as_ref(), r.source_offset, u64::from(r.length), false, false)?;
-                self.check_io(FileKey { volume: vol, view, ino: r.target_ino }, r.target_open.as_ref(), r.target_offset, u64::from(r.length), true, false)?;
-            }
+        // Byte-range locks, as for a READ of the source and a WRITE of the target.
+        if let Some((vol, view)) = self.here(r.target.as_ref()) {
+            self.check_io(FileKey { volume: vol, view, ino: r.source_ino }, r.source_open.as_ref(), r.source_offset, u64::from(r.length), false, false)?;
+            self.check_io(FileKey { volume: vol, view, ino: r.target_ino }, r.target_open.as_ref(), r.target_offset, u64::from(r.length), true, false)?;
         }
         unary!(gated self, req, copy_range, |s, vol, view, r| {
             let data = s.read(vol, view, r.source_ino, r.source_offset, u64::from(r.length))?;
@@ -857,6 +853,13 @@ impl VolumeService {
         };
         self.carry_out_deletes(due, true, r.now).await?;
         Ok(Done {})
+    }
+
+    /// The target's volume and view when this node owns it (the owner, alone, checks byte-range
+    /// locks; a forwarded call is checked where it lands).
+    fn here(&self, target: Option<&VolumeTarget>) -> Option<(Uuid, View)> {
+        let (vol, view, route) = target_of(target).ok()?;
+        matches!(self.owner(vol, route), Ok(Owner::Here)).then_some((vol, view))
     }
 
     /// Whether the file an open's resolve found (a CREATE's: `with_parent`) is delete-pending:

@@ -769,19 +769,9 @@ impl Connection {
             }
             FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Reply::error(status::NOT_FOUND),
             FSCTL_SRV_ENUM_SNAPS => self.enum_snaps(h, b, max_out, dir),
-            FSCTL_SRV_REQUEST_RESUME_KEY => {
-                let b = b.to_vec();
-                self.resume_key(h, &b, max_out, &mut |out| env.random(out))
-            }
-            FSCTL_SRV_COPYCHUNK | FSCTL_SRV_COPYCHUNK_WRITE => {
-                let (input, b) = (input.to_vec(), b.to_vec());
-                self.copy_chunks(h, &b, code, &input, max_out, files, env.now())
-            }
-            FSCTL_SET_SPARSE | FSCTL_QUERY_ALLOCATED_RANGES | FSCTL_SET_ZERO_DATA | FSCTL_FILE_LEVEL_TRIM => {
-                let input = input.to_vec();
-                let b = b.to_vec();
-                self.sparse_fsctl(h, &b, code, &input, max_out, files, env.now())
-            }
+            FSCTL_SRV_REQUEST_RESUME_KEY => self.resume_key(h, b, max_out, &mut |out| env.random(out)),
+            FSCTL_SRV_COPYCHUNK | FSCTL_SRV_COPYCHUNK_WRITE => self.copy_chunks(h, b, code, input, max_out, files, env.now()),
+            FSCTL_SET_SPARSE | FSCTL_QUERY_ALLOCATED_RANGES | FSCTL_SET_ZERO_DATA | FSCTL_FILE_LEVEL_TRIM => self.sparse_fsctl(h, b, code, input, max_out, files, env.now()),
             _ => Reply::error(status::NOT_SUPPORTED),
         }
     }

@@ -68,7 +68,7 @@ fn asked(elements: &[u8], count: usize) -> Result<Asked, u32> {
     let mut locks = Vec::with_capacity(count);
     for i in 0..count {
         let (l, flags) = element(i);
-        let valid = matches!(flags, SHARED | EXCLUSIVE) || matches!(flags, f if f == SHARED | FAIL_IMMEDIATELY || f == EXCLUSIVE | FAIL_IMMEDIATELY);
+        let valid = matches!(flags & !FAIL_IMMEDIATELY, SHARED | EXCLUSIVE);
         // Several locks in one request must each fail at once rather than wait.
         if !valid || count > 1 && flags & FAIL_IMMEDIATELY == 0 {
             return Err(status::INVALID_PARAMETER);
