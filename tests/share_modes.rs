@@ -42,6 +42,40 @@ fn opens_through_two_nodes_conflict_as_on_one_windows_server_until_the_holder_cl
     assert_eq!(a.cmd("close f"), "OK");
 }
 
+/// A directory with a file open anywhere below it does not move, whichever node's gateway holds
+/// the file and whichever renames the directory: ACCESS_DENIED, as from Windows and Samba, and
+/// nothing changes. Once the file is closed the directory moves, with the file in it.
+#[test]
+fn a_directory_with_a_file_open_below_it_does_not_move_until_the_file_closes() {
+    let c = data_cluster(); // the volume lives on node 2
+    let (ok, out) = smbclient(&c.node(2).smb, "data", "admin", PASSWORD, None, "mkdir top; mkdir top\\sub");
+    assert!(ok, "{out}");
+    let mut holder = DrivenClient::connect(&c.node(1).smb);
+    assert_eq!(holder.open("f", "top\\sub\\f.txt", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(holder.cmd("write f kept"), "OK");
+    let dir_open = |handle: &str, path: &str| format!("open {handle} {path} {:#x} {SHARE_ALL:#x} {OPEN} 0x1", READ_ATTRIBUTES | DELETE);
+    let mut mover = DrivenClient::connect(&c.node(3).smb);
+    assert_eq!(mover.cmd(&dir_open("d", "top")), "OK");
+    assert!(mover.cmd("rename d top2").starts_with(ACCESS_DENIED), "a file two levels below is open through node 1");
+    // The directory just above the file, through the owner's own gateway (the in-process path).
+    let mut owner = DrivenClient::connect(&c.node(2).smb);
+    assert_eq!(owner.cmd(&dir_open("s", "top\\sub")), "OK");
+    assert!(owner.cmd("rename s sub2").starts_with(ACCESS_DENIED), "the file below sub is open");
+    // (The two directories' opens ask for DELETE, which a listing does not share: the file
+    // is read by its path.)
+    let (ok, out) = smbclient(&c.node(1).smb, "data", "admin", PASSWORD, None, "get top\\sub\\f.txt /dev/stdout");
+    assert!(ok && out.contains("kept"), "nothing moved: {out}");
+    // An open directory below counts too; a file beside the directory does not stop it, nor
+    // do the directory's own opens.
+    assert_eq!(holder.cmd("close f"), "OK");
+    assert!(mover.cmd("rename d top2").starts_with(ACCESS_DENIED), "sub is open through node 2");
+    assert_eq!(owner.cmd("close s"), "OK");
+    assert_eq!(holder.open("g", "beside.txt", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(mover.cmd("rename d top2"), "OK");
+    let (ok, out) = smbclient(&c.node(3).smb, "data", "admin", PASSWORD, None, "get top2\\sub\\f.txt /dev/stdout");
+    assert!(ok && out.contains("kept"), "the file moved with its directory: {out}");
+}
+
 #[test]
 fn rename_and_delete_need_delete_access_on_the_open() {
     let c = data_cluster();

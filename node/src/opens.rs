@@ -520,9 +520,30 @@ impl OpenTable {
         self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino))).is_some_and(|f| !f.held.is_empty())
     }
 
+    /// Every inode of `volume`'s `view` that some gateway holds open.
+    pub fn held_files(&self, volume: Uuid, view: View) -> Vec<u64> {
+        self.volumes.get(&volume).map_or_else(Vec::new, |v| v.files.iter().filter(|((at, _), f)| *at == view && !f.held.is_empty()).map(|((_, ino), _)| *ino).collect())
+    }
+
     /// Opens held on `volume`, from every gateway.
     pub fn count(&self, volume: Uuid) -> usize {
         self.volumes.get(&volume).map_or(0, |v| v.count)
+    }
+}
+
+/// One volume view's opens, as a rename decided under the volume lock asks about them.
+pub struct OpensOf<'a> {
+    pub table: &'a std::sync::Mutex<OpenTable>,
+    pub volume: Uuid,
+    pub view: View,
+}
+
+impl crate::volume::OpenFiles for OpensOf<'_> {
+    fn holds(&self, ino: u64) -> bool {
+        self.table.lock().expect("open table lock").has_opens(FileKey { volume: self.volume, view: self.view, ino })
+    }
+    fn held(&self) -> Vec<u64> {
+        self.table.lock().expect("open table lock").held_files(self.volume, self.view)
     }
 }
 

@@ -624,11 +624,12 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Done>, Status> {
-        // A rename never replaces a file some open holds (MS-FSA 2.1.5.14.11: ACCESS_DENIED).
+        // A rename never replaces a file some open holds, nor moves a directory with opens
+        // below it (MS-FSA 2.1.5.14.11: ACCESS_DENIED).
         let opens = self.opens.clone();
         unary!(gated self, req, rename, |s, vol, view, r| {
-            let in_use = |ino: u64| opens.lock().expect("open table lock").has_opens(FileKey { volume: vol, view, ino });
-            s.rename_unless(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now, &in_use).map(|_| Done {})
+            let held = crate::opens::OpensOf { table: &opens, volume: vol, view };
+            s.rename_unless(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now, &held).map(|_| Done {})
         })
     }
 

@@ -909,15 +909,58 @@ fn a_rename_does_not_replace_an_open_file_or_a_directory() {
     let from = s.create(v, View::Live, ROOT_INO, "new", Kind::File, 1).unwrap();
     let held = s.create(v, View::Live, ROOT_INO, "held", Kind::File, 1).unwrap();
     s.create(v, View::Live, ROOT_INO, "dir", Kind::Dir, 1).unwrap();
-    let in_use = |ino: u64| ino == held;
     for to in ["held", "dir"] {
-        let e = s.rename_unless(v, View::Live, ROOT_INO, "new", ROOT_INO, to, true, 2, &in_use).unwrap_err();
+        let e = s.rename_unless(v, View::Live, ROOT_INO, "new", ROOT_INO, to, true, 2, &Held(vec![held])).unwrap_err();
         assert!(matches!(e, VolumeError::AccessDenied(_)), "{to}: {e:?}");
     }
     assert_eq!(s.lookup(v, View::Live, ROOT_INO, "held").unwrap().unwrap().ino, held, "unchanged");
     assert_eq!(s.lookup(v, View::Live, ROOT_INO, "new").unwrap().unwrap().ino, from);
-    s.rename_unless(v, View::Live, ROOT_INO, "new", ROOT_INO, "held", true, 3, &|_| false).unwrap();
+    s.rename_unless(v, View::Live, ROOT_INO, "new", ROOT_INO, "held", true, 3, &NothingOpen).unwrap();
     assert_eq!(s.lookup(v, View::Live, ROOT_INO, "held").unwrap().unwrap().ino, from, "replaced once nobody holds it");
+}
+
+/// The inodes a test holds open.
+struct Held(Vec<u64>);
+
+impl OpenFiles for Held {
+    fn holds(&self, ino: u64) -> bool {
+        self.0.contains(&ino)
+    }
+    fn held(&self) -> Vec<u64> {
+        self.0.clone()
+    }
+}
+
+/// A directory with an open file or directory anywhere below it does not move (access denied,
+/// nothing changed); opens of the directory itself, beside it or of a file gone meanwhile do
+/// not stop it, and neither do opens in another view of the volume.
+#[test]
+fn a_directory_with_opens_below_it_does_not_move() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let a = s.create(v, View::Live, ROOT_INO, "a", Kind::Dir, 1).unwrap();
+    let b = s.create(v, View::Live, a, "b", Kind::Dir, 1).unwrap();
+    let deep = s.create(v, View::Live, b, "deep.txt", Kind::File, 1).unwrap();
+    let beside = s.create(v, View::Live, ROOT_INO, "beside.txt", Kind::File, 1).unwrap();
+    let gone = s.create(v, View::Live, a, "gone.txt", Kind::File, 1).unwrap();
+    s.unlink(v, View::Live, a, "gone.txt", 1).unwrap();
+    for held in [vec![deep], vec![beside, b], vec![ROOT_INO, deep]] {
+        let e = s.rename_unless(v, View::Live, ROOT_INO, "a", ROOT_INO, "z", false, 2, &Held(held.clone())).unwrap_err();
+        assert!(matches!(e, VolumeError::AccessDenied(_)), "{held:?}: {e:?}");
+        assert_eq!(s.lookup(v, View::Live, ROOT_INO, "a").unwrap().unwrap().ino, a, "unchanged");
+        assert!(s.lookup(v, View::Live, ROOT_INO, "z").unwrap().is_none());
+    }
+    // Moving b (inside a) out is stopped by the file below b, not by opens of a or of b.
+    let e = s.rename_unless(v, View::Live, a, "b", ROOT_INO, "b2", false, 2, &Held(vec![a, deep])).unwrap_err();
+    assert!(matches!(e, VolumeError::AccessDenied(_)), "{e:?}");
+    s.rename_unless(v, View::Live, a, "b", ROOT_INO, "b2", false, 3, &Held(vec![a, b, beside, gone, ROOT_INO])).unwrap();
+    // A file renamed while something below its own directory is open moves as before.
+    s.rename_unless(v, View::Live, ROOT_INO, "beside.txt", ROOT_INO, "moved.txt", false, 4, &Held(vec![beside, deep])).unwrap();
+    // a no longer holds deep.txt (it went with b): a moves while deep.txt stays open.
+    s.rename_unless(v, View::Live, ROOT_INO, "a", ROOT_INO, "z", false, 5, &Held(vec![deep, a])).unwrap();
+    assert_eq!(s.lookup(v, View::Live, ROOT_INO, "z").unwrap().unwrap().ino, a);
+    let e = s.rename_unless(v, View::Live, ROOT_INO, "b2", ROOT_INO, "b3", false, 6, &Held(vec![deep])).unwrap_err();
+    assert!(matches!(e, VolumeError::AccessDenied(_)), "deep.txt is below b2 now: {e:?}");
 }
 
 /// A write at offset u64::MAX (MS-FSA's write to end of file) lands at the file's end as it is

@@ -1,6 +1,6 @@
 //! The namespace: lookups, directory listings, create, unlink and rename.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::kv::{Batch, Durability};
 use umbra_raft::names::{check_file_name, fold};
@@ -230,14 +230,16 @@ impl VolumeStore {
     /// Renames within a volume; `replace` allows replacing an existing file (never a directory).
     #[allow(clippy::too_many_arguments)]
     pub fn rename(&self, vol: Uuid, view: View, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<()> {
-        self.rename_unless(vol, view, from_dir, from, to_dir, to, replace, now, &|_| false)
+        self.rename_unless(vol, view, from_dir, from, to_dir, to, replace, now, &NothingOpen)
     }
 
-    /// As [`VolumeStore::rename`], refusing to replace a target for which `in_use` says true
-    /// (some open holds it), and a directory target (MS-FSA 2.1.5.14.11: ACCESS_DENIED for
-    /// both), decided under the volume lock.
+    /// As [`VolumeStore::rename`], with what the volume's opens hold, decided under the volume
+    /// lock: a target some open holds is not replaced, nor is a directory (MS-FSA 2.1.5.14.11:
+    /// ACCESS_DENIED for both), and a directory with an open file or directory anywhere below
+    /// it does not move (ACCESS_DENIED, as Windows and Samba answer: the opens below would
+    /// otherwise find their paths changed under them).
     #[allow(clippy::too_many_arguments)]
-    pub fn rename_unless(&self, vol: Uuid, view: View, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64, in_use: &dyn Fn(u64) -> bool) -> Result<()> {
+    pub fn rename_unless(&self, vol: Uuid, view: View, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64, opens: &dyn OpenFiles) -> Result<()> {
         check_file_name(to)?;
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
@@ -249,6 +251,9 @@ impl VolumeStore {
         }
         if source.inode.kind == Kind::Dir {
             self.refuse_cycle(&scope, vol, source.ino, to_dir)?;
+            if self.any_below(&scope, vol, source.ino, opens.held())? {
+                return Err(VolumeError::AccessDenied("a directory with open files below it does not move"));
+            }
         }
         let same_slot = from_dir == to_dir && fold(from) == fold(to);
         let mut batch = Batch::default();
@@ -260,7 +265,7 @@ impl VolumeStore {
                 if target.inode.kind == Kind::Dir {
                     return Err(VolumeError::AccessDenied("a rename does not replace a directory"));
                 }
-                if in_use(target.ino) {
+                if opens.holds(target.ino) {
                     return Err(VolumeError::AccessDenied("a rename does not replace a file that is open"));
                 }
                 self.drop_entry(&st, &scope, &mut batch, to_dir, &target)?;
@@ -285,7 +290,7 @@ impl VolumeStore {
 
     /// Refuses moving directory `ino` under itself.
     pub(super) fn refuse_cycle(&self, scope: &Scope, vol: Uuid, ino: u64, mut to_dir: u64) -> Result<()> {
-        for _ in 0..4096 {
+        for _ in 0..MAX_TREE_DEPTH {
             if to_dir == ino {
                 return Err(VolumeError::Invalid("a directory cannot move under itself".into()));
             }
@@ -294,6 +299,58 @@ impl VolumeStore {
             }
             to_dir = self.inode_req(vol, scope, to_dir)?.0.parent;
         }
-        Err(VolumeError::Invalid("directory tree deeper than 4096".into()))
+        Err(VolumeError::Invalid(format!("directory tree deeper than {MAX_TREE_DEPTH}")))
+    }
+
+    /// Whether any of `files` (inodes some open holds) lies below directory `dir`, following
+    /// parents up; each inode on the way is looked up once, however many files share it. An
+    /// inode gone meanwhile (a file deleted while open) is not below anything.
+    fn any_below(&self, scope: &Scope, vol: Uuid, dir: u64, files: Vec<u64>) -> Result<bool> {
+        let mut known: HashMap<u64, bool> = HashMap::from([(dir, true), (ROOT_INO, false)]);
+        for file in files.into_iter().filter(|&f| f != dir) {
+            let (mut at, mut path) = (file, Vec::new());
+            let below = loop {
+                if let Some(&b) = known.get(&at) {
+                    break b;
+                }
+                if path.len() >= MAX_TREE_DEPTH {
+                    return Err(VolumeError::Invalid(format!("directory tree deeper than {MAX_TREE_DEPTH}")));
+                }
+                path.push(at);
+                match self.inode_at(vol, scope, at)? {
+                    Some((inode, _)) => at = inode.parent,
+                    None => break false,
+                }
+            };
+            if below {
+                return Ok(true);
+            }
+            known.extend(path.into_iter().map(|p| (p, false)));
+        }
+        Ok(false)
+    }
+}
+
+/// Deepest directory tree a walk up the parents follows (a cycle check, the opens below a
+/// directory); deeper ones are refused as corrupt.
+pub const MAX_TREE_DEPTH: usize = 4096;
+
+/// What the open table says of a volume's files, for a rename decided under the volume lock.
+pub trait OpenFiles {
+    /// Whether some open holds `ino`.
+    fn holds(&self, ino: u64) -> bool;
+    /// Every inode some open holds (at most the volume's open bound).
+    fn held(&self) -> Vec<u64>;
+}
+
+/// No opens: a rename by the store alone (tests, tools).
+pub struct NothingOpen;
+
+impl OpenFiles for NothingOpen {
+    fn holds(&self, _: u64) -> bool {
+        false
+    }
+    fn held(&self) -> Vec<u64> {
+        Vec::new()
     }
 }
