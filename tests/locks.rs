@@ -113,3 +113,38 @@ fn a_lock_that_waits_is_granted_when_the_range_is_let_go_and_locks_go_with_their
     wait_for(Duration::from_secs(5), "the killed client's locks to go", || (lock(&mut a, "g", &[(60, 10, EXCLUSIVE | FI)]) == "OK").then_some(()));
     assert_eq!(a.cmd("pwrite g 60 0x44 10"), "OK");
 }
+
+/// A waiting lock is asked for again as soon as locks are let go through any node, not at its
+/// periodic retry: with that retry set to a minute, a lock waiting through one node is granted
+/// within seconds of an unlock through another, of the CLOSE of the open holding the range,
+/// and of the end of the holder's connection.
+#[test]
+fn a_waiting_lock_hears_of_a_release_through_any_node_before_its_next_retry() {
+    let c = data_cluster_with("[smb]\nlock_retry_ms = 60000\n");
+    let (mut a, mut b) = two_clients(&c); // through nodes 1 and 3
+    let soon = Duration::from_secs(20);
+    // An unlock through node 3 wakes a lock waiting through node 1.
+    assert_eq!(lock(&mut b, "f", &[(20, 5, EXCLUSIVE | FI)]), "OK");
+    a.send(&format!("lock f 20 5 {EXCLUSIVE:#x}"));
+    std::thread::sleep(Duration::from_millis(600)); // A's LOCK is pending by now
+    let released = Instant::now();
+    assert_eq!(lock(&mut b, "f", &[(20, 5, UNLOCK)]), "OK");
+    assert_eq!(a.line(), "OK", "granted once B let go");
+    assert!(released.elapsed() < soon, "granted {:?} after the unlock", released.elapsed());
+    // A CLOSE through node 1 wakes a lock waiting through node 3.
+    assert_eq!(lock(&mut a, "f", &[(30, 5, EXCLUSIVE | FI)]), "OK");
+    b.send(&format!("lock f 30 5 {EXCLUSIVE:#x}"));
+    std::thread::sleep(Duration::from_millis(600));
+    let released = Instant::now();
+    assert_eq!(a.cmd("close f"), "OK");
+    assert_eq!(b.line(), "OK", "granted once A closed");
+    assert!(released.elapsed() < soon, "granted {:?} after the close", released.elapsed());
+    // The end of B's connection (killed: no CLOSE) wakes a lock waiting through node 1.
+    assert_eq!(a.open("g", "locked.bin", READ | WRITE, SHARE_ALL, OPEN), "OK");
+    a.send(&format!("lock g 30 5 {SHARED:#x}"));
+    std::thread::sleep(Duration::from_millis(600));
+    let released = Instant::now();
+    b.kill();
+    assert_eq!(a.line(), "OK", "granted once B's connection ended");
+    assert!(released.elapsed() < soon, "granted {:?} after B went", released.elapsed());
+}

@@ -35,7 +35,29 @@ pub struct NodeConfig {
     pub raft: RaftTuning,
     #[serde(default)]
     pub volumes: VolumeTuning,
+    #[serde(default)]
+    pub smb: SmbTuning,
 }
+
+/// SMB gateway settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmbTuning {
+    /// A byte-range lock that waits for its range is asked for again as soon as locks are let
+    /// go through any node's gateway, and every this many milliseconds in any case (locks
+    /// that go otherwise: a dead gateway's lease expiring).
+    pub lock_retry_ms: u64,
+}
+
+impl Default for SmbTuning {
+    fn default() -> Self {
+        SmbTuning { lock_retry_ms: umbra_smb_gateway::server::LOCK_RETRY_INTERVAL.as_millis() as u64 }
+    }
+}
+
+/// Bounds of [`SmbTuning::lock_retry_ms`]: each waiting lock costs a call to its owner at this
+/// pace, and waiting longer than a minute would leave a lock released by an expiry unseen.
+pub const LOCK_RETRY_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
 /// Volume upkeep settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,6 +186,9 @@ impl NodeConfig {
         if self.volumes.reclaim_slice_ms > crate::volumes_task::UPKEEP_PERIOD.as_millis() as u64 {
             return bad(format!("volumes.reclaim_slice_ms must be at most {} (the upkeep period)", crate::volumes_task::UPKEEP_PERIOD.as_millis()));
         }
+        if !LOCK_RETRY_MS.contains(&self.smb.lock_retry_ms) {
+            return bad(format!("smb.lock_retry_ms must be between {} and {}", LOCK_RETRY_MS.start(), LOCK_RETRY_MS.end()));
+        }
         if r.snapshot_every_entries == 0 || r.request_timeout_ms == 0 {
             return bad("raft.snapshot_every_entries and raft.request_timeout_ms must be positive".into());
         }
@@ -203,6 +228,8 @@ mod tests {
     fn a_minimal_config_parses_with_default_tuning() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.raft, RaftTuning::default());
+        assert_eq!(c.smb.lock_retry_ms, 200);
+        assert_eq!(parse(&format!("{GOOD}[smb]\nlock_retry_ms = 50\n")).unwrap().smb.lock_retry_ms, 50);
         assert!(c.openraft_config().validate().is_ok());
     }
 
@@ -226,6 +253,9 @@ mod tests {
             (format!("{GOOD}[raft]\nheartbeat_ms = 900\n"), "raft timing"),
             (GOOD.replace("127.0.0.1:7101", "127.0.0.1:0"), "port 0"),
             (GOOD.replace("127.0.0.1:7101", "0.0.0.0:7101"), "other nodes dial"),
+            (format!("{GOOD}[smb]\nlock_retry_ms = 0\n"), "smb.lock_retry_ms must be between 10 and 60000"),
+            (format!("{GOOD}[smb]\nlock_retry_ms = 3600000\n"), "smb.lock_retry_ms"),
+            (format!("{GOOD}[smb]\nsigning = false\n"), "unknown field"),
         ];
         for (text, expect) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -113,7 +113,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let opens_upkeep = tokio::spawn(volume_service.clone().run_opens_upkeep(upkeep_stop.subscribe()));
     let logon_relay = tokio::spawn(crate::notify_relay::relay_logon_failures(config.id, throttle.clone(), volume_service.clone(), upkeep_stop.subscribe()));
     let files = Arc::new(crate::smb::VolumeFiles::new(config.id, volumes, volume_service, gateway_opens, reader.clone()));
-    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id), directory, files, notifier, throttle));
+    let smb = tokio::spawn(umbra_smb_gateway::driver::serve(smb_listener, crate::smb::config(config.id, &config.smb), directory, files, notifier, throttle));
     tracing::info!(grpc = %config.grpc_addr, smb = %config.smb_addr, "node serving");
 
     let me = NodeInfo { grpc_addr: config.grpc_addr.clone(), smb_addr: config.smb_addr.clone() };

@@ -67,10 +67,11 @@ impl Directory for RaftDirectory {
 
 /// The gateway's settings for node `id` (its server GUID is derived from the id, so it is
 /// stable across restarts and distinct per node).
-pub fn config(id: u64) -> Config {
+pub fn config(id: u64, tuning: &crate::config::SmbTuning) -> Config {
     let mut guid = *b"umbra-node\0\0\0\0\0\0";
     guid[8..].copy_from_slice(&id.to_le_bytes());
-    Config { server_guid: guid, netbios_name: NETBIOS_NAME.into(), dns_name: NETBIOS_NAME.to_lowercase(), signing_required: true, max_io_bytes: MAX_IO_BYTES }
+    let lock_retry = std::time::Duration::from_millis(tuning.lock_retry_ms);
+    Config { server_guid: guid, netbios_name: NETBIOS_NAME.into(), dns_name: NETBIOS_NAME.to_lowercase(), signing_required: true, max_io_bytes: MAX_IO_BYTES, lock_retry }
 }
 
 /// Share storage for the gateway: every call goes through the volume service in-process with

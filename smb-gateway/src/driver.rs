@@ -52,12 +52,14 @@ pub const LOGON_WITHIN: std::time::Duration = std::time::Duration::from_secs(60)
 pub const LOGON_WITHIN: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Changes one frame made (or a peer node relayed); `lost`: changes before these were dropped
-/// on the way (watches answer STATUS_NOTIFY_ENUM_DIR).
+/// on the way (watches answer STATUS_NOTIFY_ENUM_DIR); `unlocked`: byte-range locks were let
+/// go (locks waiting for their ranges are asked for again).
 #[derive(Debug, Default)]
 pub struct ChangeBatch {
     /// Relayed from another node (not relayed again).
     pub from_peer: bool,
     pub lost: bool,
+    pub unlocked: bool,
     pub changes: Vec<Change>,
 }
 
@@ -78,7 +80,7 @@ impl ChangeBatch {
         if bytes <= MAX_CHANGE_BATCH_BYTES {
             return self;
         }
-        ChangeBatch { from_peer: self.from_peer, lost: true, changes: Vec::new() }
+        ChangeBatch { from_peer: self.from_peer, lost: true, unlocked: self.unlocked, changes: Vec::new() }
     }
 }
 
@@ -176,15 +178,24 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
     let tx = Queue { tx, budget: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES / 1024)) };
     let writer = tokio::spawn(write_frames(writer, rx).in_current_span());
     let max = max_frame_bytes(&config);
+    let lock_retry = config.lock_retry;
     let mut conn = Connection::new(config);
     conn.set_peer(&peer);
     // The state stays here, so that whatever ends the reader, the connection's end can use it.
     let mut conn = Some(conn);
-    let read = read_frames(reader, max, &mut conn, &shared, tx).await;
-    // However the connection ended, its opens close and their share modes are released.
+    let read = read_frames(reader, max, lock_retry, &mut conn, &shared, tx).await;
+    // However the connection ended, its opens close and their share modes are released (and
+    // their locks: locks waiting for them hear of it).
     if let Some(mut c) = conn {
         let files = shared.files.clone();
-        let _ = tokio::task::spawn_blocking(move || c.end(files.as_ref(), filetime_now())).await;
+        if let Ok(true) = tokio::task::spawn_blocking(move || {
+            c.end(files.as_ref(), filetime_now());
+            c.take_unlocked()
+        })
+        .await
+        {
+            publish(&shared, Vec::new(), true);
+        }
     }
     // The writer ends once the reader has dropped its queue and what was queued is written.
     let written = writer.await.map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -194,7 +205,7 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
 /// Reads frames, runs them through the connection, queues what it answers; meanwhile takes the
 /// node's changes when the connection watches a directory.
 /// `conn` is absent only while a frame runs on the blocking pool.
-async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Connection>, shared: &Shared, tx: Queue) -> std::io::Result<()> {
+async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::time::Duration, conn: &mut Option<Connection>, shared: &Shared, tx: Queue) -> std::io::Result<()> {
     let mut changes: Option<broadcast::Receiver<Arc<ChangeBatch>>> = None;
     // Bytes read and not yet run; the socket is read straight into it.
     let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -204,8 +215,9 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
     // Once a session was established, the deadline is over (a later LOGOFF and logon again
     // are the client's business).
     let mut logged_on_once = false;
-    // Locks that wait for their range are asked for again at this pace.
-    let mut lock_retry = tokio::time::interval(crate::server::LOCK_RETRY_INTERVAL);
+    // Locks that wait for their range are asked for again when locks were let go, and at this
+    // pace in any case.
+    let mut lock_retry = tokio::time::interval(lock_retry);
     lock_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         loop {
@@ -230,16 +242,14 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             .map_err(|e| std::io::Error::other(e.to_string()))?;
             let c = conn.insert(c);
             logged_on_once = logged_on_once || c.logged_on();
-            let mut made = c.take_changes();
-            if !made.is_empty() {
-                // Watches on other shares over the same files hear of them too.
-                let also = crate::server::notify::through_other_shares(&made, &shared.directory.share_roots());
-                made.extend(also);
-                // No receiver (nobody watches) is not an error.
-                let _ = shared.notifier.send(Arc::new(ChangeBatch { from_peer: false, lost: false, changes: made }.bounded()));
+            let made = c.take_changes();
+            let unlocked = c.take_unlocked();
+            if !made.is_empty() || unlocked {
+                publish(shared, made, unlocked);
             }
-            // Listen to the node's changes from before the client can learn its watch is set.
-            match (c.watching(), changes.is_some()) {
+            // Listen to the node's changes from before the client can learn its watch is set
+            // (or that its lock waits).
+            match (c.watching() || c.locks_waiting(), changes.is_some()) {
                 (true, false) => changes = Some(shared.notifier.subscribe()),
                 (false, true) => changes = None,
                 _ => {}
@@ -281,17 +291,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                 }
             }
             _ = lock_retry.tick(), if conn.as_ref().is_some_and(Connection::locks_waiting) => {
-                let Some(mut c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
-                let files = shared.files.clone();
-                let c = conn.insert(tokio::task::spawn_blocking(move || {
-                    c.retry_locks(files.as_ref());
-                    c
-                })
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?);
-                for f in c.take_sends() {
-                    tx.send(f).await?;
-                }
+                retry_locks(conn, shared, &tx).await?;
             }
             Some((async_id, result)) = read_rx.recv() => {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
@@ -302,12 +302,15 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
             }
             got = next_changes(&mut changes) => {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
+                // Missed batches may have told of released locks too.
+                let mut unlocked = true;
                 match got {
                     Ok(batch) => {
                         if batch.lost {
                             c.on_changes_lost();
                         }
-                        c.on_changes(&batch.changes)
+                        c.on_changes(&batch.changes);
+                        unlocked = batch.unlocked;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(lost = n, "this connection fell behind the node's changes");
@@ -318,9 +321,41 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, conn: &mut Option<Co
                 for f in c.take_sends() {
                     tx.send(f).await?;
                 }
+                if unlocked && c.locks_waiting() {
+                    retry_locks(conn, shared, &tx).await?;
+                }
             }
         }
     }
+}
+
+/// Tells the node (and, through the change relay, the other nodes) what a connection changed:
+/// `made` for directory watches, `unlocked` when it let byte-range locks go.
+fn publish(shared: &Shared, mut made: Vec<Change>, unlocked: bool) {
+    // Watches on other shares over the same files hear of them too.
+    let also = crate::server::notify::through_other_shares(&made, &shared.directory.share_roots());
+    made.extend(also);
+    // No receiver (nobody watches, no lock waits) is not an error.
+    let _ = shared.notifier.send(Arc::new(ChangeBatch { from_peer: false, lost: false, unlocked, changes: made }.bounded()));
+}
+
+/// Asks the owners again for the connection's waiting locks, off the connection's thread, and
+/// queues the replies of those that were granted or failed.
+async fn retry_locks(conn: &mut Option<Connection>, shared: &Shared, tx: &Queue) -> std::io::Result<()> {
+    let Some(mut c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
+    let files = shared.files.clone();
+    let c = conn.insert(
+        tokio::task::spawn_blocking(move || {
+            c.retry_locks(files.as_ref());
+            c
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?,
+    );
+    for f in c.take_sends() {
+        tx.send(f).await?;
+    }
+    Ok(())
 }
 
 /// Runs one frame through the connection. A panic (a defect) ends this connection only, and
@@ -386,10 +421,10 @@ mod tests {
     fn a_batch_past_its_byte_bound_goes_as_lost() {
         use crate::server::notify::ChangeKind;
         let change = |path: String| Change { share: "data".into(), path, directory: false, kind: ChangeKind::Added };
-        let small = ChangeBatch { from_peer: false, lost: false, changes: vec![change("a.txt".into())] }.bounded();
+        let small = ChangeBatch { from_peer: false, lost: false, unlocked: false, changes: vec![change("a.txt".into())] }.bounded();
         assert_eq!((small.lost, small.changes.len()), (false, 1));
-        let big = ChangeBatch { from_peer: true, lost: false, changes: (0..40).map(|i| change(format!("{i}{}", "x".repeat(2000)))).collect() }.bounded();
-        assert_eq!((big.from_peer, big.lost, big.changes.len()), (true, true, 0));
+        let big = ChangeBatch { from_peer: true, lost: false, unlocked: true, changes: (0..40).map(|i| change(format!("{i}{}", "x".repeat(2000)))).collect() }.bounded();
+        assert_eq!((big.from_peer, big.lost, big.unlocked, big.changes.len()), (true, true, true, 0), "released locks are still told of");
     }
 
     /// Storage with a defect: a WRITE panics. Counts the opens released.

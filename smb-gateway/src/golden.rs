@@ -526,7 +526,7 @@ impl crate::server::Environment for TestEnv {
 }
 
 fn test_config() -> crate::server::Config {
-    crate::server::Config { server_guid: [7; 16], netbios_name: "UMBRA".into(), dns_name: "umbra".into(), signing_required: true, max_io_bytes: 8 << 20 }
+    crate::server::Config { server_guid: [7; 16], netbios_name: "UMBRA".into(), dns_name: "umbra".into(), signing_required: true, max_io_bytes: 8 << 20, lock_retry: crate::server::LOCK_RETRY_INTERVAL }
 }
 
 #[test]

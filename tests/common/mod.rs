@@ -337,7 +337,12 @@ pub const DRIVEN_PASSWORD: &str = "S3cret-pw";
 /// A 3-node cluster with user `admin` (password [`DRIVEN_PASSWORD`]) and share `data` on a
 /// volume node 2 owns, ready for [`DrivenClient`]s.
 pub fn data_cluster() -> Cluster {
-    let c = Cluster::start(3, "");
+    data_cluster_with("")
+}
+
+/// [`data_cluster`] with `extra_toml` in every node's config.
+pub fn data_cluster_with(extra_toml: &str) -> Cluster {
+    let c = Cluster::start(3, extra_toml);
     assert!(ctl_at(c.addr(1), &["user", "add", "admin", "--role", "admin"], Some(&format!("{DRIVEN_PASSWORD}\n"))).ok);
     assert!(c.ctl(1, &["volume", "create", "vol", "--node", "2"]).ok);
     assert!(c.ctl(1, &["share", "create", "Data", "--volume", "vol"]).ok);

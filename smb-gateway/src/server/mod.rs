@@ -66,4 +66,7 @@ pub struct Config {
     pub signing_required: bool,
     /// Largest READ, WRITE and transaction the server offers.
     pub max_io_bytes: u32,
+    /// How often a lock that waits for its range is asked for again when no release was heard
+    /// of ([`LOCK_RETRY_INTERVAL`] unless set).
+    pub lock_retry: std::time::Duration,
 }

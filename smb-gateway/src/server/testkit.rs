@@ -16,7 +16,7 @@ pub const TREE: u32 = 1;
 pub const IPC: u32 = 2;
 
 pub fn config() -> Config {
-    Config { server_guid: [7; 16], netbios_name: "UMBRA".into(), dns_name: "umbra".into(), signing_required: false, max_io_bytes: 1 << 20 }
+    Config { server_guid: [7; 16], netbios_name: "UMBRA".into(), dns_name: "umbra".into(), signing_required: false, max_io_bytes: 1 << 20, lock_retry: super::LOCK_RETRY_INTERVAL }
 }
 
 /// A connection with one session, tree 1 on share "data" and tree 2 on IPC$.
