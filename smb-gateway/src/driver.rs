@@ -219,6 +219,10 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
     // pace in any case.
     let mut lock_retry = tokio::time::interval(lock_retry);
     lock_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A release heard of within RELEASE_RETRY_GAP of the last retry it caused waits for the
+    // gap's end: however fast others lock and unlock, this connection's waiting locks cost
+    // their owners a bounded rate of calls.
+    let (mut release_heard, mut release_retry_at) = (false, tokio::time::Instant::now());
     loop {
         loop {
             // Until a session is established a client sends only NEGOTIATE and SESSION_SETUP,
@@ -293,6 +297,13 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             _ = lock_retry.tick(), if conn.as_ref().is_some_and(Connection::locks_waiting) => {
                 retry_locks(conn, shared, &tx).await?;
             }
+            _ = tokio::time::sleep_until(release_retry_at), if release_heard => {
+                release_heard = false;
+                if conn.as_ref().is_some_and(Connection::locks_waiting) {
+                    release_retry_at = tokio::time::Instant::now() + RELEASE_RETRY_GAP;
+                    retry_locks(conn, shared, &tx).await?;
+                }
+            }
             Some((async_id, result)) = read_rx.recv() => {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
                 c.finish_file_read(async_id, result);
@@ -321,13 +332,16 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
                 for f in c.take_sends() {
                     tx.send(f).await?;
                 }
-                if unlocked && c.locks_waiting() {
-                    retry_locks(conn, shared, &tx).await?;
-                }
+                // The retry runs in the branch above: at once, or at the end of the gap.
+                release_heard |= unlocked && c.locks_waiting();
             }
         }
     }
 }
+
+/// Least time between two retries of a connection's waiting locks that releases cause (the
+/// periodic retry aside): at most 100 a second, each one call to the owner per waiting lock.
+pub const RELEASE_RETRY_GAP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Tells the node (and, through the change relay, the other nodes) what a connection changed:
 /// `made` for directory watches, `unlocked` when it let byte-range locks go.
