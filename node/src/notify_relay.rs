@@ -2,8 +2,9 @@
 //! changes they make to the node's notifier (smb-gateway/src/driver.rs); the relay takes the
 //! local ones, gathers them for up to [`RELAY_GATHER`], and sends them to every other member's
 //! volume service (`Notify`), which publishes them to that node's notifier, so a watch sees
-//! changes made through any node's gateway. The same batches tell that byte-range locks were
-//! let go, so locks waiting for their ranges on every node are asked for again. Best effort, as on one server whose watches can
+//! changes made through any node's gateway. The same messages say when this node's volume owner
+//! let byte-range locks go (`unlocked`), so locks waiting for their ranges through every
+//! node's gateway are asked for again. Best effort, as on one server whose watches can
 //! overflow: a batch that could not reach a peer (or that this relay fell behind on) makes the
 //! next one to that peer say `lost`, and its watches answer STATUS_NOTIFY_ENUM_DIR.
 
@@ -58,29 +59,33 @@ pub fn batch_of(r: &NotifyRequest) -> Result<ChangeBatch, Status> {
         };
         changes.push(Change { share: c.share.clone(), path: c.path.clone(), directory: c.directory, kind });
     }
-    Ok(ChangeBatch { from_peer: true, lost: r.lost, unlocked: r.unlocked, changes }.bounded())
+    Ok(ChangeBatch { from_peer: true, lost: r.lost, changes }.bounded())
 }
 
 /// Relays this node's changes until `stop` changes.
 pub async fn run(node: u64, notifier: Notifier, service: Arc<VolumeService>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut rx = notifier.subscribe();
+    let mut rx = notifier.changes.subscribe();
+    let mut released = notifier.releases.watch_here();
     // Peers whose last batch did not arrive: their next one says `lost`.
     let mut behind: HashSet<u64> = HashSet::new();
     loop {
         let (mut lost, mut unlocked) = (false, false);
         let mut changes: Vec<ChangeRecord> = Vec::new();
-        // Wait for the first local change, then gather for a moment.
+        // Wait for the first local change or release of locks, then gather for a moment.
         let deadline = loop {
             tokio::select! {
+                Ok(()) = released.changed() => {
+                    unlocked = true;
+                    break tokio::time::Instant::now() + RELAY_GATHER;
+                }
                 got = rx.recv() => match got {
                     Ok(b) if b.from_peer => continue,
                     Ok(b) => {
                         changes.extend(b.changes.iter().map(record_of));
-                        unlocked |= b.unlocked;
                         break tokio::time::Instant::now() + RELAY_GATHER;
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        (lost, unlocked) = (true, true);
+                        lost = true;
                         break tokio::time::Instant::now() + RELAY_GATHER;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -91,14 +96,16 @@ pub async fn run(node: u64, notifier: Notifier, service: Arc<VolumeService>, mut
         while changes.len() < MAX_RELAYED_CHANGES {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Ok(b)) if b.from_peer => {}
-                Ok(Ok(b)) => {
-                    changes.extend(b.changes.iter().map(record_of));
-                    unlocked |= b.unlocked;
-                }
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => (lost, unlocked) = (true, true),
+                Ok(Ok(b)) => changes.extend(b.changes.iter().map(record_of)),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => lost = true,
                 Ok(Err(broadcast::error::RecvError::Closed)) => return,
                 Err(_) => break,
             }
+        }
+        // Releases meanwhile go in this message (the watch holds a count, not a queue).
+        if released.has_changed().unwrap_or(false) {
+            released.borrow_and_update();
+            unlocked = true;
         }
         if changes.len() > MAX_RELAYED_CHANGES {
             // The rest of the last frame's changes would not fit: the peers re-read instead.
@@ -106,7 +113,9 @@ pub async fn run(node: u64, notifier: Notifier, service: Arc<VolumeService>, mut
             lost = true;
         }
         let sends = service.other_nodes().into_iter().map(|peer| {
-            let req = NotifyRequest { from_node: node, lost: lost || behind.contains(&peer), unlocked, changes: changes.clone() };
+            // A peer that missed a message may have missed a release in it.
+            let behind_peer = behind.contains(&peer);
+            let req = NotifyRequest { from_node: node, lost: lost || behind_peer, unlocked: unlocked || behind_peer, changes: changes.clone() };
             let service = service.clone();
             async move {
                 let delivered = match service.peer(peer) {
@@ -142,7 +151,7 @@ mod tests {
         let req = NotifyRequest { from_node: 2, lost: true, unlocked: true, changes: changes.iter().map(record_of).collect() };
         let batch = batch_of(&req).unwrap();
         assert_eq!(batch.changes, changes);
-        assert!(batch.from_peer && batch.lost && batch.unlocked);
+        assert!(batch.from_peer && batch.lost);
         let mut bad = req.clone();
         bad.changes[1].kind = 9;
         assert!(batch_of(&bad).is_err());

@@ -198,11 +198,15 @@ struct VolumeOpens {
     locks: usize,
     /// Deletions due (a delete-pending file's last open went), for the owner to carry out.
     due: Vec<DueDelete>,
+    /// Byte-range locks went since [`OpenTable::take_released`] last asked.
+    released: bool,
 }
 
 #[derive(Default)]
 pub struct OpenTable {
     volumes: HashMap<Uuid, VolumeOpens>,
+    /// Released locks of volumes whose entry went, for [`OpenTable::take_released`].
+    released: bool,
 }
 
 impl VolumeOpens {
@@ -228,6 +232,7 @@ impl VolumeOpens {
             if let Some(i) = f.held.iter().position(|h| h.node == node && h.id == id) {
                 let gone = f.held.swap_remove(i);
                 self.locks -= gone.locks.len();
+                self.released |= !gone.locks.is_empty();
                 if f.pending.is_none() {
                     f.pending = gone.delete_at_close.or(gone.disposed);
                 }
@@ -440,6 +445,7 @@ impl OpenTable {
         for (volume, v) in self.volumes.iter_mut() {
             v.expire(*volume, now_ms);
         }
+        self.released |= self.volumes.values().any(|v| v.released);
         self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty() || !v.files.is_empty());
     }
 
@@ -489,6 +495,7 @@ impl OpenTable {
             let i = byte_locks::unlock_index(&h.locks, offset, length).ok_or(LockError::RangeNotLocked)?;
             h.locks.remove(i);
             v.locks -= 1;
+            v.released = true;
         }
         Ok(())
     }
@@ -523,6 +530,17 @@ impl OpenTable {
     /// Every inode of `volume`'s `view` that some gateway holds open.
     pub fn held_files(&self, volume: Uuid, view: View) -> Vec<u64> {
         self.volumes.get(&volume).map_or_else(Vec::new, |v| v.files.iter().filter(|((at, _), f)| *at == view && !f.held.is_empty()).map(|((_, ino), _)| *ino).collect())
+    }
+
+    /// Whether byte-range locks went since the last call (an unlock, the release of an open
+    /// that held locks, a lease that expired or was replaced, a renewal that no longer lists an
+    /// open): locks waiting for their ranges are then asked for again.
+    pub fn take_released(&mut self) -> bool {
+        let mut any = std::mem::take(&mut self.released);
+        for v in self.volumes.values_mut() {
+            any |= std::mem::take(&mut v.released);
+        }
+        any
     }
 
     /// Opens held on `volume`, from every gateway.
@@ -909,6 +927,30 @@ mod tests {
         assert!(restarted.io_conflict(file(5), None, 52, 1, false));
         assert!(t.locks_of(B, VOL, 7).is_empty(), "expired");
         assert_eq!(t.lock(B, VOL, 7, &[x(0, 1)]), Err(LockError::UnknownOpen));
+    }
+
+    /// The table says when locks went, whichever way (the owner then wakes waiting locks on
+    /// every node), and only then.
+    #[test]
+    fn the_table_says_when_locks_went_however_they_went() {
+        let mut t = two_opens();
+        t.register(0, A, LEASE_MS, open(9, 3, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        t.lock(A, VOL, 1, &[x(0, 10), x(20, 5)]).unwrap();
+        assert_eq!(t.lock(B, VOL, 7, &[x(0, 1)]), Err(LockError::NotGranted { holder_node: 1 }));
+        t.release(A, VOL, 3, None);
+        assert!(!t.take_released(), "taking, refusing, and closing an open without locks let none go");
+        t.unlock(A, VOL, 1, &[(20, 5)]).unwrap();
+        assert!(t.take_released(), "an unlock");
+        assert!(!t.take_released(), "told once");
+        t.release(A, VOL, 1, None);
+        assert!(t.take_released(), "the release of an open that held a lock");
+        t.lock(B, VOL, 7, &[x(0, 10)]).unwrap();
+        t.expire(LEASE_MS + 1);
+        assert!(t.take_released(), "an expired lease, whose volume entry went with it");
+        let mut t = two_opens();
+        t.lock(B, VOL, 7, &[x(0, 10)]).unwrap();
+        t.renew(1, Gateway { node: 2, incarnation: 201 }, LEASE_MS, VOL, 8, &[]).unwrap();
+        assert!(t.take_released(), "a restarted gateway's predecessor's opens");
     }
 
     #[test]

@@ -420,8 +420,10 @@ impl VolumeService {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn opens(&self) -> std::sync::MutexGuard<'_, OpenTable> {
-        self.opens.lock().expect("open table lock")
+    /// The open table, locked; locks it let go meanwhile are told to the locks waiting for
+    /// their ranges on every node once it is let go ([`OpensGuard`]).
+    fn opens(&self) -> OpensGuard<'_> {
+        OpensGuard { table: self.opens.lock().expect("open table lock"), notifier: self.notifier.as_ref() }
     }
 
     /// Runs a quick store call (a read of metadata) on the blocking pool, or inline (see
@@ -446,6 +448,37 @@ impl VolumeService {
         match call {
             Call::Mutation(vol) => store.run_unblocked(vol, f).await.map_err(status_of),
             Call::Quick | Call::Slow => f(&store).map_err(status_of),
+        }
+    }
+}
+
+/// The locked open table of [`VolumeService::opens`]: when it is let go, byte-range locks it
+/// let go meanwhile (an unlock, a released open, an expired lease) wake the locks waiting for
+/// their ranges, through this node's gateway and the change relay to the other nodes'.
+struct OpensGuard<'a> {
+    table: std::sync::MutexGuard<'a, OpenTable>,
+    notifier: Option<&'a umbra_smb_gateway::driver::Notifier>,
+}
+
+impl std::ops::Deref for OpensGuard<'_> {
+    type Target = OpenTable;
+    fn deref(&self) -> &OpenTable {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for OpensGuard<'_> {
+    fn deref_mut(&mut self) -> &mut OpenTable {
+        &mut self.table
+    }
+}
+
+impl Drop for OpensGuard<'_> {
+    fn drop(&mut self) {
+        if self.table.take_released() {
+            if let Some(n) = self.notifier {
+                n.releases.released_here();
+            }
         }
     }
 }
@@ -778,8 +811,13 @@ impl VolumeRpc for VolumeService {
         let r = req.into_inner();
         let batch = crate::notify_relay::batch_of(&r)?;
         if let Some(n) = &self.notifier {
+            if r.unlocked {
+                n.releases.released_elsewhere();
+            }
             // Nobody watching on this node is not an error.
-            let _ = n.send(std::sync::Arc::new(batch));
+            if batch.lost || !batch.changes.is_empty() {
+                let _ = n.changes.send(std::sync::Arc::new(batch));
+            }
         }
         Ok(Response::new(Done {}))
     }

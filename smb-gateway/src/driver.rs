@@ -2,10 +2,12 @@
 //! sans-IO [`Connection`]. Frames are bounded before they are buffered. Each connection has a
 //! reader (frames in, run on the blocking pool, since storage calls block) and a writer task
 //! (replies out, in order), so that final responses to requests that waited go out while the
-//! reader waits for the client. The node's notifier is a broadcast channel: every connection
-//! publishes the changes its commands made, and those that watch a directory listen; the node
-//! relays its connections' changes to the other nodes' notifiers (node/src/notify_relay.rs),
-//! so a watch sees changes made through any node's gateway.
+//! reader waits for the client. The node's notifier carries directory changes in a broadcast
+//! channel: every connection publishes the changes its commands made, and those that watch a
+//! directory listen; the node relays its connections' changes to the other nodes' notifiers
+//! (node/src/notify_relay.rs), so a watch sees changes made through any node's gateway. It also
+//! counts releases of byte-range locks by any node's volume owner ([`Releases`]), which
+//! connections with a lock waiting for its range watch.
 
 use std::sync::Arc;
 
@@ -52,14 +54,12 @@ pub const LOGON_WITHIN: std::time::Duration = std::time::Duration::from_secs(60)
 pub const LOGON_WITHIN: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Changes one frame made (or a peer node relayed); `lost`: changes before these were dropped
-/// on the way (watches answer STATUS_NOTIFY_ENUM_DIR); `unlocked`: byte-range locks were let
-/// go (locks waiting for their ranges are asked for again).
+/// on the way (watches answer STATUS_NOTIFY_ENUM_DIR).
 #[derive(Debug, Default)]
 pub struct ChangeBatch {
     /// Relayed from another node (not relayed again).
     pub from_peer: bool,
     pub lost: bool,
-    pub unlocked: bool,
     pub changes: Vec<Change>,
 }
 
@@ -80,17 +80,56 @@ impl ChangeBatch {
         if bytes <= MAX_CHANGE_BATCH_BYTES {
             return self;
         }
-        ChangeBatch { from_peer: self.from_peer, lost: true, unlocked: self.unlocked, changes: Vec::new() }
+        ChangeBatch { from_peer: self.from_peer, lost: true, changes: Vec::new() }
     }
 }
 
-/// The node's change notifier: every connection of the node publishes to it, and so does the
-/// relay from other nodes.
-pub type Notifier = broadcast::Sender<Arc<ChangeBatch>>;
+/// The node's notifier: directory changes (every connection of the node publishes to it, and
+/// so does the relay from other nodes) and releases of byte-range locks.
+#[derive(Clone)]
+pub struct Notifier {
+    pub changes: broadcast::Sender<Arc<ChangeBatch>>,
+    pub releases: Releases,
+}
 
 /// A notifier for [`serve`].
 pub fn notifier() -> Notifier {
-    broadcast::channel(NOTIFIER_QUEUE_BATCHES).0
+    Notifier { changes: broadcast::channel(NOTIFIER_QUEUE_BATCHES).0, releases: Releases::default() }
+}
+
+/// News that byte-range locks were let go, for locks waiting for their ranges: counters that
+/// each release bumps, so that however many releases come, a waiting connection sees one
+/// change, and one that was not looking sees it when it next looks (nothing queues, nothing
+/// is lost). `all` counts releases on any node (what connections watch); `here` counts those
+/// this node's volume owner made, which the node's relay passes to the other nodes
+/// (node/src/notify_relay.rs), where they count in `all`.
+#[derive(Clone, Default)]
+pub struct Releases {
+    all: Arc<tokio::sync::watch::Sender<u64>>,
+    here: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Releases {
+    /// This node's volume owner let locks go.
+    pub fn released_here(&self) {
+        self.here.send_modify(|n| *n = n.wrapping_add(1));
+        self.released_elsewhere();
+    }
+
+    /// Another node's owner let locks go (its relay said so).
+    pub fn released_elsewhere(&self) {
+        self.all.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Releases on any node from now on.
+    pub fn watch_all(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.all.subscribe()
+    }
+
+    /// Releases this node's owner makes from now on.
+    pub fn watch_here(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.here.subscribe()
+    }
 }
 
 /// The largest frame a client may send: a maximal WRITE plus headers.
@@ -184,18 +223,10 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
     // The state stays here, so that whatever ends the reader, the connection's end can use it.
     let mut conn = Some(conn);
     let read = read_frames(reader, max, lock_retry, &mut conn, &shared, tx).await;
-    // However the connection ended, its opens close and their share modes are released (and
-    // their locks: locks waiting for them hear of it).
+    // However the connection ended, its opens close and their share modes are released.
     if let Some(mut c) = conn {
         let files = shared.files.clone();
-        if let Ok(true) = tokio::task::spawn_blocking(move || {
-            c.end(files.as_ref(), filetime_now());
-            c.take_unlocked()
-        })
-        .await
-        {
-            publish(&shared, Vec::new(), true);
-        }
+        let _ = tokio::task::spawn_blocking(move || c.end(files.as_ref(), filetime_now())).await;
     }
     // The writer ends once the reader has dropped its queue and what was queued is written.
     let written = writer.await.map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -219,9 +250,12 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
     // pace in any case.
     let mut lock_retry = tokio::time::interval(lock_retry);
     lock_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A release heard of within RELEASE_RETRY_GAP of the last retry it caused waits for the
-    // gap's end: however fast others lock and unlock, this connection's waiting locks cost
-    // their owners a bounded rate of calls.
+    // Locks let go anywhere: a release heard of within RELEASE_RETRY_GAP of the last retry it
+    // caused waits for the gap's end, so however fast others lock and unlock, this
+    // connection's waiting locks cost their owners a bounded rate of calls. The watch counts
+    // releases while no lock waits too: a lock refused just before a release is asked for
+    // again.
+    let mut releases = shared.notifier.releases.watch_all();
     let (mut release_heard, mut release_retry_at) = (false, tokio::time::Instant::now());
     loop {
         loop {
@@ -247,14 +281,12 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             let c = conn.insert(c);
             logged_on_once = logged_on_once || c.logged_on();
             let made = c.take_changes();
-            let unlocked = c.take_unlocked();
-            if !made.is_empty() || unlocked {
-                publish(shared, made, unlocked);
+            if !made.is_empty() {
+                publish(shared, made);
             }
-            // Listen to the node's changes from before the client can learn its watch is set
-            // (or that its lock waits).
-            match (c.watching() || c.locks_waiting(), changes.is_some()) {
-                (true, false) => changes = Some(shared.notifier.subscribe()),
+            // Listen to the node's changes from before the client can learn its watch is set.
+            match (c.watching(), changes.is_some()) {
+                (true, false) => changes = Some(shared.notifier.changes.subscribe()),
                 (false, true) => changes = None,
                 _ => {}
             }
@@ -297,6 +329,9 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             _ = lock_retry.tick(), if conn.as_ref().is_some_and(Connection::locks_waiting) => {
                 retry_locks(conn, shared, &tx).await?;
             }
+            Ok(()) = releases.changed(), if !release_heard && conn.as_ref().is_some_and(Connection::locks_waiting) => {
+                release_heard = true;
+            }
             _ = tokio::time::sleep_until(release_retry_at), if release_heard => {
                 release_heard = false;
                 if conn.as_ref().is_some_and(Connection::locks_waiting) {
@@ -313,15 +348,12 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             }
             got = next_changes(&mut changes) => {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
-                // Missed batches may have told of released locks too.
-                let mut unlocked = true;
                 match got {
                     Ok(batch) => {
                         if batch.lost {
                             c.on_changes_lost();
                         }
-                        c.on_changes(&batch.changes);
-                        unlocked = batch.unlocked;
+                        c.on_changes(&batch.changes)
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(lost = n, "this connection fell behind the node's changes");
@@ -332,8 +364,6 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
                 for f in c.take_sends() {
                     tx.send(f).await?;
                 }
-                // The retry runs in the branch above: at once, or at the end of the gap.
-                release_heard |= unlocked && c.locks_waiting();
             }
         }
     }
@@ -343,14 +373,14 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
 /// periodic retry aside): at most 100 a second, each one call to the owner per waiting lock.
 pub const RELEASE_RETRY_GAP: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Tells the node (and, through the change relay, the other nodes) what a connection changed:
-/// `made` for directory watches, `unlocked` when it let byte-range locks go.
-fn publish(shared: &Shared, mut made: Vec<Change>, unlocked: bool) {
+/// Tells the node's watches (and, through the change relay, the other nodes') of the changes a
+/// connection's frame made.
+fn publish(shared: &Shared, mut made: Vec<Change>) {
     // Watches on other shares over the same files hear of them too.
     let also = crate::server::notify::through_other_shares(&made, &shared.directory.share_roots());
     made.extend(also);
-    // No receiver (nobody watches, no lock waits) is not an error.
-    let _ = shared.notifier.send(Arc::new(ChangeBatch { from_peer: false, lost: false, unlocked, changes: made }.bounded()));
+    // No receiver (nobody watches) is not an error.
+    let _ = shared.notifier.changes.send(Arc::new(ChangeBatch { from_peer: false, lost: false, changes: made }.bounded()));
 }
 
 /// Asks the owners again for the connection's waiting locks, off the connection's thread, and
@@ -435,10 +465,10 @@ mod tests {
     fn a_batch_past_its_byte_bound_goes_as_lost() {
         use crate::server::notify::ChangeKind;
         let change = |path: String| Change { share: "data".into(), path, directory: false, kind: ChangeKind::Added };
-        let small = ChangeBatch { from_peer: false, lost: false, unlocked: false, changes: vec![change("a.txt".into())] }.bounded();
+        let small = ChangeBatch { from_peer: false, lost: false, changes: vec![change("a.txt".into())] }.bounded();
         assert_eq!((small.lost, small.changes.len()), (false, 1));
-        let big = ChangeBatch { from_peer: true, lost: false, unlocked: true, changes: (0..40).map(|i| change(format!("{i}{}", "x".repeat(2000)))).collect() }.bounded();
-        assert_eq!((big.from_peer, big.lost, big.unlocked, big.changes.len()), (true, true, true, 0), "released locks are still told of");
+        let big = ChangeBatch { from_peer: true, lost: false, changes: (0..40).map(|i| change(format!("{i}{}", "x".repeat(2000)))).collect() }.bounded();
+        assert_eq!((big.from_peer, big.lost, big.changes.len()), (true, true, 0));
     }
 
     /// Storage with a defect: a WRITE panics. Counts the opens released.

@@ -91,9 +91,6 @@ pub struct Connection {
     /// A session LOGOFF removed in the frame being answered: its response is still signed
     /// with it (MS-SMB2 3.3.4.1.1), then it goes.
     logged_off: Option<(u64, Session)>,
-    /// Byte-range locks were let go (an unlock, or the close of an open that held some) since
-    /// the driver last asked ([`Connection::take_unlocked`]).
-    pub(super) unlocked: bool,
 }
 
 /// A READ of a file another node serves, for the driver to carry out off the connection's
@@ -190,7 +187,7 @@ use super::ops::sparse::{FSCTL_FILE_LEVEL_TRIM, FSCTL_QUERY_ALLOCATED_RANGES, FS
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new(), file_reads_started: HashMap::new(), logged_off: None, unlocked: false }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new(), file_reads_started: HashMap::new(), logged_off: None }
     }
 
     /// The connection has ended (the client went away or was refused): every open it held is

@@ -221,7 +221,7 @@ impl Connection {
         let registration = held.keep();
         // The open holds what was granted: the write right an overwrite implies counts in the
         // share-access check only, not as a right of the handle.
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, path, delete_on_close, listing: None, pipe: None, access: granted, registration, disposed: false, resume_key: None, locked: false });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, path, delete_on_close, listing: None, pipe: None, access: granted, registration, disposed: false, resume_key: None });
         Reply::ok(r)
     }
 
@@ -261,7 +261,7 @@ impl Connection {
         r.extend_from_slice(&[0; 8]);
         r.push(0);
         let pipe = crate::rpc::Pipe::new(name, (volatile as u32) | 0x1000);
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), path: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe), access, registration: None, disposed: false, resume_key: None, locked: false });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), path: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe), access, registration: None, disposed: false, resume_key: None });
         Reply::ok(r)
     }
 
@@ -279,7 +279,6 @@ impl Connection {
             return Reply::error(s);
         }
         let open = self.opens.remove(&volatile).expect("checked above");
-        self.unlocked |= open.locked;
         let postquery = u16_at(b, 2).unwrap_or(0) & 1 != 0;
         if let Err(e) = Self::close_one(&open, files, now) {
             return fs(e);

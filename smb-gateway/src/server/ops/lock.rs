@@ -5,12 +5,11 @@
 //! A request either unlocks (its first element has UNLOCK: every element must be a plain
 //! UNLOCK, done in order until one fails) or locks (no element may unlock; all its locks are
 //! taken or none). A lock without FAIL_IMMEDIATELY (alone in its request) waits for the range:
-//! the request goes async and the connection asks the owner again whenever locks were let go
-//! through any node's gateway (an unlock, or the close of an open that held locks: the node's
-//! notifier carries the news, and the change relay to the other nodes), and every
-//! [`LOCK_RETRY_INTERVAL`] in any case (locks that went otherwise: a gateway's lease expired),
-//! until it is granted, cancelled, or its open closed (then STATUS_RANGE_NOT_LOCKED, as
-//! Windows answers). LockSequence is not looked at: this server
+//! the request goes async and the connection asks the owner again whenever an owner let locks
+//! go (an unlock, the close of an open that held locks, a gateway's lease expiring: the
+//! owner's node tells its gateway and, through the change relay, the other nodes'
+//! ([`crate::driver::Releases`]), and every [`LOCK_RETRY_INTERVAL`] in any case, until it is
+//! granted, cancelled, or its open closed (then STATUS_RANGE_NOT_LOCKED, as Windows answers). LockSequence is not looked at: this server
 //! offers no resilient, durable or multichannel opens, for which alone it counts.
 
 use super::super::async_ops::Waiting;
@@ -105,20 +104,12 @@ impl Connection {
         let Some(registration) = registration else { return Reply::error(status::NOT_SUPPORTED) };
         match asked(elements, count) {
             Err(s) => Reply::error(s),
-            Ok(Asked::Unlock { ranges, then }) => {
-                // Those before a failing element went (as on Windows): waiting locks are told
-                // either way.
-                self.unlocked = true;
-                match files.lock(registration, &ranges, true) {
-                    Ok(()) => then.map_or_else(|| Reply::ok(LOCK_RESPONSE.to_vec()), Reply::error),
-                    Err(e) => fs(e),
-                }
-            }
+            Ok(Asked::Unlock { ranges, then }) => match files.lock(registration, &ranges, true) {
+                Ok(()) => then.map_or_else(|| Reply::ok(LOCK_RESPONSE.to_vec()), Reply::error),
+                Err(e) => fs(e),
+            },
             Ok(Asked::Lock { locks, wait }) => match files.lock(registration, &locks, false) {
-                Ok(()) => {
-                    self.held_locks(volatile);
-                    Reply::ok(LOCK_RESPONSE.to_vec())
-                }
+                Ok(()) => Reply::ok(LOCK_RESPONSE.to_vec()),
                 Err(FsError::LockNotGranted) if wait && self.waits.matching(|w| matches!(w, Waiting::Lock { .. })).len() < MAX_WAITING_LOCKS_PER_CONNECTION => {
                     Reply::wait(Waiting::Lock { volatile, lock: locks[0] })
                 }
@@ -133,19 +124,6 @@ impl Connection {
         self.waits.waiting().any(|w| matches!(w, Waiting::Lock { .. }))
     }
 
-    /// Whether this connection let byte-range locks go since the last call (an unlock, or the
-    /// close of an open that held locks): the driver tells the node's waiting locks, and the
-    /// other nodes'.
-    pub fn take_unlocked(&mut self) -> bool {
-        std::mem::take(&mut self.unlocked)
-    }
-
-    fn held_locks(&mut self, volatile: u64) {
-        if let Some(o) = self.opens.get_mut(&volatile) {
-            o.locked = true;
-        }
-    }
-
     /// Asks again for every lock that waits: one granted completes its request; one that fails
     /// otherwise than by a conflict completes it with that failure.
     pub fn retry_locks(&mut self, files: &dyn Files) {
@@ -154,7 +132,6 @@ impl Connection {
             let Some(registration) = self.opens.get(&volatile).and_then(|o| o.registration) else { continue };
             match files.lock(registration, &[lock], false) {
                 Ok(()) => {
-                    self.held_locks(volatile);
                     self.waits.finish(id, status::SUCCESS, &LOCK_RESPONSE);
                 }
                 Err(FsError::LockNotGranted) => {}

@@ -73,9 +73,6 @@ pub struct Open {
     /// Its resume key, once a client asked for one (FSCTL_SRV_REQUEST_RESUME_KEY): a
     /// server-side copy names its source by it.
     pub resume_key: Option<[u8; copy::RESUME_KEY_BYTES]>,
-    /// It was granted byte-range locks: closing it lets them go, which locks waiting for their
-    /// ranges hear of ([`Connection::take_unlocked`]).
-    pub locked: bool,
 }
 
 /// Where a QUERY_DIRECTORY enumeration stands.
@@ -163,7 +160,6 @@ impl Connection {
         let gone: Vec<u64> = self.opens.iter().filter(|(_, o)| which(o)).map(|(v, _)| *v).collect();
         for volatile in gone {
             if let Some(open) = self.opens.remove(&volatile) {
-                self.unlocked |= open.locked;
                 if let Err(e) = Self::close_one(&open, files, now) {
                     tracing::warn!(share = %open.share, name = %open.name, error = %e, "closing an open the client left");
                 }
