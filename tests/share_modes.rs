@@ -200,10 +200,15 @@ fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens(
     // delete-pending on every node as soon as it is set, until it is cleared.
     assert_eq!(a.open("s", "s.txt", READ | WRITE | DELETE, SHARE_ALL, OVERWRITE_IF), "OK");
     assert_eq!(b.open("r", "s.txt", READ, SHARE_ALL, OPEN), "OK");
+    assert_eq!(b.cmd("pending r"), "OK 0");
     assert_eq!(a.cmd("delete s"), "OK");
+    // Every open of the file sees it delete-pending (FileStandardInformation), as on one server.
+    assert_eq!(a.cmd("pending s"), "OK 1");
+    assert_eq!(b.cmd("pending r"), "OK 1", "B's open, through another node");
     assert!(b.open("r2", "s.txt", READ, SHARE_ALL, OPEN).starts_with(DELETE_PENDING), "pending before the disposed open closes");
     assert!(b.open("r2", "s.txt", READ_ATTRIBUTES, SHARE_NONE, OPEN).starts_with(DELETE_PENDING), "an open for attributes only too");
     assert_eq!(a.cmd("undelete s"), "OK");
+    assert_eq!(b.cmd("pending r"), "OK 0", "cleared");
     assert_eq!(b.open("r2", "s.txt", READ, SHARE_ALL, OPEN), "OK", "cleared");
     assert_eq!(b.cmd("close r2"), "OK");
     assert_eq!(a.cmd("delete s"), "OK");

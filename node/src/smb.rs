@@ -201,7 +201,7 @@ fn info(entry: Option<Entry>, name: &str) -> Result<FileInfo, FsError> {
     let e = entry.ok_or_else(|| FsError::Other("empty reply".into()))?;
     let a = e.attributes.unwrap_or_default();
     let name = if e.name.is_empty() { name.to_string() } else { e.name };
-    Ok(FileInfo { id: a.ino, name, directory: a.directory, size: a.size, allocated: a.allocated, created: a.created, written: a.written, changed: a.changed, attributes: a.attributes })
+    Ok(FileInfo { id: a.ino, name, directory: a.directory, size: a.size, allocated: a.allocated, created: a.created, written: a.written, changed: a.changed, attributes: a.attributes, delete_pending: a.delete_pending })
 }
 
 impl Files for VolumeFiles {

@@ -269,6 +269,7 @@ fn attributes(ino: u64, i: &Inode) -> Attributes {
         written: i.written,
         changed: i.changed,
         attributes: i.attributes,
+        delete_pending: false,
     }
 }
 
@@ -597,9 +598,11 @@ impl VolumeRpc for VolumeService {
     }
 
     async fn stat(&self, req: Request<StatRequest>) -> Result<Response<EntryReply>, Status> {
+        let opens = self.opens.clone();
         unary!(self, req, stat, |s, vol, view, r| {
             let inode = s.stat(vol, view, r.ino)?;
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
+            let delete_pending = opens.lock().expect("open table lock").delete_pending(FileKey { volume: vol, view, ino: r.ino });
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(Attributes { delete_pending, ..attributes(r.ino, &inode) }) }), ..Default::default() })
         })
     }
 
@@ -658,7 +661,9 @@ impl VolumeRpc for VolumeService {
 
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<Done>, Status> {
         // A rename never replaces a file some open holds, nor moves a directory with opens
-        // below it (MS-FSA 2.1.5.14.11: ACCESS_DENIED).
+        // below it (MS-FSA 2.1.5.14.11: ACCESS_DENIED). Opens of gateways whose lease ran out
+        // no longer count (as for a new open's share check).
+        self.opens().expire(self.now_ms());
         let opens = self.opens.clone();
         unary!(gated self, req, rename, |s, vol, view, r| {
             let held = crate::opens::OpensOf { table: &opens, volume: vol, view };

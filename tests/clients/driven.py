@@ -13,6 +13,7 @@ Commands (one a line; one answer line each, "OK" or "ERR 0x........ NAME"):
   fsctl HANDLE CODE INPUTHEX MAXOUT   an IOCTL with SMB2_0_IOCTL_IS_FSCTL; answers "OK OUTPUTHEX"
   info HANDLE                answers "OK SIZE ALLOCATION ATTRIBUTES" (standard and basic
                              information)
+  pending HANDLE             answers "OK 0" or "OK 1": FileStandardInformation.DeletePending
   lock HANDLE OFFSET LENGTH FLAGS [OFFSET LENGTH FLAGS ...]   one LOCK with these elements
                              (a lock that waits answers when it is granted)
   tdis                       TREE_DISCONNECT (without closing the handles), then connect again
@@ -97,6 +98,10 @@ def main():
                 allocation, size = struct.unpack_from("<qq", std, 0)
                 attributes = struct.unpack_from("<I", basic, 32)[0]
                 answer("OK %d %d 0x%x" % (size, allocation, attributes))
+                continue
+            elif cmd == "pending":
+                std = smb.queryInfo(tid, handles[args[0]], infoType=s3.SMB2_0_INFO_FILE, fileInfoClass=s3.SMB2_FILE_STANDARD_INFO)
+                answer("OK %d" % std[20])
                 continue
             elif cmd == "lock":
                 # impacket's own lock() joins the elements as text; this sends them as bytes.

@@ -14,6 +14,9 @@ pub struct FileInfo {
     pub written: u64,
     pub changed: u64,
     pub attributes: u32,
+    /// Some open of the file set a delete disposition, through any node (stat says; other
+    /// calls leave it false).
+    pub delete_pending: bool,
 }
 
 /// What FileBasicInformation sets (MS-FSCC 2.4.7): FILETIMEs and DOS attributes; `None` leaves

@@ -81,7 +81,7 @@ impl Environment for Env {
 pub struct MemFiles(Mutex<(HashMap<String, FileInfo>, u64)>, pub bool, pub bool);
 
 fn info(id: u64, name: &str, directory: bool) -> FileInfo {
-    FileInfo { id, name: name.into(), directory, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0 }
+    FileInfo { id, name: name.into(), directory, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0, delete_pending: false }
 }
 
 impl MemFiles {

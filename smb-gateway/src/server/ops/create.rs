@@ -250,7 +250,7 @@ impl Connection {
             Target::Sync { tree_id, .. } => tree_id,
             Target::Async { .. } => 0,
         };
-        let info = FileInfo { id: volatile, name: name.to_string(), directory: false, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0x80 };
+        let info = FileInfo { id: volatile, name: name.to_string(), directory: false, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0x80, delete_pending: false };
         let mut r = vec![89, 0, 0, 0];
         r.extend_from_slice(&1u32.to_le_bytes()); // FILE_OPENED
         r.extend_from_slice(&[0; 48]); // times, allocation, end of file

@@ -20,6 +20,9 @@ impl Connection {
             Ok(i) => i,
             Err(e) => return fs(e),
         };
+        // A disposition set through another open (this node's or another's) shows too, as on
+        // one server.
+        let delete_pending = delete_pending || info.delete_pending;
         let data = match (kind, class) {
             // No 8.3 names are made (as NTFS with 8dot3name off): clients skip the alternate name.
             (1, FILE_ALTERNATE_NAME_INFORMATION) => return Reply::error(status::NOT_SUPPORTED),
