@@ -267,7 +267,7 @@ impl GrpcFile {
     async fn pass(&mut self, size: u64) -> anyhow::Result<(Duration, Duration, Duration)> {
         let t = Instant::now();
         let (target, ino) = (self.target.clone(), self.ino);
-        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2, open: None })));
+        let msgs = tokio_stream::iter((0..size / MIB).map(move |i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * MIB, data: block(i).into(), now: 2, open: None, keep_times: 0 })));
         umbra_node::volume_wire::write(self.channel.clone(), msgs).await?;
         self.client.sync(self.target.clone()).await?;
         let w = t.elapsed();

@@ -148,7 +148,7 @@ async fn put(node: &Node, volume: &str, path: &str, from: Option<PathBuf>) -> an
     let ino = match f.resolve(path).await {
         Ok(existing) => {
             let ino = existing.attributes.map(|a| a.ino).unwrap_or_default();
-            f.client.clone().set_size(SetSizeRequest { target: f.target(), ino, size: 0, now: now() }).await.map_err(|s| anyhow!("{}", s.message()))?;
+            f.client.clone().set_size(SetSizeRequest { target: f.target(), ino, size: 0, now: now(), keep_times: 0 }).await.map_err(|s| anyhow!("{}", s.message()))?;
             ino
         }
         Err(_) => {
@@ -179,7 +179,7 @@ async fn put(node: &Node, volume: &str, path: &str, from: Option<PathBuf>) -> an
                 return anyhow::Ok(offset);
             }
             buf.truncate(filled);
-            let msg = WriteChunk { target: target.clone(), ino, offset, data: buf.into(), now: now(), open: None };
+            let msg = WriteChunk { target: target.clone(), ino, offset, data: buf.into(), now: now(), open: None, keep_times: 0 };
             offset += filled as u64;
             if tx.send(msg).await.is_err() {
                 return Ok(offset);

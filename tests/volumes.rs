@@ -37,7 +37,7 @@ impl Vol {
     }
 
     fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u64, tonic::Status> {
-        let msg = WriteChunk { target: Some(self.target.clone()), ino, offset, data: bytes::Bytes::copy_from_slice(data), now: 2, open: None };
+        let msg = WriteChunk { target: Some(self.target.clone()), ino, offset, data: bytes::Bytes::copy_from_slice(data), now: 2, open: None, keep_times: 0 };
         Ok(self.rt.block_on(self.client.clone().write(tokio_stream::iter(vec![msg])))?.into_inner().written)
     }
 
@@ -97,8 +97,8 @@ fn a_client_on_one_node_reads_and_writes_a_file_on_a_volume_another_node_owns() 
     // the owner never takes what came before it as the whole write.
     let over = 17 << 20;
     let msgs = vec![
-        WriteChunk { target: Some(on_3.target.clone()), ino, offset: 0, data: bytes::Bytes::from(vec![1u8; 1 << 20]), now: 2, open: None },
-        WriteChunk { target: Some(on_3.target.clone()), ino, offset: 1 << 20, data: bytes::Bytes::from(vec![2u8; over]), now: 2, open: None },
+        WriteChunk { target: Some(on_3.target.clone()), ino, offset: 0, data: bytes::Bytes::from(vec![1u8; 1 << 20]), now: 2, open: None, keep_times: 0 },
+        WriteChunk { target: Some(on_3.target.clone()), ino, offset: 1 << 20, data: bytes::Bytes::from(vec![2u8; over]), now: 2, open: None, keep_times: 0 },
     ];
     let e = on_3.rt.block_on(on_3.client.clone().write(tokio_stream::iter(msgs))).unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
@@ -227,7 +227,7 @@ fn a_writable_clone_over_grpc_is_isolated_and_refuses_writes_once_sealed() {
     let req = CloneRequest { target: Some(client.at_snapshot(&snap)), id: clone.clone() };
     client.rt.block_on(client.client.clone().clone_create(req)).unwrap();
     let in_clone = VolumeTarget { clone: clone.clone(), ..client.target.clone() };
-    let w = WriteChunk { target: Some(in_clone.clone()), ino, offset: 0, data: bytes::Bytes::from_static(b"CLON"), now: 5, open: None };
+    let w = WriteChunk { target: Some(in_clone.clone()), ino, offset: 0, data: bytes::Bytes::from_static(b"CLON"), now: 5, open: None, keep_times: 0 };
     client.rt.block_on(client.client.clone().write(tokio_stream::iter(vec![w.clone()]))).unwrap();
     client.write(ino, 0, b"live").unwrap();
     assert_eq!(client.read_at(in_clone.clone(), ino, 4).unwrap(), b"CLON");
@@ -263,7 +263,7 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
 
     // A write of three 2 MiB messages (the later ones wait for send capacity), read back.
     const PART: usize = 2 << 20;
-    let msgs: Vec<_> = (0..3u64).map(|i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * PART as u64, data: pattern(i, PART).into(), now: 2, open: None })).collect();
+    let msgs: Vec<_> = (0..3u64).map(|i| Ok(WriteChunk { target: Some(target.clone()), ino, offset: i * PART as u64, data: pattern(i, PART).into(), now: 2, open: None, keep_times: 0 })).collect();
     let written = block_on(volume_wire::write(channel.clone(), tokio_stream::iter(msgs))).unwrap().unwrap();
     assert_eq!(written.written, 3 * PART as u64);
     let read = ReadRequest { target: Some(target.clone()), ino, offset: 0, length: 3 * PART as u64, open: None };
@@ -286,7 +286,7 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert_eq!(e.metadata().get("umbra-error").unwrap(), "not_found", "{e:?}");
     // A message over the limit: the node answers while the request is still being sent.
-    let over = vec![Ok(WriteChunk { target: Some(target.clone()), ino, offset: 0, data: vec![9u8; 17 << 20].into(), now: 3, open: None })];
+    let over = vec![Ok(WriteChunk { target: Some(target.clone()), ino, offset: 0, data: vec![9u8; 17 << 20].into(), now: 3, open: None, keep_times: 0 })];
     let e = block_on(volume_wire::write(channel.clone(), tokio_stream::iter(over))).unwrap().unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
 

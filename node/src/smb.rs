@@ -87,7 +87,8 @@ pub struct VolumeFiles {
 
 use umbra_proto::v1::volume_server::Volume as _;
 use umbra_proto::v1::*;
-use umbra_smb_gateway::server::files::{FileInfo, Files, FsError, Looked, NewFile};
+use umbra_smb_gateway::server::files::{FileInfo, Files, FsError, Looked, NewFile, Stamp};
+use crate::volume_service::{keep_bits, stamp};
 
 impl VolumeFiles {
     pub fn new(
@@ -289,21 +290,22 @@ impl Files for VolumeFiles {
         self.local(share).is_none()
     }
 
-    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64, open: Option<u64>) -> Result<(), FsError> {
+    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: Stamp, open: Option<u64>) -> Result<(), FsError> {
+        let (now, keep_times) = (now.now, keep_bits(now.keep));
         let open = open.map(|o| self.opens.open_ref(o));
         if let Some((vol, view)) = self.local(share) {
             self.service.check_io(crate::opens::FileKey { volume: vol, view, ino: id }, open.as_ref(), offset, data.len() as u64, true, false).map_err(|s| fs_error(&s))?;
-            return self.store.write(vol, view, id, offset, data, now).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
+            return self.store.write(vol, view, id, offset, data, stamp(now, keep_times)).map_err(|e| fs_error(&crate::volume_service::status_of(e)));
         }
         let (target, _) = self.target(share)?;
         // One whole write through the service's owner routing (a peer, or the local store).
-        let msg = WriteChunk { target: Some(target), ino: id, offset, data: bytes::Bytes::copy_from_slice(data), now, open };
+        let msg = WriteChunk { target: Some(target), ino: id, offset, data: bytes::Bytes::copy_from_slice(data), now, open, keep_times };
         self.wait(async { self.service.write_one(msg).await.map_err(|s| fs_error(&s)) })
     }
 
-    fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError> {
+    fn set_size(&self, share: &str, id: u64, size: u64, now: Stamp) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
-        self.call(self.service.set_size(tonic::Request::new(SetSizeRequest { target: Some(target), ino: id, size, now }))).map(|_| ())
+        self.call(self.service.set_size(tonic::Request::new(SetSizeRequest { target: Some(target), ino: id, size, now: now.now, keep_times: keep_bits(now.keep) }))).map(|_| ())
     }
 
     fn set_basic(&self, share: &str, id: u64, basic: umbra_smb_gateway::server::files::Basic) -> Result<(), FsError> {
@@ -319,10 +321,10 @@ impl Files for VolumeFiles {
         Ok((reply.ranges.into_iter().map(|r| (r.offset, r.length)).collect(), (reply.more_from != 0).then_some(reply.more_from)))
     }
 
-    fn zero_range(&self, share: &str, id: u64, offset: u64, length: u64, now: u64, open: Option<u64>) -> Result<Option<u64>, FsError> {
+    fn zero_range(&self, share: &str, id: u64, offset: u64, length: u64, now: Stamp, open: Option<u64>) -> Result<Option<u64>, FsError> {
         let (target, _) = self.target(share)?;
         let open = open.map(|o| self.opens.open_ref(o));
-        let reply = self.call(self.service.zero_range(tonic::Request::new(ZeroRangeRequest { target: Some(target), ino: id, offset, length, now, open })))?;
+        let reply = self.call(self.service.zero_range(tonic::Request::new(ZeroRangeRequest { target: Some(target), ino: id, offset, length, now: now.now, open, keep_times: keep_bits(now.keep) })))?;
         Ok((reply.more_from != 0).then_some(reply.more_from))
     }
 

@@ -259,6 +259,21 @@ fn target_of(t: Option<&VolumeTarget>) -> Result<(Uuid, View, bool), Status> {
     Ok((vol, view, t.route))
 }
 
+/// `keep_times` bits of WriteChunk, SetSizeRequest and ZeroRangeRequest: the times a change
+/// leaves as they are, because the client of the open it comes through set or froze them.
+pub const KEEP_WRITTEN: u32 = 1;
+pub const KEEP_CHANGED: u32 = 2;
+
+/// The store's stamp for a change at `now` that keeps the times `keep_times` names.
+pub fn stamp(now: u64, keep_times: u32) -> crate::volume::Stamp {
+    crate::volume::Stamp { now, keep_written: keep_times & KEEP_WRITTEN != 0, keep_changed: keep_times & KEEP_CHANGED != 0 }
+}
+
+/// The `keep_times` bits of what a gateway's open keeps.
+pub fn keep_bits(keep: umbra_smb_gateway::server::files::Keep) -> u32 {
+    u32::from(keep.written) * KEEP_WRITTEN | u32::from(keep.changed) * KEEP_CHANGED
+}
+
 fn attributes(ino: u64, i: &Inode) -> Attributes {
     Attributes {
         ino,
@@ -365,7 +380,7 @@ impl VolumeService {
             }
             Owner::Here => {
                 self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, msg.data.len() as u64, true, false)?;
-                self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)).await
+                self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, stamp(msg.now, msg.keep_times))).await
             }
         }
     }
@@ -400,7 +415,7 @@ impl VolumeService {
         while let Some(msg) = current.take() {
             let len = msg.data.len() as u64;
             self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, len, true, false)?;
-            let mut write = std::pin::pin!(self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, msg.now)));
+            let mut write = std::pin::pin!(self.run_gated(vol, move |s| s.write(vol, view, msg.ino, msg.offset, &msg.data, stamp(msg.now, msg.keep_times))));
             let next = tokio::select! {
                 done = &mut write => {
                     done?;
@@ -649,7 +664,7 @@ impl VolumeRpc for VolumeService {
 
     async fn set_size(&self, req: Request<SetSizeRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_size, |s, vol, view, r| {
-            s.set_size(vol, view, r.ino, r.size, r.now)?;
+            s.set_size(vol, view, r.ino, r.size, stamp(r.now, r.keep_times))?;
             let inode = s.stat(vol, view, r.ino)?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
@@ -753,7 +768,7 @@ impl VolumeRpc for VolumeService {
             self.check_io(FileKey { volume: vol, view, ino: r.ino }, r.open.as_ref(), r.offset, r.length, true, true)?;
         }
         unary!(gated self, req, zero_range, |s, vol, view, r| {
-            let more_from = s.zero_range(vol, view, r.ino, r.offset, r.length, r.now)?;
+            let more_from = s.zero_range(vol, view, r.ino, r.offset, r.length, stamp(r.now, r.keep_times))?;
             Ok(ZeroRangeReply { more_from: more_from.unwrap_or(0) })
         })
     }

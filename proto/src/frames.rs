@@ -232,7 +232,7 @@ mod tests {
 
     fn write_chunk(data: Vec<u8>) -> WriteChunk {
         let target = VolumeTarget { volume: "3f0c".into(), snapshot: String::new(), clone: String::new(), route: true };
-        WriteChunk { target: Some(target), ino: 17, offset: 1 << 33, data: data.into(), now: 99, open: None }
+        WriteChunk { target: Some(target), ino: 17, offset: 1 << 33, data: data.into(), now: 99, open: None, keep_times: 0 }
     }
 
     /// The bytes of `pieces`, cut into frames at `cuts` (positions taken modulo the length).

@@ -137,7 +137,7 @@ fn offset_of(k: u64) -> u64 {
 
 async fn write_once(via: NodeId, i: usize, ino: u64, k: u64) -> bool {
     let Some(mut c) = client(via) else { return false };
-    let msg = WriteChunk { target: target(i), ino, offset: offset_of(k), data: (k + 1).to_le_bytes().to_vec().into(), now: 0, open: None };
+    let msg = WriteChunk { target: target(i), ino, offset: offset_of(k), data: (k + 1).to_le_bytes().to_vec().into(), now: 0, open: None, keep_times: 0 };
     matches!(tokio::time::timeout(Duration::from_secs(2), c.write(futures::stream::iter(vec![msg]))).await, Ok(Ok(_)))
 }
 

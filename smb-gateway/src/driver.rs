@@ -493,10 +493,10 @@ mod tests {
         fn is_remote(&self, _: &str) -> bool {
             false
         }
-        fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64, _: Option<u64>) -> Result<(), FsError> {
+        fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: crate::server::files::Stamp, _: Option<u64>) -> Result<(), FsError> {
             panic!("a defect in storage")
         }
-        fn set_size(&self, s: &str, id: u64, size: u64, now: u64) -> Result<(), FsError> {
+        fn set_size(&self, s: &str, id: u64, size: u64, now: crate::server::files::Stamp) -> Result<(), FsError> {
             self.0.set_size(s, id, size, now)
         }
         fn set_basic(&self, s: &str, id: u64, basic: crate::server::files::Basic) -> Result<(), FsError> {

@@ -487,13 +487,13 @@ impl crate::server::files::Files for NoFiles {
     fn read(&self, _: &str, _: u64, _: u64, _: u32, _: usize, _: Option<u64>) -> Result<Vec<u8>, crate::server::files::FsError> {
         Err(crate::server::files::FsError::NotFound)
     }
-    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64, _: Option<u64>) -> Result<(), crate::server::files::FsError> {
+    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: crate::server::files::Stamp, _: Option<u64>) -> Result<(), crate::server::files::FsError> {
         Err(crate::server::files::FsError::ReadOnly)
     }
     fn set_basic(&self, _: &str, _: u64, _: crate::server::files::Basic) -> Result<(), crate::server::files::FsError> {
         Err(crate::server::files::FsError::ReadOnly)
     }
-    fn set_size(&self, _: &str, _: u64, _: u64, _: u64) -> Result<(), crate::server::files::FsError> {
+    fn set_size(&self, _: &str, _: u64, _: u64, _: crate::server::files::Stamp) -> Result<(), crate::server::files::FsError> {
         Err(crate::server::files::FsError::ReadOnly)
     }
     fn unlink(&self, _: &str, _: u64, _: &str, _: u64) -> Result<(), crate::server::files::FsError> {

@@ -14,6 +14,9 @@ Commands (one a line; one answer line each, "OK" or "ERR 0x........ NAME"):
   info HANDLE                answers "OK SIZE ALLOCATION ATTRIBUTES" (standard and basic
                              information)
   pending HANDLE             answers "OK 0" or "OK 1": FileStandardInformation.DeletePending
+  times HANDLE               answers "OK WRITTEN CHANGED": LastWriteTime and ChangeTime
+  settimes HANDLE WRITTEN CHANGED   FileBasicInformation with these two (decimal; 0 leaves a
+                             time, -1 freezes it for this handle, -2 lets it move again)
   lock HANDLE OFFSET LENGTH FLAGS [OFFSET LENGTH FLAGS ...]   one LOCK with these elements
                              (a lock that waits answers when it is granted)
   tdis                       TREE_DISCONNECT (without closing the handles), then connect again
@@ -99,6 +102,14 @@ def main():
                 attributes = struct.unpack_from("<I", basic, 32)[0]
                 answer("OK %d %d 0x%x" % (size, allocation, attributes))
                 continue
+            elif cmd == "times":
+                basic = smb.queryInfo(tid, handles[args[0]], infoType=s3.SMB2_0_INFO_FILE, fileInfoClass=s3.SMB2_FILE_BASIC_INFO)
+                answer("OK %d %d" % struct.unpack_from("<QQ", basic, 16))
+                continue
+            elif cmd == "settimes":
+                written, changed = int(args[1]), int(args[2])
+                smb.setInfo(tid, handles[args[0]], struct.pack("<qqqqII", 0, 0, written, changed, 0, 0), infoType=s3.SMB2_0_INFO_FILE,
+                            fileInfoClass=s3.SMB2_FILE_BASIC_INFO)
             elif cmd == "pending":
                 std = smb.queryInfo(tid, handles[args[0]], infoType=s3.SMB2_0_INFO_FILE, fileInfoClass=s3.SMB2_FILE_STANDARD_INFO)
                 answer("OK %d" % std[20])

@@ -113,7 +113,8 @@ impl VolumeStore {
     /// Writes `data` at `offset`, extending the file as needed; at [`WRITE_AT_END`], at the
     /// file's end as it is when the write holds the volume (MS-FSA's FILE_WRITE_TO_END_OF_FILE:
     /// concurrent appends never overlap). One write batch.
-    pub fn write(&self, vol: Uuid, view: View, ino: u64, offset: u64, data: &[u8], now: u64) -> Result<()> {
+    pub fn write(&self, vol: Uuid, view: View, ino: u64, offset: u64, data: &[u8], now: impl Into<Stamp>) -> Result<()> {
+        let now = now.into();
         let len = data.len() as u64;
         if len > MAX_IO_BYTES {
             return Err(VolumeError::TooLarge { what: "a write", got: len, max: MAX_IO_BYTES });
@@ -149,7 +150,7 @@ impl VolumeStore {
     /// Until `change` has run, the call is not under way: a caller that refuses to wait at a
     /// fence ([`super::gate::refusing_at_fence`]) gets AtFence from any of the cut's steps
     /// (each whole, so running the call again after the fence goes on where they stopped).
-    fn growing_file(&self, vol: Uuid, view: View, ino: u64, now: u64, mut change: impl FnMut(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<bool>) -> Result<()> {
+    fn growing_file(&self, vol: Uuid, view: View, ino: u64, now: Stamp, mut change: impl FnMut(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<bool>) -> Result<()> {
         let refusing = super::gate::refusing();
         while !self.update_file(vol, view, ino, now, &mut change)? {
             loop {
@@ -165,9 +166,9 @@ impl VolumeStore {
 
     /// One gated mutation of a regular file: the gate passed, the volume locked, the view
     /// writable and the inode loaded; `change` adds to the batch, which lands with the inode
-    /// (its times set to `now`) in one write. When `change` returns false nothing is written
-    /// (nor must it have changed anything) and neither is returned.
-    fn update_file(&self, vol: Uuid, view: View, ino: u64, now: u64, change: impl FnOnce(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<bool>) -> Result<bool> {
+    /// (its times set to `now`, but those it keeps) in one write. When `change` returns false
+    /// nothing is written (nor must it have changed anything) and neither is returned.
+    fn update_file(&self, vol: Uuid, view: View, ino: u64, now: Stamp, change: impl FnOnce(&VolState, &Scope, &mut Batch, &mut Inode) -> Result<bool>) -> Result<bool> {
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
@@ -179,8 +180,12 @@ impl VolumeStore {
         if !change(&st, &scope, &mut batch, &mut inode)? {
             return Ok(false);
         }
-        inode.written = now;
-        inode.changed = now;
+        if !now.keep_written {
+            inode.written = now.now;
+        }
+        if !now.keep_changed {
+            inode.changed = now.now;
+        }
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
         self.kv.write(batch, Durability::Buffered)?;
         Ok(true)
@@ -228,7 +233,8 @@ impl VolumeStore {
     /// ([`Self::cut_step`]), so a truncate costs the same whatever the file held. Reads stop at
     /// the size, so they never see those chunks; a write or extend that would reach them
     /// removes them first.
-    pub fn set_size(&self, vol: Uuid, view: View, ino: u64, size: u64, now: u64) -> Result<()> {
+    pub fn set_size(&self, vol: Uuid, view: View, ino: u64, size: u64, now: impl Into<Stamp>) -> Result<()> {
+        let now = now.into();
         if size > MAX_FILE_BYTES {
             return Err(VolumeError::TooLarge { what: "the file size", got: size, max: MAX_FILE_BYTES });
         }
@@ -396,7 +402,8 @@ impl VolumeStore {
     /// the range goes on past them, it returns the offset to call again from, so a caller
     /// zeroing a terabyte never holds the volume for long, calls about once per
     /// [`MAX_ZERO_STEP_CHUNKS`] chunks stored, and a crash leaves a prefix of the range zeroed.
-    pub fn zero_range(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64, now: u64) -> Result<Option<u64>> {
+    pub fn zero_range(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64, now: impl Into<Stamp>) -> Result<Option<u64>> {
+        let now = now.into();
         let mut resume = None;
         self.update_file(vol, view, ino, now, |st, scope, batch, inode| {
             let end = offset.saturating_add(len).min(inode.size);

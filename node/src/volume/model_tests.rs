@@ -919,6 +919,25 @@ fn a_rename_does_not_replace_an_open_file_or_a_directory() {
     assert_eq!(s.lookup(v, View::Live, ROOT_INO, "held").unwrap().unwrap().ino, from, "replaced once nobody holds it");
 }
 
+/// A change stamped to keep a time leaves it: writes, truncates and zeroing move only the
+/// times they do not keep.
+#[test]
+fn a_change_leaves_the_times_it_keeps() {
+    let (_dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "t", Kind::File, 1).unwrap();
+    let times = || s.stat(v, View::Live, ino).map(|i| (i.written, i.changed)).unwrap();
+    s.write(v, View::Live, ino, 0, b"abc", 10).unwrap();
+    assert_eq!(times(), (10, 10));
+    s.write(v, View::Live, ino, 3, b"def", Stamp { now: 20, keep_written: true, keep_changed: false }).unwrap();
+    assert_eq!(times(), (10, 20));
+    s.set_size(v, View::Live, ino, 2, Stamp { now: 30, keep_written: false, keep_changed: true }).unwrap();
+    assert_eq!(times(), (30, 20));
+    s.zero_range(v, View::Live, ino, 0, 2, Stamp { now: 40, keep_written: true, keep_changed: true }).unwrap();
+    assert_eq!(times(), (30, 20));
+    assert_eq!(s.read(v, View::Live, ino, 0, 8).unwrap(), vec![0, 0], "the changes themselves happened");
+}
+
 /// The inodes a test holds open.
 struct Held(Vec<u64>);
 

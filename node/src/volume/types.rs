@@ -230,3 +230,21 @@ impl FenceBook {
         }
     }
 }
+
+/// When a change to a file's data happened, and which of its times it moves: a client that set
+/// a file's last-write or change time through a handle (or froze it with -1) keeps it through
+/// that handle's later writes (MS-FSA 2.1.5.15.2: UserSetModificationTime, UserSetChangeTime),
+/// as Windows and Samba do. A plain `u64` is a time that moves both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// FILETIME.
+    pub now: u64,
+    pub keep_written: bool,
+    pub keep_changed: bool,
+}
+
+impl From<u64> for Stamp {
+    fn from(now: u64) -> Stamp {
+        Stamp { now, keep_written: false, keep_changed: false }
+    }
+}

@@ -153,13 +153,35 @@ pub struct CopySide {
     pub open: Option<u64>,
 }
 
+/// Automatic time updates an open's own changes to a file's data skip: those whose time its
+/// client set through it, or froze with -1, until it asks for them again with -2 (MS-FSA
+/// 2.1.5.15.2: UserSetModificationTime, UserSetChangeTime), as Windows and Samba keep them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub written: bool,
+    pub changed: bool,
+}
+
+/// When a change to a file's data happened (FILETIME), and the times it leaves as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub now: u64,
+    pub keep: Keep,
+}
+
+impl From<u64> for Stamp {
+    fn from(now: u64) -> Stamp {
+        Stamp { now, keep: Keep::default() }
+    }
+}
+
 /// [`Files::copy_range`] as a READ of the source and a WRITE of the target.
 pub fn copy_by_read_and_write(files: &(impl Files + ?Sized), share: &str, from: CopySide, to: CopySide, len: u32, now: u64) -> Result<u32, FsError> {
     let data = files.read(share, from.id, from.offset, len, 0, from.open)?;
     if data.len() < len as usize {
         return Ok(data.len() as u32);
     }
-    files.write(share, to.id, to.offset, &data, now, to.open)?;
+    files.write(share, to.id, to.offset, &data, now.into(), to.open)?;
     Ok(len)
 }
 
@@ -212,8 +234,8 @@ pub trait Files: Send + Sync {
         false
     }
     /// `open` as for [`Files::read`].
-    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: u64, open: Option<u64>) -> Result<(), FsError>;
-    fn set_size(&self, share: &str, id: u64, size: u64, now: u64) -> Result<(), FsError>;
+    fn write(&self, share: &str, id: u64, offset: u64, data: &[u8], now: Stamp, open: Option<u64>) -> Result<(), FsError>;
+    fn set_size(&self, share: &str, id: u64, size: u64, now: Stamp) -> Result<(), FsError>;
     fn set_basic(&self, share: &str, id: u64, basic: Basic) -> Result<(), FsError>;
     fn unlink(&self, share: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError>;
     #[allow(clippy::too_many_arguments)]
@@ -232,7 +254,7 @@ pub trait Files: Send + Sync {
     /// step: it returns the offset to go on from while the range is not done. This default
     /// writes zeros, [`ZERO_WRITE_BYTES`] at a time. `open` as for [`Files::read`] (a
     /// zeroing is a write for byte-range locks).
-    fn zero_range(&self, share: &str, id: u64, offset: u64, len: u64, now: u64, open: Option<u64>) -> Result<Option<u64>, FsError> {
+    fn zero_range(&self, share: &str, id: u64, offset: u64, len: u64, now: Stamp, open: Option<u64>) -> Result<Option<u64>, FsError> {
         let end = offset.saturating_add(len).min(self.stat(share, id)?.size);
         if offset >= end {
             return Ok(None);

@@ -154,10 +154,10 @@ impl Files for MemFiles {
     fn is_remote(&self, _: &str) -> bool {
         self.1
     }
-    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: u64, _: Option<u64>) -> Result<(), FsError> {
+    fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: crate::server::files::Stamp, _: Option<u64>) -> Result<(), FsError> {
         Ok(())
     }
-    fn set_size(&self, _: &str, id: u64, size: u64, _: u64) -> Result<(), FsError> {
+    fn set_size(&self, _: &str, id: u64, size: u64, _: crate::server::files::Stamp) -> Result<(), FsError> {
         let mut g = self.0.lock().unwrap();
         g.0.values_mut().find(|i| i.id == id).ok_or(FsError::NotFound)?.size = size;
         Ok(())

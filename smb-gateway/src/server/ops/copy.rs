@@ -128,7 +128,7 @@ impl Connection {
             } else {
                 match files.read(&source.0, source.1, from, len, 0, source.2) {
                     Ok(data) if data.len() < len as usize => Err(INVALID_VIEW_SIZE),
-                    Ok(data) => files.write(&target.0, target.1, to, &data, now, target.2).map_err(|e| e.status()),
+                    Ok(data) => files.write(&target.0, target.1, to, &data, now.into(), target.2).map_err(|e| e.status()),
                     Err(e) => Err(e.status()),
                 }
             };

@@ -156,7 +156,7 @@ impl Connection {
                 if !truncate {
                     (info, 1, parent, held)
                 } else {
-                    if let Err(e) = files.set_size(&share, info.id, 0, now) {
+                    if let Err(e) = files.set_size(&share, info.id, 0, now.into()) {
                         return fs(e);
                     }
                     // A file without attributes reports ARCHIVE: no call when that is all.
@@ -221,7 +221,7 @@ impl Connection {
         let registration = held.keep();
         // The open holds what was granted: the write right an overwrite implies counts in the
         // share-access check only, not as a right of the handle.
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, path, delete_on_close, listing: None, pipe: None, access: granted, registration, disposed: false, resume_key: None });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share, info, parent, name, path, delete_on_close, listing: None, pipe: None, access: granted, registration, disposed: false, resume_key: None, keep: Default::default() });
         Reply::ok(r)
     }
 
@@ -261,7 +261,7 @@ impl Connection {
         r.extend_from_slice(&[0; 8]);
         r.push(0);
         let pipe = crate::rpc::Pipe::new(name, (volatile as u32) | 0x1000);
-        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), path: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe), access, registration: None, disposed: false, resume_key: None });
+        self.opens.insert(volatile, Open { session: h.session_id, tree, share: "IPC$".into(), info, parent: 0, name: name.to_string(), path: name.to_string(), delete_on_close: false, listing: None, pipe: Some(pipe), access, registration: None, disposed: false, resume_key: None, keep: Default::default() });
         Reply::ok(r)
     }
 

@@ -42,11 +42,11 @@ impl Connection {
             r.extend_from_slice(&[0; 9]);
             return Reply::ok(r);
         }
-        let (share, id, registration) = match self.open_of(h, volatile) {
+        let (share, id, registration, keep) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::FILE_IS_A_DIRECTORY),
             // MS-SMB2 3.3.5.13: the open must have been granted write or append access.
             Ok(o) if o.access & (share_modes::FILE_WRITE_DATA | share_modes::FILE_APPEND_DATA) == 0 => return Reply::error(status::ACCESS_DENIED),
-            Ok(o) => (o.share.clone(), o.info.id, o.registration),
+            Ok(o) => (o.share.clone(), o.info.id, o.registration, o.keep),
             Err(s) => return Reply::error(s),
         };
         if matches!(self.tree(h), Ok((_, true, _))) {
@@ -55,7 +55,7 @@ impl Connection {
         // A zero-length WRITE succeeds and changes nothing (MS-FSA 2.1.5.3), wherever it points.
         // Offset 0xFFFFFFFFFFFFFFFF writes at the end of the file, as the store resolves it.
         if !data.is_empty() {
-            if let Err(e) = files.write(&share, id, offset, data, now, registration) {
+            if let Err(e) = files.write(&share, id, offset, data, crate::server::files::Stamp { now, keep }, registration) {
                 return fs(e);
             }
         }

@@ -65,10 +65,11 @@ impl Connection {
         if matches!(self.tree(h), Ok((_, true, _))) {
             return Reply::error(status::MEDIA_WRITE_PROTECTED);
         }
-        let (share, info, parent, name, access) = match self.open_of(h, volatile) {
-            Ok(o) => (o.share.clone(), o.info.clone(), o.parent, o.name.clone(), o.access),
+        let (share, info, parent, name, access, keep) = match self.open_of(h, volatile) {
+            Ok(o) => (o.share.clone(), o.info.clone(), o.parent, o.name.clone(), o.access, o.keep),
             Err(s) => return Reply::error(s),
         };
+        let stamp = crate::server::files::Stamp { now, keep };
         // MS-FSA 2.1.5.14.3 and 2.1.5.14.11: renaming and marking for deletion need DELETE
         // access on the open; MS-FSCC 2.4: sizes need write access, times and attributes
         // FILE_WRITE_ATTRIBUTES.
@@ -158,19 +159,29 @@ impl Connection {
             }
             // FileEndOfFileInformation.
             20 => match u64_at(data, 0) {
-                Some(size) => done(files.set_size(&share, info.id, size, now)),
+                Some(size) => done(files.set_size(&share, info.id, size, stamp)),
                 None => Reply::error(status::INVALID_PARAMETER),
             },
-            // FileBasicInformation: times and attributes, each left as it is when zero.
+            // FileBasicInformation: times and attributes, each left as it is when zero. A
+            // last-write or change time set, or frozen with -1, stays through this open's own
+            // later writes until -2 asks for automatic updates again (MS-FSA 2.1.5.15.2).
             4 => match basic_info(data, info.directory) {
-                Ok(basic) => done(files.set_basic(&share, info.id, basic)),
+                Ok(basic) => match files.set_basic(&share, info.id, basic) {
+                    Ok(()) => {
+                        if let Some(o) = self.opens.get_mut(&volatile) {
+                            o.keep = kept_times(data, o.keep);
+                        }
+                        Reply::ok(vec![2, 0])
+                    }
+                    Err(e) => fs(e),
+                },
                 Err(s) => Reply::error(s),
             },
             // FileAllocationInformation: space is allocated as data is written, so a larger size
             // changes nothing; a size below the end of file truncates it there (MS-FSA 2.1.5.14.1).
             19 => match u64_at(data, 0) {
                 Some(size) => match files.stat(&share, info.id) {
-                    Ok(now_info) if size < now_info.size => done(files.set_size(&share, info.id, size, now)),
+                    Ok(now_info) if size < now_info.size => done(files.set_size(&share, info.id, size, stamp)),
                     Ok(_) => Reply::ok(vec![2, 0]),
                     Err(e) => fs(e),
                 },
@@ -195,6 +206,18 @@ const ATTRIBUTE_NORMAL: u32 = 0x80;
 /// 0 leaves a time as it is and -1/-2 (stop or resume automatic updates) are taken as 0, and
 /// the attributes, where 0 leaves them as they are. A directory flag that does not match the
 /// file is refused.
+/// What an open keeps after a valid FileBasicInformation `data`, from what it kept: each of
+/// LastWriteTime and ChangeTime left as it was when 0, resumed (not kept) when -2, kept when
+/// -1 or set to a time.
+fn kept_times(data: &[u8], before: crate::server::files::Keep) -> crate::server::files::Keep {
+    let kept = |at: usize, was: bool| match u64_at(data, at) {
+        Some(0) | None => was,
+        Some(0xFFFF_FFFF_FFFF_FFFE) => false,
+        Some(_) => true,
+    };
+    crate::server::files::Keep { written: kept(16, before.written), changed: kept(24, before.changed) }
+}
+
 fn basic_info(data: &[u8], directory: bool) -> Result<crate::server::files::Basic, u32> {
     let time = |at: usize| match u64_at(data, at) {
         Some(0 | u64::MAX | 0xFFFF_FFFF_FFFF_FFFE) => Ok(None),

@@ -73,6 +73,8 @@ pub struct Open {
     /// Its resume key, once a client asked for one (FSCTL_SRV_REQUEST_RESUME_KEY): a
     /// server-side copy names its source by it.
     pub resume_key: Option<[u8; copy::RESUME_KEY_BYTES]>,
+    /// Times its client set or froze through it, which its own writes then leave as they are.
+    pub keep: super::files::Keep,
 }
 
 /// Where a QUERY_DIRECTORY enumeration stands.

@@ -37,6 +37,7 @@ struct Target {
     id: u64,
     access: u32,
     open: Option<u64>,
+    keep: crate::server::files::Keep,
 }
 
 impl Connection {
@@ -47,7 +48,7 @@ impl Connection {
             Ok(o) if o.pipe.is_some() => return Reply::error(status::INVALID_DEVICE_REQUEST),
             // MS-FSA 2.1.5.10: these act on a data file; a directory has no data to act on.
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
-            Ok(o) => Target { share: o.share.clone(), id: o.info.id, access: o.access, open: o.registration },
+            Ok(o) => Target { share: o.share.clone(), id: o.info.id, access: o.access, open: o.registration, keep: o.keep },
             Err(s) => return Reply::error(s),
         };
         let read_only = matches!(self.tree(h), Ok((_, true, _)));
@@ -159,7 +160,7 @@ fn collect_ranges(offset: u64, end: u64, room: usize, ranges: &mut Vec<(u64, u64
 fn zero(t: &Target, offset: u64, end: u64, files: &dyn Files, now: u64) -> Result<(), u32> {
     let mut from = offset;
     while from < end {
-        match files.zero_range(&t.share, t.id, from, end - from, now, t.open).map_err(|e| e.status())? {
+        match files.zero_range(&t.share, t.id, from, end - from, crate::server::files::Stamp { now, keep: t.keep }, t.open).map_err(|e| e.status())? {
             Some(next) if next > from => from = next,
             _ => break,
         }
