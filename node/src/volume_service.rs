@@ -271,7 +271,7 @@ pub fn stamp(now: u64, keep_times: u32) -> crate::volume::Stamp {
 
 /// The `keep_times` bits of what a gateway's open keeps.
 pub fn keep_bits(keep: umbra_smb_gateway::server::files::Keep) -> u32 {
-    u32::from(keep.written) * KEEP_WRITTEN | u32::from(keep.changed) * KEEP_CHANGED
+    (u32::from(keep.written) * KEEP_WRITTEN) | (u32::from(keep.changed) * KEEP_CHANGED)
 }
 
 fn attributes(ino: u64, i: &Inode) -> Attributes {
