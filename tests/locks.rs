@@ -122,7 +122,7 @@ fn a_lock_that_waits_is_granted_when_the_range_is_let_go_and_locks_go_with_their
 fn a_waiting_lock_hears_of_a_release_through_any_node_before_its_next_retry() {
     let c = data_cluster_with("[smb]\nlock_retry_ms = 60000\n");
     let (mut a, mut b) = two_clients(&c); // through nodes 1 and 3
-    let soon = Duration::from_secs(20);
+    let soon = Duration::from_secs(5);
     // An unlock through node 3 wakes a lock waiting through node 1.
     assert_eq!(lock(&mut b, "f", &[(20, 5, EXCLUSIVE | FI)]), "OK");
     a.send(&format!("lock f 20 5 {EXCLUSIVE:#x}"));
@@ -147,4 +147,23 @@ fn a_waiting_lock_hears_of_a_release_through_any_node_before_its_next_retry() {
     b.kill();
     assert_eq!(a.line(), "OK", "granted once B's connection ended");
     assert!(released.elapsed() < soon, "granted {:?} after B went", released.elapsed());
+}
+
+/// Locks the owner lets go by itself wake waiting locks too: a client holding a range through
+/// node 3 loses it when node 3 dies and its gateway's lease runs out at the owner (node 2),
+/// and the lock waiting through node 1 is granted then, not at its next retry a minute later.
+#[test]
+fn a_waiting_lock_is_granted_when_a_dead_gateways_lease_runs_out() {
+    let mut c = data_cluster_with("[smb]\nlock_retry_ms = 60000\n");
+    let (mut a, mut b) = two_clients(&c); // through nodes 1 and 3
+    assert_eq!(lock(&mut b, "f", &[(20, 5, EXCLUSIVE | FI)]), "OK");
+    a.send(&format!("lock f 20 5 {EXCLUSIVE:#x}"));
+    std::thread::sleep(Duration::from_millis(600)); // A's LOCK is pending, its first retry done
+    let killed = Instant::now();
+    c.kill9(3);
+    assert_eq!(a.line(), "OK", "granted once node 3's lease ran out");
+    // The lease is 15 s: the grant comes after it, and well before a retry a minute on.
+    let waited = killed.elapsed();
+    assert!(waited < Duration::from_secs(40), "granted {waited:?} after node 3 died");
+    drop(b);
 }

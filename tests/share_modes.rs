@@ -191,7 +191,12 @@ fn a_delete_on_close_file_goes_at_its_last_close_whichever_node_holds_the_opens(
     assert_eq!(a.cmd(&doc), "OK");
     assert_eq!(a.cmd("write d bye"), "OK");
     assert_eq!(b.open("r", "d.txt", READ, SHARE_ALL, OPEN), "OK");
+    // Not delete-pending until the delete-on-close open goes (as Windows and Samba report it),
+    // then for every open left.
+    assert_eq!(a.cmd("pending d"), "OK 0");
+    assert_eq!(b.cmd("pending r"), "OK 0");
     assert_eq!(a.cmd("close d"), "OK");
+    assert_eq!(b.cmd("pending r"), "OK 1", "the delete-on-close open went");
     assert!(listed(&c, 2, "d.txt"), "node 3's client still holds it");
     assert!(a.open("again", "d.txt", READ, SHARE_ALL, OPEN).starts_with(DELETE_PENDING));
     assert_eq!(b.cmd("close r"), "OK");

@@ -37,8 +37,7 @@ fn a_time_set_or_frozen_through_a_handle_stays_through_its_writes_until_it_is_le
     let (written, changed_frozen) = times(&mut a, "t");
     assert!(written > SET, "moves again after -2");
     assert_eq!(changed_frozen, changed_after, "frozen by -1");
-    // Another handle (through the owner's own gateway) keeps nothing: its writes move both, and
-    // a truncate through the first handle still leaves the change time.
+    // Another handle (through the owner's own gateway) keeps nothing: its writes move both.
     let mut b = DrivenClient::connect(&c.node(2).smb);
     assert_eq!(b.open("t", "t.bin", READ | WRITE, SHARE_ALL, OPEN), "OK");
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -48,4 +47,9 @@ fn a_time_set_or_frozen_through_a_handle_stays_through_its_writes_until_it_is_le
     assert_eq!(a.cmd(&format!("settimes t 0 {SET}")), "OK");
     assert_eq!(a.cmd("pwrite t 30 0x45 10"), "OK");
     assert_eq!(times(&mut b, "t").1, SET, "a's change time, set through a, stays through a's write");
+    // So does zeroing through a (FSCTL_SET_ZERO_DATA of bytes 0..5).
+    let zero = format!("fsctl t {SET_ZERO_DATA} {}{} 0", hex(&0u64.to_le_bytes()), hex(&5u64.to_le_bytes()));
+    assert_eq!(a.cmd(&zero), "OK -");
+    assert_eq!(a.cmd("read t 0 5"), "OK 5 0 0000000000", "zeroed");
+    assert_eq!(times(&mut b, "t").1, SET, "and through a's zeroing");
 }

@@ -28,6 +28,9 @@ pub const MAX_RELAYED_CHANGES: usize = 1024;
 pub const MAX_RELAYED_PATH_BYTES: usize = 4 * 32_768;
 /// How long a peer may take to take a batch.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A peer that missed a message is sent another (`lost`, `unlocked`) within this, even when
+/// nothing new happens here: its watches re-read and its waiting locks ask again.
+const BEHIND_RETRY: Duration = Duration::from_secs(1);
 
 fn record_of(c: &Change) -> ChangeRecord {
     let (kind, from) = match &c.kind {
@@ -78,6 +81,7 @@ pub async fn run(node: u64, notifier: Notifier, service: Arc<VolumeService>, mut
                     unlocked = true;
                     break tokio::time::Instant::now() + RELAY_GATHER;
                 }
+                _ = tokio::time::sleep(BEHIND_RETRY), if !behind.is_empty() => break tokio::time::Instant::now(),
                 got = rx.recv() => match got {
                     Ok(b) if b.from_peer => continue,
                     Ok(b) => {

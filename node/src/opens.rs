@@ -207,6 +207,9 @@ pub struct OpenTable {
     volumes: HashMap<Uuid, VolumeOpens>,
     /// Released locks of volumes whose entry went, for [`OpenTable::take_released`].
     released: bool,
+    /// A call that can let locks go ran since [`OpenTable::take_released`] last looked (only
+    /// then does it look through the volumes: the table is taken for every I/O's lock check).
+    unseen: bool,
 }
 
 impl VolumeOpens {
@@ -301,6 +304,7 @@ impl VolumeOpens {
 impl OpenTable {
     /// A new open: checked against every open of the file from every gateway, then held.
     pub fn register(&mut self, now_ms: u64, gw: Gateway, lease_ms: u64, r: OpenRecord) -> Result<(), OpenError> {
+        self.unseen = true; // an expired or replaced lease
         let v = self.volumes.entry(r.file.volume).or_default();
         v.expire(r.file.volume, now_ms);
         v.admit(r.file.volume, gw, now_ms, lease_ms)?;
@@ -328,6 +332,7 @@ impl OpenTable {
     /// (the client cleared them, or never heard that they were set).
     /// Returns the file of the open released (None when it was not held).
     pub fn release(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) -> Option<FileKey> {
+        self.unseen = true;
         let v = self.volumes.get_mut(&volume)?;
         let lease = v.leases.get_mut(&gw.node).filter(|l| l.incarnation == gw.incarnation)?;
         let file = lease.opens.remove(&id)?;
@@ -403,6 +408,7 @@ impl OpenTable {
     /// A gateway's renewal for one volume, listing every open it holds there that it
     /// registered before taking the list (ids below `up_to`).
     pub fn renew(&mut self, now_ms: u64, gw: Gateway, lease_ms: u64, volume: Uuid, up_to: u64, opens: &[OpenRecord]) -> Result<Renewed, OpenError> {
+        self.unseen = true;
         let v = self.volumes.entry(volume).or_default();
         v.expire(volume, now_ms);
         let known = v.admit(volume, gw, now_ms, lease_ms)?;
@@ -442,6 +448,7 @@ impl OpenTable {
     /// Drops every expired lease (the service calls it now and then; register and renew expire
     /// the volume they touch themselves).
     pub fn expire(&mut self, now_ms: u64) {
+        self.unseen = true;
         for (volume, v) in self.volumes.iter_mut() {
             v.expire(*volume, now_ms);
         }
@@ -488,6 +495,7 @@ impl OpenTable {
     /// in order: at the first that names none, [`LockError::RangeNotLocked`] (those before it
     /// stay unlocked, as on Windows).
     pub fn unlock(&mut self, gw: Gateway, volume: Uuid, id: u64, ranges: &[(u64, u64)]) -> Result<(), LockError> {
+        self.unseen = true;
         let v = self.volumes.get_mut(&volume).ok_or(LockError::UnknownOpen)?;
         let file = *v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)).ok_or(LockError::UnknownOpen)?;
         let h = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)).ok_or(LockError::UnknownOpen)?;
@@ -537,6 +545,9 @@ impl OpenTable {
     /// open): locks waiting for their ranges are then asked for again.
     pub fn take_released(&mut self) -> bool {
         let mut any = std::mem::take(&mut self.released);
+        if !std::mem::take(&mut self.unseen) {
+            return any;
+        }
         for v in self.volumes.values_mut() {
             any |= std::mem::take(&mut v.released);
         }

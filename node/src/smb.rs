@@ -328,14 +328,14 @@ impl Files for VolumeFiles {
         Ok((reply.more_from != 0).then_some(reply.more_from))
     }
 
-    fn copy_range(&self, share: &str, from: umbra_smb_gateway::server::files::CopySide, to: umbra_smb_gateway::server::files::CopySide, len: u32, now: u64) -> Result<u32, FsError> {
+    fn copy_range(&self, share: &str, from: umbra_smb_gateway::server::files::CopySide, to: umbra_smb_gateway::server::files::CopySide, len: u32, now: Stamp) -> Result<u32, FsError> {
         if self.local(share).is_some() {
             return umbra_smb_gateway::server::files::copy_by_read_and_write(self, share, from, to, len, now);
         }
         // Another node owns the volume: it reads and writes there.
         let (target, _) = self.target(share)?;
         let (source_open, target_open) = (from.open.map(|o| self.opens.open_ref(o)), to.open.map(|o| self.opens.open_ref(o)));
-        let req = CopyRangeRequest { target: Some(target), source_ino: from.id, source_offset: from.offset, target_ino: to.id, target_offset: to.offset, length: len, now, source_open, target_open };
+        let req = CopyRangeRequest { target: Some(target), source_ino: from.id, source_offset: from.offset, target_ino: to.id, target_offset: to.offset, length: len, now: now.now, source_open, target_open, keep_times: keep_bits(now.keep) };
         Ok(self.call(self.service.copy_range(tonic::Request::new(req)))?.copied)
     }
 

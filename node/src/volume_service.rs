@@ -786,7 +786,7 @@ impl VolumeRpc for VolumeService {
         unary!(gated self, req, copy_range, |s, vol, view, r| {
             let data = s.read(vol, view, r.source_ino, r.source_offset, u64::from(r.length))?;
             if data.len() == r.length as usize {
-                s.write(vol, view, r.target_ino, r.target_offset, &data, r.now)?;
+                s.write(vol, view, r.target_ino, r.target_offset, &data, stamp(r.now, r.keep_times))?;
             }
             Ok(CopyRangeReply { copied: data.len() as u32 })
         })

@@ -176,12 +176,12 @@ impl From<u64> for Stamp {
 }
 
 /// [`Files::copy_range`] as a READ of the source and a WRITE of the target.
-pub fn copy_by_read_and_write(files: &(impl Files + ?Sized), share: &str, from: CopySide, to: CopySide, len: u32, now: u64) -> Result<u32, FsError> {
+pub fn copy_by_read_and_write(files: &(impl Files + ?Sized), share: &str, from: CopySide, to: CopySide, len: u32, now: Stamp) -> Result<u32, FsError> {
     let data = files.read(share, from.id, from.offset, len, 0, from.open)?;
     if data.len() < len as usize {
         return Ok(data.len() as u32);
     }
-    files.write(share, to.id, to.offset, &data, now.into(), to.open)?;
+    files.write(share, to.id, to.offset, &data, now, to.open)?;
     Ok(len)
 }
 
@@ -289,7 +289,7 @@ pub trait Files: Send + Sync {
     /// copied: fewer than `len` when the source ends first (then nothing is written). This
     /// default reads and writes through [`Files::read`] and [`Files::write`]; storage on
     /// another node does both there, so the data does not cross the network.
-    fn copy_range(&self, share: &str, from: CopySide, to: CopySide, len: u32, now: u64) -> Result<u32, FsError> {
+    fn copy_range(&self, share: &str, from: CopySide, to: CopySide, len: u32, now: Stamp) -> Result<u32, FsError> {
         copy_by_read_and_write(self, share, from, to, len, now)
     }
     /// Takes byte-range locks for a registered open (all or none: [`FsError::LockNotGranted`]

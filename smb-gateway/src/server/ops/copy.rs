@@ -100,9 +100,11 @@ impl Connection {
             Ok(o) if o.pipe.is_some() => return Reply::error(status::INVALID_DEVICE_REQUEST),
             Ok(o) if o.info.directory => return Reply::error(status::INVALID_PARAMETER),
             Ok(o) if o.access & writes == 0 || o.access & reads != reads => return Reply::error(status::ACCESS_DENIED),
-            Ok(o) => (o.share.clone(), o.info.id, o.registration),
+            Ok(o) => (o.share.clone(), o.info.id, o.registration, o.keep),
             Err(s) => return Reply::error(s),
         };
+        // The copy writes through the target open: the times its client set or froze stay.
+        let stamp = crate::server::files::Stamp { now, keep: target.3 };
         if matches!(self.tree(h), Ok((_, true, _))) {
             return Reply::error(status::MEDIA_WRITE_PROTECTED);
         }
@@ -120,7 +122,7 @@ impl Connection {
             // Within one share storage copies on its own; across shares, through here.
             let step = if source.0 == target.0 {
                 let (from, to) = (CopySide { id: source.1, offset: from, open: source.2 }, CopySide { id: target.1, offset: to, open: target.2 });
-                match files.copy_range(&target.0, from, to, len, now) {
+                match files.copy_range(&target.0, from, to, len, stamp) {
                     Ok(n) if n < len => Err(INVALID_VIEW_SIZE),
                     Ok(_) => Ok(()),
                     Err(e) => Err(e.status()),
@@ -128,7 +130,7 @@ impl Connection {
             } else {
                 match files.read(&source.0, source.1, from, len, 0, source.2) {
                     Ok(data) if data.len() < len as usize => Err(INVALID_VIEW_SIZE),
-                    Ok(data) => files.write(&target.0, target.1, to, &data, now.into(), target.2).map_err(|e| e.status()),
+                    Ok(data) => files.write(&target.0, target.1, to, &data, stamp, target.2).map_err(|e| e.status()),
                     Err(e) => Err(e.status()),
                 }
             };

@@ -12,16 +12,18 @@ impl Connection {
         let (Some(&kind), Some(&class), Some(out_len), Some(volatile)) = (b.get(2), b.get(3), u32_at(b, 4), Self::file_id(b, 24)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
+        // A registered open's file is delete-pending as its owner says (a disposition set
+        // through any open; a delete-on-close open's file once that open went), not because this
+        // open will delete it at its close (Windows and Samba report that only after the close).
+        // Storage without registrations has only this open's word.
         let (share, id, name, delete_pending, access) = match self.open_of(h, volatile) {
-            Ok(o) => (o.share.clone(), o.info.id, o.path.clone(), o.delete_on_close, o.access),
+            Ok(o) => (o.share.clone(), o.info.id, o.path.clone(), o.registration.is_none() && o.delete_on_close, o.access),
             Err(s) => return Reply::error(s),
         };
         let info = match files.stat(&share, id) {
             Ok(i) => i,
             Err(e) => return fs(e),
         };
-        // A disposition set through another open (this node's or another's) shows too, as on
-        // one server.
         let delete_pending = delete_pending || info.delete_pending;
         let data = match (kind, class) {
             // No 8.3 names are made (as NTFS with 8dot3name off): clients skip the alternate name.
@@ -202,10 +204,6 @@ const DISPOSITION_ON_CLOSE: u32 = 0x8;
 const DISPOSITION_IGNORE_READONLY: u32 = 0x10;
 const ATTRIBUTE_NORMAL: u32 = 0x80;
 
-/// FileBasicInformation for SET_INFO (MS-FSCC 2.4.7, MS-FSA 2.1.5.14.2): four FILETIMEs, where
-/// 0 leaves a time as it is and -1/-2 (stop or resume automatic updates) are taken as 0, and
-/// the attributes, where 0 leaves them as they are. A directory flag that does not match the
-/// file is refused.
 /// What an open keeps after a valid FileBasicInformation `data`, from what it kept: each of
 /// LastWriteTime and ChangeTime left as it was when 0, resumed (not kept) when -2, kept when
 /// -1 or set to a time.
@@ -218,6 +216,10 @@ fn kept_times(data: &[u8], before: crate::server::files::Keep) -> crate::server:
     crate::server::files::Keep { written: kept(16, before.written), changed: kept(24, before.changed) }
 }
 
+/// FileBasicInformation for SET_INFO (MS-FSCC 2.4.7, MS-FSA 2.1.5.14.2): four FILETIMEs, where
+/// 0 leaves a time as it is and -1/-2 (stop or resume automatic updates: [`kept_times`]) are
+/// taken as 0, and the attributes, where 0 leaves them as they are. A directory flag that does
+/// not match the file is refused.
 fn basic_info(data: &[u8], directory: bool) -> Result<crate::server::files::Basic, u32> {
     let time = |at: usize| match u64_at(data, at) {
         Some(0 | u64::MAX | 0xFFFF_FFFF_FFFF_FFFE) => Ok(None),
