@@ -195,26 +195,44 @@ impl VolumeStore {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write_chunk(&self, st: &VolState, scope: &Scope, batch: &mut Batch, inode: &mut Inode, ino: u64, index: u64, at: usize, piece: &[u8]) -> Result<()> {
         let object = Self::chunk_object(st.id, ino, inode.generation, index);
-        // A chunk written whole needs only the old version's key and whether it held data.
+        // A chunk written whole needs only the old version's key and whether it held data. The
+        // new content is made once, with room for its checksum, and goes into the batch as it
+        // is (a WRITE's data is copied once on its way to the log).
         let whole = at == 0 && piece.len() as u64 == CHUNK_BYTES;
+        let room = |len: usize| Vec::with_capacity(len.max(at + piece.len()) + CHUNK_CRC_BYTES);
         let (old_key, had_data, mut content) = if whole {
             let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::Presence, |k, v| (k.to_vec(), !v.is_empty()))?;
-            old.map_or((None, false, Vec::new()), |(k, had)| (Some(k), had, Vec::new()))
+            let mut content = room(0);
+            content.extend_from_slice(piece);
+            match old {
+                Some((k, had)) => (Some(k), had, content),
+                None => (None, false, content),
+            }
         } else {
-            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| open_chunk(v).map(|data| (k.to_vec(), !v.is_empty(), data.to_vec())))?.transpose()?;
-            old.map_or((None, false, Vec::new()), |(k, had, data)| (Some(k), had, data))
+            let old = self.visible_map(CF_CHUNKS, scope, &object, Verify::KeyOnly, |k, v| {
+                open_chunk(v).map(|data| {
+                    let mut content = room(data.len());
+                    content.extend_from_slice(data);
+                    (k.to_vec(), !v.is_empty(), content)
+                })
+            })?;
+            let (old_key, had_data, mut content) = match old.transpose()? {
+                Some((k, had, data)) => (Some(k), had, data),
+                None => (None, false, room(0)),
+            };
+            if content.len() < at + piece.len() {
+                content.resize(at + piece.len(), 0);
+            }
+            content[at..at + piece.len()].copy_from_slice(piece);
+            (old_key, had_data, content)
         };
-        if content.len() < at + piece.len() {
-            content.resize(at + piece.len(), 0);
-        }
-        content[at..at + piece.len()].copy_from_slice(piece);
         let trimmed = content.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
         content.truncate(trimmed);
         let has_data = !content.is_empty();
         match (&old_key, has_data) {
             (Some(old_key), false) => self.remove_version(st, scope, batch, CF_CHUNKS, &object, old_key, b"")?,
             (None, false) => {}
-            (old_key, true) => self.put_version(st, scope, batch, CF_CHUNKS, object(scope.lineage), &seal_chunk(content), old_key.as_deref()),
+            (old_key, true) => self.put_version(st, scope, batch, CF_CHUNKS, object(scope.lineage), seal_chunk(content), old_key.as_deref()),
         }
         match (had_data, has_data) {
             (false, true) => inode.allocated += CHUNK_BYTES,

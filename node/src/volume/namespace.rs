@@ -86,7 +86,7 @@ impl VolumeStore {
         let dirent = serde_json::to_vec(&DirentValue::Live { name: name.to_string(), ino })?;
         let object = |lin| keys::dirent(vol, lin, parent, &fold(name));
         let old = self.newest(CF_DIRENTS, &object(scope.lineage), scope.max_epoch)?.map(|(k, _)| k);
-        self.put_version(&st, &scope, &mut batch, CF_DIRENTS, object(scope.lineage), &dirent, old.as_deref());
+        self.put_version(&st, &scope, &mut batch, CF_DIRENTS, object(scope.lineage), dirent, old.as_deref());
         dir.written = now;
         dir.changed = now;
         self.put_inode(&st, &scope, &mut batch, parent, &dir, dir_key.as_deref())?;
@@ -279,7 +279,7 @@ impl VolumeStore {
         let object = |lin| keys::dirent(vol, lin, to_dir, &to_folded);
         let old = if same_slot { self.dirent_at(vol, &scope, to_dir, &to_folded)?.map(|(_, _, k)| k) } else { self.newest(CF_DIRENTS, &object(scope.lineage), scope.max_epoch)?.map(|(k, _)| k) };
         let value = serde_json::to_vec(&DirentValue::Live { name: to.to_string(), ino: source.ino })?;
-        self.put_version(&st, &scope, &mut batch, CF_DIRENTS, object(scope.lineage), &value, old.as_deref());
+        self.put_version(&st, &scope, &mut batch, CF_DIRENTS, object(scope.lineage), value, old.as_deref());
         let (mut inode, inode_key) = self.inode_req(vol, &scope, source.ino)?;
         inode.parent = to_dir;
         inode.changed = now;

@@ -361,7 +361,7 @@ impl VolumeStore {
 
     /// Writes a new version of `object` in the scope's lineage at its write epoch, and retires
     /// `old` (the version it replaces, if any).
-    pub(super) fn put_version(&self, st: &VolState, scope: &Scope, batch: &mut Batch, cf: Cf, object: Vec<u8>, value: &[u8], old: Option<&[u8]>) {
+    pub(super) fn put_version(&self, st: &VolState, scope: &Scope, batch: &mut Batch, cf: Cf, object: Vec<u8>, value: Vec<u8>, old: Option<&[u8]>) {
         let key = keys::versioned(object, scope.write_epoch);
         if let Some(old) = old {
             if old != key.as_slice() {
@@ -419,7 +419,7 @@ impl VolumeStore {
 
     pub(super) fn put_inode(&self, st: &VolState, scope: &Scope, batch: &mut Batch, ino: u64, inode: &Inode, old: Option<&[u8]>) -> Result<()> {
         let value = serde_json::to_vec(&InodeValue::Live(inode.clone()))?;
-        self.put_version(st, scope, batch, CF_INODES, keys::inode(st.id, scope.lineage, ino), &value, old);
+        self.put_version(st, scope, batch, CF_INODES, keys::inode(st.id, scope.lineage, ino), value, old);
         Ok(())
     }
 
