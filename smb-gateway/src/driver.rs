@@ -272,8 +272,8 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             let Some(c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
             let (d, f, t) = (shared.directory.clone(), shared.files.clone(), shared.throttle.clone());
             let (c, outcome) = tokio::task::spawn_blocking(move || {
-                let mut c = c;
-                let outcome = run_frame(&mut c, &frame_bytes[range], d.as_ref(), f.as_ref(), &mut Env(t));
+                let (mut c, mut frame_bytes) = (c, frame_bytes);
+                let outcome = run_frame(&mut c, &mut frame_bytes[range], d.as_ref(), f.as_ref(), &mut Env(t));
                 (c, outcome)
             })
             .await
@@ -405,8 +405,8 @@ async fn retry_locks(conn: &mut Option<Connection>, shared: &Shared, tx: &Queue)
 /// Runs one frame through the connection. A panic (a defect) ends this connection only, and
 /// the connection's state stays usable, so its opens are still closed and their share modes
 /// released at its end.
-fn run_frame(c: &mut Connection, frame: &[u8], directory: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.on_frame(frame, directory, files, env))).unwrap_or_else(|_| Outcome::Close("an internal error while handling a request".into()))
+fn run_frame(c: &mut Connection, frame: &mut [u8], directory: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.on_owned_frame(frame, directory, files, env))).unwrap_or_else(|_| Outcome::Close("an internal error while handling a request".into()))
 }
 
 /// The next batch of the node's changes; never, when not listening.
@@ -567,11 +567,11 @@ mod tests {
         let files = Panicking(MemFiles::with_dirs(&[]), std::sync::atomic::AtomicUsize::new(0));
         let mut c = testkit::connection();
         let mut env = testkit::Env::new();
-        let create = testkit::request(Command::Create, 1, testkit::TREE, &testkit::create("f.bin", false, 2));
-        let Outcome::Reply(reply) = run_frame(&mut c, &create, &testkit::Dir, &files, &mut env) else { panic!("a reply to CREATE") };
+        let mut create = testkit::request(Command::Create, 1, testkit::TREE, &testkit::create("f.bin", false, 2));
+        let Outcome::Reply(reply) = run_frame(&mut c, &mut create, &testkit::Dir, &files, &mut env) else { panic!("a reply to CREATE") };
         let volatile = u64::from_le_bytes(testkit::split(&reply)[0].1[72..80].try_into().unwrap());
-        let write = testkit::request(Command::Write, 2, testkit::TREE, &testkit::write(volatile, b"boom"));
-        assert!(matches!(run_frame(&mut c, &write, &testkit::Dir, &files, &mut env), Outcome::Close(_)), "the connection closes");
+        let mut write = testkit::request(Command::Write, 2, testkit::TREE, &testkit::write(volatile, b"boom"));
+        assert!(matches!(run_frame(&mut c, &mut write, &testkit::Dir, &files, &mut env), Outcome::Close(_)), "the connection closes");
         c.end(&files, 0);
         assert_eq!(files.1.load(std::sync::atomic::Ordering::SeqCst), 1, "its open was released");
     }

@@ -427,6 +427,37 @@ mod connection_rules {
         assert_eq!(r.iter().map(|(h, _)| h.status).collect::<Vec<_>>(), vec![status::SUCCESS, status::INTERNAL_ERROR, status::SUCCESS]);
     }
 
+    /// A frame the driver owns has its signatures checked in place: signed requests that
+    /// verify are served, one with a changed byte is refused (ACCESS_DENIED, as when checked on
+    /// a copy), in a compound each on its own, and the frame is as it was afterwards.
+    #[test]
+    fn signatures_checked_in_place_verify_as_on_a_copy_and_leave_the_frame_as_it_was() {
+        let (mut c, files) = (signing_connection(), MemFiles::with_dirs(&[]));
+        let echo = |id: u64, next: bool| {
+            let mut m = request(Command::Echo, id, 0, &[4, 0, 0, 0]);
+            if next {
+                m.resize(m.len().div_ceil(8) * 8, 0);
+                let len = m.len() as u32;
+                m[20..24].copy_from_slice(&len.to_le_bytes());
+            }
+            signed(m)
+        };
+        let statuses = |c: &mut Connection, frame: &mut Vec<u8>| match c.on_owned_frame(frame, &Dir, &files, &mut Env::new()) {
+            crate::server::connection::Outcome::Reply(r) => split(&r).iter().map(|(h, _)| h.status).collect::<Vec<_>>(),
+            _ => panic!("a reply"),
+        };
+        let mut good = [echo(1, true), echo(2, false)].concat();
+        let before = good.clone();
+        assert_eq!(statuses(&mut c, &mut good), vec![status::SUCCESS, status::SUCCESS]);
+        assert_eq!(good, before, "the frame is as it was");
+        let mut bad = [echo(3, true), echo(4, false)].concat();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(statuses(&mut c, &mut bad), vec![status::SUCCESS, status::ACCESS_DENIED], "the changed message alone is refused");
+        let mut unsigned = request(Command::Echo, 5, 0, &[4, 0, 0, 0]);
+        assert_eq!(statuses(&mut c, &mut unsigned), vec![status::ACCESS_DENIED], "signing is required");
+    }
+
     /// The LOGOFF response is signed with the session it ends (MS-SMB2 3.3.4.1.1).
     #[test]
     fn a_logoff_response_is_signed_with_the_session_it_ends() {
