@@ -456,6 +456,17 @@ mod connection_rules {
         assert_eq!(statuses(&mut c, &mut bad), vec![status::SUCCESS, status::ACCESS_DENIED], "the changed message alone is refused");
         let mut unsigned = request(Command::Echo, 5, 0, &[4, 0, 0, 0]);
         assert_eq!(statuses(&mut c, &mut unsigned), vec![status::ACCESS_DENIED], "signing is required");
+        // A genuine CANCEL (its id is not used up) before a forged request with the same id:
+        // the CANCEL's signature says nothing of the request's.
+        let mut cancel = request(Command::Cancel, 6, 0, &[4, 0, 0, 0]);
+        cancel.resize(cancel.len().div_ceil(8) * 8, 0);
+        let len = cancel.len() as u32;
+        cancel[20..24].copy_from_slice(&len.to_le_bytes());
+        let mut forged = echo(6, false);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let mut both = [signed(cancel), forged].concat();
+        assert_eq!(statuses(&mut c, &mut both), vec![status::ACCESS_DENIED], "the forged ECHO is refused");
     }
 
     /// The LOGOFF response is signed with the session it ends (MS-SMB2 3.3.4.1.1).

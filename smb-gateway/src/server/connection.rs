@@ -92,8 +92,10 @@ pub struct Connection {
     /// with it (MS-SMB2 3.3.4.1.1), then it goes.
     logged_off: Option<(u64, Session)>,
     /// Signatures of the frame under way already checked in place ([`Connection::on_owned_frame`]):
-    /// (message id, session, the key checked with) and whether it verified.
-    checked: Vec<((u64, u64, [u8; 16]), bool)>,
+    /// each message by where it lies (its first byte's address and its length: a message id
+    /// can repeat within a frame, as a CANCEL's does), the session and the key checked with,
+    /// and whether it verified.
+    checked: Vec<((usize, usize, u64, [u8; 16]), bool)>,
 }
 
 /// A READ of a file another node serves, for the driver to carry out off the connection's
@@ -235,10 +237,12 @@ impl Connection {
                 break; // on_frame refuses the frame
             }
             let end = if next == 0 { frame.len() } else { at + next };
-            if h.flags & FLAG_SIGNED != 0 && h.flags & FLAG_RELATED_OPERATIONS == 0 {
+            // A CANCEL is checked where it is handled (on a copy: it is small).
+            if h.flags & FLAG_SIGNED != 0 && h.flags & FLAG_RELATED_OPERATIONS == 0 && h.command != Command::Cancel {
                 if let Some(Session::Established(s)) = self.sessions.get(&h.session_id) {
-                    let ok = signing::verify_in_place(s.algorithm, &s.signing_key, &mut frame[at..end]);
-                    self.checked.push(((h.message_id, h.session_id, s.signing_key), ok));
+                    let message = &mut frame[at..end];
+                    let ok = signing::verify_in_place(s.algorithm, &s.signing_key, message);
+                    self.checked.push(((message.as_ptr() as usize, message.len(), h.session_id, s.signing_key), ok));
                 }
             }
             if next == 0 {
@@ -516,7 +520,8 @@ impl Connection {
         if signed {
             // Checked in place already when the driver owned the frame and the session's key
             // is the one it was checked with.
-            let checked = self.checked.iter().find(|(id, _)| *id == (h.message_id, h.session_id, s.signing_key)).map(|(_, ok)| *ok);
+            let this = (message.as_ptr() as usize, message.len(), h.session_id, s.signing_key);
+            let checked = self.checked.iter().find(|(at, _)| *at == this).map(|(_, ok)| *ok);
             if !checked.unwrap_or_else(|| signing::verify(s.algorithm, &s.signing_key, message)) {
                 return Err(status::ACCESS_DENIED);
             }
