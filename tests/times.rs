@@ -52,4 +52,9 @@ fn a_time_set_or_frozen_through_a_handle_stays_through_its_writes_until_it_is_le
     assert_eq!(a.cmd(&zero), "OK -");
     assert_eq!(a.cmd("read t 0 5"), "OK 5 0 0000000000", "zeroed");
     assert_eq!(times(&mut b, "t").1, SET, "and through a's zeroing");
+    // The owner's own gateway (the store called in process) keeps them the same way.
+    assert_eq!(b.open("u", "t.bin", READ | WRITE | WRITE_ATTRIBUTES, SHARE_ALL, OPEN), "OK");
+    assert_eq!(b.cmd(&format!("settimes u {} 0", SET + 1)), "OK");
+    assert_eq!(b.cmd("pwrite u 40 0x46 10"), "OK");
+    assert_eq!(times(&mut b, "u").0, SET + 1, "set through the owner's gateway: its writes leave it");
 }

@@ -43,9 +43,10 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmbTuning {
-    /// A byte-range lock that waits for its range is asked for again as soon as locks are let
-    /// go through any node's gateway, and every this many milliseconds in any case (locks
-    /// that go otherwise: a dead gateway's lease expiring).
+    /// A byte-range lock that waits for its range is asked for again as soon as a volume's
+    /// owner lets locks go (the owner's node tells every node), and every this many
+    /// milliseconds in any case, for news that did not arrive (a relay message lost with its
+    /// node, an owner that restarted without the locks it had).
     pub lock_retry_ms: u64,
 }
 
@@ -56,7 +57,7 @@ impl Default for SmbTuning {
 }
 
 /// Bounds of [`SmbTuning::lock_retry_ms`]: each waiting lock costs a call to its owner at this
-/// pace, and waiting longer than a minute would leave a lock released by an expiry unseen.
+/// pace, and a release whose news was lost would go unseen for up to this long.
 pub const LOCK_RETRY_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
 /// Volume upkeep settings.

@@ -75,13 +75,18 @@ pub async fn run(node: u64, notifier: Notifier, service: Arc<VolumeService>, mut
         let (mut lost, mut unlocked) = (false, false);
         let mut changes: Vec<ChangeRecord> = Vec::new();
         // Wait for the first local change or release of locks, then gather for a moment.
+        // Peers no longer members are not waited for; the others hear again by this time (fixed
+        // for the wait: peers' own batches arriving meanwhile do not put it off).
+        let members = service.other_nodes();
+        behind.retain(|peer| members.contains(peer));
+        let resend_at = tokio::time::Instant::now() + BEHIND_RETRY;
         let deadline = loop {
             tokio::select! {
                 Ok(()) = released.changed() => {
                     unlocked = true;
                     break tokio::time::Instant::now() + RELAY_GATHER;
                 }
-                _ = tokio::time::sleep(BEHIND_RETRY), if !behind.is_empty() => break tokio::time::Instant::now(),
+                _ = tokio::time::sleep_until(resend_at), if !behind.is_empty() => break tokio::time::Instant::now(),
                 got = rx.recv() => match got {
                     Ok(b) if b.from_peer => continue,
                     Ok(b) => {

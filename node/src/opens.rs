@@ -940,6 +940,19 @@ mod tests {
         assert_eq!(t.lock(B, VOL, 7, &[x(0, 1)]), Err(LockError::UnknownOpen));
     }
 
+    /// The files a rename asks about are those of its own view of the volume.
+    #[test]
+    fn held_files_are_those_of_one_view() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, open(5, 1, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        let in_clone = OpenRecord { file: FileKey { volume: VOL, view: View::Clone(Uuid::from_u128(9)), ino: 6 }, ..open(6, 2, FILE_READ_DATA, SHARE_ALL) };
+        t.register(0, A, LEASE_MS, in_clone).unwrap();
+        assert_eq!(t.held_files(VOL, View::Live), vec![5]);
+        assert_eq!(t.held_files(VOL, View::Clone(Uuid::from_u128(9))), vec![6]);
+        t.release(A, VOL, 1, None);
+        assert!(t.held_files(VOL, View::Live).is_empty(), "released");
+    }
+
     /// The table says when locks went, whichever way (the owner then wakes waiting locks on
     /// every node), and only then.
     #[test]

@@ -355,6 +355,10 @@ impl Files for VolumeFiles {
         self.call(self.service.sync(tonic::Request::new(target))).map(|_| ())
     }
 
+    fn tracks_opens(&self) -> bool {
+        true
+    }
+
     fn register_open(&self, share: &str, id: u64, mode: umbra_smb_gateway::share_modes::Mode, delete_at_close: Option<(u64, &str)>) -> Result<u64, FsError> {
         let (target, _) = self.target(share)?;
         let delete = delete_at_close.map(|(parent, name)| DeleteAtClose { parent, name: name.to_string() });

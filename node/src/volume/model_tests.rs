@@ -952,7 +952,7 @@ impl OpenFiles for Held {
 
 /// A directory with an open file or directory anywhere below it does not move (access denied,
 /// nothing changed); opens of the directory itself, beside it or of a file gone meanwhile do
-/// not stop it, and neither do opens in another view of the volume.
+/// not stop it. (Which view's opens count is the open table's part: `OpenTable::held_files`.)
 #[test]
 fn a_directory_with_opens_below_it_does_not_move() {
     let (_dir, w) = world();

@@ -220,7 +220,6 @@ impl Connection {
         }
     }
 
-    /// Handles one frame from the client.
     /// [`Connection::on_frame`] for a frame the caller owns: the signatures of its messages on
     /// sessions already established are checked in place first (each signature field zeroed
     /// for the MAC and put back) instead of on a copy of each message, which for an 8 MiB WRITE
@@ -255,6 +254,7 @@ impl Connection {
         outcome
     }
 
+    /// Handles one frame from the client.
     pub fn on_frame(&mut self, frame: &[u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
         self.logged_off = None;
         if frame.starts_with(b"\xffSMB") {

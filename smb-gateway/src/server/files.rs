@@ -263,6 +263,12 @@ pub trait Files: Send + Sync {
         self.write(share, id, offset, &vec![0; (stop - offset) as usize], now, open)?;
         Ok((stop < end).then_some(stop))
     }
+    /// Whether the storage keeps every open of its files (as [`Files::register_open`] says
+    /// when it does): then [`Files::stat`] tells whether a file is delete-pending through any
+    /// open ([`FileInfo::delete_pending`]). This default keeps none.
+    fn tracks_opens(&self) -> bool {
+        false
+    }
     /// Registers an open of file `id` with the owner of the share's volume, which checks it
     /// against every other open of the file from any gateway (MS-FSA 2.1.5.1.2) and refuses it
     /// with [`FsError::SharingViolation`]. Returns the registration to release on close. Only

@@ -12,12 +12,12 @@ impl Connection {
         let (Some(&kind), Some(&class), Some(out_len), Some(volatile)) = (b.get(2), b.get(3), u32_at(b, 4), Self::file_id(b, 24)) else {
             return Reply::error(status::INVALID_PARAMETER);
         };
-        // A registered open's file is delete-pending as its owner says (a disposition set
-        // through any open; a delete-on-close open's file once that open went), not because this
-        // open will delete it at its close (Windows and Samba report that only after the close).
-        // Storage without registrations has only this open's word.
+        // Storage that keeps every open says whether the file is delete-pending (a disposition
+        // set through any open; a delete-on-close open's file once that open went), not this
+        // open's plan to delete it at its close (Windows and Samba report that only after the
+        // close). Other storage has only this open's word.
         let (share, id, name, delete_pending, access) = match self.open_of(h, volatile) {
-            Ok(o) => (o.share.clone(), o.info.id, o.path.clone(), o.registration.is_none() && o.delete_on_close, o.access),
+            Ok(o) => (o.share.clone(), o.info.id, o.path.clone(), !files.tracks_opens() && o.delete_on_close, o.access),
             Err(s) => return Reply::error(s),
         };
         let info = match files.stat(&share, id) {

@@ -31,7 +31,9 @@ const ELEMENT_BYTES: usize = 24;
 /// every lock of the file under its table's lock, so this bounds that work.
 pub const MAX_LOCK_ELEMENTS: usize = 64;
 /// Locks one connection may have waiting at once; past this a lock that would wait is not
-/// granted. Each waiting lock costs a call to the owner every [`LOCK_RETRY_INTERVAL`].
+/// granted. Each waiting lock costs a call to its owner every periodic retry
+/// ([`LOCK_RETRY_INTERVAL`] unless set) and on releases, at most 100 a second
+/// ([`crate::driver::RELEASE_RETRY_GAP`]).
 pub const MAX_WAITING_LOCKS_PER_CONNECTION: usize = 32;
 /// How often a waiting lock is asked for again when no release was heard of.
 pub const LOCK_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
