@@ -74,11 +74,9 @@ pub async fn run(node: u64, notifier: Notifier, service: Arc<VolumeService>, mut
     loop {
         let (mut lost, mut unlocked) = (false, false);
         let mut changes: Vec<ChangeRecord> = Vec::new();
-        // Wait for the first local change or release of locks, then gather for a moment.
-        // Peers no longer members are not waited for; the others hear again by this time (fixed
-        // for the wait: peers' own batches arriving meanwhile do not put it off).
-        let members = service.other_nodes();
-        behind.retain(|peer| members.contains(peer));
+        // Wait for the first local change or release of locks, then gather for a moment. Peers
+        // that missed a message hear again by this time (fixed for the wait: peers' own batches
+        // arriving meanwhile do not put it off).
         let resend_at = tokio::time::Instant::now() + BEHIND_RETRY;
         let deadline = loop {
             tokio::select! {
@@ -121,7 +119,10 @@ pub async fn run(node: u64, notifier: Notifier, service: Arc<VolumeService>, mut
             changes.truncate(MAX_RELAYED_CHANGES);
             lost = true;
         }
-        let sends = service.other_nodes().into_iter().map(|peer| {
+        // The members as they are now; one that left is behind no more.
+        let members = service.other_nodes();
+        behind.retain(|peer| members.contains(peer));
+        let sends = members.into_iter().map(|peer| {
             // A peer that missed a message may have missed a release in it.
             let behind_peer = behind.contains(&peer);
             let req = NotifyRequest { from_node: node, lost: lost || behind_peer, unlocked: unlocked || behind_peer, changes: changes.clone() };

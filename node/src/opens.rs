@@ -205,8 +205,6 @@ struct VolumeOpens {
 #[derive(Default)]
 pub struct OpenTable {
     volumes: HashMap<Uuid, VolumeOpens>,
-    /// Released locks of volumes whose entry went, for [`OpenTable::take_released`].
-    released: bool,
     /// A call that can let locks go ran since [`OpenTable::take_released`] last looked (only
     /// then does it look through the volumes: the table is taken for every I/O's lock check).
     unseen: bool,
@@ -452,8 +450,8 @@ impl OpenTable {
         for (volume, v) in self.volumes.iter_mut() {
             v.expire(*volume, now_ms);
         }
-        self.released |= self.volumes.values().any(|v| v.released);
-        self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty() || !v.files.is_empty());
+        // A volume with nothing left goes once its released locks have been told of.
+        self.volumes.retain(|_, v| !v.leases.is_empty() || !v.due.is_empty() || !v.files.is_empty() || v.released);
     }
 
     /// Takes byte-range locks for a held open (one LOCK request's elements, in order): all of
@@ -544,14 +542,10 @@ impl OpenTable {
     /// that held locks, a lease that expired or was replaced, a renewal that no longer lists an
     /// open): locks waiting for their ranges are then asked for again.
     pub fn take_released(&mut self) -> bool {
-        let mut any = std::mem::take(&mut self.released);
         if !std::mem::take(&mut self.unseen) {
-            return any;
+            return false;
         }
-        for v in self.volumes.values_mut() {
-            any |= std::mem::take(&mut v.released);
-        }
-        any
+        self.volumes.values_mut().fold(false, |any, v| std::mem::take(&mut v.released) | any)
     }
 
     /// Opens held on `volume`, from every gateway.

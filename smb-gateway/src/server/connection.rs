@@ -227,27 +227,16 @@ impl Connection {
     /// operations) are checked as in [`Connection::on_frame`].
     pub fn on_owned_frame(&mut self, frame: &mut [u8], dir: &dyn Directory, files: &dyn Files, env: &mut dyn Environment) -> Outcome {
         self.checked.clear();
-        let mut at = 0usize;
-        // The same walk, with the same bounds, as compound::split (which on_frame then does).
-        for _ in 0..crate::smb2::compound::MAX_COMPOUND_MESSAGES {
-            let Ok(h) = Header::parse(&frame[at..]) else { break };
-            let next = h.next_command as usize;
-            if next != 0 && (next % 8 != 0 || next < HEADER_BYTES || next >= frame.len() - at) {
-                break; // on_frame refuses the frame
-            }
-            let end = if next == 0 { frame.len() } else { at + next };
+        // A malformed frame is refused by on_frame, which splits it the same way.
+        for (h, range) in compound::ranges(frame).unwrap_or_default() {
             // A CANCEL is checked where it is handled (on a copy: it is small).
             if h.flags & FLAG_SIGNED != 0 && h.flags & FLAG_RELATED_OPERATIONS == 0 && h.command != Command::Cancel {
                 if let Some(Session::Established(s)) = self.sessions.get(&h.session_id) {
-                    let message = &mut frame[at..end];
+                    let message = &mut frame[range];
                     let ok = signing::verify_in_place(s.algorithm, &s.signing_key, message);
                     self.checked.push(((message.as_ptr() as usize, message.len(), h.session_id, s.signing_key), ok));
                 }
             }
-            if next == 0 {
-                break;
-            }
-            at = end;
         }
         let outcome = self.on_frame(frame, dir, files, env);
         self.checked.clear();

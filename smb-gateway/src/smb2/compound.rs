@@ -18,6 +18,12 @@ pub enum CompoundError {
 
 /// Splits a frame into its messages (each with its header), checking every NextCommand.
 pub fn split(frame: &[u8]) -> Result<Vec<(Header, &[u8])>, CompoundError> {
+    Ok(ranges(frame)?.into_iter().map(|(header, r)| (header, &frame[r])).collect())
+}
+
+/// Where each message of a frame lies (with its header), checking every NextCommand: what
+/// [`split`] gives, as ranges, for a caller that changes the frame's bytes in place.
+pub fn ranges(frame: &[u8]) -> Result<Vec<(Header, std::ops::Range<usize>)>, CompoundError> {
     let mut out = Vec::new();
     let mut at = 0usize;
     loop {
@@ -28,13 +34,13 @@ pub fn split(frame: &[u8]) -> Result<Vec<(Header, &[u8])>, CompoundError> {
         let header = Header::parse(rest)?;
         let next = header.next_command as usize;
         if next == 0 {
-            out.push((header, rest));
+            out.push((header, at..frame.len()));
             return Ok(out);
         }
         if next % 8 != 0 || next < HEADER_BYTES || next >= rest.len() {
             return Err(CompoundError::BadNext { at, next: header.next_command, len: frame.len() });
         }
-        out.push((header, &rest[..next]));
+        out.push((header, at..at + next));
         at += next;
     }
 }
