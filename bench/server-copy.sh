@@ -12,6 +12,7 @@ size_mib=${1:-256}
 py="${UMBRA_VENV:-$HOME/.cache/umbra-venv}/bin/python"
 . bench/peers.sh 27600
 head -c $((size_mib << 20)) /dev/urandom > "$work/in.bin"
+sync  # its writeback would otherwise run during the first timed copy
 smbclient //127.0.0.1/share2 -p 27612 -U 'admin%Passw0rd!' -c "lcd $work; put in.bin src.bin" >/dev/null
 smbclient //127.0.0.1/share -p 4450 -U 'fsuser%Passw0rd!' -c "lcd $work; put in.bin src.bin" >/dev/null
 

@@ -15,6 +15,9 @@ small=${2:-1000}
 head -c $((size_mib << 20)) /dev/urandom > "$work/in.bin"
 mkdir "$work/small"
 for i in $(seq "$small"); do head -c 1024 /dev/urandom > "$work/small/f$i.bin"; done
+# The inputs reach the disk before anything is timed: their writeback would otherwise run
+# during the first round's put (measured: the first put of a run 280-410 MB/s, later ones 600-700).
+sync
 
 # smb ARGS...: smbclient against rate's server (bash: rate's locals are seen here)
 smb() { smbclient "//127.0.0.1/$share" -p "$port" -U "$cred" --client-protection="$protection" "$@"; }
@@ -23,14 +26,23 @@ smb() { smbclient "//127.0.0.1/$share" -p "$port" -U "$cred" --client-protection
 # creates per second
 rate() {
   local t0 t1 t2 port=$2 share=$3 cred=$4 protection=${5:-sign}
+  # Each put starts with nothing dirty in the page cache: the writeback of the server before's
+  # put (or its own) would otherwise run during this one (whichever server comes next pays).
+  # And each writes a new file, as a backup does: over an existing one, the pages its
+  # truncate frees hold the new data at once, where new pages cost this VM four to ten times
+  # more (its balloon reports free pages to the host; docs/benchmarks.md, Run 22), so a
+  # server that overwrites in place would be timed on recycled pages and one that writes a
+  # log on new ones.
+  local name="b$RANDOM$RANDOM.bin"
+  sync
   t0=$(date +%s.%N)
-  smb -c "lcd $work; put in.bin b.bin" >/dev/null
+  smb -c "lcd $work; put in.bin $name" >/dev/null
   t1=$(date +%s.%N)
   # The timed get goes to /dev/null: into a file it would time this machine's disk, which
   # the server's own writeback of the put keeps busy. A second, untimed get checks the data.
-  smb -c "get b.bin /dev/null" >/dev/null
+  smb -c "get $name /dev/null" >/dev/null
   t2=$(date +%s.%N)
-  smb -c "lcd $work; get b.bin out.bin" >/dev/null
+  smb -c "lcd $work; get $name out.bin" >/dev/null
   cmp -s "$work/in.bin" "$work/out.bin" || { echo "$1: get differs from put" >&2; exit 1; }
   local put get
   put=$(echo "$size_mib*1.048576/($t1-$t0)" | bc -l)
@@ -38,6 +50,7 @@ rate() {
   # The small files, into a directory new to this round.
   local dir="small$RANDOM$RANDOM"
   smb -c "mkdir $dir" >/dev/null
+  sync
   t0=$(date +%s.%N)
   smb -c "lcd $work/small; cd $dir; prompt off; mput *" >/dev/null 2>&1
   t1=$(date +%s.%N)

@@ -2,7 +2,10 @@
 //! sans-IO [`Connection`]. Frames are bounded before they are buffered. Each connection has a
 //! reader (frames in, run on the blocking pool, since storage calls block) and a writer task
 //! (replies out, in order), so that final responses to requests that waited go out while the
-//! reader waits for the client. The node's notifier carries directory changes in a broadcast
+//! reader waits for the client. A large WRITE that is a frame of its own is carried out on the
+//! blocking pool too, with the frame it came in, while the reader goes on with the client's
+//! next WRITEs; any other request waits until those are done
+//! ([`crate::server::connection::FileWrite`]). The node's notifier carries directory changes in a broadcast
 //! channel: every connection publishes the changes its commands made, and those that watch a
 //! directory listen; the node relays its connections' changes to the other nodes' notifiers
 //! (node/src/notify_relay.rs), so a watch sees changes made through any node's gateway. It also
@@ -211,19 +214,26 @@ struct Shared {
 }
 
 async fn connection(stream: TcpStream, peer: String, config: Config, shared: Shared) -> std::io::Result<()> {
+    let (max, lock_retry) = (max_frame_bytes(&config), config.lock_retry);
+    let mut conn = Connection::new(config);
+    conn.set_peer(&peer);
+    run_connection(stream, conn, max, lock_retry, shared).await
+}
+
+/// Runs a connection's frames through `conn` until the client or an error ends it.
+async fn run_connection(stream: TcpStream, conn: Connection, max: usize, lock_retry: std::time::Duration, shared: Shared) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let tx = Queue { tx, budget: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_BYTES / 1024)) };
     let writer = tokio::spawn(write_frames(writer, rx).in_current_span());
-    let max = max_frame_bytes(&config);
-    let lock_retry = config.lock_retry;
-    let mut conn = Connection::new(config);
-    conn.set_peer(&peer);
     // The state stays here, so that whatever ends the reader, the connection's end can use it.
     let mut conn = Some(conn);
-    let read = read_frames(reader, max, lock_retry, &mut conn, &shared, tx).await;
-    // However the connection ended, its opens close and their share modes are released.
+    let mut writes = tokio::task::JoinSet::new();
+    let read = read_frames(reader, max, lock_retry, &mut conn, &shared, tx, &mut writes).await;
+    // However the connection ended, its opens close and their share modes are released, once
+    // the WRITEs under way are done (none lands after its open's close).
+    while writes.join_next().await.is_some() {}
     if let Some(mut c) = conn {
         let files = shared.files.clone();
         let _ = tokio::task::spawn_blocking(move || c.end(files.as_ref(), filetime_now())).await;
@@ -236,7 +246,10 @@ async fn connection(stream: TcpStream, peer: String, config: Config, shared: Sha
 /// Reads frames, runs them through the connection, queues what it answers; meanwhile takes the
 /// node's changes when the connection watches a directory.
 /// `conn` is absent only while a frame runs on the blocking pool.
-async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::time::Duration, conn: &mut Option<Connection>, shared: &Shared, tx: Queue) -> std::io::Result<()> {
+/// `writes`: the connection's WRITEs under way off its thread ([`crate::server::connection::FileWrite`]); every request but
+/// a lone WRITE waits for them, so none overtakes a WRITE the client sent before it.
+#[allow(clippy::too_many_arguments)]
+async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::time::Duration, conn: &mut Option<Connection>, shared: &Shared, tx: Queue, writes: &mut Writes) -> std::io::Result<()> {
     let mut changes: Option<broadcast::Receiver<Arc<ChangeBatch>>> = None;
     // Bytes read and not yet run; the socket is read straight into it.
     let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -264,6 +277,12 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             let limit = if logged_on_once { max } else { max.min(PRE_LOGON_FRAME_BYTES) };
             let found = frame::next_frame(&buf, limit).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
             let Some((used, range)) = found else { break };
+            if !writes.is_empty() && !lone_write(&buf[range.clone()]) {
+                let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
+                while let Some(done) = writes.join_next().await {
+                    finish_write(c, done, &tx).await?;
+                }
+            }
             // The frame leaves with the buffer it was read into (no copy); what follows it
             // stays. Storage calls may block (or wait on another node): run the frame on the
             // blocking pool.
@@ -271,14 +290,32 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             let frame_bytes = std::mem::replace(&mut buf, rest);
             let Some(c) = conn.take() else { return Err(std::io::Error::other("connection state lost")) };
             let (d, f, t) = (shared.directory.clone(), shared.files.clone(), shared.throttle.clone());
-            let (c, outcome) = tokio::task::spawn_blocking(move || {
+            let at = range.clone();
+            let (mut c, outcome, frame_bytes) = tokio::task::spawn_blocking(move || {
                 let (mut c, mut frame_bytes) = (c, frame_bytes);
-                let outcome = run_frame(&mut c, &mut frame_bytes[range], d.as_ref(), f.as_ref(), &mut Env(t));
-                (c, outcome)
+                let outcome = run_frame(&mut c, &mut frame_bytes[at], d.as_ref(), f.as_ref(), &mut Env(t));
+                (c, outcome, frame_bytes)
             })
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let handed = c.take_file_writes();
+            if !handed.is_empty() {
+                // The frame goes with its WRITE (its data is not copied).
+                let frame = Arc::new(frame_bytes);
+                for w in handed {
+                    let (files, frame, data) = (shared.files.clone(), frame.clone(), range.start + w.data.start..range.start + w.data.end);
+                    let span = tracing::debug_span!("write", token = w.token, offset = w.offset, bytes = data.len());
+                    writes.spawn_blocking(move || {
+                        let _in = span.enter();
+                        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| files.write(&w.share, w.id, w.offset, &frame[data], w.stamp, w.open)));
+                        (w.token, written.ok())
+                    });
+                }
+            }
             let c = conn.insert(c);
+            while let Some(done) = writes.try_join_next() {
+                finish_write(c, done, &tx).await?;
+            }
             logged_on_once = logged_on_once || c.logged_on();
             let made = c.take_changes();
             if !made.is_empty() {
@@ -339,6 +376,10 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
                     retry_locks(conn, shared, &tx).await?;
                 }
             }
+            Some(done) = writes.join_next(), if !writes.is_empty() => {
+                let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
+                finish_write(c, done, &tx).await?;
+            }
             Some((async_id, result)) = read_rx.recv() => {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
                 c.finish_file_read(async_id, result);
@@ -367,6 +408,27 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             }
         }
     }
+}
+
+/// WRITEs carried out off a connection's thread: each one's token and result (None: the
+/// storage panicked).
+type Writes = tokio::task::JoinSet<(u64, Option<Result<(), FsError>>)>;
+
+/// Whether a frame is one WRITE, which may run while the connection's WRITEs are under way.
+fn lone_write(frame: &[u8]) -> bool {
+    crate::smb2::header::Header::parse(frame).is_ok_and(|h| h.command == crate::smb2::header::Command::Write && h.next_command == 0)
+}
+
+/// Answers a WRITE carried out off the connection's thread. A panic in storage (a defect)
+/// ends the connection, as one while a frame runs does.
+async fn finish_write(c: &mut Connection, done: Result<(u64, Option<Result<(), FsError>>), tokio::task::JoinError>, tx: &Queue) -> std::io::Result<()> {
+    let (token, result) = done.map_err(|e| std::io::Error::other(format!("write task: {e}")))?;
+    let Some(result) = result else { return Err(std::io::Error::other("an internal error while writing a file")) };
+    c.finish_file_write(token, result);
+    for f in c.take_sends() {
+        tx.send(f).await?;
+    }
+    Ok(())
 }
 
 /// Least time between two retries of a connection's waiting locks that releases cause (the
@@ -459,6 +521,7 @@ mod tests {
     use crate::server::files::{FileInfo, FsError};
     use crate::server::testkit::{self, MemFiles};
     use crate::smb2::header::Command;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A batch carrying more names than the notifier should hold goes as `lost`, empty.
     #[test]
@@ -471,52 +534,159 @@ mod tests {
         assert_eq!((big.from_peer, big.lost, big.changes.len()), (true, true, 0));
     }
 
-    /// Storage with a defect: a WRITE panics. Counts the opens released.
-    struct Panicking(MemFiles, std::sync::atomic::AtomicUsize);
+    /// Storage whose WRITEs do what `write` says (a defect's panic, a slow write), noting each
+    /// WRITE's first byte when it is done, and each release of an open as "released".
+    struct Scripted {
+        inner: MemFiles,
+        write: Box<dyn Fn(&[u8]) -> Result<(), FsError> + Send + Sync>,
+        log: std::sync::Mutex<Vec<String>>,
+    }
 
-    impl Files for Panicking {
+    impl Scripted {
+        fn new(write: impl Fn(&[u8]) -> Result<(), FsError> + Send + Sync + 'static) -> Scripted {
+            Scripted { inner: MemFiles::with_dirs(&[]), write: Box::new(write), log: Default::default() }
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl Files for Scripted {
         fn lookup(&self, s: &str, p: &str) -> Result<FileInfo, FsError> {
-            self.0.lookup(s, p)
+            self.inner.lookup(s, p)
         }
         fn stat(&self, s: &str, id: u64) -> Result<FileInfo, FsError> {
-            self.0.stat(s, id)
+            self.inner.stat(s, id)
         }
         fn create(&self, s: &str, parent: u64, name: &str, directory: bool, now: u64) -> Result<FileInfo, FsError> {
-            self.0.create(s, parent, name, directory, now)
+            self.inner.create(s, parent, name, directory, now)
         }
         fn list(&self, s: &str, dir: u64, after: &str, limit: u32) -> Result<Vec<FileInfo>, FsError> {
-            self.0.list(s, dir, after, limit)
+            self.inner.list(s, dir, after, limit)
         }
         fn read(&self, s: &str, id: u64, offset: u64, len: u32, room: usize, open: Option<u64>) -> Result<Vec<u8>, FsError> {
-            self.0.read(s, id, offset, len, room, open)
+            self.inner.read(s, id, offset, len, room, open)
         }
         fn is_remote(&self, _: &str) -> bool {
             false
         }
-        fn write(&self, _: &str, _: u64, _: u64, _: &[u8], _: crate::server::files::Stamp, _: Option<u64>) -> Result<(), FsError> {
-            panic!("a defect in storage")
+        fn write(&self, _: &str, _: u64, _: u64, data: &[u8], _: crate::server::files::Stamp, _: Option<u64>) -> Result<(), FsError> {
+            let result = (self.write)(data);
+            self.log.lock().unwrap().push(format!("wrote {}", data[0]));
+            result
         }
         fn set_size(&self, s: &str, id: u64, size: u64, now: crate::server::files::Stamp) -> Result<(), FsError> {
-            self.0.set_size(s, id, size, now)
+            self.inner.set_size(s, id, size, now)
         }
         fn set_basic(&self, s: &str, id: u64, basic: crate::server::files::Basic) -> Result<(), FsError> {
-            self.0.set_basic(s, id, basic)
+            self.inner.set_basic(s, id, basic)
         }
         fn unlink(&self, s: &str, parent: u64, name: &str, now: u64) -> Result<(), FsError> {
-            self.0.unlink(s, parent, name, now)
+            self.inner.unlink(s, parent, name, now)
         }
         fn rename(&self, s: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError> {
-            self.0.rename(s, from_dir, from, to_dir, to, replace, now)
+            self.inner.rename(s, from_dir, from, to_dir, to, replace, now)
         }
         fn flush(&self, s: &str) -> Result<(), FsError> {
-            self.0.flush(s)
+            self.inner.flush(s)
         }
         fn register_open(&self, _: &str, _: u64, _: crate::share_modes::Mode, _: Option<(u64, &str)>) -> Result<u64, FsError> {
             Ok(1)
         }
         fn release_open(&self, _: u64) {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.log.lock().unwrap().push("released".into());
         }
+    }
+
+    /// A WRITE of `data` at `offset`.
+    fn write_at(message_id: u64, volatile: u64, offset: u64, data: &[u8]) -> Vec<u8> {
+        let mut body = testkit::write(volatile, data);
+        body[8..16].copy_from_slice(&offset.to_le_bytes());
+        testkit::request(Command::Write, message_id, testkit::TREE, &body)
+    }
+
+    /// A client's end of a connection the driver runs with the test kit's session ("data" as
+    /// tree 1, no signing) over `files`.
+    async fn client_of(files: Arc<Scripted>) -> (TcpStream, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let shared = Shared { directory: Arc::new(testkit::Dir), files, throttle: Default::default(), notifier: notifier() };
+        let config = testkit::config();
+        let server = tokio::spawn(run_connection(stream, testkit::connection(), max_frame_bytes(&config), config.lock_retry, shared));
+        (client, server)
+    }
+
+    async fn send(client: &mut TcpStream, message: &[u8]) {
+        client.write_all(&frame::frame_header(message.len()).unwrap()).await.unwrap();
+        client.write_all(message).await.unwrap();
+    }
+
+    /// The next response: its header and body.
+    async fn receive(client: &mut TcpStream) -> (crate::smb2::header::Header, Vec<u8>) {
+        let mut head = [0u8; 4];
+        client.read_exact(&mut head).await.unwrap();
+        let mut message = vec![0u8; u32::from_be_bytes(head) as usize];
+        client.read_exact(&mut message).await.unwrap();
+        testkit::split(&message).remove(0)
+    }
+
+    /// Large WRITEs are carried out off the connection's thread (a slow one is overtaken by
+    /// the next WRITE), and a request after them waits for them: the CLOSE sent right after
+    /// two WRITEs is answered after both, and the open is released after both landed.
+    #[tokio::test]
+    async fn large_writes_land_off_the_connections_thread_and_no_other_request_overtakes_them() {
+        let files = Arc::new(Scripted::new(|data| {
+            if data[0] == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            Ok(())
+        }));
+        let (mut client, server) = client_of(files.clone()).await;
+        send(&mut client, &testkit::request(Command::Create, 1, testkit::TREE, &testkit::create("f.bin", false, 2))).await;
+        let (h, body) = receive(&mut client).await;
+        assert_eq!(h.status, 0);
+        let volatile = u64::from_le_bytes(body[72..80].try_into().unwrap());
+        let big = crate::server::connection::FILE_WRITE_OFF_THREAD_MIN_BYTES;
+        send(&mut client, &write_at(2, volatile, 0, &vec![1; big])).await;
+        send(&mut client, &write_at(3, volatile, big as u64, &vec![2; big])).await;
+        send(&mut client, &testkit::request(Command::Close, 4, testkit::TREE, &testkit::close(volatile))).await;
+        let mut answered = Vec::new();
+        for _ in 0..3 {
+            let (h, body) = receive(&mut client).await;
+            assert_eq!((h.command, h.status), (if h.message_id == 4 { Command::Close } else { Command::Write }, 0), "message {}", h.message_id);
+            if h.command == Command::Write {
+                assert_eq!(u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize, big, "the count written");
+            }
+            answered.push(h.message_id);
+        }
+        assert_eq!(answered, [3, 2, 4], "the second WRITE overtook the slow first one; the CLOSE came after both");
+        assert_eq!(files.log(), ["wrote 2", "wrote 1", "released"]);
+        // A small WRITE is carried out in turn.
+        send(&mut client, &testkit::request(Command::Create, 5, testkit::TREE, &testkit::create("g.bin", false, 2))).await;
+        let volatile = u64::from_le_bytes(receive(&mut client).await.1[72..80].try_into().unwrap());
+        send(&mut client, &write_at(6, volatile, 0, &vec![1; big - 1])).await;
+        send(&mut client, &write_at(7, volatile, 0, &vec![2; big])).await;
+        assert_eq!((receive(&mut client).await.0.message_id, receive(&mut client).await.0.message_id), (6, 7));
+        drop(client);
+        server.await.unwrap().unwrap();
+    }
+
+    /// A panic while a WRITE lands off the connection's thread closes the connection, as one
+    /// while a frame runs does, and its opens are still released.
+    #[tokio::test]
+    async fn a_panic_in_a_write_off_the_connections_thread_closes_the_connection_and_releases_its_opens() {
+        let files = Arc::new(Scripted::new(|_| panic!("a defect in storage")));
+        let (mut client, server) = client_of(files.clone()).await;
+        send(&mut client, &testkit::request(Command::Create, 1, testkit::TREE, &testkit::create("f.bin", false, 2))).await;
+        let volatile = u64::from_le_bytes(receive(&mut client).await.1[72..80].try_into().unwrap());
+        send(&mut client, &write_at(2, volatile, 0, &vec![1; crate::server::connection::FILE_WRITE_OFF_THREAD_MIN_BYTES])).await;
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), server).await.expect("the connection ended").unwrap();
+        assert!(ended.is_err(), "{ended:?}");
+        let mut byte = [0u8; 1];
+        assert!(matches!(client.read(&mut byte).await, Ok(0) | Err(_)), "closed, no reply");
+        assert_eq!(files.log(), ["released"]);
     }
 
     /// A connection that never logs on is closed after LOGON_WITHIN.
@@ -564,7 +734,7 @@ mod tests {
     /// the connection's end still releases its opens.
     #[test]
     fn a_panic_while_a_frame_runs_closes_the_connection_and_its_opens_are_still_released() {
-        let files = Panicking(MemFiles::with_dirs(&[]), std::sync::atomic::AtomicUsize::new(0));
+        let files = Scripted::new(|_| panic!("a defect in storage"));
         let mut c = testkit::connection();
         let mut env = testkit::Env::new();
         let mut create = testkit::request(Command::Create, 1, testkit::TREE, &testkit::create("f.bin", false, 2));
@@ -573,6 +743,6 @@ mod tests {
         let mut write = testkit::request(Command::Write, 2, testkit::TREE, &testkit::write(volatile, b"boom"));
         assert!(matches!(run_frame(&mut c, &mut write, &testkit::Dir, &files, &mut env), Outcome::Close(_)), "the connection closes");
         c.end(&files, 0);
-        assert_eq!(files.1.load(std::sync::atomic::Ordering::SeqCst), 1, "its open was released");
+        assert_eq!(files.log(), ["released"], "its open was released");
     }
 }

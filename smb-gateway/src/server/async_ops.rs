@@ -149,6 +149,11 @@ impl AsyncOps {
         true
     }
 
+    /// Queues a response made elsewhere (a WRITE the driver carried out) with the final ones.
+    pub fn queue(&mut self, response: Vec<u8>) {
+        self.outbox.push(response);
+    }
+
     /// Final responses to send, in the order they were made.
     pub fn take_sends(&mut self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.outbox)
@@ -467,6 +472,54 @@ mod connection_rules {
         forged[last] ^= 1;
         let mut both = [signed(cancel), forged].concat();
         assert_eq!(statuses(&mut c, &mut both), vec![status::ACCESS_DENIED], "the forged ECHO is refused");
+    }
+
+    /// A large WRITE that is a whole frame the driver owns is handed to the driver (no reply
+    /// now; its data where the frame has it) and answered, signed, when its result comes back,
+    /// with the status storage gave; a small one, one in a frame the caller keeps, and one past
+    /// the in-flight bound are written at once.
+    #[test]
+    fn a_large_write_goes_to_the_driver_and_its_response_is_signed_when_its_result_comes_back() {
+        use crate::server::connection::{Outcome, FILE_WRITE_OFF_THREAD_MIN_BYTES, MAX_FILE_WRITES_IN_FLIGHT};
+        let (mut c, files) = (signing_connection(), MemFiles::with_dirs(&[]));
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Create, 1, TREE, &create("f.bin", false, 2))));
+        let volatile = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
+        let big = vec![7u8; FILE_WRITE_OFF_THREAD_MIN_BYTES];
+        let mut frame = signed(request(Command::Write, 2, TREE, &write(volatile, &big)));
+        assert!(matches!(c.on_owned_frame(&mut frame, &Dir, &files, &mut Env::new()), Outcome::NoReply), "no reply yet");
+        let handed = c.take_file_writes();
+        assert_eq!(handed.len(), 1);
+        let w = &handed[0];
+        assert_eq!((w.share.as_str(), w.offset, &frame[w.data.clone()]), ("data", 0, &big[..]), "the data where the frame has it");
+        assert!(c.writes_in_flight() && c.take_sends().is_empty());
+        c.finish_file_write(w.token, Ok(()));
+        let sent = c.take_sends();
+        let (h, body) = split(&sent[0]).remove(0);
+        assert_eq!((h.command, h.message_id, h.status, u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize), (Command::Write, 2, status::SUCCESS, big.len()));
+        assert!(h.flags & FLAG_SIGNED != 0 && signing::verify(KEY.0, &KEY.1, &sent[0]), "signed");
+        assert!(h.credits > 0, "it grants credits as a response at once would");
+        assert!(!c.writes_in_flight());
+        c.finish_file_write(w.token, Ok(()));
+        assert!(c.take_sends().is_empty(), "a result given twice answers once");
+        // Storage's error is the response's status.
+        let mut frame = signed(request(Command::Write, 3, TREE, &write(volatile, &big)));
+        assert!(matches!(c.on_owned_frame(&mut frame, &Dir, &files, &mut Env::new()), Outcome::NoReply));
+        let token = c.take_file_writes()[0].token;
+        c.finish_file_write(token, Err(crate::server::files::FsError::DiskFull));
+        assert_eq!(split(&c.take_sends()[0])[0].0.status, crate::server::files::FsError::DiskFull.status());
+        // Written at once: a small WRITE, and a large one in a frame the caller keeps.
+        let mut small = signed(request(Command::Write, 4, TREE, &write(volatile, &big[1..])));
+        assert!(matches!(c.on_owned_frame(&mut small, &Dir, &files, &mut Env::new()), Outcome::Reply(_)));
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Write, 5, TREE, &write(volatile, &big))));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        // At most MAX_FILE_WRITES_IN_FLIGHT: the next is written at once.
+        for id in 6..6 + MAX_FILE_WRITES_IN_FLIGHT as u64 {
+            let mut frame = signed(request(Command::Write, id, TREE, &write(volatile, &big)));
+            assert!(matches!(c.on_owned_frame(&mut frame, &Dir, &files, &mut Env::new()), Outcome::NoReply));
+        }
+        let mut frame = signed(request(Command::Write, 6 + MAX_FILE_WRITES_IN_FLIGHT as u64, TREE, &write(volatile, &big)));
+        assert!(matches!(c.on_owned_frame(&mut frame, &Dir, &files, &mut Env::new()), Outcome::Reply(_)), "past the bound");
+        assert_eq!(c.take_file_writes().len(), MAX_FILE_WRITES_IN_FLIGHT);
     }
 
     /// The LOGOFF response is signed with the session it ends (MS-SMB2 3.3.4.1.1).

@@ -96,7 +96,54 @@ pub struct Connection {
     /// can repeat within a frame, as a CANCEL's does), the session and the key checked with,
     /// and whether it verified.
     checked: Vec<((usize, usize, u64, [u8; 16]), bool)>,
+    /// The frame [`Connection::on_owned_frame`] is running (its first byte's address and its
+    /// length): a WRITE that is all of it may be handed to the driver ([`FileWrite`]).
+    owned_frame: Option<(usize, usize)>,
+    /// WRITEs for the driver to carry out, not taken yet.
+    file_writes: Vec<FileWrite>,
+    /// WRITEs handed to the driver whose result has not come back, by token.
+    file_writes_started: HashMap<u64, StartedWrite>,
+    next_write: u64,
 }
+
+/// A WRITE of a file that the driver carries out off the connection's thread, so that the
+/// client's next WRITEs are read and checked while its data lands (on two CPUs, the socket and
+/// the signature on one and the store's copy on the other, as smbd's thread pool does). Only
+/// a WRITE that is a whole frame of its own, of at least [`FILE_WRITE_OFF_THREAD_MIN_BYTES`]:
+/// its data is where the frame the driver owns has it ([`FileWrite::data`]), so the frame goes
+/// with the write and is not copied. The driver runs every other request only once the WRITEs
+/// it holds are done, so no request overtakes a WRITE sent before it (a CLOSE or a FLUSH finds
+/// the data written, as with one thread). Its response, signed as usual, goes out with
+/// [`Connection::take_sends`] once [`Connection::finish_file_write`] is called.
+#[derive(Debug)]
+pub struct FileWrite {
+    pub token: u64,
+    pub share: String,
+    pub id: u64,
+    pub offset: u64,
+    /// Where its data lies in the frame.
+    pub data: std::ops::Range<usize>,
+    pub stamp: super::files::Stamp,
+    /// The open's registration (byte-range locks are checked against it).
+    pub open: Option<u64>,
+}
+
+/// What answering a [`FileWrite`] needs.
+#[derive(Debug)]
+struct StartedWrite {
+    request: Header,
+    volatile: u64,
+    len: u32,
+}
+
+/// The least data a WRITE hands to the driver: a smaller one costs less written at once than
+/// the two thread handoffs, and a small file's create-write-close waits for each step anyway.
+pub const FILE_WRITE_OFF_THREAD_MIN_BYTES: usize = 64 * 1024;
+/// Bytes of WRITEs one connection has handed to the driver and not had back (the frames they
+/// hold); past this, a WRITE is carried out on the connection's thread.
+pub const MAX_FILE_WRITE_BYTES_IN_FLIGHT: u64 = 32 * 1024 * 1024;
+/// WRITEs one connection has handed to the driver at once, however small.
+pub const MAX_FILE_WRITES_IN_FLIGHT: usize = 16;
 
 /// A READ of a file another node serves, for the driver to carry out off the connection's
 /// thread and hand back with [`Connection::finish_file_read`].
@@ -137,11 +184,14 @@ pub(super) struct Reply {
     tree_id: Option<u32>,
     /// The request waits: it gets an interim response now, its final one later.
     wait: Option<Waiting>,
+    /// The request is carried out off the connection's thread and answered when it is done
+    /// (a WRITE handed to the driver, see [`FileWrite`]): no response now.
+    later: bool,
 }
 
 impl Reply {
     pub(super) fn ok(body: Vec<u8>) -> Reply {
-        Reply { status: status::SUCCESS, body, framed: false, session_id: None, tree_id: None, wait: None }
+        Reply { status: status::SUCCESS, body, framed: false, session_id: None, tree_id: None, wait: None, later: false }
     }
 
     /// A success whose body follows [`HEADER_BYTES`] of room for the header (a READ's data is
@@ -152,7 +202,12 @@ impl Reply {
 
     /// The request cannot complete yet: it waits for `w`.
     pub(super) fn wait(w: Waiting) -> Reply {
-        Reply { status: status::PENDING, body: Vec::new(), framed: false, session_id: None, tree_id: None, wait: Some(w) }
+        Reply { status: status::PENDING, body: Vec::new(), framed: false, session_id: None, tree_id: None, wait: Some(w), later: false }
+    }
+
+    /// Answered later, when the driver has carried the request out (no response now).
+    pub(super) fn later() -> Reply {
+        Reply { status: status::PENDING, body: Vec::new(), framed: false, session_id: None, tree_id: None, wait: None, later: true }
     }
 
     pub(super) fn body(&self) -> &[u8] {
@@ -176,7 +231,7 @@ impl Reply {
     }
 
     pub(super) fn error(status: u32) -> Reply {
-        Reply { status, body: async_ops::ERROR_BODY.to_vec(), framed: false, session_id: None, tree_id: None, wait: None }
+        Reply { status, body: async_ops::ERROR_BODY.to_vec(), framed: false, session_id: None, tree_id: None, wait: None, later: false }
     }
 }
 
@@ -192,7 +247,7 @@ use super::ops::sparse::{FSCTL_FILE_LEVEL_TRIM, FSCTL_QUERY_ALLOCATED_RANGES, FS
 
 impl Connection {
     pub fn new(config: Config) -> Self {
-        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new(), file_reads_started: HashMap::new(), logged_off: None, checked: Vec::new() }
+        Connection { config, negotiated: None, dialect: None, signing_algorithm: None, preauth: Preauth::default(), sessions: HashMap::new(), next_tree: 1, opens: HashMap::new(), next_file: 1, tampered: false, credits: Default::default(), peer: String::new(), smb1_upgraded: false, waits: AsyncOps::default(), tracking: Default::default(), file_reads: Vec::new(), file_reads_started: HashMap::new(), logged_off: None, checked: Vec::new(), owned_frame: None, file_writes: Vec::new(), file_writes_started: HashMap::new(), next_write: 1 }
     }
 
     /// The connection has ended (the client went away or was refused): every open it held is
@@ -238,8 +293,10 @@ impl Connection {
                 }
             }
         }
+        self.owned_frame = Some((frame.as_ptr() as usize, frame.len()));
         let outcome = self.on_frame(frame, dir, files, env);
         self.checked.clear();
+        self.owned_frame = None;
         outcome
     }
 
@@ -295,6 +352,10 @@ impl Connection {
             if self.tampered {
                 return Outcome::Close("VALIDATE_NEGOTIATE_INFO does not match the negotiation".into());
             }
+            if reply.later {
+                // The driver answers it (only the whole of a frame is carried out later).
+                continue;
+            }
             let mut bytes = self.respond_or_wait(&h, reply, i + 1 == count);
             if i + 1 < count {
                 let padded = bytes.len().div_ceil(8) * 8;
@@ -346,6 +407,51 @@ impl Connection {
         let queued = self.file_reads.iter().map(|r| u64::from(r.len));
         let bytes: u64 = queued.chain(self.file_reads_started.values().map(|&l| u64::from(l))).sum();
         self.file_reads.len() + self.file_reads_started.len() < MAX_FILE_READS_IN_FLIGHT && bytes + u64::from(len) <= MAX_FILE_READ_BYTES_IN_FLIGHT
+    }
+
+    /// WRITEs to carry out now, off the connection's thread ([`FileWrite`]).
+    pub fn take_file_writes(&mut self) -> Vec<FileWrite> {
+        std::mem::take(&mut self.file_writes)
+    }
+
+    /// Whether WRITEs handed to the driver have not come back yet.
+    pub fn writes_in_flight(&self) -> bool {
+        !self.file_writes_started.is_empty()
+    }
+
+    /// The result of a WRITE from [`Connection::take_file_writes`]: its response goes out with
+    /// [`Connection::take_sends`].
+    pub fn finish_file_write(&mut self, token: u64, result: Result<(), super::files::FsError>) {
+        let Some(w) = self.file_writes_started.remove(&token) else { return };
+        let reply = match result {
+            Ok(()) => {
+                self.mark_written(w.volatile);
+                Reply::ok(super::ops::write_body(w.len))
+            }
+            Err(e) => Reply::error(e.status()),
+        };
+        let out = self.respond(&w.request, reply);
+        self.waits.queue(out);
+    }
+
+    /// Hands a WRITE to the driver when it may go off the connection's thread: the whole frame
+    /// being run by [`Connection::on_owned_frame`] (`message` is all of it, `data` in it), large
+    /// enough, and within the bounds of what is in flight. Its reply comes later.
+    pub(super) fn write_later(&mut self, h: &Header, message: &[u8], data: &[u8], volatile: u64, write: impl FnOnce(std::ops::Range<usize>) -> FileWrite) -> Option<Reply> {
+        let (at, len) = self.owned_frame?;
+        if message.as_ptr() as usize != at || message.len() != len || data.len() < FILE_WRITE_OFF_THREAD_MIN_BYTES {
+            return None;
+        }
+        let in_flight: u64 = self.file_writes_started.values().map(|w| u64::from(w.len)).sum();
+        if self.file_writes_started.len() >= MAX_FILE_WRITES_IN_FLIGHT || in_flight + data.len() as u64 > MAX_FILE_WRITE_BYTES_IN_FLIGHT {
+            return None;
+        }
+        let start = data.as_ptr() as usize - at;
+        let token = self.next_write;
+        self.next_write += 1;
+        self.file_writes.push(FileWrite { token, ..write(start..start + data.len()) });
+        self.file_writes_started.insert(token, StartedWrite { request: h.clone(), volatile, len: data.len() as u32 });
+        Some(Reply::later())
     }
 
     /// Final responses to requests that waited, in order; send them before the reply to the
@@ -690,7 +796,7 @@ impl Connection {
         let body = setup_body(0, &spnego::encode_resp(&resp));
         let pending = Pending { server_challenge, challenge_flags: flags, mech_list_der: init.mech_list_der, preauth, negotiate_msg, challenge_msg };
         self.sessions.insert(session_id, Session::Pending(pending));
-        Reply { status: status::MORE_PROCESSING_REQUIRED, body, framed: false, session_id: Some(session_id), tree_id: None, wait: None }
+        Reply { status: status::MORE_PROCESSING_REQUIRED, body, framed: false, session_id: Some(session_id), tree_id: None, wait: None, later: false }
     }
 
     fn authenticate(&mut self, session_id: u64, p: &Pending, token: &[u8], dialect: u16, dir: &dyn Directory, env: &mut dyn Environment) -> Result<Reply, u32> {

@@ -1,7 +1,7 @@
 //! READ, WRITE and FLUSH, on files and on pipes (with FSCTL_PIPE_TRANSCEIVE).
 
 use crate::share_modes;
-use super::super::connection::{Connection, Reply};
+use super::super::connection::{Connection, FileWrite, Reply};
 use super::super::files::Files;
 use super::*;
 use crate::smb2::header::{Header, HEADER_BYTES};
@@ -37,10 +37,7 @@ impl Connection {
             if let Err(s) = self.feed_pipe(h.session_id, volatile, data, dir, env) {
                 return Reply::error(s);
             }
-            let mut r = vec![17, 0, 0, 0];
-            r.extend_from_slice(&len.to_le_bytes());
-            r.extend_from_slice(&[0; 9]);
-            return Reply::ok(r);
+            return Reply::ok(write_body(len));
         }
         let (share, id, registration, keep) = match self.open_of(h, volatile) {
             Ok(o) if o.info.directory => return Reply::error(status::FILE_IS_A_DIRECTORY),
@@ -54,15 +51,16 @@ impl Connection {
         }
         // A zero-length WRITE succeeds and changes nothing (MS-FSA 2.1.5.3), wherever it points.
         // Offset 0xFFFFFFFFFFFFFFFF writes at the end of the file, as the store resolves it.
+        let stamp = crate::server::files::Stamp { now, keep };
+        if let Some(later) = self.write_later(h, message, data, volatile, |range| FileWrite { token: 0, share: share.clone(), id, offset, data: range, stamp, open: registration }) {
+            return later;
+        }
         if !data.is_empty() {
-            if let Err(e) = files.write(&share, id, offset, data, crate::server::files::Stamp { now, keep }, registration) {
+            if let Err(e) = files.write(&share, id, offset, data, stamp, registration) {
                 return fs(e);
             }
         }
-        let mut r = vec![17, 0, 0, 0];
-        r.extend_from_slice(&len.to_le_bytes());
-        r.extend_from_slice(&[0; 9]);
-        Reply::ok(r)
+        Reply::ok(write_body(len))
     }
 
     pub(in crate::server) fn read(&mut self, h: &Header, message: &[u8], files: &dyn Files) -> Reply {
@@ -183,5 +181,13 @@ pub(in crate::server) fn ioctl_body(request: &[u8], out: &[u8]) -> Vec<u8> {
     r.extend_from_slice(&(out.len() as u32).to_le_bytes());
     r.extend_from_slice(&[0; 8]); // Flags, Reserved2
     r.extend_from_slice(out);
+    r
+}
+
+/// A WRITE response's body: `len` bytes written (MS-SMB2 2.2.22).
+pub(in crate::server) fn write_body(len: u32) -> Vec<u8> {
+    let mut r = vec![17, 0, 0, 0];
+    r.extend_from_slice(&len.to_le_bytes());
+    r.extend_from_slice(&[0; 9]);
     r
 }

@@ -5,7 +5,7 @@
 mod create;
 mod data;
 pub use data::READ_ROOM;
-pub(in crate::server) use data::{ioctl_body, read_body, read_reply};
+pub(in crate::server) use data::{ioctl_body, read_body, read_reply, write_body};
 mod dir;
 mod info;
 mod lock;

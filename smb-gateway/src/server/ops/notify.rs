@@ -173,8 +173,8 @@ impl Connection {
         match (h.command, before) {
             (Command::Create, _) => self.created(h, message, reply),
             (Command::Write, _) => {
-                if let Some(p) = Self::file_id(b, 16).and_then(|v| self.tracking.paths.get_mut(&v)) {
-                    p.written = true;
+                if let Some(volatile) = Self::file_id(b, 16) {
+                    self.mark_written(volatile);
                 }
             }
             (Command::Close, Before::Close(p, delete)) => {
@@ -189,6 +189,13 @@ impl Connection {
             }
             (Command::SetInfo, Before::SetInfo(volatile, p)) => self.set(volatile, p, b, message),
             _ => {}
+        }
+    }
+
+    /// A WRITE through the open succeeded: its CLOSE reports the file modified.
+    pub(in crate::server) fn mark_written(&mut self, volatile: u64) {
+        if let Some(p) = self.tracking.paths.get_mut(&volatile) {
+            p.written = true;
         }
     }
 
