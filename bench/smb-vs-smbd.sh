@@ -44,6 +44,7 @@ rate() {
   t2=$(date +%s.%N)
   smb -c "lcd $work; get $name out.bin" >/dev/null
   cmp -s "$work/in.bin" "$work/out.bin" || { echo "$1: get differs from put" >&2; exit 1; }
+  smb -c "del $name" >/dev/null
   local put get
   put=$(echo "$size_mib*1.048576/($t1-$t0)" | bc -l)
   get=$(echo "$size_mib*1.048576/($t2-$t1)" | bc -l)

@@ -279,9 +279,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             let Some((used, range)) = found else { break };
             if !writes.is_empty() && !lone_write(&buf[range.clone()]) {
                 let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
-                while let Some(done) = writes.join_next().await {
-                    finish_write(c, done, &tx).await?;
-                }
+                answer_writes(c, writes, &tx).await?;
             }
             // The frame leaves with the buffer it was read into (no copy); what follows it
             // stays. Storage calls may block (or wait on another node): run the frame on the
@@ -343,7 +341,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
                 Outcome::NoReply => {}
                 Outcome::Close(why) => {
                     tracing::info!(%why, "closing the connection");
-                    return Ok(());
+                    return answer_writes(c, writes, &tx).await;
                 }
             }
         }
@@ -360,7 +358,9 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
             _ = tx.tx.closed() => return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the connection's writer ended")),
             n = reader.read_buf(&mut buf) => {
                 if n? == 0 {
-                    return Ok(());
+                    // The client sends no more; the WRITEs it sent are still answered.
+                    let Some(c) = conn.as_mut() else { return Err(std::io::Error::other("connection state lost")) };
+                    return answer_writes(c, writes, &tx).await;
                 }
             }
             _ = lock_retry.tick(), if conn.as_ref().is_some_and(Connection::locks_waiting) => {
@@ -417,6 +417,14 @@ type Writes = tokio::task::JoinSet<(u64, Option<Result<(), FsError>>)>;
 /// Whether a frame is one WRITE, which may run while the connection's WRITEs are under way.
 fn lone_write(frame: &[u8]) -> bool {
     crate::smb2::header::Header::parse(frame).is_ok_and(|h| h.command == crate::smb2::header::Command::Write && h.next_command == 0)
+}
+
+/// Waits for every WRITE under way and answers each.
+async fn answer_writes(c: &mut Connection, writes: &mut Writes, tx: &Queue) -> std::io::Result<()> {
+    while let Some(done) = writes.join_next().await {
+        finish_write(c, done, tx).await?;
+    }
+    Ok(())
 }
 
 /// Answers a WRITE carried out off the connection's thread. A panic in storage (a defect)
@@ -534,11 +542,13 @@ mod tests {
         assert_eq!((big.from_peer, big.lost, big.changes.len()), (true, true, 0));
     }
 
+    type WriteScript = dyn Fn(&[u8]) -> Result<(), FsError> + Send + Sync;
+
     /// Storage whose WRITEs do what `write` says (a defect's panic, a slow write), noting each
     /// WRITE's first byte when it is done, and each release of an open as "released".
     struct Scripted {
         inner: MemFiles,
-        write: Box<dyn Fn(&[u8]) -> Result<(), FsError> + Send + Sync>,
+        write: Box<WriteScript>,
         log: std::sync::Mutex<Vec<String>>,
     }
 
@@ -632,14 +642,18 @@ mod tests {
         testkit::split(&message).remove(0)
     }
 
-    /// Large WRITEs are carried out off the connection's thread (a slow one is overtaken by
-    /// the next WRITE), and a request after them waits for them: the CLOSE sent right after
-    /// two WRITEs is answered after both, and the open is released after both landed.
+    /// Large WRITEs are carried out off the connection's thread (the first one's storage call
+    /// waits until the second one's has run, which only a second thread can do), and a request
+    /// after them waits for them: the CLOSE sent right after two WRITEs is answered after
+    /// both, and the open is released after both landed.
     #[tokio::test]
     async fn large_writes_land_off_the_connections_thread_and_no_other_request_overtakes_them() {
-        let files = Arc::new(Scripted::new(|data| {
-            if data[0] == 1 {
-                std::thread::sleep(std::time::Duration::from_millis(300));
+        let (second_ran, wait_for_second) = std::sync::mpsc::channel::<()>();
+        let wait_for_second = std::sync::Mutex::new(wait_for_second);
+        let files = Arc::new(Scripted::new(move |data| {
+            match data[0] {
+                1 => wait_for_second.lock().unwrap().recv_timeout(std::time::Duration::from_secs(10)).map_err(|_| FsError::Busy)?,
+                _ => second_ran.send(()).unwrap(),
             }
             Ok(())
         }));
@@ -661,16 +675,29 @@ mod tests {
             }
             answered.push(h.message_id);
         }
-        assert_eq!(answered, [3, 2, 4], "the second WRITE overtook the slow first one; the CLOSE came after both");
+        assert_eq!(answered, [3, 2, 4], "the second WRITE overtook the first; the CLOSE came after both");
         assert_eq!(files.log(), ["wrote 2", "wrote 1", "released"]);
-        // A small WRITE is carried out in turn.
-        send(&mut client, &testkit::request(Command::Create, 5, testkit::TREE, &testkit::create("g.bin", false, 2))).await;
-        let volatile = u64::from_le_bytes(receive(&mut client).await.1[72..80].try_into().unwrap());
-        send(&mut client, &write_at(6, volatile, 0, &vec![1; big - 1])).await;
-        send(&mut client, &write_at(7, volatile, 0, &vec![2; big])).await;
-        assert_eq!((receive(&mut client).await.0.message_id, receive(&mut client).await.0.message_id), (6, 7));
         drop(client);
         server.await.unwrap().unwrap();
+    }
+
+    /// A client that sends its WRITEs and then nothing more (its side of the socket shut)
+    /// still gets their responses.
+    #[tokio::test]
+    async fn writes_under_way_when_the_client_stops_sending_are_still_answered() {
+        let files = Arc::new(Scripted::new(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            Ok(())
+        }));
+        let (mut client, server) = client_of(files.clone()).await;
+        send(&mut client, &testkit::request(Command::Create, 1, testkit::TREE, &testkit::create("f.bin", false, 2))).await;
+        let volatile = u64::from_le_bytes(receive(&mut client).await.1[72..80].try_into().unwrap());
+        send(&mut client, &write_at(2, volatile, 0, &vec![1; crate::server::connection::FILE_WRITE_OFF_THREAD_MIN_BYTES])).await;
+        client.shutdown().await.unwrap();
+        let (h, _) = tokio::time::timeout(std::time::Duration::from_secs(10), receive(&mut client)).await.expect("answered");
+        assert_eq!((h.message_id, h.status), (2, 0));
+        server.await.unwrap().unwrap();
+        assert_eq!(files.log(), ["wrote 1", "released"]);
     }
 
     /// A panic while a WRITE lands off the connection's thread closes the connection, as one

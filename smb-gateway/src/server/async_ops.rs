@@ -519,7 +519,55 @@ mod connection_rules {
         }
         let mut frame = signed(request(Command::Write, 6 + MAX_FILE_WRITES_IN_FLIGHT as u64, TREE, &write(volatile, &big)));
         assert!(matches!(c.on_owned_frame(&mut frame, &Dir, &files, &mut Env::new()), Outcome::Reply(_)), "past the bound");
-        assert_eq!(c.take_file_writes().len(), MAX_FILE_WRITES_IN_FLIGHT);
+        let handed = c.take_file_writes();
+        assert_eq!(handed.len(), MAX_FILE_WRITES_IN_FLIGHT);
+        for w in handed {
+            c.finish_file_write(w.token, Ok(()));
+        }
+        // An append (offset 0xFFFFFFFFFFFFFFFF) is written in turn: appends keep their order.
+        let mut append = write(volatile, &big);
+        append[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut frame = signed(request(Command::Write, 7 + MAX_FILE_WRITES_IN_FLIGHT as u64, TREE, &append));
+        assert!(matches!(c.on_owned_frame(&mut frame, &Dir, &files, &mut Env::new()), Outcome::Reply(_)), "an append");
+        assert!(c.take_file_writes().is_empty());
+    }
+
+    /// A directory without the share "data" (an administrator deleted it).
+    struct Deleted;
+
+    impl crate::server::Directory for Deleted {
+        fn user(&self, _: &str) -> Option<(umbra_raft::command::NtHash, umbra_raft::command::Role)> {
+            None
+        }
+        fn share(&self, _: &str) -> Option<(String, bool)> {
+            None
+        }
+        fn shares(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    /// A share deleted while WRITEs are under way: a WRITE that runs meanwhile is refused but
+    /// leaves the tree's opens to the WRITEs under way; the next request (which the driver
+    /// runs once they are done) disconnects the tree and closes them.
+    #[test]
+    fn a_share_deleted_while_writes_are_under_way_keeps_their_opens_until_they_are_done() {
+        use crate::server::connection::{Outcome, FILE_WRITE_OFF_THREAD_MIN_BYTES};
+        let (mut c, files) = (signing_connection(), MemFiles::with_dirs(&[]));
+        let (r, _) = exchange(&mut c, &files, &signed(request(Command::Create, 1, TREE, &create("f.bin", false, 2))));
+        let volatile = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
+        let mut frame = signed(request(Command::Write, 2, TREE, &write(volatile, &vec![7; FILE_WRITE_OFF_THREAD_MIN_BYTES])));
+        assert!(matches!(c.on_owned_frame(&mut frame, &Dir, &files, &mut Env::new()), Outcome::NoReply));
+        let token = c.take_file_writes()[0].token;
+        let mut small = signed(request(Command::Write, 3, TREE, &write(volatile, b"x")));
+        let Outcome::Reply(r) = c.on_owned_frame(&mut small, &Deleted, &files, &mut Env::new()) else { panic!("a reply") };
+        assert_eq!(split(&r)[0].0.status, status::NETWORK_NAME_DELETED);
+        assert!(c.opens.contains_key(&volatile), "the open stays while a WRITE on it is under way");
+        c.finish_file_write(token, Ok(()));
+        assert_eq!(split(&c.take_sends()[0])[0].0.status, status::SUCCESS);
+        let Outcome::Reply(r) = c.on_owned_frame(&mut signed(request(Command::Flush, 4, TREE, &close(volatile))), &Deleted, &files, &mut Env::new()) else { panic!("a reply") };
+        assert_eq!(split(&r)[0].0.status, status::NETWORK_NAME_DELETED);
+        assert!(!c.opens.contains_key(&volatile), "closed with its tree");
     }
 
     /// The LOGOFF response is signed with the session it ends (MS-SMB2 3.3.4.1.1).

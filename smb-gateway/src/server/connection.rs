@@ -23,7 +23,7 @@ use crate::smb2::negotiate::{self, DIALECT_202, DIALECT_210, DIALECT_300, DIALEC
 use crate::smb2::signing::{self, Algorithm, Preauth};
 use crate::smb2::{compound, status};
 use crate::spnego::{self, NegTokenResp, OID_NTLMSSP};
-use crate::wire::{u16_at, u32_at, utf16_decode as utf16};
+use crate::wire::{u16_at, u32_at, u64_at, utf16_decode as utf16};
 
 /// Dialects the server speaks, best last.
 const DIALECTS: [u16; 5] = [DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, DIALECT_311];
@@ -142,8 +142,9 @@ pub const FILE_WRITE_OFF_THREAD_MIN_BYTES: usize = 64 * 1024;
 /// Bytes of WRITEs one connection has handed to the driver and not had back (the frames they
 /// hold); past this, a WRITE is carried out on the connection's thread.
 pub const MAX_FILE_WRITE_BYTES_IN_FLIGHT: u64 = 32 * 1024 * 1024;
-/// WRITEs one connection has handed to the driver at once, however small.
-pub const MAX_FILE_WRITES_IN_FLIGHT: usize = 16;
+/// WRITEs one connection has handed to the driver at once, however small (each holds a thread
+/// of the node's blocking pool; writes to one volume land one at a time anyway).
+pub const MAX_FILE_WRITES_IN_FLIGHT: usize = 4;
 
 /// A READ of a file another node serves, for the driver to carry out off the connection's
 /// thread and hand back with [`Connection::finish_file_read`].
@@ -442,6 +443,11 @@ impl Connection {
         if message.as_ptr() as usize != at || message.len() != len || data.len() < FILE_WRITE_OFF_THREAD_MIN_BYTES {
             return None;
         }
+        // Appends (at the end of file, wherever that is when each lands) keep the order they
+        // were sent in: written in turn.
+        if u64_at(message.get(HEADER_BYTES..).unwrap_or_default(), 8) == Some(u64::MAX) {
+            return None;
+        }
         let in_flight: u64 = self.file_writes_started.values().map(|w| u64::from(w.len)).sum();
         if self.file_writes_started.len() >= MAX_FILE_WRITES_IN_FLIGHT || in_flight + data.len() as u64 > MAX_FILE_WRITE_BYTES_IN_FLIGHT {
             return None;
@@ -594,6 +600,11 @@ impl Connection {
         let Some(tree) = s.trees.get(&tree_id) else { return false };
         if tree.ipc || dir.share(&tree.share).is_some() {
             return false;
+        }
+        if !self.file_writes_started.is_empty() {
+            // A WRITE that runs while earlier ones are under way: their opens stay until they
+            // are done (the next request that waits for them disconnects the tree).
+            return true;
         }
         tracing::info!(share = %tree.share, tree_id, "the share is gone; disconnecting its tree");
         s.trees.remove(&tree_id);
