@@ -282,7 +282,7 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     assert!(back == expected, "read back {} bytes, not what was written", back.len());
 
     // The owner's error, whole.
-    let e = block_on(client.clone().stat(StatRequest { target: Some(target.clone()), ino: ino + 1000 })).unwrap().unwrap_err();
+    let e = block_on(client.clone().stat(StatRequest { target: Some(target.clone()), ino: ino + 1000, security: false })).unwrap().unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert_eq!(e.metadata().get("umbra-error").unwrap(), "not_found", "{e:?}");
     // A message over the limit: the node answers while the request is still being sent.
@@ -294,7 +294,7 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     c.stop(1);
     c.start_node(1);
     c.wait_up(1);
-    let stat = StatRequest { target: Some(target.clone()), ino };
+    let stat = StatRequest { target: Some(target.clone()), ino, security: false };
     let after = wait_for(Duration::from_secs(10), "the volume to be served again", || match block_on(client.clone().stat(stat.clone())).unwrap() {
         Err(e) if e.code() == tonic::Code::NotFound => None,
         other => Some(other),

@@ -249,7 +249,7 @@ impl Files for VolumeFiles {
 
     fn stat(&self, share: &str, id: u64) -> Result<FileInfo, FsError> {
         let (target, _) = self.target(share)?;
-        let reply = self.call(self.service.stat(tonic::Request::new(StatRequest { target: Some(target), ino: id })))?;
+        let reply = self.call(self.service.stat(tonic::Request::new(StatRequest { target: Some(target), ino: id, security: false })))?;
         info(reply.entry, "")
     }
 
@@ -310,7 +310,20 @@ impl Files for VolumeFiles {
 
     fn set_basic(&self, share: &str, id: u64, basic: umbra_smb_gateway::server::files::Basic) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
-        let req = SetInfoRequest { target: Some(target), ino: id, created: basic.created, written: basic.written, changed: basic.changed, attributes: basic.attributes, sparse: basic.sparse };
+        let req = SetInfoRequest { target: Some(target), ino: id, created: basic.created, written: basic.written, changed: basic.changed, attributes: basic.attributes, sparse: basic.sparse, security: None };
+        self.call(self.service.set_info(tonic::Request::new(req))).map(|_| ())
+    }
+
+    fn security(&self, share: &str, id: u64) -> Result<Option<Vec<u8>>, FsError> {
+        let (target, _) = self.target(share)?;
+        let reply = self.call(self.service.stat(tonic::Request::new(StatRequest { target: Some(target), ino: id, security: true })))?;
+        let security = reply.entry.and_then(|e| e.attributes).map(|a| a.security).unwrap_or_default();
+        Ok((!security.is_empty()).then_some(security))
+    }
+
+    fn set_security(&self, share: &str, id: u64, descriptor: Vec<u8>) -> Result<(), FsError> {
+        let (target, _) = self.target(share)?;
+        let req = SetInfoRequest { target: Some(target), ino: id, security: Some(descriptor), ..Default::default() };
         self.call(self.service.set_info(tonic::Request::new(req))).map(|_| ())
     }
 

@@ -285,6 +285,7 @@ fn attributes(ino: u64, i: &Inode) -> Attributes {
         changed: i.changed,
         attributes: i.attributes,
         delete_pending: false,
+        security: Vec::new(),
     }
 }
 
@@ -617,7 +618,8 @@ impl VolumeRpc for VolumeService {
         unary!(self, req, stat, |s, vol, view, r| {
             let inode = s.stat(vol, view, r.ino)?;
             let delete_pending = opens.lock().expect("open table lock").delete_pending(FileKey { volume: vol, view, ino: r.ino });
-            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(Attributes { delete_pending, ..attributes(r.ino, &inode) }) }), ..Default::default() })
+            let security = if r.security { inode.security.clone().unwrap_or_default() } else { Vec::new() };
+            Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(Attributes { delete_pending, security, ..attributes(r.ino, &inode) }) }), ..Default::default() })
         })
     }
 
@@ -748,6 +750,12 @@ impl VolumeRpc for VolumeService {
     async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_info, |s, vol, view, r| {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes, sparse: r.sparse };
+            if let Some(descriptor) = r.security.clone() {
+                let inode = s.set_security(vol, view, r.ino, descriptor)?;
+                if info == SetInfo::default() {
+                    return Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() });
+                }
+            }
             let inode = s.set_info(vol, view, r.ino, info)?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })

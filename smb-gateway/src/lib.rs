@@ -10,7 +10,9 @@
 //! trees, opens, named pipes and DCE/RPC come next. [`share_modes`] holds the share-access
 //! rule (MS-FSA 2.1.5.1.2) that each volume's owner applies to the opens every gateway registers
 //! through [`server::files::Files::register_open`], and [`byte_locks`] the byte-range lock
-//! rules (MS-FSA 2.1.4.10) it applies to every gateway's LOCKs, READs and WRITEs.
+//! rules (MS-FSA 2.1.4.10) it applies to every gateway's LOCKs, READs and WRITEs. [`security`]
+//! checks the security descriptors clients set (SET_INFO, the SecD create context) before the
+//! volume's owner keeps them with the file, and picks the parts a QUERY_INFO asks for.
 
 pub mod byte_locks;
 pub mod der;
@@ -18,6 +20,7 @@ pub mod driver;
 pub mod ntlm;
 pub mod rpc;
 pub mod server;
+pub mod security;
 pub mod share_modes;
 pub mod smb2;
 pub mod spnego;

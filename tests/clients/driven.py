@@ -19,6 +19,11 @@ Commands (one a line; one answer line each, "OK" or "ERR 0x........ NAME"):
                              time, -1 freezes it for this handle, -2 lets it move again)
   lock HANDLE OFFSET LENGTH FLAGS [OFFSET LENGTH FLAGS ...]   one LOCK with these elements
                              (a lock that waits answers when it is granted)
+  getsd HANDLE INFO          QUERY_INFO of the security descriptor's parts INFO (AdditionalInformation);
+                             answers "OK OWNER GROUP DACL": SIDs (or -) and the DACL's ACEs as
+                             TYPE:FLAGS:MASK:SID joined by "," (or - for none, "null" for a NULL DACL)
+  setsd HANDLE INFO OWNER GROUP DACL   SET_INFO of a descriptor with these (same forms as getsd)
+  setsdhex HANDLE INFO HEX   SET_INFO of these bytes as the descriptor
   tdis                       TREE_DISCONNECT (without closing the handles), then connect again
   logoff                     LOGOFF (without closing the handles); the client is done after it
   quit
@@ -131,6 +136,57 @@ def main():
                 packet["Data"] = body
                 reply = smb.recvSMB(smb.sendSMB(packet))
                 reply.isValidAnswer(0)  # STATUS_SUCCESS; raises SessionError otherwise
+            elif cmd == "getsd":
+                from impacket.ldap import ldaptypes
+                raw = smb.queryInfo(tid, handles[args[0]], infoType=s3.SMB2_0_INFO_SECURITY, fileInfoClass=0,
+                                    additionalInformation=int(args[1], 0))
+                sd = ldaptypes.SR_SECURITY_DESCRIPTOR(data=raw)
+                sid = lambda v: v.formatCanonical() if v else "-"
+                if not sd["Control"] & 0x4:
+                    dacl = "-"
+                elif not sd["Dacl"]:
+                    dacl = "null"
+                else:
+                    dacl = ",".join("%d:%d:0x%x:%s" % (a["AceType"], a["AceFlags"], a["Ace"]["Mask"]["Mask"], a["Ace"]["Sid"].formatCanonical())
+                                    for a in sd["Dacl"].aces) or "empty"
+                answer("OK %s %s %s" % (sid(sd["OwnerSid"]), sid(sd["GroupSid"]), dacl))
+                continue
+            elif cmd in ("setsd", "setsdhex"):
+                from impacket.ldap import ldaptypes
+                if cmd == "setsdhex":
+                    blob = bytes.fromhex(args[2])
+                else:
+                    sd = ldaptypes.SR_SECURITY_DESCRIPTOR()
+                    sd["Revision"], sd["Sbz1"], sd["Control"] = b"\x01", b"\x00", 0x8000
+                    for field, text in (("OwnerSid", args[2]), ("GroupSid", args[3])):
+                        if text == "-":
+                            sd[field] = b""
+                        else:
+                            sd[field] = ldaptypes.LDAP_SID()
+                            sd[field].fromCanonical(text)
+                    sd["Sacl"] = b""
+                    if args[4] == "-":
+                        sd["Dacl"] = b""
+                    else:
+                        sd["Control"] |= 0x4
+                        acl = ldaptypes.ACL()
+                        acl["AclRevision"], acl["Sbz1"], acl["Sbz2"] = 2, 0, 0
+                        acl.aces = []
+                        for text in args[4].split(","):
+                            kind, flags, mask, sid = text.split(":")
+                            ace = ldaptypes.ACE()
+                            ace["AceType"], ace["AceFlags"] = int(kind), int(flags)
+                            body = ldaptypes.ACCESS_ALLOWED_ACE() if int(kind) == 0 else ldaptypes.ACCESS_DENIED_ACE()
+                            body["Mask"] = ldaptypes.ACCESS_MASK()
+                            body["Mask"]["Mask"] = int(mask, 0)
+                            body["Sid"] = ldaptypes.LDAP_SID()
+                            body["Sid"].fromCanonical(sid)
+                            ace["Ace"] = body
+                            acl.aces.append(ace)
+                        sd["Dacl"] = acl
+                    blob = sd.getData()
+                smb.setInfo(tid, handles[args[0]], blob, infoType=s3.SMB2_0_INFO_SECURITY, fileInfoClass=0,
+                            additionalInformation=int(args[1], 0))
             elif cmd == "tdis":
                 conn.disconnectTree(tid)
                 tid = conn.connectTree(share)

@@ -311,6 +311,9 @@ pub mod wire {
     pub const READ_ATTRIBUTES: u32 = 0x80;
     pub const WRITE_ATTRIBUTES: u32 = 0x100;
     pub const DELETE: u32 = 0x1_0000;
+    pub const READ_CONTROL: u32 = 0x2_0000;
+    pub const WRITE_DAC: u32 = 0x4_0000;
+    pub const WRITE_OWNER: u32 = 0x8_0000;
     pub const SHARE_NONE: u32 = 0;
     pub const SHARE_READ: u32 = 1;
     pub const SHARE_RW: u32 = 3;

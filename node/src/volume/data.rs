@@ -379,6 +379,24 @@ impl VolumeStore {
         Ok(inode)
     }
 
+    /// Keeps `descriptor` as the file's or directory's security descriptor (an empty one
+    /// removes it); snapshots keep the one they saw. The store keeps the bytes as given: the
+    /// gateway checked them.
+    pub fn set_security(&self, vol: Uuid, view: View, ino: u64, descriptor: Vec<u8>) -> Result<Inode> {
+        if descriptor.len() > MAX_SECURITY_BYTES {
+            return Err(VolumeError::TooLarge { what: "a security descriptor", got: descriptor.len() as u64, max: MAX_SECURITY_BYTES as u64 });
+        }
+        let entry = self.volume(vol)?;
+        let (_pass, st) = entry.mutation()?;
+        let scope = Self::writable(&st, view)?;
+        let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
+        inode.security = (!descriptor.is_empty()).then_some(descriptor);
+        let mut batch = Batch::default();
+        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
+        self.kv.write(batch, Durability::Buffered)?;
+        Ok(inode)
+    }
+
     /// The ranges of `offset..offset+len` that hold data (FSCTL_QUERY_ALLOCATED_RANGES), in
     /// whole chunks, merged where adjacent; holes are left out. One answer looks at no more
     /// than [`MAX_ALLOCATED_SCAN_CHUNKS`] chunks; with less than the whole range answered, it

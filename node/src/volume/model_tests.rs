@@ -735,6 +735,35 @@ fn the_store_reopens_with_its_volumes_snapshots_and_clones() {
     assert!(next > ino, "inode numbers are never reused");
 }
 
+/// A security descriptor is kept per file, as given, through a restart; a snapshot keeps the
+/// one it saw; an empty one removes it; one past the bound, or set in a snapshot, is refused.
+#[test]
+fn security_descriptors_are_kept_through_restarts_and_snapshots_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vol, snap) = (Uuid::new_v4(), Uuid::new_v4());
+    let (first, second) = ((0u8..=255).collect::<Vec<u8>>(), vec![1u8, 0, 4, 0x80]);
+    let ino;
+    {
+        let s = VolumeStore::open(dir.path()).unwrap();
+        s.create_volume(vol, 0).unwrap();
+        ino = s.create(vol, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+        assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, None, "none until one is set");
+        assert_eq!(s.set_security(vol, View::Live, ino, first.clone()).unwrap().security.as_ref(), Some(&first));
+        s.snapshot_create(vol, snap, 2).unwrap();
+        s.set_security(vol, View::Live, ino, second.clone()).unwrap();
+        assert!(matches!(s.set_security(vol, View::Snapshot(snap), ino, second.clone()), Err(VolumeError::ReadOnly(_))));
+        assert!(matches!(s.set_security(vol, View::Live, ino, vec![1; MAX_SECURITY_BYTES + 1]), Err(VolumeError::TooLarge { .. })));
+        s.write(vol, View::Live, ino, 0, b"data", 3).unwrap();
+    }
+    let s = VolumeStore::open(dir.path()).unwrap();
+    assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, Some(second), "kept through a restart and a write");
+    assert_eq!(s.stat(vol, View::Snapshot(snap), ino).unwrap().security, Some(first), "the snapshot's own");
+    s.set_security(vol, View::Live, ino, Vec::new()).unwrap();
+    assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, None, "an empty one removes it");
+    s.set_security(vol, View::Live, ROOT_INO, vec![9; 40]).unwrap();
+    assert_eq!(s.stat(vol, View::Live, ROOT_INO).unwrap().security, Some(vec![9; 40]), "directories too");
+}
+
 #[test]
 fn a_fence_drains_concurrent_writers_takes_the_cut_and_holds_until_release() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

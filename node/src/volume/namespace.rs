@@ -80,7 +80,7 @@ impl VolumeStore {
         }
         let ino = st.meta.next_ino;
         st.meta.next_ino += 1;
-        let inode = Inode { kind, parent, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0, cut: None };
+        let inode = Inode { kind, parent, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0, cut: None, security: None };
         let mut batch = Batch::default();
         self.put_inode(&st, &scope, &mut batch, ino, &inode, None)?;
         let dirent = serde_json::to_vec(&DirentValue::Live { name: name.to_string(), ino })?;

@@ -231,7 +231,7 @@ impl VolumeStore {
             return Err(VolumeError::VolumeExists(vol));
         }
         let meta = VolumeMeta { epoch: 1, next_ino: ROOT_INO + 1, next_lineage: 1, next_reclaim: 0 };
-        let root = Inode { kind: Kind::Dir, parent: ROOT_INO, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0, cut: None };
+        let root = Inode { kind: Kind::Dir, parent: ROOT_INO, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0, cut: None, security: None };
         let mut batch = Batch::default();
         batch.put(CF_META, meta_key(vol, META_VOLUME, &[]), serde_json::to_vec(&meta)?);
         batch.put(CF_INODES, keys::versioned(keys::inode(vol, LIVE, ROOT_INO), meta.epoch), serde_json::to_vec(&InodeValue::Live(root))?);

@@ -49,6 +49,33 @@ pub struct Inode {
     /// never grows over them until they are gone (see `VolumeStore::set_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<Cut>,
+    /// The security descriptor a client set (self-relative bytes, checked by the gateway; at
+    /// most [`MAX_SECURITY_BYTES`]), as hex; none for a file that never had one set.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_bytes")]
+    pub security: Option<Vec<u8>>,
+}
+
+/// The largest security descriptor a file keeps (Windows bounds one at 64 KiB).
+pub const MAX_SECURITY_BYTES: usize = 64 * 1024;
+
+/// Bytes as a hex string in an inode's JSON (an array of numbers would take twice the room).
+mod hex_bytes {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let Some(h) = Option::<String>::deserialize(d)? else { return Ok(None) };
+        if h.len() % 2 != 0 || h.len() > 2 * super::MAX_SECURITY_BYTES {
+            return Err(D::Error::custom("a security descriptor's hex of odd or too great a length"));
+        }
+        (0..h.len()).step_by(2).map(|i| h.get(i..i + 2).and_then(|x| u8::from_str_radix(x, 16).ok())).collect::<Option<Vec<u8>>>().map(Some).ok_or_else(|| D::Error::custom("a security descriptor's hex"))
+    }
 }
 
 impl Inode {

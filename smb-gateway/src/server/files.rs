@@ -241,6 +241,18 @@ pub trait Files: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn rename(&self, share: &str, from_dir: u64, from: &str, to_dir: u64, to: &str, replace: bool, now: u64) -> Result<(), FsError>;
     fn flush(&self, share: &str) -> Result<(), FsError>;
+
+    /// The security descriptor set on the file (self-relative, as [`crate::security`] checked
+    /// it when it was set), or None for a file that never had one set. Storage that keeps none
+    /// answers NotSupported (files then show the default descriptor).
+    fn security(&self, _share: &str, _id: u64) -> Result<Option<Vec<u8>>, FsError> {
+        Err(FsError::NotSupported)
+    }
+
+    /// Keeps `descriptor` (self-relative, checked) as the file's security descriptor.
+    fn set_security(&self, _share: &str, _id: u64, _descriptor: Vec<u8>) -> Result<(), FsError> {
+        Err(FsError::NotSupported)
+    }
     /// The ranges of `offset..offset+len` that hold data, up to the file's size, merged where
     /// adjacent (FSCTL_QUERY_ALLOCATED_RANGES), and the offset to ask again from when the
     /// answer covers less than the range. This default is for storage that keeps no holes:

@@ -76,9 +76,9 @@ impl Environment for Env {
 
 /// Files in memory, by lower-cased path; the root is id 1. The first flag makes them served by
 /// another node ([`Files::is_remote`]); the second makes every READ find all the bytes it asks
-/// for (zeros), where otherwise files are empty.
+/// for (zeros), where otherwise files are empty. Security descriptors are kept by id.
 #[derive(Default)]
-pub struct MemFiles(Mutex<(HashMap<String, FileInfo>, u64)>, pub bool, pub bool);
+pub struct MemFiles(Mutex<(HashMap<String, FileInfo>, u64)>, pub bool, pub bool, Mutex<HashMap<u64, Vec<u8>>>);
 
 fn info(id: u64, name: &str, directory: bool) -> FileInfo {
     FileInfo { id, name: name.into(), directory, size: 0, allocated: 0, created: 0, written: 0, changed: 0, attributes: 0, delete_pending: false }
@@ -189,6 +189,13 @@ impl Files for MemFiles {
         Ok(())
     }
     fn flush(&self, _: &str) -> Result<(), FsError> {
+        Ok(())
+    }
+    fn security(&self, _: &str, id: u64) -> Result<Option<Vec<u8>>, FsError> {
+        Ok(self.3.lock().unwrap().get(&id).cloned())
+    }
+    fn set_security(&self, _: &str, id: u64, descriptor: Vec<u8>) -> Result<(), FsError> {
+        self.3.lock().unwrap().insert(id, descriptor);
         Ok(())
     }
 }

@@ -34,6 +34,33 @@ impl Drop for Held<'_> {
     }
 }
 
+/// Create contexts one CREATE may carry before the rest are ignored.
+const MAX_CREATE_CONTEXTS: usize = 32;
+
+/// The data of the create context named `name` (MS-SMB2 2.2.13.2) of a CREATE request body `b`
+/// (after the SMB2 header) within `message` (offsets count from the header): None without one
+/// (or past a malformed list), Some(None) for one whose data lies outside the message.
+pub(super) fn create_context<'a>(b: &[u8], message: &'a [u8], name: &[u8]) -> Option<Option<&'a [u8]>> {
+    let (offset, length) = (u32_at(b, 48)? as usize, u32_at(b, 52)? as usize);
+    if offset == 0 || length == 0 {
+        return None;
+    }
+    let all = message.get(offset..offset.checked_add(length)?)?;
+    let mut at = 0usize;
+    for _ in 0..MAX_CREATE_CONTEXTS {
+        let ctx = all.get(at..)?;
+        let (next, name_off, name_len, data_off, data_len) = (u32_at(ctx, 0)? as usize, usize::from(u16_at(ctx, 4)?), usize::from(u16_at(ctx, 6)?), usize::from(u16_at(ctx, 10)?), u32_at(ctx, 12)? as usize);
+        if ctx.get(name_off..name_off.checked_add(name_len)?)? == name {
+            return Some(data_off.checked_add(data_len).and_then(|end| ctx.get(data_off..end)));
+        }
+        if next == 0 {
+            return None;
+        }
+        at = at.checked_add(next)?;
+    }
+    None
+}
+
 impl Connection {
     pub(in crate::server) fn create(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn crate::server::Directory, now: u64) -> Reply {
         let b = &message[HEADER_BYTES..];
@@ -65,6 +92,15 @@ impl Connection {
         // Previous Versions: an @GMT path component or a TWrp context opens a shadow copy.
         let (path, at) = super::previous::strip_token(&path);
         let Ok(warp) = super::previous::timewarp(b, message) else { return Reply::error(status::INVALID_PARAMETER) };
+        // A security descriptor for the file it creates (SecD, MS-SMB2 2.2.13.2.2), checked
+        // before anything is created.
+        let secd = match create_context(b, message, b"SecD") {
+            None => None,
+            Some(data) => match data.map(crate::security::Descriptor::parse) {
+                Some(Ok(d)) => Some(d),
+                _ => return Reply::error(status::INVALID_SECURITY_DESCR),
+            },
+        };
         if let Some(at) = at.or(warp) {
             if !dir.snapshot_times(&share).contains(&at) {
                 return Reply::error(status::OBJECT_NAME_NOT_FOUND);
@@ -190,6 +226,16 @@ impl Connection {
                         return fs(e);
                     }
                     file.attributes = attributes;
+                }
+                if let Some(given) = &secd {
+                    // The parts it has over the default's (a SecD without an owner gets the
+                    // default owner).
+                    let mut d = crate::security::Descriptor::default_for(want_dir);
+                    d.merge(given, given.present_parts());
+                    if let Err(e) = files.set_security(&share, file.id, d.encode()) {
+                        let _ = files.unlink(&share, parent.id, &name, now);
+                        return fs(e);
+                    }
                 }
                 (file, 2, parent.id, held)
             }

@@ -36,6 +36,11 @@ impl Connection {
                 Some(d) => d,
                 None => return Reply::error(status::INVALID_INFO_CLASS),
             },
+            (3, _) => match security_of(files, &share, &info, u32_at(b, 16).unwrap_or_default(), access) {
+                Ok(d) if d.len() > out_len as usize => return buffer_too_small(d.len()),
+                Ok(d) => d,
+                Err(s) => return Reply::error(s),
+            },
             _ => return Reply::error(status::NOT_SUPPORTED),
         };
         // A buffer too small for a class's fixed part is a mismatch; one that holds the fixed
@@ -61,7 +66,7 @@ impl Connection {
             return Reply::error(status::INVALID_PARAMETER);
         };
         let Some(data) = message.get(usize::from(off)..usize::from(off) + len as usize) else { return Reply::error(status::INVALID_PARAMETER) };
-        if kind != 1 {
+        if kind != 1 && kind != 3 {
             return Reply::error(status::NOT_SUPPORTED);
         }
         if matches!(self.tree(h), Ok((_, true, _))) {
@@ -71,6 +76,12 @@ impl Connection {
             Ok(o) => (o.share.clone(), o.info.clone(), o.parent, o.name.clone(), o.access, o.keep),
             Err(s) => return Reply::error(s),
         };
+        if kind == 3 {
+            return match set_security(files, &share, &info, u32_at(b, 12).unwrap_or_default(), access, data) {
+                Ok(()) => Reply::ok(vec![2, 0]),
+                Err(s) => Reply::error(s),
+            };
+        }
         let stamp = crate::server::files::Stamp { now, keep };
         // MS-FSA 2.1.5.14.3 and 2.1.5.14.11: renaming and marking for deletion need DELETE
         // access on the open; MS-FSCC 2.4: sizes need write access, times and attributes
@@ -361,6 +372,75 @@ fn fs_info(class: u8, label: &str) -> Option<Vec<u8>> {
     })
 }
 
+
+/// The access a security descriptor's parts need, to read (READ_CONTROL; the SACL
+/// ACCESS_SYSTEM_SECURITY) or to change (WRITE_OWNER for the owner, group and label, WRITE_DAC
+/// for the DACL, ACCESS_SYSTEM_SECURITY for the SACL), MS-FSA 2.1.5.13 and 2.1.5.16.
+fn security_access(info: u32, write: bool) -> u32 {
+    use crate::security::{BACKUP, DACL, GROUP, LABEL, OWNER, SACL};
+    use crate::share_modes::{ACCESS_SYSTEM_SECURITY, READ_CONTROL, WRITE_DAC, WRITE_OWNER};
+    let info = if info & BACKUP != 0 { OWNER | GROUP | DACL | SACL } else { info };
+    let mut needs = 0;
+    if info & (OWNER | GROUP | LABEL) != 0 {
+        needs |= if write { WRITE_OWNER } else { READ_CONTROL };
+    }
+    if info & DACL != 0 {
+        needs |= if write { WRITE_DAC } else { READ_CONTROL };
+    }
+    if info & SACL != 0 {
+        needs |= ACCESS_SYSTEM_SECURITY;
+    }
+    needs
+}
+
+/// The file's descriptor as kept (or the default for one that never had one set).
+fn kept_descriptor(files: &dyn Files, share: &str, info: &FileInfo) -> Result<crate::security::Descriptor, u32> {
+    use crate::security::Descriptor;
+    match files.security(share, info.id) {
+        Ok(Some(bytes)) => Descriptor::parse(&bytes).map_err(|e| {
+            tracing::warn!(id = info.id, error = %e, "a kept security descriptor does not parse");
+            status::INTERNAL_ERROR
+        }),
+        Ok(None) | Err(FsError::NotSupported) => Ok(Descriptor::default_for(info.directory)),
+        Err(e) => Err(e.status()),
+    }
+}
+
+/// QUERY_INFO of SMB2_0_INFO_SECURITY: the parts of the file's descriptor `additional` asks
+/// for, self-relative.
+fn security_of(files: &dyn Files, share: &str, info: &FileInfo, additional: u32, access: u32) -> Result<Vec<u8>, u32> {
+    let needs = security_access(additional, false);
+    if access & needs != needs {
+        return Err(status::ACCESS_DENIED);
+    }
+    Ok(kept_descriptor(files, share, info)?.select(additional).encode())
+}
+
+/// SET_INFO of SMB2_0_INFO_SECURITY: the parts `additional` names, from the client's
+/// descriptor, replace the file's; the others stay.
+fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32, access: u32, data: &[u8]) -> Result<(), u32> {
+    let needs = security_access(additional, true);
+    if access & needs != needs {
+        return Err(status::ACCESS_DENIED);
+    }
+    let new = crate::security::Descriptor::parse(data).map_err(|e| {
+        tracing::debug!(error = %e, "refusing a security descriptor");
+        status::INVALID_SECURITY_DESCR
+    })?;
+    let mut kept = kept_descriptor(files, share, info)?;
+    kept.merge(&new, additional);
+    files.set_security(share, info.id, kept.encode()).map_err(|e| e.status())
+}
+
+/// STATUS_BUFFER_TOO_SMALL with the size the answer needs (MS-SMB2 2.2.2: ErrorData of 4 bytes),
+/// so the client asks again with room for it.
+fn buffer_too_small(needed: usize) -> Reply {
+    let mut body = vec![9, 0, 0, 0];
+    body.extend_from_slice(&4u32.to_le_bytes());
+    body.extend_from_slice(&(needed as u32).to_le_bytes());
+    Reply::ok(body).with_status(status::BUFFER_TOO_SMALL)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::server::files::Files;
@@ -396,6 +476,131 @@ mod tests {
         b.extend_from_slice(&volatile.to_le_bytes());
         b.extend_from_slice(&volatile.to_le_bytes());
         b
+    }
+
+    /// QUERY_INFO of the security descriptor's parts `additional` names.
+    fn query_security(volatile: u64, additional: u32, out_len: u32) -> Vec<u8> {
+        let mut b = query(volatile, 3, 0, out_len);
+        b[16..20].copy_from_slice(&additional.to_le_bytes());
+        b
+    }
+
+    /// SET_INFO of a security descriptor's parts `additional` names.
+    fn set_security(volatile: u64, additional: u32, descriptor: &[u8]) -> Vec<u8> {
+        let mut b = set_info(volatile, 0, descriptor);
+        b[2] = 3;
+        b[12..16].copy_from_slice(&additional.to_le_bytes());
+        b
+    }
+
+    /// A file shows the default descriptor until one is set; a SET_INFO replaces the parts it
+    /// names and a QUERY_INFO gives the parts it asks for, each with the access it needs; a
+    /// malformed descriptor is refused and changes nothing; a buffer too small says how much
+    /// is needed.
+    #[test]
+    fn security_descriptors_are_kept_per_file_and_given_back_in_the_parts_asked_for() {
+        use crate::security::{Descriptor, DACL, GROUP, OWNER, SACL};
+        use crate::share_modes::{READ_CONTROL, WRITE_DAC, WRITE_OWNER};
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let f = open_for(&mut c, &files, 1, FILE_CREATE, FILE_READ_DATA | READ_CONTROL | WRITE_DAC);
+        let ask = |c: &mut crate::server::connection::Connection, id: u64, additional: u32, out_len: u32| {
+            let (r, _) = exchange(c, &files, &request(Command::QueryInfo, id, TREE, &query_security(f, additional, out_len)));
+            (r[0].0.status, r[0].1.clone())
+        };
+        let (st, body) = ask(&mut c, 2, OWNER | GROUP | DACL, 4096);
+        assert_eq!(st, status::SUCCESS);
+        let shown = Descriptor::parse(&body[8..]).unwrap();
+        assert_eq!(shown, Descriptor::default_for(false), "the default until one is set");
+        // A DACL of one ACE allowing a user read access, set alone.
+        let user = [1u8, 5, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0xe9, 3, 0, 0];
+        let mut ace = vec![0u8, 0, (8 + user.len()) as u8, 0];
+        ace.extend_from_slice(&0x0012_0089u32.to_le_bytes());
+        ace.extend_from_slice(&user);
+        let mut dacl = vec![2, 0, (8 + ace.len()) as u8, 0, 1, 0, 0, 0];
+        dacl.extend_from_slice(&ace);
+        let new = Descriptor { control: 0x8000 | 0x0004 | 0x1000, owner: Some(user.to_vec()), group: None, sacl: None, dacl: Some(dacl.clone()) };
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 3, TREE, &set_security(f, DACL, &new.encode())));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        let (_, body) = ask(&mut c, 4, OWNER | DACL, 4096);
+        let shown = Descriptor::parse(&body[8..]).unwrap();
+        assert_eq!(shown.dacl.as_deref(), Some(&dacl[..]), "the DACL set");
+        assert_eq!(shown.owner, Descriptor::default_for(false).owner, "the owner was not named: it stays");
+        assert_eq!((shown.group, shown.control & 0x1000), (None, 0x1000), "no group asked for; the DACL's protection kept");
+        // Setting the owner needs WRITE_OWNER, reading the SACL ACCESS_SYSTEM_SECURITY.
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 5, TREE, &set_security(f, OWNER, &new.encode())));
+        assert_eq!(r[0].0.status, status::ACCESS_DENIED);
+        assert_eq!(ask(&mut c, 6, SACL, 4096).0, status::ACCESS_DENIED);
+        // Malformed: refused, nothing changed.
+        let mut bad = new.encode();
+        bad[0] = 2;
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 7, TREE, &set_security(f, DACL, &bad)));
+        assert_eq!(r[0].0.status, status::INVALID_SECURITY_DESCR);
+        let (_, body) = ask(&mut c, 8, DACL, 4096);
+        assert_eq!(Descriptor::parse(&body[8..]).unwrap().dacl.as_deref(), Some(&dacl[..]));
+        // Too small a buffer: STATUS_BUFFER_TOO_SMALL with the size needed.
+        let (st, body) = ask(&mut c, 9, OWNER | GROUP | DACL, 16);
+        assert_eq!(st, status::BUFFER_TOO_SMALL);
+        let (_, full) = ask(&mut c, 10, OWNER | GROUP | DACL, 4096);
+        assert_eq!(u32::from_le_bytes(body[8..12].try_into().unwrap()) as usize, full.len() - 8, "the size needed");
+        // Without READ_CONTROL nothing is shown; on a read-only open nothing is set.
+        let reader = open_for(&mut c, &files, 11, FILE_OPEN, FILE_READ_DATA);
+        let (r, _) = exchange(&mut c, &files, &request(Command::QueryInfo, 12, TREE, &query_security(reader, DACL, 4096)));
+        assert_eq!(r[0].0.status, status::ACCESS_DENIED);
+        let writer = open_for(&mut c, &files, 13, FILE_OPEN, READ_CONTROL | WRITE_OWNER);
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 14, TREE, &set_security(writer, OWNER, &new.encode())));
+        assert_eq!(r[0].0.status, status::SUCCESS, "WRITE_OWNER sets the owner");
+        let (r, _) = exchange(&mut c, &files, &request(Command::QueryInfo, 15, TREE, &query_security(writer, OWNER, 4096)));
+        assert_eq!(Descriptor::parse(&r[0].1[8..]).unwrap().owner.as_deref(), Some(&user[..]));
+    }
+
+    /// `body` (a CREATE's) with one create context `name` carrying `data`.
+    fn with_context(mut body: Vec<u8>, name: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        body.resize(body.len().div_ceil(8) * 8, 0);
+        let offset = 64 + body.len();
+        let mut ctx = vec![0u8; 4];
+        ctx.extend_from_slice(&16u16.to_le_bytes());
+        ctx.extend_from_slice(&4u16.to_le_bytes());
+        ctx.extend_from_slice(&[0, 0]);
+        ctx.extend_from_slice(&24u16.to_le_bytes());
+        ctx.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        ctx.extend_from_slice(name);
+        ctx.extend_from_slice(&[0; 4]);
+        ctx.extend_from_slice(data);
+        body[48..52].copy_from_slice(&(offset as u32).to_le_bytes());
+        body[52..56].copy_from_slice(&(ctx.len() as u32).to_le_bytes());
+        body.extend_from_slice(&ctx);
+        body
+    }
+
+    /// A CREATE with a SecD context gives the file it creates that descriptor (the default's
+    /// parts where it has none); a malformed one fails the CREATE, which then creates nothing;
+    /// a file that exists keeps its own.
+    #[test]
+    fn a_secd_create_context_gives_the_new_file_its_descriptor() {
+        use crate::security::Descriptor;
+        use crate::share_modes::READ_CONTROL;
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let default = Descriptor::default_for(false);
+        let user = [1u8, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0];
+        let given = Descriptor { control: 0x8000, owner: Some(user.to_vec()), ..Descriptor::default() };
+        let open = |c: &mut crate::server::connection::Connection, id: u64, disposition: u32, sd: &[u8]| {
+            let (r, _) = exchange(c, &files, &request(Command::Create, id, TREE, &with_context(create_with_access("s.txt", false, disposition, FILE_READ_DATA | READ_CONTROL), b"SecD", sd)));
+            (r[0].0.status, r[0].1.get(72..80).map(|v| u64::from_le_bytes(v.try_into().unwrap())))
+        };
+        let mut bad = given.encode();
+        bad[0] = 9;
+        assert_eq!(open(&mut c, 1, FILE_CREATE, &bad).0, status::INVALID_SECURITY_DESCR);
+        assert!(files.info_at("s.txt").is_none(), "nothing created");
+        let (st, f) = open(&mut c, 2, FILE_CREATE, &given.encode());
+        assert_eq!(st, status::SUCCESS);
+        let (r, _) = exchange(&mut c, &files, &request(Command::QueryInfo, 3, TREE, &query_security(f.unwrap(), 7, 4096)));
+        let shown = Descriptor::parse(&r[0].1[8..]).unwrap();
+        assert_eq!((shown.owner.as_deref(), shown.group, shown.dacl), (Some(&user[..]), default.group, default.dacl), "its owner, the default's group and DACL");
+        let other = Descriptor { control: 0x8000, owner: Some(vec![1, 1, 0, 0, 0, 0, 0, 5, 19, 0, 0, 0]), ..Descriptor::default() };
+        let (st, g) = open(&mut c, 4, FILE_OPEN, &other.encode());
+        assert_eq!(st, status::SUCCESS);
+        let (r, _) = exchange(&mut c, &files, &request(Command::QueryInfo, 5, TREE, &query_security(g.unwrap(), 1, 4096)));
+        assert_eq!(Descriptor::parse(&r[0].1[8..]).unwrap().owner.as_deref(), Some(&user[..]), "an existing file keeps its own");
     }
 
     /// A buffer that holds a class's fixed part but not its whole name gets what fits with

@@ -215,7 +215,8 @@ impl Connection {
     }
 
     fn set(&mut self, volatile: u64, p: OpenPath, b: &[u8], message: &[u8]) {
-        let (Some(&class), Some(len), Some(off)) = (b.get(3), u32_at(b, 4), u16_at(b, 8)) else { return };
+        // File information only (a security descriptor's SET_INFO changes no name or size).
+        let (Some(1), Some(&class), Some(len), Some(off)) = (b.get(2), b.get(3), u32_at(b, 4), u16_at(b, 8)) else { return };
         let Some(data) = message.get(usize::from(off)..usize::from(off) + len as usize) else { return };
         match class {
             // FileRenameInformation: the new name from the share root.

@@ -4,13 +4,11 @@
 //! reads the share as of that snapshot, read-only. Such an open's share is `base@GMT-...`
 //! (base share names never contain `@`), which the storage layer resolves to the snapshot.
 
-use super::{u16_at, u32_at, u64_at};
+use super::u64_at;
 
 use crate::wire::UNIX_EPOCH_AS_FILETIME;
 /// Characters in a token, without its NUL.
 const TOKEN_CHARS: usize = 24;
-/// Create contexts one CREATE may carry before the rest are ignored.
-const MAX_CREATE_CONTEXTS: usize = 32;
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 fn civil(days: i64) -> (i64, u32, u32) {
@@ -94,26 +92,9 @@ pub fn timewarp(b: &[u8], message: &[u8]) -> Result<Option<u64>, ()> {
 
 /// The TWrp context's data as a time: None without a context, Some(None) for one unusable.
 fn timewarp_context(b: &[u8], message: &[u8]) -> Option<Option<u64>> {
-    let (offset, length) = (u32_at(b, 48)? as usize, u32_at(b, 52)? as usize);
-    if offset == 0 || length == 0 {
-        return None;
-    }
-    let all = message.get(offset..offset.checked_add(length)?)?;
-    let mut at = 0usize;
-    for _ in 0..MAX_CREATE_CONTEXTS {
-        let ctx = all.get(at..)?;
-        let (next, name_off, name_len, data_off, data_len) = (u32_at(ctx, 0)? as usize, usize::from(u16_at(ctx, 4)?), usize::from(u16_at(ctx, 6)?), usize::from(u16_at(ctx, 10)?), u32_at(ctx, 12)? as usize);
-        let name = ctx.get(name_off..name_off.checked_add(name_len)?)?;
-        if name == b"TWrp" {
-            let ft = ctx.get(data_off..data_off.saturating_add(8)).filter(|_| data_len == 8).and_then(|d| u64_at(d, 0));
-            return Some(ft.and_then(|ft| ft.checked_sub(UNIX_EPOCH_AS_FILETIME)).map(|t| t / 10_000_000));
-        }
-        if next == 0 {
-            return None;
-        }
-        at = at.checked_add(next)?;
-    }
-    None
+    let data = super::create::create_context(b, message, b"TWrp")?;
+    let ft = data.filter(|d| d.len() == 8).and_then(|d| u64_at(d, 0));
+    Some(ft.and_then(|ft| ft.checked_sub(UNIX_EPOCH_AS_FILETIME)).map(|t| t / 10_000_000))
 }
 
 /// The SRV_SNAPSHOT_ARRAY for `times` (Unix seconds), newest first, fitted to `max_out`:
@@ -149,6 +130,7 @@ pub fn snapshot_array(times: &[u64], max_out: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::u32_at;
 
     #[test]
     fn tokens_round_trip_and_match_known_dates() {

@@ -1,0 +1,354 @@
+//! Security descriptors (MS-DTYP 2.4.6) as SMB2 QUERY_INFO and SET_INFO of
+//! SMB2_0_INFO_SECURITY carry them: self-relative, an owner and a group SID, a SACL and a DACL,
+//! each present or not, chosen by the request's AdditionalInformation bits.
+//!
+//! Umbra keeps each file's descriptor as clients set it (a backup that restores files restores
+//! their ACLs, and reads them back) and gives a default one to a file that never had one. It
+//! does not evaluate the ACLs: who may do what is decided by the share and the user's role.
+//!
+//! Written by hand (no maintained crate parses Windows security descriptors without Windows):
+//! [`Descriptor::parse`] checks every offset and length against the buffer and against
+//! [`MAX_DESCRIPTOR_BYTES`], and each SID and ACL it keeps is well formed, so what is stored and
+//! given back to other clients is always a descriptor Windows accepts.
+
+use crate::wire::{u16_at, u32_at};
+
+/// The largest descriptor kept: an ACL's size is 16 bits, and Windows bounds a whole
+/// descriptor the same way.
+pub const MAX_DESCRIPTOR_BYTES: usize = 64 * 1024;
+/// Sub-authorities a SID has at most (MS-DTYP 2.4.2: SID_MAX_SUB_AUTHORITIES).
+pub const MAX_SUB_AUTHORITIES: usize = 15;
+
+/// AdditionalInformation bits (MS-DTYP 2.4.7).
+pub const OWNER: u32 = 0x0000_0001;
+pub const GROUP: u32 = 0x0000_0002;
+pub const DACL: u32 = 0x0000_0004;
+pub const SACL: u32 = 0x0000_0008;
+/// The mandatory label (kept in the SACL): asked with SACL here.
+pub const LABEL: u32 = 0x0000_0010;
+/// Everything: owner, group, DACL and SACL (BACKUP_SECURITY_INFORMATION).
+pub const BACKUP: u32 = 0x0001_0000;
+
+/// Control bits (MS-DTYP 2.4.6).
+const SELF_RELATIVE: u16 = 0x8000;
+const DACL_PRESENT: u16 = 0x0004;
+const SACL_PRESENT: u16 = 0x0010;
+/// The control bits that go with each part.
+const OWNER_BITS: u16 = 0x0001;
+const GROUP_BITS: u16 = 0x0002;
+const DACL_BITS: u16 = 0x0004 | 0x0008 | 0x0100 | 0x0400 | 0x1000;
+const SACL_BITS: u16 = 0x0010 | 0x0020 | 0x0200 | 0x0800 | 0x2000;
+
+const HEADER_BYTES: usize = 20;
+const ACL_HEADER_BYTES: usize = 8;
+const ACE_HEADER_BYTES: usize = 4;
+
+/// Why a descriptor was refused (STATUS_INVALID_SECURITY_DESCR).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdError {
+    #[error("a security descriptor of {0} bytes is shorter than its header")]
+    Truncated(usize),
+    #[error("security descriptor revision {0} (only 1 exists)")]
+    Revision(u8),
+    #[error("a security descriptor of {0} bytes is larger than {MAX_DESCRIPTOR_BYTES}")]
+    TooLarge(usize),
+    #[error("not a self-relative security descriptor")]
+    NotSelfRelative,
+    #[error("the {what} at offset {offset} lies outside the {len} bytes of the descriptor")]
+    Outside { what: &'static str, offset: usize, len: usize },
+    #[error("the {0} is not a well-formed SID")]
+    BadSid(&'static str),
+    #[error("the {what} is not a well-formed ACL: {why}")]
+    BadAcl { what: &'static str, why: &'static str },
+}
+
+/// A security descriptor's parts, each as its bytes (a SID, an ACL) when present. A DACL or
+/// SACL marked present in `control` without bytes is a NULL ACL (a NULL DACL allows everyone
+/// everything).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Descriptor {
+    pub control: u16,
+    pub owner: Option<Vec<u8>>,
+    pub group: Option<Vec<u8>>,
+    pub sacl: Option<Vec<u8>>,
+    pub dacl: Option<Vec<u8>>,
+}
+
+impl Descriptor {
+    /// A self-relative descriptor from a client (SET_INFO) or from storage.
+    pub fn parse(b: &[u8]) -> Result<Descriptor, SdError> {
+        if b.len() > MAX_DESCRIPTOR_BYTES {
+            return Err(SdError::TooLarge(b.len()));
+        }
+        if b.len() < HEADER_BYTES {
+            return Err(SdError::Truncated(b.len()));
+        }
+        if b[0] != 1 {
+            return Err(SdError::Revision(b[0]));
+        }
+        let control = u16_at(b, 2).unwrap_or_default();
+        if control & SELF_RELATIVE == 0 {
+            return Err(SdError::NotSelfRelative);
+        }
+        let at = |i: usize| u32_at(b, 4 + 4 * i).unwrap_or_default() as usize;
+        let (owner, group, sacl, dacl) = (at(0), at(1), at(2), at(3));
+        Ok(Descriptor {
+            control,
+            owner: (owner != 0).then(|| sid(b, owner, "owner")).transpose()?,
+            group: (group != 0).then(|| sid(b, group, "group")).transpose()?,
+            sacl: (sacl != 0).then(|| acl(b, sacl, "SACL")).transpose()?,
+            dacl: (dacl != 0).then(|| acl(b, dacl, "DACL")).transpose()?,
+        })
+    }
+
+    /// The self-relative bytes: the header, then the SACL, DACL, owner and group (the order
+    /// Windows writes them in).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; HEADER_BYTES];
+        out[0] = 1;
+        out[2..4].copy_from_slice(&(self.control | SELF_RELATIVE).to_le_bytes());
+        for (slot, part) in [(2, &self.sacl), (3, &self.dacl), (0, &self.owner), (1, &self.group)] {
+            if let Some(bytes) = part {
+                let offset = out.len() as u32;
+                out[4 + 4 * slot..8 + 4 * slot].copy_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+        }
+        out
+    }
+
+    /// The parts `info` asks for (AdditionalInformation of a QUERY_INFO), with their control
+    /// bits; the others absent.
+    pub fn select(&self, info: u32) -> Descriptor {
+        let info = if info & BACKUP != 0 { OWNER | GROUP | DACL | SACL } else { info };
+        let mut out = Descriptor { control: SELF_RELATIVE, ..Descriptor::default() };
+        out.take(self, info);
+        out
+    }
+
+    /// Replaces the parts `info` names (AdditionalInformation of a SET_INFO) with `new`'s,
+    /// with their control bits; the others stay.
+    pub fn merge(&mut self, new: &Descriptor, info: u32) {
+        let info = if info & BACKUP != 0 { OWNER | GROUP | DACL | SACL } else { info };
+        self.take(new, info);
+    }
+
+    fn take(&mut self, from: &Descriptor, info: u32) {
+        let mut bits = |mask: u16| self.control = self.control & !mask | from.control & mask;
+        if info & OWNER != 0 {
+            bits(OWNER_BITS);
+            self.owner = from.owner.clone();
+        }
+        if info & GROUP != 0 {
+            bits(GROUP_BITS);
+            self.group = from.group.clone();
+        }
+        if info & DACL != 0 {
+            bits(DACL_BITS);
+            self.dacl = from.dacl.clone();
+        }
+        if info & (SACL | LABEL) != 0 {
+            bits(SACL_BITS);
+            self.sacl = from.sacl.clone();
+        }
+    }
+
+    /// The AdditionalInformation bits of the parts this descriptor has (a DACL or SACL
+    /// marked present counts, a NULL one too).
+    pub fn present_parts(&self) -> u32 {
+        let mut info = 0;
+        if self.owner.is_some() {
+            info |= OWNER;
+        }
+        if self.group.is_some() {
+            info |= GROUP;
+        }
+        if self.control & DACL_PRESENT != 0 || self.dacl.is_some() {
+            info |= DACL;
+        }
+        if self.control & SACL_PRESENT != 0 || self.sacl.is_some() {
+            info |= SACL;
+        }
+        info
+    }
+
+    /// What a file that never had a descriptor set shows: owned by BUILTIN\Administrators
+    /// (owner and group), and a DACL that allows Everyone full access (inherited by files and
+    /// subdirectories, for a directory), as ACLs are not what decides access here.
+    pub fn default_for(directory: bool) -> Descriptor {
+        const ADMINISTRATORS: [u8; 16] = [1, 2, 0, 0, 0, 0, 0, 5, 32, 0, 0, 0, 0x20, 2, 0, 0];
+        const EVERYONE: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        const ACCESS_ALLOWED: u8 = 0;
+        const OBJECT_AND_CONTAINER_INHERIT: u8 = 0x03;
+        let mut ace = vec![ACCESS_ALLOWED, if directory { OBJECT_AND_CONTAINER_INHERIT } else { 0 }];
+        ace.extend_from_slice(&((ACE_HEADER_BYTES + 4 + EVERYONE.len()) as u16).to_le_bytes());
+        ace.extend_from_slice(&crate::share_modes::FILE_ALL_ACCESS.to_le_bytes());
+        ace.extend_from_slice(&EVERYONE);
+        let mut dacl = vec![2, 0];
+        dacl.extend_from_slice(&((ACL_HEADER_BYTES + ace.len()) as u16).to_le_bytes());
+        dacl.extend_from_slice(&1u16.to_le_bytes());
+        dacl.extend_from_slice(&[0, 0]);
+        dacl.extend_from_slice(&ace);
+        Descriptor { control: SELF_RELATIVE | DACL_PRESENT, owner: Some(ADMINISTRATORS.to_vec()), group: Some(ADMINISTRATORS.to_vec()), sacl: None, dacl: Some(dacl) }
+    }
+}
+
+/// The SID at `offset` (MS-DTYP 2.4.2.2: revision 1, up to 15 sub-authorities).
+fn sid(b: &[u8], offset: usize, what: &'static str) -> Result<Vec<u8>, SdError> {
+    sid_len(b, offset, what).map(|len| b[offset..offset + len].to_vec())
+}
+
+fn sid_len(b: &[u8], offset: usize, what: &'static str) -> Result<usize, SdError> {
+    let (Some(&revision), Some(&count)) = (b.get(offset), b.get(offset + 1)) else { return Err(SdError::Outside { what, offset, len: b.len() }) };
+    if revision != 1 || usize::from(count) > MAX_SUB_AUTHORITIES {
+        return Err(SdError::BadSid(what));
+    }
+    let len = 8 + 4 * usize::from(count);
+    if b.len() < offset + len {
+        return Err(SdError::Outside { what, offset, len: b.len() });
+    }
+    Ok(len)
+}
+
+/// The ACL at `offset` (MS-DTYP 2.4.5): revision 2 or 4, its size within the descriptor, each
+/// ACE within it, DWORD-sized, and the SID of every ACE type with a mask and a SID well formed.
+fn acl(b: &[u8], offset: usize, what: &'static str) -> Result<Vec<u8>, SdError> {
+    let bad = |why| SdError::BadAcl { what, why };
+    let (Some(&revision), Some(size), Some(count)) = (b.get(offset), u16_at(b, offset + 2), u16_at(b, offset + 4)) else { return Err(SdError::Outside { what, offset, len: b.len() }) };
+    let size = usize::from(size);
+    if revision != 2 && revision != 4 {
+        return Err(bad("revision not 2 or 4"));
+    }
+    if size < ACL_HEADER_BYTES || b.len() < offset + size {
+        return Err(SdError::Outside { what, offset, len: b.len() });
+    }
+    let acl = &b[offset..offset + size];
+    let mut at = ACL_HEADER_BYTES;
+    for _ in 0..count {
+        let (Some(&kind), Some(ace_size)) = (acl.get(at), u16_at(acl, at + 2)) else { return Err(bad("an ACE past its end")) };
+        let ace_size = usize::from(ace_size);
+        if ace_size < ACE_HEADER_BYTES || ace_size % 4 != 0 || at + ace_size > size {
+            return Err(bad("an ACE's size"));
+        }
+        // ACCESS_ALLOWED, ACCESS_DENIED, SYSTEM_AUDIT, SYSTEM_ALARM, SYSTEM_MANDATORY_LABEL,
+        // SYSTEM_RESOURCE_ATTRIBUTE's and SCOPED_POLICY_ID's fixed part: a mask, then a SID.
+        if matches!(kind, 0 | 1 | 2 | 3 | 0x11 | 0x12 | 0x13) {
+            let ace = &acl[at..at + ace_size];
+            sid_len(ace, ACE_HEADER_BYTES + 4, "SID of an ACE").map_err(|_| bad("an ACE's SID"))?;
+        }
+        at += ace_size;
+    }
+    Ok(acl.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A descriptor as Windows writes one: owner and group, a protected DACL of two ACEs (an
+    /// allow for a domain user's SID, a deny for Everyone), a SACL with one audit ACE.
+    fn sample() -> Vec<u8> {
+        let user = [1u8, 5, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xe9, 3, 0, 0];
+        let everyone = [1u8, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        let ace = |kind: u8, flags: u8, mask: u32, sid: &[u8]| {
+            let mut a = vec![kind, flags];
+            a.extend_from_slice(&((8 + sid.len()) as u16).to_le_bytes());
+            a.extend_from_slice(&mask.to_le_bytes());
+            a.extend_from_slice(sid);
+            a
+        };
+        let list = |aces: &[Vec<u8>]| {
+            let body: Vec<u8> = aces.concat();
+            let mut a = vec![2, 0];
+            a.extend_from_slice(&((8 + body.len()) as u16).to_le_bytes());
+            a.extend_from_slice(&(aces.len() as u16).to_le_bytes());
+            a.extend_from_slice(&[0, 0]);
+            a.extend_from_slice(&body);
+            a
+        };
+        let d = Descriptor {
+            control: SELF_RELATIVE | DACL_PRESENT | 0x1000 | 0x0010,
+            owner: Some(user.to_vec()),
+            group: Some(everyone.to_vec()),
+            sacl: Some(list(&[ace(2, 0x40, 0x0001_0000, &everyone)])),
+            dacl: Some(list(&[ace(0, 0x03, 0x001F_01FF, &user), ace(1, 0, 0x0000_0002, &everyone)])),
+        };
+        d.encode()
+    }
+
+    #[test]
+    fn a_descriptor_reads_back_as_written_and_the_default_is_well_formed() {
+        let bytes = sample();
+        let d = Descriptor::parse(&bytes).unwrap();
+        assert_eq!(d.encode(), bytes);
+        assert_eq!(d.dacl.as_ref().unwrap().len(), 8 + 36 + 20);
+        for directory in [false, true] {
+            let default = Descriptor::default_for(directory);
+            assert_eq!(Descriptor::parse(&default.encode()), Ok(default));
+        }
+    }
+
+    #[test]
+    fn a_query_gets_the_parts_it_asks_for_and_a_set_replaces_only_those() {
+        let d = Descriptor::parse(&sample()).unwrap();
+        let owner_only = d.select(OWNER);
+        assert_eq!((owner_only.owner.is_some(), owner_only.group, owner_only.dacl, owner_only.sacl, owner_only.control), (true, None, None, None, SELF_RELATIVE));
+        let dacl = d.select(DACL);
+        assert_eq!((dacl.owner, dacl.dacl.as_ref(), dacl.control), (None, d.dacl.as_ref(), SELF_RELATIVE | DACL_PRESENT | 0x1000));
+        assert_eq!(d.select(BACKUP), d, "everything");
+        let mut kept = Descriptor::default_for(false);
+        kept.merge(&d, DACL);
+        assert_eq!((kept.owner.as_ref(), kept.dacl.as_ref()), (Descriptor::default_for(false).owner.as_ref(), d.dacl.as_ref()), "the owner stays, the DACL is the new one");
+        assert_eq!(kept.control & 0x1000, 0x1000, "with its control bits (protected)");
+        kept.merge(&Descriptor { control: SELF_RELATIVE, ..Descriptor::default() }, DACL);
+        assert_eq!((kept.dacl, kept.control & DACL_PRESENT), (None, 0), "a DACL taken away");
+    }
+
+    #[test]
+    fn malformed_descriptors_are_refused() {
+        let good = sample();
+        let with = |at: usize, bytes: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+            Descriptor::parse(&b)
+        };
+        assert_eq!(Descriptor::parse(&good[..19]), Err(SdError::Truncated(19)));
+        assert_eq!(with(0, &[2]), Err(SdError::Revision(2)));
+        assert_eq!(with(2, &0x0004u16.to_le_bytes()), Err(SdError::NotSelfRelative));
+        assert!(matches!(with(4, &60_000u32.to_le_bytes()), Err(SdError::Outside { what: "owner", .. })));
+        assert!(matches!(with(16, &(good.len() as u32 - 4).to_le_bytes()), Err(SdError::Outside { .. } | SdError::BadAcl { .. })));
+        let owner = u32::from_le_bytes(good[4..8].try_into().unwrap()) as usize;
+        assert_eq!(with(owner + 1, &[16]), Err(SdError::BadSid("owner")), "16 sub-authorities");
+        let dacl = u32::from_le_bytes(good[16..20].try_into().unwrap()) as usize;
+        assert!(matches!(with(dacl, &[3]), Err(SdError::BadAcl { why: "revision not 2 or 4", .. })));
+        assert!(matches!(with(dacl + 4, &9u16.to_le_bytes()), Err(SdError::BadAcl { .. })), "more ACEs than it holds");
+        assert!(matches!(with(dacl + 10, &6u16.to_le_bytes()), Err(SdError::BadAcl { why: "an ACE's size", .. })), "an ACE of 6 bytes");
+        assert!(matches!(Descriptor::parse(&vec![0; MAX_DESCRIPTOR_BYTES + 1]), Err(SdError::TooLarge(_))));
+    }
+
+    proptest! {
+        /// Whatever bytes arrive, parsing never panics, and what it accepts encodes to a
+        /// descriptor that parses to the same parts (so what is stored can be given back).
+        #[test]
+        fn any_bytes_parse_without_panic_and_what_is_accepted_round_trips(b in prop::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(d) = Descriptor::parse(&b) {
+                prop_assert_eq!(Descriptor::parse(&d.encode()), Ok(d));
+            }
+        }
+
+        /// The same for a real descriptor with bytes changed.
+        #[test]
+        fn a_mutated_descriptor_parses_without_panic_and_round_trips(changes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6), cut in any::<prop::sample::Index>()) {
+            let mut b = sample();
+            for (at, v) in changes {
+                let i = at.index(b.len());
+                b[i] = v;
+            }
+            let b = &b[..cut.index(b.len() + 1).max(1)];
+            if let Ok(d) = Descriptor::parse(b) {
+                prop_assert_eq!(Descriptor::parse(&d.encode()), Ok(d));
+            }
+        }
+    }
+}

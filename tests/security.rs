@@ -1,0 +1,46 @@
+//! Security descriptors through SMB (QUERY_INFO and SET_INFO of SMB2_0_INFO_SECURITY), with
+//! impacket: a file shows the default descriptor until a client sets one; what a client sets
+//! through one node's gateway, every node's gateway gives back, part by part; a malformed
+//! descriptor is refused and changes nothing; each part needs its access. The volume lives on
+//! node 2; the clients go through nodes 1 and 3.
+
+mod common;
+
+use common::wire::*;
+use common::*;
+
+const USER: &str = "S-1-5-21-1-2-3-1001";
+const OWNER: u32 = 1;
+const GROUP: u32 = 2;
+const DACL: u32 = 4;
+
+#[test]
+fn a_descriptor_set_through_one_node_is_given_back_by_every_node_part_by_part() {
+    let c = data_cluster(); // the volume lives on node 2
+    let mut a = DrivenClient::connect(&c.node(1).smb);
+    assert_eq!(a.open("f", "acl.bin", READ | WRITE | READ_CONTROL | WRITE_DAC | WRITE_OWNER, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(a.cmd("getsd f 7"), "OK S-1-5-32-544 S-1-5-32-544 0:0:0x1f01ff:S-1-1-0", "the default: Administrators, Everyone full access");
+    // A DACL (read for a user, write denied to Everyone), set alone; then the owner alone.
+    let dacl = format!("0:3:0x1200a9:{USER},1:0:0x2:S-1-1-0");
+    assert_eq!(a.cmd(&format!("setsd f {DACL} - - {dacl}")), "OK");
+    assert_eq!(a.cmd(&format!("setsd f {OWNER} {USER} - -")), "OK");
+    assert_eq!(a.cmd("close f"), "OK");
+    let mut b = DrivenClient::connect(&c.node(3).smb);
+    assert_eq!(b.open("g", "acl.bin", READ | READ_CONTROL, SHARE_ALL, OPEN), "OK");
+    assert_eq!(b.cmd("getsd g 7"), format!("OK {USER} S-1-5-32-544 {dacl}"), "through another node: the parts set, and the group as it was");
+    assert_eq!(b.cmd(&format!("getsd g {OWNER}")), format!("OK {USER} - -"), "only the part asked for");
+    assert_eq!(b.cmd(&format!("getsd g {}", GROUP | DACL)), format!("OK - S-1-5-32-544 {dacl}"));
+    // Changing a part needs its access (WRITE_DAC here); reading needs READ_CONTROL.
+    assert!(b.cmd(&format!("setsd g {DACL} - - 0:0:0x1f01ff:S-1-1-0")).starts_with("ERR 0xc0000022"), "ACCESS_DENIED");
+    assert_eq!(b.open("r", "acl.bin", READ, SHARE_ALL, OPEN), "OK");
+    assert!(b.cmd("getsd r 7").starts_with("ERR 0xc0000022"), "ACCESS_DENIED");
+    // A malformed descriptor (revision 2) is refused, and nothing changes.
+    assert_eq!(b.open("w", "acl.bin", READ | READ_CONTROL | WRITE_DAC, SHARE_ALL, OPEN), "OK");
+    assert!(b.cmd(&format!("setsdhex w {DACL} 0200048014000000000000000000000000000000")).starts_with("ERR 0xc0000079"), "INVALID_SECURITY_DESCR");
+    assert!(b.cmd(&format!("setsdhex w {DACL} 0100")).starts_with("ERR 0xc0000079"), "a truncated one too");
+    assert_eq!(b.cmd("getsd w 7"), format!("OK {USER} S-1-5-32-544 {dacl}"));
+    // The owner's own gateway gives back the same.
+    let mut o = DrivenClient::connect(&c.node(2).smb);
+    assert_eq!(o.open("f", "acl.bin", READ_CONTROL, SHARE_ALL, OPEN), "OK");
+    assert_eq!(o.cmd("getsd f 7"), format!("OK {USER} S-1-5-32-544 {dacl}"));
+}
