@@ -38,6 +38,8 @@ fn a_descriptor_set_through_one_node_is_given_back_by_every_node_part_by_part() 
     assert_eq!(b.open("w", "acl.bin", READ | READ_CONTROL | WRITE_DAC, SHARE_ALL, OPEN), "OK");
     assert!(b.cmd(&format!("setsdhex w {DACL} 0200048014000000000000000000000000000000")).starts_with("ERR 0xc0000079"), "INVALID_SECURITY_DESCR");
     assert!(b.cmd(&format!("setsdhex w {DACL} 0100")).starts_with("ERR 0xc0000079"), "a truncated one too");
+    assert_eq!(b.open("o", "acl.bin", READ | READ_CONTROL | WRITE_OWNER, SHARE_ALL, OPEN), "OK");
+    assert!(b.cmd(&format!("setsd o {OWNER} - - -")).starts_with("ERR 0xc000005a"), "INVALID_OWNER: the owner named, none given");
     assert_eq!(b.cmd("getsd w 7"), format!("OK {USER} S-1-5-32-544 {dacl}"));
     // The owner's own gateway gives back the same.
     let mut o = DrivenClient::connect(&c.node(2).smb);

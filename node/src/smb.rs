@@ -321,9 +321,9 @@ impl Files for VolumeFiles {
         Ok((!security.is_empty()).then_some(security))
     }
 
-    fn set_security(&self, share: &str, id: u64, descriptor: Vec<u8>) -> Result<(), FsError> {
+    fn set_security(&self, share: &str, id: u64, descriptor: Vec<u8>, now: u64) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
-        let req = SetInfoRequest { target: Some(target), ino: id, security: Some(descriptor), ..Default::default() };
+        let req = SetInfoRequest { target: Some(target), ino: id, changed: Some(now), security: Some(descriptor), ..Default::default() };
         self.call(self.service.set_info(tonic::Request::new(req))).map(|_| ())
     }
 

@@ -750,13 +750,7 @@ impl VolumeRpc for VolumeService {
     async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_info, |s, vol, view, r| {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes, sparse: r.sparse };
-            if let Some(descriptor) = r.security.clone() {
-                let inode = s.set_security(vol, view, r.ino, descriptor)?;
-                if info == SetInfo::default() {
-                    return Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() });
-                }
-            }
-            let inode = s.set_info(vol, view, r.ino, info)?;
+            let inode = s.set_info_and_security(vol, view, r.ino, info, r.security.clone())?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
     }

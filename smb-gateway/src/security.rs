@@ -24,7 +24,7 @@ pub const OWNER: u32 = 0x0000_0001;
 pub const GROUP: u32 = 0x0000_0002;
 pub const DACL: u32 = 0x0000_0004;
 pub const SACL: u32 = 0x0000_0008;
-/// The mandatory label (kept in the SACL): asked with SACL here.
+/// The mandatory label: the SACL's SYSTEM_MANDATORY_LABEL ACEs only.
 pub const LABEL: u32 = 0x0000_0010;
 /// Everything: owner, group, DACL and SACL (BACKUP_SECURITY_INFORMATION).
 pub const BACKUP: u32 = 0x0001_0000;
@@ -33,6 +33,10 @@ pub const BACKUP: u32 = 0x0001_0000;
 const SELF_RELATIVE: u16 = 0x8000;
 const DACL_PRESENT: u16 = 0x0004;
 const SACL_PRESENT: u16 = 0x0010;
+/// SE_DACL_AUTO_INHERIT_REQ and SE_SACL_AUTO_INHERIT_REQ: asks of a set, never kept.
+const AUTO_INHERIT_REQ: u16 = 0x0100 | 0x0200;
+/// The ACE type of a mandatory label (SYSTEM_MANDATORY_LABEL_ACE_TYPE).
+const MANDATORY_LABEL_ACE: u8 = 0x11;
 /// The control bits that go with each part.
 const OWNER_BITS: u16 = 0x0001;
 const GROUP_BITS: u16 = 0x0002;
@@ -60,11 +64,13 @@ pub enum SdError {
     BadSid(&'static str),
     #[error("the {what} is not a well-formed ACL: {why}")]
     BadAcl { what: &'static str, why: &'static str },
+    #[error("the descriptor would have no {0}")]
+    Missing(&'static str),
 }
 
 /// A security descriptor's parts, each as its bytes (a SID, an ACL) when present. A DACL or
 /// SACL marked present in `control` without bytes is a NULL ACL (a NULL DACL allows everyone
-/// everything).
+/// everything); one not marked present has no bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Descriptor {
     pub control: u16,
@@ -92,8 +98,10 @@ impl Descriptor {
         }
         let at = |i: usize| u32_at(b, 4 + 4 * i).unwrap_or_default() as usize;
         let (owner, group, sacl, dacl) = (at(0), at(1), at(2), at(3));
+        // An ACL not marked present is not there, whatever its offset says.
+        let (sacl, dacl) = (if control & SACL_PRESENT != 0 { sacl } else { 0 }, if control & DACL_PRESENT != 0 { dacl } else { 0 });
         Ok(Descriptor {
-            control,
+            control: control & !AUTO_INHERIT_REQ,
             owner: (owner != 0).then(|| sid(b, owner, "owner")).transpose()?,
             group: (group != 0).then(|| sid(b, group, "group")).transpose()?,
             sacl: (sacl != 0).then(|| acl(b, sacl, "SACL")).transpose()?,
@@ -118,19 +126,54 @@ impl Descriptor {
     }
 
     /// The parts `info` asks for (AdditionalInformation of a QUERY_INFO), with their control
-    /// bits; the others absent.
+    /// bits; the others absent. LABEL alone gives the SACL's mandatory-label ACEs only.
     pub fn select(&self, info: u32) -> Descriptor {
-        let info = if info & BACKUP != 0 { OWNER | GROUP | DACL | SACL } else { info };
+        let info = expand(info);
         let mut out = Descriptor { control: SELF_RELATIVE, ..Descriptor::default() };
         out.take(self, info);
+        if info & LABEL != 0 && info & SACL == 0 {
+            if let Some(sacl) = &self.sacl {
+                out.sacl = Some(acl_of(sacl[0], aces(sacl).filter(|a| a[0] == MANDATORY_LABEL_ACE)));
+                out.control |= SACL_PRESENT;
+            }
+        }
         out
     }
 
     /// Replaces the parts `info` names (AdditionalInformation of a SET_INFO) with `new`'s,
-    /// with their control bits; the others stay.
-    pub fn merge(&mut self, new: &Descriptor, info: u32) {
-        let info = if info & BACKUP != 0 { OWNER | GROUP | DACL | SACL } else { info };
-        self.take(new, info);
+    /// with their control bits; the others stay. LABEL alone replaces the SACL's
+    /// mandatory-label ACEs only. Refused when the result would have no owner or group where
+    /// `info` names one, or would pass [`MAX_DESCRIPTOR_BYTES`].
+    pub fn merge(&mut self, new: &Descriptor, info: u32) -> Result<(), SdError> {
+        let info = expand(info);
+        if info & OWNER != 0 && new.owner.is_none() {
+            return Err(SdError::Missing("owner"));
+        }
+        if info & GROUP != 0 && new.group.is_none() {
+            return Err(SdError::Missing("group"));
+        }
+        let mut merged = self.clone();
+        merged.take(new, info);
+        if info & LABEL != 0 && info & SACL == 0 {
+            let kept = self.sacl.iter().flat_map(|s| aces(s)).filter(|a| a[0] != MANDATORY_LABEL_ACE);
+            let given = new.sacl.iter().flat_map(|s| aces(s)).filter(|a| a[0] == MANDATORY_LABEL_ACE);
+            let all: Vec<&[u8]> = kept.chain(given).collect();
+            if self.sacl.is_some() || !all.is_empty() {
+                if ACL_HEADER_BYTES + all.iter().map(|a| a.len()).sum::<usize>() > usize::from(u16::MAX) {
+                    return Err(SdError::TooLarge(MAX_DESCRIPTOR_BYTES + 1));
+                }
+                let revision = self.sacl.as_ref().or(new.sacl.as_ref()).map_or(2, |s| s[0]);
+                merged.sacl = Some(acl_of(revision, all.into_iter()));
+                merged.control |= SACL_PRESENT;
+            }
+        }
+        merged.control &= !AUTO_INHERIT_REQ;
+        let len = merged.encode().len();
+        if len > MAX_DESCRIPTOR_BYTES {
+            return Err(SdError::TooLarge(len));
+        }
+        *self = merged;
+        Ok(())
     }
 
     fn take(&mut self, from: &Descriptor, info: u32) {
@@ -147,7 +190,7 @@ impl Descriptor {
             bits(DACL_BITS);
             self.dacl = from.dacl.clone();
         }
-        if info & (SACL | LABEL) != 0 {
+        if info & SACL != 0 {
             bits(SACL_BITS);
             self.sacl = from.sacl.clone();
         }
@@ -193,19 +236,56 @@ impl Descriptor {
     }
 }
 
+/// BACKUP_SECURITY_INFORMATION as the four parts it stands for.
+fn expand(info: u32) -> u32 {
+    if info & BACKUP != 0 {
+        info | OWNER | GROUP | DACL | SACL
+    } else {
+        info
+    }
+}
+
+/// The ACEs of an ACL [`acl`] checked, each with its bytes.
+fn aces(acl: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let count = u16_at(acl, 4).unwrap_or(0);
+    let mut at = ACL_HEADER_BYTES;
+    (0..count).map_while(move |_| {
+        let size = usize::from(u16_at(acl, at + 2)?);
+        let ace = acl.get(at..at + size)?;
+        at += size;
+        Some(ace)
+    })
+}
+
+/// An ACL of `revision` holding `aces` (their sizes bounded by the caller: at most 64 KiB).
+fn acl_of<'a>(revision: u8, aces: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = vec![revision, 0, 0, 0, 0, 0, 0, 0];
+    let mut count = 0u16;
+    for ace in aces {
+        out.extend_from_slice(ace);
+        count += 1;
+    }
+    let size = out.len() as u16;
+    out[2..4].copy_from_slice(&size.to_le_bytes());
+    out[4..6].copy_from_slice(&count.to_le_bytes());
+    out
+}
+
 /// The SID at `offset` (MS-DTYP 2.4.2.2: revision 1, up to 15 sub-authorities).
 fn sid(b: &[u8], offset: usize, what: &'static str) -> Result<Vec<u8>, SdError> {
     sid_len(b, offset, what).map(|len| b[offset..offset + len].to_vec())
 }
 
 fn sid_len(b: &[u8], offset: usize, what: &'static str) -> Result<usize, SdError> {
-    let (Some(&revision), Some(&count)) = (b.get(offset), b.get(offset + 1)) else { return Err(SdError::Outside { what, offset, len: b.len() }) };
+    let outside = || SdError::Outside { what, offset, len: b.len() };
+    let s = b.get(offset..).ok_or_else(outside)?;
+    let (Some(&revision), Some(&count)) = (s.first(), s.get(1)) else { return Err(outside()) };
     if revision != 1 || usize::from(count) > MAX_SUB_AUTHORITIES {
         return Err(SdError::BadSid(what));
     }
     let len = 8 + 4 * usize::from(count);
-    if b.len() < offset + len {
-        return Err(SdError::Outside { what, offset, len: b.len() });
+    if s.len() < len {
+        return Err(outside());
     }
     Ok(len)
 }
@@ -214,15 +294,20 @@ fn sid_len(b: &[u8], offset: usize, what: &'static str) -> Result<usize, SdError
 /// ACE within it, DWORD-sized, and the SID of every ACE type with a mask and a SID well formed.
 fn acl(b: &[u8], offset: usize, what: &'static str) -> Result<Vec<u8>, SdError> {
     let bad = |why| SdError::BadAcl { what, why };
-    let (Some(&revision), Some(size), Some(count)) = (b.get(offset), u16_at(b, offset + 2), u16_at(b, offset + 4)) else { return Err(SdError::Outside { what, offset, len: b.len() }) };
+    let outside = || SdError::Outside { what, offset, len: b.len() };
+    let a = b.get(offset..).ok_or_else(outside)?;
+    let (Some(&revision), Some(size), Some(count)) = (a.first(), u16_at(a, 2), u16_at(a, 4)) else { return Err(outside()) };
     let size = usize::from(size);
     if revision != 2 && revision != 4 {
         return Err(bad("revision not 2 or 4"));
     }
-    if size < ACL_HEADER_BYTES || b.len() < offset + size {
-        return Err(SdError::Outside { what, offset, len: b.len() });
+    if size % 4 != 0 {
+        return Err(bad("a size not a multiple of 4"));
     }
-    let acl = &b[offset..offset + size];
+    if size < ACL_HEADER_BYTES || a.len() < size {
+        return Err(outside());
+    }
+    let acl = &a[..size];
     let mut at = ACL_HEADER_BYTES;
     for _ in 0..count {
         let (Some(&kind), Some(ace_size)) = (acl.get(at), u16_at(acl, at + 2)) else { return Err(bad("an ACE past its end")) };
@@ -298,11 +383,58 @@ mod tests {
         assert_eq!((dacl.owner, dacl.dacl.as_ref(), dacl.control), (None, d.dacl.as_ref(), SELF_RELATIVE | DACL_PRESENT | 0x1000));
         assert_eq!(d.select(BACKUP), d, "everything");
         let mut kept = Descriptor::default_for(false);
-        kept.merge(&d, DACL);
+        kept.merge(&d, DACL).unwrap();
         assert_eq!((kept.owner.as_ref(), kept.dacl.as_ref()), (Descriptor::default_for(false).owner.as_ref(), d.dacl.as_ref()), "the owner stays, the DACL is the new one");
         assert_eq!(kept.control & 0x1000, 0x1000, "with its control bits (protected)");
-        kept.merge(&Descriptor { control: SELF_RELATIVE, ..Descriptor::default() }, DACL);
-        assert_eq!((kept.dacl, kept.control & DACL_PRESENT), (None, 0), "a DACL taken away");
+        kept.merge(&Descriptor { control: SELF_RELATIVE, ..Descriptor::default() }, DACL).unwrap();
+        assert_eq!((kept.dacl.as_ref(), kept.control & DACL_PRESENT), (None, 0), "a DACL taken away");
+        // Naming the owner or group with a descriptor that has none is refused, nothing changed.
+        let before = kept.clone();
+        assert_eq!(kept.merge(&Descriptor::default(), OWNER), Err(SdError::Missing("owner")));
+        assert_eq!(kept.merge(&Descriptor::default(), GROUP | BACKUP), Err(SdError::Missing("owner")));
+        assert_eq!(kept, before);
+        // A NULL DACL (present, no bytes) reads back as one; the auto-inherit asks are not kept.
+        let null = Descriptor { control: SELF_RELATIVE | DACL_PRESENT | 0x0100, ..Descriptor::default() };
+        kept.merge(&null, DACL).unwrap();
+        assert_eq!((kept.dacl.as_ref(), kept.control & (DACL_PRESENT | 0x0100)), (None, DACL_PRESENT));
+        assert_eq!(Descriptor::parse(&kept.encode()).unwrap(), kept);
+    }
+
+    /// LABEL alone asks for, or replaces, the SACL's mandatory-label ACEs only: the audit ACEs
+    /// stay, and stay unseen.
+    #[test]
+    fn a_label_is_the_mandatory_label_aces_of_the_sacl_only() {
+        let d = Descriptor::parse(&sample()).unwrap();
+        let label_only = d.select(LABEL);
+        assert_eq!(label_only.sacl.as_ref().map(|s| aces(s).count()), Some(0), "the sample's SACL holds an audit ACE only");
+        let everyone = [1u8, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        let mut label = vec![MANDATORY_LABEL_ACE, 0, 20, 0, 1, 0, 0, 0];
+        label.extend_from_slice(&everyone);
+        let given = Descriptor { control: SELF_RELATIVE | SACL_PRESENT, sacl: Some(acl_of(2, [&label[..]].into_iter())), ..Descriptor::default() };
+        let mut kept = d.clone();
+        kept.merge(&given, LABEL).unwrap();
+        let sacl = kept.sacl.clone().unwrap();
+        assert_eq!(aces(&sacl).map(|a| a[0]).collect::<Vec<_>>(), [2, MANDATORY_LABEL_ACE], "the audit ACE stays, the label joins it");
+        assert_eq!(kept.select(LABEL).sacl.map(|s| aces(&s).map(|a| a.to_vec()).collect::<Vec<_>>()), Some(vec![label.clone()]));
+        assert_eq!(kept.select(SACL).sacl, Some(sacl), "the whole SACL with SACL");
+        assert_eq!(Descriptor::parse(&kept.encode()).unwrap(), kept);
+    }
+
+    /// What a merge makes stays within MAX_DESCRIPTOR_BYTES, though each part came in a
+    /// descriptor within it.
+    #[test]
+    fn a_merge_past_the_size_bound_is_refused() {
+        let everyone = [1u8, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        let mut ace = vec![0u8, 0, 20, 0, 0xff, 0x01, 0x1f, 0];
+        ace.extend_from_slice(&everyone);
+        let big = acl_of(2, std::iter::repeat_n(&ace[..], 2000));
+        let dacl = Descriptor { control: SELF_RELATIVE | DACL_PRESENT, dacl: Some(big.clone()), ..Descriptor::default() };
+        let sacl = Descriptor { control: SELF_RELATIVE | SACL_PRESENT, sacl: Some(big), ..Descriptor::default() };
+        let mut kept = Descriptor::default_for(false);
+        kept.merge(&dacl, DACL).unwrap();
+        let before = kept.clone();
+        assert!(matches!(kept.merge(&sacl, SACL), Err(SdError::TooLarge(_))));
+        assert_eq!(kept, before);
     }
 
     #[test]
@@ -325,6 +457,10 @@ mod tests {
         assert!(matches!(with(dacl + 4, &9u16.to_le_bytes()), Err(SdError::BadAcl { .. })), "more ACEs than it holds");
         assert!(matches!(with(dacl + 10, &6u16.to_le_bytes()), Err(SdError::BadAcl { why: "an ACE's size", .. })), "an ACE of 6 bytes");
         assert!(matches!(Descriptor::parse(&vec![0; MAX_DESCRIPTOR_BYTES + 1]), Err(SdError::TooLarge(_))));
+        assert!(matches!(with(dacl + 2, &66u16.to_le_bytes()), Err(SdError::BadAcl { why: "a size not a multiple of 4", .. })));
+        // A DACL offset without SE_DACL_PRESENT is no DACL, whatever it points at.
+        let control = u16::from_le_bytes(good[2..4].try_into().unwrap()) & !DACL_PRESENT;
+        assert_eq!(with(2, &control.to_le_bytes()).unwrap().dacl, None);
     }
 
     proptest! {

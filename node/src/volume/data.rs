@@ -358,6 +358,23 @@ impl VolumeStore {
     /// Sets times and DOS attributes (SMB SET_INFO), and whether the file is sparse; `None`
     /// leaves a field as it is.
     pub fn set_info(&self, vol: Uuid, view: View, ino: u64, info: SetInfo) -> Result<Inode> {
+        self.set_info_and_security(vol, view, ino, info, None)
+    }
+
+    /// Keeps `descriptor` as the file's or directory's security descriptor (an empty one
+    /// removes it), its change time `now`; snapshots keep the one they saw. The store keeps
+    /// the bytes as given: the gateway checked them.
+    pub fn set_security(&self, vol: Uuid, view: View, ino: u64, descriptor: Vec<u8>, now: u64) -> Result<Inode> {
+        self.set_info_and_security(vol, view, ino, SetInfo { changed: Some(now), ..SetInfo::default() }, Some(descriptor))
+    }
+
+    /// [`Self::set_info`] and, with `security`, [`Self::set_security`], in one write.
+    pub fn set_info_and_security(&self, vol: Uuid, view: View, ino: u64, info: SetInfo, security: Option<Vec<u8>>) -> Result<Inode> {
+        if let Some(d) = &security {
+            if d.len() > MAX_SECURITY_BYTES {
+                return Err(VolumeError::TooLarge { what: "a security descriptor", got: d.len() as u64, max: MAX_SECURITY_BYTES as u64 });
+            }
+        }
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
@@ -373,24 +390,9 @@ impl VolumeStore {
             Some(false) => inode.attributes &= !ATTRIBUTE_SPARSE_FILE,
             None => {}
         }
-        let mut batch = Batch::default();
-        self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
-        self.kv.write(batch, Durability::Buffered)?;
-        Ok(inode)
-    }
-
-    /// Keeps `descriptor` as the file's or directory's security descriptor (an empty one
-    /// removes it); snapshots keep the one they saw. The store keeps the bytes as given: the
-    /// gateway checked them.
-    pub fn set_security(&self, vol: Uuid, view: View, ino: u64, descriptor: Vec<u8>) -> Result<Inode> {
-        if descriptor.len() > MAX_SECURITY_BYTES {
-            return Err(VolumeError::TooLarge { what: "a security descriptor", got: descriptor.len() as u64, max: MAX_SECURITY_BYTES as u64 });
+        if let Some(d) = security {
+            inode.security = (!d.is_empty()).then_some(d);
         }
-        let entry = self.volume(vol)?;
-        let (_pass, st) = entry.mutation()?;
-        let scope = Self::writable(&st, view)?;
-        let (mut inode, inode_key) = self.inode_req(vol, &scope, ino)?;
-        inode.security = (!descriptor.is_empty()).then_some(descriptor);
         let mut batch = Batch::default();
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;
         self.kv.write(batch, Durability::Buffered)?;

@@ -748,19 +748,20 @@ fn security_descriptors_are_kept_through_restarts_and_snapshots_keep_theirs() {
         s.create_volume(vol, 0).unwrap();
         ino = s.create(vol, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
         assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, None, "none until one is set");
-        assert_eq!(s.set_security(vol, View::Live, ino, first.clone()).unwrap().security.as_ref(), Some(&first));
+        assert_eq!(s.set_security(vol, View::Live, ino, first.clone(), 5).unwrap().security.as_ref(), Some(&first));
+        assert_eq!(s.stat(vol, View::Live, ino).unwrap().changed, 5, "a new descriptor is a change");
         s.snapshot_create(vol, snap, 2).unwrap();
-        s.set_security(vol, View::Live, ino, second.clone()).unwrap();
-        assert!(matches!(s.set_security(vol, View::Snapshot(snap), ino, second.clone()), Err(VolumeError::ReadOnly(_))));
-        assert!(matches!(s.set_security(vol, View::Live, ino, vec![1; MAX_SECURITY_BYTES + 1]), Err(VolumeError::TooLarge { .. })));
+        s.set_security(vol, View::Live, ino, second.clone(), 6).unwrap();
+        assert!(matches!(s.set_security(vol, View::Snapshot(snap), ino, second.clone(), 6), Err(VolumeError::ReadOnly(_))));
+        assert!(matches!(s.set_security(vol, View::Live, ino, vec![1; MAX_SECURITY_BYTES + 1], 6), Err(VolumeError::TooLarge { .. })));
         s.write(vol, View::Live, ino, 0, b"data", 3).unwrap();
     }
     let s = VolumeStore::open(dir.path()).unwrap();
     assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, Some(second), "kept through a restart and a write");
     assert_eq!(s.stat(vol, View::Snapshot(snap), ino).unwrap().security, Some(first), "the snapshot's own");
-    s.set_security(vol, View::Live, ino, Vec::new()).unwrap();
+    s.set_security(vol, View::Live, ino, Vec::new(), 7).unwrap();
     assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, None, "an empty one removes it");
-    s.set_security(vol, View::Live, ROOT_INO, vec![9; 40]).unwrap();
+    s.set_security(vol, View::Live, ROOT_INO, vec![9; 40], 8).unwrap();
     assert_eq!(s.stat(vol, View::Live, ROOT_INO).unwrap().security, Some(vec![9; 40]), "directories too");
 }
 

@@ -64,7 +64,11 @@ mod hex_bytes {
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(b) => s.serialize_some(&b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+            Some(b) => {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let hex: String = b.iter().flat_map(|x| [DIGITS[usize::from(x >> 4)] as char, DIGITS[usize::from(x & 15)] as char]).collect();
+                s.serialize_some(&hex)
+            }
             None => s.serialize_none(),
         }
     }

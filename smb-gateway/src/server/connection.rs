@@ -268,6 +268,11 @@ impl Connection {
         self.peer = peer.to_string();
     }
 
+    /// The dialect negotiated, once it is.
+    pub(super) fn dialect(&self) -> Option<u16> {
+        self.dialect
+    }
+
     /// Who an established session is, for the RPC layer.
     pub(super) fn caller(&self, session: u64) -> Option<crate::rpc::Caller> {
         match self.sessions.get(&session)? {
@@ -1058,5 +1063,11 @@ impl Connection {
         let session = Established { user: "u".into(), role: umbra_raft::command::Role::Admin, signing_key: [1; 16], algorithm: Algorithm::AesCmac, trees };
         c.sessions.insert(session_id, Session::Established(session));
         c
+    }
+
+    /// As if `dialect` had been negotiated.
+    pub(super) fn with_dialect_for_test(mut self, dialect: u16) -> Connection {
+        self.dialect = Some(dialect);
+        self
     }
 }

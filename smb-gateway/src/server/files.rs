@@ -249,8 +249,9 @@ pub trait Files: Send + Sync {
         Err(FsError::NotSupported)
     }
 
-    /// Keeps `descriptor` (self-relative, checked) as the file's security descriptor.
-    fn set_security(&self, _share: &str, _id: u64, _descriptor: Vec<u8>) -> Result<(), FsError> {
+    /// Keeps `descriptor` (self-relative, checked) as the file's security descriptor; the
+    /// file's change time becomes `now` (MS-FSA 2.1.5.16).
+    fn set_security(&self, _share: &str, _id: u64, _descriptor: Vec<u8>, _now: u64) -> Result<(), FsError> {
         Err(FsError::NotSupported)
     }
     /// The ranges of `offset..offset+len` that hold data, up to the file's size, merged where

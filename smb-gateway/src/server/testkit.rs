@@ -194,7 +194,7 @@ impl Files for MemFiles {
     fn security(&self, _: &str, id: u64) -> Result<Option<Vec<u8>>, FsError> {
         Ok(self.3.lock().unwrap().get(&id).cloned())
     }
-    fn set_security(&self, _: &str, id: u64, descriptor: Vec<u8>) -> Result<(), FsError> {
+    fn set_security(&self, _: &str, id: u64, descriptor: Vec<u8>, _: u64) -> Result<(), FsError> {
         self.3.lock().unwrap().insert(id, descriptor);
         Ok(())
     }

@@ -61,6 +61,21 @@ pub(super) fn create_context<'a>(b: &[u8], message: &'a [u8], name: &[u8]) -> Op
     None
 }
 
+/// What a SecD create context gives the file it creates: its parts over the default's (one
+/// without an owner gets the default owner), encoded. A SACL needs ACCESS_SYSTEM_SECURITY in
+/// the desired access, as a SET_INFO of it does.
+fn new_file_descriptor(data: Option<&[u8]>, access: u32, directory: bool) -> Result<Vec<u8>, u32> {
+    use crate::security::{Descriptor, SACL};
+    let given = data.map(Descriptor::parse).and_then(Result::ok).ok_or(status::INVALID_SECURITY_DESCR)?;
+    let parts = given.present_parts();
+    if parts & SACL != 0 && access & share_modes::ACCESS_SYSTEM_SECURITY == 0 {
+        return Err(status::ACCESS_DENIED);
+    }
+    let mut d = Descriptor::default_for(directory);
+    d.merge(&given, parts).map_err(|_| status::INVALID_SECURITY_DESCR)?;
+    Ok(d.encode())
+}
+
 impl Connection {
     pub(in crate::server) fn create(&mut self, h: &Header, message: &[u8], files: &dyn Files, dir: &dyn crate::server::Directory, now: u64) -> Reply {
         let b = &message[HEADER_BYTES..];
@@ -96,9 +111,9 @@ impl Connection {
         // before anything is created.
         let secd = match create_context(b, message, b"SecD") {
             None => None,
-            Some(data) => match data.map(crate::security::Descriptor::parse) {
-                Some(Ok(d)) => Some(d),
-                _ => return Reply::error(status::INVALID_SECURITY_DESCR),
+            Some(data) => match new_file_descriptor(data, access, options & FILE_DIRECTORY_FILE != 0) {
+                Ok(d) => Some(d),
+                Err(s) => return Reply::error(s),
             },
         };
         if let Some(at) = at.or(warp) {
@@ -227,12 +242,8 @@ impl Connection {
                     }
                     file.attributes = attributes;
                 }
-                if let Some(given) = &secd {
-                    // The parts it has over the default's (a SecD without an owner gets the
-                    // default owner).
-                    let mut d = crate::security::Descriptor::default_for(want_dir);
-                    d.merge(given, given.present_parts());
-                    if let Err(e) = files.set_security(&share, file.id, d.encode()) {
+                if let Some(descriptor) = secd {
+                    if let Err(e) = files.set_security(&share, file.id, descriptor, now) {
                         let _ = files.unlink(&share, parent.id, &name, now);
                         return fs(e);
                     }

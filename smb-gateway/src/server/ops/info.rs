@@ -37,7 +37,7 @@ impl Connection {
                 None => return Reply::error(status::INVALID_INFO_CLASS),
             },
             (3, _) => match security_of(files, &share, &info, u32_at(b, 16).unwrap_or_default(), access) {
-                Ok(d) if d.len() > out_len as usize => return buffer_too_small(d.len()),
+                Ok(d) if d.len() > out_len as usize => return buffer_too_small(d.len(), self.dialect() == Some(crate::smb2::negotiate::DIALECT_311)),
                 Ok(d) => d,
                 Err(s) => return Reply::error(s),
             },
@@ -77,7 +77,7 @@ impl Connection {
             Err(s) => return Reply::error(s),
         };
         if kind == 3 {
-            return match set_security(files, &share, &info, u32_at(b, 12).unwrap_or_default(), access, data) {
+            return match set_security(files, &share, &info, u32_at(b, 12).unwrap_or_default(), access, data, now) {
                 Ok(()) => Reply::ok(vec![2, 0]),
                 Err(s) => Reply::error(s),
             };
@@ -417,27 +417,43 @@ fn security_of(files: &dyn Files, share: &str, info: &FileInfo, additional: u32,
 }
 
 /// SET_INFO of SMB2_0_INFO_SECURITY: the parts `additional` names, from the client's
-/// descriptor, replace the file's; the others stay.
-fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32, access: u32, data: &[u8]) -> Result<(), u32> {
+/// descriptor, replace the file's; the others stay. One that names every part replaces the
+/// whole descriptor without reading the kept one.
+fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32, access: u32, data: &[u8], now: u64) -> Result<(), u32> {
+    use crate::security::{Descriptor, SdError, BACKUP, DACL, GROUP, OWNER, SACL};
     let needs = security_access(additional, true);
     if access & needs != needs {
         return Err(status::ACCESS_DENIED);
     }
-    let new = crate::security::Descriptor::parse(data).map_err(|e| {
+    let refused = |e: SdError| {
         tracing::debug!(error = %e, "refusing a security descriptor");
-        status::INVALID_SECURITY_DESCR
-    })?;
-    let mut kept = kept_descriptor(files, share, info)?;
-    kept.merge(&new, additional);
-    files.set_security(share, info.id, kept.encode()).map_err(|e| e.status())
+        match e {
+            SdError::Missing("owner") => status::INVALID_OWNER,
+            SdError::Missing(_) => status::INVALID_PRIMARY_GROUP,
+            _ => status::INVALID_SECURITY_DESCR,
+        }
+    };
+    let new = Descriptor::parse(data).map_err(refused)?;
+    let every = OWNER | GROUP | DACL | SACL;
+    let mut kept = if additional & BACKUP != 0 || additional & every == every { Descriptor::default() } else { kept_descriptor(files, share, info)? };
+    kept.merge(&new, additional).map_err(refused)?;
+    files.set_security(share, info.id, kept.encode(), now).map_err(|e| e.status())
 }
 
-/// STATUS_BUFFER_TOO_SMALL with the size the answer needs (MS-SMB2 2.2.2: ErrorData of 4 bytes),
-/// so the client asks again with room for it.
-fn buffer_too_small(needed: usize) -> Reply {
-    let mut body = vec![9, 0, 0, 0];
-    body.extend_from_slice(&4u32.to_le_bytes());
-    body.extend_from_slice(&(needed as u32).to_le_bytes());
+/// STATUS_BUFFER_TOO_SMALL with the size the answer needs, so the client asks again with room
+/// for it (MS-SMB2 3.3.5.20.3): the ErrorData is the 4-byte size, on 3.1.1 inside an error
+/// context (2.2.2.1: ErrorDataLength, ErrorId 0).
+fn buffer_too_small(needed: usize, in_context: bool) -> Reply {
+    let needed = (needed as u32).to_le_bytes();
+    let mut body = vec![9, 0, u8::from(in_context), 0];
+    if in_context {
+        body.extend_from_slice(&12u32.to_le_bytes());
+        body.extend_from_slice(&4u32.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+    } else {
+        body.extend_from_slice(&4u32.to_le_bytes());
+    }
+    body.extend_from_slice(&needed);
     Reply::ok(body).with_status(status::BUFFER_TOO_SMALL)
 }
 
@@ -541,7 +557,15 @@ mod tests {
         let (st, body) = ask(&mut c, 9, OWNER | GROUP | DACL, 16);
         assert_eq!(st, status::BUFFER_TOO_SMALL);
         let (_, full) = ask(&mut c, 10, OWNER | GROUP | DACL, 4096);
-        assert_eq!(u32::from_le_bytes(body[8..12].try_into().unwrap()) as usize, full.len() - 8, "the size needed");
+        assert_eq!((&body[..8], u32::from_le_bytes(body[8..12].try_into().unwrap()) as usize), (&[9, 0, 0, 0, 4, 0, 0, 0][..], full.len() - 8), "the size needed");
+        // On 3.1.1 the size goes in an error context (MS-SMB2 3.3.5.20.3).
+        let mut c311 = std::mem::replace(&mut c, connection()).with_dialect_for_test(crate::smb2::negotiate::DIALECT_311);
+        let (r, _) = exchange(&mut c311, &files, &request(Command::QueryInfo, 16, TREE, &query_security(f, OWNER | GROUP | DACL, 16)));
+        assert_eq!(r[0].0.status, status::BUFFER_TOO_SMALL);
+        let mut want = vec![9, 0, 1, 0, 12, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&((full.len() - 8) as u32).to_le_bytes());
+        assert_eq!(r[0].1, want);
+        let mut c = c311;
         // Without READ_CONTROL nothing is shown; on a read-only open nothing is set.
         let reader = open_for(&mut c, &files, 11, FILE_OPEN, FILE_READ_DATA);
         let (r, _) = exchange(&mut c, &files, &request(Command::QueryInfo, 12, TREE, &query_security(reader, DACL, 4096)));
@@ -590,6 +614,10 @@ mod tests {
         let mut bad = given.encode();
         bad[0] = 9;
         assert_eq!(open(&mut c, 1, FILE_CREATE, &bad).0, status::INVALID_SECURITY_DESCR);
+        assert!(files.info_at("s.txt").is_none(), "nothing created");
+        // A SACL needs ACCESS_SYSTEM_SECURITY in the desired access, as SET_INFO would.
+        let sacl = Descriptor { control: 0x8000 | 0x0010, sacl: Some(vec![2, 0, 8, 0, 0, 0, 0, 0]), ..Descriptor::default() };
+        assert_eq!(open(&mut c, 10, FILE_CREATE, &sacl.encode()).0, status::ACCESS_DENIED);
         assert!(files.info_at("s.txt").is_none(), "nothing created");
         let (st, f) = open(&mut c, 2, FILE_CREATE, &given.encode());
         assert_eq!(st, status::SUCCESS);
