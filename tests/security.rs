@@ -46,3 +46,32 @@ fn a_descriptor_set_through_one_node_is_given_back_by_every_node_part_by_part() 
     assert_eq!(o.open("f", "acl.bin", READ_CONTROL, SHARE_ALL, OPEN), "OK");
     assert_eq!(o.cmd("getsd f 7"), format!("OK {USER} S-1-5-32-544 {dacl}"));
 }
+
+/// Two clients set different parts of one file's descriptor at the same time, through
+/// different nodes, again and again: the owner merges each SET under the volume's lock, so
+/// neither loses the other's (a gateway that read, merged and wrote would let one SET put back
+/// the part the other had just changed).
+#[test]
+fn sets_of_different_parts_at_once_through_two_nodes_both_land() {
+    let c = data_cluster(); // the volume lives on node 2
+    let mut setup = DrivenClient::connect(&c.node(2).smb);
+    assert_eq!(setup.open("f", "both.bin", READ | WRITE, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(setup.cmd("close f"), "OK");
+    const ROUNDS: u32 = 40;
+    let run = |node: &str, part: u32| {
+        let smb = node.to_string();
+        std::thread::spawn(move || {
+            let mut client = DrivenClient::connect(&smb);
+            assert_eq!(client.open("f", "both.bin", READ_CONTROL | WRITE_DAC | WRITE_OWNER, SHARE_ALL, OPEN), "OK");
+            for i in 1..=ROUNDS {
+                let set = if part == OWNER { format!("setsd f {OWNER} S-1-5-21-1-2-3-{i} - -") } else { format!("setsd f {DACL} - - 0:0:0x1f01ff:S-1-5-21-9-9-9-{i}") };
+                assert_eq!(client.cmd(&set), "OK");
+            }
+        })
+    };
+    let (a, b) = (run(&c.node(1).smb, OWNER), run(&c.node(3).smb, DACL));
+    a.join().unwrap();
+    b.join().unwrap();
+    assert_eq!(setup.open("g", "both.bin", READ_CONTROL, SHARE_ALL, OPEN), "OK");
+    assert_eq!(setup.cmd("getsd g 7"), format!("OK S-1-5-21-1-2-3-{ROUNDS} S-1-5-32-544 0:0:0x1f01ff:S-1-5-21-9-9-9-{ROUNDS}"), "both last SETs kept");
+}

@@ -310,7 +310,7 @@ impl Files for VolumeFiles {
 
     fn set_basic(&self, share: &str, id: u64, basic: umbra_smb_gateway::server::files::Basic) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
-        let req = SetInfoRequest { target: Some(target), ino: id, created: basic.created, written: basic.written, changed: basic.changed, attributes: basic.attributes, sparse: basic.sparse, security: None };
+        let req = SetInfoRequest { target: Some(target), ino: id, created: basic.created, written: basic.written, changed: basic.changed, attributes: basic.attributes, sparse: basic.sparse, ..Default::default() };
         self.call(self.service.set_info(tonic::Request::new(req))).map(|_| ())
     }
 
@@ -321,9 +321,9 @@ impl Files for VolumeFiles {
         Ok((!security.is_empty()).then_some(security))
     }
 
-    fn set_security(&self, share: &str, id: u64, descriptor: Vec<u8>, now: u64) -> Result<(), FsError> {
+    fn set_security(&self, share: &str, id: u64, descriptor: Vec<u8>, parts: u32, now: u64) -> Result<(), FsError> {
         let (target, _) = self.target(share)?;
-        let req = SetInfoRequest { target: Some(target), ino: id, changed: Some(now), security: Some(descriptor), ..Default::default() };
+        let req = SetInfoRequest { target: Some(target), ino: id, changed: Some(now), security: Some(descriptor), security_info: parts, ..Default::default() };
         self.call(self.service.set_info(tonic::Request::new(req))).map(|_| ())
     }
 

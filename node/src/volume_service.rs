@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::opens::{DueDelete, FileKey, Gateway, Link, LockError, OpenError, OpenRecord, OpenTable, Renewed};
 use umbra_smb_gateway::byte_locks::ByteLock;
 use umbra_smb_gateway::share_modes::Mode;
-use crate::volume::{DirEntry, Inode, Kind, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
+use crate::volume::{DirEntry, Inode, Kind, SecurityUpdate, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
 
 /// Bytes per streamed read message.
 pub const READ_MESSAGE_BYTES: u64 = 1024 * 1024;
@@ -750,7 +750,12 @@ impl VolumeRpc for VolumeService {
     async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_info, |s, vol, view, r| {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes, sparse: r.sparse };
-            let inode = s.set_info_and_security(vol, view, r.ino, info, r.security.clone())?;
+            let (given, parts) = (r.security.as_deref(), r.security_info);
+            let update = |kept: Option<&[u8]>, directory: bool| match given {
+                Some(given) if parts != 0 => umbra_smb_gateway::security::merged(kept, directory, given, parts).map_err(|e| VolumeError::Invalid(e.to_string())),
+                _ => Ok(given.unwrap_or_default().to_vec()),
+            };
+            let inode = s.set_info_and_security(vol, view, r.ino, info, given.map(|_| &update as SecurityUpdate<'_>))?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
     }

@@ -236,6 +236,21 @@ impl Descriptor {
     }
 }
 
+/// What a file keeps after a SET_INFO of its descriptor: `kept` (the descriptor it keeps, or
+/// none: the default for a file or a directory) with the parts `parts` names replaced by
+/// `given`'s, encoded. One that names every part replaces the whole without reading `kept`.
+pub fn merged(kept: Option<&[u8]>, directory: bool, given: &[u8], parts: u32) -> Result<Vec<u8>, SdError> {
+    let given = Descriptor::parse(given)?;
+    let every = OWNER | GROUP | DACL | SACL;
+    let mut d = if expand(parts) & every == every {
+        Descriptor::default()
+    } else {
+        kept.map_or_else(|| Ok(Descriptor::default_for(directory)), Descriptor::parse)?
+    };
+    d.merge(&given, parts)?;
+    Ok(d.encode())
+}
+
 /// BACKUP_SECURITY_INFORMATION as the four parts it stands for.
 fn expand(info: u32) -> u32 {
     if info & BACKUP != 0 {

@@ -365,16 +365,13 @@ impl VolumeStore {
     /// removes it), its change time `now`; snapshots keep the one they saw. The store keeps
     /// the bytes as given: the gateway checked them.
     pub fn set_security(&self, vol: Uuid, view: View, ino: u64, descriptor: Vec<u8>, now: u64) -> Result<Inode> {
-        self.set_info_and_security(vol, view, ino, SetInfo { changed: Some(now), ..SetInfo::default() }, Some(descriptor))
+        self.set_info_and_security(vol, view, ino, SetInfo { changed: Some(now), ..SetInfo::default() }, Some(&|_, _| Ok(descriptor.clone())))
     }
 
-    /// [`Self::set_info`] and, with `security`, [`Self::set_security`], in one write.
-    pub fn set_info_and_security(&self, vol: Uuid, view: View, ino: u64, info: SetInfo, security: Option<Vec<u8>>) -> Result<Inode> {
-        if let Some(d) = &security {
-            if d.len() > MAX_SECURITY_BYTES {
-                return Err(VolumeError::TooLarge { what: "a security descriptor", got: d.len() as u64, max: MAX_SECURITY_BYTES as u64 });
-            }
-        }
+    /// [`Self::set_info`] and, with `security`, a new security descriptor in the same write:
+    /// what `security` makes of the kept one (none if never set) and whether the inode is a
+    /// directory, under the volume's lock (so a merge of parts never loses a concurrent one).
+    pub fn set_info_and_security(&self, vol: Uuid, view: View, ino: u64, info: SetInfo, security: Option<SecurityUpdate<'_>>) -> Result<Inode> {
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;
         let scope = Self::writable(&st, view)?;
@@ -390,7 +387,11 @@ impl VolumeStore {
             Some(false) => inode.attributes &= !ATTRIBUTE_SPARSE_FILE,
             None => {}
         }
-        if let Some(d) = security {
+        if let Some(update) = security {
+            let d = update(inode.security.as_deref(), inode.kind == Kind::Dir)?;
+            if d.len() > MAX_SECURITY_BYTES {
+                return Err(VolumeError::TooLarge { what: "a security descriptor", got: d.len() as u64, max: MAX_SECURITY_BYTES as u64 });
+            }
             inode.security = (!d.is_empty()).then_some(d);
         }
         let mut batch = Batch::default();

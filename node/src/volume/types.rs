@@ -55,6 +55,10 @@ pub struct Inode {
     pub security: Option<Vec<u8>>,
 }
 
+/// What a SET of a security descriptor makes of the one an inode keeps (none if never set),
+/// given whether it is a directory ([`crate::volume::VolumeStore::set_info_and_security`]).
+pub type SecurityUpdate<'a> = &'a dyn Fn(Option<&[u8]>, bool) -> super::error::Result<Vec<u8>>;
+
 /// The largest security descriptor a file keeps (Windows bounds one at 64 KiB).
 pub const MAX_SECURITY_BYTES: usize = 64 * 1024;
 

@@ -249,9 +249,11 @@ pub trait Files: Send + Sync {
         Err(FsError::NotSupported)
     }
 
-    /// Keeps `descriptor` (self-relative, checked) as the file's security descriptor; the
-    /// file's change time becomes `now` (MS-FSA 2.1.5.16).
-    fn set_security(&self, _share: &str, _id: u64, _descriptor: Vec<u8>, _now: u64) -> Result<(), FsError> {
+    /// Replaces the parts `parts` names (AdditionalInformation bits) of the file's security
+    /// descriptor with `descriptor`'s (self-relative, checked), as [`crate::security::merged`]
+    /// does, in one step where the descriptor is kept (two SETs of different parts at once both
+    /// land); the file's change time becomes `now` (MS-FSA 2.1.5.16).
+    fn set_security(&self, _share: &str, _id: u64, _descriptor: Vec<u8>, _parts: u32, _now: u64) -> Result<(), FsError> {
         Err(FsError::NotSupported)
     }
     /// The ranges of `offset..offset+len` that hold data, up to the file's size, merged where

@@ -194,8 +194,11 @@ impl Files for MemFiles {
     fn security(&self, _: &str, id: u64) -> Result<Option<Vec<u8>>, FsError> {
         Ok(self.3.lock().unwrap().get(&id).cloned())
     }
-    fn set_security(&self, _: &str, id: u64, descriptor: Vec<u8>, _: u64) -> Result<(), FsError> {
-        self.3.lock().unwrap().insert(id, descriptor);
+    fn set_security(&self, _: &str, id: u64, descriptor: Vec<u8>, parts: u32, _: u64) -> Result<(), FsError> {
+        let directory = self.stat("", id)?.directory;
+        let mut kept = self.3.lock().unwrap();
+        let merged = crate::security::merged(kept.get(&id).map(Vec::as_slice), directory, &descriptor, parts).map_err(|_| FsError::Invalid)?;
+        kept.insert(id, merged);
         Ok(())
     }
 }

@@ -243,7 +243,8 @@ impl Connection {
                     file.attributes = attributes;
                 }
                 if let Some(descriptor) = secd {
-                    if let Err(e) = files.set_security(&share, file.id, descriptor, now) {
+                    let every = crate::security::OWNER | crate::security::GROUP | crate::security::DACL | crate::security::SACL;
+                    if let Err(e) = files.set_security(&share, file.id, descriptor, every, now) {
                         let _ = files.unlink(&share, parent.id, &name, now);
                         return fs(e);
                     }

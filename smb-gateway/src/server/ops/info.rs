@@ -417,10 +417,9 @@ fn security_of(files: &dyn Files, share: &str, info: &FileInfo, additional: u32,
 }
 
 /// SET_INFO of SMB2_0_INFO_SECURITY: the parts `additional` names, from the client's
-/// descriptor, replace the file's; the others stay. One that names every part replaces the
-/// whole descriptor without reading the kept one.
+/// descriptor, replace the file's; the others stay.
 fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32, access: u32, data: &[u8], now: u64) -> Result<(), u32> {
-    use crate::security::{Descriptor, SdError, BACKUP, DACL, GROUP, OWNER, SACL};
+    use crate::security::{Descriptor, SdError};
     let needs = security_access(additional, true);
     if access & needs != needs {
         return Err(status::ACCESS_DENIED);
@@ -434,10 +433,10 @@ fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32
         }
     };
     let new = Descriptor::parse(data).map_err(refused)?;
-    let every = OWNER | GROUP | DACL | SACL;
-    let mut kept = if additional & BACKUP != 0 || additional & every == every { Descriptor::default() } else { kept_descriptor(files, share, info)? };
-    kept.merge(&new, additional).map_err(refused)?;
-    files.set_security(share, info.id, kept.encode(), now).map_err(|e| e.status())
+    // Storage merges it into the kept one; checked here first, so that a descriptor without
+    // the owner or group it names gets its own status.
+    Descriptor::default().merge(&new, additional).map_err(refused)?;
+    files.set_security(share, info.id, new.encode(), additional, now).map_err(|e| e.status())
 }
 
 /// STATUS_BUFFER_TOO_SMALL with the size the answer needs, so the client asks again with room
