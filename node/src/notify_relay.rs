@@ -38,6 +38,7 @@ fn record_of(c: &Change) -> ChangeRecord {
         ChangeKind::Removed => (2, String::new()),
         ChangeKind::Modified => (3, String::new()),
         ChangeKind::Renamed { from } => (4, from.clone()),
+        ChangeKind::SecurityChanged => (5, String::new()),
     };
     ChangeRecord { share: c.share.clone(), path: c.path.clone(), directory: c.directory, kind, from }
 }
@@ -58,6 +59,7 @@ pub fn batch_of(r: &NotifyRequest) -> Result<ChangeBatch, Status> {
             2 => ChangeKind::Removed,
             3 => ChangeKind::Modified,
             4 => ChangeKind::Renamed { from: c.from.clone() },
+            5 => ChangeKind::SecurityChanged,
             k => return Err(Status::invalid_argument(format!("unknown change kind {k}"))),
         };
         changes.push(Change { share: c.share.clone(), path: c.path.clone(), directory: c.directory, kind });
@@ -157,6 +159,7 @@ mod tests {
             Change { share: "data".into(), path: "a\\c.txt".into(), directory: false, kind: ChangeKind::Renamed { from: "a\\b.txt".into() } },
             Change { share: "data".into(), path: "d".into(), directory: true, kind: ChangeKind::Removed },
             Change { share: "data".into(), path: "e".into(), directory: false, kind: ChangeKind::Modified },
+            Change { share: "data".into(), path: "f".into(), directory: true, kind: ChangeKind::SecurityChanged },
         ];
         let req = NotifyRequest { from_node: 2, lost: true, unlocked: true, changes: changes.iter().map(record_of).collect() };
         let batch = batch_of(&req).unwrap();

@@ -27,6 +27,8 @@ pub const FILTER_FILE_NAME: u32 = 0x0000_0001;
 pub const FILTER_DIR_NAME: u32 = 0x0000_0002;
 /// Attributes, size, last write, last access, creation: what a modification reports.
 pub const FILTER_MODIFIED: u32 = 0x0000_0004 | 0x0000_0008 | 0x0000_0010 | 0x0000_0020 | 0x0000_0040;
+/// FILE_NOTIFY_CHANGE_SECURITY.
+pub const FILTER_SECURITY: u32 = 0x0000_0100;
 
 /// FILE_NOTIFY_INFORMATION Action values (MS-FSCC 2.7.1).
 pub const ACTION_ADDED: u32 = 1;
@@ -43,6 +45,8 @@ pub enum ChangeKind {
     Modified,
     /// Renamed from this share-relative path to the change's path.
     Renamed { from: String },
+    /// Its security descriptor set (a file's or a directory's).
+    SecurityChanged,
 }
 
 /// One change a file command made.
@@ -102,6 +106,7 @@ impl Watch {
             ChangeKind::Added if self.filter & name_filter != 0 => here(&change.path).map(|n| vec![(ACTION_ADDED, n)]).unwrap_or_default(),
             ChangeKind::Removed if self.filter & name_filter != 0 => here(&change.path).map(|n| vec![(ACTION_REMOVED, n)]).unwrap_or_default(),
             ChangeKind::Modified if self.filter & FILTER_MODIFIED != 0 && !change.directory => here(&change.path).map(|n| vec![(ACTION_MODIFIED, n)]).unwrap_or_default(),
+            ChangeKind::SecurityChanged if self.filter & FILTER_SECURITY != 0 => here(&change.path).map(|n| vec![(ACTION_MODIFIED, n)]).unwrap_or_default(),
             ChangeKind::Renamed { from } if self.filter & name_filter != 0 => match (here(from), here(&change.path)) {
                 (Some(old), Some(new)) => vec![(ACTION_RENAMED_OLD_NAME, old), (ACTION_RENAMED_NEW_NAME, new)],
                 (Some(old), None) => vec![(ACTION_REMOVED, old)],

@@ -215,7 +215,11 @@ impl Connection {
     }
 
     fn set(&mut self, volatile: u64, p: OpenPath, b: &[u8], message: &[u8]) {
-        // File information only (a security descriptor's SET_INFO changes no name or size).
+        // A security descriptor's SET_INFO changes no name or size.
+        if b.get(2) == Some(&3) {
+            self.publish(&p, ChangeKind::SecurityChanged);
+            return;
+        }
         let (Some(1), Some(&class), Some(len), Some(off)) = (b.get(2), b.get(3), u32_at(b, 4), u16_at(b, 8)) else { return };
         let Some(data) = message.get(usize::from(off)..usize::from(off) + len as usize) else { return };
         match class {
@@ -312,6 +316,40 @@ mod tests {
         let (h, body) = &finals[0];
         assert_eq!((h.status, h.command, h.message_id, h.target, h.credits), (status::SUCCESS, Command::ChangeNotify, 2, Target::Async { async_id }, 0));
         assert_eq!(records(body), vec![(1, "new.txt".to_string())]);
+    }
+
+    /// A security descriptor set on a file or a directory completes a watch for
+    /// FILE_NOTIFY_CHANGE_SECURITY (as modified), and only such a watch.
+    #[test]
+    fn a_security_descriptor_set_is_a_security_change() {
+        let files = MemFiles::with_dirs(&["d", "d\\sub"]);
+        let (mut watcher, mut writer) = (connection(), connection());
+        let dir = open(&mut watcher, &files, 1, TREE, "d", true, 1);
+        exchange(&mut watcher, &files, &request(Command::ChangeNotify, 2, TREE, &change_notify(dir, crate::server::notify::FILTER_SECURITY, 0, 1024)));
+        let mut other = connection();
+        let dir2 = open(&mut other, &files, 1, TREE, "d", true, 1);
+        exchange(&mut other, &files, &request(Command::ChangeNotify, 2, TREE, &change_notify(dir2, FILTER_MODIFIED | FILTER_FILE_NAME | FILTER_DIR_NAME, 0, 1024)));
+        // Opened with WRITE_DAC (and the test kit's usual access).
+        let (r, _) = exchange(&mut writer, &files, &request(Command::Create, 1, TREE, &create_with_access("d\\sub", true, 1, 0x0017_019F)));
+        let sub = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
+        let _ = writer.take_changes();
+        let sd = crate::security::Descriptor::default_for(true).encode();
+        let mut body = vec![33, 0, 3, 0];
+        body.extend_from_slice(&(sd.len() as u32).to_le_bytes());
+        body.extend_from_slice(&96u16.to_le_bytes());
+        body.extend_from_slice(&[0, 0]);
+        body.extend_from_slice(&crate::security::DACL.to_le_bytes());
+        body.extend_from_slice(&sub.to_le_bytes());
+        body.extend_from_slice(&sub.to_le_bytes());
+        body.extend_from_slice(&sd);
+        let (r, _) = exchange(&mut writer, &files, &request(Command::SetInfo, 2, TREE, &body));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        let changes = writer.take_changes();
+        watcher.on_changes(&changes);
+        let finals: Vec<_> = watcher.take_sends().iter().flat_map(|f| split(f)).collect();
+        assert_eq!(records(&finals[0].1), vec![(3, "sub".to_string())], "FILE_ACTION_MODIFIED");
+        other.on_changes(&changes);
+        assert!(other.take_sends().is_empty(), "not a change of names, sizes or times");
     }
 
     #[test]
