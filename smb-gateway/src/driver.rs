@@ -549,12 +549,17 @@ mod tests {
     struct Scripted {
         inner: MemFiles,
         write: Box<WriteScript>,
-        log: std::sync::Mutex<Vec<String>>,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     impl Scripted {
         fn new(write: impl Fn(&[u8]) -> Result<(), FsError> + Send + Sync + 'static) -> Scripted {
-            Scripted { inner: MemFiles::with_dirs(&[]), write: Box::new(write), log: Default::default() }
+            Scripted::with_log(Default::default(), write)
+        }
+
+        /// One whose log `write` may read too.
+        fn with_log(log: Arc<std::sync::Mutex<Vec<String>>>, write: impl Fn(&[u8]) -> Result<(), FsError> + Send + Sync + 'static) -> Scripted {
+            Scripted { inner: MemFiles::with_dirs(&[]), write: Box::new(write), log }
         }
 
         fn log(&self) -> Vec<String> {
@@ -643,17 +648,24 @@ mod tests {
     }
 
     /// Large WRITEs are carried out off the connection's thread (the first one's storage call
-    /// waits until the second one's has run, which only a second thread can do), and a request
-    /// after them waits for them: the CLOSE sent right after two WRITEs is answered after
-    /// both, and the open is released after both landed.
+    /// waits until the second one's is done, which only a second thread can bring about), and
+    /// a request after them waits for them: the CLOSE sent right after two WRITEs is answered
+    /// after both, and the open is released after both landed.
     #[tokio::test]
     async fn large_writes_land_off_the_connections_thread_and_no_other_request_overtakes_them() {
-        let (second_ran, wait_for_second) = std::sync::mpsc::channel::<()>();
-        let wait_for_second = std::sync::Mutex::new(wait_for_second);
-        let files = Arc::new(Scripted::new(move |data| {
-            match data[0] {
-                1 => wait_for_second.lock().unwrap().recv_timeout(std::time::Duration::from_secs(10)).map_err(|_| FsError::Busy)?,
-                _ => second_ran.send(()).unwrap(),
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = log.clone();
+        let files = Arc::new(Scripted::with_log(log, move |data| {
+            if data[0] == 1 {
+                let since = std::time::Instant::now();
+                while !seen.lock().unwrap().iter().any(|l| l == "wrote 2") {
+                    if since.elapsed() > std::time::Duration::from_secs(10) {
+                        return Err(FsError::Busy);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                // Its task ends after the second's, whose reply then goes first.
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Ok(())
         }));
