@@ -41,6 +41,10 @@ fn a_descriptor_set_through_one_node_is_given_back_by_every_node_part_by_part() 
     assert_eq!(b.open("o", "acl.bin", READ | READ_CONTROL | WRITE_OWNER, SHARE_ALL, OPEN), "OK");
     assert!(b.cmd(&format!("setsd o {OWNER} - - -")).starts_with("ERR 0xc000005a"), "INVALID_OWNER: the owner named, none given");
     assert_eq!(b.cmd("getsd w 7"), format!("OK {USER} S-1-5-32-544 {dacl}"));
+    // A SET that names no part (AdditionalInformation 0) changes nothing, and needs no access.
+    assert_eq!(b.open("n", "acl.bin", READ, SHARE_ALL, OPEN), "OK");
+    assert_eq!(b.cmd("setsd n 0 S-1-5-21-7-7-7-7 - 0:0:0x1:S-1-1-0"), "OK");
+    assert_eq!(b.cmd("getsd w 7"), format!("OK {USER} S-1-5-32-544 {dacl}"), "unchanged");
     // The owner's own gateway gives back the same.
     let mut o = DrivenClient::connect(&c.node(2).smb);
     assert_eq!(o.open("f", "acl.bin", READ_CONTROL, SHARE_ALL, OPEN), "OK");

@@ -177,6 +177,7 @@ pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
         Some("read_only") => FsError::ReadOnly,
         Some("access_denied") => FsError::AccessDenied,
         Some("invalid_name" | "invalid") => FsError::Invalid,
+        Some("invalid_security") => FsError::InvalidSecurity,
         Some("too_large") => FsError::TooLarge,
         Some("disk_full") => FsError::DiskFull,
         Some("busy") => FsError::Busy,

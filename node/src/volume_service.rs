@@ -51,6 +51,7 @@ pub fn status_of(e: VolumeError) -> Status {
         VolumeError::InvalidName(_) => (Code::InvalidArgument, "invalid_name"),
         VolumeError::TooLarge { .. } => (Code::OutOfRange, "too_large"),
         VolumeError::Invalid(_) => (Code::InvalidArgument, "invalid"),
+        VolumeError::InvalidSecurity(_) => (Code::InvalidArgument, "invalid_security"),
         VolumeError::TooManySnapshots { .. } => (Code::ResourceExhausted, "too_many_snapshots"),
         VolumeError::DiskFull(_) => (Code::ResourceExhausted, "disk_full"),
         VolumeError::Busy(_) | VolumeError::AtFence => (Code::Unavailable, "busy"),
@@ -752,7 +753,7 @@ impl VolumeRpc for VolumeService {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes, sparse: r.sparse };
             let (given, parts) = (r.security.as_deref(), r.security_info);
             let update = |kept: Option<&[u8]>, directory: bool| match given {
-                Some(given) if parts != 0 => umbra_smb_gateway::security::merged(kept, directory, given, parts).map_err(|e| VolumeError::Invalid(e.to_string())),
+                Some(given) if parts != 0 => umbra_smb_gateway::security::merged(kept, directory, given, parts).map_err(|e| VolumeError::InvalidSecurity(e.to_string())),
                 _ => Ok(given.unwrap_or_default().to_vec()),
             };
             let inode = s.set_info_and_security(vol, view, r.ino, info, given.map(|_| &update as SecurityUpdate<'_>))?;

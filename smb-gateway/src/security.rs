@@ -251,6 +251,11 @@ pub fn merged(kept: Option<&[u8]>, directory: bool, given: &[u8], parts: u32) ->
     Ok(d.encode())
 }
 
+/// Whether AdditionalInformation names any part kept here (owner, group, DACL, SACL, label).
+pub fn names_parts(info: u32) -> bool {
+    expand(info) & (OWNER | GROUP | DACL | SACL | LABEL) != 0
+}
+
 /// BACKUP_SECURITY_INFORMATION as the four parts it stands for.
 fn expand(info: u32) -> u32 {
     if info & BACKUP != 0 {

@@ -48,6 +48,9 @@ pub enum VolumeError {
     DiskFull(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A security descriptor the owner cannot keep (what a SET's parts make of the kept one).
+    #[error("invalid security descriptor: {0}")]
+    InvalidSecurity(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

@@ -88,6 +88,10 @@ pub enum FsError {
     /// Storage that keeps no byte-range locks.
     #[error("not supported")]
     NotSupported,
+    /// A security descriptor storage cannot keep (what a SET's parts make of the kept one: past
+    /// its bound, or over a kept one that does not parse).
+    #[error("invalid security descriptor")]
+    InvalidSecurity,
     #[error("{0}")]
     Other(String),
 }
@@ -106,6 +110,7 @@ impl FsError {
             FsError::ReadOnly => MEDIA_WRITE_PROTECTED,
             FsError::AccessDenied => ACCESS_DENIED,
             FsError::Invalid => OBJECT_NAME_INVALID,
+            FsError::InvalidSecurity => INVALID_SECURITY_DESCR,
             FsError::TooLarge => INVALID_PARAMETER,
             FsError::DiskFull => DISK_FULL,
             FsError::Busy => SHARING_VIOLATION,

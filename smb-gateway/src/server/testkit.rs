@@ -197,7 +197,7 @@ impl Files for MemFiles {
     fn set_security(&self, _: &str, id: u64, descriptor: Vec<u8>, parts: u32, _: u64) -> Result<(), FsError> {
         let directory = self.stat("", id)?.directory;
         let mut kept = self.3.lock().unwrap();
-        let merged = crate::security::merged(kept.get(&id).map(Vec::as_slice), directory, &descriptor, parts).map_err(|_| FsError::Invalid)?;
+        let merged = crate::security::merged(kept.get(&id).map(Vec::as_slice), directory, &descriptor, parts).map_err(|_| FsError::InvalidSecurity)?;
         kept.insert(id, merged);
         Ok(())
     }

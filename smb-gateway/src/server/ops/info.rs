@@ -436,6 +436,11 @@ fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32
     // Storage merges it into the kept one; checked here first, so that a descriptor without
     // the owner or group it names gets its own status.
     Descriptor::default().merge(&new, additional).map_err(refused)?;
+    if !crate::security::names_parts(additional) {
+        // Names no part this server keeps: nothing changes (storage given no parts would keep
+        // the descriptor whole, which needs no access here).
+        return Ok(());
+    }
     files.set_security(share, info.id, new.encode(), additional, now).map_err(|e| e.status())
 }
 
@@ -593,6 +598,34 @@ mod tests {
         body[52..56].copy_from_slice(&(ctx.len() as u32).to_le_bytes());
         body.extend_from_slice(&ctx);
         body
+    }
+
+    /// A SET whose parts would make the kept descriptor pass its bound is refused with
+    /// INVALID_SECURITY_DESCR (storage's merge decides it), and nothing changes.
+    #[test]
+    fn a_set_that_would_make_the_descriptor_too_large_is_refused() {
+        use crate::security::{Descriptor, DACL, SACL};
+        use crate::share_modes::{ACCESS_SYSTEM_SECURITY, READ_CONTROL, WRITE_DAC};
+        let (mut c, files) = (connection(), MemFiles::with_dirs(&[]));
+        let f = open_for(&mut c, &files, 1, FILE_CREATE, READ_CONTROL | WRITE_DAC | ACCESS_SYSTEM_SECURITY);
+        let everyone = [1u8, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        let mut ace = vec![2u8, 0x40, 20, 0, 0xff, 0x01, 0x1f, 0];
+        ace.extend_from_slice(&everyone);
+        let mut acl = vec![2, 0, 0, 0, 0, 0, 0, 0];
+        for _ in 0..2000 {
+            acl.extend_from_slice(&ace);
+        }
+        let size = acl.len() as u16;
+        acl[2..4].copy_from_slice(&size.to_le_bytes());
+        acl[4..6].copy_from_slice(&2000u16.to_le_bytes());
+        let dacl = Descriptor { control: 0x8000 | 0x0004, dacl: Some(acl.clone()), ..Descriptor::default() };
+        let sacl = Descriptor { control: 0x8000 | 0x0010, sacl: Some(acl), ..Descriptor::default() };
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 2, TREE, &set_security(f, DACL, &dacl.encode())));
+        assert_eq!(r[0].0.status, status::SUCCESS);
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 3, TREE, &set_security(f, SACL, &sacl.encode())));
+        assert_eq!(r[0].0.status, status::INVALID_SECURITY_DESCR);
+        let (r, _) = exchange(&mut c, &files, &request(Command::QueryInfo, 4, TREE, &query_security(f, SACL, 1 << 20)));
+        assert_eq!(Descriptor::parse(&r[0].1[8..]).unwrap().sacl, None, "no SACL kept");
     }
 
     /// A CREATE with a SecD context gives the file it creates that descriptor (the default's

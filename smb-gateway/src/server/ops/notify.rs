@@ -217,7 +217,9 @@ impl Connection {
     fn set(&mut self, volatile: u64, p: OpenPath, b: &[u8], message: &[u8]) {
         // A security descriptor's SET_INFO changes no name or size.
         if b.get(2) == Some(&3) {
-            self.publish(&p, ChangeKind::SecurityChanged);
+            if u32_at(b, 12).is_some_and(crate::security::names_parts) {
+                self.publish(&p, ChangeKind::SecurityChanged);
+            }
             return;
         }
         let (Some(1), Some(&class), Some(len), Some(off)) = (b.get(2), b.get(3), u32_at(b, 4), u16_at(b, 8)) else { return };
