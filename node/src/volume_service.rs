@@ -751,12 +751,12 @@ impl VolumeRpc for VolumeService {
     async fn set_info(&self, req: Request<SetInfoRequest>) -> Result<Response<EntryReply>, Status> {
         unary!(gated self, req, set_info, |s, vol, view, r| {
             let info = SetInfo { created: r.created, written: r.written, changed: r.changed, attributes: r.attributes, sparse: r.sparse };
-            let (given, parts) = (r.security.as_deref(), r.security_info);
-            let update = |kept: Option<&[u8]>, directory: bool| match given {
-                Some(given) if parts != 0 => umbra_smb_gateway::security::merged(kept, directory, given, parts).map_err(|e| VolumeError::InvalidSecurity(e.to_string())),
-                _ => Ok(given.unwrap_or_default().to_vec()),
-            };
-            let inode = s.set_info_and_security(vol, view, r.ino, info, given.map(|_| &update as SecurityUpdate<'_>))?;
+            let (given, parts) = (r.security.as_deref().unwrap_or_default(), r.security_info);
+            if r.security.is_some() && !umbra_smb_gateway::security::names_parts(parts) {
+                return Err(VolumeError::InvalidSecurity("a security descriptor that names no part to set".into()));
+            }
+            let update = |kept: Option<&[u8]>, directory: bool| umbra_smb_gateway::security::merged(kept, directory, given, parts).map_err(|e| VolumeError::InvalidSecurity(e.to_string()));
+            let inode = s.set_info_and_security(vol, view, r.ino, info, r.security.is_some().then_some(&update as SecurityUpdate<'_>))?;
             Ok(EntryReply { entry: Some(Entry { name: String::new(), attributes: Some(attributes(r.ino, &inode)) }), ..Default::default() })
         })
     }

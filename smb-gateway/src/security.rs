@@ -145,13 +145,8 @@ impl Descriptor {
     /// mandatory-label ACEs only. Refused when the result would have no owner or group where
     /// `info` names one, or would pass [`MAX_DESCRIPTOR_BYTES`].
     pub fn merge(&mut self, new: &Descriptor, info: u32) -> Result<(), SdError> {
+        new.has_named(info)?;
         let info = expand(info);
-        if info & OWNER != 0 && new.owner.is_none() {
-            return Err(SdError::Missing("owner"));
-        }
-        if info & GROUP != 0 && new.group.is_none() {
-            return Err(SdError::Missing("group"));
-        }
         let mut merged = self.clone();
         merged.take(new, info);
         if info & LABEL != 0 && info & SACL == 0 {
@@ -159,8 +154,9 @@ impl Descriptor {
             let given = new.sacl.iter().flat_map(|s| aces(s)).filter(|a| a[0] == MANDATORY_LABEL_ACE);
             let all: Vec<&[u8]> = kept.chain(given).collect();
             if self.sacl.is_some() || !all.is_empty() {
-                if ACL_HEADER_BYTES + all.iter().map(|a| a.len()).sum::<usize>() > usize::from(u16::MAX) {
-                    return Err(SdError::TooLarge(MAX_DESCRIPTOR_BYTES + 1));
+                let size = ACL_HEADER_BYTES + all.iter().map(|a| a.len()).sum::<usize>();
+                if size > usize::from(u16::MAX) {
+                    return Err(SdError::TooLarge(size));
                 }
                 let revision = self.sacl.as_ref().or(new.sacl.as_ref()).map_or(2, |s| s[0]);
                 merged.sacl = Some(acl_of(revision, all.into_iter()));
@@ -176,43 +172,41 @@ impl Descriptor {
         Ok(())
     }
 
+    /// Refused when `info` names the owner or group and this descriptor has none (a SET must
+    /// not leave a file without them).
+    pub fn has_named(&self, info: u32) -> Result<(), SdError> {
+        let info = expand(info);
+        if info & OWNER != 0 && self.owner.is_none() {
+            return Err(SdError::Missing("owner"));
+        }
+        if info & GROUP != 0 && self.group.is_none() {
+            return Err(SdError::Missing("group"));
+        }
+        Ok(())
+    }
+
+    /// Each part: its AdditionalInformation bit, its control bits, and its bytes.
+    fn parts_mut(&mut self) -> [(u32, u16, &mut Option<Vec<u8>>); 4] {
+        [(OWNER, OWNER_BITS, &mut self.owner), (GROUP, GROUP_BITS, &mut self.group), (DACL, DACL_BITS, &mut self.dacl), (SACL, SACL_BITS, &mut self.sacl)]
+    }
+
     fn take(&mut self, from: &Descriptor, info: u32) {
-        let mut bits = |mask: u16| self.control = self.control & !mask | from.control & mask;
-        if info & OWNER != 0 {
-            bits(OWNER_BITS);
-            self.owner = from.owner.clone();
+        let mut control = self.control;
+        for ((bit, mask, mine), theirs) in self.parts_mut().into_iter().zip([&from.owner, &from.group, &from.dacl, &from.sacl]) {
+            if info & bit != 0 {
+                control = control & !mask | from.control & mask;
+                mine.clone_from(theirs);
+            }
         }
-        if info & GROUP != 0 {
-            bits(GROUP_BITS);
-            self.group = from.group.clone();
-        }
-        if info & DACL != 0 {
-            bits(DACL_BITS);
-            self.dacl = from.dacl.clone();
-        }
-        if info & SACL != 0 {
-            bits(SACL_BITS);
-            self.sacl = from.sacl.clone();
-        }
+        self.control = control;
     }
 
     /// The AdditionalInformation bits of the parts this descriptor has (a DACL or SACL
     /// marked present counts, a NULL one too).
     pub fn present_parts(&self) -> u32 {
-        let mut info = 0;
-        if self.owner.is_some() {
-            info |= OWNER;
-        }
-        if self.group.is_some() {
-            info |= GROUP;
-        }
-        if self.control & DACL_PRESENT != 0 || self.dacl.is_some() {
-            info |= DACL;
-        }
-        if self.control & SACL_PRESENT != 0 || self.sacl.is_some() {
-            info |= SACL;
-        }
-        info
+        let control = self.control;
+        let present = [self.owner.is_some(), self.group.is_some(), control & DACL_PRESENT != 0 || self.dacl.is_some(), control & SACL_PRESENT != 0 || self.sacl.is_some()];
+        [OWNER, GROUP, DACL, SACL].into_iter().zip(present).filter(|&(_, p)| p).fold(0, |info, (bit, _)| info | bit)
     }
 
     /// What a file that never had a descriptor set shows: owned by BUILTIN\Administrators

@@ -361,16 +361,11 @@ impl VolumeStore {
         self.set_info_and_security(vol, view, ino, info, None)
     }
 
-    /// Keeps `descriptor` as the file's or directory's security descriptor (an empty one
-    /// removes it), its change time `now`; snapshots keep the one they saw. The store keeps
-    /// the bytes as given: the gateway checked them.
-    pub fn set_security(&self, vol: Uuid, view: View, ino: u64, descriptor: Vec<u8>, now: u64) -> Result<Inode> {
-        self.set_info_and_security(vol, view, ino, SetInfo { changed: Some(now), ..SetInfo::default() }, Some(&|_, _| Ok(descriptor.clone())))
-    }
-
     /// [`Self::set_info`] and, with `security`, a new security descriptor in the same write:
     /// what `security` makes of the kept one (none if never set) and whether the inode is a
-    /// directory, under the volume's lock (so a merge of parts never loses a concurrent one).
+    /// directory, under the volume's lock (so a merge of parts never loses a concurrent one);
+    /// an empty one removes it. Snapshots keep the one they saw. The store keeps the bytes
+    /// as `security` gives them (the volume service merges checked descriptors).
     pub fn set_info_and_security(&self, vol: Uuid, view: View, ino: u64, info: SetInfo, security: Option<SecurityUpdate<'_>>) -> Result<Inode> {
         let entry = self.volume(vol)?;
         let (_pass, st) = entry.mutation()?;

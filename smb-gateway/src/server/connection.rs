@@ -23,7 +23,7 @@ use crate::smb2::negotiate::{self, DIALECT_202, DIALECT_210, DIALECT_300, DIALEC
 use crate::smb2::signing::{self, Algorithm, Preauth};
 use crate::smb2::{compound, status};
 use crate::spnego::{self, NegTokenResp, OID_NTLMSSP};
-use crate::wire::{u16_at, u32_at, u64_at, utf16_decode as utf16};
+use crate::wire::{u16_at, u32_at, utf16_decode as utf16};
 
 /// Dialects the server speaks, best last.
 const DIALECTS: [u16; 5] = [DIALECT_202, DIALECT_210, DIALECT_300, DIALECT_302, DIALECT_311];
@@ -420,8 +420,10 @@ impl Connection {
         std::mem::take(&mut self.file_writes)
     }
 
-    /// Whether WRITEs handed to the driver have not come back yet.
-    pub fn writes_in_flight(&self) -> bool {
+    /// Whether WRITEs handed to the driver have not come back yet (the driver keeps its own
+    /// set of them).
+    #[cfg(test)]
+    pub(super) fn writes_in_flight(&self) -> bool {
         !self.file_writes_started.is_empty()
     }
 
@@ -443,14 +445,9 @@ impl Connection {
     /// Hands a WRITE to the driver when it may go off the connection's thread: the whole frame
     /// being run by [`Connection::on_owned_frame`] (`message` is all of it, `data` in it), large
     /// enough, and within the bounds of what is in flight. Its reply comes later.
-    pub(super) fn write_later(&mut self, h: &Header, message: &[u8], data: &[u8], volatile: u64, write: impl FnOnce(std::ops::Range<usize>) -> FileWrite) -> Option<Reply> {
+    pub(super) fn write_later(&mut self, h: &Header, message: &[u8], data: &[u8], volatile: u64, write: impl FnOnce(u64, std::ops::Range<usize>) -> FileWrite) -> Option<Reply> {
         let (at, len) = self.owned_frame?;
         if message.as_ptr() as usize != at || message.len() != len || data.len() < FILE_WRITE_OFF_THREAD_MIN_BYTES {
-            return None;
-        }
-        // Appends (at the end of file, wherever that is when each lands) keep the order they
-        // were sent in: written in turn.
-        if u64_at(message.get(HEADER_BYTES..).unwrap_or_default(), 8) == Some(u64::MAX) {
             return None;
         }
         let in_flight: u64 = self.file_writes_started.values().map(|w| u64::from(w.len)).sum();
@@ -460,7 +457,7 @@ impl Connection {
         let start = data.as_ptr() as usize - at;
         let token = self.next_write;
         self.next_write += 1;
-        self.file_writes.push(FileWrite { token, ..write(start..start + data.len()) });
+        self.file_writes.push(write(token, start..start + data.len()));
         self.file_writes_started.insert(token, StartedWrite { request: h.clone(), volatile, len: data.len() as u32 });
         Some(Reply::later())
     }

@@ -275,6 +275,19 @@ pub fn write(volatile: u64, data: &[u8]) -> Vec<u8> {
     b
 }
 
+/// SET_INFO of `data` as information `kind` (1 file, 3 security), class `class`, with
+/// AdditionalInformation `additional`.
+pub fn set_info(volatile: u64, kind: u8, class: u8, additional: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = vec![33, 0, kind, class];
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&((HEADER_BYTES + 32) as u16).to_le_bytes());
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&additional.to_le_bytes());
+    file_id(&mut b, volatile);
+    b.extend_from_slice(data);
+    b
+}
+
 pub fn close(volatile: u64) -> Vec<u8> {
     let mut b = vec![24, 0, 0, 0, 0, 0, 0, 0];
     file_id(&mut b, volatile);

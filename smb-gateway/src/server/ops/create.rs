@@ -243,8 +243,8 @@ impl Connection {
                     file.attributes = attributes;
                 }
                 if let Some(descriptor) = secd {
-                    let every = crate::security::OWNER | crate::security::GROUP | crate::security::DACL | crate::security::SACL;
-                    if let Err(e) = files.set_security(&share, file.id, descriptor, every, now) {
+                    // Every part (BACKUP_SECURITY_INFORMATION): the whole descriptor.
+                    if let Err(e) = files.set_security(&share, file.id, descriptor, crate::security::BACKUP, now) {
                         let _ = files.unlink(&share, parent.id, &name, now);
                         return fs(e);
                     }

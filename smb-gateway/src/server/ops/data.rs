@@ -7,6 +7,10 @@ use super::*;
 use crate::smb2::header::{Header, HEADER_BYTES};
 use crate::smb2::status;
 
+/// A WRITE's offset that means "at the end of the file" (MS-FSA 2.1.5.3:
+/// FILE_WRITE_TO_END_OF_FILE), as the store resolves it.
+const WRITE_AT_END: u64 = u64::MAX;
+
 impl Connection {
     /// FSCTL_PIPE_TRANSCEIVE: one request PDU in, the reply out (BUFFER_OVERFLOW when longer
     /// than the client's MaxOutputResponse; it reads the rest).
@@ -52,8 +56,12 @@ impl Connection {
         // A zero-length WRITE succeeds and changes nothing (MS-FSA 2.1.5.3), wherever it points.
         // Offset 0xFFFFFFFFFFFFFFFF writes at the end of the file, as the store resolves it.
         let stamp = crate::server::files::Stamp { now, keep };
-        if let Some(later) = self.write_later(h, message, data, volatile, |range| FileWrite { token: 0, share: share.clone(), id, offset, data: range, stamp, open: registration }) {
-            return later;
+        // Appends (at the end of the file, wherever that is when each lands) keep the order
+        // they were sent in: written in turn.
+        if offset != WRITE_AT_END {
+            if let Some(later) = self.write_later(h, message, data, volatile, |token, range| FileWrite { token, share: share.clone(), id, offset, data: range, stamp, open: registration }) {
+                return later;
+            }
         }
         if !data.is_empty() {
             if let Err(e) = files.write(&share, id, offset, data, stamp, registration) {

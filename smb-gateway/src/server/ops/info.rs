@@ -435,7 +435,7 @@ fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32
     let new = Descriptor::parse(data).map_err(refused)?;
     // Storage merges it into the kept one; checked here first, so that a descriptor without
     // the owner or group it names gets its own status.
-    Descriptor::default().merge(&new, additional).map_err(refused)?;
+    new.has_named(additional).map_err(refused)?;
     if !crate::security::names_parts(additional) {
         // Names no part this server keeps: nothing changes (storage given no parts would keep
         // the descriptor whole, which needs no access here).
@@ -473,14 +473,7 @@ mod tests {
     const FILE_OPEN: u32 = 1;
 
     fn set_info(volatile: u64, class: u8, data: &[u8]) -> Vec<u8> {
-        let mut b = vec![33, 0, 1, class];
-        b.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        b.extend_from_slice(&((64 + 32) as u16).to_le_bytes());
-        b.extend_from_slice(&[0; 6]);
-        b.extend_from_slice(&volatile.to_le_bytes());
-        b.extend_from_slice(&volatile.to_le_bytes());
-        b.extend_from_slice(data);
-        b
+        crate::server::testkit::set_info(volatile, 1, class, 0, data)
     }
 
     fn open_for(c: &mut crate::server::connection::Connection, files: &MemFiles, id: u64, disposition: u32, access: u32) -> u64 {
@@ -507,10 +500,7 @@ mod tests {
 
     /// SET_INFO of a security descriptor's parts `additional` names.
     fn set_security(volatile: u64, additional: u32, descriptor: &[u8]) -> Vec<u8> {
-        let mut b = set_info(volatile, 0, descriptor);
-        b[2] = 3;
-        b[12..16].copy_from_slice(&additional.to_le_bytes());
-        b
+        crate::server::testkit::set_info(volatile, 3, 0, additional, descriptor)
     }
 
     /// A file shows the default descriptor until one is set; a SET_INFO replaces the parts it

@@ -336,15 +336,7 @@ mod tests {
         let sub = u64::from_le_bytes(r[0].1[72..80].try_into().unwrap());
         let _ = writer.take_changes();
         let sd = crate::security::Descriptor::default_for(true).encode();
-        let mut body = vec![33, 0, 3, 0];
-        body.extend_from_slice(&(sd.len() as u32).to_le_bytes());
-        body.extend_from_slice(&96u16.to_le_bytes());
-        body.extend_from_slice(&[0, 0]);
-        body.extend_from_slice(&crate::security::DACL.to_le_bytes());
-        body.extend_from_slice(&sub.to_le_bytes());
-        body.extend_from_slice(&sub.to_le_bytes());
-        body.extend_from_slice(&sd);
-        let (r, _) = exchange(&mut writer, &files, &request(Command::SetInfo, 2, TREE, &body));
+        let (r, _) = exchange(&mut writer, &files, &request(Command::SetInfo, 2, TREE, &set_info(sub, 3, 0, crate::security::DACL, &sd)));
         assert_eq!(r[0].0.status, status::SUCCESS);
         let changes = writer.take_changes();
         watcher.on_changes(&changes);
@@ -372,19 +364,12 @@ mod tests {
         assert_eq!(records(&finals[0].1), vec![(1, "d\\sub\\f.txt".to_string()), (3, "d\\sub\\f.txt".to_string())]);
         // Nothing waits now: the next change queues, and the next CHANGE_NOTIFY answers at once.
         let f = open(&mut c, &files, 6, TREE, "d\\sub\\f.txt", false, 1);
-        let mut rename = vec![2, 0, 1, 10];
         let mut info = vec![0u8; 20];
         let mut name = Vec::new();
         crate::wire::put_utf16(&mut name, "d\\g.txt");
         info[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
         info.extend_from_slice(&name);
-        rename.extend_from_slice(&(info.len() as u32).to_le_bytes());
-        rename.extend_from_slice(&((64 + 32) as u16).to_le_bytes());
-        rename.extend_from_slice(&[0; 6]);
-        rename.extend_from_slice(&f.to_le_bytes());
-        rename.extend_from_slice(&f.to_le_bytes());
-        rename.extend_from_slice(&info);
-        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 7, TREE, &rename));
+        let (r, _) = exchange(&mut c, &files, &request(Command::SetInfo, 7, TREE, &set_info(f, 1, 10, 0, &info)));
         assert_eq!(r[0].0.status, status::SUCCESS);
         let made = c.take_changes();
         c.on_changes(&made);
