@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio_stream::{Stream, StreamExt};
+use bytes::Bytes;
 use crate::direct_channel::{DirectChannel, PeerChannel};
 use tonic::{Request, Response, Status, Streaming};
 use umbra_proto::v1::volume_client::VolumeClient;
@@ -653,12 +654,12 @@ impl VolumeRpc for VolumeService {
                 all.push(piece);
                 true
             });
-            return Ok(Response::new(Box::pin(tokio_stream::iter(all))));
+            return Ok(Response::new(Box::pin(data_chunks(tokio_stream::iter(all)))));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_MESSAGES);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || read_pieces(&store, vol, view, &r, |piece| tx.blocking_send(piece).is_ok()));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(data_chunks(tokio_stream::wrappers::ReceiverStream::new(rx)))))
     }
 
     async fn write(&self, req: Request<Streaming<WriteChunk>>) -> Result<Response<WrittenReply>, Status> {
@@ -1104,23 +1105,39 @@ impl VolumeService {
     }
 }
 
-/// A read as messages of at most [`READ_MESSAGE_BYTES`], handed to `send` until it refuses
-/// one, the file ends or a read fails.
-fn read_pieces(store: &VolumeStore, vol: Uuid, view: View, r: &ReadRequest, mut send: impl FnMut(Result<DataChunk, Status>) -> bool) {
+/// A read in store reads of at most [`READ_MESSAGE_BYTES`], each as the pieces the store
+/// hands out (whole chunks without a copy: [`VolumeStore::read_shared`]), handed to `send`
+/// until it refuses some, the file ends or a read fails.
+fn read_pieces(store: &VolumeStore, vol: Uuid, view: View, r: &ReadRequest, mut send: impl FnMut(Result<Vec<Bytes>, Status>) -> bool) {
     let end = r.offset.saturating_add(r.length);
     let mut pos = r.offset;
     while pos < end {
         let want = (end - pos).min(READ_MESSAGE_BYTES);
-        let result = store.read(vol, view, r.ino, pos, want).map_err(status_of);
+        let result = store.read_shared(vol, view, r.ino, pos, want).map_err(status_of);
         let done = match &result {
-            Ok(data) => (data.len() as u64) < want || data.is_empty(),
+            Ok(pieces) => (pieces.iter().map(Bytes::len).sum::<usize>() as u64) < want,
             Err(_) => true,
         };
         pos += want;
-        if !send(result.map(|data| DataChunk { data: data.into() })) || done {
+        if !send(result) || done {
             break;
         }
     }
+}
+
+/// The messages of a Read: each piece a message of its own, so the receiver finds its data
+/// within one HTTP/2 frame and keeps it without a copy (`umbra_proto::frames`); a read that
+/// found nothing is one empty message.
+fn data_chunks(pieces: impl Stream<Item = Result<Vec<Bytes>, Status>> + Send + 'static) -> impl Stream<Item = Result<DataChunk, Status>> + Send + 'static {
+    use futures::StreamExt as _;
+    pieces.flat_map(|read| {
+        let chunks: Vec<Result<DataChunk, Status>> = match read {
+            Ok(pieces) if pieces.is_empty() => vec![Ok(DataChunk::default())],
+            Ok(pieces) => pieces.into_iter().map(|data| Ok(DataChunk { data })).collect(),
+            Err(status) => vec![Err(status)],
+        };
+        futures::stream::iter(chunks)
+    })
 }
 
 fn clone_reply(c: crate::volume::CloneInfo) -> CloneReply {

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use super::kv::{Batch, Durability};
 use uuid::Uuid;
 
@@ -41,7 +43,11 @@ pub(super) fn open_chunk(value: &[u8]) -> Result<&[u8]> {
     if value.is_empty() {
         return Ok(value);
     }
-    super::kv::unsealed(value).ok_or_else(|| VolumeError::Storage(format!("a stored chunk ({} bytes) fails its checksum (CRC32C)", value.len())))
+    super::kv::unsealed(value).ok_or_else(|| chunk_corrupt(value.len()))
+}
+
+fn chunk_corrupt(stored_bytes: usize) -> VolumeError {
+    VolumeError::Storage(format!("a stored chunk ({stored_bytes} bytes) fails its checksum (CRC32C)"))
 }
 
 impl VolumeStore {
@@ -58,6 +64,25 @@ impl VolumeStore {
     /// [`Self::read`] into a buffer that starts with `room` zero bytes for the caller (an SMB
     /// READ response's headers), so the data is not copied again to go out.
     pub fn read_after(&self, room: usize, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut sink = IntoBuffer { room, buffer: Vec::new() };
+        self.read_chunks(vol, view, ino, offset, len, &mut sink)?;
+        Ok(sink.buffer)
+    }
+
+    /// [`Self::read`] as pieces that, one after the other, are the bytes read, for a caller
+    /// that sends them on (the volume service's Read): each whole chunk the engine keeps in
+    /// its data log is a slice of the log's mapping, not a copy (its pages stay until the
+    /// piece is dropped, and chunks that lie one after the other there are one piece); holes
+    /// are shared zeros, and parts of chunks are copied.
+    pub fn read_shared(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<Bytes>> {
+        let mut sink = Shared::default();
+        self.read_chunks(vol, view, ino, offset, len, &mut sink)?;
+        Ok(self.kv.join_shared(sink.pieces))
+    }
+
+    /// A read of up to `len` bytes at `offset` under one hold of the volume, chunk by chunk
+    /// into `sink` (short at end of file; what no chunk holds reads as zeros).
+    fn read_chunks(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64, sink: &mut impl ReadSink) -> Result<()> {
         if len > MAX_IO_BYTES {
             return Err(VolumeError::TooLarge { what: "a read", got: len, max: MAX_IO_BYTES });
         }
@@ -69,13 +94,8 @@ impl VolumeStore {
             return Err(VolumeError::IsADirectory);
         }
         let end = offset.saturating_add(len).min(inode.size);
-        if offset >= end {
-            return Ok(vec![0; room]);
-        }
-        // Room for a whole chunk's checksum past the end: whole chunks are read in place.
-        let n = (end - offset) as usize;
-        let mut buffer = vec![0u8; room + n + CHUNK_CRC_BYTES];
-        let out = &mut buffer[room..];
+        let n = end.saturating_sub(offset) as usize;
+        sink.start(n);
         let mut pos = offset;
         while pos < end {
             let index = pos / CHUNK_BYTES;
@@ -84,32 +104,24 @@ impl VolumeStore {
             let (from, at) = ((pos - chunk_start) as usize, (pos - offset) as usize);
             let object = Self::chunk_object(vol, ino, inode.generation, index);
             if from == 0 && take_end == chunk_start + CHUNK_BYTES {
-                // The whole chunk: stored bytes (data, then checksum) straight into the reply;
-                // the checksum's place is zeroed again (what follows the data reads as zeros,
-                // or is the next chunk's).
-                let dest = &mut out[at..at + CHUNK_BYTES as usize + CHUNK_CRC_BYTES];
-                if let Some(len) = self.visible_into(CF_CHUNKS, &scope, object, dest)? {
-                    let data = open_chunk(&dest[..len])?.len();
-                    dest[data..len].fill(0);
-                }
-                pos = take_end;
-                continue;
+                sink.whole(self, &scope, &object, at)?;
+            } else {
+                let to = (take_end - chunk_start) as usize;
+                self.visible_map(CF_CHUNKS, &scope, &object, Verify::KeyOnly, |_, value| {
+                    let data = open_chunk(value)?;
+                    let to = to.min(data.len());
+                    if from < to {
+                        sink.part(at, &data[from..to]);
+                    }
+                    Ok::<(), VolumeError>(())
+                })?
+                .transpose()?;
             }
-            self.visible_map(CF_CHUNKS, &scope, object, Verify::KeyOnly, |_, value| {
-                let data = open_chunk(value)?;
-                let to = ((take_end - chunk_start) as usize).min(data.len());
-                if from < to {
-                    out[at..at + (to - from)].copy_from_slice(&data[from..to]);
-                }
-                Ok::<(), VolumeError>(())
-            })?
-            .transpose()?;
             pos = take_end;
         }
-        buffer.truncate(room + n);
-        Ok(buffer)
+        sink.finish(n);
+        Ok(())
     }
-
     /// Writes `data` at `offset`, extending the file as needed; at [`WRITE_AT_END`], at the
     /// file's end as it is when the write holds the volume (MS-FSA's FILE_WRITE_TO_END_OF_FILE:
     /// concurrent appends never overlap). One write batch.
@@ -560,3 +572,108 @@ pub(super) fn unreachable_chunks(vol: Uuid, batch: &mut Batch, from: Vec<u8>, to
 /// with a byte below 0x80, so these come after them).
 const RECLAIM_CUT: u8 = 0xFE;
 const RECLAIM_CHUNKS: u8 = 0xFF;
+
+/// Where [`VolumeStore::read_chunks`] puts a read's bytes. `at` counts from the read's start;
+/// bytes no call covers read as zeros.
+trait ReadSink {
+    /// The read will give `n` bytes.
+    fn start(&mut self, n: usize);
+    /// The whole chunk `object` for the bytes at `at`, read where the engine keeps it.
+    fn whole(&mut self, store: &VolumeStore, scope: &Scope, object: &dyn Fn(Lineage) -> Vec<u8>, at: usize) -> Result<()>;
+    /// `data` (checked) for the bytes at `at`.
+    fn part(&mut self, at: usize, data: &[u8]);
+    /// The read's `n` bytes are all given.
+    fn finish(&mut self, n: usize);
+}
+
+/// Into one buffer after `room` zero bytes; whole chunks read straight into it.
+struct IntoBuffer {
+    room: usize,
+    buffer: Vec<u8>,
+}
+
+impl ReadSink for IntoBuffer {
+    fn start(&mut self, n: usize) {
+        // Room for a whole chunk's checksum past the end: whole chunks are read in place.
+        self.buffer = vec![0u8; self.room + n + if n > 0 { CHUNK_CRC_BYTES } else { 0 }];
+    }
+
+    fn whole(&mut self, store: &VolumeStore, scope: &Scope, object: &dyn Fn(Lineage) -> Vec<u8>, at: usize) -> Result<()> {
+        // The stored bytes (data, then checksum) straight into the reply; the checksum's place
+        // is zeroed again (what follows the data reads as zeros, or is the next chunk's).
+        let dest = &mut self.buffer[self.room + at..self.room + at + CHUNK_BYTES as usize + CHUNK_CRC_BYTES];
+        if let Some(len) = store.visible_into(CF_CHUNKS, scope, object, dest)? {
+            let data = open_chunk(&dest[..len])?.len();
+            dest[data..len].fill(0);
+        }
+        Ok(())
+    }
+
+    fn part(&mut self, at: usize, data: &[u8]) {
+        let at = self.room + at;
+        self.buffer[at..at + data.len()].copy_from_slice(data);
+    }
+
+    fn finish(&mut self, n: usize) {
+        self.buffer.truncate(self.room + n);
+    }
+}
+
+/// Zeros handed out for holes, a chunk at a time.
+static ZERO_CHUNK: [u8; CHUNK_BYTES as usize] = [0; CHUNK_BYTES as usize];
+
+/// Into pieces: whole chunks as the engine hands them out, the rest copied.
+#[derive(Default)]
+struct Shared {
+    pieces: Vec<Bytes>,
+    /// Bytes given so far.
+    filled: usize,
+}
+
+impl Shared {
+    /// Zeros up to `at`.
+    fn zeros_to(&mut self, at: usize) {
+        while self.filled < at {
+            let n = (at - self.filled).min(ZERO_CHUNK.len());
+            self.pieces.push(Bytes::from_static(&ZERO_CHUNK[..n]));
+            self.filled += n;
+        }
+    }
+
+    fn push(&mut self, at: usize, piece: Bytes) {
+        self.zeros_to(at);
+        self.filled += piece.len();
+        self.pieces.push(piece);
+    }
+}
+
+impl ReadSink for Shared {
+    fn start(&mut self, _n: usize) {}
+
+    fn whole(&mut self, store: &VolumeStore, scope: &Scope, object: &dyn Fn(Lineage) -> Vec<u8>, at: usize) -> Result<()> {
+        let Some((head, tail)) = store.visible_shared(CF_CHUNKS, scope, object)? else { return Ok(()) };
+        if head.is_empty() && tail.is_empty() {
+            return Ok(());
+        }
+        // The usual case: the data in the head, its checksum the tail.
+        if tail.len() == CHUNK_CRC_BYTES {
+            if crc32c::crc32c(&head).to_le_bytes()[..] != tail[..] {
+                return Err(chunk_corrupt(head.len() + tail.len()));
+            }
+            self.push(at, head);
+            return Ok(());
+        }
+        let value = if tail.is_empty() { head } else { Bytes::from([&head[..], &tail[..]].concat()) };
+        let data = open_chunk(&value)?.len();
+        self.push(at, value.slice(..data));
+        Ok(())
+    }
+
+    fn part(&mut self, at: usize, data: &[u8]) {
+        self.push(at, Bytes::copy_from_slice(data));
+    }
+
+    fn finish(&mut self, n: usize) {
+        self.zeros_to(n);
+    }
+}

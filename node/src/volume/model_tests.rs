@@ -277,6 +277,12 @@ fn dump(store: &VolumeStore, vol: Uuid, view: View) -> Tree {
                 Kind::File => {
                     let data = store.read(vol, view, e.ino, 0, e.inode.size).unwrap();
                     assert_eq!(data.len() as u64, e.inode.size);
+                    let shared = store.read_shared(vol, view, e.ino, 0, e.inode.size).unwrap().concat();
+                    assert!(shared == data, "{path}: the read handed out in pieces gives the same bytes");
+                    if data.len() > 2 {
+                        let inner = store.read_shared(vol, view, e.ino, 1, e.inode.size - 2).unwrap().concat();
+                        assert!(inner[..] == data[1..data.len() - 1], "{path}: a read within the file, in pieces");
+                    }
                     let (ranges, more) = store.allocated_ranges(vol, view, e.ino, 0, u64::MAX).unwrap();
                     assert_eq!((ranges, more), (allocated_in(&data), None), "{path}: allocated ranges are the chunks holding a non-zero byte");
                     data

@@ -318,10 +318,22 @@ impl VolumeStore {
     /// [`Self::visible_map`] for a value read straight into `dest` ([`Kv::seek_into`]): its
     /// length, if the scope sees one.
     pub(super) fn visible_into(&self, cf: Cf, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, dest: &mut [u8]) -> Result<Option<usize>> {
+        self.visible_seek(scope, object, |seek, how, wanted| self.kv.seek_into(cf, seek, how, wanted, dest))
+    }
+
+    /// [`Self::visible_map`] for a value the caller keeps ([`Kv::seek_shared`]): as its head
+    /// and tail, if the scope sees one.
+    pub(super) fn visible_shared(&self, cf: Cf, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>) -> Result<Option<(bytes::Bytes, bytes::Bytes)>> {
+        self.visible_seek(scope, object, |seek, how, wanted| self.kv.seek_shared(cf, seek, how, wanted))
+    }
+
+    /// The first of a scope's lookups that `seek` finds a version of the object in: `seek`
+    /// gets where to start, how, and which keys are versions of the object.
+    fn visible_seek<T>(&self, scope: &Scope, object: impl Fn(Lineage) -> Vec<u8>, mut seek: impl FnMut(&[u8], Seek, &mut dyn FnMut(&[u8]) -> bool) -> Result<Option<T>>) -> Result<Option<T>> {
         for (object, max) in Self::lookups(scope, object) {
-            let seek = keys::versioned(object.clone(), max);
-            if let Some(n) = self.kv.seek_into(cf, &seek, Seek::SamePrefix(object.len()), &mut |k| Self::is_version_of(k, &object), dest)? {
-                return Ok(Some(n));
+            let from = keys::versioned(object.clone(), max);
+            if let Some(found) = seek(&from, Seek::SamePrefix(object.len()), &mut |k| Self::is_version_of(k, &object))? {
+                return Ok(Some(found));
             }
         }
         Ok(None)

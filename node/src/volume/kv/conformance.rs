@@ -149,6 +149,7 @@ conformance!(
     the_sequence_grows_with_every_batch,
     what_was_written_survives_a_restart,
     disk_bytes_follow_what_is_stored,
+    a_shared_value_is_the_value,
 );
 
 fn column_families_are_separate(s: Subject) {
@@ -219,6 +220,22 @@ fn seek_finds_the_first_key_at_or_after_its_start(s: Subject) {
         }
     }
     assert_eq!(seek(&*kv, Cf::Meta, b"", Seek::TotalOrder), None, "an empty column family");
+}
+
+/// [`Kv::seek_shared`] gives the value as its head and tail, whatever its size, and only for
+/// a key the caller wants.
+fn a_shared_value_is_the_value(s: Subject) {
+    let kv = (s.reopen)();
+    let values = [Vec::new(), vec![3u8; 100], vec![5u8; INLINE_MAX + 1], (0..64 * 1024 + 4).map(|b| b as u8).collect(), vec![9u8; 64 * 1024 + 100]];
+    for (i, v) in values.iter().enumerate() {
+        put(&*kv, Cf::Chunks, &[i as u8], v);
+    }
+    for (i, v) in values.iter().enumerate() {
+        let (head, tail) = kv.seek_shared(Cf::Chunks, &[i as u8], Seek::TotalOrder, &mut |k| k == [i as u8]).unwrap().expect("found");
+        assert!([&head[..], &tail[..]].concat() == *v, "value {i} ({} bytes)", v.len());
+    }
+    assert!(kv.seek_shared(Cf::Chunks, &[0], Seek::TotalOrder, &mut |_| false).unwrap().is_none(), "a key not wanted");
+    assert!(kv.seek_shared(Cf::Chunks, &[99], Seek::TotalOrder, &mut |_| true).unwrap().is_none(), "past the last key");
 }
 
 fn scan_returns_keys_in_byte_order_from_its_start(s: Subject) {
@@ -541,6 +558,60 @@ fn freed_log_pages_go_back_to_the_disk_and_empty_segments_go() {
     kv.flush(Cf::Chunks).unwrap();
     let emptied = kv.disk_bytes(Cf::Chunks).unwrap();
     assert!(emptied < 64 * 1024, "{emptied} bytes left after deleting everything");
+}
+
+/// A value handed out from the log's mapping keeps its bytes while it is held, though what
+/// it was read from is overwritten and checkpointed: its pages are punched only at the first
+/// checkpoint after it is dropped. A close while one is held leaves no clean marker, and the
+/// next open finds every value and frees the pages.
+#[test]
+fn a_value_handed_out_keeps_its_pages_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = |kv: &RocksKv, i: u32| kv.seek_shared(Cf::Chunks, &i.to_be_bytes(), Seek::TotalOrder, &mut |_| true).unwrap().expect("found");
+    // Pages the data log's segments take on disk.
+    let log_bytes = || -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir.path().join("datalog")).unwrap().map(|e| e.unwrap()).filter(|e| e.file_name().to_string_lossy().ends_with(".log")).map(|e| e.metadata().unwrap().blocks() * 512).sum()
+    };
+    let page = log::pages(64 * 1024);
+    let kv = RocksKv::open(dir.path()).unwrap();
+    put_chunks(&kv, 0..16, 0, 4);
+    kv.flush(Cf::Chunks).unwrap();
+    let (head, tail) = shared(&kv, 3);
+    assert!([&head[..], &tail[..]].concat() == chunk_value(3, 0));
+    // Values written in one batch lie one after the other: joined, they are one piece.
+    let heads: Vec<Bytes> = (0..4).map(|i| shared(&kv, i).0).collect();
+    let joined = kv.join_shared(heads.clone());
+    assert_eq!(joined.len(), 1, "four adjacent values are one piece");
+    assert!(joined[0] == heads.concat(), "and read as the four");
+    let apart = kv.join_shared(vec![heads[0].clone(), heads[2].clone(), Bytes::from_static(b"x")]);
+    assert_eq!(apart.len(), 3, "values that are not adjacent, or not mapped, stay apart");
+    drop((heads, joined, apart));
+    let base = log_bytes();
+    put_chunks(&kv, 0..16, 1, 4);
+    kv.flush(Cf::Chunks).unwrap();
+    kv.checkpoint_under_load().unwrap();
+    assert!(head[..] == chunk_value(3, 0)[..head.len()], "the held value's bytes are as they were read");
+    let held = log_bytes();
+    assert!(held >= base + page, "{base} -> {held}: the held value's pages stay");
+    drop((head, tail));
+    kv.flush(Cf::Chunks).unwrap();
+    let after = log_bytes();
+    assert!(after + page <= held, "{held} -> {after}: its pages go once it is dropped");
+
+    // Held through the close.
+    let kept = shared(&kv, 5);
+    put_chunks(&kv, 5..6, 2, 1);
+    drop(kv);
+    assert!(!dir.path().join("datalog").join("clean").exists(), "no clean marker while a value is out");
+    assert!(kept.0[..] == chunk_value(5, 1)[..kept.0.len()], "still as read after the close");
+    drop(kept);
+    let kv = RocksKv::open(dir.path()).unwrap();
+    for i in 0..16u32 {
+        assert_eq!(kv.get(Cf::Chunks, &i.to_be_bytes()).unwrap(), Some(chunk_value(i, if i == 5 { 2 } else { 1 })), "value {i}");
+    }
+    let reopened = log_bytes();
+    assert!(reopened < after + page, "{after} -> {reopened}: the open scrubbed the pages the close left");
 }
 
 /// A 64 KiB chunk value that differs for each key and round.

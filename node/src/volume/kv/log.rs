@@ -19,18 +19,27 @@
 //! - the operations, then zeros up to the next page;
 //! - the data: each large value at its own page, zero-padded to whole pages.
 //!
+//! Reads that send a value on (the volume service's Read to another node) take it from the
+//! segment's read-only mapping instead of copying it out of the page cache
+//! ([`Segments::shared_value`]): the bytes go from the page cache to the socket once. Such a
+//! value pins its extent until it is dropped, and a checkpoint does not punch a pinned extent
+//! (its pages would read as zeros under a reply still on its way).
+//!
 //! The log is cut into segment files of [`SEGMENT_BYTES`]; a position names its segment and its
 //! offset in it. A record that does not fit in what is left of a segment is preceded by a roll
 //! record there, and starts the next segment. Replay ends at the first record whose header,
 //! operations or data fail their checks: what a crash left half-written, or a power loss kept
 //! only in part, is never applied, and what follows it is cut off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
+use memmap2::{Mmap, MmapOptions};
 
 use super::{Cf, Op};
 use crate::volume::error::{Result, VolumeError};
@@ -348,7 +357,110 @@ impl<'a> Iterator for DecodeOps<'a> {
 /// The log's segment files in one directory, open for reading by position.
 pub(super) struct Segments {
     dir: PathBuf,
-    open: RwLock<BTreeMap<u64, Arc<File>>>,
+    open: RwLock<BTreeMap<u64, Segment>>,
+    pins: Arc<Pins>,
+}
+
+/// A segment file and, once a value is first handed out from it without a copy
+/// ([`Segments::shared_value`]), its pages mapped read-only (`None` if the mapping failed:
+/// such reads then copy). Mappings are as many as segment files, whose descriptors are held
+/// open anyway; each takes [`SEGMENT_BYTES`] of address space, not of memory.
+struct Segment {
+    file: Arc<File>,
+    map: OnceLock<Option<Arc<Mmap>>>,
+}
+
+impl Segment {
+    fn new(file: File) -> Segment {
+        Segment { file: Arc::new(file), map: OnceLock::new() }
+    }
+
+    fn mapping(&self) -> Option<Arc<Mmap>> {
+        self.map
+            .get_or_init(|| {
+                // SAFETY: the mapping is only read, and only where a published extent lies.
+                // The log is append-only: an extent's pages are written before its pointer
+                // is published and never again; they are punched (read as zeros) only once no
+                // pin holds them ([`Pins`]); a segment file is cut only past its published end
+                // (a failed append's undo, and the open's cut before any read), so a read
+                // never reaches past the file's end (which would raise SIGBUS; `shared_value`
+                // also checks the length). No other process writes the data log.
+                match unsafe { MmapOptions::new().len(SEGMENT_BYTES as usize).map(&*self.file) } {
+                    Ok(m) => Some(Arc::new(m)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot map a data log segment; reads from it copy");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+}
+
+/// Extents handed out as mapped bytes and not yet dropped, counted by log position: a
+/// checkpoint leaves their pages alone (unpunched) until the last is dropped.
+#[derive(Default)]
+pub(super) struct Pins(Mutex<HashMap<u64, u32>>);
+
+impl Pins {
+    fn pin(&self, lsn: u64) {
+        *self.0.lock().expect("pins lock").entry(lsn).or_insert(0) += 1;
+    }
+
+    fn unpin(&self, lsn: u64) {
+        let mut pins = self.0.lock().expect("pins lock");
+        if let Some(n) = pins.get_mut(&lsn) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&lsn);
+            }
+        }
+    }
+
+    pub fn pinned(&self, lsn: u64) -> bool {
+        self.0.lock().expect("pins lock").contains_key(&lsn)
+    }
+}
+
+/// A slice of a segment's mapping: the owner of the [`Bytes`] that [`Segments::shared_value`]
+/// and [`Segments::join_shared`] hand out.
+struct Mapped {
+    map: Arc<Mmap>,
+    at: usize,
+    len: usize,
+    holds: Holds,
+}
+
+/// What keeps a [`Mapped`]'s bytes as they are.
+enum Holds {
+    /// One value: its extent's pin, let go on drop.
+    Pin { lsn: u64, pins: Arc<Pins> },
+    /// Adjacent values joined: the pieces, each with its pin.
+    Pieces { _kept: Vec<Bytes> },
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.at..self.at + self.len]
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if let Holds::Pin { lsn, pins } = &self.holds {
+            pins.unpin(*lsn);
+        }
+    }
+}
+
+/// Pieces that lie one after the other in `map`, as one (holding them, and so their pins).
+fn joined(map: &Arc<Mmap>, mut parts: Vec<Bytes>) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    let at = parts[0].as_ptr() as usize - map.as_ptr() as usize;
+    let len = parts.iter().map(Bytes::len).sum();
+    Bytes::from_owner(Mapped { map: map.clone(), at, len, holds: Holds::Pieces { _kept: parts } })
 }
 
 impl Segments {
@@ -360,9 +472,9 @@ impl Segments {
             let name = entry.map_err(|e| io_error("list the data log", e))?.file_name();
             let Some(seg) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| u64::from_str_radix(n, 16).ok()) else { continue };
             let file = OpenOptions::new().read(true).write(true).open(dir.join(&name)).map_err(|e| io_error("open a data log segment", e))?;
-            open.insert(seg, Arc::new(file));
+            open.insert(seg, Segment::new(file));
         }
-        Ok(Segments { dir: dir.to_path_buf(), open: RwLock::new(open) })
+        Ok(Segments { dir: dir.to_path_buf(), open: RwLock::new(open), pins: Arc::default() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -375,7 +487,12 @@ impl Segments {
 
     /// Segment `seg`, if it exists.
     pub fn get(&self, seg: u64) -> Option<Arc<File>> {
-        self.open.read().expect("segments lock").get(&seg).cloned()
+        self.open.read().expect("segments lock").get(&seg).map(|s| s.file.clone())
+    }
+
+    /// Whether an extent at `lsn` is held by a value handed out without a copy.
+    pub fn pinned(&self, lsn: u64) -> bool {
+        self.pins.pinned(lsn)
     }
 
     /// Segment numbers, in order.
@@ -390,8 +507,9 @@ impl Segments {
         }
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path(seg)).map_err(|e| io_error("create a data log segment", e))?;
         sync_dir(&self.dir)?;
-        let file = Arc::new(file);
-        self.open.write().expect("segments lock").insert(seg, file.clone());
+        let segment = Segment::new(file);
+        let file = segment.file.clone();
+        self.open.write().expect("segments lock").insert(seg, segment);
         Ok(file)
     }
 
@@ -440,6 +558,60 @@ impl Segments {
         Ok(n)
     }
 
+    /// The value whose head is at `e` and whose last bytes are `tail`, as its head and its
+    /// tail: the head a slice of the segment's mapping (no copy; its extent pinned until the
+    /// last clone of it is dropped), or read into a buffer where the segment has no mapping.
+    pub fn shared_value(&self, e: Extent, tail: &[u8]) -> Result<(Bytes, Bytes)> {
+        let (seg, at, len) = (e.segment(), (e.lsn % SEGMENT_BYTES) as usize, e.len as usize);
+        let Some((file, map)) = self.open.read().expect("segments lock").get(&seg).map(|s| (s.file.clone(), s.mapping())) else {
+            return Err(VolumeError::Storage(format!("a stored value at {} lies in a data log segment that is gone", e.lsn)));
+        };
+        let Some(map) = map else {
+            let mut buf = Vec::new();
+            let value = self.read_value(e, tail, &mut buf)?.len();
+            buf.truncate(value);
+            return Ok((Bytes::from(buf), Bytes::new()));
+        };
+        // A pointer past the file's end (a damaged one) is an error, not a SIGBUS.
+        let file_len = file.metadata().map_err(|err| io_error("stat a data log segment", err))?.len();
+        if (at + len) as u64 > file_len.min(SEGMENT_BYTES) {
+            return Err(VolumeError::Storage(format!("the data log ends before a stored value at {} ({} bytes)", e.lsn, e.len)));
+        }
+        self.pins.pin(e.lsn);
+        let head = Bytes::from_owner(Mapped { map, at, len, holds: Holds::Pin { lsn: e.lsn, pins: self.pins.clone() } });
+        Ok((head, Bytes::copy_from_slice(tail)))
+    }
+
+    /// `pieces` with each run of values handed out by [`Self::shared_value`] that lie one after
+    /// the other in one segment's mapping made one piece (which keeps their pins), so chunks
+    /// written together are read as one buffer and go out as one.
+    pub fn join_shared(&self, pieces: Vec<Bytes>) -> Vec<Bytes> {
+        let maps: Vec<Arc<Mmap>> = self.open.read().expect("segments lock").values().filter_map(|s| s.map.get().cloned().flatten()).collect();
+        let map_of = |b: &Bytes| {
+            let p = b.as_ptr() as usize;
+            maps.iter().find(|m| !b.is_empty() && p >= m.as_ptr() as usize && p + b.len() <= m.as_ptr() as usize + m.len())
+        };
+        let mut out = Vec::with_capacity(pieces.len());
+        let mut run: Option<(&Arc<Mmap>, Vec<Bytes>)> = None;
+        for piece in pieces {
+            let map = map_of(&piece);
+            let follows = match (&run, map) {
+                (Some((m, parts)), Some(map)) => Arc::ptr_eq(m, map) && parts.last().is_some_and(|last| last.as_ptr() as usize + last.len() == piece.as_ptr() as usize),
+                _ => false,
+            };
+            if !follows {
+                out.extend(run.take().map(|(m, parts)| joined(m, parts)));
+            }
+            match (map, &mut run) {
+                (Some(_), Some((_, parts))) => parts.push(piece),
+                (Some(m), None) => run = Some((m, vec![piece])),
+                (None, _) => out.push(piece),
+            }
+        }
+        out.extend(run.map(|(m, parts)| joined(m, parts)));
+        out
+    }
+
     /// Gives the pages of `len` bytes at `lsn` back to the filesystem (the file keeps its size).
     pub fn punch(&self, lsn: u64, len: u64) -> Result<()> {
         let Some(file) = self.get(lsn / SEGMENT_BYTES) else { return Ok(()) };
@@ -449,7 +621,7 @@ impl Segments {
     /// Bytes the segments take on disk (allocated blocks).
     pub fn disk_bytes(&self) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
-        let files: Vec<Arc<File>> = self.open.read().expect("segments lock").values().cloned().collect();
+        let files: Vec<Arc<File>> = self.open.read().expect("segments lock").values().map(|s| s.file.clone()).collect();
         let mut total = 0;
         for f in files {
             total += f.metadata().map_err(|e| io_error("stat a data log segment", e))?.blocks() * 512;

@@ -30,6 +30,8 @@ mod conformance;
 pub use mem::MemKv;
 pub use rocks::RocksKv;
 
+use bytes::Bytes;
+
 use super::error::Result;
 
 /// The column families of the volume store.
@@ -156,6 +158,26 @@ pub trait Kv: Send + Sync {
             }
         })?;
         out
+    }
+
+    /// Like [`Kv::seek_into`] for a caller that keeps the value: as `(head, tail)`, the value
+    /// being the two one after the other. An engine that keeps the value elsewhere may hand
+    /// out its head where it lies, without a copy (RocksKv: a slice of the data log's mapping,
+    /// whose pages stay as they are until the last clone of it is dropped).
+    fn seek_shared(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool) -> Result<Option<(Bytes, Bytes)>> {
+        let mut out = None;
+        self.seek(cf, from, how, Verify::KeyOnly, &mut |k, v| {
+            if wanted(k) {
+                out = Some((Bytes::copy_from_slice(v), Bytes::new()));
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Values [`Kv::seek_shared`] handed out, in order, with those that lie one after the other
+    /// where the engine keeps them made one piece each (as is: no engine needs to).
+    fn join_shared(&self, pieces: Vec<Bytes>) -> Vec<Bytes> {
+        pieces
     }
 
     /// Keys at or after `from`, in order.

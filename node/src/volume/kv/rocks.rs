@@ -19,7 +19,8 @@
 //! 2. waits, writers going on, for RocksDB to write the switched memtables to tables;
 //! 3. records in `datalog/applied` the position up to which RocksDB now holds everything;
 //! 4. only then punches freed extents and old record headers out of the log (a crash before
-//!    would replay records that still point at them) and removes segments with no live extent.
+//!    would replay records that still point at them) and removes segments with no live extent;
+//!    an extent a value handed out without a copy still pins waits for a later checkpoint.
 //!
 //! Opening replays the log from `applied` into RocksDB, checking each record's header,
 //! operations and data, and cuts the log at the first record that fails (a torn write or a
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::mem::ManuallyDrop;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use super::log::{self, decode_stored, pages, Extent, Header, OpRef, Segments, Stored, HEADER_BYTES, MAX_RECORD_BYTES, PAGE_BYTES, SEGMENT_BYTES};
@@ -406,6 +408,22 @@ impl Engine {
         self.writer.lock().expect("data log writer lock")
     }
 
+    /// The first key at or after `from`, if it passes `wanted`: `then` given its value as
+    /// RocksDB holds it (a chunk's decoded, any other family's as an inline value).
+    fn seek_stored<T>(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool, then: impl FnOnce(Stored<'_>) -> Result<T>) -> Result<Option<T>> {
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), self.seek_options(cf, from, how, Verify::KeyOnly));
+        it.seek(from);
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            it.status()?;
+            return Ok(None);
+        };
+        if !wanted(k) {
+            return Ok(None);
+        }
+        let stored = if cf == Cf::Chunks { decode_stored(v)? } else { Stored::Inline(v) };
+        then(stored).map(Some)
+    }
+
     /// The value RocksDB holds, as the caller stored it (a logged chunk read into `buf`).
     fn resolve<'a>(&self, cf: Cf, stored: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8]> {
         if cf != Cf::Chunks {
@@ -679,6 +697,14 @@ impl Engine {
             self.leaked.store(true, Ordering::SeqCst);
             return Err(e);
         }
+        // Extents still held by values handed out without a copy (on their way to a client)
+        // wait for a later checkpoint; after the close's, for the next open's scrub.
+        let (freed, held): (Vec<Extent>, Vec<Extent>) = freed.into_iter().partition(|e| !self.segments.pinned(e.lsn));
+        if !held.is_empty() {
+            let mut w = self.writer();
+            w.freed_bytes += held.iter().map(|e| e.span()).sum::<u64>();
+            w.freed.extend(held);
+        }
         let current = applied / SEGMENT_BYTES;
         // Segments left with no live extent go whole; the rest have their freed pages punched,
         // adjacent ranges (a large write's extents and its record header) in one call. The
@@ -827,7 +853,8 @@ impl Drop for Engine {
             unsafe { ManuallyDrop::drop(&mut self.db) };
         }
         match checkpoint {
-            Ok(()) if self.leaked.load(Ordering::SeqCst) => {}
+            // Pages left to free (held by values still out) are the next open's to find.
+            Ok(()) if self.leaked.load(Ordering::SeqCst) || !self.writer().freed.is_empty() => {}
             Ok(()) => {
                 let counts = encode_live_counts(&self.live.lock().expect("live extents lock"));
                 if let Err(e) = log::write_file(self.segments.dir(), "clean", &counts) {
@@ -1013,21 +1040,19 @@ impl Kv for Engine {
     }
 
     fn seek_into(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool, dest: &mut [u8]) -> Result<Option<usize>> {
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), self.seek_options(cf, from, how, Verify::KeyOnly));
-        it.seek(from);
-        let (Some(k), Some(v)) = (it.key(), it.value()) else {
-            it.status()?;
-            return Ok(None);
-        };
-        if !wanted(k) {
-            return Ok(None);
-        }
-        let stored = if cf == Cf::Chunks { decode_stored(v)? } else { Stored::Inline(v) };
-        Ok(Some(match stored {
-            Stored::Empty => 0,
-            Stored::Inline(v) => super::copy_into(v, dest)?,
-            Stored::Logged(e, tail) => self.segments.read_value_into(e, tail, dest)?,
-        }))
+        self.seek_stored(cf, from, how, wanted, |stored| match stored {
+            Stored::Empty => Ok(0),
+            Stored::Inline(v) => super::copy_into(v, dest),
+            Stored::Logged(e, tail) => self.segments.read_value_into(e, tail, dest),
+        })
+    }
+
+    fn seek_shared(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool) -> Result<Option<(Bytes, Bytes)>> {
+        self.seek_stored(cf, from, how, wanted, |stored| match stored {
+            Stored::Empty => Ok((Bytes::new(), Bytes::new())),
+            Stored::Inline(v) => Ok((Bytes::copy_from_slice(v), Bytes::new())),
+            Stored::Logged(e, tail) => self.segments.shared_value(e, tail),
+        })
     }
 
     fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a> {
@@ -1172,6 +1197,14 @@ impl Kv for RocksKv {
 
     fn seek_into(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool, dest: &mut [u8]) -> Result<Option<usize>> {
         self.engine.seek_into(cf, from, how, wanted, dest)
+    }
+
+    fn seek_shared(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool) -> Result<Option<(Bytes, Bytes)>> {
+        self.engine.seek_shared(cf, from, how, wanted)
+    }
+
+    fn join_shared(&self, pieces: Vec<Bytes>) -> Vec<Bytes> {
+        self.engine.segments.join_shared(pieces)
     }
 
     fn scan<'a>(&'a self, cf: Cf, from: &[u8]) -> Scan<'a> {
