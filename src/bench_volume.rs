@@ -39,7 +39,7 @@ pub struct VolumeBenchArgs {
     /// freed pages back to its host, the writer after a checkpoint that freed the last round's
     /// file gets recycled pages and the other new ones, so this alternates between the two from
     /// round to round: an even count gives both the same mix, and the ratio of the rounds'
-    /// summed times compares them on it (docs/benchmarks.md, volume Run 23).
+    /// summed times compares them on it (docs/benchmarks.md, volume Run 12).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// Reads of the file through gRPC from a caller thread in each round of the sequential

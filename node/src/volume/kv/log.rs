@@ -385,6 +385,11 @@ impl Segment {
                 // (a failed append's undo, and the open's cut before any read), so a read
                 // never reaches past the file's end (which would raise SIGBUS; `shared_value`
                 // also checks the length). No other process writes the data log.
+                // Not guarded against: the disk failing to read a page back. Through a
+                // mapping that is SIGBUS, which ends the node (through `pread` it was one
+                // failed read), and a page evicted between the CRC32C check and the send is
+                // read again unchecked. Both need the disk to fail where the page cache did
+                // not hold the page.
                 match unsafe { MmapOptions::new().len(SEGMENT_BYTES as usize).map(&*self.file) } {
                     Ok(m) => Some(Arc::new(m)),
                     Err(e) => {
@@ -417,9 +422,6 @@ impl Pins {
         }
     }
 
-    pub fn pinned(&self, lsn: u64) -> bool {
-        self.0.lock().expect("pins lock").contains_key(&lsn)
-    }
 }
 
 /// A slice of a segment's mapping: the owner of the [`Bytes`] that [`Segments::shared_value`]
@@ -490,9 +492,10 @@ impl Segments {
         self.open.read().expect("segments lock").get(&seg).map(|s| s.file.clone())
     }
 
-    /// Whether an extent at `lsn` is held by a value handed out without a copy.
-    pub fn pinned(&self, lsn: u64) -> bool {
-        self.pins.pinned(lsn)
+    /// `extents` split into those no value handed out without a copy holds, and those held.
+    pub fn unpinned(&self, extents: Vec<Extent>) -> (Vec<Extent>, Vec<Extent>) {
+        let pins = self.pins.0.lock().expect("pins lock");
+        extents.into_iter().partition(|e| !pins.contains_key(&e.lsn))
     }
 
     /// Segment numbers, in order.

@@ -163,7 +163,9 @@ pub trait Kv: Send + Sync {
     /// Like [`Kv::seek_into`] for a caller that keeps the value: as `(head, tail)`, the value
     /// being the two one after the other. An engine that keeps the value elsewhere may hand
     /// out its head where it lies, without a copy (RocksKv: a slice of the data log's mapping,
-    /// whose pages stay as they are until the last clone of it is dropped).
+    /// whose pages stay as they are until the last clone of it is dropped). The caller must
+    /// hold off every write that could free the value until the call returns (the store's
+    /// volume lock does): a checkpoint spares only values pinned before their freeing write.
     fn seek_shared(&self, cf: Cf, from: &[u8], how: Seek, wanted: &mut dyn FnMut(&[u8]) -> bool) -> Result<Option<(Bytes, Bytes)>> {
         let mut out = None;
         self.seek(cf, from, how, Verify::KeyOnly, &mut |k, v| {

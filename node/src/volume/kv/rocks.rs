@@ -698,12 +698,12 @@ impl Engine {
             return Err(e);
         }
         // Extents still held by values handed out without a copy (on their way to a client)
-        // wait for a later checkpoint; after the close's, for the next open's scrub.
-        let (freed, held): (Vec<Extent>, Vec<Extent>) = freed.into_iter().partition(|e| !self.segments.pinned(e.lsn));
+        // wait for a later checkpoint; after the close's, for the next open's scrub. They do
+        // not count towards the next one's being due: a reader that stalls would otherwise
+        // make every checkpoint due at once.
+        let (freed, held) = self.segments.unpinned(freed);
         if !held.is_empty() {
-            let mut w = self.writer();
-            w.freed_bytes += held.iter().map(|e| e.span()).sum::<u64>();
-            w.freed.extend(held);
+            self.writer().freed.extend(held);
         }
         let current = applied / SEGMENT_BYTES;
         // Segments left with no live extent go whole; the rest have their freed pages punched,
