@@ -1,8 +1,9 @@
 //! Security descriptors through SMB (QUERY_INFO and SET_INFO of SMB2_0_INFO_SECURITY), with
 //! impacket: a file shows the default descriptor until a client sets one; what a client sets
 //! through one node's gateway, every node's gateway gives back, part by part; a malformed
-//! descriptor is refused and changes nothing; each part needs its access. The volume lives on
-//! node 2; the clients go through nodes 1 and 3.
+//! descriptor is refused and changes nothing; each part needs its access; a new file or
+//! directory takes what its directory's descriptor passes down. The volume lives on node 2;
+//! the clients go through nodes 1 and 3.
 
 mod common;
 
@@ -78,4 +79,33 @@ fn sets_of_different_parts_at_once_through_two_nodes_both_land() {
     b.join().unwrap();
     assert_eq!(setup.open("g", "both.bin", READ_CONTROL, SHARE_ALL, OPEN), "OK");
     assert_eq!(setup.cmd("getsd g 7"), format!("OK S-1-5-21-1-2-3-{ROUNDS} S-1-5-32-544 0:0:0x1f01ff:S-1-5-21-9-9-9-{ROUNDS}"), "both last SETs kept");
+}
+
+/// A file or directory made in a directory whose descriptor has inheritable ACEs takes them,
+/// marked inherited (MS-DTYP's rules: a file takes the object-inherit ones; a directory the
+/// container-inherit ones, still passing on, and the object-inherit ones as inherit-only);
+/// one made where nothing was set shows the default. Through another node than the one that
+/// set the directory's descriptor, and read back through a third.
+#[test]
+fn a_new_file_takes_what_its_directory_passes_down() {
+    let c = data_cluster(); // the volume lives on node 2
+    let mut a = DrivenClient::connect(&c.node(1).smb);
+    let dir = format!("open d inh {:#x} {SHARE_ALL:#x} {OPEN_IF} 0x1", READ | READ_CONTROL | WRITE_DAC);
+    assert_eq!(a.cmd(&dir), "OK");
+    // Full access for the user on everything below, read for Everyone on files below.
+    assert_eq!(a.cmd(&format!("setsd d {DACL} - - 0:3:0x1f01ff:{USER},0:1:0x1200a9:S-1-1-0")), "OK");
+    assert_eq!(a.cmd("close d"), "OK");
+    let mut b = DrivenClient::connect(&c.node(3).smb);
+    assert_eq!(b.open("f", "inh\\f.bin", READ | WRITE | READ_CONTROL, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(b.cmd("getsd f 7"), format!("OK S-1-5-32-544 S-1-5-32-544 0:16:0x1f01ff:{USER},0:16:0x1200a9:S-1-1-0"), "a file: both ACEs, inherited");
+    let sub = format!("open s inh\\sub {:#x} {SHARE_ALL:#x} {OPEN_IF} 0x1", READ | READ_CONTROL);
+    assert_eq!(b.cmd(&sub), "OK");
+    assert_eq!(b.cmd("getsd s 4"), format!("OK - - 0:19:0x1f01ff:{USER},0:25:0x1200a9:S-1-1-0"), "a directory: the first applies and passes on, the second only passes on");
+    assert_eq!(b.open("g", "inh\\sub\\g.bin", READ | WRITE | READ_CONTROL, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(b.cmd("getsd g 4"), format!("OK - - 0:16:0x1f01ff:{USER},0:16:0x1200a9:S-1-1-0"), "two levels down");
+    assert_eq!(b.open("r", "root.bin", READ | WRITE | READ_CONTROL, SHARE_ALL, OVERWRITE_IF), "OK");
+    assert_eq!(b.cmd("getsd r 7"), "OK S-1-5-32-544 S-1-5-32-544 0:0:0x1f01ff:S-1-1-0", "where nothing was set: the default");
+    let mut o = DrivenClient::connect(&c.node(2).smb);
+    assert_eq!(o.open("f", "inh\\f.bin", READ_CONTROL, SHARE_ALL, OPEN), "OK");
+    assert_eq!(o.cmd("getsd f 4"), format!("OK - - 0:16:0x1f01ff:{USER},0:16:0x1200a9:S-1-1-0"), "the owner's gateway gives back the same");
 }

@@ -167,7 +167,7 @@ fn found_reply((found, parent): (Option<DirEntry>, DirEntry)) -> EntryReply {
 /// Creates `name` in `parent`: its ino and the reply that describes it.
 fn create_entry(s: &VolumeStore, vol: Uuid, view: View, parent: u64, name: &str, directory: bool, now: u64) -> Result<(u64, EntryReply), VolumeError> {
     let kind = if directory { Kind::Dir } else { Kind::File };
-    let ino = s.create(vol, view, parent, name, kind, now)?;
+    let ino = s.create_inheriting(vol, view, parent, name, kind, now, umbra_smb_gateway::security::inherited)?;
     let inode = s.stat(vol, view, ino)?;
     Ok((ino, EntryReply { entry: Some(entry(DirEntry { name: name.to_string(), ino, inode })), ..Default::default() }))
 }

@@ -3,8 +3,10 @@
 //! each present or not, chosen by the request's AdditionalInformation bits.
 //!
 //! Umbra keeps each file's descriptor as clients set it (a backup that restores files restores
-//! their ACLs, and reads them back) and gives a default one to a file that never had one. It
-//! does not evaluate the ACLs: who may do what is decided by the share and the user's role.
+//! their ACLs, and reads them back); a new file or directory takes what its directory's
+//! descriptor passes down ([`inherited`], computed by the volume's owner as it creates the
+//! file), and one that never had either shows a default. It does not evaluate the ACLs: who
+//! may do what is decided by the share and the user's role.
 //!
 //! Written by hand (no maintained crate parses Windows security descriptors without Windows):
 //! [`Descriptor::parse`] checks every offset and length against the buffer and against
@@ -245,6 +247,90 @@ pub fn merged(kept: Option<&[u8]>, directory: bool, given: &[u8], parts: u32) ->
     Ok(d.encode())
 }
 
+/// ACE flags (MS-DTYP 2.4.4.1).
+const OBJECT_INHERIT_ACE: u8 = 0x01;
+const CONTAINER_INHERIT_ACE: u8 = 0x02;
+const NO_PROPAGATE_INHERIT_ACE: u8 = 0x04;
+const INHERIT_ONLY_ACE: u8 = 0x08;
+const INHERITED_ACE: u8 = 0x10;
+const INHERIT_FLAGS: u8 = OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE | NO_PROPAGATE_INHERIT_ACE | INHERIT_ONLY_ACE;
+/// SE_DACL_AUTO_INHERITED and SE_SACL_AUTO_INHERITED: a child's ACL follows its parent's.
+const DACL_AUTO_INHERITED: u16 = 0x0400;
+const SACL_AUTO_INHERITED: u16 = 0x0800;
+/// The highest ACE type, all of whose kinds carry an access mask after the header (MS-DTYP
+/// 2.4.4: up to SYSTEM_SCOPED_POLICY_ID_ACE_TYPE).
+const MAX_KNOWN_ACE_TYPE: u8 = 0x13;
+/// Generic rights, and the file rights each stands for (MS-SMB2 2.2.13.1.1).
+const GENERIC_MAP: [(u32, u32); 4] = [(0x8000_0000, 0x0012_0089), (0x4000_0000, 0x0012_0116), (0x2000_0000, 0x0012_00A0), (0x1000_0000, 0x001F_01FF)];
+const GENERIC_BITS: u32 = 0xF000_0000;
+
+/// The descriptor a new file or directory takes from its parent directory's `parent` (MS-DTYP
+/// 2.5.3.4.2, its inheritance rules): the parent's DACL and SACL ACEs that a file (object
+/// inherit) or a directory (container inherit, or object inherit passed further down)
+/// inherits, marked inherited, with generic rights made file rights where they apply to the
+/// new one. Owner and group are the default's (no user has a SID here). None when nothing is
+/// inherited, or the parent's bytes do not parse: the new one then shows the default.
+pub fn inherited(parent: &[u8], directory: bool) -> Option<Vec<u8>> {
+    let parent = Descriptor::parse(parent).ok()?;
+    let inherit = |acl: &Option<Vec<u8>>| -> Option<Vec<u8>> {
+        let acl = acl.as_ref()?;
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for ace in aces(acl) {
+            out.extend(inherited_aces(ace, directory));
+        }
+        let size = ACL_HEADER_BYTES + out.iter().map(Vec::len).sum::<usize>();
+        (!out.is_empty() && size <= usize::from(u16::MAX)).then(|| acl_of(acl[0], out.iter().map(Vec::as_slice)))
+    };
+    let (dacl, sacl) = (inherit(&parent.dacl), inherit(&parent.sacl));
+    if dacl.is_none() && sacl.is_none() {
+        return None;
+    }
+    let mut d = Descriptor::default_for(directory);
+    if dacl.is_some() {
+        d.dacl = dacl;
+        d.control |= parent.control & DACL_AUTO_INHERITED;
+    }
+    if sacl.is_some() {
+        d.sacl = sacl;
+        d.control |= SACL_PRESENT | parent.control & SACL_AUTO_INHERITED;
+    }
+    let bytes = d.encode();
+    (bytes.len() <= MAX_DESCRIPTOR_BYTES).then_some(bytes)
+}
+
+/// What one of a parent's ACEs becomes in a new file or directory: nothing, the ACE as it
+/// applies to the new one, one passed further down only (inherit-only), or, for an ACE with
+/// generic rights that applies and passes down, both.
+fn inherited_aces(ace: &[u8], directory: bool) -> Vec<Vec<u8>> {
+    let flags = ace[1];
+    let (object, container, no_propagate) = (flags & OBJECT_INHERIT_ACE != 0, flags & CONTAINER_INHERIT_ACE != 0, flags & NO_PROPAGATE_INHERIT_ACE != 0);
+    let other = flags & !INHERIT_FLAGS & !INHERITED_ACE;
+    let with = |flags: u8, map: bool| {
+        let mut a = ace.to_vec();
+        a[1] = flags | INHERITED_ACE;
+        if map && a[0] <= MAX_KNOWN_ACE_TYPE && a.len() >= ACE_HEADER_BYTES + 4 {
+            let mask = u32::from_le_bytes(a[4..8].try_into().expect("4 bytes"));
+            let mapped = GENERIC_MAP.iter().filter(|(g, _)| mask & g != 0).fold(mask & !GENERIC_BITS, |m, (_, f)| m | f);
+            a[4..8].copy_from_slice(&mapped.to_le_bytes());
+        }
+        a
+    };
+    match (directory, object, container) {
+        (false, true, _) => vec![with(other, true)],
+        (false, false, _) | (true, false, false) => Vec::new(),
+        // Applies to the directory; stops here, or passes down as it is (split when its
+        // generic rights must be made file rights for the directory itself).
+        (true, _, true) if no_propagate => vec![with(other, true)],
+        (true, _, true) => match ace.len() >= ACE_HEADER_BYTES + 4 && u32::from_le_bytes(ace[4..8].try_into().expect("4 bytes")) & GENERIC_BITS != 0 && ace[0] <= MAX_KNOWN_ACE_TYPE {
+            true => vec![with(other, true), with(other | flags & (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE) | INHERIT_ONLY_ACE, false)],
+            false => vec![with(other | flags & (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE), false)],
+        },
+        // For files only: passes down through the directory, unless it stops at the first level.
+        (true, true, false) if no_propagate => Vec::new(),
+        (true, true, false) => vec![with(other | OBJECT_INHERIT_ACE | INHERIT_ONLY_ACE, false)],
+    }
+}
+
 /// Whether AdditionalInformation names any part kept here (owner, group, DACL, SACL, label).
 pub fn names_parts(info: u32) -> bool {
     expand(info) & (OWNER | GROUP | DACL | SACL | LABEL) != 0
@@ -345,27 +431,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const USER: [u8; 28] = [1, 5, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xe9, 3, 0, 0];
+    const EVERYONE: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+
+    fn ace(kind: u8, flags: u8, mask: u32, sid: &[u8]) -> Vec<u8> {
+        let mut a = vec![kind, flags];
+        a.extend_from_slice(&((8 + sid.len()) as u16).to_le_bytes());
+        a.extend_from_slice(&mask.to_le_bytes());
+        a.extend_from_slice(sid);
+        a
+    }
+
+    fn list(aces: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = aces.concat();
+        let mut a = vec![2, 0];
+        a.extend_from_slice(&((8 + body.len()) as u16).to_le_bytes());
+        a.extend_from_slice(&(aces.len() as u16).to_le_bytes());
+        a.extend_from_slice(&[0, 0]);
+        a.extend_from_slice(&body);
+        a
+    }
+
     /// A descriptor as Windows writes one: owner and group, a protected DACL of two ACEs (an
     /// allow for a domain user's SID, a deny for Everyone), a SACL with one audit ACE.
     fn sample() -> Vec<u8> {
-        let user = [1u8, 5, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xe9, 3, 0, 0];
-        let everyone = [1u8, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
-        let ace = |kind: u8, flags: u8, mask: u32, sid: &[u8]| {
-            let mut a = vec![kind, flags];
-            a.extend_from_slice(&((8 + sid.len()) as u16).to_le_bytes());
-            a.extend_from_slice(&mask.to_le_bytes());
-            a.extend_from_slice(sid);
-            a
-        };
-        let list = |aces: &[Vec<u8>]| {
-            let body: Vec<u8> = aces.concat();
-            let mut a = vec![2, 0];
-            a.extend_from_slice(&((8 + body.len()) as u16).to_le_bytes());
-            a.extend_from_slice(&(aces.len() as u16).to_le_bytes());
-            a.extend_from_slice(&[0, 0]);
-            a.extend_from_slice(&body);
-            a
-        };
+        let (user, everyone) = (USER, EVERYONE);
         let d = Descriptor {
             control: SELF_RELATIVE | DACL_PRESENT | 0x1000 | 0x0010,
             owner: Some(user.to_vec()),
@@ -477,7 +567,79 @@ mod tests {
         assert_eq!(with(2, &control.to_le_bytes()).unwrap().dacl, None);
     }
 
+    /// The ACEs of a descriptor's DACL or SACL, each as (type, flags, mask).
+    fn summary(acl: &Option<Vec<u8>>) -> Vec<(u8, u8, u32)> {
+        acl.iter().flat_map(|a| aces(a)).map(|a| (a[0], a[1], u32::from_le_bytes(a[4..8].try_into().unwrap()))).collect()
+    }
+
+    #[test]
+    fn a_new_file_or_directory_inherits_what_its_parent_passes_down() {
+        const GENERIC_READ: u32 = 0x8000_0000;
+        const GENERIC_ALL: u32 = 0x1000_0000;
+        let parent = Descriptor {
+            control: SELF_RELATIVE | DACL_PRESENT | SACL_PRESENT | DACL_AUTO_INHERITED,
+            owner: Some(USER.to_vec()),
+            group: Some(USER.to_vec()),
+            dacl: Some(list(&[
+                ace(0, 0x03, 0x001F_01FF, &USER),       // files and directories, on down
+                ace(0, 0x01, 0x0012_00A9, &EVERYONE),   // files only, on down
+                ace(1, 0x02, 0x0000_0002, &EVERYONE),   // directories only, on down
+                ace(0, 0x06, GENERIC_READ, &USER),      // the directory's children only
+                ace(0, 0x00, 0x0000_0001, &EVERYONE),   // the directory's own
+                ace(0, 0x03, GENERIC_ALL, &EVERYONE),   // generic, on down
+                ace(0, 0x05, 0x0000_0004, &USER),       // files of the first level only
+            ])),
+            sacl: Some(list(&[ace(2, 0x41, 0x0001_0000, &EVERYONE)])),
+        }
+        .encode();
+        let file = Descriptor::parse(&inherited(&parent, false).unwrap()).unwrap();
+        let admins = Descriptor::default_for(false).owner;
+        assert_eq!((&file.owner, &file.group), (&admins, &admins), "the default's owner and group");
+        assert_eq!(file.control & (DACL_PRESENT | SACL_PRESENT | DACL_AUTO_INHERITED), DACL_PRESENT | SACL_PRESENT | DACL_AUTO_INHERITED);
+        assert_eq!(summary(&file.dacl), vec![(0, 0x10, 0x001F_01FF), (0, 0x10, 0x0012_00A9), (0, 0x10, 0x001F_01FF), (0, 0x10, 0x0000_0004)], "what files inherit, generic rights made file rights, no inherit flags");
+        assert_eq!(summary(&file.sacl), vec![(2, 0x50, 0x0001_0000)], "audit flags kept");
+        let dir = Descriptor::parse(&inherited(&parent, true).unwrap()).unwrap();
+        assert_eq!(
+            summary(&dir.dacl),
+            vec![
+                (0, 0x13, 0x001F_01FF),  // applies, and passes on
+                (0, 0x19, 0x0012_00A9),  // only passes on to files
+                (1, 0x12, 0x0000_0002),  // applies, and passes on to directories
+                (0, 0x10, 0x0012_0089),  // applies, stops here: generic read as file rights
+                (0, 0x10, 0x001F_01FF),  // the generic one split: as it applies here...
+                (0, 0x1B, GENERIC_ALL),  // ...and as it passes on
+            ]
+        );
+        assert_eq!(summary(&dir.sacl), vec![(2, 0x59, 0x0001_0000)]);
+        // Nothing to inherit, or a parent that does not parse: the default.
+        let plain = Descriptor { dacl: Some(list(&[ace(0, 0, 0x1F01FF, &USER)])), ..Descriptor::parse(&parent).unwrap() };
+        let plain = Descriptor { sacl: None, control: plain.control & !SACL_PRESENT, ..plain }.encode();
+        assert_eq!((inherited(&plain, false), inherited(&plain, true)), (None, None));
+        assert_eq!(inherited(&[1, 0], true), None);
+        assert_eq!(inherited(&Descriptor::default_for(true).encode(), false).map(|d| summary(&Descriptor::parse(&d).unwrap().dacl)), Some(vec![(0, 0x10, 0x001F_01FF)]), "the default passes Everyone's access down");
+    }
+
     proptest! {
+        /// Whatever a parent holds, what a new file or directory inherits parses, every ACE in
+        /// it is marked inherited, and a file's pass nothing further down.
+        #[test]
+        fn inheriting_from_any_parent_gives_a_well_formed_descriptor(changes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6), directory in any::<bool>()) {
+            let mut b = sample();
+            for (at, v) in changes {
+                let i = at.index(b.len());
+                b[i] = v;
+            }
+            if let Some(child) = inherited(&b, directory) {
+                let d = Descriptor::parse(&child);
+                prop_assert!(d.is_ok(), "{:?}", d);
+                let d = d.unwrap();
+                for (_, flags, _) in summary(&d.dacl).into_iter().chain(summary(&d.sacl)) {
+                    prop_assert!(flags & INHERITED_ACE != 0);
+                    prop_assert!(directory || flags & INHERIT_FLAGS == 0);
+                }
+            }
+        }
+
         /// Whatever bytes arrive, parsing never panics, and what it accepts encodes to a
         /// descriptor that parses to the same parts (so what is stored can be given back).
         #[test]

@@ -67,6 +67,15 @@ impl VolumeStore {
 
     /// Creates a file or directory `name` in `parent`; returns its inode number.
     pub fn create(&self, vol: Uuid, view: View, parent: u64, name: &str, kind: Kind, now: u64) -> Result<u64> {
+        self.create_inheriting(vol, view, parent, name, kind, now, |_, _| None)
+    }
+
+    /// [`Self::create`], the new file's security descriptor made by `inherit` from its
+    /// directory's, if that has one (the descriptor's format is the gateway's:
+    /// `umbra_smb_gateway::security::inherited`), given whether the new one is a directory.
+    /// None, or one past [`MAX_SECURITY_BYTES`], leaves it without one (the default).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_inheriting(&self, vol: Uuid, view: View, parent: u64, name: &str, kind: Kind, now: u64, inherit: impl FnOnce(&[u8], bool) -> Option<Vec<u8>>) -> Result<u64> {
         check_file_name(name)?;
         let entry = self.volume(vol)?;
         let (_pass, mut st) = entry.mutation()?;
@@ -80,7 +89,8 @@ impl VolumeStore {
         }
         let ino = st.meta.next_ino;
         st.meta.next_ino += 1;
-        let inode = Inode { kind, parent, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0, cut: None, security: None };
+        let security = dir.security.as_deref().and_then(|sd| inherit(sd, kind == Kind::Dir)).filter(|sd| sd.len() <= MAX_SECURITY_BYTES);
+        let inode = Inode { kind, parent, size: 0, allocated: 0, generation: 0, created: now, written: now, changed: now, attributes: 0, cut: None, security };
         let mut batch = Batch::default();
         self.put_inode(&st, &scope, &mut batch, ino, &inode, None)?;
         let dirent = serde_json::to_vec(&DirentValue::Live { name: name.to_string(), ino })?;
