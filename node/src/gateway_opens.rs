@@ -32,6 +32,23 @@ struct Registered {
     confirmed: bool,
     /// Its byte-range locks as the owner granted them (listed in renewals).
     locks: Vec<ByteLock>,
+    /// Lock and unlock calls sent for it, and those not yet answered.
+    lock_calls: u64,
+    locking: u32,
+    /// A lock or unlock call had no answer from the owner (a lost reply): the owner may hold
+    /// locks `locks` does not, so renewals list them as exact (see `HeldOpen.locks_exact`).
+    locks_uncertain: bool,
+}
+
+impl Registered {
+    /// A lock or unlock call's answer came: one that is not the owner's (no `umbra-error`:
+    /// the call failed on its way, or its reply did) leaves what the owner holds unknown.
+    fn lock_call_ends(&mut self, answer: &Result<impl Sized, tonic::Status>) {
+        self.locking -= 1;
+        if matches!(answer, Err(s) if s.metadata().get("umbra-error").is_none()) {
+            self.locks_uncertain = true;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -106,7 +123,7 @@ impl GatewayOpens {
         }
         let id = held.next_id;
         held.next_id += 1;
-        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false, locks: Vec::new() });
+        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false, locks: Vec::new(), lock_calls: 0, locking: 0, locks_uncertain: false });
         Ok(id)
     }
 
@@ -185,13 +202,14 @@ impl GatewayOpens {
     /// restarted and has not had this gateway's renewal yet) is done here alone: the renewal
     /// that reinstates the open no longer lists the lock. A lock it cannot place is not granted.
     pub async fn lock(&self, service: &VolumeService, id: u64, locks: &[ByteLock], unlock: bool) -> Result<(), FsError> {
-        let Some(target) = self.held().opens.get(&id).map(|r| r.target.clone()) else { return Err(FsError::NotSupported) };
+        let Some(target) = self.lock_call_starts(id) else { return Err(FsError::NotSupported) };
         let ranges = locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect();
         let req = OpenLockRequest { target: Some(target), gateway: Some(self.gateway), id, locks: ranges, unlock };
         let answer = service.open_lock(req).await;
         let unknown = matches!(&answer, Err(s) if s.metadata().get("umbra-error").is_some_and(|v| v == "unknown_open"));
         let mut held = self.held();
         let Some(r) = held.opens.get_mut(&id) else { return answer.map(|_| ()).map_err(|e| crate::smb::fs_error(&e)) };
+        r.lock_call_ends(&answer);
         match (answer, unlock) {
             (Ok(_), false) => r.locks.extend_from_slice(locks),
             (Ok(_), true) => unlock_here(&mut r.locks, locks),
@@ -207,6 +225,16 @@ impl GatewayOpens {
             }
         }
         Ok(())
+    }
+
+    /// A lock or unlock call of open `id` starts (counted, and under way until
+    /// [`Registered::lock_call_ends`]): where it goes, if the open is held.
+    fn lock_call_starts(&self, id: u64) -> Option<VolumeTarget> {
+        let mut held = self.held();
+        let r = held.opens.get_mut(&id)?;
+        r.lock_calls += 1;
+        r.locking += 1;
+        Some(r.target.clone())
     }
 
     /// One renewal per volume where this gateway holds opens, all at once, each given at
@@ -245,9 +273,16 @@ impl GatewayOpens {
                         listed_locks.into_iter().filter_map(|(id, listed)| Some((id, not_held(listed, &held.opens.get(&id)?.locks)))).filter(|(_, gone)| !gone.is_empty()).collect()
                     };
                     for (id, gone) in unlocks {
+                        if self.lock_call_starts(id).is_none() {
+                            continue;
+                        }
                         let locks = gone.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect();
                         let req = OpenLockRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, locks, unlock: true };
-                        if let Err(e) = service.open_lock(req).await {
+                        let answer = service.open_lock(req).await;
+                        if let Some(r) = self.held().opens.get_mut(&id) {
+                            r.lock_call_ends(&answer);
+                        }
+                        if let Err(e) = answer {
                             tracing::debug!(%volume, id, error = %e, "letting go again of locks let go of during a renewal");
                         }
                     }
@@ -315,7 +350,7 @@ fn renewals(held: &Held) -> (u64, HashMap<String, Vec<HeldOpen>>) {
     let up_to = held.opens.iter().filter(|(_, r)| !r.confirmed).map(|(id, _)| *id).min().unwrap_or(held.next_id);
     let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
     for (id, r) in held.opens.iter().filter(|(_, r)| r.confirmed) {
-        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks: r.locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect() };
+        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks: r.locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect(), locks_exact: r.locks_uncertain && r.locking == 0, lock_calls: r.lock_calls };
         by_volume.entry(r.target.volume.clone()).or_default().push(h);
     }
     (up_to, by_volume)
@@ -327,7 +362,7 @@ mod tests {
 
     fn registered(volume: &str, confirmed: bool) -> Registered {
         let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
-        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed, locks: Vec::new() }
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed, locks: Vec::new(), lock_calls: 0, locking: 0, locks_uncertain: false }
     }
 
     #[test]
@@ -337,6 +372,40 @@ mod tests {
         assert_eq!(up_to, 4);
         assert_eq!(by_volume["a"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![1]);
         assert_eq!(by_volume["b"].iter().map(|h| h.id).collect::<Vec<_>>(), vec![3]);
+    }
+
+    /// A lock call whose answer is not the owner's (the call or its reply was lost) makes the
+    /// open's locks listed as exact, once no lock call of it is under way; every call is
+    /// counted.
+    #[test]
+    fn a_lock_call_without_the_owners_answer_makes_renewals_list_the_locks_exactly() {
+        let mut r = registered("a", true);
+        let listed = |r: Registered| {
+            let held = Held { next_id: 2, opens: HashMap::from([(1, r)]) };
+            let (_, by_volume) = renewals(&held);
+            (by_volume["a"][0].locks_exact, by_volume["a"][0].lock_calls)
+        };
+        let mut not_granted = tonic::Status::failed_precondition("a lock of another open is in the way");
+        not_granted.metadata_mut().insert("umbra-error", "lock_not_granted".parse().unwrap());
+        let refused = Err::<(), _>(not_granted);
+        for answer in [Ok(()), refused] {
+            r.lock_calls += 1;
+            r.locking += 1;
+            r.lock_call_ends(&answer);
+        }
+        assert!(!r.locks_uncertain, "the owner answered both");
+        r.lock_calls += 2;
+        r.locking += 2;
+        r.lock_call_ends(&Err::<(), _>(tonic::Status::unavailable("the connection went")));
+        assert!(r.locks_uncertain);
+        assert_eq!(listed(registered_like(&r)), (false, 4), "not while a call is under way");
+        r.lock_call_ends(&Ok::<(), tonic::Status>(()));
+        assert_eq!(listed(registered_like(&r)), (true, 4));
+    }
+
+    /// A copy of `r` for a renewal's list.
+    fn registered_like(r: &Registered) -> Registered {
+        Registered { locks: r.locks.clone(), lock_calls: r.lock_calls, locking: r.locking, locks_uncertain: r.locks_uncertain, ..registered("a", true) }
     }
 
     #[test]

@@ -36,7 +36,11 @@
 //! any gateway is checked against every open's ([`OpenTable::lock`]), and so is each READ and
 //! WRITE of a file that has any ([`OpenTable::io_conflict`]); the rules are
 //! [`umbra_smb_gateway::byte_locks`]. They go with their open (a CLOSE, an expired lease), and
-//! renewals list them, so an owner that restarted gets them back with the opens.
+//! renewals list them, so an owner that restarted gets them back with the opens. A lock call
+//! whose answer the gateway never had (the reply lost between nodes) may have left a lock here
+//! that the gateway does not list: its later renewals list that open's locks as exact, with
+//! the count of lock calls it had sent, and the owner lets go of the locks beyond the list
+//! unless it has taken more calls than that (the list would predate one).
 
 use std::collections::{HashMap, HashSet};
 
@@ -100,6 +104,12 @@ pub struct OpenRecord {
     pub disposed: Option<Link>,
     /// Its byte-range locks (a renewal lists them; a new open has none).
     pub locks: Vec<ByteLock>,
+    /// `locks` are all it holds (a renewal's, after a lock call of the open had no answer):
+    /// the owner lets go of others it holds for the open, unless it has taken more of the
+    /// open's lock calls than `lock_calls` (the list predates one of them).
+    pub locks_exact: bool,
+    /// Lock and unlock calls the gateway had sent for the open when it took the list.
+    pub lock_calls: u64,
 }
 
 /// A file whose last open went while it was delete-pending: the owner deletes `link` if it
@@ -171,6 +181,8 @@ struct Held {
     /// from then on (not only once the open goes), until the disposition is cleared.
     disposed: Option<Link>,
     locks: Vec<ByteLock>,
+    /// Lock and unlock calls taken for it (from the renewal's count when reinstated).
+    lock_calls: u64,
 }
 
 /// One file's opens, and whether it is delete-pending (and where it is linked).
@@ -275,6 +287,34 @@ impl VolumeOpens {
         Ok(known)
     }
 
+    /// A known gateway's renewal: each listed open whose locks are listed exactly lets go of
+    /// the locks it holds here beyond those (a lock whose reply was lost, an unlock that never
+    /// arrived), unless this owner has taken more of the open's lock calls than the gateway
+    /// had sent when it took the list (one came after, and the list may not show it yet).
+    fn reconcile_locks(&mut self, node: u64, listed: &[OpenRecord]) {
+        for r in listed.iter().filter(|r| r.locks_exact) {
+            let Some(h) = self.files.get_mut(&(r.file.view, r.file.ino)).and_then(|f| f.held.iter_mut().find(|h| h.node == node && h.id == r.id)) else { continue };
+            if h.lock_calls > r.lock_calls {
+                continue;
+            }
+            let mut kept = r.locks.clone();
+            let before = h.locks.len();
+            h.locks.retain(|l| match kept.iter().position(|k| k == l) {
+                Some(i) => {
+                    kept.swap_remove(i);
+                    true
+                }
+                None => false,
+            });
+            let gone = before - h.locks.len();
+            if gone > 0 {
+                tracing::info!(node, id = r.id, gone, "let go of byte-range locks the open's gateway does not hold (a lost reply)");
+                self.locks -= gone;
+                self.released = true;
+            }
+        }
+    }
+
     /// Adds an open without a share check, within the bounds.
     fn hold(&mut self, volume: Uuid, node: u64, r: &OpenRecord) -> Result<(), OpenError> {
         let lease = self.leases.get_mut(&node).expect("admitted before");
@@ -293,7 +333,7 @@ impl VolumeOpens {
         let locks: Vec<ByteLock> = r.locks.iter().take(room).copied().collect();
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
         self.locks += locks.len();
-        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks });
+        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks, lock_calls: r.lock_calls });
         self.count += 1;
         Ok(())
     }
@@ -420,6 +460,7 @@ impl OpenTable {
                 v.leases.get_mut(&gw.node).expect("known").opens.remove(id);
                 v.unhold(volume, *file, gw.node, *id);
             }
+            v.reconcile_locks(gw.node, opens);
             if listed_before {
                 return Ok(Renewed::Known { dropped: lost.len() });
             }
@@ -466,6 +507,7 @@ impl OpenTable {
         let total = v.locks;
         let f = v.files.get_mut(&file).ok_or(LockError::UnknownOpen)?;
         let me = f.held.iter().position(|h| h.node == gw.node && h.id == id).ok_or(LockError::UnknownOpen)?;
+        f.held[me].lock_calls += 1;
         if total + locks.len() > MAX_LOCKS_PER_VOLUME {
             return Err(LockError::TooMany { what: "the volume", max: MAX_LOCKS_PER_VOLUME, name: "max_locks_per_volume" });
         }
@@ -497,6 +539,7 @@ impl OpenTable {
         let v = self.volumes.get_mut(&volume).ok_or(LockError::UnknownOpen)?;
         let file = *v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)).ok_or(LockError::UnknownOpen)?;
         let h = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)).ok_or(LockError::UnknownOpen)?;
+        h.lock_calls += 1;
         for &(offset, length) in ranges {
             let i = byte_locks::unlock_index(&h.locks, offset, length).ok_or(LockError::RangeNotLocked)?;
             h.locks.remove(i);
@@ -584,7 +627,7 @@ mod tests {
     }
 
     fn open(ino: u64, id: u64, access: u32, share: u32) -> OpenRecord {
-        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None, disposed: None, locks: Vec::new() }
+        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None, disposed: None, locks: Vec::new(), locks_exact: false, lock_calls: 0 }
     }
 
     fn reader(ino: u64, id: u64) -> OpenRecord {
@@ -932,6 +975,30 @@ mod tests {
         assert!(restarted.io_conflict(file(5), None, 52, 1, false));
         assert!(t.locks_of(B, VOL, 7).is_empty(), "expired");
         assert_eq!(t.lock(B, VOL, 7, &[x(0, 1)]), Err(LockError::UnknownOpen));
+    }
+
+    /// A lock whose reply was lost (the owner granted it, the gateway does not list it) goes
+    /// at the gateway's next renewal that lists the open's locks as exact; not from a renewal
+    /// that does not say so, nor from one whose list predates a lock call the owner took.
+    #[test]
+    fn a_lock_whose_reply_was_lost_goes_at_a_renewal_that_lists_the_locks_exactly() {
+        let mut t = two_opens();
+        t.lock(A, VOL, 1, &[x(0, 10)]).unwrap();
+        t.lock(A, VOL, 1, &[sh(20, 5)]).unwrap();
+        t.lock(A, VOL, 1, &[sh(20, 5)]).unwrap(); // the third call: its reply is lost
+        let listed = |locks: Vec<ByteLock>, locks_exact, lock_calls| OpenRecord { locks, locks_exact, lock_calls, ..open(5, 1, FILE_READ_DATA | FILE_WRITE_DATA, SHARE_ALL) };
+        let held = vec![x(0, 10), sh(20, 5)];
+        t.renew(0, A, LEASE_MS, VOL, 2, &[listed(held.clone(), false, 3)]).unwrap();
+        assert_eq!(t.locks_of(A, VOL, 1).len(), 3, "not exact: nothing goes");
+        t.renew(0, A, LEASE_MS, VOL, 2, &[listed(held.clone(), true, 2)]).unwrap();
+        assert_eq!(t.locks_of(A, VOL, 1).len(), 3, "the list predates a call the owner took");
+        t.renew(0, A, LEASE_MS, VOL, 2, &[listed(held.clone(), true, 3)]).unwrap();
+        assert_eq!(t.locks_of(A, VOL, 1), held, "one of the two alike goes");
+        assert_eq!(t.lock(B, VOL, 7, &[x(0, 30)]), Err(LockError::NotGranted { holder_node: 1 }));
+        // A call the owner never took (its request lost) counts on the gateway only.
+        t.renew(0, A, LEASE_MS, VOL, 2, &[listed(Vec::new(), true, 5)]).unwrap();
+        assert!(t.locks_of(A, VOL, 1).is_empty());
+        t.lock(B, VOL, 7, &[x(0, 30)]).expect("A's locks went");
     }
 
     /// The files a rename asks about are those of its own view of the volume.
