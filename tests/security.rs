@@ -105,6 +105,13 @@ fn a_new_file_takes_what_its_directory_passes_down() {
     assert_eq!(b.cmd("getsd g 4"), format!("OK - - 0:16:0x1f01ff:{USER},0:16:0x1200a9:S-1-1-0"), "two levels down");
     assert_eq!(b.open("r", "root.bin", READ | WRITE | READ_CONTROL, SHARE_ALL, OVERWRITE_IF), "OK");
     assert_eq!(b.cmd("getsd r 7"), "OK S-1-5-32-544 S-1-5-32-544 0:0:0x1f01ff:S-1-1-0", "where nothing was set: the default");
+    // A CREATE's SecD context lays its parts over what the file inherits: an owner alone
+    // keeps the inherited DACL; a DACL alone replaces it and keeps the default owner.
+    let secd = |handle: &str, name: &str, owner: &str, dacl: &str| format!("opensd {handle} inh\\{name} {:#x} {SHARE_ALL:#x} {OVERWRITE_IF} 0x40 {owner} - {dacl}", READ | WRITE | READ_CONTROL);
+    assert_eq!(b.cmd(&secd("o1", "owned.bin", USER, "-")), "OK");
+    assert_eq!(b.cmd("getsd o1 7"), format!("OK {USER} S-1-5-32-544 0:16:0x1f01ff:{USER},0:16:0x1200a9:S-1-1-0"));
+    assert_eq!(b.cmd(&secd("o2", "own-dacl.bin", "-", "0:0:0x1:S-1-1-0")), "OK");
+    assert_eq!(b.cmd("getsd o2 7"), "OK S-1-5-32-544 S-1-5-32-544 0:0:0x1:S-1-1-0");
     let mut o = DrivenClient::connect(&c.node(2).smb);
     assert_eq!(o.open("f", "inh\\f.bin", READ_CONTROL, SHARE_ALL, OPEN), "OK");
     assert_eq!(o.cmd("getsd f 4"), format!("OK - - 0:16:0x1f01ff:{USER},0:16:0x1200a9:S-1-1-0"), "the owner's gateway gives back the same");

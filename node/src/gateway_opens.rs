@@ -32,7 +32,8 @@ struct Registered {
     confirmed: bool,
     /// Its byte-range locks as the owner granted them (listed in renewals).
     locks: Vec<ByteLock>,
-    /// Lock and unlock calls sent for it, and those not yet answered.
+    /// The number of its last lock or unlock call (they are numbered 1, 2, ...), and how many
+    /// are not yet answered.
     lock_calls: u64,
     locking: u32,
     /// A lock or unlock call had no answer from the owner (a lost reply): the owner may hold
@@ -202,9 +203,9 @@ impl GatewayOpens {
     /// restarted and has not had this gateway's renewal yet) is done here alone: the renewal
     /// that reinstates the open no longer lists the lock. A lock it cannot place is not granted.
     pub async fn lock(&self, service: &VolumeService, id: u64, locks: &[ByteLock], unlock: bool) -> Result<(), FsError> {
-        let Some(target) = self.lock_call_starts(id) else { return Err(FsError::NotSupported) };
+        let Some((target, call)) = self.lock_call_starts(id) else { return Err(FsError::NotSupported) };
         let ranges = locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect();
-        let req = OpenLockRequest { target: Some(target), gateway: Some(self.gateway), id, locks: ranges, unlock };
+        let req = OpenLockRequest { target: Some(target), gateway: Some(self.gateway), id, locks: ranges, unlock, call };
         let answer = service.open_lock(req).await;
         let unknown = matches!(&answer, Err(s) if s.metadata().get("umbra-error").is_some_and(|v| v == "unknown_open"));
         let mut held = self.held();
@@ -212,14 +213,14 @@ impl GatewayOpens {
         r.lock_call_ends(&answer);
         match (answer, unlock) {
             (Ok(_), false) => r.locks.extend_from_slice(locks),
-            (Ok(_), true) => unlock_here(&mut r.locks, locks),
-            (Err(_), true) if unknown => unlock_here(&mut r.locks, locks),
+            (Ok(_), true) => unlock_here(&mut r.locks, locks, false),
+            (Err(_), true) if unknown => unlock_here(&mut r.locks, locks, false),
             (Err(_), false) if unknown => return Err(FsError::LockNotGranted),
             (Err(e), _) => {
                 // An unlock that stopped partway: the owner let go of those before the range it
                 // did not know; so does this list.
                 if unlock {
-                    unlock_here(&mut r.locks, locks);
+                    unlock_here(&mut r.locks, locks, true);
                 }
                 return Err(crate::smb::fs_error(&e));
             }
@@ -227,14 +228,25 @@ impl GatewayOpens {
         Ok(())
     }
 
-    /// A lock or unlock call of open `id` starts (counted, and under way until
-    /// [`Registered::lock_call_ends`]): where it goes, if the open is held.
-    fn lock_call_starts(&self, id: u64) -> Option<VolumeTarget> {
+    /// A renewal that listed these opens' locks as exact (with their last call's number) was
+    /// taken: the owner now holds what each lists, unless a lock call of it came since.
+    fn settled(&self, exact: &[(u64, u64)]) {
+        let mut held = self.held();
+        for (id, last_call) in exact {
+            if let Some(r) = held.opens.get_mut(id).filter(|r| r.lock_calls == *last_call) {
+                r.locks_uncertain = false;
+            }
+        }
+    }
+
+    /// A lock or unlock call of open `id` starts (numbered, and under way until
+    /// [`Registered::lock_call_ends`]): where it goes and its number, if the open is held.
+    fn lock_call_starts(&self, id: u64) -> Option<(VolumeTarget, u64)> {
         let mut held = self.held();
         let r = held.opens.get_mut(&id)?;
         r.lock_calls += 1;
         r.locking += 1;
-        Some(r.target.clone())
+        Some((r.target.clone(), r.lock_calls))
     }
 
     /// One renewal per volume where this gateway holds opens, all at once, each given at
@@ -246,8 +258,13 @@ impl GatewayOpens {
             // With the deletion each listed open would ask at its close, for a release sent again.
             let listed: Vec<(u64, Option<DeleteAtClose>)> = opens.iter().map(|h| (h.id, h.disposed.clone().or_else(|| h.delete_at_close.clone()))).collect();
             let listed_locks: Vec<(u64, Vec<ByteLock>)> = opens.iter().map(|h| (h.id, h.locks.iter().map(|l| ByteLock { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect())).collect();
+            let exact: Vec<(u64, u64)> = opens.iter().filter(|h| h.locks_exact).map(|h| (h.id, h.lock_calls)).collect();
             let req = OpenRenewRequest { target: Some(target.clone()), gateway: Some(self.gateway), lease_ms: LEASE_MS, up_to, opens };
-            match tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), service.open_renew(req)).await {
+            let answer = tokio::time::timeout(std::time::Duration::from_millis(RENEW_INTERVAL_MS), service.open_renew(req)).await;
+            if let Ok(Ok(_)) = &answer {
+                self.settled(&exact);
+            }
+            match answer {
                 Ok(Ok(r)) if !r.known => {
                     tracing::info!(%volume, reinstated = r.reinstated, refused = r.refused, "the volume's owner did not know this gateway: opens reinstated");
                     // An open closed after the list was taken may have been released before
@@ -273,11 +290,9 @@ impl GatewayOpens {
                         listed_locks.into_iter().filter_map(|(id, listed)| Some((id, not_held(listed, &held.opens.get(&id)?.locks)))).filter(|(_, gone)| !gone.is_empty()).collect()
                     };
                     for (id, gone) in unlocks {
-                        if self.lock_call_starts(id).is_none() {
-                            continue;
-                        }
+                        let Some((_, call)) = self.lock_call_starts(id) else { continue };
                         let locks = gone.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect();
-                        let req = OpenLockRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, locks, unlock: true };
+                        let req = OpenLockRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, locks, unlock: true, call };
                         let answer = service.open_lock(req).await;
                         if let Some(r) = self.held().opens.get_mut(&id) {
                             r.lock_call_ends(&answer);
@@ -334,12 +349,18 @@ fn not_held(listed: Vec<ByteLock>, now: &[ByteLock]) -> Vec<ByteLock> {
         .collect()
 }
 
-/// Lets go of `ranges` in `own` in order as the owner does (byte_locks::unlock_index), up to
-/// the first that names none.
-fn unlock_here(own: &mut Vec<ByteLock>, ranges: &[ByteLock]) {
+/// Lets go of `ranges` in `own` in order as the owner does (byte_locks::unlock_index): up to
+/// the first that names none when `stop_at_missing` (the owner stopped there), otherwise each
+/// that names one (the owner let go of all; one missing here is one whose lock reply was lost).
+fn unlock_here(own: &mut Vec<ByteLock>, ranges: &[ByteLock], stop_at_missing: bool) {
     for l in ranges {
-        let Some(i) = byte_locks::unlock_index(own, l.offset, l.length) else { return };
-        own.remove(i);
+        match byte_locks::unlock_index(own, l.offset, l.length) {
+            Some(i) => {
+                own.remove(i);
+            }
+            None if stop_at_missing => return,
+            None => {}
+        }
     }
 }
 
@@ -401,6 +422,26 @@ mod tests {
         assert_eq!(listed(registered_like(&r)), (false, 4), "not while a call is under way");
         r.lock_call_ends(&Ok::<(), tonic::Status>(()));
         assert_eq!(listed(registered_like(&r)), (true, 4));
+        // A renewal that listed them so was taken: exact no more, unless a call came since.
+        let gw = GatewayOpens::new(1);
+        gw.held().opens.insert(1, registered_like(&r));
+        gw.settled(&[(1, 3)]);
+        assert!(gw.held().opens[&1].locks_uncertain, "a call numbered past the list's came since");
+        gw.settled(&[(1, 4)]);
+        assert!(!gw.held().opens[&1].locks_uncertain);
+    }
+
+    /// An unlock the owner answered let go of every range it names; one that stopped partway,
+    /// of those before the first the owner did not hold.
+    #[test]
+    fn an_unlock_lets_go_here_as_the_owner_did() {
+        let l = |offset| ByteLock { offset, length: 1, exclusive: true };
+        let mut own = vec![l(1), l(3)];
+        unlock_here(&mut own, &[l(2), l(3)], false);
+        assert_eq!(own, vec![l(1)], "a range not held here (a lost lock reply) is passed over");
+        let mut own = vec![l(1), l(3)];
+        unlock_here(&mut own, &[l(1), l(2), l(3)], true);
+        assert_eq!(own, vec![l(3)], "stops where the owner stopped");
     }
 
     /// A copy of `r` for a renewal's list.

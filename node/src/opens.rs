@@ -105,10 +105,10 @@ pub struct OpenRecord {
     /// Its byte-range locks (a renewal lists them; a new open has none).
     pub locks: Vec<ByteLock>,
     /// `locks` are all it holds (a renewal's, after a lock call of the open had no answer):
-    /// the owner lets go of others it holds for the open, unless it has taken more of the
-    /// open's lock calls than `lock_calls` (the list predates one of them).
+    /// the owner lets go of others it holds for the open, unless it has taken one of the
+    /// open's lock calls numbered past `lock_calls` (the list predates it).
     pub locks_exact: bool,
-    /// Lock and unlock calls the gateway had sent for the open when it took the list.
+    /// The number of the open's last lock or unlock call when the gateway took the list.
     pub lock_calls: u64,
 }
 
@@ -181,8 +181,9 @@ struct Held {
     /// from then on (not only once the open goes), until the disposition is cleared.
     disposed: Option<Link>,
     locks: Vec<ByteLock>,
-    /// Lock and unlock calls taken for it (from the renewal's count when reinstated).
-    lock_calls: u64,
+    /// The highest number of its lock and unlock calls taken here (from the renewal's when
+    /// reinstated).
+    last_call: u64,
 }
 
 /// One file's opens, and whether it is delete-pending (and where it is linked).
@@ -289,12 +290,13 @@ impl VolumeOpens {
 
     /// A known gateway's renewal: each listed open whose locks are listed exactly lets go of
     /// the locks it holds here beyond those (a lock whose reply was lost, an unlock that never
-    /// arrived), unless this owner has taken more of the open's lock calls than the gateway
-    /// had sent when it took the list (one came after, and the list may not show it yet).
+    /// arrived), unless this owner has taken a lock call of the open numbered past the list's
+    /// last (one sent after the list was taken, which it may not show yet). Numbers, not
+    /// counts: a call that never reached this owner leaves a gap, not a count behind.
     fn reconcile_locks(&mut self, node: u64, listed: &[OpenRecord]) {
         for r in listed.iter().filter(|r| r.locks_exact) {
             let Some(h) = self.files.get_mut(&(r.file.view, r.file.ino)).and_then(|f| f.held.iter_mut().find(|h| h.node == node && h.id == r.id)) else { continue };
-            if h.lock_calls > r.lock_calls {
+            if h.last_call > r.lock_calls {
                 continue;
             }
             let mut kept = r.locks.clone();
@@ -333,7 +335,7 @@ impl VolumeOpens {
         let locks: Vec<ByteLock> = r.locks.iter().take(room).copied().collect();
         lease.opens.insert(r.id, (r.file.view, r.file.ino));
         self.locks += locks.len();
-        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks, lock_calls: r.lock_calls });
+        self.files.entry((r.file.view, r.file.ino)).or_default().held.push(Held { node, id: r.id, mode: r.mode, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks, last_call: r.lock_calls });
         self.count += 1;
         Ok(())
     }
@@ -507,7 +509,6 @@ impl OpenTable {
         let total = v.locks;
         let f = v.files.get_mut(&file).ok_or(LockError::UnknownOpen)?;
         let me = f.held.iter().position(|h| h.node == gw.node && h.id == id).ok_or(LockError::UnknownOpen)?;
-        f.held[me].lock_calls += 1;
         if total + locks.len() > MAX_LOCKS_PER_VOLUME {
             return Err(LockError::TooMany { what: "the volume", max: MAX_LOCKS_PER_VOLUME, name: "max_locks_per_volume" });
         }
@@ -531,6 +532,16 @@ impl OpenTable {
         Ok(())
     }
 
+    /// Notes that the held open's lock or unlock call numbered `call` by its gateway has come
+    /// (before it is taken, whatever its outcome; see [`OpenRecord::locks_exact`]).
+    pub fn lock_call(&mut self, gw: Gateway, volume: Uuid, id: u64, call: u64) {
+        let Some(v) = self.volumes.get_mut(&volume) else { return };
+        let Some(file) = v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)).copied() else { return };
+        if let Some(h) = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
+            h.last_call = h.last_call.max(call);
+        }
+    }
+
     /// Lets go of byte-range locks of a held open, each named by its exact offset and length,
     /// in order: at the first that names none, [`LockError::RangeNotLocked`] (those before it
     /// stay unlocked, as on Windows).
@@ -539,7 +550,6 @@ impl OpenTable {
         let v = self.volumes.get_mut(&volume).ok_or(LockError::UnknownOpen)?;
         let file = *v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)).ok_or(LockError::UnknownOpen)?;
         let h = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)).ok_or(LockError::UnknownOpen)?;
-        h.lock_calls += 1;
         for &(offset, length) in ranges {
             let i = byte_locks::unlock_index(&h.locks, offset, length).ok_or(LockError::RangeNotLocked)?;
             h.locks.remove(i);
@@ -983,9 +993,10 @@ mod tests {
     #[test]
     fn a_lock_whose_reply_was_lost_goes_at_a_renewal_that_lists_the_locks_exactly() {
         let mut t = two_opens();
-        t.lock(A, VOL, 1, &[x(0, 10)]).unwrap();
-        t.lock(A, VOL, 1, &[sh(20, 5)]).unwrap();
-        t.lock(A, VOL, 1, &[sh(20, 5)]).unwrap(); // the third call: its reply is lost
+        for (call, lock) in [(1, x(0, 10)), (2, sh(20, 5)), (3, sh(20, 5))] {
+            t.lock_call(A, VOL, 1, call);
+            t.lock(A, VOL, 1, &[lock]).unwrap(); // the third: its reply is lost
+        }
         let listed = |locks: Vec<ByteLock>, locks_exact, lock_calls| OpenRecord { locks, locks_exact, lock_calls, ..open(5, 1, FILE_READ_DATA | FILE_WRITE_DATA, SHARE_ALL) };
         let held = vec![x(0, 10), sh(20, 5)];
         t.renew(0, A, LEASE_MS, VOL, 2, &[listed(held.clone(), false, 3)]).unwrap();
@@ -995,7 +1006,12 @@ mod tests {
         t.renew(0, A, LEASE_MS, VOL, 2, &[listed(held.clone(), true, 3)]).unwrap();
         assert_eq!(t.locks_of(A, VOL, 1), held, "one of the two alike goes");
         assert_eq!(t.lock(B, VOL, 7, &[x(0, 30)]), Err(LockError::NotGranted { holder_node: 1 }));
-        // A call the owner never took (its request lost) counts on the gateway only.
+        // Call 4 never reaches the owner; call 5 does, and overtakes a renewal taken before
+        // it: that list (last call 4) does not apply, whatever the gap.
+        t.lock_call(A, VOL, 1, 5);
+        t.lock(A, VOL, 1, &[x(40, 1)]).unwrap();
+        t.renew(0, A, LEASE_MS, VOL, 2, &[listed(held.clone(), true, 4)]).unwrap();
+        assert_eq!(t.locks_of(A, VOL, 1), vec![x(0, 10), sh(20, 5), x(40, 1)], "call 5's lock stays");
         t.renew(0, A, LEASE_MS, VOL, 2, &[listed(Vec::new(), true, 5)]).unwrap();
         assert!(t.locks_of(A, VOL, 1).is_empty());
         t.lock(B, VOL, 7, &[x(0, 30)]).expect("A's locks went");

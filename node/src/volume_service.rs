@@ -946,6 +946,7 @@ impl VolumeService {
         }
         let gw = gateway_of(r.gateway.as_ref())?;
         let mut table = self.opens();
+        table.lock_call(gw, volume, r.id, r.call);
         let result = match r.unlock {
             true => table.unlock(gw, volume, r.id, &r.locks.iter().map(|l| (l.offset, l.length)).collect::<Vec<_>>()),
             false => table.lock(gw, volume, r.id, &r.locks.iter().map(lock_of).collect::<Vec<_>>()),

@@ -260,6 +260,10 @@ const SACL_AUTO_INHERITED: u16 = 0x0800;
 /// The highest ACE type, all of whose kinds carry an access mask after the header (MS-DTYP
 /// 2.4.4: up to SYSTEM_SCOPED_POLICY_ID_ACE_TYPE).
 const MAX_KNOWN_ACE_TYPE: u8 = 0x13;
+/// CREATOR OWNER (S-1-3-0) and CREATOR GROUP (S-1-3-1): in an inherited ACE that applies,
+/// the new object's owner and group.
+const CREATOR_OWNER: &[u8] = &[1, 1, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0];
+const CREATOR_GROUP: &[u8] = &[1, 1, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0];
 /// Generic rights, and the file rights each stands for (MS-SMB2 2.2.13.1.1).
 const GENERIC_MAP: [(u32, u32); 4] = [(0x8000_0000, 0x0012_0089), (0x4000_0000, 0x0012_0116), (0x2000_0000, 0x0012_00A0), (0x1000_0000, 0x001F_01FF)];
 const GENERIC_BITS: u32 = 0xF000_0000;
@@ -267,25 +271,39 @@ const GENERIC_BITS: u32 = 0xF000_0000;
 /// The descriptor a new file or directory takes from its parent directory's `parent` (MS-DTYP
 /// 2.5.3.4.2, its inheritance rules): the parent's DACL and SACL ACEs that a file (object
 /// inherit) or a directory (container inherit, or object inherit passed further down)
-/// inherits, marked inherited, with generic rights made file rights where they apply to the
-/// new one. Owner and group are the default's (no user has a SID here). None when nothing is
-/// inherited, or the parent's bytes do not parse: the new one then shows the default.
+/// inherits, marked inherited, with generic rights made file rights and CREATOR OWNER and
+/// CREATOR GROUP made its owner and group where they apply to the new one. Owner and group are
+/// the default's (no user has a SID here). None when nothing is inherited, or the parent's
+/// bytes do not parse: the new one then shows the default; nor when what it would inherit
+/// passes the bounds of an ACL or a descriptor (logged), which then shows the default too.
 pub fn inherited(parent: &[u8], directory: bool) -> Option<Vec<u8>> {
     let parent = Descriptor::parse(parent).ok()?;
-    let inherit = |acl: &Option<Vec<u8>>| -> Option<Vec<u8>> {
-        let acl = acl.as_ref()?;
+    let mut d = Descriptor::default_for(directory);
+    let (owner, group) = (d.owner.clone().unwrap_or_default(), d.group.clone().unwrap_or_default());
+    let too_large = |bytes: usize| {
+        tracing::warn!(bytes, "what a new file would inherit passes the bounds of a security descriptor: it shows the default");
+        None
+    };
+    // Err: past an ACL's bound.
+    let inherit = |acl: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, usize> {
+        let Some(acl) = acl.as_ref() else { return Ok(None) };
         let mut out: Vec<Vec<u8>> = Vec::new();
         for ace in aces(acl) {
-            out.extend(inherited_aces(ace, directory));
+            out.extend(inherited_aces(ace, directory, &owner, &group));
         }
         let size = ACL_HEADER_BYTES + out.iter().map(Vec::len).sum::<usize>();
-        (!out.is_empty() && size <= usize::from(u16::MAX)).then(|| acl_of(acl[0], out.iter().map(Vec::as_slice)))
+        match size <= usize::from(u16::MAX) {
+            true => Ok((!out.is_empty()).then(|| acl_of(acl[0], out.iter().map(Vec::as_slice)))),
+            false => Err(size),
+        }
     };
-    let (dacl, sacl) = (inherit(&parent.dacl), inherit(&parent.sacl));
+    let (dacl, sacl) = match (inherit(&parent.dacl), inherit(&parent.sacl)) {
+        (Ok(dacl), Ok(sacl)) => (dacl, sacl),
+        (Err(size), _) | (_, Err(size)) => return too_large(size),
+    };
     if dacl.is_none() && sacl.is_none() {
         return None;
     }
-    let mut d = Descriptor::default_for(directory);
     if dacl.is_some() {
         d.dacl = dacl;
         d.control |= parent.control & DACL_AUTO_INHERITED;
@@ -295,36 +313,54 @@ pub fn inherited(parent: &[u8], directory: bool) -> Option<Vec<u8>> {
         d.control |= SACL_PRESENT | parent.control & SACL_AUTO_INHERITED;
     }
     let bytes = d.encode();
-    (bytes.len() <= MAX_DESCRIPTOR_BYTES).then_some(bytes)
+    match bytes.len() <= MAX_DESCRIPTOR_BYTES {
+        true => Some(bytes),
+        false => too_large(bytes.len()),
+    }
 }
 
 /// What one of a parent's ACEs becomes in a new file or directory: nothing, the ACE as it
-/// applies to the new one, one passed further down only (inherit-only), or, for an ACE with
-/// generic rights that applies and passes down, both.
-fn inherited_aces(ace: &[u8], directory: bool) -> Vec<Vec<u8>> {
+/// applies to the new one, one passed further down only (inherit-only), or, for an ACE that
+/// applies and passes down but must change to apply (generic rights made file rights, CREATOR
+/// OWNER or CREATOR GROUP made the new one's `owner` or `group`), both.
+fn inherited_aces(ace: &[u8], directory: bool, owner: &[u8], group: &[u8]) -> Vec<Vec<u8>> {
     let flags = ace[1];
     let (object, container, no_propagate) = (flags & OBJECT_INHERIT_ACE != 0, flags & CONTAINER_INHERIT_ACE != 0, flags & NO_PROPAGATE_INHERIT_ACE != 0);
     let other = flags & !INHERIT_FLAGS & !INHERITED_ACE;
-    let with = |flags: u8, map: bool| {
+    let has_mask = ace[0] <= MAX_KNOWN_ACE_TYPE && ace.len() >= ACE_HEADER_BYTES + 4;
+    let generic = has_mask && u32::from_le_bytes(ace[4..8].try_into().expect("4 bytes")) & GENERIC_BITS != 0;
+    // The creator SIDs, in the ACE types whose SID follows the mask and ends the ACE.
+    let simple = matches!(ace[0], 0x00..=0x03 | MANDATORY_LABEL_ACE);
+    let creator = simple.then(|| match ace.get(8..) {
+        Some(CREATOR_OWNER) => Some(owner),
+        Some(CREATOR_GROUP) => Some(group),
+        _ => None,
+    }).flatten();
+    // `applies`: as it applies to the new one (generic rights mapped, creator SIDs replaced).
+    let with = |flags: u8, applies: bool| {
         let mut a = ace.to_vec();
         a[1] = flags | INHERITED_ACE;
-        if map && a[0] <= MAX_KNOWN_ACE_TYPE && a.len() >= ACE_HEADER_BYTES + 4 {
+        if applies && has_mask {
             let mask = u32::from_le_bytes(a[4..8].try_into().expect("4 bytes"));
             let mapped = GENERIC_MAP.iter().filter(|(g, _)| mask & g != 0).fold(mask & !GENERIC_BITS, |m, (_, f)| m | f);
             a[4..8].copy_from_slice(&mapped.to_le_bytes());
+        }
+        if let (true, Some(sid)) = (applies, creator) {
+            a.truncate(8);
+            a.extend_from_slice(sid);
+            let size = a.len() as u16;
+            a[2..4].copy_from_slice(&size.to_le_bytes());
         }
         a
     };
     match (directory, object, container) {
         (false, true, _) => vec![with(other, true)],
         (false, false, _) | (true, false, false) => Vec::new(),
-        // Applies to the directory; stops here, or passes down as it is (split when its
-        // generic rights must be made file rights for the directory itself).
+        // Applies to the directory; stops here, or passes down as it is (split when it must
+        // change to apply to the directory itself).
         (true, _, true) if no_propagate => vec![with(other, true)],
-        (true, _, true) => match ace.len() >= ACE_HEADER_BYTES + 4 && u32::from_le_bytes(ace[4..8].try_into().expect("4 bytes")) & GENERIC_BITS != 0 && ace[0] <= MAX_KNOWN_ACE_TYPE {
-            true => vec![with(other, true), with(other | flags & (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE) | INHERIT_ONLY_ACE, false)],
-            false => vec![with(other | flags & (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE), false)],
-        },
+        (true, _, true) if generic || creator.is_some() => vec![with(other, true), with(other | flags & (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE) | INHERIT_ONLY_ACE, false)],
+        (true, _, true) => vec![with(other | flags & (OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE), false)],
         // For files only: passes down through the directory, unless it stops at the first level.
         (true, true, false) if no_propagate => Vec::new(),
         (true, true, false) => vec![with(other | OBJECT_INHERIT_ACE | INHERIT_ONLY_ACE, false)],
@@ -611,6 +647,14 @@ mod tests {
             ]
         );
         assert_eq!(summary(&dir.sacl), vec![(2, 0x59, 0x0001_0000)]);
+        // CREATOR OWNER becomes the new one's owner where it applies; passed on as it is.
+        let creator = Descriptor { dacl: Some(list(&[ace(0, 0x0B, GENERIC_ALL, CREATOR_OWNER)])), sacl: None, control: SELF_RELATIVE | DACL_PRESENT, ..Descriptor::parse(&parent).unwrap() }.encode();
+        let admins = admins.unwrap();
+        let sids = |d: &Descriptor| d.dacl.iter().flat_map(|a| aces(a)).map(|a| (a[1], a[8..].to_vec())).collect::<Vec<_>>();
+        let file = Descriptor::parse(&inherited(&creator, false).unwrap()).unwrap();
+        assert_eq!((summary(&file.dacl), sids(&file)), (vec![(0, 0x10, 0x001F_01FF)], vec![(0x10, admins.clone())]));
+        let dir = Descriptor::parse(&inherited(&creator, true).unwrap()).unwrap();
+        assert_eq!(sids(&dir), vec![(0x10, admins), (0x1B, CREATOR_OWNER.to_vec())], "the directory's own, then the one passed on");
         // Nothing to inherit, or a parent that does not parse: the default.
         let plain = Descriptor { dacl: Some(list(&[ace(0, 0, 0x1F01FF, &USER)])), ..Descriptor::parse(&parent).unwrap() };
         let plain = Descriptor { sacl: None, control: plain.control & !SACL_PRESENT, ..plain }.encode();

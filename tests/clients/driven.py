@@ -24,6 +24,7 @@ Commands (one a line; one answer line each, "OK" or "ERR 0x........ NAME"):
                              TYPE:FLAGS:MASK:SID joined by "," (or - for none, "null" for a NULL DACL)
   setsd HANDLE INFO OWNER GROUP DACL   SET_INFO of a descriptor with these (same forms as getsd)
   setsdhex HANDLE INFO HEX   SET_INFO of these bytes as the descriptor
+  opensd HANDLE PATH ACCESS SHARE DISPOSITION OPTIONS OWNER GROUP DACL   CREATE with a SecD context
   tdis                       TREE_DISCONNECT (without closing the handles), then connect again
   logoff                     LOGOFF (without closing the handles); the client is done after it
   quit
@@ -31,6 +32,41 @@ The test kills the process (SIGKILL) to model a client whose connection just end
 """
 import struct
 import sys
+
+
+def descriptor(owner, group, dacl):
+    """A self-relative security descriptor: OWNER and GROUP SIDs ("-" for none) and a DACL of
+    ACEs "type:flags:mask:sid" separated by commas ("-" for none)."""
+    from impacket.ldap import ldaptypes
+    sd = ldaptypes.SR_SECURITY_DESCRIPTOR()
+    sd["Revision"], sd["Sbz1"], sd["Control"] = b"\x01", b"\x00", 0x8000
+    for field, text in (("OwnerSid", owner), ("GroupSid", group)):
+        if text == "-":
+            sd[field] = b""
+        else:
+            sd[field] = ldaptypes.LDAP_SID()
+            sd[field].fromCanonical(text)
+    sd["Sacl"] = b""
+    if dacl == "-":
+        sd["Dacl"] = b""
+    else:
+        sd["Control"] |= 0x4
+        acl = ldaptypes.ACL()
+        acl["AclRevision"], acl["Sbz1"], acl["Sbz2"] = 2, 0, 0
+        acl.aces = []
+        for text in dacl.split(","):
+            kind, flags, mask, sid = text.split(":")
+            ace = ldaptypes.ACE()
+            ace["AceType"], ace["AceFlags"] = int(kind), int(flags)
+            body = ldaptypes.ACCESS_ALLOWED_ACE() if int(kind) == 0 else ldaptypes.ACCESS_DENIED_ACE()
+            body["Mask"] = ldaptypes.ACCESS_MASK()
+            body["Mask"]["Mask"] = int(mask, 0)
+            body["Sid"] = ldaptypes.LDAP_SID()
+            body["Sid"].fromCanonical(sid)
+            ace["Ace"] = body
+            acl.aces.append(ace)
+        sd["Dacl"] = acl
+    return sd.getData()
 
 
 def main():
@@ -151,40 +187,20 @@ def main():
                                     for a in sd["Dacl"].aces) or "empty"
                 answer("OK %s %s %s" % (sid(sd["OwnerSid"]), sid(sd["GroupSid"]), dacl))
                 continue
+            elif cmd == "opensd":
+                # opensd HANDLE PATH ACCESS SHARE DISPOSITION OPTIONS OWNER GROUP DACL: a CREATE
+                # carrying a SecD context with the descriptor setsd would send.
+                blob = descriptor(args[6], args[7], args[8])
+                ctx = s3.SMB2CreateContext()
+                ctx["Next"], ctx["NameOffset"], ctx["NameLength"], ctx["Reserved"] = 0, 16, 4, 0
+                ctx["DataOffset"], ctx["DataLength"] = 24, len(blob)
+                ctx["Buffer"] = b"SecD" + b"\x00" * 4 + blob
+                handles[args[0]] = smb.create(tid, args[1], int(args[2], 0), int(args[3], 0), int(args[5], 0), int(args[4], 0), 0, createContexts=[ctx])
             elif cmd in ("setsd", "setsdhex"):
-                from impacket.ldap import ldaptypes
                 if cmd == "setsdhex":
                     blob = bytes.fromhex(args[2])
                 else:
-                    sd = ldaptypes.SR_SECURITY_DESCRIPTOR()
-                    sd["Revision"], sd["Sbz1"], sd["Control"] = b"\x01", b"\x00", 0x8000
-                    for field, text in (("OwnerSid", args[2]), ("GroupSid", args[3])):
-                        if text == "-":
-                            sd[field] = b""
-                        else:
-                            sd[field] = ldaptypes.LDAP_SID()
-                            sd[field].fromCanonical(text)
-                    sd["Sacl"] = b""
-                    if args[4] == "-":
-                        sd["Dacl"] = b""
-                    else:
-                        sd["Control"] |= 0x4
-                        acl = ldaptypes.ACL()
-                        acl["AclRevision"], acl["Sbz1"], acl["Sbz2"] = 2, 0, 0
-                        acl.aces = []
-                        for text in args[4].split(","):
-                            kind, flags, mask, sid = text.split(":")
-                            ace = ldaptypes.ACE()
-                            ace["AceType"], ace["AceFlags"] = int(kind), int(flags)
-                            body = ldaptypes.ACCESS_ALLOWED_ACE() if int(kind) == 0 else ldaptypes.ACCESS_DENIED_ACE()
-                            body["Mask"] = ldaptypes.ACCESS_MASK()
-                            body["Mask"]["Mask"] = int(mask, 0)
-                            body["Sid"] = ldaptypes.LDAP_SID()
-                            body["Sid"].fromCanonical(sid)
-                            ace["Ace"] = body
-                            acl.aces.append(ace)
-                        sd["Dacl"] = acl
-                    blob = sd.getData()
+                    blob = descriptor(args[2], args[3], args[4])
                 smb.setInfo(tid, handles[args[0]], blob, infoType=s3.SMB2_0_INFO_SECURITY, fileInfoClass=0,
                             additionalInformation=int(args[1], 0))
             elif cmd == "tdis":

@@ -61,19 +61,22 @@ pub(super) fn create_context<'a>(b: &[u8], message: &'a [u8], name: &[u8]) -> Op
     None
 }
 
-/// What a SecD create context gives the file it creates: its parts over the default's (one
-/// without an owner gets the default owner), encoded. A SACL needs ACCESS_SYSTEM_SECURITY in
-/// the desired access, as a SET_INFO of it does.
-fn new_file_descriptor(data: Option<&[u8]>, access: u32, directory: bool) -> Result<Vec<u8>, u32> {
+/// What a SecD create context gives the file it creates: the descriptor, checked, and the
+/// parts it has, which the owner lays over what the new file inherited from its directory (or
+/// the default): one without an owner keeps that owner, one with only a DACL keeps the
+/// inherited SACL. A SACL needs ACCESS_SYSTEM_SECURITY in the desired access, as a SET_INFO of
+/// it does.
+fn new_file_descriptor(data: Option<&[u8]>, access: u32) -> Result<(Vec<u8>, u32), u32> {
     use crate::security::{Descriptor, SACL};
     let given = data.map(Descriptor::parse).and_then(Result::ok).ok_or(status::INVALID_SECURITY_DESCR)?;
     let parts = given.present_parts();
     if parts & SACL != 0 && access & share_modes::ACCESS_SYSTEM_SECURITY == 0 {
         return Err(status::ACCESS_DENIED);
     }
-    let mut d = Descriptor::default_for(directory);
-    d.merge(&given, parts).map_err(|_| status::INVALID_SECURITY_DESCR)?;
-    Ok(d.encode())
+    // The merge the owner makes, tried here, so a descriptor it would refuse fails the
+    // CREATE before anything is created.
+    Descriptor::default_for(false).merge(&given, parts).map_err(|_| status::INVALID_SECURITY_DESCR)?;
+    Ok((given.encode(), parts))
 }
 
 impl Connection {
@@ -111,7 +114,7 @@ impl Connection {
         // before anything is created.
         let secd = match create_context(b, message, b"SecD") {
             None => None,
-            Some(data) => match new_file_descriptor(data, access, options & FILE_DIRECTORY_FILE != 0) {
+            Some(data) => match new_file_descriptor(data, access) {
                 Ok(d) => Some(d),
                 Err(s) => return Reply::error(s),
             },
@@ -242,9 +245,8 @@ impl Connection {
                     }
                     file.attributes = attributes;
                 }
-                if let Some(descriptor) = secd {
-                    // Every part (BACKUP_SECURITY_INFORMATION): the whole descriptor.
-                    if let Err(e) = files.set_security(&share, file.id, descriptor, crate::security::BACKUP, now) {
+                if let Some((descriptor, parts)) = secd.filter(|(_, parts)| *parts != 0) {
+                    if let Err(e) = files.set_security(&share, file.id, descriptor, parts, now) {
                         let _ = files.unlink(&share, parent.id, &name, now);
                         return fs(e);
                     }
