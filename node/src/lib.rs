@@ -9,7 +9,8 @@
 //! answers linearizable reads through a read index, and changes membership. [`errors`] holds
 //! the one table from node errors to gRPC codes. The node's volumes live in [`volume`] (a
 //! RocksDB of their own), served to other nodes by [`volume_service`], whose bulk calls (file
-//! data) go on the wire through [`volume_wire`] without being copied; [`volumes_task`] keeps
+//! data) go on the wire through [`volume_wire`] without being copied (a Read sends whole
+//! chunks from the volume store's mapped data log); [`volumes_task`] keeps
 //! them in step with Raft and runs reclaim. Share modes: the owner of a volume keeps the table of
 //! its opens ([`opens`], inside the volume service); this node's gateway registers, releases and
 //! renews its opens there ([`gateway_opens`]). The gateway's threads call other nodes on
