@@ -122,6 +122,7 @@ impl VolumeStore {
         sink.finish(n);
         Ok(())
     }
+
     /// Writes `data` at `offset`, extending the file as needed; at [`WRITE_AT_END`], at the
     /// file's end as it is when the write holds the volume (MS-FSA's FILE_WRITE_TO_END_OF_FILE:
     /// concurrent appends never overlap). One write batch.

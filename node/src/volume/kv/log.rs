@@ -421,7 +421,6 @@ impl Pins {
             }
         }
     }
-
 }
 
 /// A slice of a segment's mapping: the owner of the [`Bytes`] that [`Segments::shared_value`]
