@@ -433,6 +433,53 @@ fn live_chunks(tree: &Tree) -> usize {
         .sum()
 }
 
+/// Reads handed out as pieces of the data log's mapping, held while other threads overwrite
+/// the file and checkpoint (which punch what the overwrites freed), keep the bytes they read:
+/// every chunk of every read is one whole version written, never zeros or a mix.
+#[test]
+fn reads_held_while_the_file_is_overwritten_and_checkpointed_keep_their_bytes() {
+    let (_dir, w) = world();
+    let (store, vol) = (std::sync::Arc::new(w.store), w.vol);
+    let ino = store.create(vol, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    const CHUNKS: u64 = 8;
+    let version = |round: u8, chunk: u64| vec![round.wrapping_mul(31).wrapping_add(chunk as u8) | 1; CHUNK_BYTES as usize];
+    let write_round = |round: u8| {
+        let data: Vec<u8> = (0..CHUNKS).flat_map(|c| version(round, c)).collect();
+        store.write(vol, View::Live, ino, 0, &data, 2).unwrap();
+    };
+    write_round(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 1..=40u8 {
+                write_round(round);
+                store.kv.flush(kv::Cf::Chunks).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut held: std::collections::VecDeque<Vec<bytes::Bytes>> = std::collections::VecDeque::new();
+        let check = |pieces: &[bytes::Bytes]| {
+            let all = pieces.concat();
+            assert_eq!(all.len() as u64, CHUNKS * CHUNK_BYTES);
+            for (c, chunk) in all.chunks(CHUNK_BYTES as usize).enumerate() {
+                assert!((0..=40u8).any(|r| chunk == &version(r, c as u64)[..]), "chunk {c} is no version written (first byte {})", chunk[0]);
+            }
+        };
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let pieces = store.read_shared(vol, View::Live, ino, 0, CHUNKS * CHUNK_BYTES).unwrap();
+            check(&pieces);
+            held.push_back(pieces);
+            // Each read is kept through a few rounds of overwrites and checkpoints.
+            if held.len() > 16 {
+                check(&held.pop_front().unwrap());
+            }
+        }
+        for pieces in held {
+            check(&pieces);
+        }
+    });
+}
+
 #[test]
 fn a_path_resolves_with_its_parent_in_one_call_and_a_missing_last_name_is_no_error() {
     let (_dir, w) = world();
