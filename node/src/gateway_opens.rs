@@ -32,23 +32,42 @@ struct Registered {
     confirmed: bool,
     /// Its byte-range locks as the owner granted them (listed in renewals).
     locks: Vec<ByteLock>,
-    /// The number of its last lock or unlock call (they are numbered 1, 2, ...), and how many
-    /// are not yet answered.
-    lock_calls: u64,
-    locking: u32,
-    /// A lock or unlock call had no answer from the owner (a lost reply): the owner may hold
-    /// locks `locks` does not, so renewals list them as exact (see `HeldOpen.locks_exact`).
-    locks_uncertain: bool,
+    /// Its lock and unlock calls to the owner.
+    calls: LockCalls,
 }
 
-impl Registered {
-    /// A lock or unlock call's answer came: one that is not the owner's (no `umbra-error`:
-    /// the call failed on its way, or its reply did) leaves what the owner holds unknown.
-    fn lock_call_ends(&mut self, answer: &Result<impl Sized, tonic::Status>) {
-        self.locking -= 1;
+/// An open's lock and unlock calls to the owner, numbered 1, 2, ...
+#[derive(Clone, Copy, Debug, Default)]
+struct LockCalls {
+    /// The number of the last one sent.
+    last: u64,
+    /// Sent and not yet answered.
+    under_way: u32,
+    /// One had no answer from the owner (a lost reply): the owner may hold locks the open's
+    /// list does not, so renewals list them as exact (see `HeldOpen.locks_exact`).
+    uncertain: bool,
+}
+
+impl LockCalls {
+    /// A call starts: its number.
+    fn start(&mut self) -> u64 {
+        self.last += 1;
+        self.under_way += 1;
+        self.last
+    }
+
+    /// A call's answer came: one that is not the owner's (no `umbra-error`: the call failed
+    /// on its way, or its reply did) leaves what the owner holds unknown.
+    fn end(&mut self, answer: &Result<impl Sized, tonic::Status>) {
+        self.under_way -= 1;
         if matches!(answer, Err(s) if s.metadata().get("umbra-error").is_none()) {
-            self.locks_uncertain = true;
+            self.uncertain = true;
         }
+    }
+
+    /// A renewal lists the open's locks as exact: after a lost reply, once none is under way.
+    fn exact(&self) -> bool {
+        self.uncertain && self.under_way == 0
     }
 }
 
@@ -124,7 +143,7 @@ impl GatewayOpens {
         }
         let id = held.next_id;
         held.next_id += 1;
-        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false, locks: Vec::new(), lock_calls: 0, locking: 0, locks_uncertain: false });
+        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false, locks: Vec::new(), calls: LockCalls::default() });
         Ok(id)
     }
 
@@ -210,7 +229,7 @@ impl GatewayOpens {
         let unknown = matches!(&answer, Err(s) if s.metadata().get("umbra-error").is_some_and(|v| v == "unknown_open"));
         let mut held = self.held();
         let Some(r) = held.opens.get_mut(&id) else { return answer.map(|_| ()).map_err(|e| crate::smb::fs_error(&e)) };
-        r.lock_call_ends(&answer);
+        r.calls.end(&answer);
         match (answer, unlock) {
             (Ok(_), false) => r.locks.extend_from_slice(locks),
             (Ok(_), true) => unlock_here(&mut r.locks, locks, false),
@@ -233,20 +252,18 @@ impl GatewayOpens {
     fn settled(&self, exact: &[(u64, u64)]) {
         let mut held = self.held();
         for (id, last_call) in exact {
-            if let Some(r) = held.opens.get_mut(id).filter(|r| r.lock_calls == *last_call) {
-                r.locks_uncertain = false;
+            if let Some(r) = held.opens.get_mut(id).filter(|r| r.calls.last == *last_call) {
+                r.calls.uncertain = false;
             }
         }
     }
 
-    /// A lock or unlock call of open `id` starts (numbered, and under way until
-    /// [`Registered::lock_call_ends`]): where it goes and its number, if the open is held.
+    /// A lock or unlock call of open `id` starts (under way until [`LockCalls::end`]): where
+    /// it goes and its number, if the open is held.
     fn lock_call_starts(&self, id: u64) -> Option<(VolumeTarget, u64)> {
         let mut held = self.held();
         let r = held.opens.get_mut(&id)?;
-        r.lock_calls += 1;
-        r.locking += 1;
-        Some((r.target.clone(), r.lock_calls))
+        Some((r.target.clone(), r.calls.start()))
     }
 
     /// One renewal per volume where this gateway holds opens, all at once, each given at
@@ -295,7 +312,7 @@ impl GatewayOpens {
                         let req = OpenLockRequest { target: Some(target.clone()), gateway: Some(self.gateway), id, locks, unlock: true, call };
                         let answer = service.open_lock(req).await;
                         if let Some(r) = self.held().opens.get_mut(&id) {
-                            r.lock_call_ends(&answer);
+                            r.calls.end(&answer);
                         }
                         if let Err(e) = answer {
                             tracing::debug!(%volume, id, error = %e, "letting go again of locks let go of during a renewal");
@@ -371,7 +388,7 @@ fn renewals(held: &Held) -> (u64, HashMap<String, Vec<HeldOpen>>) {
     let up_to = held.opens.iter().filter(|(_, r)| !r.confirmed).map(|(id, _)| *id).min().unwrap_or(held.next_id);
     let mut by_volume: HashMap<String, Vec<HeldOpen>> = HashMap::new();
     for (id, r) in held.opens.iter().filter(|(_, r)| r.confirmed) {
-        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks: r.locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect(), locks_exact: r.locks_uncertain && r.locking == 0, lock_calls: r.lock_calls };
+        let h = HeldOpen { snapshot: r.target.snapshot.clone(), clone: r.target.clone.clone(), ino: r.ino, id: *id, access: r.mode.access, share_access: r.mode.share, delete_at_close: r.delete_at_close.clone(), disposed: r.disposed.clone(), locks: r.locks.iter().map(|l| LockRange { offset: l.offset, length: l.length, exclusive: l.exclusive }).collect(), locks_exact: r.calls.exact(), lock_calls: r.calls.last };
         by_volume.entry(r.target.volume.clone()).or_default().push(h);
     }
     (up_to, by_volume)
@@ -383,7 +400,7 @@ mod tests {
 
     fn registered(volume: &str, confirmed: bool) -> Registered {
         let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
-        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed, locks: Vec::new(), lock_calls: 0, locking: 0, locks_uncertain: false }
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed, locks: Vec::new(), calls: LockCalls::default() }
     }
 
     #[test]
@@ -396,39 +413,35 @@ mod tests {
     }
 
     /// A lock call whose answer is not the owner's (the call or its reply was lost) makes the
-    /// open's locks listed as exact, once no lock call of it is under way; every call is
-    /// counted.
+    /// open's locks listed as exact, once no lock call of it is under way; calls are numbered;
+    /// a renewal that listed them so, with no call since, settles them.
     #[test]
     fn a_lock_call_without_the_owners_answer_makes_renewals_list_the_locks_exactly() {
-        let mut r = registered("a", true);
-        let listed = |r: Registered| {
-            let held = Held { next_id: 2, opens: HashMap::from([(1, r)]) };
-            let (_, by_volume) = renewals(&held);
+        let gw = GatewayOpens::new(1);
+        gw.held().opens.insert(1, registered("a", true));
+        let listed = || {
+            let (_, by_volume) = renewals(&gw.held());
             (by_volume["a"][0].locks_exact, by_volume["a"][0].lock_calls)
         };
+        let end = |answer: Result<(), tonic::Status>| gw.held().opens.get_mut(&1).unwrap().calls.end(&answer);
         let mut not_granted = tonic::Status::failed_precondition("a lock of another open is in the way");
         not_granted.metadata_mut().insert("umbra-error", "lock_not_granted".parse().unwrap());
-        let refused = Err::<(), _>(not_granted);
-        for answer in [Ok(()), refused] {
-            r.lock_calls += 1;
-            r.locking += 1;
-            r.lock_call_ends(&answer);
+        for answer in [Ok(()), Err(not_granted)] {
+            gw.lock_call_starts(1).unwrap();
+            end(answer);
         }
-        assert!(!r.locks_uncertain, "the owner answered both");
-        r.lock_calls += 2;
-        r.locking += 2;
-        r.lock_call_ends(&Err::<(), _>(tonic::Status::unavailable("the connection went")));
-        assert!(r.locks_uncertain);
-        assert_eq!(listed(registered_like(&r)), (false, 4), "not while a call is under way");
-        r.lock_call_ends(&Ok::<(), tonic::Status>(()));
-        assert_eq!(listed(registered_like(&r)), (true, 4));
-        // A renewal that listed them so was taken: exact no more, unless a call came since.
-        let gw = GatewayOpens::new(1);
-        gw.held().opens.insert(1, registered_like(&r));
+        assert_eq!(listed(), (false, 2), "the owner answered both");
+        assert_eq!(gw.lock_call_starts(1).unwrap().1, 3);
+        assert_eq!(gw.lock_call_starts(1).unwrap().1, 4);
+        end(Err(tonic::Status::unavailable("the connection went")));
+        assert_eq!(listed(), (false, 4), "not while a call is under way");
+        end(Ok(()));
+        assert_eq!(listed(), (true, 4));
         gw.settled(&[(1, 3)]);
-        assert!(gw.held().opens[&1].locks_uncertain, "a call numbered past the list's came since");
+        assert_eq!(listed(), (true, 4), "a call numbered past the list's came since");
         gw.settled(&[(1, 4)]);
-        assert!(!gw.held().opens[&1].locks_uncertain);
+        assert_eq!(listed(), (false, 4));
+        assert!(gw.lock_call_starts(2).is_none(), "an open not held");
     }
 
     /// An unlock the owner answered let go of every range it names; one that stopped partway,
@@ -442,11 +455,6 @@ mod tests {
         let mut own = vec![l(1), l(3)];
         unlock_here(&mut own, &[l(1), l(2), l(3)], true);
         assert_eq!(own, vec![l(3)], "stops where the owner stopped");
-    }
-
-    /// A copy of `r` for a renewal's list.
-    fn registered_like(r: &Registered) -> Registered {
-        Registered { locks: r.locks.clone(), lock_calls: r.lock_calls, locking: r.locking, locks_uncertain: r.locks_uncertain, ..registered("a", true) }
     }
 
     #[test]

@@ -39,8 +39,9 @@
 //! renewals list them, so an owner that restarted gets them back with the opens. A lock call
 //! whose answer the gateway never had (the reply lost between nodes) may have left a lock here
 //! that the gateway does not list: its later renewals list that open's locks as exact, with
-//! the count of lock calls it had sent, and the owner lets go of the locks beyond the list
-//! unless it has taken more calls than that (the list would predate one).
+//! the number of the last lock call it had sent (they are numbered per open), and the owner
+//! lets go of the locks beyond the list unless it has taken a call numbered past that (the
+//! list would predate it).
 
 use std::collections::{HashMap, HashSet};
 
@@ -110,6 +111,13 @@ pub struct OpenRecord {
     pub locks_exact: bool,
     /// The number of the open's last lock or unlock call when the gateway took the list.
     pub lock_calls: u64,
+}
+
+impl OpenRecord {
+    /// An open as its gateway registers it: no disposition set, no locks.
+    pub fn new(file: FileKey, id: u64, mode: Mode, delete_at_close: Option<Link>) -> OpenRecord {
+        OpenRecord { file, id, mode, delete_at_close, disposed: None, locks: Vec::new(), locks_exact: false, lock_calls: 0 }
+    }
 }
 
 /// A file whose last open went while it was delete-pending: the owner deletes `link` if it
@@ -637,7 +645,7 @@ mod tests {
     }
 
     fn open(ino: u64, id: u64, access: u32, share: u32) -> OpenRecord {
-        OpenRecord { file: file(ino), id, mode: Mode { access, share }, delete_at_close: None, disposed: None, locks: Vec::new(), locks_exact: false, lock_calls: 0 }
+        OpenRecord::new(file(ino), id, Mode { access, share }, None)
     }
 
     fn reader(ino: u64, id: u64) -> OpenRecord {

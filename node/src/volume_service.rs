@@ -598,7 +598,7 @@ impl VolumeRpc for VolumeService {
         if let (Some((parent, name, ino)), Some((gw, o))) = (created, open) {
             let file = FileKey { volume: vol, view, ino };
             let delete_at_close = o.delete_at_close.then(|| Link { parent, name: name.clone() });
-            let record = OpenRecord { file, id: o.id, mode: Mode { access: o.access, share: o.share_access }, delete_at_close, disposed: None, locks: Vec::new(), locks_exact: false, lock_calls: 0 };
+            let record = OpenRecord::new(file, o.id, Mode { access: o.access, share: o.share_access }, delete_at_close);
             if let Err(e) = self.register_here(gw, o.lease_ms, record).await {
                 // The open was refused after this call made the file: the file goes again (if
                 // its name still names it), unless another open holds it already; meanwhile it
@@ -882,7 +882,7 @@ impl VolumeService {
             return peer.open_register(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
-        let record = OpenRecord { file: FileKey { volume, view, ino: r.ino }, id: r.id, mode: Mode { access: r.access, share: r.share_access }, delete_at_close: link_of(r.delete_at_close.as_ref())?, disposed: None, locks: Vec::new(), locks_exact: false, lock_calls: 0 };
+        let record = OpenRecord::new(FileKey { volume, view, ino: r.ino }, r.id, Mode { access: r.access, share: r.share_access }, link_of(r.delete_at_close.as_ref())?);
         self.register_here(gw, r.lease_ms, record).await
     }
 
