@@ -66,8 +66,22 @@ pub enum SdError {
     BadSid(&'static str),
     #[error("the {what} is not a well-formed ACL: {why}")]
     BadAcl { what: &'static str, why: &'static str },
-    #[error("the descriptor would have no {0}")]
-    Missing(&'static str),
+    #[error("the descriptor would have no owner")]
+    MissingOwner,
+    #[error("the descriptor would have no group")]
+    MissingGroup,
+}
+
+impl SdError {
+    /// The NTSTATUS a client gets for it.
+    pub fn status(&self) -> u32 {
+        use crate::smb2::status;
+        match self {
+            SdError::MissingOwner => status::INVALID_OWNER,
+            SdError::MissingGroup => status::INVALID_PRIMARY_GROUP,
+            _ => status::INVALID_SECURITY_DESCR,
+        }
+    }
 }
 
 /// A security descriptor's parts, each as its bytes (a SID, an ACL) when present. A DACL or
@@ -127,6 +141,11 @@ impl Descriptor {
         out
     }
 
+    /// The length of [`Self::encode`]'s bytes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_BYTES + [&self.sacl, &self.dacl, &self.owner, &self.group].iter().filter_map(|p| p.as_ref()).map(Vec::len).sum::<usize>()
+    }
+
     /// The parts `info` asks for (AdditionalInformation of a QUERY_INFO), with their control
     /// bits; the others absent. LABEL alone gives the SACL's mandatory-label ACEs only.
     pub fn select(&self, info: u32) -> Descriptor {
@@ -166,7 +185,7 @@ impl Descriptor {
             }
         }
         merged.control &= !AUTO_INHERIT_REQ;
-        let len = merged.encode().len();
+        let len = merged.encoded_len();
         if len > MAX_DESCRIPTOR_BYTES {
             return Err(SdError::TooLarge(len));
         }
@@ -179,10 +198,10 @@ impl Descriptor {
     pub fn has_named(&self, info: u32) -> Result<(), SdError> {
         let info = expand(info);
         if info & OWNER != 0 && self.owner.is_none() {
-            return Err(SdError::Missing("owner"));
+            return Err(SdError::MissingOwner);
         }
         if info & GROUP != 0 && self.group.is_none() {
-            return Err(SdError::Missing("group"));
+            return Err(SdError::MissingGroup);
         }
         Ok(())
     }
@@ -223,11 +242,7 @@ impl Descriptor {
         ace.extend_from_slice(&((ACE_HEADER_BYTES + 4 + EVERYONE.len()) as u16).to_le_bytes());
         ace.extend_from_slice(&crate::share_modes::FILE_ALL_ACCESS.to_le_bytes());
         ace.extend_from_slice(&EVERYONE);
-        let mut dacl = vec![2, 0];
-        dacl.extend_from_slice(&((ACL_HEADER_BYTES + ace.len()) as u16).to_le_bytes());
-        dacl.extend_from_slice(&1u16.to_le_bytes());
-        dacl.extend_from_slice(&[0, 0]);
-        dacl.extend_from_slice(&ace);
+        let dacl = acl_of(2, std::iter::once(&ace[..]));
         Descriptor { control: SELF_RELATIVE | DACL_PRESENT, owner: Some(ADMINISTRATORS.to_vec()), group: Some(ADMINISTRATORS.to_vec()), sacl: None, dacl: Some(dacl) }
     }
 }
@@ -327,8 +342,9 @@ fn inherited_aces(ace: &[u8], directory: bool, owner: &[u8], group: &[u8]) -> Ve
     let flags = ace[1];
     let (object, container, no_propagate) = (flags & OBJECT_INHERIT_ACE != 0, flags & CONTAINER_INHERIT_ACE != 0, flags & NO_PROPAGATE_INHERIT_ACE != 0);
     let other = flags & !INHERIT_FLAGS & !INHERITED_ACE;
-    let has_mask = ace[0] <= MAX_KNOWN_ACE_TYPE && ace.len() >= ACE_HEADER_BYTES + 4;
-    let generic = has_mask && u32::from_le_bytes(ace[4..8].try_into().expect("4 bytes")) & GENERIC_BITS != 0;
+    // The access mask, in the ACE types that have one.
+    let mask = u32_at(ace, 4).filter(|_| ace[0] <= MAX_KNOWN_ACE_TYPE);
+    let generic = mask.is_some_and(|m| m & GENERIC_BITS != 0);
     // The creator SIDs, in the ACE types whose SID follows the mask and ends the ACE.
     let simple = matches!(ace[0], 0x00..=0x03 | MANDATORY_LABEL_ACE);
     let creator = simple.then(|| match ace.get(8..) {
@@ -340,8 +356,7 @@ fn inherited_aces(ace: &[u8], directory: bool, owner: &[u8], group: &[u8]) -> Ve
     let with = |flags: u8, applies: bool| {
         let mut a = ace.to_vec();
         a[1] = flags | INHERITED_ACE;
-        if applies && has_mask {
-            let mask = u32::from_le_bytes(a[4..8].try_into().expect("4 bytes"));
+        if let (true, Some(mask)) = (applies, mask) {
             let mapped = GENERIC_MAP.iter().filter(|(g, _)| mask & g != 0).fold(mask & !GENERIC_BITS, |m, (_, f)| m | f);
             a[4..8].copy_from_slice(&mapped.to_le_bytes());
         }
@@ -373,7 +388,7 @@ pub fn names_parts(info: u32) -> bool {
 }
 
 /// BACKUP_SECURITY_INFORMATION as the four parts it stands for.
-fn expand(info: u32) -> u32 {
+pub(crate) fn expand(info: u32) -> u32 {
     if info & BACKUP != 0 {
         info | OWNER | GROUP | DACL | SACL
     } else {
@@ -530,8 +545,9 @@ mod tests {
         assert_eq!((kept.dacl.as_ref(), kept.control & DACL_PRESENT), (None, 0), "a DACL taken away");
         // Naming the owner or group with a descriptor that has none is refused, nothing changed.
         let before = kept.clone();
-        assert_eq!(kept.merge(&Descriptor::default(), OWNER), Err(SdError::Missing("owner")));
-        assert_eq!(kept.merge(&Descriptor::default(), GROUP | BACKUP), Err(SdError::Missing("owner")));
+        assert_eq!(kept.merge(&Descriptor::default(), OWNER), Err(SdError::MissingOwner));
+        assert_eq!(kept.merge(&Descriptor::default(), GROUP | BACKUP), Err(SdError::MissingOwner));
+        assert_eq!(kept.merge(&Descriptor::default(), GROUP), Err(SdError::MissingGroup));
         assert_eq!(kept, before);
         // A NULL DACL (present, no bytes) reads back as one; the auto-inherit asks are not kept.
         let null = Descriptor { control: SELF_RELATIVE | DACL_PRESENT | 0x0100, ..Descriptor::default() };
@@ -689,6 +705,7 @@ mod tests {
         #[test]
         fn any_bytes_parse_without_panic_and_what_is_accepted_round_trips(b in prop::collection::vec(any::<u8>(), 0..300)) {
             if let Ok(d) = Descriptor::parse(&b) {
+                prop_assert_eq!(d.encoded_len(), d.encode().len());
                 prop_assert_eq!(Descriptor::parse(&d.encode()), Ok(d));
             }
         }

@@ -376,8 +376,8 @@ impl VolumeStore {
 
     /// [`Self::set_info`] and, with `security`, a new security descriptor in the same write:
     /// what `security` makes of the kept one (none if never set) and whether the inode is a
-    /// directory, under the volume's lock (so a merge of parts never loses a concurrent one);
-    /// an empty one removes it. Snapshots keep the one they saw. The store keeps the bytes
+    /// directory, under the volume's lock (so a merge of parts never loses a concurrent one).
+    /// Snapshots keep the one they saw. The store keeps the bytes
     /// as `security` gives them (the volume service merges checked descriptors).
     pub fn set_info_and_security(&self, vol: Uuid, view: View, ino: u64, info: SetInfo, security: Option<SecurityUpdate<'_>>) -> Result<Inode> {
         let entry = self.volume(vol)?;
@@ -400,7 +400,7 @@ impl VolumeStore {
             if d.len() > MAX_SECURITY_BYTES {
                 return Err(VolumeError::TooLarge { what: "a security descriptor", got: d.len() as u64, max: MAX_SECURITY_BYTES as u64 });
             }
-            inode.security = (!d.is_empty()).then_some(d);
+            inode.security = Some(d);
         }
         let mut batch = Batch::default();
         self.put_inode(&st, &scope, &mut batch, ino, &inode, inode_key.as_deref())?;

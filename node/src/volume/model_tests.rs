@@ -817,8 +817,6 @@ fn security_descriptors_are_kept_through_restarts_and_snapshots_keep_theirs() {
     let s = VolumeStore::open(dir.path()).unwrap();
     assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, Some(second), "kept through a restart and a write");
     assert_eq!(s.stat(vol, View::Snapshot(snap), ino).unwrap().security, Some(first), "the snapshot's own");
-    set_security(&s, vol, View::Live, ino, Vec::new(), 7).unwrap();
-    assert_eq!(s.stat(vol, View::Live, ino).unwrap().security, None, "an empty one removes it");
     set_security(&s, vol, View::Live, ROOT_INO, vec![9; 40], 8).unwrap();
     assert_eq!(s.stat(vol, View::Live, ROOT_INO).unwrap().security, Some(vec![9; 40]), "directories too");
 }

@@ -68,14 +68,11 @@ pub(super) fn create_context<'a>(b: &[u8], message: &'a [u8], name: &[u8]) -> Op
 /// it does.
 fn new_file_descriptor(data: Option<&[u8]>, access: u32) -> Result<(Vec<u8>, u32), u32> {
     use crate::security::{Descriptor, SACL};
-    let given = data.map(Descriptor::parse).and_then(Result::ok).ok_or(status::INVALID_SECURITY_DESCR)?;
+    let given = Descriptor::parse(data.ok_or(status::INVALID_SECURITY_DESCR)?).map_err(|e| e.status())?;
     let parts = given.present_parts();
     if parts & SACL != 0 && access & share_modes::ACCESS_SYSTEM_SECURITY == 0 {
         return Err(status::ACCESS_DENIED);
     }
-    // The merge the owner makes, tried here, so a descriptor it would refuse fails the
-    // CREATE before anything is created.
-    Descriptor::default_for(false).merge(&given, parts).map_err(|_| status::INVALID_SECURITY_DESCR)?;
     Ok((given.encode(), parts))
 }
 

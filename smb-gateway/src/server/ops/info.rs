@@ -377,9 +377,9 @@ fn fs_info(class: u8, label: &str) -> Option<Vec<u8>> {
 /// ACCESS_SYSTEM_SECURITY) or to change (WRITE_OWNER for the owner, group and label, WRITE_DAC
 /// for the DACL, ACCESS_SYSTEM_SECURITY for the SACL), MS-FSA 2.1.5.13 and 2.1.5.16.
 fn security_access(info: u32, write: bool) -> u32 {
-    use crate::security::{BACKUP, DACL, GROUP, LABEL, OWNER, SACL};
+    use crate::security::{DACL, GROUP, LABEL, OWNER, SACL};
     use crate::share_modes::{ACCESS_SYSTEM_SECURITY, READ_CONTROL, WRITE_DAC, WRITE_OWNER};
-    let info = if info & BACKUP != 0 { OWNER | GROUP | DACL | SACL } else { info };
+    let info = crate::security::expand(info);
     let mut needs = 0;
     if info & (OWNER | GROUP | LABEL) != 0 {
         needs |= if write { WRITE_OWNER } else { READ_CONTROL };
@@ -426,11 +426,7 @@ fn set_security(files: &dyn Files, share: &str, info: &FileInfo, additional: u32
     }
     let refused = |e: SdError| {
         tracing::debug!(error = %e, "refusing a security descriptor");
-        match e {
-            SdError::Missing("owner") => status::INVALID_OWNER,
-            SdError::Missing(_) => status::INVALID_PRIMARY_GROUP,
-            _ => status::INVALID_SECURITY_DESCR,
-        }
+        e.status()
     };
     let new = Descriptor::parse(data).map_err(refused)?;
     // Storage merges it into the kept one; checked here first, so that a descriptor without
