@@ -318,7 +318,8 @@ async fn read_all(channel: impl Into<umbra_node::direct_channel::PeerChannel>, r
     let mut stream = umbra_node::volume_wire::read(channel, req).await?;
     let mut pos = 0;
     while let Some(c) = stream.next().await {
-        let data = c?.data;
+        // Checked as a gateway checks what it reads from another node.
+        let data = c.and_then(umbra_node::volume_service::checked_data)?;
         check_stamps(pos, &data)?;
         pos += data.len() as u64;
     }

@@ -209,7 +209,7 @@ async fn get(node: &Node, volume: &str, path: &str, to: Option<PathBuf>) -> anyh
     };
     let mut stream = f.client.clone().read(ReadRequest { target: f.target(), ino: a.ino, offset: 0, length: a.size, open: None }).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
     while let Some(chunk) = stream.message().await.map_err(|s| anyhow!("{}", s.message()))? {
-        out.write_all(&chunk.data).await?;
+        out.write_all(&umbra_node::volume_service::checked_data(chunk).map_err(|s| anyhow!("{}", s.message()))?).await?;
     }
     out.flush().await?;
     Ok(())

@@ -46,7 +46,7 @@ impl Vol {
             let mut s = self.client.clone().read(ReadRequest { target: Some(target), ino, offset: 0, length: len, open: None }).await?.into_inner();
             let mut out = Vec::new();
             while let Some(c) = s.message().await? {
-                out.extend_from_slice(&c.data);
+                out.extend_from_slice(&umbra_node::volume_service::checked_data(c)?);
             }
             Ok(out)
         })
@@ -246,20 +246,42 @@ fn a_writable_clone_over_grpc_is_isolated_and_refuses_writes_once_sealed() {
 /// (`umbra_node::direct_channel`). Unary and streamed calls, the owner's errors with their
 /// metadata, an answer that cuts a streamed request short, and a new connection after the
 /// node restarts, on the first call.
-#[test]
-fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_a_restart() {
+/// Volume "own" on node 1 of `c`, with file "f.bin" made in it: its target, a caller thread's
+/// own channel to node 1 and a client on it, and the file's inode.
+fn own_volume_with_a_file(c: &Cluster) -> (VolumeTarget, umbra_node::direct_channel::DirectChannel, VolumeClient<umbra_node::direct_channel::DirectChannel>, u64) {
     use umbra_node::dedicated::block_on;
-    use umbra_node::direct_channel::DirectChannel;
-    use umbra_node::volume_wire;
-
-    let mut c = Cluster::start(1, "");
     assert!(c.ctl(1, &["volume", "create", "own", "--node", "1"]).ok);
     let target = VolumeTarget { volume: volume_id(&c, 1, "own"), snapshot: String::new(), clone: String::new(), route: false };
-    let channel = DirectChannel::new(c.addr(1));
+    let channel = umbra_node::direct_channel::DirectChannel::new(c.addr(1));
     let client = VolumeClient::new(channel.clone());
     let create = CreateRequest { target: Some(target.clone()), parent: 1, name: "f.bin".into(), directory: false, now: 1 };
     let ino = wait_for(Duration::from_secs(10), "the volume to exist", || block_on(client.clone().create(create.clone())).unwrap().ok());
     let ino = ino.into_inner().entry.unwrap().attributes.unwrap().ino;
+    (target, channel, client, ino)
+}
+
+/// One Read call through a caller thread's own channel, each message checked as a gateway
+/// checks what it reads from another node.
+fn read_through(channel: &umbra_node::direct_channel::DirectChannel, read: ReadRequest) -> Result<Vec<u8>, tonic::Status> {
+    umbra_node::dedicated::block_on(async {
+        use tokio_stream::StreamExt;
+        let mut m = umbra_node::volume_wire::read(channel.clone(), read).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = m.next().await {
+            out.extend_from_slice(&chunk.and_then(umbra_node::volume_service::checked_data)?);
+        }
+        Ok(out)
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_a_restart() {
+    use umbra_node::dedicated::block_on;
+    use umbra_node::volume_wire;
+
+    let mut c = Cluster::start(1, "");
+    let (target, channel, client, ino) = own_volume_with_a_file(&c);
 
     // A write of three 2 MiB messages (the later ones wait for send capacity), read back.
     const PART: usize = 2 << 20;
@@ -267,17 +289,7 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     let written = block_on(volume_wire::write(channel.clone(), tokio_stream::iter(msgs))).unwrap().unwrap();
     assert_eq!(written.written, 3 * PART as u64);
     let read = ReadRequest { target: Some(target.clone()), ino, offset: 0, length: 3 * PART as u64, open: None };
-    let back = block_on(async {
-        use tokio_stream::StreamExt;
-        let mut m = volume_wire::read(channel.clone(), read).await?;
-        let mut out = Vec::new();
-        while let Some(chunk) = m.next().await {
-            out.extend_from_slice(&chunk?.data);
-        }
-        Ok::<_, tonic::Status>(out)
-    })
-    .unwrap()
-    .unwrap();
+    let back = read_through(&channel, read).unwrap();
     let expected: Vec<u8> = (0..3).flat_map(|i| pattern(i, PART)).collect();
     assert!(back == expected, "read back {} bytes, not what was written", back.len());
 
@@ -304,6 +316,47 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
 
 /// A node's gRPC server bounds the calls one connection may have under way (HTTP/2
 /// SETTINGS_MAX_CONCURRENT_STREAMS): a peer learns the bound when it connects.
+#[test]
+fn data_changed_on_the_owners_disk_fails_the_read_on_the_node_that_asked() {
+    use umbra_node::dedicated::block_on;
+    use umbra_node::volume_wire;
+
+    let c = Cluster::start(1, "");
+    let (target, channel, _, ino) = own_volume_with_a_file(&c);
+    // 4 MiB of bytes that do not repeat.
+    let mut x = 7u64;
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as u8
+        })
+        .collect();
+    let msg = WriteChunk { target: Some(target.clone()), ino, offset: 0, data: data.clone().into(), now: 2, open: None, keep_times: 0 };
+    block_on(volume_wire::write(channel.clone(), tokio_stream::iter(vec![Ok(msg)]))).unwrap().unwrap();
+    let read = ReadRequest { target: Some(target.clone()), ino, offset: 0, length: data.len() as u64, open: None };
+    let read_all = |read: ReadRequest| read_through(&channel, read);
+    assert!(read_all(read.clone()).unwrap() == data, "read back as written");
+
+    // One byte 3 MiB in changes in the node's data log (a disk giving a page back wrong).
+    let at = 3 << 20;
+    let changed = files_under(&c.data_dir(1)).into_iter().any(|path| {
+        let Ok(bytes) = std::fs::read(&path) else { return false };
+        let Some(pos) = bytes.windows(64).position(|w| w == &data[at..at + 64]) else { return false };
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_at(&[!bytes[pos + 5]], (pos + 5) as u64).unwrap();
+        true
+    });
+    assert!(changed, "the data lies in a data log segment under the node's directory");
+    // The owner sends the chunk as it is; the reader refuses it, with the store's kind of error.
+    let e = read_all(read.clone()).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    assert!(e.message().contains("fails its checksum"), "{e:?}");
+    assert_eq!(e.metadata().get("umbra-error").unwrap(), "storage", "{e:?}");
+    // What lies before it still reads.
+    let head = read_all(ReadRequest { length: at as u64 - (64 << 10), ..read }).unwrap();
+    assert!(head.len() == at - (64 << 10) && head[..] == data[..head.len()]);
+}
+
 #[test]
 fn a_nodes_grpc_server_bounds_the_calls_one_connection_has_under_way() {
     let c = Cluster::start(1, "");

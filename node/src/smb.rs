@@ -281,7 +281,8 @@ impl Files for VolumeFiles {
             out.resize(room, 0);
             use tokio_stream::StreamExt;
             while let Some(chunk) = stream.next().await {
-                out.extend_from_slice(&chunk.map_err(|s| fs_error(&s))?.data);
+                let data = chunk.and_then(crate::volume_service::checked_data).map_err(|s| fs_error(&s))?;
+                out.extend_from_slice(&data);
             }
             Ok(out)
         })

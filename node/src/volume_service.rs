@@ -5,8 +5,10 @@
 //! this is the data path of design.md section 4. Store calls run inline on a dedicated thread
 //! (a gRPC connection's, a gateway caller's: [`crate::dedicated`]) and on the blocking pool
 //! elsewhere; forwarded calls from a caller thread take that thread's own connection. Reads
-//! stream in 1 MiB messages; each write message is one whole store write, so a fence never sees
-//! half of one. Errors follow the one table in [`status_of`].
+//! stream in 1 MiB messages, each with the CRC32C of its spans, which whoever uses the data
+//! checks ([`checked_data`]): the owner hands its stored chunks on without reading them. Each
+//! write message is one whole store write, so a fence never sees half of one. Errors follow the
+//! one table in [`status_of`].
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -26,7 +28,7 @@ use uuid::Uuid;
 use crate::opens::{DueDelete, FileKey, Gateway, Link, LockError, OpenError, OpenRecord, OpenTable, Renewed};
 use umbra_smb_gateway::byte_locks::ByteLock;
 use umbra_smb_gateway::share_modes::Mode;
-use crate::volume::{DirEntry, Inode, Kind, SecurityUpdate, SetInfo, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
+use crate::volume::{DirEntry, Inode, Kind, SecurityUpdate, SetInfo, SharedPiece, SnapshotInfo, SnapshotState, View, VolumeError, VolumeStore, MAX_IO_BYTES};
 
 /// Bytes per streamed read message.
 pub const READ_MESSAGE_BYTES: u64 = 1024 * 1024;
@@ -66,6 +68,21 @@ pub fn status_of(e: VolumeError) -> Status {
         status.metadata_mut().insert("umbra-owner", owner.to_string().parse().expect("digits"));
     }
     status
+}
+
+impl From<crate::volume::Span> for Check {
+    fn from(s: crate::volume::Span) -> Check {
+        Check { len: s.len, crc32c: s.crc32c }
+    }
+}
+
+/// A Read message's data, once its checksums pass (`umbra_proto::checks`). Data that fails is
+/// an error of the store's kind, as a chunk that fails its checksum on the owner is.
+pub fn checked_data(c: DataChunk) -> Result<Bytes, Status> {
+    c.checked().map_err(|e| {
+        tracing::warn!(error = %e, "file data read from a volume's owner is refused");
+        status_of(VolumeError::Storage(e.to_string()))
+    })
 }
 
 pub struct VolumeService {
@@ -1109,14 +1126,14 @@ impl VolumeService {
 /// A read in store reads of at most [`READ_MESSAGE_BYTES`], each as the pieces the store
 /// hands out (whole chunks without a copy: [`VolumeStore::read_shared`]), handed to `send`
 /// until it refuses some, the file ends or a read fails.
-fn read_pieces(store: &VolumeStore, vol: Uuid, view: View, r: &ReadRequest, mut send: impl FnMut(Result<Vec<Bytes>, Status>) -> bool) {
+fn read_pieces(store: &VolumeStore, vol: Uuid, view: View, r: &ReadRequest, mut send: impl FnMut(Result<Vec<SharedPiece>, Status>) -> bool) {
     let end = r.offset.saturating_add(r.length);
     let mut pos = r.offset;
     while pos < end {
         let want = (end - pos).min(READ_MESSAGE_BYTES);
         let result = store.read_shared(vol, view, r.ino, pos, want).map_err(status_of);
         let done = match &result {
-            Ok(pieces) => (pieces.iter().map(Bytes::len).sum::<usize>() as u64) < want,
+            Ok(pieces) => (pieces.iter().map(|p| p.data.len()).sum::<usize>() as u64) < want,
             Err(_) => true,
         };
         pos += want;
@@ -1127,14 +1144,15 @@ fn read_pieces(store: &VolumeStore, vol: Uuid, view: View, r: &ReadRequest, mut 
 }
 
 /// The messages of a Read: each piece a message of its own, so the receiver finds its data
-/// within one HTTP/2 frame and keeps it without a copy (`umbra_proto::frames`); a read that
-/// found nothing is one empty message.
-fn data_chunks(pieces: impl Stream<Item = Result<Vec<Bytes>, Status>> + Send + 'static) -> impl Stream<Item = Result<DataChunk, Status>> + Send + 'static {
+/// within one HTTP/2 frame and keeps it without a copy (`umbra_proto::frames`), with the
+/// checksums the receiver checks it by (`umbra_proto::checks`); a read that found nothing is
+/// one empty message.
+fn data_chunks(pieces: impl Stream<Item = Result<Vec<SharedPiece>, Status>> + Send + 'static) -> impl Stream<Item = Result<DataChunk, Status>> + Send + 'static {
     use futures::StreamExt as _;
     pieces.flat_map(|read| {
         let chunks: Vec<Result<DataChunk, Status>> = match read {
             Ok(pieces) if pieces.is_empty() => vec![Ok(DataChunk::default())],
-            Ok(pieces) => pieces.into_iter().map(|data| Ok(DataChunk { data })).collect(),
+            Ok(pieces) => pieces.into_iter().map(|p| Ok(DataChunk { data: p.data, checks: p.spans.into_iter().map(Check::from).collect() })).collect(),
             Err(status) => vec![Err(status)],
         };
         futures::stream::iter(chunks)

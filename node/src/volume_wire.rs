@@ -107,7 +107,7 @@ fn reply(body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> 
 }
 
 fn data_chunk_pieces(c: DataChunk) -> Result<[Bytes; 2], Status> {
-    frame_with_data(&DataChunk::default(), DATA_CHUNK_DATA_FIELD, c.data).map_err(frame_status)
+    frame_with_data(&DataChunk { data: Bytes::new(), checks: c.checks }, DATA_CHUNK_DATA_FIELD, c.data).map_err(frame_status)
 }
 
 fn write_chunk_pieces(mut c: WriteChunk) -> Result<[Bytes; 2], Status> {
@@ -337,8 +337,14 @@ impl<S: Stream<Item = Result<[Bytes; 2], Status>> + Unpin> HttpBody for Framed<S
 mod tests {
     use super::*;
 
+    /// A message of `data` with its checksum.
+    fn data_chunk(data: Vec<u8>) -> DataChunk {
+        let checks = if data.is_empty() { vec![] } else { vec![umbra_proto::v1::Check::of(&data)] };
+        DataChunk { data: data.into(), checks }
+    }
+
     fn chunks(n: usize) -> Vec<DataChunk> {
-        (0..n).map(|i| DataChunk { data: Bytes::from(vec![i as u8; 1000 * i]) }).collect()
+        (0..n).map(|i| data_chunk(vec![i as u8; 1000 * i])).collect()
     }
 
     fn reply_of(items: Vec<Result<DataChunk, Status>>) -> Messages<DataChunk> {
@@ -406,17 +412,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_frames_that_make_no_message_yields_and_loses_nothing() {
-        let [head, data] = data_chunk_pieces(DataChunk { data: Bytes::from(vec![3; 10]) }).unwrap();
+        let [head, data] = data_chunk_pieces(data_chunk(vec![3; 10])).unwrap();
         let mut frames: std::collections::VecDeque<_> = (0..1000).map(|_| Frame::data(Bytes::new())).collect();
         frames.extend(head.iter().chain(data.iter()).map(|b| Frame::data(Bytes::copy_from_slice(&[*b]))));
         frames.push_back(trailers(&[("grpc-status", "0")]));
         let got: Vec<_> = Messages::<DataChunk>::response(Body::new(Frames(frames)), 1 << 20).collect().await;
-        assert_eq!(got.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), vec![DataChunk { data: Bytes::from(vec![3; 10]) }]);
+        assert_eq!(got.into_iter().collect::<Result<Vec<_>, _>>().unwrap(), vec![data_chunk(vec![3; 10])]);
     }
 
     #[tokio::test]
     async fn an_oversized_or_cut_message_ends_the_stream_with_an_error() {
-        let pieces = tokio_stream::iter(vec![DataChunk { data: Bytes::from(vec![1; 5000]) }]).map(data_chunk_pieces);
+        let pieces = tokio_stream::iter(vec![data_chunk(vec![1; 5000])]).map(data_chunk_pieces);
         let body = Body::new(Framed::request(pieces));
         let got: Vec<_> = Messages::<DataChunk>::request(body, 4096).collect().await;
         assert_eq!(got.len(), 1);
@@ -424,10 +430,10 @@ mod tests {
         assert_eq!(e.code(), Code::ResourceExhausted);
         assert!(e.message().contains("over the limit"));
 
-        let [head, data] = data_chunk_pieces(DataChunk { data: Bytes::from(vec![1; 100]) }).unwrap();
+        let [head, data] = data_chunk_pieces(data_chunk(vec![1; 100])).unwrap();
         let cut = tokio_stream::iter(vec![Ok([head, data.slice(..50)])]);
         let body = Body::new(Framed::request(cut));
         let got: Vec<_> = Messages::<DataChunk>::request(body, 4096).collect().await;
-        assert!(got[0].as_ref().unwrap_err().message().contains("ended 57 bytes into"), "{got:?}");
+        assert!(got[0].as_ref().unwrap_err().message().contains("ended 66 bytes into"), "{got:?}");
     }
 }

@@ -74,10 +74,30 @@ impl VolumeStore {
     /// its data log is a slice of the log's mapping, not a copy (its pages stay until the
     /// piece is dropped, and chunks that lie one after the other there are one piece); holes
     /// are shared zeros, and parts of chunks are copied.
-    pub fn read_shared(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<Bytes>> {
+    ///
+    /// Whole chunks in the data log are not read here, so not checked: each piece comes with
+    /// the CRC32C of its spans (a whole chunk's as stored), which whoever uses the bytes
+    /// checks (`umbra_proto::checks`). Everything else is checked here, as [`Self::read`] does.
+    pub fn read_shared(&self, vol: Uuid, view: View, ino: u64, offset: u64, len: u64) -> Result<Vec<SharedPiece>> {
         let mut sink = Shared::default();
         self.read_chunks(vol, view, ino, offset, len, &mut sink)?;
-        Ok(self.kv.join_shared(sink.pieces))
+        let Shared { pieces, spans, .. } = sink;
+        let mut spans = spans.into_iter();
+        // Joining keeps the order: each joined piece is a run of the pieces before.
+        self.kv
+            .join_shared(pieces)
+            .into_iter()
+            .map(|data| {
+                let mut covered = Vec::new();
+                let mut left = data.len();
+                while left > 0 {
+                    let span = spans.next().filter(|s| s.len as usize <= left).ok_or_else(|| VolumeError::Storage("joined pieces of a read do not match their parts".into()))?;
+                    left -= span.len as usize;
+                    covered.push(span);
+                }
+                Ok(SharedPiece { data, spans: covered })
+            })
+            .collect()
     }
 
     /// A read of up to `len` bytes at `offset` under one hold of the volume, chunk by chunk
@@ -620,13 +640,40 @@ impl ReadSink for IntoBuffer {
     }
 }
 
+/// A piece of [`VolumeStore::read_shared`]: its bytes, and the CRC32C of each of its spans in
+/// order (they cover it whole).
+#[derive(Debug, Clone)]
+pub struct SharedPiece {
+    pub data: Bytes,
+    pub spans: Vec<Span>,
+}
+
+/// Bytes of a [`SharedPiece`] and their CRC32C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub len: u32,
+    pub crc32c: u32,
+}
+
 /// Zeros handed out for holes, a chunk at a time.
 static ZERO_CHUNK: [u8; CHUNK_BYTES as usize] = [0; CHUNK_BYTES as usize];
 
-/// Into pieces: whole chunks as the engine hands them out, the rest copied.
+/// The CRC32C of the first `n` bytes of [`ZERO_CHUNK`] (the whole chunk's computed once).
+fn zeros_crc(n: usize) -> u32 {
+    static WHOLE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if n == ZERO_CHUNK.len() {
+        *WHOLE.get_or_init(|| crc32c::crc32c(&ZERO_CHUNK))
+    } else {
+        crc32c::crc32c(&ZERO_CHUNK[..n])
+    }
+}
+
+/// Into pieces: whole chunks as the engine hands them out, the rest copied; each piece's CRC32C
+/// beside it.
 #[derive(Default)]
 struct Shared {
     pieces: Vec<Bytes>,
+    spans: Vec<Span>,
     /// Bytes given so far.
     filled: usize,
 }
@@ -637,13 +684,18 @@ impl Shared {
         while self.filled < at {
             let n = (at - self.filled).min(ZERO_CHUNK.len());
             self.pieces.push(Bytes::from_static(&ZERO_CHUNK[..n]));
+            self.spans.push(Span { len: n as u32, crc32c: zeros_crc(n) });
             self.filled += n;
         }
     }
 
-    fn push(&mut self, at: usize, piece: Bytes) {
+    fn push(&mut self, at: usize, piece: Bytes, crc32c: u32) {
         self.zeros_to(at);
+        if piece.is_empty() {
+            return;
+        }
         self.filled += piece.len();
+        self.spans.push(Span { len: piece.len() as u32, crc32c });
         self.pieces.push(piece);
     }
 }
@@ -656,22 +708,22 @@ impl ReadSink for Shared {
         if head.is_empty() && tail.is_empty() {
             return Ok(());
         }
-        // The usual case: the data in the head, its checksum the tail.
-        if tail.len() == CHUNK_CRC_BYTES {
-            if crc32c::crc32c(&head).to_le_bytes()[..] != tail[..] {
-                return Err(chunk_corrupt(head.len() + tail.len()));
-            }
-            self.push(at, head);
+        // The usual case: the data in the head (a slice of the data log's mapping, not read
+        // here), its checksum the tail, both handed on.
+        if let Ok(crc) = <[u8; CHUNK_CRC_BYTES]>::try_from(&tail[..]) {
+            self.push(at, head, u32::from_le_bytes(crc));
             return Ok(());
         }
+        // Otherwise the value is checked here (and its checksum handed on).
         let value = if tail.is_empty() { head } else { Bytes::from([&head[..], &tail[..]].concat()) };
         let data = open_chunk(&value)?.len();
-        self.push(at, value.slice(..data));
+        let crc = u32::from_le_bytes(value[data..].try_into().map_err(|_| chunk_corrupt(value.len()))?);
+        self.push(at, value.slice(..data), crc);
         Ok(())
     }
 
     fn part(&mut self, at: usize, data: &[u8]) {
-        self.push(at, Bytes::copy_from_slice(data));
+        self.push(at, Bytes::copy_from_slice(data), crc32c::crc32c(data));
     }
 
     fn finish(&mut self, n: usize) {

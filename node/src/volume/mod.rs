@@ -22,7 +22,7 @@ mod types;
 pub use error::{Result, VolumeError};
 pub use gate::Released;
 pub use store::VolumeStore;
-pub use data::WRITE_AT_END;
+pub use data::{SharedPiece, Span, WRITE_AT_END};
 pub use namespace::{NothingOpen, OpenFiles, MAX_TREE_DEPTH};
 pub use types::*;
 

@@ -277,10 +277,10 @@ fn dump(store: &VolumeStore, vol: Uuid, view: View) -> Tree {
                 Kind::File => {
                     let data = store.read(vol, view, e.ino, 0, e.inode.size).unwrap();
                     assert_eq!(data.len() as u64, e.inode.size);
-                    let shared = store.read_shared(vol, view, e.ino, 0, e.inode.size).unwrap().concat();
+                    let shared = checked(store.read_shared(vol, view, e.ino, 0, e.inode.size).unwrap());
                     assert!(shared == data, "{path}: the read handed out in pieces gives the same bytes");
                     if data.len() > 2 {
-                        let inner = store.read_shared(vol, view, e.ino, 1, e.inode.size - 2).unwrap().concat();
+                        let inner = checked(store.read_shared(vol, view, e.ino, 1, e.inode.size - 2).unwrap());
                         assert!(inner[..] == data[1..data.len() - 1], "{path}: a read within the file, in pieces");
                     }
                     let (ranges, more) = store.allocated_ranges(vol, view, e.ino, 0, u64::MAX).unwrap();
@@ -320,6 +320,18 @@ fn allocated_in(data: &[u8]) -> Vec<(u64, u64)> {
 enum Engine {
     Rocks,
     Mem,
+}
+
+/// The bytes [`VolumeStore::read_shared`] handed out, each piece checked by its checksums as
+/// the receiver of a Read checks them.
+fn checked(pieces: Vec<SharedPiece>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in pieces {
+        let checks: Vec<umbra_proto::v1::Check> = p.spans.into_iter().map(Into::into).collect();
+        umbra_proto::checks::verify(&p.data, &checks).expect("the pieces pass their checksums");
+        out.extend_from_slice(&p.data);
+    }
+    out
 }
 
 fn world() -> (tempfile::TempDir, World) {
@@ -457,9 +469,10 @@ fn reads_held_while_the_file_is_overwritten_and_checkpointed_keep_their_bytes() 
             }
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        let mut held: std::collections::VecDeque<Vec<bytes::Bytes>> = std::collections::VecDeque::new();
-        let check = |pieces: &[bytes::Bytes]| {
-            let all = pieces.concat();
+        let mut held: std::collections::VecDeque<Vec<SharedPiece>> = std::collections::VecDeque::new();
+        // Checked when used, as the receiver of a Read checks them: long after the read.
+        let check = |pieces: &[SharedPiece]| {
+            let all = checked(pieces.to_vec());
             assert_eq!(all.len() as u64, CHUNKS * CHUNK_BYTES);
             for (c, chunk) in all.chunks(CHUNK_BYTES as usize).enumerate() {
                 assert!((0..=40u8).any(|r| chunk == &version(r, c as u64)[..]), "chunk {c} is no version written (first byte {})", chunk[0]);
@@ -1314,6 +1327,55 @@ fn allocated_ranges_are_bounded_and_say_where_to_ask_again() {
     assert_eq!((all.len() as u64, more), (n - 1, Some(window)), "one window of chunks");
     let (rest, more) = s.allocated_ranges(v, View::Live, ino, window, u64::MAX).unwrap();
     assert_eq!((rest, more), (vec![(2 * (n - 1) * c, 1)], None), "asked again from there");
+}
+
+#[test]
+fn a_chunk_changed_in_the_data_log_is_handed_out_unread_and_fails_its_check_where_it_is_used() {
+    let (dir, w) = world();
+    let (s, v) = (&w.store, w.vol);
+    let ino = s.create(v, View::Live, ROOT_INO, "f", Kind::File, 1).unwrap();
+    // Bytes that do not repeat, so a window of them is found in one place only.
+    let mut x = 1u64;
+    let data: Vec<u8> = (0..3 * CHUNK_BYTES as usize)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as u8
+        })
+        .collect();
+    s.write(v, View::Live, ino, 0, &data, 2).unwrap();
+    assert_eq!(checked(s.read_shared(v, View::Live, ino, 0, data.len() as u64).unwrap()), data);
+    // One byte of the second chunk changes in its data log segment (as a disk that gives a
+    // page back wrong would have it).
+    let damaged = files_under(dir.path()).into_iter().find_map(|path| {
+        let bytes = std::fs::read(&path).ok()?;
+        let at = bytes.windows(64).position(|w| w == &data[CHUNK_BYTES as usize..CHUNK_BYTES as usize + 64])?;
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_at(&[!bytes[at + 10]], (at + 10) as u64).unwrap();
+        Some(path)
+    });
+    assert!(damaged.is_some(), "the chunk lies in a data log segment");
+    // Handed out without being read, with the checksum it was stored with: the check fails.
+    let pieces = s.read_shared(v, View::Live, ino, 0, data.len() as u64).unwrap();
+    let failed: Vec<_> = pieces.iter().map(|p| umbra_proto::checks::verify(&p.data, &p.spans.iter().map(|&s| s.into()).collect::<Vec<_>>()).is_err()).collect();
+    assert_eq!(failed.iter().filter(|&&f| f).count(), 1, "one piece fails: {failed:?}");
+    // A read in the process checks it and refuses.
+    assert!(matches!(s.read(v, View::Live, ino, 0, data.len() as u64), Err(VolumeError::Storage(m)) if m.contains("checksum")));
+    // The chunks around it still read.
+    assert_eq!(s.read(v, View::Live, ino, 0, CHUNK_BYTES).unwrap(), data[..CHUNK_BYTES as usize]);
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]
