@@ -385,14 +385,17 @@ impl Segment {
                 // (a failed append's undo, and the open's cut before any read), so a read
                 // never reaches past the file's end (which would raise SIGBUS; `shared_value`
                 // also checks the length). No other process writes the data log.
-                // A whole chunk handed out for a Read is not read in this process: the
+                // A whole chunk handed out for a Read is not checked in this process: the
                 // kernel copies it from the mapping into the reply's socket, and the node that
                 // asked checks its CRC32C (`umbra_proto::checks`). So a page the disk fails to
                 // give back fails that send (EFAULT), and one given back wrong fails the check
-                // where the bytes are used. Not guarded against: a value checked here instead
-                // (a chunk stored in a form other than data then checksum) or read in this
-                // process through the volume service, where a page the disk fails to give back
-                // raises SIGBUS, which ends the node (through `pread` it is one failed read).
+                // where the bytes are used. Not guarded against: the bytes this process does
+                // read through the mapping, where a page the disk fails to give back raises
+                // SIGBUS, which ends the node (through `pread` it is one failed read). Those
+                // are the first 256 bytes at most of each HTTP/2 DATA frame (h2 copies them
+                // to fill its write buffer), a value checked here (a chunk stored in a form
+                // other than data then checksum), and a read in this process through the
+                // volume service.
                 match unsafe { MmapOptions::new().len(SEGMENT_BYTES as usize).map(&*self.file) } {
                     Ok(m) => Some(Arc::new(m)),
                     Err(e) => {
