@@ -241,11 +241,6 @@ fn a_writable_clone_over_grpc_is_isolated_and_refuses_writes_once_sealed() {
     assert_eq!(client.read_at(in_clone, ino, 4).unwrap(), b"CLON", "a sealed clone still reads");
 }
 
-/// The SMB gateway's way to a volume's owner, here from a test thread: calls made on the
-/// thread's own runtime (`umbra_node::dedicated`) over its own HTTP/2 connection
-/// (`umbra_node::direct_channel`). Unary and streamed calls, the owner's errors with their
-/// metadata, an answer that cuts a streamed request short, and a new connection after the
-/// node restarts, on the first call.
 /// Volume "own" on node 1 of `c`, with file "f.bin" made in it: its target, a caller thread's
 /// own channel to node 1 and a client on it, and the file's inode.
 fn own_volume_with_a_file(c: &Cluster) -> (VolumeTarget, umbra_node::direct_channel::DirectChannel, VolumeClient<umbra_node::direct_channel::DirectChannel>, u64) {
@@ -275,6 +270,11 @@ fn read_through(channel: &umbra_node::direct_channel::DirectChannel, read: ReadR
     .unwrap()
 }
 
+/// The SMB gateway's way to a volume's owner, here from a test thread: calls made on the
+/// thread's own runtime (`umbra_node::dedicated`) over its own HTTP/2 connection
+/// (`umbra_node::direct_channel`). Unary and streamed calls, the owner's errors with their
+/// metadata, an answer that cuts a streamed request short, and a new connection after the
+/// node restarts, on the first call.
 #[test]
 fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_a_restart() {
     use umbra_node::dedicated::block_on;
@@ -314,8 +314,8 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     assert_eq!(after.unwrap().into_inner().entry.unwrap().attributes.unwrap().size, 3 * PART as u64);
 }
 
-/// A node's gRPC server bounds the calls one connection may have under way (HTTP/2
-/// SETTINGS_MAX_CONCURRENT_STREAMS): a peer learns the bound when it connects.
+/// A byte of a file changed on its owner's disk: the owner sends the chunk as it is, and the
+/// node that asked refuses it with the store's checksum error; the bytes before it still read.
 #[test]
 fn data_changed_on_the_owners_disk_fails_the_read_on_the_node_that_asked() {
     use umbra_node::dedicated::block_on;
@@ -339,7 +339,7 @@ fn data_changed_on_the_owners_disk_fails_the_read_on_the_node_that_asked() {
 
     // One byte 3 MiB in changes in the node's data log (a disk giving a page back wrong).
     let at = 3 << 20;
-    let changed = files_under(&c.data_dir(1)).into_iter().any(|path| {
+    let changed = files_under(&c.data_dir(1)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")).any(|path| {
         let Ok(bytes) = std::fs::read(&path) else { return false };
         let Some(pos) = bytes.windows(64).position(|w| w == &data[at..at + 64]) else { return false };
         use std::os::unix::fs::FileExt;
@@ -357,6 +357,8 @@ fn data_changed_on_the_owners_disk_fails_the_read_on_the_node_that_asked() {
     assert!(head.len() == at - (64 << 10) && head[..] == data[..head.len()]);
 }
 
+/// A node's gRPC server bounds the calls one connection may have under way (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS): a peer learns the bound when it connects.
 #[test]
 fn a_nodes_grpc_server_bounds_the_calls_one_connection_has_under_way() {
     let c = Cluster::start(1, "");

@@ -408,20 +408,43 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
     }
 }
 
-/// Bytes of READs of files on other nodes a connection fetches at once. A READ past them waits
-/// for those before it to be fetched, in the order the client sent them: of two large READs
-/// the first is answered and goes out while the second is fetched, where fetched together both
-/// would be answered late (measured with smbclient's two 8 MiB READs at a time: cross-node gets
-/// 0.70 of local, against 0.64-0.66 fetched together; docs/benchmarks.md). Small READs still go
-/// together, each a call to the owner of its own.
+/// Bytes of READs of one share's files on other nodes a connection fetches at once. A READ
+/// past them waits for those before it to be fetched, in the order the client sent them: of
+/// two large READs the first is answered and goes out while the second is fetched, where
+/// fetched together both would be answered late (measured with smbclient's two 8 MiB READs at
+/// a time: cross-node gets 0.70 of local, against 0.64-0.66 fetched together;
+/// docs/benchmarks.md, Run 24). Small READs still go together, each a call to the owner of
+/// its own.
 pub const REMOTE_READ_BYTES_AT_ONCE: u32 = 8 << 20;
 
-/// Fetches a connection's READs of files on other nodes off its thread, in order, at most
-/// `at_once` bytes ([`REMOTE_READ_BYTES_AT_ONCE`]) at once, and hands each result to `done`.
+/// A connection's READs of files on other nodes, as they came, fetched off its thread: one line
+/// per share ([`fetch_in_order`]), so a slow or unreachable owner holds up only the READs of
+/// the shares on its volumes. Each result goes to `done`.
 async fn fetch_reads(mut queue: mpsc::Receiver<crate::server::connection::FileRead>, files: Arc<dyn Files>, done: mpsc::Sender<(u64, Result<Vec<u8>, FsError>)>, at_once: u32) {
-    let budget = Arc::new(tokio::sync::Semaphore::new(at_once as usize));
+    // A line's queue never fills: a connection has at most MAX_FILE_READS_IN_FLIGHT under way.
+    let mut lines: std::collections::HashMap<String, mpsc::Sender<crate::server::connection::FileRead>> = std::collections::HashMap::new();
     while let Some(r) = queue.recv().await {
+        let line = lines.entry(r.share.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(crate::server::connection::MAX_FILE_READS_IN_FLIGHT);
+            tokio::spawn(fetch_in_order(rx, files.clone(), done.clone(), at_once).in_current_span());
+            tx
+        });
+        if line.send(r).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Fetches one share's READs in order, at most `at_once` bytes
+/// ([`REMOTE_READ_BYTES_AT_ONCE`]) at once.
+async fn fetch_in_order(mut line: mpsc::Receiver<crate::server::connection::FileRead>, files: Arc<dyn Files>, done: mpsc::Sender<(u64, Result<Vec<u8>, FsError>)>, at_once: u32) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(at_once as usize));
+    while let Some(r) = line.recv().await {
         let Ok(turn) = budget.clone().acquire_many_owned(r.len.clamp(1, at_once)).await else { return };
+        // The connection ended: nobody waits for the READs still queued.
+        if done.is_closed() {
+            return;
+        }
         let (files, done) = (files.clone(), done.clone());
         tokio::spawn(async move {
             let result = tokio::task::spawn_blocking(move || files.read(&r.share, r.id, r.offset, r.len, crate::server::READ_ROOM, r.open)).await.unwrap_or_else(|e| Err(FsError::Other(format!("read task: {e}"))));
@@ -573,8 +596,9 @@ mod tests {
         inner: MemFiles,
         write: Box<WriteScript>,
         log: Arc<std::sync::Mutex<Vec<String>>>,
-        /// Each read takes this long, noted when it starts and when it ends.
-        read_time: Option<std::time::Duration>,
+        /// Runs in each read (given its share and offset), noted before ("read SHARE OFFSET")
+        /// and after ("... done").
+        read_hook: Option<Box<dyn Fn(&str, u64) + Send + Sync>>,
     }
 
     impl Scripted {
@@ -584,7 +608,7 @@ mod tests {
 
         /// One whose log `write` may read too.
         fn with_log(log: Arc<std::sync::Mutex<Vec<String>>>, write: impl Fn(&[u8]) -> Result<(), FsError> + Send + Sync + 'static) -> Scripted {
-            Scripted { inner: MemFiles::with_dirs(&[]), write: Box::new(write), log, read_time: None }
+            Scripted { inner: MemFiles::with_dirs(&[]), write: Box::new(write), log, read_hook: None }
         }
 
         fn log(&self) -> Vec<String> {
@@ -606,10 +630,10 @@ mod tests {
             self.inner.list(s, dir, after, limit)
         }
         fn read(&self, s: &str, id: u64, offset: u64, len: u32, room: usize, open: Option<u64>) -> Result<Vec<u8>, FsError> {
-            if let Some(t) = self.read_time {
-                self.log.lock().unwrap().push(format!("read {offset}"));
-                std::thread::sleep(t);
-                self.log.lock().unwrap().push(format!("read {offset} done"));
+            if let Some(hook) = &self.read_hook {
+                self.log.lock().unwrap().push(format!("read {s} {offset}"));
+                hook(s, offset);
+                self.log.lock().unwrap().push(format!("read {s} {offset} done"));
             }
             self.inner.read(s, id, offset, len, room, open)
         }
@@ -644,19 +668,35 @@ mod tests {
         }
     }
 
-    /// Reads of files on other nodes start in the order sent, each once those before it leave
-    /// room in the bytes fetched at once: reads as large as that room one at a time (the first
-    /// is answered while the next is fetched), small ones together.
+    /// Reads of files on other nodes start in the order sent, each once those before it on its
+    /// share leave room in the bytes fetched at once: reads as large as that room (or larger)
+    /// one at a time, small ones together, and a read of a share whose owner is slow does not
+    /// hold up another share's.
     #[tokio::test]
     async fn reads_of_files_on_other_nodes_start_in_order_large_ones_one_at_a_time() {
-        let mut files = Scripted::new(|_| Ok(()));
-        files.read_time = Some(std::time::Duration::from_millis(30));
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = log.clone();
+        // Waits (at most 5 s) until the log has `note`.
+        let wait_for = move |note: &str| {
+            let since = std::time::Instant::now();
+            while !seen.lock().unwrap().iter().any(|l| l == note) && since.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        let mut files = Scripted::with_log(log, |_| Ok(()));
+        files.read_hook = Some(Box::new(move |share, offset| match (share, offset) {
+            // Done only once the next one has started: they go together.
+            ("data", 2) => wait_for("read data 3"),
+            // A slow owner: done only once the other share's read is.
+            ("slow", 10) => wait_for("read data 11 done"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }));
         let files = Arc::new(files);
         let at_once = 1 << 20;
         let (queue, fetches) = mpsc::channel(crate::server::connection::FILE_READ_RESULTS_QUEUED);
         let (done, mut results) = mpsc::channel(crate::server::connection::FILE_READ_RESULTS_QUEUED);
         tokio::spawn(fetch_reads(fetches, files.clone(), done, at_once));
-        let read = |async_id: u64, offset: u64, len: u32| crate::server::connection::FileRead { async_id, share: "data".into(), id: 1, offset, len, open: None };
+        let read = |async_id: u64, share: &str, offset: u64, len: u32| crate::server::connection::FileRead { async_id, share: share.into(), id: 1, offset, len, open: None };
         let mut fetch = async |reads: Vec<crate::server::connection::FileRead>| {
             let n = reads.len();
             for r in reads {
@@ -664,18 +704,26 @@ mod tests {
             }
             let mut ids = Vec::new();
             for _ in 0..n {
-                ids.push(results.recv().await.unwrap().0);
+                ids.push(tokio::time::timeout(std::time::Duration::from_secs(10), results.recv()).await.expect("a result").unwrap().0);
             }
             ids
         };
-        // Two of the whole room, then one just over half of it and one that fits beside it.
-        assert_eq!(fetch(vec![read(1, 0, at_once), read(2, 1, at_once)]).await, [1, 2]);
-        assert_eq!(fetch(vec![read(3, 2, at_once / 2 + 1), read(4, 3, at_once / 2 - 1)]).await.len(), 2);
+        let sorted = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v
+        };
+        // The whole room, then more than it: one after the other.
+        assert_eq!(fetch(vec![read(1, "data", 0, at_once), read(2, "data", 1, at_once + 1)]).await, [1, 2]);
+        // Just over half of it and what fits beside: together. And a read of nothing.
+        assert_eq!(sorted(fetch(vec![read(3, "data", 2, at_once / 2 + 1), read(4, "data", 3, at_once / 2 - 1)]).await), [3, 4]);
+        assert_eq!(fetch(vec![read(5, "data", 4, 0)]).await, [5]);
+        // A slow share's read, then another share's: the other goes by.
+        assert_eq!(sorted(fetch(vec![read(6, "slow", 10, at_once), read(7, "data", 11, at_once)]).await), [6, 7]);
         let log = files.log();
-        assert_eq!(log[..4], ["read 0", "read 0 done", "read 1", "read 1 done"], "one at a time");
-        let mut started: Vec<&str> = log[4..6].iter().map(String::as_str).collect();
-        started.sort_unstable();
-        assert_eq!(started, ["read 2", "read 3"], "together: both started before either was done ({log:?})");
+        let at = |note: &str| log.iter().position(|l| l == note).unwrap_or_else(|| panic!("{note} in {log:?}"));
+        assert_eq!(log[..4], ["read data 0", "read data 0 done", "read data 1", "read data 1 done"], "one at a time");
+        assert!(at("read data 3") < at("read data 2 done"), "together: {log:?}");
+        assert!(at("read data 11 done") < at("read slow 10 done"), "the slow share held up nothing: {log:?}");
     }
 
     /// A WRITE of `data` at `offset`.

@@ -97,7 +97,11 @@ impl VolumeStore {
                 }
                 Ok(SharedPiece { data, spans: covered })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .and_then(|pieces| match spans.next() {
+                None => Ok(pieces),
+                Some(_) => Err(VolumeError::Storage("joined pieces of a read do not match their parts".into())),
+            })
     }
 
     /// A read of up to `len` bytes at `offset` under one hold of the volume, chunk by chunk
@@ -711,6 +715,10 @@ impl ReadSink for Shared {
         // The usual case: the data in the head (a slice of the data log's mapping, not read
         // here), its checksum the tail, both handed on.
         if let Ok(crc) = <[u8; CHUNK_CRC_BYTES]>::try_from(&tail[..]) {
+            // Its length is the stored pointer's: a damaged one must not send other data on.
+            if head.len() as u64 > CHUNK_BYTES {
+                return Err(chunk_corrupt(head.len() + tail.len()));
+            }
             self.push(at, head, u32::from_le_bytes(crc));
             return Ok(());
         }
