@@ -167,3 +167,34 @@ fn a_waiting_lock_is_granted_when_a_dead_gateways_lease_runs_out() {
     assert!(waited < Duration::from_secs(40), "granted {waited:?} after node 3 died");
     drop(b);
 }
+
+/// An owner that restarts gets each gateway's opens back with their locks at the gateway's next
+/// renewal, and a lock asked before every gateway has renewed waits out the owner's grace
+/// period rather than being granted in the gap. Node 1's gateway (A's, holding a lock) is
+/// paused while the owner (node 2) restarts, so node 3's renewal comes first; B asks through
+/// node 3 for A's range right after it, and is refused once node 1 goes on and renews.
+#[test]
+fn a_lock_asked_right_after_the_owner_restarts_still_meets_the_locks_held_before() {
+    // A grace period long enough for the steps below on a busy machine.
+    let mut c = data_cluster_with("[volumes]\nowner_grace_ms = 15000\n"); // the volume lives on node 2
+    let (mut a, mut b) = two_clients(&c); // through nodes 1 and 3
+    assert_eq!(lock(&mut a, "f", &[(0, 10, EXCLUSIVE | FI)]), "OK");
+    c.pause(1, true);
+    c.kill9(2);
+    let started = Instant::now();
+    c.start_node(2);
+    c.wait_up(2);
+    wait_for(Duration::from_secs(20), "node 3's gateway to renew with the new owner", || c.log(2).contains("reinstated a gateway's opens").then_some(()));
+    assert!(!c.log(2).lines().any(|l| l.contains("reinstated a gateway's opens") && l.contains("node=1")), "node 1's gateway is paused");
+    let asked = started.elapsed();
+    b.send(&format!("lock f 0 10 {:#x}", EXCLUSIVE | FI));
+    // Node 1 goes on a second later (B's lock has long reached the owner), or earlier if the
+    // owner's grace period would otherwise end before node 1's renewal.
+    let resume = (started + Duration::from_secs(12)).min(Instant::now() + Duration::from_secs(1));
+    std::thread::sleep(resume.saturating_duration_since(Instant::now()));
+    c.pause(1, false);
+    assert!(b.line().starts_with(LOCK_NOT_GRANTED), "A's lock was back before B's was checked (B asked {asked:?} after the owner started)");
+    assert!(b.cmd("read f 0 10").starts_with(FILE_LOCK_CONFLICT), "and it guards A's range");
+    assert_eq!(lock(&mut a, "f", &[(0, 10, UNLOCK)]), "OK");
+    assert_eq!(lock(&mut b, "f", &[(0, 10, EXCLUSIVE | FI)]), "OK");
+}

@@ -60,6 +60,11 @@ impl Default for SmbTuning {
 /// pace, and a release whose news was lost would go unseen for up to this long.
 pub const LOCK_RETRY_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
+/// Bounds of [`VolumeTuning::owner_grace_ms`]: shorter than a gateway's renewal interval and a
+/// second more, a renewal could come after it; longer than the longest lease, nothing is left
+/// to wait for.
+pub const OWNER_GRACE_MS: std::ops::RangeInclusive<u64> = crate::opens::RENEW_INTERVAL_MS + 1_000..=crate::volume_service::MAX_LEASE_MS;
+
 /// Volume upkeep settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,11 +73,15 @@ pub struct VolumeTuning {
     pub reclaim_step_entries: usize,
     /// Reclaim steps run for this long per volume every 200 ms (at least one step).
     pub reclaim_slice_ms: u64,
+    /// After this node starts, new opens and byte-range locks on the volumes it already owned
+    /// wait this long from its start, for every live gateway's renewal to bring back the opens
+    /// and locks it holds (`volume_service::OWNER_GRACE_MS`).
+    pub owner_grace_ms: u64,
 }
 
 impl Default for VolumeTuning {
     fn default() -> Self {
-        VolumeTuning { reclaim_step_entries: crate::volume::reclaim::RECLAIM_STEP_ENTRIES, reclaim_slice_ms: crate::volumes_task::RECLAIM_SLICE.as_millis() as u64 }
+        VolumeTuning { reclaim_step_entries: crate::volume::reclaim::RECLAIM_STEP_ENTRIES, reclaim_slice_ms: crate::volumes_task::RECLAIM_SLICE.as_millis() as u64, owner_grace_ms: crate::volume_service::OWNER_GRACE_MS }
     }
 }
 
@@ -187,6 +196,9 @@ impl NodeConfig {
         if self.volumes.reclaim_slice_ms > crate::volumes_task::UPKEEP_PERIOD.as_millis() as u64 {
             return bad(format!("volumes.reclaim_slice_ms must be at most {} (the upkeep period)", crate::volumes_task::UPKEEP_PERIOD.as_millis()));
         }
+        if !OWNER_GRACE_MS.contains(&self.volumes.owner_grace_ms) {
+            return bad(format!("volumes.owner_grace_ms must be between {} and {}", OWNER_GRACE_MS.start(), OWNER_GRACE_MS.end()));
+        }
         if !LOCK_RETRY_MS.contains(&self.smb.lock_retry_ms) {
             return bad(format!("smb.lock_retry_ms must be between {} and {}", LOCK_RETRY_MS.start(), LOCK_RETRY_MS.end()));
         }
@@ -255,6 +267,8 @@ mod tests {
             (GOOD.replace("127.0.0.1:7101", "127.0.0.1:0"), "port 0"),
             (GOOD.replace("127.0.0.1:7101", "0.0.0.0:7101"), "other nodes dial"),
             (format!("{GOOD}[smb]\nlock_retry_ms = 0\n"), "smb.lock_retry_ms must be between 10 and 60000"),
+            (format!("{GOOD}[volumes]\nowner_grace_ms = 1000\n"), "volumes.owner_grace_ms must be between 6000 and 60000"),
+            (format!("{GOOD}[volumes]\nowner_grace_ms = 600000\n"), "volumes.owner_grace_ms"),
             (format!("{GOOD}[smb]\nlock_retry_ms = 3600000\n"), "smb.lock_retry_ms"),
             (format!("{GOOD}[smb]\nsigning = false\n"), "unknown field"),
         ];

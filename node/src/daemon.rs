@@ -79,7 +79,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let notifier = umbra_smb_gateway::driver::notifier();
     // Failed SMB logons, counted with those the other nodes pass on (notify_relay).
     let throttle = Arc::new(std::sync::Mutex::new(umbra_smb_gateway::server::throttle::Throttle::default()));
-    let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()).with_notifier(notifier.clone()).with_throttle(throttle.clone()));
+    let volume_service = Arc::new(VolumeService::new(config.id, volumes.clone(), raft.clone(), reader.clone()).with_grace_ms(config.volumes.owner_grace_ms).with_notifier(notifier.clone()).with_throttle(throttle.clone()));
 
     let listener = TcpListener::bind(&config.grpc_addr).await.with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

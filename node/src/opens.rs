@@ -13,9 +13,9 @@
 //! Owner restarts: the table is in memory and starts empty. A gateway's renewal (every
 //! [`RENEW_INTERVAL_MS`]) lists every open it holds on the volume; an owner that does not know
 //! the gateway's lease reinstates them as they are, without a share check (they were granted
-//! before). Until that renewal has had time to arrive, new opens of the volumes the owner held
-//! at its start wait (the volume service's `OWNER_GRACE_MS`), so they are checked against the
-//! reinstated opens. A gateway cut off from the owner for longer than its lease has its opens
+//! before). Until that renewal has had time to arrive, new opens and locks on the volumes the
+//! owner held at its start wait (the volume service's `OWNER_GRACE_MS`), so they are checked
+//! against the reinstated opens and their locks. A gateway cut off from the owner for longer than its lease has its opens
 //! dropped, and reinstated when its renewals get through again: a conflicting open granted in
 //! between is kept too. A renewal from a known lease also drops the gateway's opens it no
 //! longer lists (a lost release), for ids below `up_to`

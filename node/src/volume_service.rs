@@ -98,6 +98,8 @@ pub struct VolumeService {
     /// Volumes this node held when it started: gateways may hold opens on them from before a
     /// restart, which their next renewal reinstates (see [`OWNER_GRACE_MS`]).
     held_at_start: std::collections::HashSet<Uuid>,
+    /// [`OWNER_GRACE_MS`], or as configured (`volumes.owner_grace_ms`).
+    grace_ms: u64,
     calls: StoreCalls,
     /// This node's SMB change notifier (relayed changes from other nodes go to it).
     notifier: Option<umbra_smb_gateway::driver::Notifier>,
@@ -108,10 +110,12 @@ pub struct VolumeService {
 /// The longest lease a gateway may ask for.
 pub const MAX_LEASE_MS: u64 = 60_000;
 
-/// After an owner starts, new opens of the volumes it already held wait this long from its
-/// start: every live gateway renews within [`RENEW_INTERVAL_MS`](crate::opens::RENEW_INTERVAL_MS),
-/// reinstating the opens it holds, so a new open is checked against them rather than granted
-/// in the gap (as NFS servers hold a grace period after a restart).
+/// After an owner starts, new opens and byte-range locks on the volumes it already held wait
+/// this long from its start: every live gateway renews within
+/// [`RENEW_INTERVAL_MS`](crate::opens::RENEW_INTERVAL_MS), reinstating the opens it holds with
+/// their locks, so a new open or lock is checked against them rather than granted in the gap
+/// (as NFS servers hold a grace period after a restart). READs and WRITEs do not wait: in the
+/// gap they are checked against the locks reinstated so far.
 pub const OWNER_GRACE_MS: u64 = crate::opens::RENEW_INTERVAL_MS + 2_000;
 
 /// Share-mode errors to gRPC: `sharing_violation` (STATUS_SHARING_VIOLATION), `too_many_opens`
@@ -333,7 +337,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
         let held_at_start = store.volumes().into_iter().collect();
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, calls: StoreCalls::Blocking, notifier: None, throttle: None }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, grace_ms: OWNER_GRACE_MS, calls: StoreCalls::Blocking, notifier: None, throttle: None }
     }
 
     /// The same service running store calls as `calls` says.
@@ -378,6 +382,12 @@ impl VolumeService {
     }
 
     /// Publishes changes relayed from other nodes to this node's watches.
+    /// The grace period after this node's start ([`OWNER_GRACE_MS`] by default).
+    pub fn with_grace_ms(mut self, grace_ms: u64) -> Self {
+        self.grace_ms = grace_ms;
+        self
+    }
+
     pub fn with_notifier(mut self, notifier: umbra_smb_gateway::driver::Notifier) -> Self {
         self.notifier = Some(notifier);
         self
@@ -906,12 +916,7 @@ impl VolumeService {
     /// Registers an open of a file on a volume this node owns (OpenRegister, or a create that
     /// carries its open): after the owner's grace period, checked against every other open.
     async fn register_here(&self, gw: Gateway, lease_ms: u64, record: OpenRecord) -> Result<Done, Status> {
-        let volume = record.file.volume;
-        let grace = OWNER_GRACE_MS.saturating_sub(self.now_ms());
-        if grace > 0 && self.held_at_start.contains(&volume) {
-            tracing::debug!(%volume, wait_ms = grace, "an open waits out the owner's grace period after its start");
-            tokio::time::sleep(std::time::Duration::from_millis(grace)).await;
-        }
+        self.wait_out_grace(record.file.volume, "an open").await;
         let ino = record.file.ino;
         let now = self.now_ms();
         let result = self.opens().register(now, gw, lease_ms.min(MAX_LEASE_MS), record);
@@ -919,6 +924,17 @@ impl VolumeService {
             tracing::debug!(node = gw.node, ino, error = %e, "open refused");
         }
         result.map(|_| Done {}).map_err(open_status)
+    }
+
+    /// Waits out what is left of the owner's grace period after its start ([`OWNER_GRACE_MS`])
+    /// before `what` (an open, a lock) on `volume`, if this node held the volume when it
+    /// started: by then every live gateway has renewed and the opens and locks it held are back.
+    async fn wait_out_grace(&self, volume: Uuid, what: &str) {
+        let grace = self.grace_ms.saturating_sub(self.now_ms());
+        if grace > 0 && self.held_at_start.contains(&volume) {
+            tracing::debug!(%volume, wait_ms = grace, "{what} waits out the owner's grace period after its start");
+            tokio::time::sleep(std::time::Duration::from_millis(grace)).await;
+        }
     }
 
     pub async fn open_release(&self, mut r: OpenReleaseRequest) -> Result<Done, Status> {
@@ -962,6 +978,11 @@ impl VolumeService {
             return peer.open_lock(r).await.map(Response::into_inner);
         }
         let gw = gateway_of(r.gateway.as_ref())?;
+        // A lock asked just after this owner started is checked against the locks the other
+        // gateways' renewals bring back, not granted in the gap (an unlock need not wait).
+        if !r.unlock {
+            self.wait_out_grace(volume, "a lock").await;
+        }
         let mut table = self.opens();
         table.lock_call(gw, volume, r.id, r.call);
         let result = match r.unlock {

@@ -165,6 +165,14 @@ impl Cluster {
         child.wait().expect("reap");
     }
 
+    /// SIGSTOP (`true`) or SIGCONT: node `id` stops running without losing anything, as a
+    /// process the machine does not schedule for a while, then goes on.
+    pub fn pause(&self, id: u64, paused: bool) {
+        let child = self.nodes[(id - 1) as usize].child.as_ref().expect("node is running");
+        let signal = if paused { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("SIGSTOP or SIGCONT");
+    }
+
     /// SIGTERM, and the node must exit cleanly.
     pub fn stop(&mut self, id: u64) {
         let mut child = self.nodes[(id - 1) as usize].child.take().expect("node is running");
