@@ -126,7 +126,7 @@ pub async fn run(env: NodeEnv) -> turmoil::Result {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     // One reclaim step per volume per round: a time slice would make the steps a round takes
     // depend on the host's speed, and a seed would no longer replay the same.
-    tokio::spawn(umbra_node::volumes_task::run(id, volumes.clone(), reader.clone(), umbra_node::config::VolumeTuning { reclaim_step_entries: 256, reclaim_slice_ms: 0 }, StoreCalls::Inline, stopped.clone()));
+    tokio::spawn(umbra_node::volumes_task::run(id, volumes.clone(), reader.clone(), umbra_node::config::VolumeTuning { reclaim_step_entries: 256, reclaim_slice_ms: 0, ..Default::default() }, StoreCalls::Inline, stopped.clone()));
     let service = Arc::new(VolumeService::new(id, volumes.clone(), raft.clone(), reader.clone()).with_calls(StoreCalls::Inline));
     let mut settings = Settings::new("UMBRA");
     settings.fence_ttl = FENCE_TTL;
