@@ -176,7 +176,8 @@ fn a_waiting_lock_is_granted_when_a_dead_gateways_lease_runs_out() {
 #[test]
 fn a_lock_asked_right_after_the_owner_restarts_still_meets_the_locks_held_before() {
     // A grace period long enough for the steps below on a busy machine.
-    let mut c = data_cluster_with("[volumes]\nowner_grace_ms = 15000\n"); // the volume lives on node 2
+    const GRACE: Duration = Duration::from_secs(30);
+    let mut c = data_cluster_with(&format!("[volumes]\nowner_grace_ms = {}\n", GRACE.as_millis())); // the volume lives on node 2
     let (mut a, mut b) = two_clients(&c); // through nodes 1 and 3
     assert_eq!(lock(&mut a, "f", &[(0, 10, EXCLUSIVE | FI)]), "OK");
     c.pause(1, true);
@@ -189,11 +190,14 @@ fn a_lock_asked_right_after_the_owner_restarts_still_meets_the_locks_held_before
     let asked = started.elapsed();
     b.send(&format!("lock f 0 10 {:#x}", EXCLUSIVE | FI));
     // Node 1 goes on a second later (B's lock has long reached the owner), or earlier if the
-    // owner's grace period would otherwise end before node 1's renewal.
-    let resume = (started + Duration::from_secs(12)).min(Instant::now() + Duration::from_secs(1));
+    // owner's grace period would otherwise end before node 1's renewal (one renewal interval,
+    // as its first may fail on its connection to the old owner, and a margin).
+    let resume = (started + GRACE - Duration::from_secs(8)).min(Instant::now() + Duration::from_secs(1));
     std::thread::sleep(resume.saturating_duration_since(Instant::now()));
     c.pause(1, false);
     assert!(b.line().starts_with(LOCK_NOT_GRANTED), "A's lock was back before B's was checked (B asked {asked:?} after the owner started)");
+    assert!(started.elapsed() >= GRACE, "B's lock waited out the grace period ({:?})", started.elapsed());
+    assert!(c.log(2).lines().any(|l| l.contains("reinstated a gateway's opens") && l.contains("node=1")), "node 1's renewal brought A's lock back");
     assert!(b.cmd("read f 0 10").starts_with(FILE_LOCK_CONFLICT), "and it guards A's range");
     assert_eq!(lock(&mut a, "f", &[(0, 10, UNLOCK)]), "OK");
     assert_eq!(lock(&mut b, "f", &[(0, 10, EXCLUSIVE | FI)]), "OK");

@@ -61,9 +61,9 @@ impl Default for SmbTuning {
 pub const LOCK_RETRY_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
 /// Bounds of [`VolumeTuning::owner_grace_ms`]: shorter than a gateway's renewal interval and a
-/// second more, a renewal could come after it; longer than the longest lease, nothing is left
-/// to wait for.
-pub const OWNER_GRACE_MS: std::ops::RangeInclusive<u64> = crate::opens::RENEW_INTERVAL_MS + 1_000..=crate::volume_service::MAX_LEASE_MS;
+/// second more, a renewal could come after it; longer than half a minute, a lock a client waits
+/// for, retried meanwhile, holds its connection's other requests near a client's own timeout.
+pub const OWNER_GRACE_BOUNDS_MS: std::ops::RangeInclusive<u64> = crate::opens::RENEW_INTERVAL_MS + 1_000..=30_000;
 
 /// Volume upkeep settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,8 +196,8 @@ impl NodeConfig {
         if self.volumes.reclaim_slice_ms > crate::volumes_task::UPKEEP_PERIOD.as_millis() as u64 {
             return bad(format!("volumes.reclaim_slice_ms must be at most {} (the upkeep period)", crate::volumes_task::UPKEEP_PERIOD.as_millis()));
         }
-        if !OWNER_GRACE_MS.contains(&self.volumes.owner_grace_ms) {
-            return bad(format!("volumes.owner_grace_ms must be between {} and {}", OWNER_GRACE_MS.start(), OWNER_GRACE_MS.end()));
+        if !OWNER_GRACE_BOUNDS_MS.contains(&self.volumes.owner_grace_ms) {
+            return bad(format!("volumes.owner_grace_ms must be between {} and {}", OWNER_GRACE_BOUNDS_MS.start(), OWNER_GRACE_BOUNDS_MS.end()));
         }
         if !LOCK_RETRY_MS.contains(&self.smb.lock_retry_ms) {
             return bad(format!("smb.lock_retry_ms must be between {} and {}", LOCK_RETRY_MS.start(), LOCK_RETRY_MS.end()));
@@ -267,7 +267,7 @@ mod tests {
             (GOOD.replace("127.0.0.1:7101", "127.0.0.1:0"), "port 0"),
             (GOOD.replace("127.0.0.1:7101", "0.0.0.0:7101"), "other nodes dial"),
             (format!("{GOOD}[smb]\nlock_retry_ms = 0\n"), "smb.lock_retry_ms must be between 10 and 60000"),
-            (format!("{GOOD}[volumes]\nowner_grace_ms = 1000\n"), "volumes.owner_grace_ms must be between 6000 and 60000"),
+            (format!("{GOOD}[volumes]\nowner_grace_ms = 1000\n"), "volumes.owner_grace_ms must be between 6000 and 30000"),
             (format!("{GOOD}[volumes]\nowner_grace_ms = 600000\n"), "volumes.owner_grace_ms"),
             (format!("{GOOD}[smb]\nlock_retry_ms = 3600000\n"), "smb.lock_retry_ms"),
             (format!("{GOOD}[smb]\nsigning = false\n"), "unknown field"),

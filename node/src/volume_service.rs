@@ -381,13 +381,13 @@ impl VolumeService {
         self.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != self.node).collect()
     }
 
-    /// Publishes changes relayed from other nodes to this node's watches.
     /// The grace period after this node's start ([`OWNER_GRACE_MS`] by default).
     pub fn with_grace_ms(mut self, grace_ms: u64) -> Self {
         self.grace_ms = grace_ms;
         self
     }
 
+    /// Publishes changes relayed from other nodes to this node's watches.
     pub fn with_notifier(mut self, notifier: umbra_smb_gateway::driver::Notifier) -> Self {
         self.notifier = Some(notifier);
         self
