@@ -256,8 +256,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
     let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
     // READs of files on other nodes, carried out off the connection's thread, come back here.
     let (read_tx, mut read_rx) = mpsc::channel::<(u64, Result<Vec<u8>, FsError>)>(crate::server::connection::FILE_READ_RESULTS_QUEUED);
-    let (fetch_tx, fetch_rx) = mpsc::channel(crate::server::connection::FILE_READ_RESULTS_QUEUED);
-    tokio::spawn(fetch_reads(fetch_rx, shared.files.clone(), read_tx, REMOTE_READ_BYTES_AT_ONCE).in_current_span());
+    let mut remote_reads = RemoteReads::new(shared.files.clone(), read_tx, REMOTE_READ_BYTES_AT_ONCE);
     let logon_by = tokio::time::Instant::now() + LOGON_WITHIN;
     // Once a session was established, the deadline is over (a later LOGOFF and logon again
     // are the client's business).
@@ -329,7 +328,7 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
                 _ => {}
             }
             for r in c.take_file_reads() {
-                fetch_tx.send(r).await.map_err(|_| std::io::Error::other("the connection's reads from other nodes ended"))?;
+                remote_reads.fetch(r).await?;
             }
             for f in c.take_sends() {
                 tx.send(f).await?;
@@ -417,21 +416,30 @@ async fn read_frames(mut reader: OwnedReadHalf, max: usize, lock_retry: std::tim
 /// its own.
 pub const REMOTE_READ_BYTES_AT_ONCE: u32 = 8 << 20;
 
-/// A connection's READs of files on other nodes, as they came, fetched off its thread: one line
+/// Where a connection's READs of files on other nodes go to be fetched off its thread: one line
 /// per share ([`fetch_in_order`]), so a slow or unreachable owner holds up only the READs of
-/// the shares on its volumes. Each result goes to `done`.
-async fn fetch_reads(mut queue: mpsc::Receiver<crate::server::connection::FileRead>, files: Arc<dyn Files>, done: mpsc::Sender<(u64, Result<Vec<u8>, FsError>)>, at_once: u32) {
-    // A line's queue never fills: a connection has at most MAX_FILE_READS_IN_FLIGHT under way.
-    let mut lines: std::collections::HashMap<String, mpsc::Sender<crate::server::connection::FileRead>> = std::collections::HashMap::new();
-    while let Some(r) = queue.recv().await {
-        let line = lines.entry(r.share.clone()).or_insert_with(|| {
+/// the shares on its volumes. Each result goes to `done`; the lines end with this.
+struct RemoteReads {
+    files: Arc<dyn Files>,
+    done: mpsc::Sender<(u64, Result<Vec<u8>, FsError>)>,
+    at_once: u32,
+    lines: std::collections::HashMap<String, mpsc::Sender<crate::server::connection::FileRead>>,
+}
+
+impl RemoteReads {
+    fn new(files: Arc<dyn Files>, done: mpsc::Sender<(u64, Result<Vec<u8>, FsError>)>, at_once: u32) -> Self {
+        RemoteReads { files, done, at_once, lines: std::collections::HashMap::new() }
+    }
+
+    /// Hands `r` to its share's line (a line's queue never fills: a connection has at most
+    /// MAX_FILE_READS_IN_FLIGHT under way).
+    async fn fetch(&mut self, r: crate::server::connection::FileRead) -> std::io::Result<()> {
+        let line = self.lines.entry(r.share.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(crate::server::connection::MAX_FILE_READS_IN_FLIGHT);
-            tokio::spawn(fetch_in_order(rx, files.clone(), done.clone(), at_once).in_current_span());
+            tokio::spawn(fetch_in_order(rx, self.files.clone(), self.done.clone(), self.at_once).in_current_span());
             tx
         });
-        if line.send(r).await.is_err() {
-            return;
-        }
+        line.send(r).await.map_err(|_| std::io::Error::other("a line of reads from other nodes ended"))
     }
 }
 
@@ -693,14 +701,13 @@ mod tests {
         }));
         let files = Arc::new(files);
         let at_once = 1 << 20;
-        let (queue, fetches) = mpsc::channel(crate::server::connection::FILE_READ_RESULTS_QUEUED);
         let (done, mut results) = mpsc::channel(crate::server::connection::FILE_READ_RESULTS_QUEUED);
-        tokio::spawn(fetch_reads(fetches, files.clone(), done, at_once));
+        let mut remote = RemoteReads::new(files.clone(), done, at_once);
         let read = |async_id: u64, share: &str, offset: u64, len: u32| crate::server::connection::FileRead { async_id, share: share.into(), id: 1, offset, len, open: None };
         let mut fetch = async |reads: Vec<crate::server::connection::FileRead>| {
             let n = reads.len();
             for r in reads {
-                queue.send(r).await.unwrap();
+                remote.fetch(r).await.unwrap();
             }
             let mut ids = Vec::new();
             for _ in 0..n {

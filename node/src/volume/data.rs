@@ -83,25 +83,22 @@ impl VolumeStore {
         self.read_chunks(vol, view, ino, offset, len, &mut sink)?;
         let Shared { pieces, spans, .. } = sink;
         let mut spans = spans.into_iter();
+        let mismatch = || VolumeError::Storage("joined pieces of a read do not match their parts".into());
         // Joining keeps the order: each joined piece is a run of the pieces before.
-        self.kv
-            .join_shared(pieces)
-            .into_iter()
-            .map(|data| {
-                let mut covered = Vec::new();
-                let mut left = data.len();
-                while left > 0 {
-                    let span = spans.next().filter(|s| s.len as usize <= left).ok_or_else(|| VolumeError::Storage("joined pieces of a read do not match their parts".into()))?;
-                    left -= span.len as usize;
-                    covered.push(span);
-                }
-                Ok(SharedPiece { data, spans: covered })
-            })
-            .collect::<Result<Vec<_>>>()
-            .and_then(|pieces| match spans.next() {
-                None => Ok(pieces),
-                Some(_) => Err(VolumeError::Storage("joined pieces of a read do not match their parts".into())),
-            })
+        let mut out = Vec::new();
+        for data in self.kv.join_shared(pieces) {
+            let (mut covered, mut left) = (Vec::new(), data.len());
+            while left > 0 {
+                let span = spans.next().filter(|s| s.len as usize <= left).ok_or_else(mismatch)?;
+                left -= span.len as usize;
+                covered.push(span);
+            }
+            out.push(SharedPiece { data, spans: covered });
+        }
+        match spans.next() {
+            None => Ok(out),
+            Some(_) => Err(mismatch()),
+        }
     }
 
     /// A read of up to `len` bytes at `offset` under one hold of the volume, chunk by chunk
