@@ -272,7 +272,8 @@ fn read_through(channel: &umbra_node::direct_channel::DirectChannel, read: ReadR
 
 /// The SMB gateway's way to a volume's owner, here from a test thread: calls made on the
 /// thread's own runtime (`umbra_node::dedicated`) over its own HTTP/2 connection
-/// (`umbra_node::direct_channel`). Unary and streamed calls, the owner's errors with their
+/// (`umbra_node::direct_channel`), or for quick calls one of its short-call connections
+/// (`umbra_node::short_calls`). Unary and streamed calls, the owner's errors with their
 /// metadata, an answer that cuts a streamed request short, and a new connection after the
 /// node restarts, on the first call.
 #[test]
@@ -293,7 +294,13 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     let expected: Vec<u8> = (0..3).flat_map(|i| pattern(i, PART)).collect();
     assert!(back == expected, "read back {} bytes, not what was written", back.len());
 
-    // The owner's error, whole.
+    // A small write goes as a short call (umbra_node::short_calls), as do stats.
+    let small = WriteChunk { target: Some(target.clone()), ino, offset: 5, data: vec![7u8; 1000].into(), now: 3, open: None, keep_times: 0 };
+    assert_eq!(block_on(volume_wire::write_small(channel.clone(), small)).unwrap().unwrap().written, 1000);
+    let back = read_through(&channel, ReadRequest { target: Some(target.clone()), ino, offset: 0, length: 1010, open: None }).unwrap();
+    assert!(back[..5] == expected[..5] && back[5..1005].iter().all(|&b| b == 7) && back[1005..] == expected[1005..1010]);
+
+    // The owner's error, whole (a stat: a short call).
     let e = block_on(client.clone().stat(StatRequest { target: Some(target.clone()), ino: ino + 1000, security: false })).unwrap().unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert_eq!(e.metadata().get("umbra-error").unwrap(), "not_found", "{e:?}");

@@ -99,7 +99,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
                 .add_service(crate::volume_wire::VolumeWire::new(volume_service.clone()))
         }
     };
-    let server = crate::grpc_server::serve(listener, router, stop_rx);
+    let server = crate::grpc_server::serve(listener, router, Some(crate::volume_wire::VolumeWire::new(volume_service.clone())), stop_rx);
     let server = tokio::spawn(server);
     let smb_listener = TcpListener::bind(&config.smb_addr).await.with_context(|| format!("cannot listen on {} for SMB", config.smb_addr))?;
     let settings = crate::fsrvp::Settings::new(crate::smb::NETBIOS_NAME);

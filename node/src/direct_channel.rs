@@ -45,6 +45,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct DirectChannel {
     addr: Arc<str>,
     connection: Arc<Mutex<Option<Connection>>>,
+    /// Idle connections for short calls ([`crate::short_calls`]).
+    short: crate::short_calls::Pool,
 }
 
 /// One HTTP/2 connection: where requests go, and the handle that pings the peer.
@@ -62,7 +64,7 @@ fn unavailable(what: impl std::fmt::Display) -> BoxError {
 impl DirectChannel {
     /// A channel to `addr` (`host:port`); it connects on its first call.
     pub fn new(addr: &str) -> Self {
-        DirectChannel { addr: addr.into(), connection: Arc::new(Mutex::new(None)) }
+        DirectChannel { addr: addr.into(), connection: Arc::new(Mutex::new(None)), short: crate::short_calls::Pool::default() }
     }
 
     /// A connection ready for one more request: the current one, or a new one if there is none
@@ -86,12 +88,18 @@ impl DirectChannel {
         Ok((sender, c.pings))
     }
 
-    async fn connect(&self) -> Result<Connection, BoxError> {
-        let mut io = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&*self.addr)).await.map_err(|_| "the connection timed out")??;
+    /// A new connection to the peer, past the cluster-key handshake.
+    async fn dial(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let mut io = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&*self.addr)).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the connection timed out"))??;
         io.set_nodelay(true)?;
         if let Some(key) = umbra_raft::peer_auth::key() {
             umbra_raft::peer_auth::client_side(&mut io, key, &self.addr).await?;
         }
+        Ok(io)
+    }
+
+    async fn connect(&self) -> Result<Connection, BoxError> {
+        let io = self.dial().await?;
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -112,6 +120,9 @@ impl DirectChannel {
     /// or reads its body fails it (as tonic's channel does with its keepalive), and the next
     /// call connects again.
     async fn send(self, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        if crate::short_calls::takes(&request) {
+            return self.short_call(request).await;
+        }
         let (sender, pings) = self.ready().await?;
         let mut watchdog: Watchdog = Box::pin(keepalive(pings));
         let response = tokio::select! {
@@ -120,6 +131,24 @@ impl DirectChannel {
         };
         let (parts, stream) = response.into_parts();
         Ok(http::Response::from_parts(parts, tonic::body::Body::new(Received { stream, data_done: false, watchdog: Some(watchdog), channel: self })))
+    }
+
+    /// Makes a call as a short call ([`crate::short_calls`]): on a connection of its own, one
+    /// frame each way. A connection whose call failed is dropped; the next call makes another.
+    async fn short_call(&self, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        use crate::short_calls::{self as short, CallError};
+        let (parts, body) = request.into_parts();
+        let body = short::collect(body).await?;
+        let mut io = short::connection(&self.short, || self.dial()).await.map_err(|e| unavailable(format!("cannot reach {}: {e}", self.addr)))?;
+        match short::call(&mut io, parts.uri.path(), &parts.headers, &body).await {
+            Ok(reply) => {
+                short::give_back(&self.short, io);
+                Ok(short::into_response(reply))
+            }
+            Err(CallError::Request(e)) => Err(Box::new(tonic::Status::resource_exhausted(e.to_string()))),
+            Err(e @ CallError::Silent) => Err(unavailable(format!("{} stopped answering: {e}", self.addr))),
+            Err(e) => Err(unavailable(format!("{}: {e}", self.addr))),
+        }
     }
 
     /// Forgets the connection whose peer stopped answering pings (`why`): the call's error.
@@ -306,33 +335,43 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for PeerChannel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A peer that answers a call's headers and then goes silent (it stops reading, so it
     /// answers no ping): the call's body ends with UNAVAILABLE, and the next call connects anew.
-    #[test]
-    fn a_peer_gone_silent_mid_answer_fails_the_call() {
+    /// A server on a loopback port, run by `serve` on a thread (and a runtime) of its own; its
+    /// address.
+    pub(crate) fn serve_on_a_thread<F, Fut>(serve: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let mut held = Vec::new();
-                loop {
-                    let (socket, _) = listener.accept().await.unwrap();
-                    let mut conn = h2::server::handshake(socket).await.unwrap();
-                    let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
-                    let mut headers = http::Response::new(());
-                    headers.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
-                    let stream = respond.send_response(headers, false).unwrap();
-                    // Long enough to send the headers; then nothing more is read or written.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), conn.accept()).await;
-                    held.push((conn, stream));
-                }
-            });
+            rt.block_on(async move { serve(tokio::net::TcpListener::from_std(listener).unwrap()).await });
+        });
+        addr
+    }
+
+    #[test]
+    fn a_peer_gone_silent_mid_answer_fails_the_call() {
+        let addr = serve_on_a_thread(|listener| async move {
+            let mut held = Vec::new();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let mut conn = h2::server::handshake(socket).await.unwrap();
+                let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
+                let mut headers = http::Response::new(());
+                headers.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+                let stream = respond.send_response(headers, false).unwrap();
+                // Long enough to send the headers; then nothing more is read or written.
+                let _ = tokio::time::timeout(Duration::from_millis(50), conn.accept()).await;
+                held.push((conn, stream));
+            }
         });
         let channel = DirectChannel::new(&addr);
         let read = umbra_proto::v1::ReadRequest { target: None, ino: 1, offset: 0, length: 10, open: None };

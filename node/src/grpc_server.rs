@@ -2,7 +2,9 @@
 //!
 //! The accept loop runs on the node's runtime and hands each connection to a thread of its own
 //! ([`crate::dedicated`]), which serves it with tonic's server (every layer tonic puts in front
-//! of the services: gRPC timeouts, error recovery) on a current-thread runtime. The volume
+//! of the services: gRPC timeouts, error recovery) on a current-thread runtime, or, when the
+//! connection opens with [`short_calls::MAGIC`] (a gateway thread's quick volume calls), with
+//! [`short_calls::serve`] on the same kind of thread. The volume
 //! service runs store calls inline there, so a small call wakes one thread on this node: the
 //! one that reads the request, answers it and writes the reply. A call that waits on the disk
 //! holds up only the streams of its own connection: Raft's calls and each gateway thread's come
@@ -22,6 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::transport::server::{Connected, Router, TcpConnectInfo};
+
+use crate::short_calls;
+use crate::volume_wire::VolumeWire;
 
 /// Connections served at once; one more is closed as soon as it is accepted. Each is a thread
 /// (its stack mostly untouched); idle ones end within half a minute (HTTP/2 keepalive: a peer that
@@ -84,8 +89,9 @@ impl Connected for Watched {
 }
 
 /// Serves `listener` until `stop` turns true, each connection on its own thread with the
-/// services `router` makes; returns once every connection's thread has ended.
-pub async fn serve<R>(listener: TcpListener, router: R, mut stop: watch::Receiver<bool>)
+/// services `router` makes, or, on a connection that opens with [`short_calls::MAGIC`], short
+/// calls to `short` ([`crate::short_calls`]); returns once every connection's thread has ended.
+pub async fn serve<R>(listener: TcpListener, router: R, short: Option<VolumeWire>, mut stop: watch::Receiver<bool>)
 where
     R: Fn() -> Router + Send + Sync + 'static,
 {
@@ -113,7 +119,7 @@ where
         }
         // Only holders of the cluster key get a thread and the services (umbra_raft::peer_auth);
         // the handshake runs here, bounded in time, its connection counted meanwhile.
-        let (router, stop, alive) = (router.clone(), stop.clone(), alive.clone());
+        let (router, short, stop, alive) = (router.clone(), short.clone(), stop.clone(), alive.clone());
         tokio::spawn(async move {
             let mut socket = socket;
             if let Some(key) = umbra_raft::peer_auth::key() {
@@ -122,7 +128,7 @@ where
                     return tracing::warn!(%peer, error = %e, "refused a gRPC connection: no cluster key");
                 }
             }
-            if let Err(e) = start_connection(socket, router, stop, alive) {
+            if let Err(e) = start_connection(socket, router, short, stop, alive) {
                 tracing::warn!(%peer, error = %e, "cannot start a thread for a gRPC connection");
             }
         });
@@ -132,7 +138,28 @@ where
     let _ = all_ended.recv().await;
 }
 
-fn start_connection<R>(socket: TcpStream, router: Arc<R>, stop: watch::Receiver<bool>, alive: tokio::sync::mpsc::Sender<()>) -> io::Result<()>
+/// Whether the connection opens with [`short_calls::MAGIC`] (then read), rather than HTTP/2's
+/// preface (left for tonic); a connection that sends nothing for [`KEEPALIVE_TIMEOUT`] is an
+/// error.
+async fn opens_short_calls(io: &mut TcpStream) -> io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let silent = || io::Error::new(io::ErrorKind::TimedOut, "nothing sent");
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(KEEPALIVE_TIMEOUT, io.peek(&mut first)).await.map_err(|_| silent())?? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    if first[0] != short_calls::MAGIC[0] {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 8];
+    tokio::time::timeout(KEEPALIVE_TIMEOUT, io.read_exact(&mut magic)).await.map_err(|_| silent())??;
+    if &magic != short_calls::MAGIC {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "neither HTTP/2 nor short calls"));
+    }
+    Ok(true)
+}
+
+fn start_connection<R>(socket: TcpStream, router: Arc<R>, short: Option<VolumeWire>, stop: watch::Receiver<bool>, alive: tokio::sync::mpsc::Sender<()>) -> io::Result<()>
 where
     R: Fn() -> Router + Send + Sync + 'static,
 {
@@ -146,7 +173,7 @@ where
         match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(MAX_BLOCKING_THREADS_PER_CONNECTION).build() {
             Ok(runtime) => {
                 crate::dedicated::mark_connection();
-                runtime.block_on(serve_one(socket, router.as_ref(), stop));
+                runtime.block_on(serve_one(socket, router.as_ref(), short, stop));
                 // Dropping the runtime drops whatever of the connection is left (after
                 // STOP_GRACE).
                 drop(runtime);
@@ -162,11 +189,18 @@ where
     Ok(())
 }
 
-async fn serve_one<R: Fn() -> Router>(socket: std::net::TcpStream, router: &R, mut stop: watch::Receiver<bool>) {
-    let io = match TcpStream::from_std(socket) {
+async fn serve_one<R: Fn() -> Router>(socket: std::net::TcpStream, router: &R, short: Option<VolumeWire>, stop: watch::Receiver<bool>) {
+    let mut io = match TcpStream::from_std(socket) {
         Ok(io) => io,
         Err(e) => return tracing::warn!(error = %e, "cannot take a gRPC connection"),
     };
+    if let Some(service) = short {
+        match opens_short_calls(&mut io).await {
+            Ok(false) => {}
+            Ok(true) => return with_stop_grace(short_calls::serve(io, service, stop.clone()), stop, "short-call").await,
+            Err(e) => return tracing::debug!(error = %e, "a connection that sent no request"),
+        }
+    }
     let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
     // tonic's server takes a stream of connections: this one, then none (without ending, which
     // would shut the connection down at once).
@@ -178,16 +212,20 @@ async fn serve_one<R: Fn() -> Router>(socket: std::net::TcpStream, router: &R, m
             _ = stopping.wait_for(|s| *s) => {}
         }
     };
-    let served = router().serve_with_incoming_shutdown(incoming, finish);
+    with_stop_grace(router().serve_with_incoming_shutdown(incoming, finish), stop, "gRPC").await
+}
+
+/// Runs a connection's service until it ends, or for [`STOP_GRACE`] once `stop` turns true.
+async fn with_stop_grace<E: std::fmt::Display>(served: impl std::future::Future<Output = Result<(), E>>, mut stop: watch::Receiver<bool>, what: &str) {
     tokio::select! {
         r = served => {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "gRPC connection ended with an error");
+                tracing::debug!(error = %e, "{what} connection ended with an error");
             }
         }
         _ = async {
             let _ = stop.wait_for(|s| *s).await;
             tokio::time::sleep(STOP_GRACE).await;
-        } => tracing::debug!("gRPC connection still busy at stop: dropped"),
+        } => tracing::debug!("{what} connection still busy at stop: dropped"),
     }
 }

@@ -16,7 +16,8 @@
 //! renews its opens there ([`gateway_opens`]). The gateway's threads call other nodes on
 //! runtimes and connections of their own ([`dedicated`], [`direct_channel`]), and store calls
 //! run inline on such threads and on the gRPC server's: a small call to another node wakes
-//! one thread on each side.
+//! one thread on each side, and the quick ones go as [`short_calls`] (one frame each way on a
+//! plain connection, not HTTP/2).
 
 pub mod admin;
 pub mod batcher;
@@ -31,6 +32,7 @@ pub mod grpc_server;
 pub mod meta;
 pub mod notify_relay;
 pub mod opens;
+pub mod short_calls;
 pub mod smb;
 pub mod volume;
 pub mod volume_service;

@@ -406,7 +406,7 @@ impl VolumeService {
             Owner::Peer(peer) => {
                 let mut msg = msg;
                 unrouted(&mut msg.target);
-                crate::volume_wire::write(peer.channel, tokio_stream::once(Ok(msg))).await.map(|_| ())
+                crate::volume_wire::write_small(peer.channel, msg).await.map(|_| ())
             }
             Owner::Here => {
                 self.check_io(FileKey { volume: vol, view, ino: msg.ino }, msg.open.as_ref(), msg.offset, msg.data.len() as u64, true, false)?;

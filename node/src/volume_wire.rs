@@ -35,7 +35,7 @@ use umbra_proto::v1::{DataChunk, ReadRequest, WriteChunk, WrittenReply};
 use crate::volume_service::{VolumeService, MAX_VOLUME_MESSAGE_BYTES};
 
 const READ_PATH: &str = "/umbra.v1.Volume/Read";
-const WRITE_PATH: &str = "/umbra.v1.Volume/Write";
+pub(crate) const WRITE_PATH: &str = "/umbra.v1.Volume/Write";
 /// Largest request or reply other than a data message (a ReadRequest, a WrittenReply).
 const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
 /// DATA frames a stream of messages takes in one poll without making a message, before it
@@ -128,12 +128,36 @@ pub async fn write(channel: impl Into<PeerChannel>, chunks: impl Stream<Item = R
     only_message(call::<WrittenReply>(channel.into(), WRITE_PATH, body).await?).await
 }
 
-async fn call<M: Message + Default>(mut channel: PeerChannel, path: &'static str, body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> Result<Messages<M>, Status> {
+/// Sends one small chunk as one Write call: between nodes a short call
+/// ([`crate::short_calls`]), at most [`SHORT_WRITE_BYTES`] of data.
+pub async fn write_small(channel: impl Into<PeerChannel>, chunk: WriteChunk) -> Result<WrittenReply, Status> {
+    let one = chunk.data.len() <= SHORT_WRITE_BYTES;
+    let body = Framed::request(tokio_stream::once(write_chunk_pieces(chunk)));
+    let mut req = request(WRITE_PATH, body);
+    if one {
+        req.extensions_mut().insert(crate::short_calls::OneMessage);
+    }
+    only_message(send::<WrittenReply>(channel.into(), req).await?).await
+}
+
+/// Data of a Write that goes as a short call at most: larger writes stay on HTTP/2, whose
+/// buffers the owner reuses (a short call's frame is read into a buffer of its own).
+pub const SHORT_WRITE_BYTES: usize = 64 * 1024;
+
+fn request(path: &'static str, body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> http::Request<Body> {
     let mut req = http::Request::new(Body::new(body));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = http::Uri::from_static(path);
     req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     req.headers_mut().insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    req
+}
+
+async fn call<M: Message + Default>(channel: PeerChannel, path: &'static str, body: impl HttpBody<Data = Bytes, Error = Status> + Send + 'static) -> Result<Messages<M>, Status> {
+    send(channel, request(path, body)).await
+}
+
+async fn send<M: Message + Default>(mut channel: PeerChannel, req: http::Request<Body>) -> Result<Messages<M>, Status> {
     futures::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(Status::from_error)?;
     let response = channel.call(req).await.map_err(Status::from_error)?;
     if response.status() != http::StatusCode::OK {

@@ -1,0 +1,738 @@
+//! Short calls: a caller thread's small volume calls to another node, one request and one
+//! reply per round trip on a plain framed connection instead of HTTP/2.
+//!
+//! Data flow: [`crate::direct_channel::DirectChannel`] sends each call that [`takes`] (the
+//! volume service's quick unary calls, and a Write of one message) over a connection of its own
+//! from [`Pool`]: the request's path, headers and gRPC-framed body as one frame
+//! ([`encode_request`]), then it reads the reply frame ([`decode_reply`]) and gives tonic an
+//! HTTP response built from it, so tonic's generated client decodes it as from HTTP/2. On the
+//! owner, [`crate::grpc_server`] sees the connection open with [`MAGIC`] (after the cluster-key
+//! handshake, as every connection) and runs [`serve`]: each request becomes an HTTP request to
+//! the same volume service ([`crate::volume_wire::VolumeWire`]), and its whole response one
+//! reply frame. While a call runs on the owner (a new open waiting out an owner's grace period,
+//! say), the owner sends an empty frame every [`HEARTBEAT`], so the caller tells a slow call
+//! from a silent peer ([`SILENCE`]).
+//!
+//! Why: a small call through HTTP/2 cost 122 us from a caller thread against 38 us for a plain
+//! TCP round trip (docs/benchmarks.md, SMB Run 25): h2's framing and flow control on both sides,
+//! hyper's task per stream on the owner, HPACK. A cross-node create makes three such calls.
+//! Reads (streamed), slow calls (fences, syncs, snapshots, clones) and calls from the node's
+//! shared tasks stay on HTTP/2.
+//!
+//! Frames (all integers little-endian; every length bounded before anything is allocated):
+//! - request: `u32 length of the rest`, `u16 path length`, path, headers, body (the rest);
+//! - reply: `u32 length of the rest` (0: a heartbeat, nothing else), `u16 HTTP status`,
+//!   headers, `u32 body length`, body, trailers;
+//! - headers: `u16 count`, then each `u16 name length`, name, `u16 value length`, value.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Status;
+
+use crate::volume_service::MAX_VOLUME_MESSAGE_BYTES;
+
+/// What a client sends first on a connection for short calls (HTTP/2's preface starts "PRI").
+pub const MAGIC: &[u8; 8] = b"UMBRA-Q1";
+/// Largest body of a request or a reply: one volume message with its gRPC prefix, and room.
+pub const MAX_BODY_BYTES: usize = MAX_VOLUME_MESSAGE_BYTES + 4096;
+/// Headers (or trailers) of one frame at most, and their bytes at most.
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_BLOCK_BYTES: usize = 16 * 1024;
+/// Largest frame either side reads.
+pub const MAX_FRAME_BYTES: usize = MAX_BODY_BYTES + 2 * MAX_HEADER_BLOCK_BYTES + 64;
+/// The longest path a request names.
+pub const MAX_PATH_BYTES: usize = 256;
+/// A caller gives up on a peer that sends nothing for this long while it waits for a reply (as
+/// the HTTP/2 keepalive does: [`crate::direct_channel::KEEPALIVE_INTERVAL`] plus its timeout).
+#[cfg(not(test))]
+pub const SILENCE: Duration = Duration::from_secs(15);
+#[cfg(test)]
+pub const SILENCE: Duration = Duration::from_millis(300);
+/// While a call runs on the owner, an empty frame goes to the caller this often.
+#[cfg(not(test))]
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+#[cfg(test)]
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+/// The owner closes a connection that brings no request for this long (its thread ends).
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// A caller reuses a connection idle for less than this only, so that it never sends on one
+/// the owner is closing ([`IDLE_CLOSE`]).
+pub const REUSE_WITHIN: Duration = Duration::from_secs(10);
+/// Idle connections a caller keeps for one peer.
+pub const POOL_CONNECTIONS: usize = 4;
+
+/// The volume service's calls that go as short calls: quick, unary, bounded.
+const PATHS: &[&str] = &[
+    "/umbra.v1.Volume/Resolve",
+    "/umbra.v1.Volume/Stat",
+    "/umbra.v1.Volume/Create",
+    "/umbra.v1.Volume/List",
+    "/umbra.v1.Volume/SetSize",
+    "/umbra.v1.Volume/Unlink",
+    "/umbra.v1.Volume/Rename",
+    "/umbra.v1.Volume/SetInfo",
+    "/umbra.v1.Volume/AllocatedRanges",
+    "/umbra.v1.Volume/OpenRegister",
+    "/umbra.v1.Volume/OpenRelease",
+    "/umbra.v1.Volume/OpenDispose",
+    "/umbra.v1.Volume/OpenLock",
+];
+
+/// Marks a request (an HTTP extension) whose body is one message of at most
+/// [`MAX_VOLUME_MESSAGE_BYTES`]: a Write of one chunk goes as a short call too.
+#[derive(Clone, Copy, Debug)]
+pub struct OneMessage;
+
+/// Whether `request` goes as a short call.
+pub fn takes<B>(request: &http::Request<B>) -> bool {
+    PATHS.contains(&request.uri().path()) || request.extensions().get::<OneMessage>().is_some()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("a short-call frame ends inside its {0}")]
+    Truncated(&'static str),
+    #[error("a short-call frame's {what} is {got} bytes, more than {max}")]
+    TooLarge { what: &'static str, got: usize, max: usize },
+    #[error("a short-call frame carries an invalid {0}")]
+    Invalid(&'static str),
+    #[error("a short-call frame has {0} bytes after its trailers")]
+    Trailing(usize),
+}
+
+/// A request as it arrives: its body is a slice of the frame.
+#[derive(Debug, PartialEq)]
+pub struct Request {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A reply as it arrives.
+#[derive(Debug, PartialEq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: HeaderMap,
+}
+
+/// A request's frame: its head (with the length word) and the body pieces after it, to be
+/// written in that order.
+pub fn encode_request(path: &str, headers: &HeaderMap, body: &[Bytes]) -> Result<Vec<u8>, FrameError> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(FrameError::TooLarge { what: "path", got: path.len(), max: MAX_PATH_BYTES });
+    }
+    let body_len: usize = body.iter().map(Bytes::len).sum();
+    if body_len > MAX_BODY_BYTES {
+        return Err(FrameError::TooLarge { what: "body", got: body_len, max: MAX_BODY_BYTES });
+    }
+    let mut head = vec![0u8; 4];
+    head.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    head.extend_from_slice(path.as_bytes());
+    put_headers(&mut head, headers)?;
+    let rest = head.len() - 4 + body_len;
+    head[..4].copy_from_slice(&(rest as u32).to_le_bytes());
+    Ok(head)
+}
+
+/// A reply's frame: its head (with the length word), the body pieces, then the tail
+/// (trailers), to be written in that order.
+pub fn encode_reply(status: StatusCode, headers: &HeaderMap, body: &[Bytes], trailers: &HeaderMap) -> Result<(Vec<u8>, Vec<u8>), FrameError> {
+    let body_len: usize = body.iter().map(Bytes::len).sum();
+    if body_len > MAX_BODY_BYTES {
+        return Err(FrameError::TooLarge { what: "body", got: body_len, max: MAX_BODY_BYTES });
+    }
+    let mut head = vec![0u8; 4];
+    head.extend_from_slice(&status.as_u16().to_le_bytes());
+    put_headers(&mut head, headers)?;
+    head.extend_from_slice(&(body_len as u32).to_le_bytes());
+    let mut tail = Vec::new();
+    put_headers(&mut tail, trailers)?;
+    let rest = head.len() - 4 + body_len + tail.len();
+    head[..4].copy_from_slice(&(rest as u32).to_le_bytes());
+    Ok((head, tail))
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) -> Result<(), FrameError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(FrameError::TooLarge { what: "header count", got: headers.len(), max: MAX_HEADERS });
+    }
+    let start = out.len();
+    out.extend_from_slice(&(headers.len() as u16).to_le_bytes());
+    for (name, value) in headers {
+        for part in [name.as_str().as_bytes(), value.as_bytes()] {
+            if part.len() > MAX_HEADER_BLOCK_BYTES {
+                return Err(FrameError::TooLarge { what: "header", got: part.len(), max: MAX_HEADER_BLOCK_BYTES });
+            }
+            out.extend_from_slice(&(part.len() as u16).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    let block = out.len() - start;
+    if block > MAX_HEADER_BLOCK_BYTES {
+        return Err(FrameError::TooLarge { what: "header block", got: block, max: MAX_HEADER_BLOCK_BYTES });
+    }
+    Ok(())
+}
+
+/// The length a frame's first four bytes announce, checked against [`MAX_FRAME_BYTES`].
+pub fn frame_length(word: [u8; 4]) -> Result<usize, FrameError> {
+    let n = u32::from_le_bytes(word) as usize;
+    if n > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge { what: "frame", got: n, max: MAX_FRAME_BYTES });
+    }
+    Ok(n)
+}
+
+/// Takes `n` bytes from the front of `rest`.
+fn take(rest: &mut Bytes, n: usize, what: &'static str) -> Result<Bytes, FrameError> {
+    if rest.len() < n {
+        return Err(FrameError::Truncated(what));
+    }
+    Ok(rest.split_to(n))
+}
+
+fn take_u16(rest: &mut Bytes, what: &'static str) -> Result<usize, FrameError> {
+    Ok(take(rest, 2, what)?.get_u16_le() as usize)
+}
+
+fn take_headers(rest: &mut Bytes) -> Result<HeaderMap, FrameError> {
+    let before = rest.len();
+    let count = take_u16(rest, "header count")?;
+    if count > MAX_HEADERS {
+        return Err(FrameError::TooLarge { what: "header count", got: count, max: MAX_HEADERS });
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for _ in 0..count {
+        let n = take_u16(rest, "header name length")?;
+        let name = HeaderName::from_bytes(&take(rest, n, "header name")?).map_err(|_| FrameError::Invalid("header name"))?;
+        let n = take_u16(rest, "header value length")?;
+        let value = HeaderValue::from_bytes(&take(rest, n, "header value")?).map_err(|_| FrameError::Invalid("header value"))?;
+        headers.append(name, value);
+        if before - rest.len() > MAX_HEADER_BLOCK_BYTES {
+            return Err(FrameError::TooLarge { what: "header block", got: before - rest.len(), max: MAX_HEADER_BLOCK_BYTES });
+        }
+    }
+    Ok(headers)
+}
+
+/// A request frame's content (what follows its length word).
+pub fn decode_request(mut rest: Bytes) -> Result<Request, FrameError> {
+    let n = take_u16(&mut rest, "path length")?;
+    if n > MAX_PATH_BYTES {
+        return Err(FrameError::TooLarge { what: "path", got: n, max: MAX_PATH_BYTES });
+    }
+    let path = String::from_utf8(take(&mut rest, n, "path")?.to_vec()).map_err(|_| FrameError::Invalid("path"))?;
+    let headers = take_headers(&mut rest)?;
+    if rest.len() > MAX_BODY_BYTES {
+        return Err(FrameError::TooLarge { what: "body", got: rest.len(), max: MAX_BODY_BYTES });
+    }
+    Ok(Request { path, headers, body: rest })
+}
+
+/// A reply frame's content (what follows its length word; not a heartbeat's, which is empty).
+pub fn decode_reply(mut rest: Bytes) -> Result<Reply, FrameError> {
+    let status = StatusCode::from_u16(take_u16(&mut rest, "status")? as u16).map_err(|_| FrameError::Invalid("status"))?;
+    let headers = take_headers(&mut rest)?;
+    let n = take(&mut rest, 4, "body length")?.get_u32_le() as usize;
+    if n > MAX_BODY_BYTES {
+        return Err(FrameError::TooLarge { what: "body", got: n, max: MAX_BODY_BYTES });
+    }
+    let body = take(&mut rest, n, "body")?;
+    let trailers = take_headers(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing(rest.len()));
+    }
+    Ok(Reply { status, headers, body, trailers })
+}
+
+/// A body already in memory: its pieces, then its trailers (if any).
+pub struct Pieces {
+    data: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Pieces {
+    pub fn new(data: impl IntoIterator<Item = Bytes>, trailers: Option<HeaderMap>) -> Pieces {
+        Pieces { data: data.into_iter().filter(|b| !b.is_empty()).collect(), trailers }
+    }
+}
+
+impl HttpBody for Pieces {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(d) = self.data.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty() && self.trailers.is_none()
+    }
+}
+
+/// Writes `pieces` whole, in order, with as few writes as the socket allows.
+async fn write_all(io: &mut TcpStream, pieces: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = pieces.iter().filter(|p| !p.is_empty()).map(|p| std::io::IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Reads one frame's content: `None` for a heartbeat.
+async fn read_frame(io: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
+    let mut word = [0u8; 4];
+    io.read_exact(&mut word).await?;
+    let n = frame_length(word).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; n];
+    io.read_exact(&mut buf).await?;
+    Ok(Some(Bytes::from(buf)))
+}
+
+// ---- the caller's side ----
+
+/// A caller's idle connections to one peer, the most recently used last.
+#[derive(Clone, Default)]
+pub struct Pool(Arc<Mutex<Vec<(TcpStream, Instant)>>>);
+
+impl Pool {
+    /// An idle connection still fit to use, if any (those past [`REUSE_WITHIN`] or closed by
+    /// the peer are dropped).
+    fn take(&self) -> Option<TcpStream> {
+        let mut idle = self.0.lock().expect("pool lock");
+        while let Some((io, since)) = idle.pop() {
+            if since.elapsed() < REUSE_WITHIN && !closed_by_peer(&io) {
+                return Some(io);
+            }
+        }
+        None
+    }
+
+    fn put(&self, io: TcpStream) {
+        let mut idle = self.0.lock().expect("pool lock");
+        if idle.len() < POOL_CONNECTIONS {
+            idle.push((io, Instant::now()));
+        }
+    }
+}
+
+/// Whether the peer has closed `io` (or sent what no request asked for): a look at the socket
+/// without waiting. The caller's runtime does not watch idle connections, so its readiness
+/// would be stale.
+fn closed_by_peer(io: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local through a descriptor `io` keeps open.
+    let n = unsafe { libc::recv(io.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+}
+
+/// Makes one short call on `io` (a connection that has sent [`MAGIC`]); on any error the
+/// connection is not fit for another.
+pub async fn call(io: &mut TcpStream, path: &str, headers: &HeaderMap, body: &[Bytes]) -> Result<Reply, CallError> {
+    let head = encode_request(path, headers, body).map_err(CallError::Request)?;
+    let mut pieces: Vec<&[u8]> = vec![&head];
+    pieces.extend(body.iter().map(|b| &b[..]));
+    write_all(io, &pieces).await.map_err(CallError::Io)?;
+    loop {
+        match tokio::time::timeout(SILENCE, read_frame(io)).await {
+            Err(_) => return Err(CallError::Silent),
+            Ok(Err(e)) => return Err(CallError::Io(e)),
+            Ok(Ok(None)) => continue,
+            Ok(Ok(Some(frame))) => return decode_reply(frame).map_err(CallError::Reply),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the request cannot be sent as a short call: {0}")]
+    Request(FrameError),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("no answer for {} ms", SILENCE.as_millis())]
+    Silent,
+    #[error("a malformed reply: {0}")]
+    Reply(FrameError),
+}
+
+/// Collects a request body's data (at most [`MAX_BODY_BYTES`]).
+pub async fn collect(mut body: tonic::body::Body) -> Result<Vec<Bytes>, Status> {
+    let mut pieces = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let Ok(data) = frame?.into_data() else { continue };
+        total += data.len();
+        if total > MAX_BODY_BYTES {
+            return Err(Status::resource_exhausted(format!("a short call's body of more than {MAX_BODY_BYTES} bytes")));
+        }
+        pieces.push(data);
+    }
+    Ok(pieces)
+}
+
+/// The HTTP response tonic's client reads for `reply`.
+pub fn into_response(reply: Reply) -> http::Response<tonic::body::Body> {
+    let trailers = (!reply.trailers.is_empty()).then_some(reply.trailers);
+    let mut response = http::Response::new(tonic::body::Body::new(Pieces::new([reply.body], trailers)));
+    *response.status_mut() = reply.status;
+    *response.headers_mut() = reply.headers;
+    response
+}
+
+/// Takes a connection for a short call to the peer behind `connect`: an idle one from `pool`,
+/// or a new one (`connect` makes it and runs the cluster-key handshake; [`MAGIC`] is sent here).
+pub async fn connection<F, Fut>(pool: &Pool, connect: F) -> std::io::Result<TcpStream>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<TcpStream>>,
+{
+    if let Some(io) = pool.take() {
+        return Ok(io);
+    }
+    let mut io = connect().await?;
+    io.write_all(MAGIC).await?;
+    Ok(io)
+}
+
+/// Gives a connection whose call went through back to `pool`.
+pub fn give_back(pool: &Pool, io: TcpStream) {
+    pool.put(io);
+}
+
+// ---- the owner's side ----
+
+/// Serves short calls on `io` (its [`MAGIC`] already read) with `service`, one at a time,
+/// until the caller closes it, it idles for [`IDLE_CLOSE`], a frame is malformed, or `stop`
+/// turns true (between calls).
+pub async fn serve<S>(mut io: TcpStream, mut service: S, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
+{
+    loop {
+        let mut word = [0u8; 4];
+        tokio::select! {
+            r = tokio::time::timeout(IDLE_CLOSE, io.read_exact(&mut word)) => match r {
+                Err(_) => return Ok(()),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) => {}
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        let invalid = |e: FrameError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let n = frame_length(word).map_err(invalid)?;
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(SILENCE, io.read_exact(&mut buf)).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "a short-call request stalled"))??;
+        let request = decode_request(Bytes::from(buf)).map_err(invalid)?;
+        if !PATHS.contains(&request.path.as_str()) && request.path != crate::volume_wire::WRITE_PATH {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no short call {}", request.path)));
+        }
+        let mut http_request = http::Request::new(tonic::body::Body::new(Pieces::new([request.body], None)));
+        *http_request.method_mut() = http::Method::POST;
+        *http_request.uri_mut() = request.path.parse().map_err(|_| invalid(FrameError::Invalid("path")))?;
+        *http_request.headers_mut() = request.headers;
+        let answer = answer(&mut service, http_request);
+        tokio::pin!(answer);
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+        let (head, body, tail) = loop {
+            tokio::select! {
+                a = &mut answer => break a,
+                _ = beat.tick() => io.write_all(&[0u8; 4]).await?,
+            }
+        };
+        let mut pieces: Vec<&[u8]> = vec![&head];
+        pieces.extend(body.iter().map(|b| &b[..]));
+        pieces.push(&tail);
+        write_all(&mut io, &pieces).await?;
+    }
+}
+
+/// A call's whole answer as a reply frame (head, body, tail). A body past [`MAX_BODY_BYTES`]
+/// or one that fails answers with the error's status instead.
+async fn answer<S>(service: &mut S, request: http::Request<tonic::body::Body>) -> (Vec<u8>, Vec<Bytes>, Vec<u8>)
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
+{
+    let failed = |status: Status| {
+        let mut trailers = HeaderMap::new();
+        let _ = status.add_header(&mut trailers);
+        let (head, tail) = encode_reply(StatusCode::OK, &grpc_headers(), &[], &trailers).expect("a status fits a frame");
+        (head, Vec::new(), tail)
+    };
+    let response = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+        Ok(()) => match service.call(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
+        Err(never) => match never {},
+    };
+    let (parts, mut body) = response.into_parts();
+    let (mut data, mut trailers, mut total) = (Vec::new(), HeaderMap::new(), 0usize);
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        match frame {
+            Err(status) => return failed(status),
+            Ok(frame) => match frame.into_data() {
+                Ok(d) => {
+                    total += d.len();
+                    if total > MAX_BODY_BYTES {
+                        return failed(Status::resource_exhausted(format!("a reply of more than {MAX_BODY_BYTES} bytes for a short call")));
+                    }
+                    data.push(d);
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers.extend(t);
+                    }
+                }
+            },
+        }
+    }
+    match encode_reply(parts.status, &parts.headers, &data, &trailers) {
+        Ok((head, tail)) => (head, data, tail),
+        Err(e) => failed(Status::internal(e.to_string())),
+    }
+}
+
+fn grpc_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn whole(head: &[u8], body: &[Bytes], tail: &[u8]) -> Vec<u8> {
+        let mut v = head.to_vec();
+        for b in body {
+            v.extend_from_slice(b);
+        }
+        v.extend_from_slice(tail);
+        v
+    }
+
+    #[test]
+    fn a_request_and_a_reply_come_back_as_sent() {
+        let h = headers(&[("content-type", "application/grpc"), ("te", "trailers"), ("x-a", "1"), ("x-a", "2")]);
+        let body = [Bytes::from_static(b"\0\0\0\0\x03abc"), Bytes::from_static(b"more")];
+        let head = encode_request("/umbra.v1.Volume/Stat", &h, &body).unwrap();
+        let frame = whole(&head, &body, &[]);
+        let n = frame_length(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n, frame.len() - 4);
+        let r = decode_request(Bytes::from(frame[4..].to_vec())).unwrap();
+        assert_eq!(r, Request { path: "/umbra.v1.Volume/Stat".into(), headers: h.clone(), body: Bytes::from_static(b"\0\0\0\0\x03abcmore") });
+
+        let t = headers(&[("grpc-status", "5"), ("grpc-message", "not found"), ("umbra-error", "not_found")]);
+        let (head, tail) = encode_reply(StatusCode::OK, &h, &body, &t).unwrap();
+        let frame = whole(&head, &body, &tail);
+        assert_eq!(frame_length(frame[..4].try_into().unwrap()).unwrap(), frame.len() - 4);
+        let r = decode_reply(Bytes::from(frame[4..].to_vec())).unwrap();
+        assert_eq!(r, Reply { status: StatusCode::OK, headers: h, body: Bytes::from_static(b"\0\0\0\0\x03abcmore"), trailers: t });
+    }
+
+    #[test]
+    fn bounds_are_checked_before_anything_is_taken() {
+        assert!(matches!(frame_length(((MAX_FRAME_BYTES + 1) as u32).to_le_bytes()), Err(FrameError::TooLarge { what: "frame", .. })));
+        let long = "x".repeat(MAX_PATH_BYTES + 1);
+        assert!(matches!(encode_request(&long, &HeaderMap::new(), &[]), Err(FrameError::TooLarge { what: "path", .. })));
+        let big = Bytes::from(vec![0u8; MAX_BODY_BYTES + 1]);
+        assert!(matches!(encode_request("/p", &HeaderMap::new(), &[big.clone()]), Err(FrameError::TooLarge { what: "body", .. })));
+        assert!(matches!(encode_reply(StatusCode::OK, &HeaderMap::new(), &[big], &HeaderMap::new()), Err(FrameError::TooLarge { what: "body", .. })));
+        // A header count past the bound, as a peer could announce it.
+        let mut frame = vec![2, 0, b'/', b'p'];
+        frame.extend_from_slice(&((MAX_HEADERS + 1) as u16).to_le_bytes());
+        assert!(matches!(decode_request(Bytes::from(frame)), Err(FrameError::TooLarge { what: "header count", .. })));
+        // A reply announcing a body past the bound.
+        let mut frame = vec![200, 0, 0, 0];
+        frame.extend_from_slice(&((MAX_BODY_BYTES + 1) as u32).to_le_bytes());
+        assert!(matches!(decode_reply(Bytes::from(frame)), Err(FrameError::TooLarge { what: "body", .. })));
+        // Headers whose bytes pass the block's bound.
+        let many: Vec<(String, String)> = (0..40).map(|i| (format!("x-{i}"), "v".repeat(600))).collect();
+        let mut h = HeaderMap::new();
+        for (n, v) in &many {
+            h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        assert!(matches!(encode_request("/p", &h, &[]), Err(FrameError::TooLarge { what: "header block", .. })));
+    }
+
+    #[test]
+    fn every_cut_of_a_frame_is_an_error() {
+        let h = headers(&[("content-type", "application/grpc")]);
+        let t = headers(&[("grpc-status", "0")]);
+        let body = [Bytes::from_static(b"\0\0\0\0\x01z")];
+        let head = encode_request("/umbra.v1.Volume/Stat", &h, &body).unwrap();
+        let request = whole(&head, &body, &[]);
+        let (head, tail) = encode_reply(StatusCode::OK, &h, &body, &t).unwrap();
+        let reply = whole(&head, &body, &tail);
+        for cut in 4..reply.len() {
+            assert!(decode_reply(Bytes::from(reply[4..cut].to_vec())).is_err(), "reply cut at {cut}");
+        }
+        // A request's body is the rest, so only cuts inside its head fail.
+        for cut in 4..request.len() - 6 {
+            assert!(decode_request(Bytes::from(request[4..cut].to_vec())).is_err(), "request cut at {cut}");
+        }
+        let mut extra = reply[4..].to_vec();
+        extra.push(0);
+        assert_eq!(decode_reply(Bytes::from(extra)), Err(FrameError::Trailing(1)));
+    }
+
+    proptest! {
+        /// Mutated real frames: an error or a frame, never a panic.
+        #[test]
+        fn mutated_frames_never_panic(flips in proptest::collection::vec((0usize..200, any::<u8>()), 1..8), cut in 0usize..200) {
+            let h = headers(&[("content-type", "application/grpc"), ("te", "trailers")]);
+            let t = headers(&[("grpc-status", "3"), ("grpc-message", "bad")]);
+            let body = [Bytes::from_static(b"\0\0\0\0\x04abcd")];
+            let head = encode_request("/umbra.v1.Volume/Resolve", &h, &body).unwrap();
+            let mut request = whole(&head, &body, &[])[4..].to_vec();
+            let (head, tail) = encode_reply(StatusCode::OK, &h, &body, &t).unwrap();
+            let mut reply = whole(&head, &body, &tail)[4..].to_vec();
+            for (at, b) in &flips {
+                let (i, j) = (at % request.len(), at % reply.len());
+                request[i] ^= b;
+                reply[j] ^= b;
+            }
+            request.truncate(cut.max(1).min(request.len()));
+            let _ = decode_request(Bytes::from(request));
+            let _ = decode_reply(Bytes::from(reply));
+        }
+    }
+
+    /// A tower service standing in for the volume service's HTTP side: it answers after
+    /// `delay` with `reply` (or a NOT_FOUND status for the path "/missing").
+    #[derive(Clone)]
+    struct Answering {
+        delay: Duration,
+    }
+
+    impl tower_service::Service<http::Request<tonic::body::Body>> for Answering {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                let echoed = collect(req.into_body()).await.unwrap();
+                let mut trailers = HeaderMap::new();
+                Status::new(tonic::Code::Ok, "").add_header(&mut trailers).unwrap();
+                let mut r = http::Response::new(tonic::body::Body::new(Pieces::new(echoed, Some(trailers))));
+                r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                Ok(r)
+            })
+        }
+    }
+
+    /// An owner that serves short calls with `service` on a thread of its own; its address.
+    fn owner(delay: Duration) -> String {
+        crate::direct_channel::tests::serve_on_a_thread(move |listener| async move {
+            let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+            loop {
+                let (mut io, _) = listener.accept().await.unwrap();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut magic = [0u8; 8];
+                    io.read_exact(&mut magic).await.unwrap();
+                    assert_eq!(&magic, MAGIC);
+                    let _ = serve(io, Answering { delay }, stop).await;
+                });
+            }
+        })
+    }
+
+    async fn dial(addr: &str) -> std::io::Result<TcpStream> {
+        TcpStream::connect(addr).await
+    }
+
+    #[tokio::test]
+    async fn a_call_slower_than_the_silence_bound_is_kept_alive_by_heartbeats() {
+        let addr = owner(SILENCE * 3);
+        let pool = Pool::default();
+        let mut io = connection(&pool, || dial(&addr)).await.unwrap();
+        let body = [Bytes::from_static(b"\0\0\0\0\x02hi")];
+        let started = Instant::now();
+        let reply = call(&mut io, "/umbra.v1.Volume/Stat", &grpc_headers(), &body).await.unwrap();
+        assert!(started.elapsed() >= SILENCE * 3);
+        assert_eq!(reply.body, Bytes::from_static(b"\0\0\0\0\x02hi"));
+        assert_eq!(Status::from_header_map(&reply.trailers).unwrap().code(), tonic::Code::Ok);
+        // The connection serves the next call too, from the pool.
+        give_back(&pool, io);
+        let mut again = connection(&pool, || async { Err(std::io::Error::other("a new connection was made")) }).await.unwrap();
+        assert!(call(&mut again, "/umbra.v1.Volume/Stat", &grpc_headers(), &body).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_fails_the_call_and_a_closed_idle_connection_is_not_reused() {
+        // A peer that takes the request and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let (io, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(SILENCE * 4).await;
+            drop(io);
+        });
+        let pool = Pool::default();
+        let mut io = connection(&pool, || dial(&addr)).await.unwrap();
+        let started = Instant::now();
+        assert!(matches!(call(&mut io, "/umbra.v1.Volume/Stat", &grpc_headers(), &[]).await, Err(CallError::Silent)));
+        assert!(started.elapsed() < SILENCE * 3);
+        // Given back, then closed by the peer: the pool does not hand it out again.
+        give_back(&pool, io);
+        held.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_request_ends_that_connection_only() {
+        let addr = owner(Duration::ZERO);
+        let mut bad = TcpStream::connect(&addr).await.unwrap();
+        bad.write_all(MAGIC).await.unwrap();
+        bad.write_all(&((MAX_FRAME_BYTES + 1) as u32).to_le_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(bad.read_to_end(&mut rest).await.unwrap(), 0, "closed without an answer");
+        let pool = Pool::default();
+        let mut good = connection(&pool, || dial(&addr)).await.unwrap();
+        assert!(call(&mut good, "/umbra.v1.Volume/Stat", &grpc_headers(), &[Bytes::from_static(b"\0\0\0\0\0")]).await.is_ok());
+        // A path that is not a short call ends the connection too.
+        assert!(call(&mut good, "/umbra.v1.Volume/Read", &grpc_headers(), &[]).await.is_err());
+    }
+}
