@@ -351,7 +351,8 @@ async fn calls(scratch: &Path) -> anyhow::Result<()> {
             remote.record(t.elapsed().as_nanos() as u64)?;
         }
         // The same calls as the SMB gateway makes them: from a blocking-pool thread, on the
-        // thread's own runtime and connection (umbra_node::dedicated).
+        // thread's own runtime and connection (umbra_node::dedicated), as short calls
+        // (umbra_node::short_calls).
         let (addr, target, ino) = (grpc.cluster.first_addr().to_string(), grpc.target.clone(), grpc.ino);
         let waited = tokio::task::spawn_blocking(move || {
             let mut client = VolumeClient::new(umbra_node::direct_channel::DirectChannel::new(&addr));
@@ -370,10 +371,10 @@ async fn calls(scratch: &Path) -> anyhow::Result<()> {
     let tcp = tokio::task::spawn_blocking(|| tcp_round_trips(CALLS)).await??;
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!("small calls, {CALLS} stats of a file one after another");
-    println!("  volume store                p50 {:.1} us  p99 {:.1} us", us(&local, 0.5), us(&local, 0.99));
-    println!("  through gRPC, async caller  p50 {:.1} us  p99 {:.1} us", us(&remote, 0.5), us(&remote, 0.99));
-    println!("  through gRPC, caller thread p50 {:.1} us  p99 {:.1} us", us(&from_caller, 0.5), us(&from_caller, 0.99));
-    println!("  plain TCP round trip        p50 {:.1} us  p99 {:.1} us  ({TCP_MESSAGE_BYTES} bytes each way, one thread to another)", us(&tcp, 0.5), us(&tcp, 0.99));
+    println!("  volume store                         p50 {:.1} us  p99 {:.1} us", us(&local, 0.5), us(&local, 0.99));
+    println!("  gRPC (HTTP/2), async caller          p50 {:.1} us  p99 {:.1} us", us(&remote, 0.5), us(&remote, 0.99));
+    println!("  short call from a caller thread      p50 {:.1} us  p99 {:.1} us", us(&from_caller, 0.5), us(&from_caller, 0.99));
+    println!("  plain TCP round trip                 p50 {:.1} us  p99 {:.1} us  ({TCP_MESSAGE_BYTES} bytes each way, one thread to another)", us(&tcp, 0.5), us(&tcp, 0.99));
     Ok(())
 }
 

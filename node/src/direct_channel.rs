@@ -146,7 +146,7 @@ impl DirectChannel {
                 Ok(short::into_response(reply))
             }
             Err(CallError::Request(e)) => Err(Box::new(tonic::Status::resource_exhausted(e.to_string()))),
-            Err(e @ CallError::Silent) => Err(unavailable(format!("{} stopped answering: {e}", self.addr))),
+            Err(CallError::Read(e @ short::ReadError::Silent(_))) => Err(unavailable(format!("{} stopped answering: {e}", self.addr))),
             Err(e) => Err(unavailable(format!("{}: {e}", self.addr))),
         }
     }

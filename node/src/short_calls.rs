@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -298,39 +298,87 @@ async fn write_all(io: &mut TcpStream, pieces: &[&[u8]]) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Reads one frame's content: `None` for a heartbeat.
-async fn read_frame(io: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
-    let mut word = [0u8; 4];
-    io.read_exact(&mut word).await?;
-    let n = frame_length(word).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; n];
-    io.read_exact(&mut buf).await?;
-    Ok(Some(Bytes::from(buf)))
+/// A short-call connection: its socket, what it read past the frames taken so far (a frame
+/// usually arrives whole, in one read), and one timer for its waits (pushed later each time,
+/// which does not wake the runtime as a new timer would).
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
+
+/// Why no frame came.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("nothing came for {} ms", .0.as_millis())]
+    Silent(Duration),
+    #[error("the peer closed the connection")]
+    Closed,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Conn {
+        Conn { io, buf: BytesMut::new(), timer: Box::pin(tokio::time::sleep(Duration::ZERO)) }
+    }
+
+    /// The next frame's content (`None`: a heartbeat), waiting at most `within` for each read.
+    pub async fn next_frame(&mut self, within: Duration) -> Result<Option<Bytes>, ReadError> {
+        loop {
+            let want = match self.buf.get(..4) {
+                Some(word) => 4 + frame_length(word.try_into().expect("four bytes"))?,
+                None => 4,
+            };
+            if self.buf.len() >= want && want > 4 {
+                let mut frame = self.buf.split_to(want);
+                frame.advance(4);
+                return Ok(Some(frame.freeze()));
+            }
+            if want == 4 && self.buf.len() >= 4 {
+                self.buf.advance(4);
+                return Ok(None);
+            }
+            self.buf.reserve((want - self.buf.len()).max(READ_BYTES));
+            let Conn { io, buf, timer } = self;
+            timer.as_mut().reset(tokio::time::Instant::now() + within);
+            tokio::select! {
+                n = io.read_buf(buf) => {
+                    if n? == 0 {
+                        return Err(ReadError::Closed);
+                    }
+                }
+                _ = timer.as_mut() => return Err(ReadError::Silent(within)),
+            }
+        }
+    }
+}
+
+/// What a connection reads at least at a time (a reply or request of a quick call fits).
+const READ_BYTES: usize = 16 * 1024;
 
 // ---- the caller's side ----
 
 /// A caller's idle connections to one peer, the most recently used last.
 #[derive(Clone, Default)]
-pub struct Pool(Arc<Mutex<Vec<(TcpStream, Instant)>>>);
+pub struct Pool(Arc<Mutex<Vec<(Conn, Instant)>>>);
 
 impl Pool {
     /// An idle connection still fit to use, if any (those past [`REUSE_WITHIN`] or closed by
     /// the peer are dropped).
-    fn take(&self) -> Option<TcpStream> {
+    fn take(&self) -> Option<Conn> {
         let mut idle = self.0.lock().expect("pool lock");
-        while let Some((io, since)) = idle.pop() {
-            if since.elapsed() < REUSE_WITHIN && !closed_by_peer(&io) {
-                return Some(io);
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < REUSE_WITHIN && conn.buf.is_empty() && !closed_by_peer(&conn.io) {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn put(&self, io: TcpStream) {
+    fn put(&self, io: Conn) {
         let mut idle = self.0.lock().expect("pool lock");
         if idle.len() < POOL_CONNECTIONS {
             idle.push((io, Instant::now()));
@@ -349,19 +397,18 @@ fn closed_by_peer(io: &TcpStream) -> bool {
     n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
 }
 
-/// Makes one short call on `io` (a connection that has sent [`MAGIC`]); on any error the
+/// Makes one short call on `conn` (a connection that has sent [`MAGIC`]); on any error the
 /// connection is not fit for another.
-pub async fn call(io: &mut TcpStream, path: &str, headers: &HeaderMap, body: &[Bytes]) -> Result<Reply, CallError> {
+pub async fn call(conn: &mut Conn, path: &str, headers: &HeaderMap, body: &[Bytes]) -> Result<Reply, CallError> {
     let head = encode_request(path, headers, body).map_err(CallError::Request)?;
     let mut pieces: Vec<&[u8]> = vec![&head];
     pieces.extend(body.iter().map(|b| &b[..]));
-    write_all(io, &pieces).await.map_err(CallError::Io)?;
+    write_all(&mut conn.io, &pieces).await.map_err(|e| CallError::Read(e.into()))?;
     loop {
-        match tokio::time::timeout(SILENCE, read_frame(io)).await {
-            Err(_) => return Err(CallError::Silent),
-            Ok(Err(e)) => return Err(CallError::Io(e)),
-            Ok(Ok(None)) => continue,
-            Ok(Ok(Some(frame))) => return decode_reply(frame).map_err(CallError::Reply),
+        match conn.next_frame(SILENCE).await {
+            Err(e) => return Err(CallError::Read(e)),
+            Ok(None) => continue,
+            Ok(Some(frame)) => return decode_reply(frame).map_err(CallError::Reply),
         }
     }
 }
@@ -371,9 +418,7 @@ pub enum CallError {
     #[error("the request cannot be sent as a short call: {0}")]
     Request(FrameError),
     #[error("{0}")]
-    Io(std::io::Error),
-    #[error("no answer for {} ms", SILENCE.as_millis())]
-    Silent,
+    Read(ReadError),
     #[error("a malformed reply: {0}")]
     Reply(FrameError),
 }
@@ -404,22 +449,22 @@ pub fn into_response(reply: Reply) -> http::Response<tonic::body::Body> {
 
 /// Takes a connection for a short call to the peer behind `connect`: an idle one from `pool`,
 /// or a new one (`connect` makes it and runs the cluster-key handshake; [`MAGIC`] is sent here).
-pub async fn connection<F, Fut>(pool: &Pool, connect: F) -> std::io::Result<TcpStream>
+pub async fn connection<F, Fut>(pool: &Pool, connect: F) -> std::io::Result<Conn>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<TcpStream>>,
 {
-    if let Some(io) = pool.take() {
-        return Ok(io);
+    if let Some(conn) = pool.take() {
+        return Ok(conn);
     }
     let mut io = connect().await?;
     io.write_all(MAGIC).await?;
-    Ok(io)
+    Ok(Conn::new(io))
 }
 
 /// Gives a connection whose call went through back to `pool`.
-pub fn give_back(pool: &Pool, io: TcpStream) {
-    pool.put(io);
+pub fn give_back(pool: &Pool, conn: Conn) {
+    pool.put(conn);
 }
 
 // ---- the owner's side ----
@@ -427,26 +472,25 @@ pub fn give_back(pool: &Pool, io: TcpStream) {
 /// Serves short calls on `io` (its [`MAGIC`] already read) with `service`, one at a time,
 /// until the caller closes it, it idles for [`IDLE_CLOSE`], a frame is malformed, or `stop`
 /// turns true (between calls).
-pub async fn serve<S>(mut io: TcpStream, mut service: S, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()>
+pub async fn serve<S>(io: TcpStream, mut service: S, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()>
 where
     S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
 {
+    let mut conn = Conn::new(io);
+    let invalid = |e: FrameError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     loop {
-        let mut word = [0u8; 4];
-        tokio::select! {
-            r = tokio::time::timeout(IDLE_CLOSE, io.read_exact(&mut word)) => match r {
-                Err(_) => return Ok(()),
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(_)) => {}
+        // The next request (the whole frame within IDLE_CLOSE: a caller sends it in one write).
+        let frame = tokio::select! {
+            f = conn.next_frame(IDLE_CLOSE) => match f {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Err(invalid(FrameError::Invalid("empty request"))),
+                Err(ReadError::Closed | ReadError::Silent(_)) => return Ok(()),
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(ReadError::Frame(e)) => return Err(invalid(e)),
             },
             _ = stop.wait_for(|s| *s) => return Ok(()),
-        }
-        let invalid = |e: FrameError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-        let n = frame_length(word).map_err(invalid)?;
-        let mut buf = vec![0u8; n];
-        tokio::time::timeout(SILENCE, io.read_exact(&mut buf)).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "a short-call request stalled"))??;
-        let request = decode_request(Bytes::from(buf)).map_err(invalid)?;
+        };
+        let request = decode_request(frame).map_err(invalid)?;
         if !PATHS.contains(&request.path.as_str()) && request.path != crate::volume_wire::WRITE_PATH {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no short call {}", request.path)));
         }
@@ -456,17 +500,24 @@ where
         *http_request.headers_mut() = request.headers;
         let answer = answer(&mut service, http_request);
         tokio::pin!(answer);
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-        let (head, body, tail) = loop {
-            tokio::select! {
-                a = &mut answer => break a,
-                _ = beat.tick() => io.write_all(&[0u8; 4]).await?,
+        // A quick call is answered at its first poll (the store's work runs inline here);
+        // only one that waits gets heartbeats, and their timer.
+        let (head, body, tail) = match futures::poll!(&mut answer) {
+            Poll::Ready(a) => a,
+            Poll::Pending => {
+                let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+                loop {
+                    tokio::select! {
+                        a = &mut answer => break a,
+                        _ = beat.tick() => conn.io.write_all(&[0u8; 4]).await?,
+                    }
+                }
             }
         };
         let mut pieces: Vec<&[u8]> = vec![&head];
         pieces.extend(body.iter().map(|b| &b[..]));
         pieces.push(&tail);
-        write_all(&mut io, &pieces).await?;
+        write_all(&mut conn.io, &pieces).await?;
     }
 }
 
@@ -631,6 +682,31 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn frames_that_share_a_read_or_come_a_byte_at_a_time_come_out_whole_and_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut tx = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (rx, _) = listener.accept().await.unwrap();
+        let mut conn = Conn::new(rx);
+        let (head, tail) = encode_reply(StatusCode::OK, &grpc_headers(), &[Bytes::from_static(b"abc")], &HeaderMap::new()).unwrap();
+        let reply = [&head[..], b"abc", &tail].concat();
+        let body = |f: Option<Bytes>| decode_reply(f.expect("a frame, not a heartbeat")).unwrap().body;
+        // A heartbeat and a reply in one write.
+        tx.write_all(&[&[0u8; 4][..], &reply].concat()).await.unwrap();
+        assert_eq!(conn.next_frame(SILENCE).await.unwrap(), None);
+        assert_eq!(body(conn.next_frame(SILENCE).await.unwrap()), Bytes::from_static(b"abc"));
+        // A reply a byte at a time, then the end of the connection.
+        let writer = tokio::spawn(async move {
+            for b in reply {
+                tx.write_all(&[b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert_eq!(body(conn.next_frame(SILENCE).await.unwrap()), Bytes::from_static(b"abc"));
+        writer.await.unwrap();
+        assert!(matches!(conn.next_frame(SILENCE).await, Err(ReadError::Closed)));
+    }
+
     /// A tower service standing in for the volume service's HTTP side: it answers after
     /// `delay` with `reply` (or a NOT_FOUND status for the path "/missing").
     #[derive(Clone)]
@@ -712,7 +788,7 @@ mod tests {
         let pool = Pool::default();
         let mut io = connection(&pool, || dial(&addr)).await.unwrap();
         let started = Instant::now();
-        assert!(matches!(call(&mut io, "/umbra.v1.Volume/Stat", &grpc_headers(), &[]).await, Err(CallError::Silent)));
+        assert!(matches!(call(&mut io, "/umbra.v1.Volume/Stat", &grpc_headers(), &[]).await, Err(CallError::Read(ReadError::Silent(_)))));
         assert!(started.elapsed() < SILENCE * 3);
         // Given back, then closed by the peer: the pool does not hand it out again.
         give_back(&pool, io);
