@@ -290,13 +290,20 @@ fn a_caller_threads_own_channel_carries_every_kind_of_call_and_reconnects_after_
     let written = block_on(volume_wire::write(channel.clone(), tokio_stream::iter(msgs))).unwrap().unwrap();
     assert_eq!(written.written, 3 * PART as u64);
     let read = ReadRequest { target: Some(target.clone()), ino, offset: 0, length: 3 * PART as u64, open: None };
-    let back = read_through(&channel, read).unwrap();
+    let back = read_through(&channel, read.clone()).unwrap();
     let expected: Vec<u8> = (0..3).flat_map(|i| pattern(i, PART)).collect();
     assert!(back == expected, "read back {} bytes, not what was written", back.len());
+    // The same read as a short call, its data landing after what the buffer held.
+    let mut short = vec![5u8; 7];
+    block_on(channel.read_into(read, &mut short)).unwrap().unwrap();
+    assert!(short[..7] == [5u8; 7] && short[7..] == expected[..], "a short read gives the same bytes");
 
-    // A small write goes as a short call (umbra_node::short_calls), as do stats.
+    // A small write goes as a short call (umbra_node::short_calls), as do stats: the call leaves
+    // its connection idle for the next.
+    assert_eq!(channel.idle_short_connections(), 1, "the short read above");
     let small = WriteChunk { target: Some(target.clone()), ino, offset: 5, data: vec![7u8; 1000].into(), now: 3, open: None, keep_times: 0 };
     assert_eq!(block_on(volume_wire::write_small(channel.clone(), small)).unwrap().unwrap().written, 1000);
+    assert_eq!(channel.idle_short_connections(), 1, "the write reused it");
     let back = read_through(&channel, ReadRequest { target: Some(target.clone()), ino, offset: 0, length: 1010, open: None }).unwrap();
     assert!(back[..5] == expected[..5] && back[5..1005].iter().all(|&b| b == 7) && back[1005..] == expected[1005..1010]);
 
@@ -356,6 +363,11 @@ fn data_changed_on_the_owners_disk_fails_the_read_on_the_node_that_asked() {
     assert!(changed, "the data lies in a data log segment under the node's directory");
     // The owner sends the chunk as it is; the reader refuses it, with the store's kind of error.
     let e = read_all(read.clone()).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    assert!(e.message().contains("fails its checksum"), "{e:?}");
+    assert_eq!(e.metadata().get("umbra-error").unwrap(), "storage", "{e:?}");
+    // As a short call (how a gateway reads another node's file): the same error.
+    let e = block_on(channel.read_into(read.clone(), &mut Vec::new())).unwrap().unwrap_err();
     assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
     assert!(e.message().contains("fails its checksum"), "{e:?}");
     assert_eq!(e.metadata().get("umbra-error").unwrap(), "storage", "{e:?}");

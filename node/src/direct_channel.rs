@@ -151,6 +151,27 @@ impl DirectChannel {
         }
     }
 
+    /// Connections for short calls held idle (each call that went as one leaves its connection).
+    pub fn idle_short_connections(&self) -> usize {
+        self.short.idle()
+    }
+
+    /// A Read as a short call: its data appended to `out`, checked as it lands
+    /// ([`crate::short_calls::read_into`]).
+    pub async fn read_into(&self, request: umbra_proto::v1::ReadRequest, out: &mut Vec<u8>) -> Result<(), tonic::Status> {
+        use crate::short_calls::{self as short, CallError, ReadError};
+        let mut conn = short::connection(&self.short, || self.dial()).await.map_err(|e| tonic::Status::unavailable(format!("cannot reach {}: {e}", self.addr)))?;
+        match short::read_into(&mut conn, &request, out).await {
+            Ok(answer) => {
+                short::give_back(&self.short, conn);
+                answer.map_or(Ok(()), Err)
+            }
+            Err(CallError::Damaged(e)) => Err(crate::volume_service::refused_data(e)),
+            Err(e @ CallError::Read(ReadError::Silent(_))) => Err(tonic::Status::unavailable(format!("{} stopped answering: {e}", self.addr))),
+            Err(e) => Err(tonic::Status::unavailable(format!("{}: {e}", self.addr))),
+        }
+    }
+
     /// Forgets the connection whose peer stopped answering pings (`why`): the call's error.
     fn gone_silent(&self, why: String) -> BoxError {
         self.connection.lock().expect("channel lock").take();

@@ -195,7 +195,12 @@ async fn serve_one<R: Fn() -> Router>(socket: std::net::TcpStream, router: &R, s
         Err(e) => return tracing::warn!(error = %e, "cannot take a gRPC connection"),
     };
     if let Some(service) = short {
-        match opens_short_calls(&mut io).await {
+        let mut stopping = stop.clone();
+        let opened = tokio::select! {
+            r = opens_short_calls(&mut io) => r,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        match opened {
             Ok(false) => {}
             Ok(true) => return with_stop_grace(short_calls::serve(io, service, stop.clone()), stop, "short-call").await,
             Err(e) => return tracing::debug!(error = %e, "a connection that sent no request"),

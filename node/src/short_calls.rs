@@ -13,11 +13,17 @@
 //! say), the owner sends an empty frame every [`HEARTBEAT`], so the caller tells a slow call
 //! from a silent peer ([`SILENCE`]).
 //!
+//! A Read goes the same way ([`read_into`]): the owner writes each chunk from where the store
+//! handed it out (the data log's mapping, never read in user space there, so a page the disk
+//! cannot give back fails the send rather than raising SIGBUS) and the caller reads it straight
+//! into the reply it is building, checking each span's CRC32C as it lands.
+//!
 //! Why: a small call through HTTP/2 cost 122 us from a caller thread against 38 us for a plain
 //! TCP round trip (docs/benchmarks.md, SMB Run 25): h2's framing and flow control on both sides,
-//! hyper's task per stream on the owner, HPACK. A cross-node create makes three such calls.
-//! Reads (streamed), slow calls (fences, syncs, snapshots, clones) and calls from the node's
-//! shared tasks stay on HTTP/2.
+//! hyper's task per stream on the owner, HPACK. A cross-node create makes three such calls; a
+//! cross-node READ copied the owner's messages once more into the reply. Large writes, slow
+//! calls (fences, syncs, snapshots, clones) and calls from the node's shared tasks stay on
+//! HTTP/2.
 //!
 //! Frames (all integers little-endian; every length bounded before anything is allocated):
 //! - request: `u32 length of the rest`, `u16 path length`, path, headers, body (the rest);
@@ -38,6 +44,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Status;
 
+use umbra_proto::v1::{Check, DataChunk, ReadRequest};
+
 use crate::volume_service::MAX_VOLUME_MESSAGE_BYTES;
 
 /// What a client sends first on a connection for short calls (HTTP/2's preface starts "PRI").
@@ -56,12 +64,12 @@ pub const MAX_PATH_BYTES: usize = 256;
 #[cfg(not(test))]
 pub const SILENCE: Duration = Duration::from_secs(15);
 #[cfg(test)]
-pub const SILENCE: Duration = Duration::from_millis(300);
+pub const SILENCE: Duration = Duration::from_millis(600);
 /// While a call runs on the owner, an empty frame goes to the caller this often.
 #[cfg(not(test))]
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 #[cfg(test)]
-pub const HEARTBEAT: Duration = Duration::from_millis(100);
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
 /// The owner closes a connection that brings no request for this long (its thread ends).
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// A caller reuses a connection idle for less than this only, so that it never sends on one
@@ -325,8 +333,10 @@ impl Conn {
         Conn { io, buf: BytesMut::new(), timer: Box::pin(tokio::time::sleep(Duration::ZERO)) }
     }
 
-    /// The next frame's content (`None`: a heartbeat), waiting at most `within` for each read.
+    /// The next frame's content (`None`: a heartbeat), whole within `within` (a peer that
+    /// trickles a frame's bytes gets no longer).
     pub async fn next_frame(&mut self, within: Duration) -> Result<Option<Bytes>, ReadError> {
+        let by = tokio::time::Instant::now() + within;
         loop {
             let want = match self.buf.get(..4) {
                 Some(word) => 4 + frame_length(word.try_into().expect("four bytes"))?,
@@ -342,17 +352,54 @@ impl Conn {
                 return Ok(None);
             }
             self.buf.reserve((want - self.buf.len()).max(READ_BYTES));
-            let Conn { io, buf, timer } = self;
-            timer.as_mut().reset(tokio::time::Instant::now() + within);
-            tokio::select! {
-                n = io.read_buf(buf) => {
-                    if n? == 0 {
-                        return Err(ReadError::Closed);
-                    }
-                }
-                _ = timer.as_mut() => return Err(ReadError::Silent(within)),
-            }
+            self.read_more(by, within).await?;
         }
+    }
+}
+
+impl Conn {
+    /// Waits until at least `n` bytes (at most [`MAX_FRAME_BYTES`] + 4) are buffered.
+    async fn fill(&mut self, n: usize, within: Duration) -> Result<(), ReadError> {
+        while self.buf.len() < n {
+            self.buf.reserve((n - self.buf.len()).max(READ_BYTES));
+            self.read_more(tokio::time::Instant::now() + within, within).await?;
+        }
+        Ok(())
+    }
+
+    /// One read into the buffer, waiting until `by` at most (`within` from when the wait began).
+    async fn read_more(&mut self, by: tokio::time::Instant, within: Duration) -> Result<(), ReadError> {
+        let Conn { io, buf, timer } = self;
+        timer.as_mut().reset(by);
+        tokio::select! {
+            n = io.read_buf(buf) => if n? == 0 { return Err(ReadError::Closed) },
+            _ = timer.as_mut() => return Err(ReadError::Silent(within)),
+        }
+        Ok(())
+    }
+
+    /// Moves the next `n` bytes of the connection to the end of `out`: what is buffered, then
+    /// the rest read straight into `out` (no copy through the buffer).
+    async fn take_into(&mut self, out: &mut Vec<u8>, n: usize, within: Duration) -> Result<(), ReadError> {
+        let buffered = n.min(self.buf.len());
+        out.extend_from_slice(&self.buf[..buffered]);
+        self.buf.advance(buffered);
+        let mut left = n - buffered;
+        out.reserve(left);
+        while left > 0 {
+            let Conn { io, timer, .. } = self;
+            timer.as_mut().reset(tokio::time::Instant::now() + within);
+            let mut limited = (&mut *io).take(left as u64);
+            let got = tokio::select! {
+                r = limited.read_buf(out) => r?,
+                _ = timer.as_mut() => return Err(ReadError::Silent(within)),
+            };
+            if got == 0 {
+                return Err(ReadError::Closed);
+            }
+            left -= got;
+        }
+        Ok(())
     }
 }
 
@@ -378,7 +425,16 @@ impl Pool {
         None
     }
 
-    fn put(&self, io: Conn) {
+    /// Idle connections held.
+    pub fn idle(&self) -> usize {
+        self.0.lock().expect("pool lock").len()
+    }
+
+    fn put(&self, mut io: Conn) {
+        // What a large reply left allocated is not kept for a small one.
+        if io.buf.capacity() > 4 * READ_BYTES {
+            io.buf = BytesMut::new();
+        }
         let mut idle = self.0.lock().expect("pool lock");
         if idle.len() < POOL_CONNECTIONS {
             idle.push((io, Instant::now()));
@@ -421,6 +477,8 @@ pub enum CallError {
     Read(ReadError),
     #[error("a malformed reply: {0}")]
     Reply(FrameError),
+    #[error("{0}")]
+    Damaged(umbra_proto::checks::CheckError),
 }
 
 /// Collects a request body's data (at most [`MAX_BODY_BYTES`]).
@@ -467,6 +525,187 @@ pub fn give_back(pool: &Pool, conn: Conn) {
     pool.put(conn);
 }
 
+// ---- reads ----
+//
+// A Read's reply is a run of frames: heartbeats, chunk frames (`u8` 1, `u16 n`, n checks of
+// `u32 length` and `u32 CRC32C`, then the chunk's data, the rest of the frame) and one end frame
+// (`u8` 2, then the call's status as headers). The owner writes each chunk's data from where the
+// store handed it out (its data log's mapping) and never reads it; the caller reads it straight
+// into the reply it is building and checks it there.
+
+const READ_CHUNK: u8 = 1;
+const READ_END: u8 = 2;
+/// Checks one chunk frame carries at most (a chunk frame carries at most one message of the
+/// volume service's Read, 1 MiB).
+pub const MAX_CHECKS: usize = 4096;
+
+/// A Read's messages, as the volume service gives them.
+pub type ReadMessages = Pin<Box<dyn futures::Stream<Item = Result<DataChunk, Status>> + Send>>;
+
+/// The owner's side of a short Read: the volume service's Read.
+pub trait Reads {
+    fn read(&self, request: ReadRequest) -> futures::future::BoxFuture<'static, Result<ReadMessages, Status>>;
+}
+
+/// A chunk frame's head (with its length word): the data follows it.
+pub fn chunk_head(checks: &[Check], data_len: usize) -> Result<Vec<u8>, FrameError> {
+    if checks.len() > MAX_CHECKS {
+        return Err(FrameError::TooLarge { what: "check count", got: checks.len(), max: MAX_CHECKS });
+    }
+    let rest = 3 + 8 * checks.len() + data_len;
+    if rest > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge { what: "frame", got: rest, max: MAX_FRAME_BYTES });
+    }
+    let mut head = Vec::with_capacity(4 + rest - data_len);
+    head.extend_from_slice(&(rest as u32).to_le_bytes());
+    head.push(READ_CHUNK);
+    head.extend_from_slice(&(checks.len() as u16).to_le_bytes());
+    for c in checks {
+        head.extend_from_slice(&c.len.to_le_bytes());
+        head.extend_from_slice(&c.crc32c.to_le_bytes());
+    }
+    Ok(head)
+}
+
+/// A Read's end frame, with the call's status.
+pub fn end_frame(status: &Status) -> Vec<u8> {
+    let mut headers = HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        headers = HeaderMap::new();
+        let _ = Status::internal("a status that does not fit in headers").add_header(&mut headers);
+    }
+    let mut frame = vec![0u8; 4];
+    frame.push(READ_END);
+    // A status's headers are a few short ones; one that does not fit is sent as INTERNAL.
+    if put_headers(&mut frame, &headers).is_err() {
+        frame.truncate(5);
+        let mut h = HeaderMap::new();
+        let _ = Status::internal("a status too large for a frame").add_header(&mut h);
+        put_headers(&mut frame, &h).expect("a short status fits");
+    }
+    let rest = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&rest.to_le_bytes());
+    frame
+}
+
+/// A short Read on `conn`: appends the data to `out` (at most `length` bytes, each chunk
+/// checked against its CRC32C as it lands). `Ok(None)`: done; `Ok(Some(status))`: the owner's
+/// error, the connection fit for another call; `Err`: the connection is not.
+pub async fn read_into(conn: &mut Conn, request: &ReadRequest, out: &mut Vec<u8>) -> Result<Option<Status>, CallError> {
+    let body = umbra_proto::frames::frame(request).map_err(|_| CallError::Request(FrameError::Invalid("read request")))?;
+    let head = encode_request(crate::volume_wire::READ_PATH, &grpc_headers(), std::slice::from_ref(&body)).map_err(CallError::Request)?;
+    write_all(&mut conn.io, &[&head, &body]).await.map_err(|e| CallError::Read(e.into()))?;
+    let (start, most) = (out.len(), usize::try_from(request.length).unwrap_or(usize::MAX));
+    let bad = |what: &'static str| CallError::Reply(FrameError::Invalid(what));
+    loop {
+        conn.fill(4, SILENCE).await.map_err(CallError::Read)?;
+        let rest = frame_length(conn.buf[..4].try_into().expect("four bytes")).map_err(CallError::Reply)?;
+        if rest == 0 {
+            conn.buf.advance(4);
+            continue;
+        }
+        conn.fill(5, SILENCE).await.map_err(CallError::Read)?;
+        match conn.buf[4] {
+            READ_CHUNK => {
+                conn.fill(7, SILENCE).await.map_err(CallError::Read)?;
+                let n = u16::from_le_bytes([conn.buf[5], conn.buf[6]]) as usize;
+                if n > MAX_CHECKS || 3 + 8 * n > rest {
+                    return Err(bad("chunk head"));
+                }
+                conn.fill(7 + 8 * n, SILENCE).await.map_err(CallError::Read)?;
+                let checks: Vec<Check> = conn.buf[7..7 + 8 * n]
+                    .chunks_exact(8)
+                    .map(|c| Check { len: u32::from_le_bytes(c[..4].try_into().expect("four")), crc32c: u32::from_le_bytes(c[4..].try_into().expect("four")) })
+                    .collect();
+                let len = rest - 3 - 8 * n;
+                if out.len() - start + len > most {
+                    return Err(bad("reply longer than the read"));
+                }
+                conn.buf.advance(7 + 8 * n);
+                let at = out.len();
+                conn.take_into(out, len, SILENCE).await.map_err(CallError::Read)?;
+                if let Err(e) = umbra_proto::checks::verify(&out[at..], &checks) {
+                    return Err(CallError::Damaged(e));
+                }
+            }
+            READ_END => {
+                conn.fill(4 + rest, SILENCE).await.map_err(CallError::Read)?;
+                let mut frame = conn.buf.split_to(4 + rest).freeze();
+                frame.advance(5);
+                let headers = take_headers(&mut frame).map_err(CallError::Reply)?;
+                if !frame.is_empty() {
+                    return Err(CallError::Reply(FrameError::Trailing(frame.len())));
+                }
+                let status = Status::from_header_map(&headers).ok_or_else(|| bad("end without a status"))?;
+                return Ok((status.code() != tonic::Code::Ok).then_some(status));
+            }
+            _ => return Err(bad("frame kind")),
+        }
+    }
+}
+
+/// Runs `f`, sending a heartbeat on `io` every [`HEARTBEAT`] while it waits; one ready at its
+/// first poll costs no timer.
+async fn with_heartbeats<F: std::future::Future>(io: &mut TcpStream, f: F) -> std::io::Result<F::Output> {
+    tokio::pin!(f);
+    // Counted from before the first poll, which may run store work inline for a while: a first
+    // heartbeat due by then goes at once.
+    let began = tokio::time::Instant::now();
+    if let Poll::Ready(v) = futures::poll!(&mut f) {
+        return Ok(v);
+    }
+    let mut beat = tokio::time::interval_at(began + HEARTBEAT, HEARTBEAT);
+    loop {
+        tokio::select! {
+            v = &mut f => return Ok(v),
+            _ = beat.tick() => send(io, &[&[0u8; 4]]).await?,
+        }
+    }
+}
+
+/// Writes `pieces` within [`SILENCE`]: a caller that takes nothing for that long (gone with the
+/// network) ends the connection.
+async fn send(io: &mut TcpStream, pieces: &[&[u8]]) -> std::io::Result<()> {
+    tokio::time::timeout(SILENCE, write_all(io, pieces)).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the caller took no reply"))?
+}
+
+/// Answers one short Read on `conn`: its chunks as they come, then its status.
+async fn serve_read<S: Reads>(conn: &mut Conn, service: &S, body: Bytes) -> std::io::Result<()> {
+    let request = match decode_one::<ReadRequest>(&body) {
+        Ok(r) => r,
+        Err(status) => return send(&mut conn.io, &[&end_frame(&status)]).await,
+    };
+    let mut messages = match with_heartbeats(&mut conn.io, service.read(request)).await? {
+        Ok(m) => m,
+        Err(status) => return send(&mut conn.io, &[&end_frame(&status)]).await,
+    };
+    loop {
+        use futures::StreamExt;
+        let chunk = match with_heartbeats(&mut conn.io, messages.next()).await? {
+            None => return send(&mut conn.io, &[&end_frame(&Status::new(tonic::Code::Ok, ""))]).await,
+            Some(Err(status)) => return send(&mut conn.io, &[&end_frame(&status)]).await,
+            Some(Ok(chunk)) => chunk,
+        };
+        match chunk_head(&chunk.checks, chunk.data.len()) {
+            Ok(head) => send(&mut conn.io, &[&head, &chunk.data]).await?,
+            Err(e) => return send(&mut conn.io, &[&end_frame(&Status::internal(e.to_string()))]).await,
+        }
+    }
+}
+
+/// The one message of a gRPC-framed body.
+fn decode_one<M: prost::Message + Default>(body: &[u8]) -> Result<M, Status> {
+    let bad = || Status::internal("a short call's body is not one gRPC message");
+    if body.len() < 5 || body[0] != 0 {
+        return Err(bad());
+    }
+    let n = u32::from_be_bytes(body[1..5].try_into().expect("four bytes")) as usize;
+    if body.len() != 5 + n {
+        return Err(bad());
+    }
+    M::decode(&body[5..]).map_err(|e| Status::internal(format!("a short call's message: {e}")))
+}
+
 // ---- the owner's side ----
 
 /// Serves short calls on `io` (its [`MAGIC`] already read) with `service`, one at a time,
@@ -474,12 +713,12 @@ pub fn give_back(pool: &Pool, conn: Conn) {
 /// turns true (between calls).
 pub async fn serve<S>(io: TcpStream, mut service: S, mut stop: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()>
 where
-    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
+    S: Reads + tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
 {
     let mut conn = Conn::new(io);
     let invalid = |e: FrameError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     loop {
-        // The next request (the whole frame within IDLE_CLOSE: a caller sends it in one write).
+        // The next request, whole within IDLE_CLOSE (a caller sends it in one write).
         let frame = tokio::select! {
             f = conn.next_frame(IDLE_CLOSE) => match f {
                 Ok(Some(frame)) => frame,
@@ -491,34 +730,38 @@ where
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         let request = decode_request(frame).map_err(invalid)?;
+        if request.path == crate::volume_wire::READ_PATH {
+            serve_read(&mut conn, &service, request.body).await?;
+            continue;
+        }
         if !PATHS.contains(&request.path.as_str()) && request.path != crate::volume_wire::WRITE_PATH {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no short call {}", request.path)));
+            let (head, tail) = status_reply(&Status::unimplemented(format!("{} is not a short call", request.path)));
+            send(&mut conn.io, &[&head, &tail]).await?;
+            continue;
         }
         let mut http_request = http::Request::new(tonic::body::Body::new(Pieces::new([request.body], None)));
         *http_request.method_mut() = http::Method::POST;
         *http_request.uri_mut() = request.path.parse().map_err(|_| invalid(FrameError::Invalid("path")))?;
         *http_request.headers_mut() = request.headers;
-        let answer = answer(&mut service, http_request);
-        tokio::pin!(answer);
-        // A quick call is answered at its first poll (the store's work runs inline here);
-        // only one that waits gets heartbeats, and their timer.
-        let (head, body, tail) = match futures::poll!(&mut answer) {
-            Poll::Ready(a) => a,
-            Poll::Pending => {
-                let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-                loop {
-                    tokio::select! {
-                        a = &mut answer => break a,
-                        _ = beat.tick() => conn.io.write_all(&[0u8; 4]).await?,
-                    }
-                }
-            }
-        };
+        // A quick call is answered at its first poll (the store's work runs inline here).
+        let (head, body, tail) = with_heartbeats(&mut conn.io, answer(&mut service, http_request)).await?;
         let mut pieces: Vec<&[u8]> = vec![&head];
         pieces.extend(body.iter().map(|b| &b[..]));
         pieces.push(&tail);
-        write_all(&mut conn.io, &pieces).await?;
+        send(&mut conn.io, &pieces).await?;
     }
+}
+
+/// A reply of `status` alone (in its trailers); a status too large for a frame goes as
+/// INTERNAL.
+fn status_reply(status: &Status) -> (Vec<u8>, Vec<u8>) {
+    let mut trailers = HeaderMap::new();
+    let _ = status.add_header(&mut trailers);
+    encode_reply(StatusCode::OK, &grpc_headers(), &[], &trailers).unwrap_or_else(|e| {
+        let mut trailers = HeaderMap::new();
+        let _ = Status::internal(format!("a status that does not fit a frame: {e}")).add_header(&mut trailers);
+        encode_reply(StatusCode::OK, &grpc_headers(), &[], &trailers).unwrap_or_default()
+    })
 }
 
 /// A call's whole answer as a reply frame (head, body, tail). A body past [`MAX_BODY_BYTES`]
@@ -528,9 +771,7 @@ where
     S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
 {
     let failed = |status: Status| {
-        let mut trailers = HeaderMap::new();
-        let _ = status.add_header(&mut trailers);
-        let (head, tail) = encode_reply(StatusCode::OK, &grpc_headers(), &[], &trailers).expect("a status fits a frame");
+        let (head, tail) = status_reply(&status);
         (head, Vec::new(), tail)
     };
     let response = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
@@ -737,6 +978,28 @@ mod tests {
         }
     }
 
+    impl Reads for Answering {
+        /// Reads of `ino` 1: two chunks (the second with a wrong check when `offset` is 1), after
+        /// `delay`; any other `ino`: NOT_FOUND.
+        fn read(&self, request: ReadRequest) -> futures::future::BoxFuture<'static, Result<ReadMessages, Status>> {
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if request.ino != 1 {
+                    return Err(Status::not_found("no such file"));
+                }
+                let first = Bytes::from(vec![1u8; 3000]);
+                let second = Bytes::from(vec![2u8; 5000]);
+                let mut check = Check::of(&second);
+                if request.offset == 1 {
+                    check.crc32c ^= 1;
+                }
+                let chunks = vec![Ok(DataChunk { checks: vec![Check::of(&first[..1000]), Check::of(&first[1000..])], data: first }), Ok(DataChunk { checks: vec![check], data: second })];
+                Ok(Box::pin(futures::stream::iter(chunks)) as ReadMessages)
+            })
+        }
+    }
+
     /// An owner that serves short calls with `service` on a thread of its own; its address.
     fn owner(delay: Duration) -> String {
         crate::direct_channel::tests::serve_on_a_thread(move |listener| async move {
@@ -798,6 +1061,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_short_read_lands_its_chunks_checked_in_the_callers_buffer() {
+        let addr = owner(SILENCE * 2);
+        let pool = Pool::default();
+        let mut conn = connection(&pool, || dial(&addr)).await.unwrap();
+        let read = |ino: u64, offset: u64| ReadRequest { target: None, ino, offset, length: 8000, open: None };
+        // Slower than the silence bound before its first chunk: heartbeats keep it going.
+        let mut out = vec![9u8; 10];
+        assert!(read_into(&mut conn, &read(1, 0), &mut out).await.unwrap().is_none());
+        assert_eq!(out.len(), 8010);
+        assert!(out[..10].iter().all(|&b| b == 9) && out[10..3010].iter().all(|&b| b == 1) && out[3010..].iter().all(|&b| b == 2));
+        // The owner's error: the connection is fit for the next call.
+        let status = read_into(&mut conn, &read(2, 0), &mut Vec::new()).await.unwrap().expect("an error");
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        // A chunk that fails its check.
+        let mut out = Vec::new();
+        assert!(matches!(read_into(&mut conn, &read(1, 1), &mut out).await, Err(CallError::Damaged(_))));
+        // More data than the read asked for is refused before it is taken.
+        let mut conn = connection(&pool, || dial(&addr)).await.unwrap();
+        let short = ReadRequest { length: 100, ..read(1, 0) };
+        assert!(matches!(read_into(&mut conn, &short, &mut Vec::new()).await, Err(CallError::Reply(_))));
+    }
+
+    #[test]
+    fn an_end_frame_carries_the_status_and_chunk_heads_are_bounded() {
+        let frame = end_frame(&Status::not_found("gone"));
+        assert_eq!(frame_length(frame[..4].try_into().unwrap()).unwrap(), frame.len() - 4);
+        assert_eq!(frame[4], READ_END);
+        let mut rest = Bytes::from(frame[5..].to_vec());
+        let status = Status::from_header_map(&take_headers(&mut rest).unwrap()).unwrap();
+        assert_eq!((status.code(), status.message()), (tonic::Code::NotFound, "gone"));
+        let checks = vec![Check { len: 1, crc32c: 0 }; MAX_CHECKS + 1];
+        assert!(matches!(chunk_head(&checks, 10), Err(FrameError::TooLarge { what: "check count", .. })));
+        assert!(matches!(chunk_head(&[], MAX_FRAME_BYTES), Err(FrameError::TooLarge { what: "frame", .. })));
+    }
+
+    #[tokio::test]
     async fn a_malformed_request_ends_that_connection_only() {
         let addr = owner(Duration::ZERO);
         let mut bad = TcpStream::connect(&addr).await.unwrap();
@@ -808,7 +1107,9 @@ mod tests {
         let pool = Pool::default();
         let mut good = connection(&pool, || dial(&addr)).await.unwrap();
         assert!(call(&mut good, "/umbra.v1.Volume/Stat", &grpc_headers(), &[Bytes::from_static(b"\0\0\0\0\0")]).await.is_ok());
-        // A path that is not a short call ends the connection too.
-        assert!(call(&mut good, "/umbra.v1.Volume/Read", &grpc_headers(), &[]).await.is_err());
+        // A path that is not a short call is UNIMPLEMENTED, and the connection goes on.
+        let reply = call(&mut good, "/umbra.v1.Volume/Fence", &grpc_headers(), &[]).await.unwrap();
+        assert_eq!(Status::from_header_map(&reply.trailers).unwrap().code(), tonic::Code::Unimplemented);
+        assert!(call(&mut good, "/umbra.v1.Volume/Stat", &grpc_headers(), &[Bytes::from_static(b"\0\0\0\0\0")]).await.is_ok());
     }
 }

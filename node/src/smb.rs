@@ -276,14 +276,9 @@ impl Files for VolumeFiles {
         let (target, _) = self.target(share)?;
         let req = ReadRequest { target: Some(target), ino: id, offset, length: u64::from(len), open };
         self.wait(async {
-            let mut stream = self.service.read(tonic::Request::new(req)).await.map_err(|s| fs_error(&s))?.into_inner();
             let mut out = Vec::with_capacity(room + len as usize);
             out.resize(room, 0);
-            use tokio_stream::StreamExt;
-            while let Some(chunk) = stream.next().await {
-                let data = chunk.and_then(crate::volume_service::checked_data).map_err(|s| fs_error(&s))?;
-                out.extend_from_slice(&data);
-            }
+            self.service.read_into(req, &mut out).await.map_err(|s| fs_error(&s))?;
             Ok(out)
         })
     }

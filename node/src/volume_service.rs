@@ -79,10 +79,13 @@ impl From<crate::volume::Span> for Check {
 /// A Read message's data, once its checksums pass (`umbra_proto::checks`). Data that fails is
 /// an error of the store's kind, as a chunk that fails its checksum on the owner is.
 pub fn checked_data(c: DataChunk) -> Result<Bytes, Status> {
-    c.checked().map_err(|e| {
-        tracing::warn!(error = %e, "file data read from a volume's owner is refused");
-        status_of(VolumeError::Storage(e.to_string()))
-    })
+    c.checked().map_err(refused_data)
+}
+
+/// The status of file data from a volume's owner that fails its checks.
+pub fn refused_data(e: umbra_proto::checks::CheckError) -> Status {
+    tracing::warn!(error = %e, "file data read from a volume's owner is refused");
+    status_of(VolumeError::Storage(e.to_string()))
 }
 
 pub struct VolumeService {
@@ -400,6 +403,23 @@ impl VolumeService {
     }
 
     /// One whole write, routed like a gRPC call (the SMB gateway's path for a WRITE).
+    /// A Read's data appended to `out`, each message checked. From another node on a caller
+    /// thread, a short call whose data lands straight in `out` ([`crate::short_calls`]).
+    pub async fn read_into(&self, mut r: ReadRequest, out: &mut Vec<u8>) -> Result<(), Status> {
+        let (vol, _, route) = target_of(r.target.as_ref())?;
+        if let Owner::Peer(peer) = self.owner(vol, route)? {
+            if let PeerChannel::Direct(channel) = &peer.channel {
+                unrouted(&mut r.target);
+                return channel.read_into(r, out).await;
+            }
+        }
+        let mut stream = VolumeRpc::read(self, Request::new(r)).await?.into_inner();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&checked_data(chunk?)?);
+        }
+        Ok(())
+    }
+
     pub async fn write_one(&self, msg: WriteChunk) -> Result<(), Status> {
         let (vol, view, route) = target_of(msg.target.as_ref())?;
         match self.owner(vol, route)? {

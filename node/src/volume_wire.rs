@@ -34,7 +34,7 @@ use umbra_proto::v1::{DataChunk, ReadRequest, WriteChunk, WrittenReply};
 
 use crate::volume_service::{VolumeService, MAX_VOLUME_MESSAGE_BYTES};
 
-const READ_PATH: &str = "/umbra.v1.Volume/Read";
+pub(crate) const READ_PATH: &str = "/umbra.v1.Volume/Read";
 pub(crate) const WRITE_PATH: &str = "/umbra.v1.Volume/Write";
 /// Largest request or reply other than a data message (a ReadRequest, a WrittenReply).
 const MAX_CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
@@ -76,6 +76,13 @@ impl Service<http::Request<Body>> for VolumeWire {
             WRITE_PATH => Box::pin(async move { Ok(serve_write(service, req.into_body()).await) }),
             _ => self.generated.call(req),
         }
+    }
+}
+
+impl crate::short_calls::Reads for VolumeWire {
+    fn read(&self, request: ReadRequest) -> BoxFuture<'static, Result<crate::short_calls::ReadMessages, Status>> {
+        let service = self.service.clone();
+        Box::pin(async move { Ok(VolumeRpc::read(&*service, tonic::Request::new(request)).await?.into_inner()) })
     }
 }
 

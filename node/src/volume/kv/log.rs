@@ -392,10 +392,11 @@ impl Segment {
                 // where the bytes are used. Not guarded against: the bytes this process does
                 // read through the mapping, where a page the disk fails to give back raises
                 // SIGBUS, which ends the node (through `pread` it is one failed read). Those
-                // are the first 256 bytes at most of each HTTP/2 DATA frame (h2 copies them
-                // to fill its write buffer), a value checked here (a chunk stored in a form
-                // other than data then checksum), and a read in this process through the
-                // volume service.
+                // are the first 256 bytes at most of each HTTP/2 DATA frame of a Read over
+                // HTTP/2 (h2 copies them to fill its write buffer; a gateway's reads go as
+                // short calls, whose chunks are written from the mapping untouched), a value
+                // checked here (a chunk stored in a form other than data then checksum), and a
+                // read in this process through the volume service.
                 match unsafe { MmapOptions::new().len(SEGMENT_BYTES as usize).map(&*self.file) } {
                     Ok(m) => Some(Arc::new(m)),
                     Err(e) => {
