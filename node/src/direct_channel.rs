@@ -136,19 +136,12 @@ impl DirectChannel {
     /// Makes a call as a short call ([`crate::short_calls`]): on a connection of its own, one
     /// frame each way. A connection whose call failed is dropped; the next call makes another.
     async fn short_call(&self, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
-        use crate::short_calls::{self as short, CallError};
         let (parts, body) = request.into_parts();
-        let body = short::collect(body).await?;
-        let mut io = short::connection(&self.short, || self.dial()).await.map_err(|e| unavailable(format!("cannot reach {}: {e}", self.addr)))?;
-        match short::call(&mut io, parts.uri.path(), &parts.headers, &body).await {
-            Ok(reply) => {
-                short::give_back(&self.short, io);
-                Ok(short::into_response(reply))
-            }
-            Err(CallError::Request(e)) => Err(Box::new(tonic::Status::resource_exhausted(e.to_string()))),
-            Err(CallError::Read(e @ short::ReadError::Silent(_))) => Err(unavailable(format!("{} stopped answering: {e}", self.addr))),
-            Err(e) => Err(unavailable(format!("{}: {e}", self.addr))),
-        }
+        let (body, _) = crate::short_calls::collect(body).await?;
+        let mut conn = self.short_connection().await?;
+        let reply = crate::short_calls::call(&mut conn, parts.uri.path(), &parts.headers, &body).await.map_err(|e| self.short_failed(e))?;
+        self.short.put(conn);
+        Ok(crate::short_calls::into_response(reply))
     }
 
     /// Connections for short calls held idle (each call that went as one leaves its connection).
@@ -159,16 +152,24 @@ impl DirectChannel {
     /// A Read as a short call: its data appended to `out`, checked as it lands
     /// ([`crate::short_calls::read_into`]).
     pub async fn read_into(&self, request: umbra_proto::v1::ReadRequest, out: &mut Vec<u8>) -> Result<(), tonic::Status> {
-        use crate::short_calls::{self as short, CallError, ReadError};
-        let mut conn = short::connection(&self.short, || self.dial()).await.map_err(|e| tonic::Status::unavailable(format!("cannot reach {}: {e}", self.addr)))?;
-        match short::read_into(&mut conn, &request, out).await {
-            Ok(answer) => {
-                short::give_back(&self.short, conn);
-                answer.map_or(Ok(()), Err)
-            }
-            Err(CallError::Damaged(e)) => Err(crate::volume_service::refused_data(e)),
-            Err(e @ CallError::Read(ReadError::Silent(_))) => Err(tonic::Status::unavailable(format!("{} stopped answering: {e}", self.addr))),
-            Err(e) => Err(tonic::Status::unavailable(format!("{}: {e}", self.addr))),
+        let mut conn = self.short_connection().await?;
+        let answer = crate::short_calls::read_into(&mut conn, &request, out).await.map_err(|e| self.short_failed(e))?;
+        self.short.put(conn);
+        answer.map_or(Ok(()), Err)
+    }
+
+    async fn short_connection(&self) -> Result<crate::short_calls::Conn, tonic::Status> {
+        self.short.connection(|| self.dial()).await.map_err(|e| tonic::Status::unavailable(format!("cannot reach {}: {e}", self.addr)))
+    }
+
+    /// A short call's failure as the status its caller gets.
+    fn short_failed(&self, e: crate::short_calls::CallError) -> tonic::Status {
+        use crate::short_calls::{CallError, ReadError};
+        match e {
+            CallError::Request(e) => tonic::Status::resource_exhausted(e.to_string()),
+            CallError::Damaged(e) => crate::volume_service::refused_data(e),
+            e @ CallError::Read(ReadError::Silent(_)) => tonic::Status::unavailable(format!("{} stopped answering: {e}", self.addr)),
+            e => tonic::Status::unavailable(format!("{}: {e}", self.addr)),
         }
     }
 

@@ -337,45 +337,32 @@ impl Conn {
     /// trickles a frame's bytes gets no longer).
     pub async fn next_frame(&mut self, within: Duration) -> Result<Option<Bytes>, ReadError> {
         let by = tokio::time::Instant::now() + within;
-        loop {
-            let want = match self.buf.get(..4) {
-                Some(word) => 4 + frame_length(word.try_into().expect("four bytes"))?,
-                None => 4,
-            };
-            if self.buf.len() >= want && want > 4 {
-                let mut frame = self.buf.split_to(want);
-                frame.advance(4);
-                return Ok(Some(frame.freeze()));
-            }
-            if want == 4 && self.buf.len() >= 4 {
-                self.buf.advance(4);
-                return Ok(None);
-            }
-            self.buf.reserve((want - self.buf.len()).max(READ_BYTES));
-            self.read_more(by, within).await?;
-        }
+        self.fill(4, by, within).await?;
+        let n = frame_length(self.buf[..4].try_into().expect("four bytes"))?;
+        self.fill(4 + n, by, within).await?;
+        let mut frame = self.buf.split_to(4 + n);
+        frame.advance(4);
+        Ok((n > 0).then(|| frame.freeze()))
     }
-}
 
-impl Conn {
-    /// Waits until at least `n` bytes (at most [`MAX_FRAME_BYTES`] + 4) are buffered.
-    async fn fill(&mut self, n: usize, within: Duration) -> Result<(), ReadError> {
+    /// Waits until at least `n` bytes (at most [`MAX_FRAME_BYTES`] + 4) are buffered, until `by`
+    /// at most (`within` from when the wait began).
+    async fn fill(&mut self, n: usize, by: tokio::time::Instant, within: Duration) -> Result<(), ReadError> {
         while self.buf.len() < n {
             self.buf.reserve((n - self.buf.len()).max(READ_BYTES));
-            self.read_more(tokio::time::Instant::now() + within, within).await?;
+            let Conn { io, buf, timer } = self;
+            timer.as_mut().reset(by);
+            tokio::select! {
+                r = io.read_buf(buf) => if r? == 0 { return Err(ReadError::Closed) },
+                _ = timer.as_mut() => return Err(ReadError::Silent(within)),
+            }
         }
         Ok(())
     }
 
-    /// One read into the buffer, waiting until `by` at most (`within` from when the wait began).
-    async fn read_more(&mut self, by: tokio::time::Instant, within: Duration) -> Result<(), ReadError> {
-        let Conn { io, buf, timer } = self;
-        timer.as_mut().reset(by);
-        tokio::select! {
-            n = io.read_buf(buf) => if n? == 0 { return Err(ReadError::Closed) },
-            _ = timer.as_mut() => return Err(ReadError::Silent(within)),
-        }
-        Ok(())
+    /// [`Self::fill`] with [`SILENCE`] from now: a Read's reply, whose frames may be large.
+    async fn fill_now(&mut self, n: usize) -> Result<(), CallError> {
+        self.fill(n, tokio::time::Instant::now() + SILENCE, SILENCE).await.map_err(CallError::Read)
     }
 
     /// Moves the next `n` bytes of the connection to the end of `out`: what is buffered, then
@@ -425,12 +412,28 @@ impl Pool {
         None
     }
 
+    /// A connection for a short call: an idle one, or a new one (`connect` makes it and runs
+    /// the cluster-key handshake; [`MAGIC`] is sent here).
+    pub async fn connection<F, Fut>(&self, connect: F) -> std::io::Result<Conn>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<TcpStream>>,
+    {
+        if let Some(conn) = self.take() {
+            return Ok(conn);
+        }
+        let mut io = connect().await?;
+        io.write_all(MAGIC).await?;
+        Ok(Conn::new(io))
+    }
+
     /// Idle connections held.
     pub fn idle(&self) -> usize {
         self.0.lock().expect("pool lock").len()
     }
 
-    fn put(&self, mut io: Conn) {
+    /// Takes back a connection whose call went through.
+    pub fn put(&self, mut io: Conn) {
         // What a large reply left allocated is not kept for a small one.
         if io.buf.capacity() > 4 * READ_BYTES {
             io.buf = BytesMut::new();
@@ -481,19 +484,22 @@ pub enum CallError {
     Damaged(umbra_proto::checks::CheckError),
 }
 
-/// Collects a request body's data (at most [`MAX_BODY_BYTES`]).
-pub async fn collect(mut body: tonic::body::Body) -> Result<Vec<Bytes>, Status> {
-    let mut pieces = Vec::new();
-    let mut total = 0usize;
+/// A body's data (at most [`MAX_BODY_BYTES`]) and trailers, whole.
+pub async fn collect(mut body: tonic::body::Body) -> Result<(Vec<Bytes>, HeaderMap), Status> {
+    let (mut data, mut trailers, mut total) = (Vec::new(), HeaderMap::new(), 0usize);
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let Ok(data) = frame?.into_data() else { continue };
-        total += data.len();
-        if total > MAX_BODY_BYTES {
-            return Err(Status::resource_exhausted(format!("a short call's body of more than {MAX_BODY_BYTES} bytes")));
+        match frame?.into_data() {
+            Ok(d) => {
+                total += d.len();
+                if total > MAX_BODY_BYTES {
+                    return Err(Status::resource_exhausted(format!("a short call's body of more than {MAX_BODY_BYTES} bytes")));
+                }
+                data.push(d);
+            }
+            Err(frame) => trailers.extend(frame.into_trailers().unwrap_or_default()),
         }
-        pieces.push(data);
     }
-    Ok(pieces)
+    Ok((data, trailers))
 }
 
 /// The HTTP response tonic's client reads for `reply`.
@@ -505,25 +511,6 @@ pub fn into_response(reply: Reply) -> http::Response<tonic::body::Body> {
     response
 }
 
-/// Takes a connection for a short call to the peer behind `connect`: an idle one from `pool`,
-/// or a new one (`connect` makes it and runs the cluster-key handshake; [`MAGIC`] is sent here).
-pub async fn connection<F, Fut>(pool: &Pool, connect: F) -> std::io::Result<Conn>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<TcpStream>>,
-{
-    if let Some(conn) = pool.take() {
-        return Ok(conn);
-    }
-    let mut io = connect().await?;
-    io.write_all(MAGIC).await?;
-    Ok(Conn::new(io))
-}
-
-/// Gives a connection whose call went through back to `pool`.
-pub fn give_back(pool: &Pool, conn: Conn) {
-    pool.put(conn);
-}
 
 // ---- reads ----
 //
@@ -567,22 +554,23 @@ pub fn chunk_head(checks: &[Check], data_len: usize) -> Result<Vec<u8>, FrameErr
     Ok(head)
 }
 
+/// A status as the headers that carry it: one that does not make valid headers, or more than
+/// a frame's header block holds, goes as INTERNAL (which always fits).
+fn status_headers(status: &Status) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let fits = status.add_header(&mut headers).is_ok() && put_headers(&mut Vec::new(), &headers).is_ok();
+    if !fits {
+        headers.clear();
+        let _ = Status::internal("a status too large for a short-call frame").add_header(&mut headers);
+    }
+    headers
+}
+
 /// A Read's end frame, with the call's status.
 pub fn end_frame(status: &Status) -> Vec<u8> {
-    let mut headers = HeaderMap::new();
-    if status.add_header(&mut headers).is_err() {
-        headers = HeaderMap::new();
-        let _ = Status::internal("a status that does not fit in headers").add_header(&mut headers);
-    }
     let mut frame = vec![0u8; 4];
     frame.push(READ_END);
-    // A status's headers are a few short ones; one that does not fit is sent as INTERNAL.
-    if put_headers(&mut frame, &headers).is_err() {
-        frame.truncate(5);
-        let mut h = HeaderMap::new();
-        let _ = Status::internal("a status too large for a frame").add_header(&mut h);
-        put_headers(&mut frame, &h).expect("a short status fits");
-    }
+    put_headers(&mut frame, &status_headers(status)).expect("status_headers fit a frame");
     let rest = (frame.len() - 4) as u32;
     frame[..4].copy_from_slice(&rest.to_le_bytes());
     frame
@@ -598,21 +586,21 @@ pub async fn read_into(conn: &mut Conn, request: &ReadRequest, out: &mut Vec<u8>
     let (start, most) = (out.len(), usize::try_from(request.length).unwrap_or(usize::MAX));
     let bad = |what: &'static str| CallError::Reply(FrameError::Invalid(what));
     loop {
-        conn.fill(4, SILENCE).await.map_err(CallError::Read)?;
+        conn.fill_now(4).await?;
         let rest = frame_length(conn.buf[..4].try_into().expect("four bytes")).map_err(CallError::Reply)?;
         if rest == 0 {
             conn.buf.advance(4);
             continue;
         }
-        conn.fill(5, SILENCE).await.map_err(CallError::Read)?;
+        conn.fill_now(5).await?;
         match conn.buf[4] {
             READ_CHUNK => {
-                conn.fill(7, SILENCE).await.map_err(CallError::Read)?;
+                conn.fill_now(7).await?;
                 let n = u16::from_le_bytes([conn.buf[5], conn.buf[6]]) as usize;
                 if n > MAX_CHECKS || 3 + 8 * n > rest {
                     return Err(bad("chunk head"));
                 }
-                conn.fill(7 + 8 * n, SILENCE).await.map_err(CallError::Read)?;
+                conn.fill_now(7 + 8 * n).await?;
                 let checks: Vec<Check> = conn.buf[7..7 + 8 * n]
                     .chunks_exact(8)
                     .map(|c| Check { len: u32::from_le_bytes(c[..4].try_into().expect("four")), crc32c: u32::from_le_bytes(c[4..].try_into().expect("four")) })
@@ -629,7 +617,7 @@ pub async fn read_into(conn: &mut Conn, request: &ReadRequest, out: &mut Vec<u8>
                 }
             }
             READ_END => {
-                conn.fill(4 + rest, SILENCE).await.map_err(CallError::Read)?;
+                conn.fill_now(4 + rest).await?;
                 let mut frame = conn.buf.split_to(4 + rest).freeze();
                 frame.advance(5);
                 let headers = take_headers(&mut frame).map_err(CallError::Reply)?;
@@ -671,7 +659,7 @@ async fn send(io: &mut TcpStream, pieces: &[&[u8]]) -> std::io::Result<()> {
 
 /// Answers one short Read on `conn`: its chunks as they come, then its status.
 async fn serve_read<S: Reads>(conn: &mut Conn, service: &S, body: Bytes) -> std::io::Result<()> {
-    let request = match decode_one::<ReadRequest>(&body) {
+    let request = match decode_one::<ReadRequest>(body) {
         Ok(r) => r,
         Err(status) => return send(&mut conn.io, &[&end_frame(&status)]).await,
     };
@@ -694,16 +682,13 @@ async fn serve_read<S: Reads>(conn: &mut Conn, service: &S, body: Bytes) -> std:
 }
 
 /// The one message of a gRPC-framed body.
-fn decode_one<M: prost::Message + Default>(body: &[u8]) -> Result<M, Status> {
-    let bad = || Status::internal("a short call's body is not one gRPC message");
-    if body.len() < 5 || body[0] != 0 {
-        return Err(bad());
-    }
-    let n = u32::from_be_bytes(body[1..5].try_into().expect("four bytes")) as usize;
-    if body.len() != 5 + n {
-        return Err(bad());
-    }
-    M::decode(&body[5..]).map_err(|e| Status::internal(format!("a short call's message: {e}")))
+fn decode_one<M: prost::Message + Default>(body: Bytes) -> Result<M, Status> {
+    let bad = |why: String| Status::internal(format!("a short call's body is not one gRPC message: {why}"));
+    let mut reader = umbra_proto::frames::MessageReader::new(MAX_BODY_BYTES);
+    reader.push(body);
+    let message = reader.next_message().map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad("it ends inside its message".into()))?;
+    reader.finish().map_err(|e| bad(e.to_string()))?;
+    M::decode(message).map_err(|e| bad(e.to_string()))
 }
 
 // ---- the owner's side ----
@@ -752,16 +737,9 @@ where
     }
 }
 
-/// A reply of `status` alone (in its trailers); a status too large for a frame goes as
-/// INTERNAL.
+/// A reply of `status` alone (in its trailers).
 fn status_reply(status: &Status) -> (Vec<u8>, Vec<u8>) {
-    let mut trailers = HeaderMap::new();
-    let _ = status.add_header(&mut trailers);
-    encode_reply(StatusCode::OK, &grpc_headers(), &[], &trailers).unwrap_or_else(|e| {
-        let mut trailers = HeaderMap::new();
-        let _ = Status::internal(format!("a status that does not fit a frame: {e}")).add_header(&mut trailers);
-        encode_reply(StatusCode::OK, &grpc_headers(), &[], &trailers).unwrap_or_default()
-    })
+    encode_reply(StatusCode::OK, &grpc_headers(), &[], &status_headers(status)).expect("status_headers fit a frame")
 }
 
 /// A call's whole answer as a reply frame (head, body, tail). A body past [`MAX_BODY_BYTES`]
@@ -770,8 +748,8 @@ async fn answer<S>(service: &mut S, request: http::Request<tonic::body::Body>) -
 where
     S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
 {
-    let failed = |status: Status| {
-        let (head, tail) = status_reply(&status);
+    let failed = |status: &Status| {
+        let (head, tail) = status_reply(status);
         (head, Vec::new(), tail)
     };
     let response = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
@@ -781,30 +759,14 @@ where
         },
         Err(never) => match never {},
     };
-    let (parts, mut body) = response.into_parts();
-    let (mut data, mut trailers, mut total) = (Vec::new(), HeaderMap::new(), 0usize);
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        match frame {
-            Err(status) => return failed(status),
-            Ok(frame) => match frame.into_data() {
-                Ok(d) => {
-                    total += d.len();
-                    if total > MAX_BODY_BYTES {
-                        return failed(Status::resource_exhausted(format!("a reply of more than {MAX_BODY_BYTES} bytes for a short call")));
-                    }
-                    data.push(d);
-                }
-                Err(frame) => {
-                    if let Ok(t) = frame.into_trailers() {
-                        trailers.extend(t);
-                    }
-                }
-            },
-        }
-    }
+    let (parts, body) = response.into_parts();
+    let (data, trailers) = match collect(body).await {
+        Ok(whole) => whole,
+        Err(status) => return failed(&status),
+    };
     match encode_reply(parts.status, &parts.headers, &data, &trailers) {
         Ok((head, tail)) => (head, data, tail),
-        Err(e) => failed(Status::internal(e.to_string())),
+        Err(e) => failed(&Status::internal(e.to_string())),
     }
 }
 
@@ -968,7 +930,7 @@ mod tests {
             let delay = self.delay;
             Box::pin(async move {
                 tokio::time::sleep(delay).await;
-                let echoed = collect(req.into_body()).await.unwrap();
+                let (echoed, _) = collect(req.into_body()).await.unwrap();
                 let mut trailers = HeaderMap::new();
                 Status::new(tonic::Code::Ok, "").add_header(&mut trailers).unwrap();
                 let mut r = http::Response::new(tonic::body::Body::new(Pieces::new(echoed, Some(trailers))));
@@ -1025,7 +987,7 @@ mod tests {
     async fn a_call_slower_than_the_silence_bound_is_kept_alive_by_heartbeats() {
         let addr = owner(SILENCE * 3);
         let pool = Pool::default();
-        let mut io = connection(&pool, || dial(&addr)).await.unwrap();
+        let mut io = pool.connection(|| dial(&addr)).await.unwrap();
         let body = [Bytes::from_static(b"\0\0\0\0\x02hi")];
         let started = Instant::now();
         let reply = call(&mut io, "/umbra.v1.Volume/Stat", &grpc_headers(), &body).await.unwrap();
@@ -1033,8 +995,8 @@ mod tests {
         assert_eq!(reply.body, Bytes::from_static(b"\0\0\0\0\x02hi"));
         assert_eq!(Status::from_header_map(&reply.trailers).unwrap().code(), tonic::Code::Ok);
         // The connection serves the next call too, from the pool.
-        give_back(&pool, io);
-        let mut again = connection(&pool, || async { Err(std::io::Error::other("a new connection was made")) }).await.unwrap();
+        pool.put(io);
+        let mut again = pool.connection(|| async { Err(std::io::Error::other("a new connection was made")) }).await.unwrap();
         assert!(call(&mut again, "/umbra.v1.Volume/Stat", &grpc_headers(), &body).await.is_ok());
     }
 
@@ -1049,12 +1011,12 @@ mod tests {
             drop(io);
         });
         let pool = Pool::default();
-        let mut io = connection(&pool, || dial(&addr)).await.unwrap();
+        let mut io = pool.connection(|| dial(&addr)).await.unwrap();
         let started = Instant::now();
         assert!(matches!(call(&mut io, "/umbra.v1.Volume/Stat", &grpc_headers(), &[]).await, Err(CallError::Read(ReadError::Silent(_)))));
         assert!(started.elapsed() < SILENCE * 3);
         // Given back, then closed by the peer: the pool does not hand it out again.
-        give_back(&pool, io);
+        pool.put(io);
         held.await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(pool.take().is_none());
@@ -1064,7 +1026,7 @@ mod tests {
     async fn a_short_read_lands_its_chunks_checked_in_the_callers_buffer() {
         let addr = owner(SILENCE * 2);
         let pool = Pool::default();
-        let mut conn = connection(&pool, || dial(&addr)).await.unwrap();
+        let mut conn = pool.connection(|| dial(&addr)).await.unwrap();
         let read = |ino: u64, offset: u64| ReadRequest { target: None, ino, offset, length: 8000, open: None };
         // Slower than the silence bound before its first chunk: heartbeats keep it going.
         let mut out = vec![9u8; 10];
@@ -1078,7 +1040,7 @@ mod tests {
         let mut out = Vec::new();
         assert!(matches!(read_into(&mut conn, &read(1, 1), &mut out).await, Err(CallError::Damaged(_))));
         // More data than the read asked for is refused before it is taken.
-        let mut conn = connection(&pool, || dial(&addr)).await.unwrap();
+        let mut conn = pool.connection(|| dial(&addr)).await.unwrap();
         let short = ReadRequest { length: 100, ..read(1, 0) };
         assert!(matches!(read_into(&mut conn, &short, &mut Vec::new()).await, Err(CallError::Reply(_))));
     }
@@ -1105,7 +1067,7 @@ mod tests {
         let mut rest = Vec::new();
         assert_eq!(bad.read_to_end(&mut rest).await.unwrap(), 0, "closed without an answer");
         let pool = Pool::default();
-        let mut good = connection(&pool, || dial(&addr)).await.unwrap();
+        let mut good = pool.connection(|| dial(&addr)).await.unwrap();
         assert!(call(&mut good, "/umbra.v1.Volume/Stat", &grpc_headers(), &[Bytes::from_static(b"\0\0\0\0\0")]).await.is_ok());
         // A path that is not a short call is UNIMPLEMENTED, and the connection goes on.
         let reply = call(&mut good, "/umbra.v1.Volume/Fence", &grpc_headers(), &[]).await.unwrap();
