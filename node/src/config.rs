@@ -65,6 +65,11 @@ pub const LOCK_RETRY_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 /// for, retried meanwhile, holds its connection's other requests near a client's own timeout.
 pub const OWNER_GRACE_BOUNDS_MS: std::ops::RangeInclusive<u64> = crate::opens::RENEW_INTERVAL_MS + 1_000..=30_000;
 
+/// Bounds of [`VolumeTuning::release_delay_ms`]: a deferred release always waits for the
+/// flusher's next turn; longer than a gateway's lease, the owner would drop the open first
+/// (which tests use: then only a ride or an owner's request sends it).
+pub const RELEASE_DELAY_BOUNDS_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
+
 /// Volume upkeep settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -77,11 +82,14 @@ pub struct VolumeTuning {
     /// wait this long from its start, for every live gateway's renewal to bring back the opens
     /// and locks it holds (`volume_service::OWNER_GRACE_MS`).
     pub owner_grace_ms: u64,
+    /// A CLOSE's release to another node's volume waits at most this long for a call there to
+    /// ride on before it is sent alone (`deferred_releases::RELEASE_DELAY`).
+    pub release_delay_ms: u64,
 }
 
 impl Default for VolumeTuning {
     fn default() -> Self {
-        VolumeTuning { reclaim_step_entries: crate::volume::reclaim::RECLAIM_STEP_ENTRIES, reclaim_slice_ms: crate::volumes_task::RECLAIM_SLICE.as_millis() as u64, owner_grace_ms: crate::volume_service::OWNER_GRACE_MS }
+        VolumeTuning { reclaim_step_entries: crate::volume::reclaim::RECLAIM_STEP_ENTRIES, reclaim_slice_ms: crate::volumes_task::RECLAIM_SLICE.as_millis() as u64, owner_grace_ms: crate::volume_service::OWNER_GRACE_MS, release_delay_ms: crate::deferred_releases::RELEASE_DELAY.as_millis() as u64 }
     }
 }
 
@@ -198,6 +206,9 @@ impl NodeConfig {
         }
         if !OWNER_GRACE_BOUNDS_MS.contains(&self.volumes.owner_grace_ms) {
             return bad(format!("volumes.owner_grace_ms must be between {} and {}", OWNER_GRACE_BOUNDS_MS.start(), OWNER_GRACE_BOUNDS_MS.end()));
+        }
+        if !RELEASE_DELAY_BOUNDS_MS.contains(&self.volumes.release_delay_ms) {
+            return bad(format!("volumes.release_delay_ms must be between {} and {}", RELEASE_DELAY_BOUNDS_MS.start(), RELEASE_DELAY_BOUNDS_MS.end()));
         }
         if !LOCK_RETRY_MS.contains(&self.smb.lock_retry_ms) {
             return bad(format!("smb.lock_retry_ms must be between {} and {}", LOCK_RETRY_MS.start(), LOCK_RETRY_MS.end()));

@@ -109,6 +109,8 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let directory = Arc::new(crate::smb::RaftDirectory { reader: reader.clone(), fsrvp: Some(gateway_fsrvp), meta: Some((meta.clone(), tokio::runtime::Handle::current())) });
     let gateway_opens = Arc::new(crate::gateway_opens::GatewayOpens::new(config.id));
     let renewals = tokio::spawn(gateway_opens.clone().run(volume_service.clone(), upkeep_stop.subscribe()));
+    volume_service.set_gateway_opens(gateway_opens.clone());
+    let release_flusher = tokio::spawn(crate::deferred_releases::run_flusher(volume_service.clone(), Duration::from_millis(config.volumes.release_delay_ms), upkeep_stop.subscribe()));
     let relay = tokio::spawn(crate::notify_relay::run(config.id, notifier.clone(), volume_service.clone(), upkeep_stop.subscribe()));
     let opens_upkeep = tokio::spawn(volume_service.clone().run_opens_upkeep(upkeep_stop.subscribe()));
     let logon_relay = tokio::spawn(crate::notify_relay::relay_logon_failures(config.id, throttle.clone(), volume_service.clone(), upkeep_stop.subscribe()));
@@ -130,6 +132,7 @@ async fn serve(config: &NodeConfig, log: LogStore, sm: StateMachineStore, volume
     let _ = upkeep.await;
     let _ = reconcile.await;
     let _ = renewals.await;
+    let _ = release_flusher.await;
     let _ = relay.await;
     let _ = logon_relay.await;
     let _ = opens_upkeep.await;

@@ -47,6 +47,18 @@ pub struct DirectChannel {
     connection: Arc<Mutex<Option<Connection>>>,
     /// Idle connections for short calls ([`crate::short_calls`]).
     short: crate::short_calls::Pool,
+    /// This node's gateway's deferred releases: a volume call takes those for this peer along.
+    riders: Option<Arc<crate::deferred_releases::DeferredReleases>>,
+}
+
+/// A batch of releases riding on a call: answered (or not) when the call's answer came or the
+/// call was dropped.
+struct Riding(Arc<crate::deferred_releases::DeferredReleases>, crate::deferred_releases::Batch);
+
+impl Drop for Riding {
+    fn drop(&mut self) {
+        self.0.landed(&self.1.addr, self.1.number);
+    }
 }
 
 /// One HTTP/2 connection: where requests go, and the handle that pings the peer.
@@ -64,7 +76,21 @@ fn unavailable(what: impl std::fmt::Display) -> BoxError {
 impl DirectChannel {
     /// A channel to `addr` (`host:port`); it connects on its first call.
     pub fn new(addr: &str) -> Self {
-        DirectChannel { addr: addr.into(), connection: Arc::new(Mutex::new(None)), short: crate::short_calls::Pool::default() }
+        DirectChannel { addr: addr.into(), connection: Arc::new(Mutex::new(None)), short: crate::short_calls::Pool::default(), riders: None }
+    }
+
+    /// The same channel, its volume calls carrying the releases `riders` defers to this peer.
+    pub fn riding(mut self, riders: Arc<crate::deferred_releases::DeferredReleases>) -> Self {
+        self.riders = Some(riders);
+        self
+    }
+
+    /// Puts what waits for this peer in `request`'s header, if it is a volume call.
+    fn take_riders(&self, request: &mut http::Request<tonic::body::Body>) -> Option<Riding> {
+        let riders = self.riders.as_ref().filter(|_| request.uri().path().starts_with("/umbra.v1.Volume/"))?;
+        let batch = riders.take(&self.addr)?;
+        request.headers_mut().insert(crate::deferred_releases::RELEASES_HEADER, crate::deferred_releases::header_value(&batch));
+        Some(Riding(riders.clone(), batch))
     }
 
     /// A connection ready for one more request: the current one, or a new one if there is none
@@ -119,7 +145,8 @@ impl DirectChannel {
     /// Makes one call; a peer that stops answering pings while the call waits for the answer
     /// or reads its body fails it (as tonic's channel does with its keepalive), and the next
     /// call connects again.
-    async fn send(self, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
+    async fn send(self, mut request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        let _riding = self.take_riders(&mut request);
         if crate::short_calls::takes(&request) {
             return self.short_call(request).await;
         }

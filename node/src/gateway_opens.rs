@@ -34,6 +34,17 @@ struct Registered {
     locks: Vec<ByteLock>,
     /// Its lock and unlock calls to the owner.
     calls: LockCalls,
+    /// Its file was made delete-pending through another gateway: its CLOSE releases it at once
+    /// (see [`crate::deferred_releases`]).
+    no_defer: bool,
+}
+
+impl Registered {
+    /// Whether its CLOSE may be answered before the owner hears of it: nothing but the share
+    /// check hangs on the release (no deletion, no byte-range lock ever), and the owner knows it.
+    fn may_defer(&self, deleting: bool) -> bool {
+        !deleting && self.confirmed && !self.no_defer && self.calls.last == 0 && self.locks.is_empty()
+    }
 }
 
 /// An open's lock and unlock calls to the owner, numbered 1, 2, ...
@@ -143,7 +154,7 @@ impl GatewayOpens {
         }
         let id = held.next_id;
         held.next_id += 1;
-        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false, locks: Vec::new(), calls: LockCalls::default() });
+        held.opens.insert(id, Registered { target: target.clone(), ino, mode, delete_at_close, disposed: None, confirmed: false, locks: Vec::new(), calls: LockCalls::default(), no_defer: false });
         Ok(id)
     }
 
@@ -172,10 +183,26 @@ impl GatewayOpens {
     /// `delete` (the open's disposition asks for its file's deletion), the owner deletes the
     /// file if this was its last open (before answering) or at its last close; the error is
     /// that deletion's.
+    ///
+    /// A plain release to another node is deferred ([`crate::deferred_releases`]): it goes with
+    /// the next call there. It is handed over under the lock of the opens, so an owner's mark
+    /// ([`GatewayOpens::no_defer`]) comes either before (no deferral) or after (the flush that
+    /// follows the mark sends it).
     pub async fn release(&self, service: &VolumeService, id: u64, delete: Option<DeleteAtClose>, now: u64) -> Result<(), FsError> {
-        let Some(r) = self.held().opens.remove(&id) else { return Ok(()) };
-        let deleting = delete.is_some() || r.delete_at_close.is_some();
-        let req = OpenReleaseRequest { target: Some(r.target), gateway: Some(self.gateway), id, delete_at_close: delete, now };
+        let (req, deleting) = {
+            let mut held = self.held();
+            let Some(r) = held.opens.remove(&id) else { return Ok(()) };
+            let deleting = delete.is_some() || r.delete_at_close.is_some();
+            let may_defer = r.may_defer(deleting);
+            let req = OpenReleaseRequest { target: Some(r.target), gateway: Some(self.gateway), id, delete_at_close: delete, now };
+            match may_defer {
+                true => match service.defer_release(req) {
+                    Ok(()) => return Ok(()),
+                    Err(req) => (req, deleting),
+                },
+                false => (req, deleting),
+            }
+        };
         match service.open_release(req).await {
             Ok(_) => Ok(()),
             Err(e) if deleting => Err(crate::smb::fs_error(&e)),
@@ -210,6 +237,20 @@ impl GatewayOpens {
             }
         }
         answer.map(|_| ()).map_err(|e| crate::smb::fs_error(&e))
+    }
+
+    /// The owner made these files delete-pending: the opens held of them are released at their
+    /// CLOSE from now on, never deferred.
+    pub fn no_defer(&self, files: &[FileRef]) {
+        if files.is_empty() {
+            return;
+        }
+        let mut held = self.held();
+        for r in held.opens.values_mut() {
+            if files.iter().any(|f| f.ino == r.ino && f.volume == r.target.volume) {
+                r.no_defer = true;
+            }
+        }
     }
 
     /// The open a READ or WRITE comes through, as the owner knows it (byte-range lock checks).
@@ -400,7 +441,7 @@ mod tests {
 
     fn registered(volume: &str, confirmed: bool) -> Registered {
         let target = VolumeTarget { volume: volume.into(), snapshot: String::new(), clone: String::new(), route: true };
-        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed, locks: Vec::new(), calls: LockCalls::default() }
+        Registered { target, ino: 9, mode: Mode { access: 1, share: 1 }, delete_at_close: None, disposed: None, confirmed, locks: Vec::new(), calls: LockCalls::default(), no_defer: false }
     }
 
     #[test]

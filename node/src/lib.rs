@@ -13,7 +13,8 @@
 //! chunks from the volume store's mapped data log); [`volumes_task`] keeps
 //! them in step with Raft and runs reclaim. Share modes: the owner of a volume keeps the table of
 //! its opens ([`opens`], inside the volume service); this node's gateway registers, releases and
-//! renews its opens there ([`gateway_opens`]). The gateway's threads call other nodes on
+//! renews its opens there ([`gateway_opens`]), a CLOSE's release to another node following its
+//! answer on the next call there ([`deferred_releases`]). The gateway's threads call other nodes on
 //! runtimes and connections of their own ([`dedicated`], [`direct_channel`]), and store calls
 //! run inline on such threads and on the gRPC server's: a small call to another node wakes
 //! one thread on each side, and the quick ones go as [`short_calls`] (one frame each way on a
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod batcher;
 pub mod config;
 pub mod daemon;
+pub mod deferred_releases;
 pub mod dedicated;
 pub mod direct_channel;
 pub mod errors;

@@ -396,12 +396,14 @@ impl OpenTable {
     /// open (SET_INFO FileDispositionInformation): while any open's is set, its file is
     /// delete-pending to new opens, and the open going makes the deletion pending for good.
     /// Unknown opens and other incarnations are ignored, as by [`OpenTable::release`].
-    pub fn dispose(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) {
-        let Some(v) = self.volumes.get_mut(&volume) else { return };
-        let Some(file) = v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id)) else { return };
-        if let Some(h) = v.files.get_mut(file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
+    /// Returns the file of the open (None when it is not held).
+    pub fn dispose(&mut self, gw: Gateway, volume: Uuid, id: u64, delete: Option<Link>) -> Option<FileKey> {
+        let v = self.volumes.get_mut(&volume)?;
+        let file = *v.leases.get(&gw.node).filter(|l| l.incarnation == gw.incarnation).and_then(|l| l.opens.get(&id))?;
+        if let Some(h) = v.files.get_mut(&file).and_then(|f| f.held.iter_mut().find(|h| h.node == gw.node && h.id == id)) {
             h.disposed = delete;
         }
+        Some(FileKey { volume, view: file.0, ino: file.1 })
     }
 
     /// Whether `file` is to be deleted: a deletion pending at its last close, or a disposition
@@ -607,6 +609,23 @@ impl OpenTable {
             return false;
         }
         self.volumes.values_mut().fold(false, |any, v| std::mem::take(&mut v.released) | any)
+    }
+
+    /// The nodes whose gateways hold opens of `file`.
+    pub fn holders_of(&self, file: FileKey) -> Vec<u64> {
+        let f = self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino)));
+        let mut nodes: Vec<u64> = f.map(|f| f.held.iter().map(|h| h.node).collect()).unwrap_or_default();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The nodes whose gateways hold opens on `volume`.
+    pub fn holders(&self, volume: Uuid) -> Vec<u64> {
+        let v = self.volumes.get(&volume);
+        let mut nodes: Vec<u64> = v.map(|v| v.leases.iter().filter(|(_, l)| !l.opens.is_empty()).map(|(n, _)| *n).collect()).unwrap_or_default();
+        nodes.sort_unstable();
+        nodes
     }
 
     /// Opens held on `volume`, from every gateway.

@@ -93,6 +93,8 @@ const PATHS: &[&str] = &[
     "/umbra.v1.Volume/OpenRelease",
     "/umbra.v1.Volume/OpenDispose",
     "/umbra.v1.Volume/OpenLock",
+    "/umbra.v1.Volume/OpenReleases",
+    "/umbra.v1.Volume/OpenFlush",
 ];
 
 /// Marks a request (an HTTP extension) whose body is one message of at most

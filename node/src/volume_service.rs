@@ -25,6 +25,7 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
+use crate::deferred_releases::{DeferredReleases, FLUSH_WAIT, MAX_NO_DEFER_FILES, MAX_RELEASES_PER_CALL};
 use crate::opens::{DueDelete, FileKey, Gateway, Link, LockError, OpenError, OpenRecord, OpenTable, Renewed};
 use umbra_smb_gateway::byte_locks::ByteLock;
 use umbra_smb_gateway::share_modes::Mode;
@@ -108,7 +109,18 @@ pub struct VolumeService {
     notifier: Option<umbra_smb_gateway::driver::Notifier>,
     /// The SMB gateway's failed-logon throttle, which other nodes' failures count in.
     throttle: Option<Arc<Mutex<umbra_smb_gateway::server::throttle::Throttle>>>,
+    /// This node's gateway's releases to other owners not sent yet ([`crate::deferred_releases`]).
+    deferred: Arc<DeferredReleases>,
+    /// This node's gateway's opens (an owner's `OpenFlush` marks some of them).
+    gateway_opens: std::sync::OnceLock<Arc<crate::gateway_opens::GatewayOpens>>,
 }
+
+/// How long an owner waits for another node's gateway to send its deferred releases
+/// ([`VolumeService::settle`]) before a refusal stands.
+pub const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Gateways an open asks for their deferred releases, one after another, before its sharing
+/// violation stands (one per conflicting open found).
+pub const MAX_SETTLES_PER_OPEN: usize = 4;
 
 /// The longest lease a gateway may ask for.
 pub const MAX_LEASE_MS: u64 = 60_000;
@@ -340,7 +352,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
         let held_at_start = store.volumes().into_iter().collect();
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, grace_ms: OWNER_GRACE_MS, calls: StoreCalls::Blocking, notifier: None, throttle: None }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, grace_ms: OWNER_GRACE_MS, calls: StoreCalls::Blocking, notifier: None, throttle: None, deferred: Arc::default(), gateway_opens: std::sync::OnceLock::new() }
     }
 
     /// The same service running store calls as `calls` says.
@@ -371,12 +383,112 @@ impl VolumeService {
     fn peer_of(&self, node: NodeId) -> Result<Peer, Status> {
         let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.grpc_addr.clone());
         let addr = addr.ok_or_else(|| Status::unavailable(format!("node {node} is not a member")))?;
+        self.peer_at(addr)
+    }
+
+    /// The volume service at `addr` (see [`VolumeService::peer_of`]).
+    fn peer_at(&self, addr: String) -> Result<Peer, Status> {
         // A caller thread's own connections are plain TCP: under simulation (another transport)
         // the node's channels are used.
         if crate::dedicated::kind() == crate::dedicated::Kind::Caller && !umbra_raft::network::has_transport() {
-            return THREAD_PEERS.with(|peers| cached_peer(&mut peers.borrow_mut(), addr, |a| Ok(DirectChannel::new(a).into())));
+            return THREAD_PEERS.with(|peers| cached_peer(&mut peers.borrow_mut(), addr, |a| Ok(DirectChannel::new(a).riding(self.deferred.clone()).into())));
         }
         cached_peer(&mut self.peers.lock().expect("peer cache lock"), addr, |a| Ok(umbra_raft::network::channel(a)?.into()))
+    }
+
+    /// This node's gateway's deferred releases.
+    pub fn deferred(&self) -> &DeferredReleases {
+        &self.deferred
+    }
+
+    /// Tells the service of this node's gateway's opens (which an owner's `OpenFlush` marks).
+    pub fn set_gateway_opens(&self, opens: Arc<crate::gateway_opens::GatewayOpens>) {
+        let _ = self.gateway_opens.set(opens);
+    }
+
+    /// Defers a release to the owner of its volume ([`crate::deferred_releases`]); gives it
+    /// back when it is to be sent now: the owner is this node (no call to save), unknown, or
+    /// has too many waiting.
+    pub fn defer_release(&self, release: OpenReleaseRequest) -> Result<(), OpenReleaseRequest> {
+        let Ok((vol, _, _)) = target_of(release.target.as_ref()) else { return Err(release) };
+        let owner = self.meta.read().state.volumes.get(&vol).map(|v| v.owner);
+        let Some(owner) = owner.filter(|o| *o != self.node) else { return Err(release) };
+        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&owner).map(|n| n.grpc_addr.clone());
+        match addr {
+            Some(addr) => self.deferred.defer(&addr, release),
+            None => Err(release),
+        }
+    }
+
+    /// Sends every deferred release that waits, one call per owner; how many were sent.
+    pub async fn send_deferred(&self) -> u64 {
+        let batches = self.deferred.take_all();
+        let sent = batches.iter().map(|b| b.releases.len() as u64).sum();
+        let each = batches.into_iter().map(|b| async move {
+            let (addr, number, n) = (b.addr.clone(), b.number, b.releases.len());
+            let call = async {
+                let mut peer = self.peer_at(addr.to_string())?;
+                peer.open_releases(OpenReleasesRequest { releases: b.releases }).await
+            };
+            match tokio::time::timeout(FLUSH_WAIT, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(%addr, releases = n, error = %e, "sending deferred releases failed; the owner drops those opens at the next renewal"),
+                Err(_) => tracing::warn!(%addr, releases = n, "sending deferred releases timed out; the owner drops those opens at the next renewal"),
+            }
+            self.deferred.landed(&addr, number);
+        });
+        futures::future::join_all(each).await;
+        sent
+    }
+
+    /// Sends every deferred release and waits until those already riding on calls are carried
+    /// out too (at most [`FLUSH_WAIT`]); how many it sent.
+    pub async fn flush_deferred(&self) -> u64 {
+        let before = self.deferred.next_number();
+        let sent = self.send_deferred().await;
+        self.deferred.wait_landed(before, FLUSH_WAIT).await;
+        sent
+    }
+
+    /// Releases another node's gateway sent after the CLOSEs they come from (riding on a call,
+    /// or an `OpenReleases`): each as OpenRelease, in order; one that fails is logged (its open
+    /// goes at the gateway's next renewal, which no longer lists it).
+    pub async fn carry_out_releases(&self, releases: Vec<OpenReleaseRequest>) {
+        for r in releases {
+            let id = r.id;
+            if let Err(e) = self.open_release(r).await {
+                tracing::debug!(id, error = %e, "a deferred release failed");
+            }
+        }
+    }
+
+    /// Before a refusal that opens of other gateways cause stands: those opens may be closed
+    /// already, their releases deferred ([`crate::deferred_releases`]). Asks the gateways of
+    /// `nodes` (not this node's, which never defers a release to itself) to send them, and to
+    /// release at once the opens they hold of `files` from now on (made delete-pending); how
+    /// many releases came. A gateway that does not answer within [`SETTLE_TIMEOUT`] counts none.
+    async fn settle(&self, mut nodes: Vec<NodeId>, files: &[FileRef]) -> u64 {
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.retain(|n| *n != self.node);
+        let each = nodes.into_iter().map(|node| async move {
+            let call = async {
+                let mut peer = self.peer(node)?;
+                peer.open_flush(OpenFlushRequest { no_defer: files.to_vec() }).await
+            };
+            match tokio::time::timeout(SETTLE_TIMEOUT, call).await {
+                Ok(Ok(reply)) => reply.into_inner().released,
+                Ok(Err(e)) => {
+                    tracing::debug!(node, error = %e, "asking a gateway for its deferred releases failed");
+                    0
+                }
+                Err(_) => {
+                    tracing::debug!(node, "asking a gateway for its deferred releases timed out");
+                    0
+                }
+            }
+        });
+        futures::future::join_all(each).await.into_iter().sum()
     }
 
     /// The other members of the cluster.
@@ -730,11 +842,41 @@ impl VolumeRpc for VolumeService {
         // below it (MS-FSA 2.1.5.14.11: ACCESS_DENIED). Opens of gateways whose lease ran out
         // no longer count (as for a new open's share check).
         self.opens().expire(self.now_ms());
-        let opens = self.opens.clone();
-        unary!(gated self, req, rename, |s, vol, view, r| {
-            let held = crate::opens::OpensOf { table: &opens, volume: vol, view };
-            s.rename_unless(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now, &held).map(|_| Done {})
-        })
+        let r = req.into_inner();
+        let here = self.here(r.target.as_ref());
+        let result = self.rename_once(r.clone()).await;
+        // The opens in the way may be closed already, their releases deferred by their gateways.
+        match (result, here) {
+            (Err(e), Some((vol, _))) if e.metadata().get("umbra-error").is_some_and(|k| k == "access_denied") => {
+                let holders = self.opens().holders(vol);
+                match self.settle(holders, &[]).await {
+                    0 => Err(e),
+                    _ => self.rename_once(r).await,
+                }
+            }
+            (result, _) => result,
+        }
+    }
+
+    async fn open_releases(&self, req: Request<OpenReleasesRequest>) -> Result<Response<Done>, Status> {
+        let r = req.into_inner();
+        if r.releases.len() > MAX_RELEASES_PER_CALL {
+            return Err(Status::invalid_argument(format!("{} releases (max {MAX_RELEASES_PER_CALL})", r.releases.len())));
+        }
+        self.carry_out_releases(r.releases).await;
+        Ok(Response::new(Done {}))
+    }
+
+    async fn open_flush(&self, req: Request<OpenFlushRequest>) -> Result<Response<OpenFlushReply>, Status> {
+        let r = req.into_inner();
+        if r.no_defer.len() > MAX_NO_DEFER_FILES {
+            return Err(Status::invalid_argument(format!("{} files (max {MAX_NO_DEFER_FILES})", r.no_defer.len())));
+        }
+        // Marked first: a CLOSE after this releases at once, one before has its release waiting.
+        if let Some(g) = self.gateway_opens.get() {
+            g.no_defer(&r.no_defer);
+        }
+        Ok(Response::new(OpenFlushReply { released: self.flush_deferred().await }))
     }
 
     async fn sync(&self, req: Request<VolumeTarget>) -> Result<Response<Done>, Status> {
@@ -922,6 +1064,17 @@ impl VolumeRpc for VolumeService {
 
 /// Share modes: the owner's table of opens, reached like every volume call.
 impl VolumeService {
+    /// A rename, once: never over a file some open holds, nor of a directory with opens below
+    /// it.
+    async fn rename_once(&self, r: RenameRequest) -> Result<Response<Done>, Status> {
+        let opens = self.opens.clone();
+        let req = Request::new(r);
+        unary!(gated self, req, rename, |s, vol, view, r| {
+            let held = crate::opens::OpensOf { table: &opens, volume: vol, view };
+            s.rename_unless(vol, view, r.from_dir, &r.from, r.to_dir, &r.to, r.replace, r.now, &held).map(|_| Done {})
+        })
+    }
+
     pub async fn open_register(&self, mut r: OpenRegisterRequest) -> Result<Done, Status> {
         let (volume, view, route) = target_of(r.target.as_ref())?;
         if let Owner::Peer(mut peer) = self.owner(volume, route)? {
@@ -938,8 +1091,21 @@ impl VolumeService {
     async fn register_here(&self, gw: Gateway, lease_ms: u64, record: OpenRecord) -> Result<Done, Status> {
         self.wait_out_grace(record.file.volume, "an open").await;
         let ino = record.file.ino;
-        let now = self.now_ms();
-        let result = self.opens().register(now, gw, lease_ms.min(MAX_LEASE_MS), record);
+        let mut asked = Vec::new();
+        let result = loop {
+            let result = self.opens().register(self.now_ms(), gw, lease_ms.min(MAX_LEASE_MS), record.clone());
+            // The open in the way may be closed already, its release deferred by its gateway.
+            match &result {
+                Err(OpenError::SharingViolation { holder_node, .. }) if *holder_node != self.node && !asked.contains(holder_node) && asked.len() < MAX_SETTLES_PER_OPEN => {
+                    asked.push(*holder_node);
+                    if self.settle(vec![*holder_node], &[]).await > 0 {
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            break result;
+        };
         if let Err(e) = &result {
             tracing::debug!(node = gw.node, ino, error = %e, "open refused");
         }
@@ -967,13 +1133,28 @@ impl VolumeService {
         let delete = link_of(r.delete_at_close.as_ref())?;
         // The CLOSE carries out its own file's deletion, if this was its last open; any other
         // due on the volume is the upkeep's.
-        let due = {
+        let deleting = delete.is_some();
+        let (due, file) = {
             let mut table = self.opens();
             let file = table.release(gw, volume, r.id, delete);
-            file.map(|f| table.take_due_of(f)).unwrap_or_default()
+            (file.map(|f| table.take_due_of(f)).unwrap_or_default(), file)
         };
         self.carry_out_deletes(due, true, r.now).await?;
+        if let Some(file) = file.filter(|_| deleting) {
+            self.settle_delete_pending(file).await;
+        }
         Ok(Done {})
+    }
+
+    /// `file` was made delete-pending: other gateways holding it may have closed it already
+    /// (their releases deferred); they send those now (the file is deleted as the last one
+    /// lands) and release the rest of its opens at their CLOSEs from now on, so that the file
+    /// is gone when its last CLOSE is answered.
+    async fn settle_delete_pending(&self, file: FileKey) {
+        let holders = self.opens().holders_of(file);
+        if holders.iter().any(|n| *n != self.node) {
+            self.settle(holders, &[FileRef { volume: file.volume.to_string(), ino: file.ino }]).await;
+        }
     }
 
     /// The target's volume and view when this node owns it (the owner, alone, checks byte-range
@@ -1048,7 +1229,11 @@ impl VolumeService {
         }
         let gw = gateway_of(r.gateway.as_ref())?;
         let delete = link_of(r.delete_at_close.as_ref())?;
-        self.opens().dispose(gw, volume, r.id, delete);
+        let deleting = delete.is_some();
+        let file = self.opens().dispose(gw, volume, r.id, delete);
+        if let Some(file) = file.filter(|_| deleting) {
+            self.settle_delete_pending(file).await;
+        }
         Ok(Done {})
     }
 

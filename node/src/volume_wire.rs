@@ -70,6 +70,23 @@ impl Service<http::Request<Body>> for VolumeWire {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // Releases riding on the call (crate::deferred_releases) go first.
+        match crate::deferred_releases::riders(req.headers()) {
+            Ok(None) => self.dispatch(req),
+            Ok(Some(riders)) => {
+                let mut wire = self.clone();
+                Box::pin(async move {
+                    wire.service.carry_out_releases(riders.releases).await;
+                    wire.dispatch(req).await
+                })
+            }
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
+    }
+}
+
+impl VolumeWire {
+    fn dispatch(&mut self, req: http::Request<Body>) -> BoxFuture<'static, Result<http::Response<Body>, Infallible>> {
         let service = self.service.clone();
         match req.uri().path() {
             READ_PATH => Box::pin(async move { Ok(serve_read(service, req.into_body()).await) }),
