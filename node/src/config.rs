@@ -65,9 +65,9 @@ pub const LOCK_RETRY_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 /// for, retried meanwhile, holds its connection's other requests near a client's own timeout.
 pub const OWNER_GRACE_BOUNDS_MS: std::ops::RangeInclusive<u64> = crate::opens::RENEW_INTERVAL_MS + 1_000..=30_000;
 
-/// Bounds of [`VolumeTuning::release_delay_ms`]: a deferred release always waits for the
-/// flusher's next turn; longer than a gateway's lease, the owner would drop the open first
-/// (which tests use: then only a ride or an owner's request sends it).
+/// Bounds of [`VolumeTuning::release_delay_ms`]. Past the gateways' renewal interval a
+/// renewal, which no longer lists a closed open, drops it first; tests set the longest, so that
+/// only a ride or an owner's request sends a release within a test's steps.
 pub const RELEASE_DELAY_BOUNDS_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
 
 /// Volume upkeep settings.

@@ -51,13 +51,23 @@ pub struct DirectChannel {
     riders: Option<Arc<crate::deferred_releases::DeferredReleases>>,
 }
 
-/// A batch of releases riding on a call: answered (or not) when the call's answer came or the
-/// call was dropped.
-struct Riding(Arc<crate::deferred_releases::DeferredReleases>, crate::deferred_releases::Batch);
+/// A batch of releases riding on a call: carried out if the call's answer came (the owner
+/// carries them out before the call); to be sent again if it failed or was dropped.
+struct Riding(Arc<crate::deferred_releases::DeferredReleases>, Option<crate::deferred_releases::Batch>);
+
+impl Riding {
+    fn answered(mut self) {
+        if let Some(b) = self.1.take() {
+            self.0.landed(&b.addr, b.number);
+        }
+    }
+}
 
 impl Drop for Riding {
     fn drop(&mut self) {
-        self.0.landed(&self.1.addr, self.1.number);
+        if let Some(b) = self.1.take() {
+            self.0.failed(b);
+        }
     }
 }
 
@@ -90,7 +100,7 @@ impl DirectChannel {
         let riders = self.riders.as_ref().filter(|_| request.uri().path().starts_with("/umbra.v1.Volume/"))?;
         let batch = riders.take(&self.addr)?;
         request.headers_mut().insert(crate::deferred_releases::RELEASES_HEADER, crate::deferred_releases::header_value(&batch));
-        Some(Riding(riders.clone(), batch))
+        Some(Riding(riders.clone(), Some(batch)))
     }
 
     /// A connection ready for one more request: the current one, or a new one if there is none
@@ -146,7 +156,15 @@ impl DirectChannel {
     /// or reads its body fails it (as tonic's channel does with its keepalive), and the next
     /// call connects again.
     async fn send(self, mut request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
-        let _riding = self.take_riders(&mut request);
+        let riding = self.take_riders(&mut request);
+        let answer = self.clone().send_now(request).await;
+        if let (Some(r), Ok(_)) = (riding, &answer) {
+            r.answered();
+        }
+        answer
+    }
+
+    async fn send_now(self, request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
         if crate::short_calls::takes(&request) {
             return self.short_call(request).await;
         }

@@ -187,7 +187,7 @@ impl GatewayOpens {
     /// A plain release to another node is deferred ([`crate::deferred_releases`]): it goes with
     /// the next call there. It is handed over under the lock of the opens, so an owner's mark
     /// ([`GatewayOpens::no_defer`]) comes either before (no deferral) or after (the flush that
-    /// follows the mark sends it).
+    /// follows the mark takes it, or waits for the call that took it).
     pub async fn release(&self, service: &VolumeService, id: u64, delete: Option<DeleteAtClose>, now: u64) -> Result<(), FsError> {
         let (req, deleting) = {
             let mut held = self.held();
@@ -247,7 +247,8 @@ impl GatewayOpens {
         }
         let mut held = self.held();
         for r in held.opens.values_mut() {
-            if files.iter().any(|f| f.ino == r.ino && f.volume == r.target.volume) {
+            // An open whose file the owner has not named yet (a create under way) may be of one.
+            if files.iter().any(|f| f.volume == r.target.volume && (f.ino == r.ino || !r.confirmed)) {
                 r.no_defer = true;
             }
         }

@@ -611,10 +611,10 @@ impl OpenTable {
         self.volumes.values_mut().fold(false, |any, v| std::mem::take(&mut v.released) | any)
     }
 
-    /// The nodes whose gateways hold opens of `file`.
-    pub fn holders_of(&self, file: FileKey) -> Vec<u64> {
+    /// The nodes whose gateways hold opens of `file`, but the open `except` (node, id).
+    pub fn holders_of(&self, file: FileKey, except: Option<(u64, u64)>) -> Vec<u64> {
         let f = self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino)));
-        let mut nodes: Vec<u64> = f.map(|f| f.held.iter().map(|h| h.node).collect()).unwrap_or_default();
+        let mut nodes: Vec<u64> = f.map(|f| f.held.iter().filter(|h| Some((h.node, h.id)) != except).map(|h| h.node).collect()).unwrap_or_default();
         nodes.sort_unstable();
         nodes.dedup();
         nodes

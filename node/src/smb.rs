@@ -175,7 +175,7 @@ pub(crate) fn fs_error(s: &tonic::Status) -> FsError {
         Some("not_a_directory") => FsError::NotADirectory,
         Some("is_a_directory") => FsError::IsADirectory,
         Some("read_only") => FsError::ReadOnly,
-        Some("access_denied") => FsError::AccessDenied,
+        Some("access_denied" | "open_in_the_way") => FsError::AccessDenied,
         Some("invalid_name" | "invalid") => FsError::Invalid,
         Some("invalid_security") => FsError::InvalidSecurity,
         Some("too_large") => FsError::TooLarge,

@@ -25,7 +25,7 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
-use crate::deferred_releases::{DeferredReleases, FLUSH_WAIT, MAX_NO_DEFER_FILES, MAX_RELEASES_PER_CALL};
+use crate::deferred_releases::{Batch, DeferredReleases, MAX_NO_DEFER_FILES, MAX_RELEASES_PER_CALL, SEND_WAIT};
 use crate::opens::{DueDelete, FileKey, Gateway, Link, LockError, OpenError, OpenRecord, OpenTable, Renewed};
 use umbra_smb_gateway::byte_locks::ByteLock;
 use umbra_smb_gateway::share_modes::Mode;
@@ -52,6 +52,7 @@ pub fn status_of(e: VolumeError) -> Status {
         VolumeError::IsADirectory => (Code::FailedPrecondition, "is_a_directory"),
         VolumeError::ReadOnly(_) => (Code::PermissionDenied, "read_only"),
         VolumeError::AccessDenied(_) => (Code::PermissionDenied, "access_denied"),
+        VolumeError::OpenInTheWay(_) => (Code::PermissionDenied, "open_in_the_way"),
         VolumeError::InvalidName(_) => (Code::InvalidArgument, "invalid_name"),
         VolumeError::TooLarge { .. } => (Code::OutOfRange, "too_large"),
         VolumeError::Invalid(_) => (Code::InvalidArgument, "invalid"),
@@ -420,43 +421,50 @@ impl VolumeService {
         }
     }
 
-    /// Sends every deferred release that waits, one call per owner; how many were sent.
-    pub async fn send_deferred(&self) -> u64 {
-        let batches = self.deferred.take_all();
-        let sent = batches.iter().map(|b| b.releases.len() as u64).sum();
-        let each = batches.into_iter().map(|b| async move {
-            let (addr, number, n) = (b.addr.clone(), b.number, b.releases.len());
-            let call = async {
-                let mut peer = self.peer_at(addr.to_string())?;
-                peer.open_releases(OpenReleasesRequest { releases: b.releases }).await
-            };
-            match tokio::time::timeout(FLUSH_WAIT, call).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(%addr, releases = n, error = %e, "sending deferred releases failed; the owner drops those opens at the next renewal"),
-                Err(_) => tracing::warn!(%addr, releases = n, "sending deferred releases timed out; the owner drops those opens at the next renewal"),
+    /// Sends one batch of deferred releases to its owner; one whose call fails or takes longer
+    /// than [`SEND_WAIT`] waits again ([`DeferredReleases::failed`]). Whether the owner took it.
+    pub async fn send_batch(&self, batch: Batch) -> bool {
+        let call = async {
+            let mut peer = self.peer_at(batch.addr.to_string())?;
+            peer.open_releases(OpenReleasesRequest { releases: batch.releases(), batch: batch.number }).await
+        };
+        let failure = match tokio::time::timeout(SEND_WAIT, call).await {
+            Ok(Ok(_)) => {
+                self.deferred.landed(&batch.addr, batch.number);
+                return true;
             }
-            self.deferred.landed(&addr, number);
-        });
-        futures::future::join_all(each).await;
-        sent
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {SEND_WAIT:?}"),
+        };
+        tracing::debug!(addr = %batch.addr, releases = batch.items.len(), error = %failure, "sending deferred releases failed: they wait again");
+        self.deferred.failed(batch);
+        false
     }
 
-    /// Sends every deferred release and waits until those already riding on calls are carried
-    /// out too (at most [`FLUSH_WAIT`]); how many it sent.
-    pub async fn flush_deferred(&self) -> u64 {
-        let before = self.deferred.next_number();
-        let sent = self.send_deferred().await;
-        self.deferred.wait_landed(before, FLUSH_WAIT).await;
+    /// Asked by the owner at `owner` (an `OpenFlush`): sends what waits for it, and waits until
+    /// the calls under way to it that carry others (but the batches in `carried`) are answered,
+    /// within [`SEND_WAIT`] each. How many releases it sent.
+    async fn flush_for(&self, owner: &str, carried: &[u64]) -> u64 {
+        let (batch, under_way) = self.deferred.take_for(owner, carried);
+        let sent = match batch {
+            Some(b) => {
+                let n = b.items.len() as u64;
+                if self.send_batch(b).await { n } else { 0 }
+            }
+            None => 0,
+        };
+        self.deferred.wait_landed(owner, &under_way, SEND_WAIT).await;
         sent
     }
 
     /// Releases another node's gateway sent after the CLOSEs they come from (riding on a call,
-    /// or an `OpenReleases`): each as OpenRelease, in order; one that fails is logged (its open
-    /// goes at the gateway's next renewal, which no longer lists it).
+    /// or an `OpenReleases`): each as OpenRelease, in order, but a deletion one of them makes
+    /// due does not wait at a fence here (the upkeep carries it out then); one that fails is
+    /// logged (its open goes at the gateway's next renewal, which no longer lists it).
     pub async fn carry_out_releases(&self, releases: Vec<OpenReleaseRequest>) {
         for r in releases {
             let id = r.id;
-            if let Err(e) = self.open_release(r).await {
+            if let Err(e) = self.release(r, false).await {
                 tracing::debug!(id, error = %e, "a deferred release failed");
             }
         }
@@ -464,31 +472,37 @@ impl VolumeService {
 
     /// Before a refusal that opens of other gateways cause stands: those opens may be closed
     /// already, their releases deferred ([`crate::deferred_releases`]). Asks the gateways of
-    /// `nodes` (not this node's, which never defers a release to itself) to send them, and to
-    /// release at once the opens they hold of `files` from now on (made delete-pending); how
-    /// many releases came. A gateway that does not answer within [`SETTLE_TIMEOUT`] counts none.
-    async fn settle(&self, mut nodes: Vec<NodeId>, files: &[FileRef]) -> u64 {
+    /// `nodes` (not this node's, whose releases to this owner are never deferred while it owns
+    /// the volume) to send them, and to release at once the opens they hold of `files` from now
+    /// on (made delete-pending). How many gateways answered (each within [`SETTLE_TIMEOUT`]):
+    /// with none, there is nothing to decide again.
+    async fn settle(&self, mut nodes: Vec<NodeId>, files: &[FileRef]) -> usize {
         nodes.sort_unstable();
         nodes.dedup();
         nodes.retain(|n| *n != self.node);
-        let each = nodes.into_iter().map(|node| async move {
-            let call = async {
-                let mut peer = self.peer(node)?;
-                peer.open_flush(OpenFlushRequest { no_defer: files.to_vec() }).await
-            };
-            match tokio::time::timeout(SETTLE_TIMEOUT, call).await {
-                Ok(Ok(reply)) => reply.into_inner().released,
-                Ok(Err(e)) => {
-                    tracing::debug!(node, error = %e, "asking a gateway for its deferred releases failed");
-                    0
-                }
-                Err(_) => {
-                    tracing::debug!(node, "asking a gateway for its deferred releases timed out");
-                    0
+        if nodes.is_empty() {
+            return 0;
+        }
+        let me = self.raft.metrics().borrow().membership_config.membership().get_node(&self.node).map(|n| n.grpc_addr.clone()).unwrap_or_default();
+        let carried = crate::deferred_releases::CARRIED.try_with(|c| *c).ok();
+        let each = nodes.into_iter().map(|node| {
+            let req = OpenFlushRequest { no_defer: files.to_vec(), owner: me.clone(), carried: carried.filter(|(n, _)| *n == node).map(|(_, b)| b).into_iter().collect() };
+            async move {
+                let call = async { self.peer(node)?.open_flush(req).await };
+                match tokio::time::timeout(SETTLE_TIMEOUT, call).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        tracing::debug!(node, error = %e, "asking a gateway for its deferred releases failed");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::debug!(node, "asking a gateway for its deferred releases timed out");
+                        false
+                    }
                 }
             }
         });
-        futures::future::join_all(each).await.into_iter().sum()
+        futures::future::join_all(each).await.into_iter().filter(|answered| *answered).count()
     }
 
     /// The other members of the cluster.
@@ -847,7 +861,7 @@ impl VolumeRpc for VolumeService {
         let result = self.rename_once(r.clone()).await;
         // The opens in the way may be closed already, their releases deferred by their gateways.
         match (result, here) {
-            (Err(e), Some((vol, _))) if e.metadata().get("umbra-error").is_some_and(|k| k == "access_denied") => {
+            (Err(e), Some((vol, _))) if e.metadata().get("umbra-error").is_some_and(|k| k == "open_in_the_way") => {
                 let holders = self.opens().holders(vol);
                 match self.settle(holders, &[]).await {
                     0 => Err(e),
@@ -872,11 +886,14 @@ impl VolumeRpc for VolumeService {
         if r.no_defer.len() > MAX_NO_DEFER_FILES {
             return Err(Status::invalid_argument(format!("{} files (max {MAX_NO_DEFER_FILES})", r.no_defer.len())));
         }
+        if r.carried.len() > MAX_NO_DEFER_FILES || r.owner.is_empty() {
+            return Err(Status::invalid_argument(format!("{} carried batches (max {MAX_NO_DEFER_FILES}), owner {:?}", r.carried.len(), r.owner)));
+        }
         // Marked first: a CLOSE after this releases at once, one before has its release waiting.
         if let Some(g) = self.gateway_opens.get() {
             g.no_defer(&r.no_defer);
         }
-        Ok(Response::new(OpenFlushReply { released: self.flush_deferred().await }))
+        Ok(Response::new(OpenFlushReply { released: self.flush_for(&r.owner, &r.carried).await }))
     }
 
     async fn sync(&self, req: Request<VolumeTarget>) -> Result<Response<Done>, Status> {
@@ -1123,7 +1140,13 @@ impl VolumeService {
         }
     }
 
-    pub async fn open_release(&self, mut r: OpenReleaseRequest) -> Result<Done, Status> {
+    pub async fn open_release(&self, r: OpenReleaseRequest) -> Result<Done, Status> {
+        self.release(r, true).await
+    }
+
+    /// OpenRelease; with `wait_at_fence`, the deletion it makes due waits out a fence on its
+    /// volume (a CLOSE's, answered after its file's deletion), else it is left to the upkeep.
+    async fn release(&self, mut r: OpenReleaseRequest, wait_at_fence: bool) -> Result<Done, Status> {
         let (volume, _, route) = target_of(r.target.as_ref())?;
         if let Owner::Peer(mut peer) = self.owner(volume, route)? {
             unrouted(&mut r.target);
@@ -1139,9 +1162,9 @@ impl VolumeService {
             let file = table.release(gw, volume, r.id, delete);
             (file.map(|f| table.take_due_of(f)).unwrap_or_default(), file)
         };
-        self.carry_out_deletes(due, true, r.now).await?;
+        self.carry_out_deletes(due, wait_at_fence, r.now).await?;
         if let Some(file) = file.filter(|_| deleting) {
-            self.settle_delete_pending(file).await;
+            self.settle_delete_pending(file, None).await;
         }
         Ok(Done {})
     }
@@ -1150,8 +1173,9 @@ impl VolumeService {
     /// (their releases deferred); they send those now (the file is deleted as the last one
     /// lands) and release the rest of its opens at their CLOSEs from now on, so that the file
     /// is gone when its last CLOSE is answered.
-    async fn settle_delete_pending(&self, file: FileKey) {
-        let holders = self.opens().holders_of(file);
+    /// (`except`: the gateway and id of an open that made it so and is still held.)
+    async fn settle_delete_pending(&self, file: FileKey, except: Option<(u64, u64)>) {
+        let holders = self.opens().holders_of(file, except);
         if holders.iter().any(|n| *n != self.node) {
             self.settle(holders, &[FileRef { volume: file.volume.to_string(), ino: file.ino }]).await;
         }
@@ -1232,7 +1256,7 @@ impl VolumeService {
         let deleting = delete.is_some();
         let file = self.opens().dispose(gw, volume, r.id, delete);
         if let Some(file) = file.filter(|_| deleting) {
-            self.settle_delete_pending(file).await;
+            self.settle_delete_pending(file, Some((gw.node, r.id))).await;
         }
         Ok(Done {})
     }

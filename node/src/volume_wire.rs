@@ -47,12 +47,19 @@ const FRAMES_PER_POLL: usize = 64;
 pub struct VolumeWire {
     service: Arc<VolumeService>,
     generated: VolumeServer<VolumeService>,
+    /// The same, for the calls whose requests are lists bounded far below a volume message
+    /// (deferred releases): decoded only up to their bound.
+    lists: VolumeServer<VolumeService>,
 }
+
+/// Calls [`VolumeWire`] decodes up to [`crate::deferred_releases::MAX_RELEASES_REQUEST_BYTES`].
+const LIST_PATHS: &[&str] = &["/umbra.v1.Volume/OpenReleases", "/umbra.v1.Volume/OpenFlush"];
 
 impl VolumeWire {
     pub fn new(service: Arc<VolumeService>) -> Self {
         let generated = VolumeServer::from_arc(service.clone()).max_decoding_message_size(MAX_VOLUME_MESSAGE_BYTES).max_encoding_message_size(MAX_VOLUME_MESSAGE_BYTES);
-        VolumeWire { service, generated }
+        let lists = VolumeServer::from_arc(service.clone()).max_decoding_message_size(crate::deferred_releases::MAX_RELEASES_REQUEST_BYTES);
+        VolumeWire { service, generated, lists }
     }
 }
 
@@ -75,10 +82,13 @@ impl Service<http::Request<Body>> for VolumeWire {
             Ok(None) => self.dispatch(req),
             Ok(Some(riders)) => {
                 let mut wire = self.clone();
-                Box::pin(async move {
+                // The gateway's node and its number for the batch: an owner that asks that
+                // gateway for its releases while it serves this call does not wait for this one.
+                let carried = (riders.releases.first().and_then(|r| r.gateway).map_or(0, |g| g.node), riders.batch);
+                Box::pin(crate::deferred_releases::CARRIED.scope(carried, async move {
                     wire.service.carry_out_releases(riders.releases).await;
                     wire.dispatch(req).await
-                })
+                }))
             }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
         }
@@ -91,6 +101,7 @@ impl VolumeWire {
         match req.uri().path() {
             READ_PATH => Box::pin(async move { Ok(serve_read(service, req.into_body()).await) }),
             WRITE_PATH => Box::pin(async move { Ok(serve_write(service, req.into_body()).await) }),
+            path if LIST_PATHS.contains(&path) => self.lists.call(req),
             _ => self.generated.call(req),
         }
     }

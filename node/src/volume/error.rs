@@ -28,6 +28,11 @@ pub enum VolumeError {
     /// The caller may not do this to that file now (a rename over a file some open holds).
     #[error("access denied: {0}")]
     AccessDenied(&'static str),
+    /// A rename that an open is in the way of (over a file some open holds, or of a directory
+    /// with opens below it): access denied, as [`VolumeError::AccessDenied`], but the owner may
+    /// decide again once releases still on their way have come (node/src/deferred_releases.rs).
+    #[error("access denied: {0}")]
+    OpenInTheWay(&'static str),
     #[error(transparent)]
     InvalidName(#[from] NameError),
     #[error("{what} is {got}; at most {max} allowed")]

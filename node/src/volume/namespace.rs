@@ -262,7 +262,7 @@ impl VolumeStore {
         if source.inode.kind == Kind::Dir {
             self.refuse_cycle(&scope, vol, source.ino, to_dir)?;
             if self.any_below(&scope, vol, source.ino, opens.held())? {
-                return Err(VolumeError::AccessDenied("a directory with open files below it does not move"));
+                return Err(VolumeError::OpenInTheWay("a directory with open files below it does not move"));
             }
         }
         let same_slot = from_dir == to_dir && fold(from) == fold(to);
@@ -276,7 +276,7 @@ impl VolumeStore {
                     return Err(VolumeError::AccessDenied("a rename does not replace a directory"));
                 }
                 if opens.holds(target.ino) {
-                    return Err(VolumeError::AccessDenied("a rename does not replace a file that is open"));
+                    return Err(VolumeError::OpenInTheWay("a rename does not replace a file that is open"));
                 }
                 self.drop_entry(&st, &scope, &mut batch, to_dir, &target)?;
             }
