@@ -15,6 +15,7 @@ head -c $((size_mib << 20)) /dev/urandom > "$work/in.bin"
 sync  # its writeback would otherwise run during the first timed copy
 smbclient //127.0.0.1/share2 -p 27612 -U 'admin%Passw0rd!' -c "lcd $work; put in.bin src.bin" >/dev/null
 smbclient //127.0.0.1/share -p 4450 -U 'fsuser%Passw0rd!' -c "lcd $work; put in.bin src.bin" >/dev/null
+printf '%s\n' src.bin copy-server.bin copy-client.bin >> "$work/smbd.put"
 
 # copy NAME PORT SHARE USER PASS: server-side MB/s, then through-the-client MB/s
 copy() {

@@ -33,7 +33,8 @@ rate() {
   # more (its balloon reports free pages to the host; docs/benchmarks.md, Run 22), so a
   # server that overwrites in place would be timed on recycled pages and one that writes a
   # log on new ones.
-  local name="b$RANDOM$RANDOM.bin"
+  local name="b$RANDOM$RANDOM.bin" dir="small$RANDOM$RANDOM"
+  case $1 in smbd*) printf '%s\n%s\n' "$name" "$dir" >> "$work/smbd.put" ;; esac
   sync
   t0=$(date +%s.%N)
   smb -c "lcd $work; put in.bin $name" >/dev/null
@@ -50,7 +51,6 @@ rate() {
   put=$(echo "$size_mib*1.048576/($t1-$t0)" | bc -l)
   get=$(echo "$size_mib*1.048576/($t2-$t1)" | bc -l)
   # The small files, into a directory new to this round.
-  local dir="small$RANDOM$RANDOM"
   smb -c "mkdir $dir" >/dev/null
   sync
   t0=$(date +%s.%N)
