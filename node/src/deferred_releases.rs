@@ -17,8 +17,8 @@
 //! directory with open files below, `open_in_the_way`; and a file made delete-pending while
 //! other gateways hold it) the owner asks the gateways concerned for what they deferred to it
 //! (`OpenFlush`, the volume service's `settle`): each sends it and waits for the calls under way
-//! that carry others (not for the owner's own call, whose batch is carried out already:
-//! [`CARRIED`]), and the owner decides again. A file made delete-pending is marked on the
+//! that carry others, but those whose batches the owner has carried out already ([`Carried`]:
+//! the call that meets the refusal may be one), and the owner decides again. A file made delete-pending is marked on the
 //! other gateways holding it, so its remaining opens are released at their CLOSE, before it is
 //! answered: the file is gone when its last CLOSE returns.
 //!
@@ -78,7 +78,7 @@ pub struct Deferred {
 }
 
 /// Releases taken together for one owner, numbered: a flush waits for those under way, but not
-/// for the one the owner's own call carried.
+/// for those the owner says it carried out.
 #[derive(Debug)]
 pub struct Batch {
     pub addr: Arc<str>,
@@ -182,7 +182,7 @@ impl DeferredReleases {
 
     /// For a flush towards the owner at `addr`: everything that waits for it, and (taken in the
     /// same look, so that none falls between) the numbers of the batches already under way to
-    /// it, but those in `skip` (the batch the owner's own call carried, carried out already).
+    /// it, but those in `skip` (the batches the owner says it carried out already).
     pub fn take_for(&self, addr: &str, skip: &[u64]) -> (Option<Batch>, Vec<u64>) {
         let mut state = self.state();
         let under_way = state.owners.get(addr).map(|o| o.under_way.iter().copied().filter(|n| !skip.contains(n)).collect()).unwrap_or_default();
@@ -273,10 +273,40 @@ pub fn riders(headers: &http::HeaderMap) -> Result<Option<OpenReleasesRequest>, 
     Ok(Some(request))
 }
 
-tokio::task_local! {
-    /// While an owner serves a call that carried releases: the gateway's node and the batch's
-    /// number (a flush asked of that gateway meanwhile does not wait for it).
-    pub static CARRIED: (u64, u64);
+/// Batches an owner carried out lately, by the gateway they came from: a flush it asks of that
+/// gateway does not wait for them (a call carrying one may still be under way, maybe waiting
+/// for that very flush, or its answer not yet read).
+#[derive(Default)]
+pub struct Carried(Mutex<HashMap<u64, (u64, VecDeque<u64>)>>);
+
+/// Batches [`Carried`] remembers per gateway (one per call under way there, and some).
+pub const CARRIED_KEPT: usize = 64;
+/// Gateways [`Carried`] remembers batches of (the nodes of a cluster, and room).
+pub const CARRIED_GATEWAYS: usize = 1024;
+
+impl Carried {
+    /// The batch `number` of gateway `node` (incarnation `incarnation`) was carried out.
+    pub fn note(&self, node: u64, incarnation: u64, number: u64) {
+        let mut all = self.0.lock().expect("carried batches lock");
+        if all.len() >= CARRIED_GATEWAYS && !all.contains_key(&node) {
+            return;
+        }
+        let (inc, numbers) = all.entry(node).or_default();
+        if *inc != incarnation {
+            // A restarted gateway numbers its batches anew.
+            *inc = incarnation;
+            numbers.clear();
+        }
+        if numbers.len() == CARRIED_KEPT {
+            numbers.pop_front();
+        }
+        numbers.push_back(number);
+    }
+
+    /// The batches of gateway `node` carried out lately.
+    pub fn of(&self, node: u64) -> Vec<u64> {
+        self.0.lock().expect("carried batches lock").get(&node).map(|(_, n)| n.iter().copied().collect()).unwrap_or_default()
+    }
 }
 
 /// Sends what no call took within `delay` of its deferral ([`RELEASE_DELAY`] by default), each
@@ -414,8 +444,28 @@ mod tests {
         });
     }
 
+    #[test]
+    fn an_owner_remembers_the_latest_batches_of_each_gateway_incarnation() {
+        let c = Carried::default();
+        for n in 0..(CARRIED_KEPT as u64 + 3) {
+            c.note(1, 100, n);
+        }
+        c.note(2, 7, 9);
+        assert_eq!(c.of(1), (3..CARRIED_KEPT as u64 + 3).collect::<Vec<_>>(), "the latest only");
+        assert_eq!(c.of(2), vec![9]);
+        assert!(c.of(3).is_empty());
+        c.note(1, 101, 0);
+        assert_eq!(c.of(1), vec![0], "a restarted gateway numbers anew");
+        for node in 10..(CARRIED_GATEWAYS as u64 + 10) {
+            c.note(node, 1, 1);
+        }
+        assert!(c.of(CARRIED_GATEWAYS as u64 + 9).is_empty(), "bounded in gateways");
+        c.note(2, 7, 10);
+        assert_eq!(c.of(2), vec![9, 10], "a known one still counts");
+    }
+
     /// A flush takes what waits and, in the same look, the batches under way: one taken by a
-    /// call just before is waited for, the one the owner's own call carried is not.
+    /// call just before is waited for, one the owner carried out already is not.
     #[tokio::test]
     async fn a_flush_waits_for_the_batches_under_way_but_the_owners_own() {
         let d = Arc::new(DeferredReleases::default());

@@ -114,6 +114,8 @@ pub struct VolumeService {
     deferred: Arc<DeferredReleases>,
     /// This node's gateway's opens (an owner's `OpenFlush` marks some of them).
     gateway_opens: std::sync::OnceLock<Arc<crate::gateway_opens::GatewayOpens>>,
+    /// Batches of other gateways' releases this owner carried out lately.
+    carried: crate::deferred_releases::Carried,
 }
 
 /// How long an owner waits for another node's gateway to send its deferred releases
@@ -353,7 +355,7 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
 impl VolumeService {
     pub fn new(node: NodeId, store: Arc<VolumeStore>, raft: Raft, meta: MetaReader) -> Self {
         let held_at_start = store.volumes().into_iter().collect();
-        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, grace_ms: OWNER_GRACE_MS, calls: StoreCalls::Blocking, notifier: None, throttle: None, deferred: Arc::default(), gateway_opens: std::sync::OnceLock::new() }
+        VolumeService { node, store, raft, meta, peers: Mutex::new(HashMap::new()), opens: Arc::new(Mutex::new(OpenTable::default())), started: tokio::time::Instant::now(), held_at_start, grace_ms: OWNER_GRACE_MS, calls: StoreCalls::Blocking, notifier: None, throttle: None, deferred: Arc::default(), gateway_opens: std::sync::OnceLock::new(), carried: Default::default() }
     }
 
     /// The same service running store calls as `calls` says.
@@ -400,6 +402,11 @@ impl VolumeService {
     /// This node's gateway's deferred releases.
     pub fn deferred(&self) -> &DeferredReleases {
         &self.deferred
+    }
+
+    /// The batches of other gateways' releases this owner carried out lately.
+    pub fn carried(&self) -> &crate::deferred_releases::Carried {
+        &self.carried
     }
 
     /// Tells the service of this node's gateway's opens (which an owner's `OpenFlush` marks).
@@ -484,9 +491,8 @@ impl VolumeService {
             return 0;
         }
         let me = self.raft.metrics().borrow().membership_config.membership().get_node(&self.node).map(|n| n.grpc_addr.clone()).unwrap_or_default();
-        let carried = crate::deferred_releases::CARRIED.try_with(|c| *c).ok();
         let each = nodes.into_iter().map(|node| {
-            let req = OpenFlushRequest { no_defer: files.to_vec(), owner: me.clone(), carried: carried.filter(|(n, _)| *n == node).map(|(_, b)| b).into_iter().collect() };
+            let req = OpenFlushRequest { no_defer: files.to_vec(), owner: me.clone(), carried: self.carried.of(node) };
             async move {
                 let call = async { self.peer(node)?.open_flush(req).await };
                 match tokio::time::timeout(SETTLE_TIMEOUT, call).await {

@@ -82,13 +82,16 @@ impl Service<http::Request<Body>> for VolumeWire {
             Ok(None) => self.dispatch(req),
             Ok(Some(riders)) => {
                 let mut wire = self.clone();
-                // The gateway's node and its number for the batch: an owner that asks that
-                // gateway for its releases while it serves this call does not wait for this one.
-                let carried = (riders.releases.first().and_then(|r| r.gateway).map_or(0, |g| g.node), riders.batch);
-                Box::pin(crate::deferred_releases::CARRIED.scope(carried, async move {
+                Box::pin(async move {
+                    let from = riders.releases.first().and_then(|r| r.gateway);
+                    let batch = riders.batch;
                     wire.service.carry_out_releases(riders.releases).await;
+                    // A flush asked of that gateway from now on does not wait for this batch.
+                    if let Some(g) = from {
+                        wire.service.carried().note(g.node, g.incarnation, batch);
+                    }
                     wire.dispatch(req).await
-                }))
+                })
             }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
         }
