@@ -157,7 +157,7 @@ impl DirectChannel {
     /// call connects again.
     async fn send(self, mut request: http::Request<tonic::body::Body>) -> Result<http::Response<tonic::body::Body>, BoxError> {
         let riding = self.take_riders(&mut request);
-        let answer = self.clone().send_now(request).await;
+        let answer = self.send_now(request).await;
         if let (Some(r), Ok(_)) = (riding, &answer) {
             r.answered();
         }

@@ -194,14 +194,14 @@ impl GatewayOpens {
             let Some(r) = held.opens.remove(&id) else { return Ok(()) };
             let deleting = delete.is_some() || r.delete_at_close.is_some();
             let may_defer = r.may_defer(deleting);
-            let req = OpenReleaseRequest { target: Some(r.target), gateway: Some(self.gateway), id, delete_at_close: delete, now };
-            match may_defer {
-                true => match service.defer_release(req) {
+            let mut req = OpenReleaseRequest { target: Some(r.target), gateway: Some(self.gateway), id, delete_at_close: delete, now };
+            if may_defer {
+                match service.defer_release(req) {
                     Ok(()) => return Ok(()),
-                    Err(req) => (req, deleting),
-                },
-                false => (req, deleting),
+                    Err(back) => req = back,
+                }
             }
+            (req, deleting)
         };
         match service.open_release(req).await {
             Ok(_) => Ok(()),

@@ -611,21 +611,17 @@ impl OpenTable {
         self.volumes.values_mut().fold(false, |any, v| std::mem::take(&mut v.released) | any)
     }
 
-    /// The nodes whose gateways hold opens of `file`, but the open `except` (node, id).
+    /// The nodes whose gateways hold opens of `file`, but the open `except` (node, id); a node
+    /// once per open.
     pub fn holders_of(&self, file: FileKey, except: Option<(u64, u64)>) -> Vec<u64> {
         let f = self.volumes.get(&file.volume).and_then(|v| v.files.get(&(file.view, file.ino)));
-        let mut nodes: Vec<u64> = f.map(|f| f.held.iter().filter(|h| Some((h.node, h.id)) != except).map(|h| h.node).collect()).unwrap_or_default();
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes
+        f.map(|f| f.held.iter().filter(|h| Some((h.node, h.id)) != except).map(|h| h.node).collect()).unwrap_or_default()
     }
 
     /// The nodes whose gateways hold opens on `volume`.
     pub fn holders(&self, volume: Uuid) -> Vec<u64> {
         let v = self.volumes.get(&volume);
-        let mut nodes: Vec<u64> = v.map(|v| v.leases.iter().filter(|(_, l)| !l.opens.is_empty()).map(|(n, _)| *n).collect()).unwrap_or_default();
-        nodes.sort_unstable();
-        nodes
+        v.map(|v| v.leases.iter().filter(|(_, l)| !l.opens.is_empty()).map(|(n, _)| *n).collect()).unwrap_or_default()
     }
 
     /// Opens held on `volume`, from every gateway.
@@ -1055,6 +1051,26 @@ mod tests {
         assert_eq!(t.held_files(VOL, View::Clone(Uuid::from_u128(9))), vec![6]);
         t.release(A, VOL, 1, None);
         assert!(t.held_files(VOL, View::Live).is_empty(), "released");
+    }
+
+    /// Who holds a file, and a volume: what an owner asks for releases still on their way.
+    #[test]
+    fn holders_name_the_gateways_that_hold_opens() {
+        let mut t = OpenTable::default();
+        t.register(0, A, LEASE_MS, open(5, 1, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        t.register(0, A, LEASE_MS, open(5, 2, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        t.register(0, B, LEASE_MS, open(5, 1, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        t.register(0, B, LEASE_MS, open(6, 2, FILE_READ_DATA, SHARE_ALL)).unwrap();
+        let mut of5 = t.holders_of(file(5), None);
+        of5.sort_unstable();
+        assert_eq!(of5, vec![1, 1, 2]);
+        assert_eq!(t.holders_of(file(5), Some((2, 1))), vec![1, 1], "but the open named");
+        assert_eq!(t.holders_of(file(6), Some((2, 2))), Vec::<u64>::new());
+        assert!(t.holders_of(file(7), None).is_empty());
+        t.release(B, VOL, 1, None);
+        t.release(B, VOL, 2, None);
+        assert_eq!(t.holders(VOL), vec![1], "B holds nothing on the volume now");
+        assert!(t.holders(Uuid::from_u128(8)).is_empty());
     }
 
     /// The table says when locks went, whichever way (the owner then wakes waiting locks on

@@ -25,7 +25,7 @@ use umbra_raft::store::MetaReader;
 use umbra_raft::{NodeId, Raft};
 use uuid::Uuid;
 
-use crate::deferred_releases::{Batch, DeferredReleases, MAX_NO_DEFER_FILES, MAX_RELEASES_PER_CALL, SEND_WAIT};
+use crate::deferred_releases::{Batch, DeferredReleases, CARRIED_KEPT, MAX_NO_DEFER_FILES, MAX_RELEASES_PER_CALL, SEND_WAIT};
 use crate::opens::{DueDelete, FileKey, Gateway, Link, LockError, OpenError, OpenRecord, OpenTable, Renewed};
 use umbra_smb_gateway::byte_locks::ByteLock;
 use umbra_smb_gateway::share_modes::Mode;
@@ -384,9 +384,13 @@ impl VolumeService {
     /// Node `node`'s volume service, through a connection this node keeps (one per address),
     /// or on a caller thread through one of the thread's own ([`crate::dedicated`]).
     fn peer_of(&self, node: NodeId) -> Result<Peer, Status> {
-        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.grpc_addr.clone());
-        let addr = addr.ok_or_else(|| Status::unavailable(format!("node {node} is not a member")))?;
+        let addr = self.addr_of(node).ok_or_else(|| Status::unavailable(format!("node {node} is not a member")))?;
         self.peer_at(addr)
+    }
+
+    /// Node `node`'s gRPC address, as the cluster's membership has it.
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.grpc_addr.clone())
     }
 
     /// The volume service at `addr` (see [`VolumeService::peer_of`]).
@@ -421,8 +425,7 @@ impl VolumeService {
         let Ok((vol, _, _)) = target_of(release.target.as_ref()) else { return Err(release) };
         let owner = self.meta.read().state.volumes.get(&vol).map(|v| v.owner);
         let Some(owner) = owner.filter(|o| *o != self.node) else { return Err(release) };
-        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&owner).map(|n| n.grpc_addr.clone());
-        match addr {
+        match self.addr_of(owner) {
             Some(addr) => self.deferred.defer(&addr, release),
             None => Err(release),
         }
@@ -490,7 +493,7 @@ impl VolumeService {
         if nodes.is_empty() {
             return 0;
         }
-        let me = self.raft.metrics().borrow().membership_config.membership().get_node(&self.node).map(|n| n.grpc_addr.clone()).unwrap_or_default();
+        let me = self.addr_of(self.node).unwrap_or_default();
         let each = nodes.into_iter().map(|node| {
             let req = OpenFlushRequest { no_defer: files.to_vec(), owner: me.clone(), carried: self.carried.of(node) };
             async move {
@@ -534,7 +537,6 @@ impl VolumeService {
         self
     }
 
-    /// One whole write, routed like a gRPC call (the SMB gateway's path for a WRITE).
     /// A Read's data appended to `out`, each message checked. From another node on a caller
     /// thread, a short call whose data lands straight in `out` ([`crate::short_calls`]).
     pub async fn read_into(&self, mut r: ReadRequest, out: &mut Vec<u8>) -> Result<(), Status> {
@@ -552,6 +554,7 @@ impl VolumeService {
         Ok(())
     }
 
+    /// One whole write, routed like a gRPC call (the SMB gateway's path for a WRITE).
     pub async fn write_one(&self, msg: WriteChunk) -> Result<(), Status> {
         let (vol, view, route) = target_of(msg.target.as_ref())?;
         match self.owner(vol, route)? {
@@ -889,11 +892,8 @@ impl VolumeRpc for VolumeService {
 
     async fn open_flush(&self, req: Request<OpenFlushRequest>) -> Result<Response<OpenFlushReply>, Status> {
         let r = req.into_inner();
-        if r.no_defer.len() > MAX_NO_DEFER_FILES {
-            return Err(Status::invalid_argument(format!("{} files (max {MAX_NO_DEFER_FILES})", r.no_defer.len())));
-        }
-        if r.carried.len() > MAX_NO_DEFER_FILES || r.owner.is_empty() {
-            return Err(Status::invalid_argument(format!("{} carried batches (max {MAX_NO_DEFER_FILES}), owner {:?}", r.carried.len(), r.owner)));
+        if r.no_defer.len() > MAX_NO_DEFER_FILES || r.carried.len() > CARRIED_KEPT || r.owner.is_empty() {
+            return Err(Status::invalid_argument(format!("{} files (max {MAX_NO_DEFER_FILES}), {} carried batches (max {CARRIED_KEPT}), owner {:?}", r.no_defer.len(), r.carried.len(), r.owner)));
         }
         // Marked first: a CLOSE after this releases at once, one before has its release waiting.
         if let Some(g) = self.gateway_opens.get() {
@@ -1182,9 +1182,7 @@ impl VolumeService {
     /// (`except`: the gateway and id of an open that made it so and is still held.)
     async fn settle_delete_pending(&self, file: FileKey, except: Option<(u64, u64)>) {
         let holders = self.opens().holders_of(file, except);
-        if holders.iter().any(|n| *n != self.node) {
-            self.settle(holders, &[FileRef { volume: file.volume.to_string(), ino: file.ino }]).await;
-        }
+        self.settle(holders, &[FileRef { volume: file.volume.to_string(), ino: file.ino }]).await;
     }
 
     /// The target's volume and view when this node owns it (the owner, alone, checks byte-range
